@@ -1,0 +1,204 @@
+//! The monitor's TOML configuration. Unknown keys are refused.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How long a keeper may stay silent before its node can be declared
+/// unhealthy (its PostgreSQL must also fail the monitor's check). Shorter
+/// detects a dead primary sooner; too short risks failing over on a
+/// keeper that merely stalled, which the health check guards against.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the monitor checks each node's PostgreSQL itself.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// Connection timeout of one health check.
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Added to the fence deadline: clock-rate drift and the time to stop PostgreSQL.
+pub const DEFAULT_FENCE_MARGIN: Duration = Duration::from_millis(500);
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7430";
+pub const DATABASE_URL_ENV: &str = "PGPILOT_DATABASE_URL";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// The monitor's own database. Alternatively `database_url_file` or the
+    /// `PGPILOT_DATABASE_URL` environment variable.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    #[serde(default)]
+    pub database_url_file: Option<PathBuf>,
+    /// gRPC listen address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "d_node_timeout", with = "humantime_serde")]
+    pub node_timeout: Duration,
+    #[serde(default = "d_hc_interval", with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    #[serde(default = "d_hc_timeout", with = "humantime_serde")]
+    pub health_check_timeout: Duration,
+    #[serde(default = "d_fence_margin", with = "humantime_serde")]
+    pub fence_margin: Duration,
+    /// User name the health check presents to each node's PostgreSQL.
+    #[serde(default = "d_hc_user")]
+    pub health_check_user: String,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("constant address")
+}
+fn d_node_timeout() -> Duration {
+    DEFAULT_NODE_TIMEOUT
+}
+fn d_hc_interval() -> Duration {
+    DEFAULT_HEALTH_CHECK_INTERVAL
+}
+fn d_hc_timeout() -> Duration {
+    DEFAULT_HEALTH_CHECK_TIMEOUT
+}
+fn d_fence_margin() -> Duration {
+    DEFAULT_FENCE_MARGIN
+}
+fn d_hc_user() -> String {
+    "postgres".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl MonitorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: MonitorConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: one_line(&e.to_string()),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_url.is_some() && self.database_url_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "set only one of database_url and database_url_file".into(),
+            ));
+        }
+        if self.health_check_interval.is_zero() || self.node_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "node_timeout and health_check_interval must be greater than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The database URL from the config, its file, or the environment.
+    pub fn resolve_database_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        if let Some(path) = &self.database_url_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(text.trim().to_string());
+        }
+        std::env::var(DATABASE_URL_ENV).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "no monitor database configured: set database_url or database_url_file in the config, or {DATABASE_URL_ENV}"
+            ))
+        })
+    }
+}
+
+/// toml's errors span several lines with a source excerpt; keep the message.
+pub fn one_line(message: &str) -> String {
+    let mut lines = message.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or_default().trim().to_string();
+    let last = message
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('|') && !l.contains(" | "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if last.is_empty() || last == first {
+        first
+    } else {
+        format!("{first}: {last}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let c = MonitorConfig::parse("database_url = \"postgres://x@127.0.0.1/m\"").unwrap();
+        assert_eq!(c.node_timeout, DEFAULT_NODE_TIMEOUT);
+        assert_eq!(c.listen, default_listen());
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let c = MonitorConfig::parse("node_timeout = \"3s\"\nhealth_check_interval = \"250ms\"")
+            .unwrap();
+        assert_eq!(c.node_timeout, Duration::from_secs(3));
+        assert_eq!(c.health_check_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = MonitorConfig::parse("colour = \"blue\"").unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_refused() {
+        let err = MonitorConfig::parse("node_timeout = \"soon\"").unwrap_err().to_string();
+        assert!(err.contains("node_timeout") || err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn database_url_sources() {
+        let c = MonitorConfig::parse("database_url = \"u\"\ndatabase_url_file = \"/f\"");
+        assert!(c.is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("url");
+        std::fs::write(&f, "postgres://a@127.0.0.1/m\n").unwrap();
+        let c = MonitorConfig::parse(&format!("database_url_file = {:?}", f)).unwrap();
+        assert_eq!(c.resolve_database_url().unwrap(), "postgres://a@127.0.0.1/m");
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../compose/monitor.toml");
+        MonitorConfig::parse(text).unwrap();
+    }
+}

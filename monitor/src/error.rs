@@ -1,0 +1,35 @@
+//! The monitor's one error type, mapped to a gRPC status in one place.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed: a person must change it.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// It names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It is well-formed but the group is not in a state that allows it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The monitor database failed.
+    #[error("monitor database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("monitor database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            Error::NotFound(m) => tonic::Status::not_found(m),
+            Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            other => {
+                tracing::error!(error = %other, "request failed");
+                tonic::Status::unavailable(other.to_string())
+            }
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,777 @@
+//! The group state machine: a pure function of (the group's nodes as stored,
+//! the time now, the settings) to the goal-state changes to make, each with
+//! the reason that becomes an event. No I/O and no clock reads happen here.
+//!
+//! Rules are evaluated in this fixed priority order; each node gets at most
+//! one new goal per evaluation, and later rules see the goals earlier rules
+//! assigned:
+//!
+//! 1. `init`: the first node becomes `single`; later ones `wait_standby`
+//!    once there is a primary.
+//! 2. Failover start: the primary is unhealthy → its secondaries go
+//!    `report_lsn` (an election); a primary whose keeper lives but whose
+//!    PostgreSQL stays down is also assigned `demoted` at once.
+//! 3. Failover cancelled: the primary is healthy again before anyone was
+//!    promoted → the `report_lsn` nodes go back to `secondary`.
+//! 4. Election (see [promotion rule](#the-promotion-rule)).
+//! 5. Promotion steps: `prepare_promotion` → `stop_replication` →
+//!    `wait_primary`; the other reporters `join_secondary`, then `secondary`.
+//! 6. Rejoin: a `demoted` node becomes `catchingup` of the new primary
+//!    (the keeper rewinds, or clones when rewind fails).
+//! 7. Standbys: `wait_standby` → `catchingup` once the primary allows it;
+//!    `catchingup` → `secondary` once streaming and close enough;
+//!    `secondary` → `catchingup` when it stops streaming or is unhealthy.
+//! 8. The primary: `single` → `wait_primary` when a standby arrives;
+//!    `wait_primary` → `primary` when a quorum standby is `secondary`
+//!    (synchronous replication on); `primary` → `wait_primary` when no
+//!    quorum standby is left and `number_sync_standbys` is 0 (writes go on
+//!    without synchronous replication — availability over durability; with
+//!    `number_sync_standbys` ≥ 1 the primary stays `primary` and writes wait).
+//!
+//! # The promotion rule
+//!
+//! An isolated primary keeps serving only while at least `r` of the
+//! standbys in its *fence set* `F` stream from it; otherwise it fences
+//! itself within its fence timeout (DESIGN §4). The monitor stores `F` and
+//! `r` exactly as it last sent them to the primary. It promotes only when
+//! (a) the old primary confirmed it stopped (`draining`/`demoted` reached),
+//! or (b) the fence deadline passed **and** at least `|F| − r + 1` members
+//! of `F` reported, in `report_lsn`, that their stream is gone: then fewer
+//! than `r` can still stream, so the old primary has fenced. A commit
+//! acknowledged under `ANY r (F)` reached `r` members of `F`, and any
+//! `|F| − r + 1` reporters include one of them, so the most advanced
+//! reporter holds every acknowledged commit; the winner must be that
+//! advanced. For `wait_primary` (synchronous replication off) `F` is every
+//! other node and `r` is 1: the monitor must hear from all of them.
+//! `single` has `r` = 0 and never fences: it has no standby to promote.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pgpilot_proto::ReplicationState as S;
+
+/// The monitor's own connection check of a node's PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Unknown,
+    Good,
+    Bad,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Good => "good",
+            Health::Bad => "bad",
+        }
+    }
+
+    pub fn parse(s: &str) -> Health {
+        match s {
+            "good" => Health::Good,
+            "bad" => Health::Bad,
+            _ => Health::Unknown,
+        }
+    }
+}
+
+/// Timings a keeper runs with, as it reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeeperTimings {
+    pub heartbeat_interval: Duration,
+    pub fence_timeout: Duration,
+    pub wal_sender_timeout: Duration,
+}
+
+/// One node as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSnapshot {
+    pub id: i64,
+    pub name: String,
+    pub reported: S,
+    pub goal: S,
+    pub pg_running: bool,
+    pub lsn: u64,
+    pub wal_receiver_streaming: bool,
+    /// When the node first reported its WAL receiver not streaming, while it
+    /// has been so since (None while streaming).
+    pub stream_lost_at: Option<DateTime<Utc>>,
+    /// When the keeper first reported PostgreSQL not running (None while running).
+    pub pg_down_since: Option<DateTime<Utc>>,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub health: Health,
+    pub candidate_priority: u32,
+    pub replication_quorum: bool,
+    pub timings: KeeperTimings,
+    /// Primary only: the standbys (names) it was last told to count, and how
+    /// many of them must stream for it to keep serving while isolated.
+    pub fence_set: Vec<String>,
+    pub fence_required: u32,
+}
+
+/// Settings the state machine reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// A keeper silent this long (and failing the health check) is unhealthy.
+    pub node_timeout: Duration,
+    /// Added to the fence deadline for clock rate differences and stop time.
+    pub fence_margin: Duration,
+    /// A `catchingup` standby this close (bytes) to its primary becomes `secondary`.
+    pub catchup_lag_bytes: u64,
+    pub number_sync_standbys: u32,
+}
+
+pub const DEFAULT_CATCHUP_LAG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why a goal changed. Stored (as text) with every event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    FirstNode,
+    JoinAsStandby { primary: String },
+    AcceptStandby { standby: String },
+    CloneFromPrimary { primary: String },
+    CaughtUp { lag_bytes: u64 },
+    SyncReplicationOn { standby: String },
+    NoQuorumStandby,
+    StandbyLost { why: String },
+    PrimaryUnhealthy { primary: String, why: String },
+    PrimaryPostgresDown { primary: String },
+    PrimaryBack { primary: String },
+    Elected { lsn: u64, reporters: usize, rule: &'static str },
+    OldPrimaryReplaced { new_primary: String },
+    Promotion { step: &'static str },
+    NewPrimary { primary: String },
+    FollowingNewPrimary,
+    Rejoin { primary: String },
+    PlannedFailover,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::FirstNode => write!(f, "first node of the group: it becomes the primary"),
+            Reason::JoinAsStandby { primary } => {
+                write!(f, "joining as a standby of {primary}")
+            }
+            Reason::AcceptStandby { standby } => write!(
+                f,
+                "standby {standby} is joining: keep writing without synchronous replication until it catches up"
+            ),
+            Reason::CloneFromPrimary { primary } => {
+                write!(f, "primary {primary} is ready: clone it and stream from it")
+            }
+            Reason::CaughtUp { lag_bytes } => write!(
+                f,
+                "streaming and {lag_bytes} bytes behind the primary: a healthy standby"
+            ),
+            Reason::SyncReplicationOn { standby } => write!(
+                f,
+                "standby {standby} is secondary: synchronous replication on"
+            ),
+            Reason::NoQuorumStandby => write!(
+                f,
+                "no quorum standby is secondary and number_sync_standbys is 0: synchronous replication off so writes go on"
+            ),
+            Reason::StandbyLost { why } => write!(f, "standby no longer healthy: {why}"),
+            Reason::PrimaryUnhealthy { primary, why } => write!(
+                f,
+                "primary {primary} is unhealthy ({why}): election started, report your LSN"
+            ),
+            Reason::PrimaryPostgresDown { primary } => write!(
+                f,
+                "PostgreSQL on primary {primary} stays down while its keeper runs: failing over"
+            ),
+            Reason::PrimaryBack { primary } => write!(
+                f,
+                "primary {primary} is reachable again before any promotion: failover cancelled"
+            ),
+            Reason::Elected {
+                lsn,
+                reporters,
+                rule,
+            } => write!(
+                f,
+                "elected with LSN {} among {reporters} reporting standbys ({rule})",
+                format_lsn(*lsn)
+            ),
+            Reason::OldPrimaryReplaced { new_primary } => {
+                write!(f, "{new_primary} is being promoted: stay stopped")
+            }
+            Reason::Promotion { step } => write!(f, "promotion: {step}"),
+            Reason::NewPrimary { primary } => {
+                write!(f, "{primary} is the new primary: follow it")
+            }
+            Reason::FollowingNewPrimary => write!(f, "streaming from the new primary"),
+            Reason::Rejoin { primary } => write!(
+                f,
+                "old primary rejoins as a standby of {primary} (pg_rewind, or a fresh clone)"
+            ),
+            Reason::PlannedFailover => {
+                write!(f, "planned failover: stop taking writes, then hand over")
+            }
+        }
+    }
+}
+
+/// One goal change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub node_id: i64,
+    pub from: S,
+    pub to: S,
+    pub reason: Reason,
+}
+
+/// What one evaluation decided, and why the group waits when it does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub decisions: Vec<Decision>,
+    pub waiting: Vec<String>,
+}
+
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+struct Eval<'a> {
+    nodes: Vec<NodeSnapshot>,
+    changed: Vec<bool>,
+    now: DateTime<Utc>,
+    settings: &'a Settings,
+    out: Outcome,
+}
+
+/// Evaluate the rules for one group.
+pub fn decide(nodes: &[NodeSnapshot], now: DateTime<Utc>, settings: &Settings) -> Outcome {
+    let mut eval = Eval {
+        nodes: nodes
+            .iter()
+            .filter(|n| n.goal != S::Dropped)
+            .cloned()
+            .collect(),
+        changed: vec![false; nodes.len()],
+        now,
+        settings,
+        out: Outcome::default(),
+    };
+    eval.changed.truncate(eval.nodes.len());
+    eval.init_rules();
+    eval.failover_rules();
+    eval.promotion_rules();
+    eval.rejoin_rules();
+    eval.standby_rules();
+    eval.primary_rules();
+    eval.out
+}
+
+impl Eval<'_> {
+    fn assign(&mut self, i: usize, to: S, reason: Reason) {
+        if self.changed[i] || self.nodes[i].goal == to {
+            return;
+        }
+        let node = &mut self.nodes[i];
+        self.out.decisions.push(Decision {
+            node_id: node.id,
+            from: node.goal,
+            to,
+            reason,
+        });
+        node.goal = to;
+        self.changed[i] = true;
+    }
+
+    fn wait(&mut self, why: String) {
+        self.out.waiting.push(why);
+    }
+
+    fn since(&self, t: Option<DateTime<Utc>>) -> Option<Duration> {
+        t.map(|t| (self.now - t).to_std().unwrap_or(Duration::ZERO))
+    }
+
+    /// The keeper heartbeats within the node timeout.
+    fn alive(&self, i: usize) -> bool {
+        self.since(self.nodes[i].last_heartbeat)
+            .is_some_and(|age| age <= self.settings.node_timeout)
+    }
+
+    /// Unhealthy: the keeper silent past the timeout *and* the monitor's own
+    /// check of PostgreSQL failing; or the keeper alive but PostgreSQL down
+    /// for longer than the timeout.
+    fn unhealthy(&self, i: usize) -> Option<String> {
+        let node = &self.nodes[i];
+        if !self.alive(i) && node.health == Health::Bad {
+            let age = self
+                .since(node.last_heartbeat)
+                .map(|d| format!("{} ms", d.as_millis()))
+                .unwrap_or_else(|| "never".into());
+            return Some(format!(
+                "keeper silent for {age} and PostgreSQL not answering"
+            ));
+        }
+        None
+    }
+
+    fn pg_down_too_long(&self, i: usize) -> bool {
+        self.alive(i)
+            && !self.nodes[i].pg_running
+            && self
+                .since(self.nodes[i].pg_down_since)
+                .is_some_and(|d| d > self.settings.node_timeout)
+    }
+
+    fn reached(&self, i: usize) -> bool {
+        self.nodes[i].reported == self.nodes[i].goal
+    }
+
+    /// The node the group treats as its primary: goal on the primary side.
+    fn primary(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.goal.is_writable_primary() || n.goal == S::Draining)
+    }
+
+    fn writable_primary_reached(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .find(|&i| self.nodes[i].goal.is_writable_primary() && self.reached(i))
+    }
+
+    fn name(&self, i: usize) -> String {
+        self.nodes[i].name.clone()
+    }
+
+    fn init_rules(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].goal != S::Init {
+                continue;
+            }
+            if self.nodes.len() == 1 {
+                self.assign(i, S::Single, Reason::FirstNode);
+            } else if let Some(p) = self.writable_primary_reached() {
+                let primary = self.name(p);
+                self.assign(i, S::WaitStandby, Reason::JoinAsStandby { primary });
+            } else {
+                let name = self.name(i);
+                self.wait(format!("{name} waits for the group to have a running primary"));
+            }
+        }
+    }
+
+    fn failover_rules(&mut self) {
+        let Some(p) = self.primary() else { return };
+        let primary = self.name(p);
+        let electing: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].goal == S::ReportLsn)
+            .collect();
+
+        if self.nodes[p].goal == S::Draining {
+            // Planned failover: the election completes once the primary stopped.
+            if self.reached(p) {
+                self.elect(p, &electing, "the old primary stopped cleanly");
+            } else {
+                self.wait(format!("waiting for {primary} to stop taking writes"));
+            }
+            return;
+        }
+
+        let why_unhealthy = self.unhealthy(p);
+        let pg_down = self.pg_down_too_long(p);
+
+        if electing.is_empty() {
+            if why_unhealthy.is_none() && !pg_down {
+                return;
+            }
+            let candidates: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| {
+                    i != p
+                        && self.nodes[i].goal == S::Secondary
+                        && self.reached(i)
+                        && self.alive(i)
+                })
+                .collect();
+            if !candidates.iter().any(|&i| self.nodes[i].candidate_priority > 0) {
+                self.wait(format!(
+                    "primary {primary} is unhealthy but no standby can be promoted: none is a healthy secondary with candidate priority above 0"
+                ));
+                return;
+            }
+            let reason = match &why_unhealthy {
+                Some(why) => Reason::PrimaryUnhealthy {
+                    primary: primary.clone(),
+                    why: why.clone(),
+                },
+                None => Reason::PrimaryPostgresDown {
+                    primary: primary.clone(),
+                },
+            };
+            for &i in &candidates {
+                self.assign(i, S::ReportLsn, reason.clone());
+            }
+            if pg_down && why_unhealthy.is_none() {
+                // The keeper lives: it stops PostgreSQL and confirms, which
+                // lets the election finish by rule (a).
+                self.assign(p, S::Demoted, reason);
+            }
+            return;
+        }
+
+        // An election is under way.
+        if why_unhealthy.is_none() && !pg_down && self.alive(p) {
+            for &i in &electing {
+                self.assign(
+                    i,
+                    S::Secondary,
+                    Reason::PrimaryBack {
+                        primary: primary.clone(),
+                    },
+                );
+            }
+            return;
+        }
+        self.elect(p, &electing, "the fence deadline passed");
+    }
+
+    /// Rule 4: promote one of the `report_lsn` nodes when the promotion rule
+    /// allows it.
+    fn elect(&mut self, p: usize, electing: &[usize], rule_b: &'static str) {
+        let primary = self.name(p);
+        let confirmed = matches!(self.nodes[p].reported, S::Draining | S::Demoted)
+            && matches!(self.nodes[p].goal, S::Draining | S::Demoted);
+        // Reporters: in report_lsn, alive, and not streaming.
+        let reporters: Vec<usize> = electing
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.nodes[i].reported == S::ReportLsn
+                    && self.alive(i)
+                    && !self.nodes[i].wal_receiver_streaming
+            })
+            .collect();
+        if electing.is_empty() {
+            if confirmed {
+                self.wait(format!(
+                    "{primary} stopped but no standby is taking part in the election"
+                ));
+            }
+            return;
+        }
+        if reporters.is_empty() {
+            self.wait(format!(
+                "election: waiting for standbys to report their LSN with their stream from {primary} gone"
+            ));
+            return;
+        }
+
+        let rule: &'static str = if confirmed {
+            "the old primary confirmed it stopped"
+        } else {
+            let fence_set = &self.nodes[p].fence_set;
+            let required = self.nodes[p].fence_required as usize;
+            // Members of the fence set that say their stream is gone.
+            let reporting_in_set = (0..self.nodes.len())
+                .filter(|&i| {
+                    let n = &self.nodes[i];
+                    i != p
+                        && fence_set.contains(&application_name(n.id))
+                        && self.alive(i)
+                        && !n.wal_receiver_streaming
+                        && n.stream_lost_at.is_some()
+                })
+                .count();
+            let needed = (fence_set.len() + 1).saturating_sub(required);
+            if required == 0 || reporting_in_set < needed {
+                self.wait(format!(
+                    "election: {reporting_in_set} of the {needed} standbys needed have reported their stream from {primary} gone"
+                ));
+                return;
+            }
+            let deadline = self.fence_deadline(p, &reporters);
+            if self.now < deadline {
+                let ms = (deadline - self.now).num_milliseconds();
+                self.wait(format!(
+                    "election: {primary} may still accept writes for {ms} ms before it has fenced itself"
+                ));
+                return;
+            }
+            rule_b
+        };
+
+        let max_lsn = reporters
+            .iter()
+            .map(|&i| self.nodes[i].lsn)
+            .max()
+            .unwrap_or(0);
+        // Highest candidate priority among the most advanced reporters.
+        let winner = reporters
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].candidate_priority > 0 && self.nodes[i].lsn == max_lsn)
+            .max_by_key(|&i| (self.nodes[i].candidate_priority, -self.nodes[i].id));
+        let Some(w) = winner else {
+            self.wait(format!(
+                "election: the most advanced standby (LSN {}) has candidate priority 0 and cannot be promoted",
+                format_lsn(max_lsn)
+            ));
+            return;
+        };
+        let new_primary = self.name(w);
+        self.assign(
+            w,
+            S::PreparePromotion,
+            Reason::Elected {
+                lsn: max_lsn,
+                reporters: reporters.len(),
+                rule,
+            },
+        );
+        if self.nodes[p].goal != S::Demoted {
+            self.assign(p, S::Demoted, Reason::OldPrimaryReplaced { new_primary });
+        }
+    }
+
+    /// The latest moment the old primary can still accept writes: its last
+    /// heartbeat plus its fence timeout, or the loss of the reporters'
+    /// streams plus wal_sender_timeout, whichever is later, plus one keeper
+    /// loop and a margin.
+    fn fence_deadline(&self, p: usize, reporters: &[usize]) -> DateTime<Utc> {
+        let node = &self.nodes[p];
+        let t = node.timings;
+        let from_heartbeat = node.last_heartbeat.unwrap_or(self.now) + t.fence_timeout;
+        let from_stream = reporters
+            .iter()
+            .filter_map(|&i| self.nodes[i].stream_lost_at)
+            .max()
+            .map(|lost| lost + t.wal_sender_timeout)
+            .unwrap_or(from_heartbeat);
+        from_heartbeat.max(from_stream) + t.heartbeat_interval + self.settings.fence_margin
+    }
+
+    fn promotion_rules(&mut self) {
+        for i in 0..self.nodes.len() {
+            if !self.reached(i) {
+                continue;
+            }
+            match self.nodes[i].goal {
+                S::PreparePromotion => self.assign(
+                    i,
+                    S::StopReplication,
+                    Reason::Promotion {
+                        step: "all received WAL replayed: promote",
+                    },
+                ),
+                S::StopReplication => self.assign(
+                    i,
+                    S::WaitPrimary,
+                    Reason::Promotion {
+                        step: "promoted and writable",
+                    },
+                ),
+                _ => {}
+            }
+        }
+        let new_primary = (0..self.nodes.len()).find(|&i| {
+            self.nodes[i].reported == S::WaitPrimary && self.nodes[i].goal == S::WaitPrimary
+        });
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
+            if node.goal == S::ReportLsn {
+                if let Some(np) = new_primary {
+                    let primary = self.name(np);
+                    self.assign(i, S::JoinSecondary, Reason::NewPrimary { primary });
+                }
+            } else if node.goal == S::JoinSecondary
+                && self.reached(i)
+                && node.wal_receiver_streaming
+            {
+                self.assign(i, S::Secondary, Reason::FollowingNewPrimary);
+            }
+        }
+    }
+
+    fn rejoin_rules(&mut self) {
+        let Some(np) = (0..self.nodes.len()).find(|&i| {
+            matches!(self.nodes[i].reported, S::WaitPrimary | S::Primary)
+                && self.nodes[i].goal.is_writable_primary()
+        }) else {
+            return;
+        };
+        for i in 0..self.nodes.len() {
+            if i != np && self.nodes[i].goal == S::Demoted && self.reached(i) {
+                let primary = self.name(np);
+                self.assign(i, S::Catchingup, Reason::Rejoin { primary });
+            }
+        }
+    }
+
+    fn standby_rules(&mut self) {
+        let Some(p) = self.writable_primary_reached() else {
+            return;
+        };
+        let primary_name = self.name(p);
+        let primary_lsn = self.nodes[p].lsn;
+        let primary_ok = self.alive(p) && self.nodes[p].pg_running;
+        for i in 0..self.nodes.len() {
+            if i == p || !self.reached(i) {
+                continue;
+            }
+            match self.nodes[i].goal {
+                S::WaitStandby
+                    if matches!(
+                        self.nodes[p].reported,
+                        S::WaitPrimary | S::Primary | S::JoinPrimary
+                    ) =>
+                {
+                    self.assign(
+                        i,
+                        S::Catchingup,
+                        Reason::CloneFromPrimary {
+                            primary: primary_name.clone(),
+                        },
+                    );
+                }
+                S::Catchingup => {
+                    let node = &self.nodes[i];
+                    let lag = primary_lsn.saturating_sub(node.lsn);
+                    if self.alive(i)
+                        && node.wal_receiver_streaming
+                        && lag <= self.settings.catchup_lag_bytes
+                    {
+                        self.assign(i, S::Secondary, Reason::CaughtUp { lag_bytes: lag });
+                    }
+                }
+                S::Secondary => {
+                    let why = if let Some(why) = self.unhealthy(i) {
+                        Some(why)
+                    } else if primary_ok
+                        && self
+                            .since(self.nodes[i].stream_lost_at)
+                            .is_some_and(|d| d > self.settings.node_timeout)
+                    {
+                        Some(format!("not streaming from {primary_name}"))
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        self.assign(i, S::Catchingup, Reason::StandbyLost { why });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn primary_rules(&mut self) {
+        let Some(p) = self.writable_primary_reached() else {
+            return;
+        };
+        let standbys = (0..self.nodes.len()).filter(|&i| i != p);
+        let quorum_secondary = standbys.clone().find(|&i| {
+            self.nodes[i].replication_quorum && self.nodes[i].goal == S::Secondary && self.reached(i)
+        });
+        match self.nodes[p].goal {
+            S::Single => {
+                if let Some(i) = standbys.clone().find(|&i| self.nodes[i].goal == S::WaitStandby) {
+                    let standby = self.name(i);
+                    self.assign(p, S::WaitPrimary, Reason::AcceptStandby { standby });
+                }
+            }
+            S::WaitPrimary => {
+                if let Some(i) = quorum_secondary {
+                    let standby = self.name(i);
+                    self.assign(p, S::Primary, Reason::SyncReplicationOn { standby });
+                }
+            }
+            S::Primary => {
+                let any_quorum_secondary = standbys.clone().any(|i| {
+                    self.nodes[i].replication_quorum && self.nodes[i].goal == S::Secondary
+                });
+                if !any_quorum_secondary && self.settings.number_sync_standbys == 0 {
+                    self.assign(p, S::WaitPrimary, Reason::NoQuorumStandby);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Replication settings the primary must apply, computed from the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationPlan {
+    pub synchronous_standby_names: String,
+    /// The fence set F and r of the promotion rule.
+    pub fence_set: Vec<String>,
+    pub fence_required: u32,
+}
+
+/// The application name a node streams with (and its replication slot name).
+pub fn application_name(node_id: i64) -> String {
+    format!("pgpilot_{node_id}")
+}
+
+/// What the node at `index` (a primary) must apply, given the group.
+pub fn replication_plan(
+    nodes: &[NodeSnapshot],
+    index: usize,
+    number_sync_standbys: u32,
+) -> ReplicationPlan {
+    let me = &nodes[index];
+    let others = || {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(move |(i, n)| *i != index && n.goal != S::Dropped)
+            .map(|(_, n)| n)
+    };
+    match me.goal {
+        S::Primary | S::JoinPrimary | S::ApplySettings => {
+            let mut quorum: Vec<&NodeSnapshot> = others()
+                .filter(|n| {
+                    n.replication_quorum && matches!(n.goal, S::Secondary | S::ReportLsn)
+                })
+                .collect();
+            if quorum.is_empty() && number_sync_standbys > 0 {
+                // Writes must wait rather than go on unreplicated.
+                quorum = others().filter(|n| n.replication_quorum).collect();
+            }
+            if quorum.is_empty() {
+                return wait_primary_plan(others());
+            }
+            let required = number_sync_standbys.clamp(1, quorum.len() as u32);
+            let names: Vec<String> = quorum.iter().map(|n| application_name(n.id)).collect();
+            ReplicationPlan {
+                synchronous_standby_names: format!("ANY {required} ({})", names.join(", ")),
+                fence_set: names,
+                fence_required: required,
+            }
+        }
+        S::WaitPrimary => wait_primary_plan(others()),
+        _ => ReplicationPlan {
+            synchronous_standby_names: String::new(),
+            fence_set: Vec::new(),
+            fence_required: 0,
+        },
+    }
+}
+
+/// Synchronous replication off: the fence set is every standby that
+/// streams or could be a candidate, and one of them must keep streaming.
+fn wait_primary_plan<'a>(others: impl Iterator<Item = &'a NodeSnapshot>) -> ReplicationPlan {
+    let fence_set: Vec<String> = others
+        .filter(|n| {
+            matches!(
+                n.goal,
+                S::Catchingup | S::Secondary | S::ReportLsn | S::JoinSecondary
+            )
+        })
+        .map(|n| application_name(n.id))
+        .collect();
+    ReplicationPlan {
+        synchronous_standby_names: String::new(),
+        fence_required: u32::from(!fence_set.is_empty()),
+        fence_set,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! The monitor's own check of each node's PostgreSQL, like libpq's PQping:
+//! open a connection, send a startup packet, and call the server healthy
+//! when it answers with authentication (or any error other than "cannot
+//! connect now"). No credentials are needed and nothing is queried.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::fsm::Health;
+use crate::store::Store;
+
+/// Check one server.
+pub async fn ping(host: &str, port: u16, user: &str, limit: Duration) -> Health {
+    match timeout(limit, ping_inner(host, port, user)).await {
+        Ok(Ok(true)) => Health::Good,
+        _ => Health::Bad,
+    }
+}
+
+async fn ping_inner(host: &str, port: u16, user: &str) -> std::io::Result<bool> {
+    let mut stream = TcpStream::connect((host, port)).await?;
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608i32.to_be_bytes()); // protocol 3.0
+    for (k, v) in [("user", user), ("database", "postgres"), ("application_name", "pgpilot_health")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).await?;
+    let kind = stream.read_u8().await?;
+    match kind {
+        b'R' => {
+            // Authentication request or ok: the server accepts connections.
+            // Say goodbye properly so the server logs nothing.
+            let _ = stream.write_all(&[b'X', 0, 0, 0, 4]).await;
+            Ok(true)
+        }
+        b'E' => {
+            let len = stream.read_i32().await?;
+            let mut payload = vec![0u8; (len.max(4) - 4).min(8192) as usize];
+            stream.read_exact(&mut payload).await?;
+            Ok(sqlstate(&payload).as_deref() != Some("57P03"))
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The SQLSTATE ('C' field) of an ErrorResponse body.
+fn sqlstate(payload: &[u8]) -> Option<String> {
+    payload
+        .split(|b| *b == 0)
+        .find(|field| field.first() == Some(&b'C'))
+        .map(|field| String::from_utf8_lossy(&field[1..]).into_owned())
+}
+
+/// Check every node on a period; store changes (which re-evaluate the group).
+pub async fn run(store: Store, interval: Duration, limit: Duration, user: String) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let targets = match store.health_targets().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "health check: cannot list nodes");
+                continue;
+            }
+        };
+        let checks = targets.into_iter().map(|(id, host, port, before)| {
+            let user = user.clone();
+            async move { (id, host.clone(), port, before, ping(&host, port, &user, limit).await) }
+        });
+        for (id, host, port, before, now) in futures_join_all(checks).await {
+            if before != now {
+                tracing::info!(node_id = id, %host, port, health = now.as_str(), "health check changed");
+                if let Err(e) = store.set_health(id, now).await {
+                    tracing::warn!(error = %e, node_id = id, "cannot store health check result");
+                }
+            }
+        }
+        if let Err(e) = store.evaluate_all().await {
+            tracing::warn!(error = %e, "periodic evaluation failed");
+        }
+    }
+}
+
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sqlstate() {
+        let body = b"SFATAL\0C57P03\0Mthe database system is starting up\0\0";
+        assert_eq!(sqlstate(body).as_deref(), Some("57P03"));
+        assert_eq!(sqlstate(b"SFATAL\0\0"), None);
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_bad() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        assert_eq!(ping("127.0.0.1", port, "postgres", Duration::from_secs(1)).await, Health::Bad);
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out_as_bad() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _accept = tokio::spawn(async move {
+            let (_s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(ping("127.0.0.1", port, "postgres", Duration::from_millis(200)).await, Health::Bad);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn auth_request_is_good() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let len = s.read_i32().await.unwrap();
+            let mut rest = vec![0u8; len as usize - 4];
+            s.read_exact(&mut rest).await.unwrap();
+            s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await.unwrap();
+        });
+        assert_eq!(ping("127.0.0.1", port, "postgres", Duration::from_secs(1)).await, Health::Good);
+    }
+}

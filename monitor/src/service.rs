@@ -1,0 +1,243 @@
+//! gRPC handlers: validate input, call the store, map errors. No SQL and no
+//! state-machine logic here.
+
+use std::time::Duration;
+
+use pgpilot_proto::pb::{self, monitor_server::Monitor};
+use pgpilot_proto::ReplicationState as S;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::fsm::{self, KeeperTimings};
+use crate::store::{Heartbeat, Registration, Store, StoredNode};
+
+pub struct MonitorService {
+    store: Store,
+}
+
+impl MonitorService {
+    pub fn new(store: Store) -> Self {
+        MonitorService { store }
+    }
+}
+
+const MAX_NAME: usize = 63;
+
+fn valid_name(what: &str, value: &str) -> Result<(), Error> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_NAME
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what} {value:?} is not valid: use 1 to {MAX_NAME} letters, digits, '_', '-' or '.'"
+        )))
+    }
+}
+
+fn formation_or_default(f: &str) -> &str {
+    if f.is_empty() {
+        "default"
+    } else {
+        f
+    }
+}
+
+fn timings(t: Option<pb::KeeperTimings>) -> Result<KeeperTimings, Error> {
+    let t = t.ok_or_else(|| Error::InvalidArgument("timings are missing".into()))?;
+    Ok(KeeperTimings {
+        heartbeat_interval: Duration::from_millis(t.heartbeat_interval_ms),
+        fence_timeout: Duration::from_millis(t.fence_timeout_ms),
+        wal_sender_timeout: Duration::from_millis(t.wal_sender_timeout_ms),
+    })
+}
+
+fn state(value: i32, what: &str) -> Result<S, Error> {
+    S::from_wire(value).map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))
+}
+
+fn address(n: &StoredNode) -> pb::NodeAddress {
+    pb::NodeAddress {
+        node_id: n.snap.id,
+        name: n.snap.name.clone(),
+        host: n.host.clone(),
+        port: u32::from(n.port),
+    }
+}
+
+#[tonic::async_trait]
+impl Monitor for MonitorService {
+    async fn register_node(
+        &self,
+        request: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeReply>, Status> {
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        valid_name("node name", &r.name)?;
+        if r.host.is_empty() || r.host.len() > 255 {
+            return Err(Error::InvalidArgument("host must be 1 to 255 characters".into()).into());
+        }
+        let port = u16::try_from(r.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Error::InvalidArgument(format!("port {} is not between 1 and 65535", r.port)))?;
+        if r.candidate_priority > 100 {
+            return Err(Error::InvalidArgument(format!(
+                "candidate priority {} is not between 0 and 100",
+                r.candidate_priority
+            ))
+            .into());
+        }
+        let node = self
+            .store
+            .register_node(&Registration {
+                formation,
+                name: r.name,
+                host: r.host,
+                port,
+                system_identifier: r.system_identifier,
+                candidate_priority: r.candidate_priority,
+                replication_quorum: r.replication_quorum,
+                timings: timings(r.timings)?,
+            })
+            .await?;
+        tracing::info!(node = %node.snap.name, node_id = node.snap.id, goal = %node.snap.goal, "node registered");
+        Ok(Response::new(pb::RegisterNodeReply {
+            node_id: node.snap.id,
+            group_id: node.group_id as u32,
+            goal_state: node.snap.goal.to_wire(),
+            formation: node.formation,
+        }))
+    }
+
+    async fn node_active(
+        &self,
+        request: Request<pb::NodeActiveRequest>,
+    ) -> Result<Response<pb::NodeActiveReply>, Status> {
+        let r = request.into_inner();
+        let hb = Heartbeat {
+            node_id: r.node_id,
+            reported: state(r.reported_state, "reported_state")?,
+            pg_running: r.pg_running,
+            lsn: r.lsn,
+            timeline: r.timeline,
+            wal_receiver_streaming: r.wal_receiver_streaming,
+            system_identifier: r.system_identifier,
+            timings: timings(r.timings)?,
+        };
+        let a = self.store.node_active(&hb).await?;
+        Ok(Response::new(pb::NodeActiveReply {
+            goal_state: a.node.snap.goal.to_wire(),
+            primary: a.primary.as_ref().map(address),
+            replication: Some(pb::ReplicationSettings {
+                synchronous_standby_names: a.plan.synchronous_standby_names,
+                standbys: a.others.iter().map(address).collect(),
+                required_streaming_standbys: a.plan.fence_required,
+                quorum_standby_names: a.plan.fence_set,
+            }),
+            group_id: a.node.group_id as u32,
+            formation: a.node.formation,
+        }))
+    }
+
+    async fn get_formation_state(
+        &self,
+        request: Request<pb::GetFormationStateRequest>,
+    ) -> Result<Response<pb::FormationState>, Status> {
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        let (nodes, now, nss) = self.store.formation_state(&formation).await?;
+        // Why each group waits: the state machine run read-only.
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut groups: Vec<i32> = nodes.iter().map(|n| n.group_id).collect();
+        groups.dedup();
+        for g in groups {
+            let snaps: Vec<_> = nodes
+                .iter()
+                .filter(|n| n.group_id == g)
+                .map(|n| n.snap.clone())
+                .collect();
+            let outcome = fsm::decide(&snaps, now, &self.store.fsm_settings(nss));
+            waiting.insert(g, outcome.waiting.join("; "));
+        }
+        let nodes = nodes
+            .iter()
+            .map(|n| pb::NodeStatus {
+                node_id: n.snap.id,
+                name: n.snap.name.clone(),
+                host: n.host.clone(),
+                port: u32::from(n.port),
+                group_id: n.group_id as u32,
+                reported_state: n.snap.reported.to_wire(),
+                goal_state: n.snap.goal.to_wire(),
+                pg_running: n.snap.pg_running,
+                lsn: n.snap.lsn,
+                timeline: n.timeline,
+                health: n.snap.health.as_str().to_string(),
+                heartbeat_age_ms: n
+                    .snap
+                    .last_heartbeat
+                    .map(|t| (now - t).num_milliseconds().max(0))
+                    .unwrap_or(-1),
+                candidate_priority: n.snap.candidate_priority,
+                replication_quorum: n.snap.replication_quorum,
+                wal_receiver_streaming: n.snap.wal_receiver_streaming,
+                system_identifier: n.system_identifier,
+                waiting_reason: waiting.get(&n.group_id).cloned().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::FormationState {
+            formation,
+            nodes,
+            number_sync_standbys: nss,
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsReply>, Status> {
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        let count = if r.count == 0 { 20 } else { r.count.min(10_000) };
+        let events = self.store.events(&formation, count).await?;
+        let wire = |s: &str| s.parse::<S>().map(S::to_wire).unwrap_or(0);
+        Ok(Response::new(pb::ListEventsReply {
+            events: events
+                .into_iter()
+                .map(|e| pb::Event {
+                    event_id: e.event_id,
+                    at: e.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    formation: e.formation,
+                    group_id: e.group_id as u32,
+                    node_id: e.node_id,
+                    node_name: e.node_name,
+                    reported_state: wire(&e.reported),
+                    goal_from: wire(&e.goal_from),
+                    goal_to: wire(&e.goal_to),
+                    reason: e.reason,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn perform_failover(
+        &self,
+        request: Request<pb::PerformFailoverRequest>,
+    ) -> Result<Response<pb::PerformFailoverReply>, Status> {
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        let group = i32::try_from(r.group_id)
+            .map_err(|_| Error::InvalidArgument(format!("group {} does not exist", r.group_id)))?;
+        let message = self.store.perform_failover(&formation, group).await?;
+        tracing::info!(%formation, group, "{message}");
+        Ok(Response::new(pb::PerformFailoverReply { message }))
+    }
+}

@@ -1,0 +1,670 @@
+//! The monitor's database: the only module that speaks SQL.
+//!
+//! What is durable and why: every node's identity, its last report and its
+//! assigned goal, and the fence set it was last told as a primary (the
+//! promotion rule depends on it), plus an event row for every goal change.
+//! The monitor keeps nothing else, so several monitor processes can share
+//! one database. Every heartbeat and operator command evaluates the state
+//! machine inside one transaction that first locks the group's rows
+//! (`SELECT … FOR UPDATE`, ordered by node id), so two monitors can never
+//! assign conflicting goals. Deadlocks and serialization failures are
+//! retried a bounded number of times. Timestamps come from the database's
+//! clock, the one clock all monitors share.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pgpilot_proto::ReplicationState as S;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::error::{Error, Result};
+use crate::fsm::{self, Decision, Health, KeeperTimings, NodeSnapshot, ReplicationPlan};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+const MAX_ATTEMPTS: u32 = 3;
+
+/// A node row: the state machine's snapshot plus what only I/O needs.
+#[derive(Debug, Clone)]
+pub struct StoredNode {
+    pub snap: NodeSnapshot,
+    pub formation: String,
+    pub group_id: i32,
+    pub host: String,
+    pub port: u16,
+    pub system_identifier: u64,
+    pub timeline: u32,
+}
+
+/// A keeper's registration.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub formation: String,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub system_identifier: u64,
+    pub candidate_priority: u32,
+    pub replication_quorum: bool,
+    pub timings: KeeperTimings,
+}
+
+/// A keeper's heartbeat.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub node_id: i64,
+    pub reported: S,
+    pub pg_running: bool,
+    pub lsn: u64,
+    pub timeline: u32,
+    pub wal_receiver_streaming: bool,
+    pub system_identifier: u64,
+    pub timings: KeeperTimings,
+}
+
+/// What a heartbeat's reply carries.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub node: StoredNode,
+    /// The node to follow (standbys) or clone from.
+    pub primary: Option<StoredNode>,
+    /// Every other node of the group.
+    pub others: Vec<StoredNode>,
+    pub plan: ReplicationPlan,
+}
+
+/// State-machine settings not stored per formation.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineSettings {
+    pub node_timeout: Duration,
+    pub fence_margin: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub event_id: i64,
+    pub at: DateTime<Utc>,
+    pub formation: String,
+    pub group_id: i32,
+    pub node_id: i64,
+    pub node_name: String,
+    pub reported: String,
+    pub goal_from: String,
+    pub goal_to: String,
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    settings: MachineSettings,
+}
+
+type Tx<'a> = Transaction<'a, Postgres>;
+
+impl Store {
+    /// Connect and apply `migrations/`.
+    pub async fn connect(url: &str, settings: MachineSettings) -> Result<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool, settings })
+    }
+
+    /// Register a node (idempotent for the same name, host and port) and
+    /// evaluate its group.
+    pub async fn register_node(&self, reg: &Registration) -> Result<StoredNode> {
+        retry(|| self.register_once(reg)).await
+    }
+
+    async fn register_once(&self, reg: &Registration) -> Result<StoredNode> {
+        let mut tx = self.pool.begin().await?;
+        let formation = sqlx::query(
+            "SELECT number_sync_standbys FROM formation WHERE name = $1 FOR UPDATE",
+        )
+        .bind(&reg.formation)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if formation.is_none() {
+            return Err(Error::NotFound(format!(
+                "formation {:?} does not exist: use the formation \"default\" or create it first",
+                reg.formation
+            )));
+        }
+        let existing = sqlx::query("SELECT node_id, host, port FROM node WHERE formation = $1 AND name = $2")
+            .bind(&reg.formation)
+            .bind(&reg.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let node_id: i64 = match existing {
+            Some(row) => {
+                let host: String = row.get("host");
+                let port: i32 = row.get("port");
+                if host != reg.host || port != i32::from(reg.port) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "a node named {:?} is already registered at {host}:{port}: choose another name, or drop that node first",
+                        reg.name
+                    )));
+                }
+                row.get("node_id")
+            }
+            None => {
+                let taken = sqlx::query("SELECT name FROM node WHERE host = $1 AND port = $2")
+                    .bind(&reg.host)
+                    .bind(i32::from(reg.port))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(row) = taken {
+                    let other: String = row.get("name");
+                    return Err(Error::FailedPrecondition(format!(
+                        "{}:{} is already registered as node {other:?}: a node's host and port must be unique",
+                        reg.host, reg.port
+                    )));
+                }
+                sqlx::query(
+                    "INSERT INTO node (formation, group_id, name, host, port, system_identifier,
+                        candidate_priority, replication_quorum, heartbeat_interval_ms,
+                        fence_timeout_ms, wal_sender_timeout_ms)
+                     VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING node_id",
+                )
+                .bind(&reg.formation)
+                .bind(&reg.name)
+                .bind(&reg.host)
+                .bind(i32::from(reg.port))
+                .bind(reg.system_identifier as i64)
+                .bind(reg.candidate_priority as i32)
+                .bind(reg.replication_quorum)
+                .bind(millis(reg.timings.heartbeat_interval))
+                .bind(millis(reg.timings.fence_timeout))
+                .bind(millis(reg.timings.wal_sender_timeout))
+                .fetch_one(&mut *tx)
+                .await?
+                .get("node_id")
+            }
+        };
+        let (nodes, now, nss) = self.lock_group(&mut tx, &reg.formation, 0).await?;
+        let nodes = self.evaluate(&mut tx, nodes, now, nss).await?;
+        let node = nodes
+            .into_iter()
+            .find(|n| n.snap.id == node_id)
+            .ok_or_else(|| Error::NotFound(format!("node {node_id} vanished during registration")))?;
+        tx.commit().await?;
+        Ok(node)
+    }
+
+    /// Record a heartbeat, evaluate the group, and return the assignment.
+    pub async fn node_active(&self, hb: &Heartbeat) -> Result<Assignment> {
+        retry(|| self.node_active_once(hb)).await
+    }
+
+    async fn node_active_once(&self, hb: &Heartbeat) -> Result<Assignment> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT formation, group_id FROM node WHERE node_id = $1")
+            .bind(hb.node_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "node id {} is not registered with this monitor: remove the keeper's state file to register again",
+                    hb.node_id
+                ))
+            })?;
+        let formation: String = row.get("formation");
+        let group_id: i32 = row.get("group_id");
+        let (mut nodes, now, nss) = self.lock_group(&mut tx, &formation, group_id).await?;
+        let me = nodes
+            .iter_mut()
+            .find(|n| n.snap.id == hb.node_id)
+            .ok_or_else(|| Error::NotFound(format!("node id {} not found", hb.node_id)))?;
+        if me.snap.goal == S::Dropped {
+            return Err(Error::FailedPrecondition(format!(
+                "node {} was dropped from its formation",
+                me.snap.name
+            )));
+        }
+        apply_heartbeat(me, hb, now);
+        sqlx::query(
+            "UPDATE node SET reported_state = $2, pg_running = $3, lsn = $4, timeline = $5,
+                wal_receiver_streaming = $6, stream_lost_at = $7, pg_down_since = $8,
+                last_heartbeat = $9, system_identifier = $10, heartbeat_interval_ms = $11,
+                fence_timeout_ms = $12, wal_sender_timeout_ms = $13
+             WHERE node_id = $1",
+        )
+        .bind(hb.node_id)
+        .bind(me.snap.reported.as_str())
+        .bind(me.snap.pg_running)
+        .bind(me.snap.lsn as i64)
+        .bind(me.timeline as i32)
+        .bind(me.snap.wal_receiver_streaming)
+        .bind(me.snap.stream_lost_at)
+        .bind(me.snap.pg_down_since)
+        .bind(now)
+        .bind(me.system_identifier as i64)
+        .bind(millis(hb.timings.heartbeat_interval))
+        .bind(millis(hb.timings.fence_timeout))
+        .bind(millis(hb.timings.wal_sender_timeout))
+        .execute(&mut *tx)
+        .await?;
+
+        let nodes = self.evaluate(&mut tx, nodes, now, nss).await?;
+        let index = nodes
+            .iter()
+            .position(|n| n.snap.id == hb.node_id)
+            .expect("node is in its group");
+        let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
+        let plan = fsm::replication_plan(&snaps, index, nss);
+        let me = &nodes[index];
+        if me.snap.goal.is_writable_primary()
+            && (me.snap.fence_set != plan.fence_set || me.snap.fence_required != plan.fence_required)
+        {
+            sqlx::query("UPDATE node SET fence_set = $2, fence_required = $3 WHERE node_id = $1")
+                .bind(hb.node_id)
+                .bind(&plan.fence_set)
+                .bind(plan.fence_required as i32)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let primary = upstream_of(&nodes, index).cloned();
+        let others = nodes
+            .iter()
+            .filter(|n| n.snap.id != hb.node_id && n.snap.goal != S::Dropped)
+            .cloned()
+            .collect();
+        Ok(Assignment {
+            node: nodes[index].clone(),
+            primary,
+            others,
+            plan,
+        })
+    }
+
+    /// Record a health-check result; when it changed, evaluate the group.
+    pub async fn set_health(&self, node_id: i64, health: Health) -> Result<()> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query(
+                "UPDATE node SET health = $2, health_changed_at = clock_timestamp()
+                 WHERE node_id = $1 AND health <> $2 RETURNING formation, group_id",
+            )
+            .bind(node_id)
+            .bind(health.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                let formation: String = row.get("formation");
+                let group_id: i32 = row.get("group_id");
+                let (nodes, now, nss) = self.lock_group(&mut tx, &formation, group_id).await?;
+                self.evaluate(&mut tx, nodes, now, nss).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Evaluate every group once (a periodic safety net for groups whose
+    /// keepers are all silent).
+    pub async fn evaluate_all(&self) -> Result<()> {
+        let groups = sqlx::query("SELECT DISTINCT formation, group_id FROM node")
+            .fetch_all(&self.pool)
+            .await?;
+        for g in groups {
+            let formation: String = g.get("formation");
+            let group_id: i32 = g.get("group_id");
+            retry(|| async {
+                let mut tx = self.pool.begin().await?;
+                let (nodes, now, nss) = self.lock_group(&mut tx, &formation, group_id).await?;
+                self.evaluate(&mut tx, nodes, now, nss).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Nodes to health-check: (id, host, port, current health).
+    pub async fn health_targets(&self) -> Result<Vec<(i64, String, u16, Health)>> {
+        let rows = sqlx::query("SELECT node_id, host, port, health FROM node WHERE goal_state <> 'dropped'")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("node_id"),
+                    r.get("host"),
+                    r.get::<i32, _>("port") as u16,
+                    Health::parse(r.get("health")),
+                )
+            })
+            .collect())
+    }
+
+    /// Every node of a formation, the database's time, and its settings.
+    pub async fn formation_state(
+        &self,
+        formation: &str,
+    ) -> Result<(Vec<StoredNode>, DateTime<Utc>, u32)> {
+        let f = sqlx::query("SELECT number_sync_standbys, clock_timestamp() AS now FROM formation WHERE name = $1")
+            .bind(formation)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("formation {formation:?} does not exist")))?;
+        let rows = sqlx::query("SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id")
+            .bind(formation)
+            .fetch_all(&self.pool)
+            .await?;
+        let nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
+        Ok((
+            nodes,
+            f.get("now"),
+            f.get::<i32, _>("number_sync_standbys") as u32,
+        ))
+    }
+
+    pub async fn events(&self, formation: &str, count: u32) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM event WHERE formation = $1 ORDER BY event_id DESC LIMIT $2) e
+             ORDER BY event_id",
+        )
+        .bind(formation)
+        .bind(i64::from(count))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| EventRow {
+                event_id: r.get("event_id"),
+                at: r.get("at"),
+                formation: r.get("formation"),
+                group_id: r.get("group_id"),
+                node_id: r.get("node_id"),
+                node_name: r.get("node_name"),
+                reported: r.get("reported_state"),
+                goal_from: r.get("goal_from"),
+                goal_to: r.get("goal_to"),
+                reason: r.get("reason"),
+            })
+            .collect())
+    }
+
+    /// Planned failover: the primary drains, the secondaries report their LSN.
+    pub async fn perform_failover(&self, formation: &str, group_id: i32) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (nodes, now, _) = self.lock_group(&mut tx, formation, group_id).await?;
+            if nodes.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "formation {formation:?} has no group {group_id}"
+                )));
+            }
+            let alive = |n: &StoredNode| {
+                n.snap.last_heartbeat.is_some_and(|t| {
+                    (now - t).to_std().unwrap_or_default() <= self.settings.node_timeout
+                })
+            };
+            let primary = nodes
+                .iter()
+                .find(|n| n.snap.goal.is_writable_primary())
+                .ok_or_else(|| {
+                    Error::FailedPrecondition(
+                        "the group has no primary right now (a failover may be under way): wait until show-state shows one".into(),
+                    )
+                })?;
+            if primary.snap.reported != primary.snap.goal || !alive(primary) {
+                return Err(Error::FailedPrecondition(format!(
+                    "primary {} is not settled and healthy (reported {}, goal {}): wait until it is, or let automatic failover act",
+                    primary.snap.name, primary.snap.reported, primary.snap.goal
+                )));
+            }
+            let candidates: Vec<&StoredNode> = nodes
+                .iter()
+                .filter(|n| {
+                    n.snap.goal == S::Secondary && n.snap.reported == S::Secondary && alive(n)
+                })
+                .collect();
+            if !candidates.iter().any(|n| n.snap.candidate_priority > 0) {
+                return Err(Error::FailedPrecondition(
+                    "no healthy secondary with candidate priority above 0 can take over: add a standby or wait until one is secondary".into(),
+                ));
+            }
+            let mut decisions = vec![Decision {
+                node_id: primary.snap.id,
+                from: primary.snap.goal,
+                to: S::Draining,
+                reason: fsm::Reason::PlannedFailover,
+            }];
+            decisions.extend(candidates.iter().map(|n| Decision {
+                node_id: n.snap.id,
+                from: n.snap.goal,
+                to: S::ReportLsn,
+                reason: fsm::Reason::PlannedFailover,
+            }));
+            self.apply(&mut tx, &nodes, &decisions).await?;
+            tx.commit().await?;
+            Ok(format!(
+                "planned failover started: {} stops taking writes, then a secondary is promoted",
+                primary.snap.name
+            ))
+        })
+        .await
+    }
+
+    /// Lock the group's rows and read them with the database's time.
+    async fn lock_group(
+        &self,
+        tx: &mut Tx<'_>,
+        formation: &str,
+        group_id: i32,
+    ) -> Result<(Vec<StoredNode>, DateTime<Utc>, u32)> {
+        let f = sqlx::query(
+            "SELECT number_sync_standbys, clock_timestamp() AS now FROM formation WHERE name = $1",
+        )
+        .bind(formation)
+        .fetch_one(&mut **tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM node WHERE formation = $1 AND group_id = $2 ORDER BY node_id FOR UPDATE",
+        )
+        .bind(formation)
+        .bind(group_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
+        Ok((
+            nodes,
+            f.get("now"),
+            f.get::<i32, _>("number_sync_standbys") as u32,
+        ))
+    }
+
+    /// Run the state machine and persist its decisions.
+    async fn evaluate(
+        &self,
+        tx: &mut Tx<'_>,
+        mut nodes: Vec<StoredNode>,
+        now: DateTime<Utc>,
+        number_sync_standbys: u32,
+    ) -> Result<Vec<StoredNode>> {
+        let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
+        let outcome = fsm::decide(&snaps, now, &self.fsm_settings(number_sync_standbys));
+        self.apply(tx, &nodes, &outcome.decisions).await?;
+        for d in &outcome.decisions {
+            if let Some(n) = nodes.iter_mut().find(|n| n.snap.id == d.node_id) {
+                n.snap.goal = d.to;
+            }
+        }
+        Ok(nodes)
+    }
+
+    pub fn fsm_settings(&self, number_sync_standbys: u32) -> fsm::Settings {
+        fsm::Settings {
+            node_timeout: self.settings.node_timeout,
+            fence_margin: self.settings.fence_margin,
+            catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
+            number_sync_standbys,
+        }
+    }
+
+    /// Write goal changes and their events, and notify listeners.
+    async fn apply(&self, tx: &mut Tx<'_>, nodes: &[StoredNode], decisions: &[Decision]) -> Result<()> {
+        for d in decisions {
+            let Some(node) = nodes.iter().find(|n| n.snap.id == d.node_id) else {
+                continue;
+            };
+            sqlx::query("UPDATE node SET goal_state = $2, goal_changed_at = clock_timestamp() WHERE node_id = $1")
+                .bind(d.node_id)
+                .bind(d.to.as_str())
+                .execute(&mut **tx)
+                .await?;
+            let reason = d.reason.to_string();
+            sqlx::query(
+                "INSERT INTO event (formation, group_id, node_id, node_name, reported_state, goal_from, goal_to, reason)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&node.formation)
+            .bind(node.group_id)
+            .bind(d.node_id)
+            .bind(&node.snap.name)
+            .bind(node.snap.reported.as_str())
+            .bind(d.from.as_str())
+            .bind(d.to.as_str())
+            .bind(&reason)
+            .execute(&mut **tx)
+            .await?;
+            tracing::info!(
+                formation = %node.formation,
+                group = node.group_id,
+                node = %node.snap.name,
+                from = %d.from,
+                to = %d.to,
+                reason = %reason,
+                "goal changed"
+            );
+        }
+        if let Some(first) = decisions.first() {
+            if let Some(node) = nodes.iter().find(|n| n.snap.id == first.node_id) {
+                sqlx::query("SELECT pg_notify('pgpilot_events', $1)")
+                    .bind(&node.formation)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fold a heartbeat into the stored node, tracking since when the WAL
+/// receiver and PostgreSQL have been down.
+fn apply_heartbeat(node: &mut StoredNode, hb: &Heartbeat, now: DateTime<Utc>) {
+    let snap = &mut node.snap;
+    snap.reported = hb.reported;
+    snap.pg_running = hb.pg_running;
+    snap.lsn = hb.lsn;
+    snap.wal_receiver_streaming = hb.wal_receiver_streaming;
+    snap.stream_lost_at = if hb.wal_receiver_streaming {
+        None
+    } else {
+        snap.stream_lost_at.or(Some(now))
+    };
+    snap.pg_down_since = if hb.pg_running {
+        None
+    } else {
+        snap.pg_down_since.or(Some(now))
+    };
+    snap.last_heartbeat = Some(now);
+    snap.timings = hb.timings;
+    node.timeline = hb.timeline;
+    if hb.system_identifier != 0 {
+        node.system_identifier = hb.system_identifier;
+    }
+}
+
+/// Which node `index` follows: a standby follows the writable primary; the
+/// winner of an election needs nobody.
+fn upstream_of(nodes: &[StoredNode], index: usize) -> Option<&StoredNode> {
+    let me = &nodes[index];
+    if me.snap.goal.is_writable_primary() || me.snap.goal == S::Draining {
+        return None;
+    }
+    // During a failover the old primary keeps its goal until the election
+    // ends; standbys keep following it until then.
+    nodes
+        .iter()
+        .filter(|n| n.snap.id != me.snap.id)
+        .find(|n| n.snap.goal.is_writable_primary())
+        .or_else(|| {
+            nodes
+                .iter()
+                .find(|n| n.snap.id != me.snap.id && n.snap.goal == S::Draining)
+        })
+}
+
+fn node_from_row(row: &PgRow) -> Result<StoredNode> {
+    let state = |col: &str| -> Result<S> {
+        let text: String = row.get(col);
+        text.parse()
+            .map_err(|e| Error::FailedPrecondition(format!("corrupt node row: {e}")))
+    };
+    let ms = |col: &str| Duration::from_millis(row.get::<i64, _>(col).max(0) as u64);
+    Ok(StoredNode {
+        snap: NodeSnapshot {
+            id: row.get("node_id"),
+            name: row.get("name"),
+            reported: state("reported_state")?,
+            goal: state("goal_state")?,
+            pg_running: row.get("pg_running"),
+            lsn: row.get::<i64, _>("lsn") as u64,
+            wal_receiver_streaming: row.get("wal_receiver_streaming"),
+            stream_lost_at: row.get("stream_lost_at"),
+            pg_down_since: row.get("pg_down_since"),
+            last_heartbeat: row.get("last_heartbeat"),
+            health: Health::parse(row.get("health")),
+            candidate_priority: row.get::<i32, _>("candidate_priority") as u32,
+            replication_quorum: row.get("replication_quorum"),
+            timings: KeeperTimings {
+                heartbeat_interval: ms("heartbeat_interval_ms"),
+                fence_timeout: ms("fence_timeout_ms"),
+                wal_sender_timeout: ms("wal_sender_timeout_ms"),
+            },
+            fence_set: row.get("fence_set"),
+            fence_required: row.get::<i32, _>("fence_required") as u32,
+        },
+        formation: row.get("formation"),
+        group_id: row.get("group_id"),
+        host: row.get("host"),
+        port: row.get::<i32, _>("port") as u16,
+        system_identifier: row.get::<i64, _>("system_identifier") as u64,
+        timeline: row.get::<i32, _>("timeline") as u32,
+    })
+}
+
+fn millis(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+/// Retry an operation on deadlock / serialization failure, a bounded number of times.
+async fn retry<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(Error::Database(sqlx::Error::Database(db)))
+                if attempt < MAX_ATTEMPTS
+                    && matches!(db.code().as_deref(), Some("40001") | Some("40P01")) =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,1 +1,9 @@
+//! The pgpilot keeper: drives one local PostgreSQL towards the goal state
+//! the monitor assigns, heartbeats, and fences a primary that lost the
+//! monitor and its standbys.
 
+pub mod agent;
+pub mod config;
+pub mod pg;
+pub mod plan;
+pub mod state_file;

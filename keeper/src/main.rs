@@ -1,1 +1,102 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pgpilot_keeper::agent::Keeper;
+use pgpilot_keeper::config::KeeperConfig;
+use pgpilot_keeper::pg::{find_bin_dir, PgController, PgSettings};
+
+/// pgpilot keeper: runs beside one PostgreSQL server and carries out the
+/// transitions the monitor assigns.
+///
+/// Exit codes: 0 stopped by a signal, 1 failed (monitor unreachable at
+/// registration, node refused), 2 invalid configuration.
+#[derive(Parser)]
+#[command(name = "pgpilot-keeper", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the keeper.
+    ///
+    /// Example: pgpilot-keeper run --config /etc/pgpilot/keeper.toml
+    Run {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Command::Run { config, log_format } = Args::parse().command;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let config = match KeeperConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if nix::unistd::geteuid().is_root() {
+        eprintln!("error: PostgreSQL refuses to run as root: run pgpilot-keeper as the user that owns PGDATA (e.g. postgres)");
+        return ExitCode::from(2);
+    }
+    let bin_dir = match find_bin_dir(config.pg_bin_dir.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pg = PgController::new(PgSettings {
+        pgdata: config.pgdata.clone(),
+        bin_dir,
+        socket_dir: config.socket_dir(),
+        superuser: config.pg_user.clone(),
+        port: config.port,
+    });
+    let span = tracing::info_span!("keeper", node = %config.name, formation = %config.formation);
+    let _enter = span.enter();
+    let keeper = match Keeper::new(config, pg) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("keeper stopping (PostgreSQL keeps running)");
+    };
+    match keeper.run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -445,6 +445,7 @@ impl Eval<'_> {
             .filter(|&i| {
                 self.nodes[i].reported == S::ReportLsn
                     && self.alive(i)
+                    && self.nodes[i].pg_running
                     && !self.nodes[i].wal_receiver_streaming
             })
             .collect();
@@ -683,10 +684,16 @@ impl Eval<'_> {
                 }
             }
             S::Primary => {
+                // Standbys in an election still count: the primary keeps its
+                // goal until the election ends one way or the other.
                 let any_quorum_secondary = standbys.clone().any(|i| {
-                    self.nodes[i].replication_quorum && self.nodes[i].goal == S::Secondary
+                    self.nodes[i].replication_quorum
+                        && matches!(self.nodes[i].goal, S::Secondary | S::ReportLsn)
                 });
-                if !any_quorum_secondary && self.settings.number_sync_standbys == 0 {
+                if !any_quorum_secondary
+                    && self.settings.number_sync_standbys == 0
+                    && self.alive(p)
+                {
                     self.assign(p, S::WaitPrimary, Reason::NoQuorumStandby);
                 }
             }

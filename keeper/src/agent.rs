@@ -1,0 +1,462 @@
+//! The keeper's loop: observe PostgreSQL, heartbeat, walk towards the goal,
+//! keep the steady state; and beside it the fence task, which stops a
+//! primary that lost the monitor and its standbys (DESIGN §4).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgpilot_proto::pb::{self, monitor_client::MonitorClient};
+use pgpilot_proto::ReplicationState as S;
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::KeeperConfig;
+use crate::pg::{LocalPostgres, ManagedConfig, Observation, PgError, Upstream};
+use crate::plan::{self, Action};
+use crate::state_file::{self, KeeperState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error("cannot reach the monitor at {url}: {reason}")]
+    MonitorUnreachable { url: String, reason: String },
+    #[error("the monitor refused this node: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    State(#[from] state_file::StateFileError),
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Plan(#[from] plan::NoEdge),
+    #[error("{0}")]
+    Waiting(String),
+}
+
+/// What the fence task needs to know, shared with the main loop.
+#[derive(Debug)]
+struct Lease {
+    /// When the last heartbeat that got an answer was sent.
+    last_ok_sent: Instant,
+    /// The state the node is in (the fence applies to primary-side states).
+    current: S,
+    /// Application names of the standbys that count, and how many must stream.
+    fence_set: Vec<String>,
+    required: u32,
+    /// PostgreSQL was stopped by the fence; not restarted until the monitor answers.
+    fenced: bool,
+    /// This process has heard from the monitor at least once.
+    confirmed: bool,
+}
+
+/// The latest reply, with what the executor needs from it.
+#[derive(Debug, Clone, Default)]
+struct Instructions {
+    primary: Option<pb::NodeAddress>,
+    synchronous_standby_names: String,
+    slot_names: Vec<String>,
+}
+
+pub struct Keeper<P: LocalPostgres> {
+    config: KeeperConfig,
+    pg: Arc<P>,
+    state: KeeperState,
+    lease: Arc<Mutex<Lease>>,
+    client: Option<MonitorClient<Channel>>,
+    instructions: Instructions,
+    last_error: Option<String>,
+}
+
+fn application_name(node_id: i64) -> String {
+    format!("pgpilot_{node_id}")
+}
+
+fn timings(c: &KeeperConfig) -> pb::KeeperTimings {
+    pb::KeeperTimings {
+        heartbeat_interval_ms: c.heartbeat_interval.as_millis() as u64,
+        fence_timeout_ms: c.fence_timeout.as_millis() as u64,
+        wal_sender_timeout_ms: c.wal_sender_timeout.as_millis() as u64,
+    }
+}
+
+impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
+    pub fn new(config: KeeperConfig, pg: P) -> Result<Self, KeeperError> {
+        let state = state_file::load(&config.state_file())?
+            .unwrap_or_else(|| KeeperState::new(&config.formation));
+        let lease = Lease {
+            last_ok_sent: Instant::now(),
+            current: state.current,
+            fence_set: Vec::new(),
+            required: 0,
+            fenced: false,
+            confirmed: false,
+        };
+        Ok(Keeper {
+            config,
+            pg: Arc::new(pg),
+            state,
+            lease: Arc::new(Mutex::new(lease)),
+            client: None,
+            instructions: Instructions::default(),
+            last_error: None,
+        })
+    }
+
+    async fn client(&mut self) -> Result<&mut MonitorClient<Channel>, KeeperError> {
+        if self.client.is_none() {
+            let url = self.config.monitor.clone();
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| KeeperError::MonitorUnreachable {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(self.rpc_timeout());
+            // Lazy: connects on first use and reconnects by itself.
+            self.client = Some(MonitorClient::new(endpoint.connect_lazy()));
+        }
+        Ok(self.client.as_mut().expect("just set"))
+    }
+
+    fn rpc_timeout(&self) -> Duration {
+        self.config
+            .heartbeat_interval
+            .max(Duration::from_millis(500))
+            .min(self.config.fence_timeout / 2)
+    }
+
+    /// Register once (bounded retries for a node that never registered).
+    async fn register(&mut self) -> Result<(), KeeperError> {
+        if self.state.node_id.is_some() {
+            return Ok(());
+        }
+        let sysid = self.pg.system_identifier().await.ok().flatten().unwrap_or(0);
+        let request = pb::RegisterNodeRequest {
+            formation: self.config.formation.clone(),
+            name: self.config.name.clone(),
+            host: self.config.host.clone(),
+            port: u32::from(self.config.port),
+            system_identifier: sysid,
+            candidate_priority: self.config.candidate_priority,
+            replication_quorum: self.config.replication_quorum,
+            timings: Some(timings(&self.config)),
+        };
+        let deadline = Instant::now() + self.config.register_timeout;
+        let url = self.config.monitor.clone();
+        loop {
+            let result = self.client().await?.register_node(request.clone()).await;
+            match result {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    let goal = S::from_wire(reply.goal_state).unwrap_or(S::Init);
+                    self.state.node_id = Some(reply.node_id);
+                    self.state.group_id = reply.group_id;
+                    self.state.formation = reply.formation;
+                    self.state.goal = goal;
+                    state_file::save(&self.config.state_file(), &mut self.state)?;
+                    tracing::info!(node_id = reply.node_id, goal = %goal, "registered with the monitor");
+                    return Ok(());
+                }
+                Err(status) if is_refusal(&status) => {
+                    return Err(KeeperError::Refused(status.message().to_string()));
+                }
+                Err(status) => {
+                    if Instant::now() >= deadline {
+                        return Err(KeeperError::MonitorUnreachable {
+                            url,
+                            reason: format!(
+                                "{} (gave up registering after {})",
+                                status.message(),
+                                humantime::format_duration(self.config.register_timeout)
+                            ),
+                        });
+                    }
+                    tracing::warn!(monitor = %url, error = %status.message(), "monitor unreachable, retrying registration");
+                    tokio::time::sleep(self.config.heartbeat_interval.max(Duration::from_millis(500))).await;
+                }
+            }
+        }
+    }
+
+    /// Run until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), KeeperError> {
+        self.register().await?;
+        let fence = tokio::spawn(fence_task(
+            self.pg.clone(),
+            self.lease.clone(),
+            self.config.fence_timeout,
+        ));
+        tokio::pin!(shutdown);
+        let result = loop {
+            let moved = match self.step().await {
+                Ok(moved) => moved,
+                Err(KeeperError::Refused(m)) => break Err(KeeperError::Refused(m)),
+                Err(e) => {
+                    let text = e.to_string();
+                    if self.last_error.as_deref() != Some(&text) {
+                        tracing::warn!(error = %text, state = %self.state.current, goal = %self.state.goal, "keeper step failed; retrying");
+                        self.last_error = Some(text);
+                    }
+                    false
+                }
+            };
+            if moved {
+                continue;
+            }
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                _ = tokio::time::sleep(self.config.heartbeat_interval) => {}
+            }
+        };
+        fence.abort();
+        result
+    }
+
+    /// One loop: observe, heartbeat, act. True when a transition finished
+    /// (the next heartbeat goes out at once).
+    async fn step(&mut self) -> Result<bool, KeeperError> {
+        let observation = self.pg.observe().await;
+        let sent = Instant::now();
+        match self.heartbeat(&observation).await {
+            Ok(reply) => {
+                let goal = S::from_wire(reply.goal_state).unwrap_or(self.state.goal);
+                let replication = reply.replication.unwrap_or_default();
+                self.instructions = Instructions {
+                    primary: reply.primary,
+                    synchronous_standby_names: replication.synchronous_standby_names,
+                    slot_names: replication
+                        .standbys
+                        .iter()
+                        .map(|n| application_name(n.node_id))
+                        .collect(),
+                };
+                {
+                    let mut lease = self.lease.lock().await;
+                    lease.last_ok_sent = sent;
+                    lease.confirmed = true;
+                    lease.fence_set = replication.quorum_standby_names;
+                    lease.required = replication.required_streaming_standbys;
+                    lease.fenced = false;
+                }
+                if goal != self.state.goal {
+                    tracing::info!(from = %self.state.current, goal = %goal, "new goal from the monitor");
+                    self.state.goal = goal;
+                    state_file::save(&self.config.state_file(), &mut self.state)?;
+                }
+            }
+            Err(KeeperError::Refused(m)) => return Err(KeeperError::Refused(m)),
+            Err(e) => {
+                // Without the monitor: keep the steady state of standbys only;
+                // a primary is left to the fence task.
+                if !self.state.current.is_writable_primary() && self.state.current == self.state.goal {
+                    self.execute(&plan::steady(self.state.current)).await?;
+                }
+                return Err(e);
+            }
+        }
+        let (from, to) = (self.state.current, self.state.goal);
+        if from == to {
+            if !self.may_run_primary().await && from.is_writable_primary() {
+                return Ok(false);
+            }
+            self.execute(&plan::steady(from)).await?;
+            return Ok(false);
+        }
+        let actions = plan::plan(from, to)?;
+        let started = Instant::now();
+        self.execute(&actions).await?;
+        self.state.current = to;
+        state_file::save(&self.config.state_file(), &mut self.state)?;
+        self.lease.lock().await.current = to;
+        self.last_error = None;
+        tracing::info!(
+            node = %self.config.name,
+            from = %from,
+            to = %to,
+            ms = started.elapsed().as_millis() as u64,
+            "transition done"
+        );
+        Ok(true)
+    }
+
+    async fn may_run_primary(&self) -> bool {
+        let lease = self.lease.lock().await;
+        lease.confirmed && !lease.fenced
+    }
+
+    async fn heartbeat(&mut self, o: &Observation) -> Result<pb::NodeActiveReply, KeeperError> {
+        let request = pb::NodeActiveRequest {
+            node_id: self.state.node_id.unwrap_or_default(),
+            reported_state: self.state.current.to_wire(),
+            pg_running: o.running,
+            lsn: o.lsn,
+            timeline: o.timeline,
+            wal_receiver_streaming: o.wal_receiver_streaming,
+            system_identifier: o.system_identifier,
+            timings: Some(timings(&self.config)),
+            streaming_standbys: o.streaming_standbys.clone(),
+        };
+        let url = self.config.monitor.clone();
+        match self.client().await?.node_active(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) if is_refusal(&status) => Err(KeeperError::Refused(status.message().to_string())),
+            Err(status) => Err(KeeperError::MonitorUnreachable {
+                url,
+                reason: status.message().to_string(),
+            }),
+        }
+    }
+
+    fn upstream(&self) -> Result<Upstream, KeeperError> {
+        let node_id = self.state.node_id.unwrap_or_default();
+        self.instructions
+            .primary
+            .as_ref()
+            .map(|p| Upstream {
+                host: p.host.clone(),
+                port: p.port as u16,
+                slot_name: application_name(node_id),
+            })
+            .ok_or_else(|| KeeperError::Waiting("the monitor names no primary to follow yet".into()))
+    }
+
+    fn managed_config(&self, standby_of: Option<Upstream>) -> ManagedConfig {
+        let node_id = self.state.node_id.unwrap_or_default();
+        ManagedConfig {
+            port: self.config.port,
+            listen_addresses: self.config.listen_addresses(),
+            application_name: application_name(node_id),
+            synchronous_standby_names: if standby_of.is_some() {
+                String::new()
+            } else {
+                self.instructions.synchronous_standby_names.clone()
+            },
+            standby_of,
+            wal_sender_timeout: self.config.wal_sender_timeout,
+            wal_receiver_timeout: self.config.wal_receiver_timeout,
+        }
+    }
+
+    async fn execute(&mut self, actions: &[Action]) -> Result<(), KeeperError> {
+        let pg = self.pg.clone();
+        let mut config_changed = false;
+        for action in actions {
+            match action {
+                Action::InitDb => pg.initdb().await?,
+                Action::ConfigurePrimary => {
+                    config_changed |= pg.write_config(&self.managed_config(None)).await?;
+                }
+                Action::ConfigureStandby => {
+                    let upstream = self.upstream()?;
+                    config_changed |= pg.write_config(&self.managed_config(Some(upstream))).await?;
+                }
+                Action::Start => pg.start().await?,
+                Action::Reload => {
+                    if config_changed {
+                        pg.reload().await?;
+                    }
+                }
+                Action::Stop => pg.stop().await?,
+                Action::Clone => {
+                    let upstream = self.upstream()?;
+                    tracing::info!(from = %format!("{}:{}", upstream.host, upstream.port), "cloning the primary with pg_basebackup");
+                    pg.base_backup(&upstream).await?;
+                    config_changed = true;
+                }
+                Action::RewindOrClone => {
+                    let upstream = self.upstream()?;
+                    if let Err(e) = self.rewind_and_start(&upstream).await {
+                        tracing::warn!(error = %e, "rewinding did not give a standby that starts; cloning the primary instead");
+                        pg.stop().await?;
+                        pg.base_backup(&upstream).await?;
+                    }
+                    config_changed = true;
+                }
+                Action::WaitReplayCaughtUp => {
+                    pg.wait_replay_caught_up(Duration::from_secs(60)).await?
+                }
+                Action::Promote => pg.promote().await?,
+                Action::SyncSlots => {
+                    let slots = self.instructions.slot_names.clone();
+                    pg.sync_slots(&slots).await?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
+    /// pg_rewind, then start as a standby of `upstream`: a rewound data
+    /// directory is only good once PostgreSQL accepts it.
+    async fn rewind_and_start(&self, upstream: &Upstream) -> Result<(), KeeperError> {
+        if !self.pg.has_data_directory() {
+            return Err(KeeperError::Waiting("no data directory to rewind".into()));
+        }
+        self.pg.rewind(upstream).await?;
+        self.pg
+            .write_config(&self.managed_config(Some(upstream.clone())))
+            .await?;
+        self.pg.start().await?;
+        Ok(())
+    }
+}
+
+/// Refusals end the keeper; anything else is retried.
+fn is_refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition
+            | tonic::Code::PermissionDenied
+    )
+}
+
+/// Stop PostgreSQL when the node is on the primary side, has not reached
+/// the monitor for `fence_timeout`, and fewer than the required standbys
+/// stream from it. Runs on its own short timer, so a slow heartbeat or a
+/// long action never delays it.
+async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
+    pg: Arc<P>,
+    lease: Arc<Mutex<Lease>>,
+    fence_timeout: Duration,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let (must_check, fence_set, required) = {
+            let l = lease.lock().await;
+            let isolated = l.last_ok_sent.elapsed() >= fence_timeout;
+            (
+                isolated && !l.fenced && l.current.must_fence_when_isolated(),
+                l.fence_set.clone(),
+                l.required,
+            )
+        };
+        if !must_check {
+            continue;
+        }
+        let o = pg.observe().await;
+        let streaming = o
+            .streaming_standbys
+            .iter()
+            .filter(|s| fence_set.contains(s))
+            .count() as u32;
+        if !o.running {
+            lease.lock().await.fenced = true;
+            continue;
+        }
+        if streaming >= required {
+            continue;
+        }
+        tracing::warn!(
+            streaming,
+            required,
+            "monitor unreachable and too few standbys streaming: fencing (stopping PostgreSQL)"
+        );
+        match pg.stop_immediate().await {
+            Ok(()) => {
+                lease.lock().await.fenced = true;
+                tracing::warn!("fenced: PostgreSQL stopped; it restarts only when the monitor says this node is still the primary");
+            }
+            Err(e) => tracing::error!(error = %e, "fencing failed"),
+        }
+    }
+}

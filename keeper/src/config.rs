@@ -1,0 +1,292 @@
+//! The keeper's TOML configuration. Unknown keys are refused, and the
+//! timeouts are checked against each other at load.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How often the keeper observes PostgreSQL and heartbeats. Shorter
+/// transitions and detection; more monitor load (one transaction each).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// A primary that has not reached the monitor for this long, and has too
+/// few streaming standbys, stops PostgreSQL (fences). Must be shorter than
+/// the monitor's node_timeout; longer means a longer failover.
+pub const DEFAULT_FENCE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// PostgreSQL's wal_sender_timeout: how long a primary keeps counting a
+/// silent standby as streaming. Part of the fence bound.
+pub const DEFAULT_WAL_SENDER_TIMEOUT: Duration = Duration::from_secs(2);
+/// PostgreSQL's wal_receiver_timeout: how long a standby waits on a silent
+/// primary before it reports its stream gone.
+pub const DEFAULT_WAL_RECEIVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a keeper that was never registered retries the monitor before
+/// it gives up (a registered keeper retries forever).
+pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CANDIDATE_PRIORITY: u32 = 50;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeeperConfig {
+    /// Node name, unique in its formation.
+    pub name: String,
+    #[serde(default = "d_formation")]
+    pub formation: String,
+    /// Address other nodes and the monitor use to reach this PostgreSQL.
+    pub host: String,
+    /// PostgreSQL port.
+    pub port: u16,
+    /// PostgreSQL data directory.
+    pub pgdata: PathBuf,
+    /// Monitor gRPC URL, e.g. http://127.0.0.1:7430.
+    pub monitor: String,
+    /// Directory of pg_ctl, initdb, … (found on PATH or under /usr/lib/postgresql when unset).
+    #[serde(default)]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// PostgreSQL superuser name, also used for replication.
+    #[serde(default = "d_pg_user")]
+    pub pg_user: String,
+    /// listen_addresses of PostgreSQL (default: the host).
+    #[serde(default)]
+    pub listen_addresses: Option<String>,
+    /// Unix socket directory (default: the directory holding PGDATA).
+    #[serde(default)]
+    pub socket_dir: Option<PathBuf>,
+    /// Local state file (default: `<pgdata>.pgpilot-state.json`).
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    #[serde(default = "d_priority")]
+    pub candidate_priority: u32,
+    #[serde(default = "d_true")]
+    pub replication_quorum: bool,
+    #[serde(default = "d_hb", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(default = "d_fence", with = "humantime_serde")]
+    pub fence_timeout: Duration,
+    #[serde(default = "d_wst", with = "humantime_serde")]
+    pub wal_sender_timeout: Duration,
+    #[serde(default = "d_wrt", with = "humantime_serde")]
+    pub wal_receiver_timeout: Duration,
+    #[serde(default = "d_register", with = "humantime_serde")]
+    pub register_timeout: Duration,
+}
+
+fn d_formation() -> String {
+    "default".into()
+}
+fn d_pg_user() -> String {
+    "postgres".into()
+}
+fn d_priority() -> u32 {
+    DEFAULT_CANDIDATE_PRIORITY
+}
+fn d_true() -> bool {
+    true
+}
+fn d_hb() -> Duration {
+    DEFAULT_HEARTBEAT_INTERVAL
+}
+fn d_fence() -> Duration {
+    DEFAULT_FENCE_TIMEOUT
+}
+fn d_wst() -> Duration {
+    DEFAULT_WAL_SENDER_TIMEOUT
+}
+fn d_wrt() -> Duration {
+    DEFAULT_WAL_RECEIVER_TIMEOUT
+}
+fn d_register() -> Duration {
+    DEFAULT_REGISTER_TIMEOUT
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl KeeperConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: KeeperConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: KeeperConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: one_line(&e.to_string()),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.name.is_empty()
+            || self.name.len() > 63
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return bad(format!(
+                "name {:?} is not valid: use 1 to 63 letters, digits, '_', '-' or '.'",
+                self.name
+            ));
+        }
+        if self.port == 0 {
+            return bad("port must be between 1 and 65535".into());
+        }
+        if self.candidate_priority > 100 {
+            return bad(format!(
+                "candidate_priority {} is not between 0 and 100",
+                self.candidate_priority
+            ));
+        }
+        if !self.pgdata.is_absolute() {
+            return bad(format!(
+                "pgdata {} must be an absolute path",
+                self.pgdata.display()
+            ));
+        }
+        if !(self.monitor.starts_with("http://") || self.monitor.starts_with("https://")) {
+            return bad(format!(
+                "monitor {:?} must be a URL like http://127.0.0.1:7430",
+                self.monitor
+            ));
+        }
+        if self.heartbeat_interval < Duration::from_millis(50) {
+            return bad("heartbeat_interval must be at least 50ms".into());
+        }
+        if self.fence_timeout < self.heartbeat_interval * 2 {
+            return bad(format!(
+                "fence_timeout ({}) must be at least twice heartbeat_interval ({}), or a primary fences itself after one slow heartbeat",
+                humantime::format_duration(self.fence_timeout),
+                humantime::format_duration(self.heartbeat_interval)
+            ));
+        }
+        if self.wal_sender_timeout < Duration::from_secs(1)
+            || self.wal_receiver_timeout < Duration::from_secs(1)
+        {
+            return bad("wal_sender_timeout and wal_receiver_timeout must be at least 1s (standbys reply once a second)".into());
+        }
+        Ok(())
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_file.clone().unwrap_or_else(|| {
+            let mut s = self.pgdata.clone().into_os_string();
+            s.push(".pgpilot-state.json");
+            PathBuf::from(s)
+        })
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        self.socket_dir.clone().unwrap_or_else(|| {
+            self.pgdata
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/tmp"))
+        })
+    }
+
+    pub fn listen_addresses(&self) -> String {
+        self.listen_addresses
+            .clone()
+            .unwrap_or_else(|| self.host.clone())
+    }
+}
+
+/// toml's errors span several lines with a source excerpt; keep one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | ") && *l != "^")
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        name = "node1"
+        host = "127.0.0.1"
+        port = 6001
+        pgdata = "/tmp/x/data"
+        monitor = "http://127.0.0.1:7430"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = KeeperConfig::parse(MINIMAL).unwrap();
+        assert_eq!(c.formation, "default");
+        assert_eq!(c.fence_timeout, DEFAULT_FENCE_TIMEOUT);
+        assert_eq!(c.state_file(), PathBuf::from("/tmp/x/data.pgpilot-state.json"));
+        assert_eq!(c.socket_dir(), PathBuf::from("/tmp/x"));
+        assert_eq!(c.listen_addresses(), "127.0.0.1");
+    }
+
+    #[test]
+    fn unknown_key_is_named_on_one_line() {
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\ncolour = \"blue\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let err = KeeperConfig::parse("name = \"a\"").unwrap_err().to_string();
+        assert!(err.contains("host") || err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn timeouts_are_checked_against_each_other() {
+        let err = KeeperConfig::parse(&format!(
+            "{MINIMAL}\nheartbeat_interval = \"1s\"\nfence_timeout = \"1500ms\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("fence_timeout"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_get_a_sentence() {
+        for (extra, word) in [
+            ("candidate_priority = 101", "candidate_priority"),
+            ("wal_sender_timeout = \"100ms\"", "wal_sender_timeout"),
+        ] {
+            let err = KeeperConfig::parse(&format!("{MINIMAL}\n{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(word), "{err}");
+        }
+        let err = KeeperConfig::parse(&MINIMAL.replace("http://127.0.0.1:7430", "127.0.0.1:7430"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("monitor"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        KeeperConfig::parse(include_str!("../../compose/keeper.toml")).unwrap();
+    }
+}

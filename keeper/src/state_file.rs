@@ -1,0 +1,116 @@
+//! The keeper's local ledger: node id, current state and goal, written
+//! atomically (tmp + fsync + rename + directory fsync) with a generation
+//! number, so a restart never moves backwards.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use pgpilot_proto::ReplicationState;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeeperState {
+    pub generation: u64,
+    pub node_id: Option<i64>,
+    pub group_id: u32,
+    pub formation: String,
+    /// The state the node has reached.
+    pub current: ReplicationState,
+    /// The goal it is walking towards.
+    pub goal: ReplicationState,
+}
+
+impl KeeperState {
+    pub fn new(formation: &str) -> Self {
+        KeeperState {
+            generation: 0,
+            node_id: None,
+            group_id: 0,
+            formation: formation.to_string(),
+            current: ReplicationState::Init,
+            goal: ReplicationState::Init,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a pgpilot keeper state file ({source}): move it away to register as a new node")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+pub fn load(path: &Path) -> Result<Option<KeeperState>, StateFileError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateFileError::Corrupt {
+                path: path.to_owned(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateFileError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Write `state` with the next generation number.
+pub fn save(path: &Path, state: &mut KeeperState) -> Result<(), StateFileError> {
+    state.generation += 1;
+    let io = |source| StateFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        assert_eq!(load(&path).unwrap(), None);
+        let mut s = KeeperState::new("default");
+        s.node_id = Some(7);
+        save(&path, &mut s).unwrap();
+        save(&path, &mut s).unwrap();
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(back.generation, 2);
+        assert_eq!(back, s);
+        assert!(!path.with_extension("json.tmp").exists());
+    }
+
+    #[test]
+    fn corrupt_file_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        std::fs::write(&path, "{not json").unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(err.contains("not a pgpilot keeper state file"), "{err}");
+    }
+}

@@ -192,9 +192,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// After pg_ctl said the server is ready, how long it may take to accept us.
 const ACCEPT_AFTER_START_TIMEOUT: Duration = Duration::from_secs(15);
-/// What `pg_promote(true, N)` waits, and then how long we wait for writes.
-const PROMOTE_WAIT_SECS: i32 = 60;
+/// How long a promotion may take until writes are accepted.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Promotion is on the failover's critical path: poll it closely. (The
+/// server's own `pg_promote(wait => true)` checks only every 100 ms.)
+const PROMOTE_POLL_INTERVAL: Duration = Duration::from_millis(5);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Lines of the server log quoted in a start error.
 const LOG_TAIL_LINES: usize = 20;
@@ -359,6 +361,16 @@ impl PgController {
                 timeout: CONNECT_TIMEOUT,
             }),
         }
+    }
+
+    /// A checkpoint right after promotion writes the new timeline into
+    /// pg_control. Until then pg_rewind, reading this server as its source,
+    /// takes the old timeline for the current one and leaves a rewound
+    /// standby that cannot start. Writes are already accepted meanwhile.
+    async fn checkpoint_after_promotion(&self) -> Result<(), PgError> {
+        self.fetch_all::<(bool,)>("CHECKPOINT", &[], Duration::from_secs(300))
+            .await
+            .map(|_| ())
     }
 
     /// Run one query on the cached connection (opened on demand). A broken
@@ -889,21 +901,20 @@ impl LocalPostgres for PgController {
                         .to_string(),
                 ))
             } else {
-                Ok(())
+                self.checkpoint_after_promotion().await
             };
         }
         let started = Instant::now();
-        let promoted = self
-            .fetch_all::<(bool,)>(
-                "SELECT pg_promote(true, $1::text::int)",
-                &[&PROMOTE_WAIT_SECS.to_string()],
-                Duration::from_secs(PROMOTE_WAIT_SECS as u64 + 10),
-            )
-            .await;
-        match promoted {
-            Ok(rows) if rows.first().is_some_and(|(done,)| *done) => {}
-            Ok(_) => warn!("postgres: pg_promote() returned false; still waiting"),
-            // E.g. promotion finished between our check and the call.
+        // Signal only (wait => false) and poll ourselves below: the server's
+        // own wait adds up to 100 ms to every failover.
+        match self
+            .fetch_one::<(bool,)>("SELECT pg_promote(wait => false)", &[])
+            .await
+        {
+            Ok((true,)) => {}
+            Ok((false,)) => warn!("postgres: pg_promote() could not signal the postmaster"),
+            // E.g. promotion finished between our check and the call; the
+            // loop below decides.
             Err(err) => warn!(error = %err, "postgres: pg_promote() failed; checking state"),
         }
         let deadline = Instant::now() + PROMOTE_TIMEOUT;
@@ -916,7 +927,7 @@ impl LocalPostgres for PgController {
                 .await?;
             if !in_recovery && read_only == "off" {
                 info!(elapsed = ?started.elapsed(), "postgres: promoted");
-                return Ok(());
+                return self.checkpoint_after_promotion().await;
             }
             if Instant::now() >= deadline {
                 return Err(PgError::Timeout {
@@ -924,7 +935,7 @@ impl LocalPostgres for PgController {
                     timeout: PROMOTE_TIMEOUT,
                 });
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            tokio::time::sleep(PROMOTE_POLL_INTERVAL).await;
         }
     }
 

@@ -128,7 +128,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         if self.state.node_id.is_some() {
             return Ok(());
         }
-        let sysid = self.pg.system_identifier().await.ok().flatten().unwrap_or(0);
+        let sysid = self
+            .pg
+            .system_identifier()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0);
         let request = pb::RegisterNodeRequest {
             formation: self.config.formation.clone(),
             name: self.config.name.clone(),
@@ -170,14 +176,22 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                         });
                     }
                     tracing::warn!(monitor = %url, error = %status.message(), "monitor unreachable, retrying registration");
-                    tokio::time::sleep(self.config.heartbeat_interval.max(Duration::from_millis(500))).await;
+                    tokio::time::sleep(
+                        self.config
+                            .heartbeat_interval
+                            .max(Duration::from_millis(500)),
+                    )
+                    .await;
                 }
             }
         }
     }
 
     /// Run until `shutdown` resolves.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), KeeperError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), KeeperError> {
         self.register().await?;
         let fence = tokio::spawn(fence_task(
             self.pg.clone(),
@@ -246,7 +260,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             Err(e) => {
                 // Without the monitor: keep the steady state of standbys only;
                 // a primary is left to the fence task.
-                if !self.state.current.is_writable_primary() && self.state.current == self.state.goal {
+                if !self.state.current.is_writable_primary()
+                    && self.state.current == self.state.goal
+                {
                     self.execute(&plan::steady(self.state.current)).await?;
                 }
                 return Err(e);
@@ -297,7 +313,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         let url = self.config.monitor.clone();
         match self.client().await?.node_active(request).await {
             Ok(reply) => Ok(reply.into_inner()),
-            Err(status) if is_refusal(&status) => Err(KeeperError::Refused(status.message().to_string())),
+            Err(status) if is_refusal(&status) => {
+                Err(KeeperError::Refused(status.message().to_string()))
+            }
             Err(status) => Err(KeeperError::MonitorUnreachable {
                 url,
                 reason: status.message().to_string(),
@@ -315,7 +333,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 port: p.port as u16,
                 slot_name: application_name(node_id),
             })
-            .ok_or_else(|| KeeperError::Waiting("the monitor names no primary to follow yet".into()))
+            .ok_or_else(|| {
+                KeeperError::Waiting("the monitor names no primary to follow yet".into())
+            })
     }
 
     fn managed_config(&self, standby_of: Option<Upstream>) -> ManagedConfig {
@@ -346,7 +366,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 }
                 Action::ConfigureStandby => {
                     let upstream = self.upstream()?;
-                    config_changed |= pg.write_config(&self.managed_config(Some(upstream))).await?;
+                    config_changed |= pg
+                        .write_config(&self.managed_config(Some(upstream)))
+                        .await?;
                 }
                 Action::Start => pg.start().await?,
                 Action::Reload => {
@@ -404,7 +426,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
 fn is_refusal(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::FailedPrecondition
+        tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
             | tonic::Code::PermissionDenied
     )
 }

@@ -238,7 +238,10 @@ mod tests {
         let c = KeeperConfig::parse(MINIMAL).unwrap();
         assert_eq!(c.formation, "default");
         assert_eq!(c.fence_timeout, DEFAULT_FENCE_TIMEOUT);
-        assert_eq!(c.state_file(), PathBuf::from("/tmp/x/data.pgpilot-state.json"));
+        assert_eq!(
+            c.state_file(),
+            PathBuf::from("/tmp/x/data.pgpilot-state.json")
+        );
         assert_eq!(c.socket_dir(), PathBuf::from("/tmp/x"));
         assert_eq!(c.listen_addresses(), "127.0.0.1");
     }

@@ -44,7 +44,9 @@ async fn main() -> ExitCode {
     let Command::Run { config, log_format } = Args::parse().command;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),

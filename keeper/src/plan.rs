@@ -130,7 +130,10 @@ mod tests {
 
     #[test]
     fn promotion_replays_then_promotes() {
-        assert_eq!(plan(S::ReportLsn, S::PreparePromotion).unwrap(), vec![WaitReplayCaughtUp]);
+        assert_eq!(
+            plan(S::ReportLsn, S::PreparePromotion).unwrap(),
+            vec![WaitReplayCaughtUp]
+        );
         let p = plan(S::PreparePromotion, S::StopReplication).unwrap();
         assert_eq!(p[0], Promote);
     }
@@ -147,7 +150,10 @@ mod tests {
     fn standbys_never_get_primary_actions() {
         for state in [S::Catchingup, S::Secondary, S::ReportLsn, S::JoinSecondary] {
             let p = steady(state);
-            assert!(!p.contains(&ConfigurePrimary) && !p.contains(&Promote), "{state}");
+            assert!(
+                !p.contains(&ConfigurePrimary) && !p.contains(&Promote),
+                "{state}"
+            );
         }
     }
 }

@@ -40,7 +40,9 @@ impl CliError {
         let msg = status.message().to_string();
         match status.code() {
             Code::InvalidArgument | Code::NotFound => CliError::Usage(msg),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown if msg.contains("transport") || msg.contains("connect") || msg.contains("dns") => {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+                if msg.contains("transport") || msg.contains("connect") || msg.contains("dns") =>
+            {
                 CliError::Unreachable(format!("the monitor at {monitor} is unreachable: {msg}"))
             }
             Code::Unavailable | Code::DeadlineExceeded => {
@@ -59,7 +61,11 @@ pub struct Client {
 impl Client {
     pub async fn connect(url: &str) -> Result<Client, CliError> {
         let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| CliError::Usage(format!("{url:?} is not a valid monitor URL ({e}): use e.g. http://127.0.0.1:7430")))?
+            .map_err(|e| {
+                CliError::Usage(format!(
+                    "{url:?} is not a valid monitor URL ({e}): use e.g. http://127.0.0.1:7430"
+                ))
+            })?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(15));
         let channel = endpoint.connect().await.map_err(|e| {
@@ -84,7 +90,11 @@ impl Client {
             .map_err(|s| CliError::from_status(s, &self.url))
     }
 
-    pub async fn events(&mut self, formation: &str, count: u32) -> Result<Vec<pb::Event>, CliError> {
+    pub async fn events(
+        &mut self,
+        formation: &str,
+        count: u32,
+    ) -> Result<Vec<pb::Event>, CliError> {
         self.inner
             .list_events(pb::ListEventsRequest {
                 formation: formation.to_string(),
@@ -95,7 +105,11 @@ impl Client {
             .map_err(|s| CliError::from_status(s, &self.url))
     }
 
-    pub async fn perform_failover(&mut self, formation: &str, group: u32) -> Result<String, CliError> {
+    pub async fn perform_failover(
+        &mut self,
+        formation: &str,
+        group: u32,
+    ) -> Result<String, CliError> {
         self.inner
             .perform_failover(pb::PerformFailoverRequest {
                 formation: formation.to_string(),
@@ -119,7 +133,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn state_name(v: i32) -> String {
-    S::from_wire(v).map(|s| s.to_string()).unwrap_or_else(|_| "?".into())
+    S::from_wire(v)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// `show-state --json`: the documented, stable shape scripts depend on.
@@ -174,7 +190,8 @@ impl From<&pb::FormationState> for StateJson {
                     heartbeat_age_ms: (n.heartbeat_age_ms >= 0).then_some(n.heartbeat_age_ms),
                     candidate_priority: n.candidate_priority,
                     replication_quorum: n.replication_quorum,
-                    waiting_reason: (!n.waiting_reason.is_empty()).then(|| n.waiting_reason.clone()),
+                    waiting_reason: (!n.waiting_reason.is_empty())
+                        .then(|| n.waiting_reason.clone()),
                 })
                 .collect(),
         }
@@ -185,7 +202,14 @@ impl From<&pb::FormationState> for StateJson {
 pub fn state_table(s: &pb::FormationState) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "Node", "Host:Port", "TLI:LSN", "Reported", "Goal", "PostgreSQL", "Health", "Heartbeat",
+        "Node",
+        "Host:Port",
+        "TLI:LSN",
+        "Reported",
+        "Goal",
+        "PostgreSQL",
+        "Health",
+        "Heartbeat",
     ]);
     for n in &s.nodes {
         let reported = state_name(n.reported_state);
@@ -195,8 +219,16 @@ pub fn state_table(s: &pb::FormationState) -> String {
             format!("{}:{}", n.host, n.port),
             format!("{}:{}", n.timeline, format_lsn(n.lsn)),
             reported.clone(),
-            if goal == reported { goal } else { format!("→ {goal}") },
-            if n.pg_running { "running".into() } else { "down".into() },
+            if goal == reported {
+                goal
+            } else {
+                format!("→ {goal}")
+            },
+            if n.pg_running {
+                "running".into()
+            } else {
+                "down".into()
+            },
             n.health.clone(),
             if n.heartbeat_age_ms < 0 {
                 "never".into()
@@ -205,7 +237,10 @@ pub fn state_table(s: &pb::FormationState) -> String {
             },
         ]);
     }
-    let mut out = format!("formation {} (number_sync_standbys = {})\n{table}\n", s.formation, s.number_sync_standbys);
+    let mut out = format!(
+        "formation {} (number_sync_standbys = {})\n{table}\n",
+        s.formation, s.number_sync_standbys
+    );
     let mut reasons: Vec<&str> = s
         .nodes
         .iter()
@@ -221,7 +256,11 @@ pub fn state_table(s: &pb::FormationState) -> String {
 
 /// The multi-host connection string that always reaches the writable primary.
 pub fn multi_host_uri(s: &pb::FormationState, user: &str) -> String {
-    let hosts: Vec<String> = s.nodes.iter().map(|n| format!("{}:{}", n.host, n.port)).collect();
+    let hosts: Vec<String> = s
+        .nodes
+        .iter()
+        .map(|n| format!("{}:{}", n.host, n.port))
+        .collect();
     format!(
         "postgresql://{user}@{}/postgres?target_session_attrs=read-write",
         hosts.join(",")
@@ -230,9 +269,13 @@ pub fn multi_host_uri(s: &pb::FormationState, user: &str) -> String {
 
 pub fn events_table(events: &[pb::Event]) -> String {
     let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_header(vec!["Time", "Node", "Reported", "Goal change", "Reason"]);
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "Time",
+        "Node",
+        "Reported",
+        "Goal change",
+        "Reason",
+    ]);
     for e in events {
         table.add_row(vec![
             e.at.clone(),
@@ -262,7 +305,10 @@ pub async fn wait_failover(
             if seen.insert(n.node_id, now) != Some(now) {
                 println!(
                     "{:>8.1}s  {:<12} reported {:<18} goal {}",
-                    (timeout.as_secs_f64() - deadline.saturating_duration_since(Instant::now()).as_secs_f64()),
+                    (timeout.as_secs_f64()
+                        - deadline
+                            .saturating_duration_since(Instant::now())
+                            .as_secs_f64()),
                     n.name,
                     state_name(n.reported_state),
                     state_name(n.goal_state)
@@ -270,7 +316,9 @@ pub async fn wait_failover(
             }
         }
         let settled = |n: &pb::NodeStatus, states: &[S]| {
-            states.iter().any(|s| s.to_wire() == n.reported_state && s.to_wire() == n.goal_state)
+            states
+                .iter()
+                .any(|s| s.to_wire() == n.reported_state && s.to_wire() == n.goal_state)
         };
         let new_primary = state
             .nodes
@@ -297,8 +345,7 @@ pub async fn wait_failover(
 /// Find the node currently holding the primary goal.
 pub fn primary_of(state: &pb::FormationState, group: u32) -> Option<&pb::NodeStatus> {
     state.nodes.iter().find(|n| {
-        n.group_id == group
-            && S::from_wire(n.goal_state).is_ok_and(|s| s.is_writable_primary())
+        n.group_id == group && S::from_wire(n.goal_state).is_ok_and(|s| s.is_writable_primary())
     })
 }
 
@@ -330,7 +377,15 @@ mod tests {
     #[test]
     fn table_has_every_column() {
         let t = state_table(&sample());
-        for col in ["Node", "Host:Port", "TLI:LSN", "Reported", "Goal", "Health", "Heartbeat"] {
+        for col in [
+            "Node",
+            "Host:Port",
+            "TLI:LSN",
+            "Reported",
+            "Goal",
+            "Health",
+            "Heartbeat",
+        ] {
             assert!(t.contains(col), "{t}");
         }
         assert!(t.contains("2:1/10"), "{t}");
@@ -348,7 +403,11 @@ mod tests {
     #[test]
     fn uri_lists_every_node() {
         let mut s = sample();
-        s.nodes.push(pb::NodeStatus { host: "127.0.0.1".into(), port: 6002, ..Default::default() });
+        s.nodes.push(pb::NodeStatus {
+            host: "127.0.0.1".into(),
+            port: 6002,
+            ..Default::default()
+        });
         assert_eq!(
             multi_host_uri(&s, "postgres"),
             "postgresql://postgres@127.0.0.1:6001,127.0.0.1:6002/postgres?target_session_attrs=read-write"

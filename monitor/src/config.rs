@@ -174,15 +174,22 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = MonitorConfig::parse("colour = \"blue\"").unwrap_err().to_string();
+        let err = MonitorConfig::parse("colour = \"blue\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("colour"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]
     fn bad_duration_is_refused() {
-        let err = MonitorConfig::parse("node_timeout = \"soon\"").unwrap_err().to_string();
-        assert!(err.contains("node_timeout") || err.contains("soon"), "{err}");
+        let err = MonitorConfig::parse("node_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node_timeout") || err.contains("soon"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -193,7 +200,10 @@ mod tests {
         let f = dir.path().join("url");
         std::fs::write(&f, "postgres://a@127.0.0.1/m\n").unwrap();
         let c = MonitorConfig::parse(&format!("database_url_file = {:?}", f)).unwrap();
-        assert_eq!(c.resolve_database_url().unwrap(), "postgres://a@127.0.0.1/m");
+        assert_eq!(
+            c.resolve_database_url().unwrap(),
+            "postgres://a@127.0.0.1/m"
+        );
     }
 
     #[test]

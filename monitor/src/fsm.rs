@@ -8,14 +8,15 @@
 //!
 //! 1. `init`: the first node becomes `single`; later ones `wait_standby`
 //!    once there is a primary.
-//! 2. Failover start: the primary is unhealthy → its secondaries go
+//! 2. Promotion steps: `prepare_promotion` → `stop_replication` →
+//!    `wait_primary`; once the winner is promoted the other reporters
+//!    `join_secondary`, then `secondary`.
+//! 3. Failover start: the primary is unhealthy → its secondaries go
 //!    `report_lsn` (an election); a primary whose keeper lives but whose
 //!    PostgreSQL stays down is also assigned `demoted` at once.
-//! 3. Failover cancelled: the primary is healthy again before anyone was
+//! 4. Failover cancelled: the primary is healthy again before anyone was
 //!    promoted → the `report_lsn` nodes go back to `secondary`.
-//! 4. Election (see [promotion rule](#the-promotion-rule)).
-//! 5. Promotion steps: `prepare_promotion` → `stop_replication` →
-//!    `wait_primary`; the other reporters `join_secondary`, then `secondary`.
+//! 5. Election (see [promotion rule](#the-promotion-rule)).
 //! 6. Rejoin: a `demoted` node becomes `catchingup` of the new primary
 //!    (the keeper rewinds, or clones when rewind fails).
 //! 7. Standbys: `wait_standby` → `catchingup` once the primary allows it;
@@ -129,22 +130,53 @@ pub const DEFAULT_CATCHUP_LAG_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
     FirstNode,
-    JoinAsStandby { primary: String },
-    AcceptStandby { standby: String },
-    CloneFromPrimary { primary: String },
-    CaughtUp { lag_bytes: u64 },
-    SyncReplicationOn { standby: String },
+    JoinAsStandby {
+        primary: String,
+    },
+    AcceptStandby {
+        standby: String,
+    },
+    CloneFromPrimary {
+        primary: String,
+    },
+    CaughtUp {
+        lag_bytes: u64,
+    },
+    SyncReplicationOn {
+        standby: String,
+    },
     NoQuorumStandby,
-    StandbyLost { why: String },
-    PrimaryUnhealthy { primary: String, why: String },
-    PrimaryPostgresDown { primary: String },
-    PrimaryBack { primary: String },
-    Elected { lsn: u64, reporters: usize, rule: &'static str },
-    OldPrimaryReplaced { new_primary: String },
-    Promotion { step: &'static str },
-    NewPrimary { primary: String },
+    StandbyLost {
+        why: String,
+    },
+    PrimaryUnhealthy {
+        primary: String,
+        why: String,
+    },
+    PrimaryPostgresDown {
+        primary: String,
+    },
+    PrimaryBack {
+        primary: String,
+    },
+    Elected {
+        lsn: u64,
+        reporters: usize,
+        rule: &'static str,
+    },
+    OldPrimaryReplaced {
+        new_primary: String,
+    },
+    Promotion {
+        step: &'static str,
+    },
+    NewPrimary {
+        primary: String,
+    },
     FollowingNewPrimary,
-    Rejoin { primary: String },
+    Rejoin {
+        primary: String,
+    },
     PlannedFailover,
 }
 
@@ -258,8 +290,8 @@ pub fn decide(nodes: &[NodeSnapshot], now: DateTime<Utc>, settings: &Settings) -
     };
     eval.changed.truncate(eval.nodes.len());
     eval.init_rules();
-    eval.failover_rules();
     eval.promotion_rules();
+    eval.failover_rules();
     eval.rejoin_rules();
     eval.standby_rules();
     eval.primary_rules();
@@ -333,8 +365,7 @@ impl Eval<'_> {
     }
 
     fn writable_primary_reached(&self) -> Option<usize> {
-        (0..self.nodes.len())
-            .find(|&i| self.nodes[i].goal.is_writable_primary() && self.reached(i))
+        (0..self.nodes.len()).find(|&i| self.nodes[i].goal.is_writable_primary() && self.reached(i))
     }
 
     fn name(&self, i: usize) -> String {
@@ -346,19 +377,40 @@ impl Eval<'_> {
             if self.nodes[i].goal != S::Init {
                 continue;
             }
-            if self.nodes.len() == 1 {
+            let nobody_past_init = self
+                .nodes
+                .iter()
+                .all(|n| n.goal == S::Init || n.goal == S::Single && n.id == self.nodes[i].id);
+            let first_init = self
+                .nodes
+                .iter()
+                .filter(|n| n.goal == S::Init)
+                .map(|n| n.id)
+                .min()
+                == Some(self.nodes[i].id);
+            if nobody_past_init && first_init {
                 self.assign(i, S::Single, Reason::FirstNode);
             } else if let Some(p) = self.writable_primary_reached() {
                 let primary = self.name(p);
                 self.assign(i, S::WaitStandby, Reason::JoinAsStandby { primary });
             } else {
                 let name = self.name(i);
-                self.wait(format!("{name} waits for the group to have a running primary"));
+                self.wait(format!(
+                    "{name} waits for the group to have a running primary"
+                ));
             }
         }
     }
 
     fn failover_rules(&mut self) {
+        if self
+            .nodes
+            .iter()
+            .any(|n| matches!(n.goal, S::PreparePromotion | S::StopReplication))
+        {
+            // An election was decided; the promotion rules carry it out.
+            return;
+        }
         let Some(p) = self.primary() else { return };
         let primary = self.name(p);
         let electing: Vec<usize> = (0..self.nodes.len())
@@ -384,13 +436,13 @@ impl Eval<'_> {
             }
             let candidates: Vec<usize> = (0..self.nodes.len())
                 .filter(|&i| {
-                    i != p
-                        && self.nodes[i].goal == S::Secondary
-                        && self.reached(i)
-                        && self.alive(i)
+                    i != p && self.nodes[i].goal == S::Secondary && self.reached(i) && self.alive(i)
                 })
                 .collect();
-            if !candidates.iter().any(|&i| self.nodes[i].candidate_priority > 0) {
+            if !candidates
+                .iter()
+                .any(|&i| self.nodes[i].candidate_priority > 0)
+            {
                 self.wait(format!(
                     "primary {primary} is unhealthy but no standby can be promoted: none is a healthy secondary with candidate priority above 0"
                 ));
@@ -571,8 +623,10 @@ impl Eval<'_> {
                 _ => {}
             }
         }
+        // The winner has been promoted once it reports stop_replication.
         let new_primary = (0..self.nodes.len()).find(|&i| {
-            self.nodes[i].reported == S::WaitPrimary && self.nodes[i].goal == S::WaitPrimary
+            self.nodes[i].reported == S::StopReplication
+                && matches!(self.nodes[i].goal, S::StopReplication | S::WaitPrimary)
         });
         for i in 0..self.nodes.len() {
             let node = &self.nodes[i];
@@ -668,11 +722,16 @@ impl Eval<'_> {
         };
         let standbys = (0..self.nodes.len()).filter(|&i| i != p);
         let quorum_secondary = standbys.clone().find(|&i| {
-            self.nodes[i].replication_quorum && self.nodes[i].goal == S::Secondary && self.reached(i)
+            self.nodes[i].replication_quorum
+                && self.nodes[i].goal == S::Secondary
+                && self.reached(i)
         });
         match self.nodes[p].goal {
             S::Single => {
-                if let Some(i) = standbys.clone().find(|&i| self.nodes[i].goal == S::WaitStandby) {
+                if let Some(i) = standbys
+                    .clone()
+                    .find(|&i| self.nodes[i].goal == S::WaitStandby)
+                {
                     let standby = self.name(i);
                     self.assign(p, S::WaitPrimary, Reason::AcceptStandby { standby });
                 }
@@ -690,9 +749,7 @@ impl Eval<'_> {
                     self.nodes[i].replication_quorum
                         && matches!(self.nodes[i].goal, S::Secondary | S::ReportLsn)
                 });
-                if !any_quorum_secondary
-                    && self.settings.number_sync_standbys == 0
-                    && self.alive(p)
+                if !any_quorum_secondary && self.settings.number_sync_standbys == 0 && self.alive(p)
                 {
                     self.assign(p, S::WaitPrimary, Reason::NoQuorumStandby);
                 }
@@ -733,9 +790,7 @@ pub fn replication_plan(
     match me.goal {
         S::Primary | S::JoinPrimary | S::ApplySettings => {
             let mut quorum: Vec<&NodeSnapshot> = others()
-                .filter(|n| {
-                    n.replication_quorum && matches!(n.goal, S::Secondary | S::ReportLsn)
-                })
+                .filter(|n| n.replication_quorum && matches!(n.goal, S::Secondary | S::ReportLsn))
                 .collect();
             if quorum.is_empty() && number_sync_standbys > 0 {
                 // Writes must wait rather than go on unreplicated.

@@ -24,7 +24,11 @@ async fn ping_inner(host: &str, port: u16, user: &str) -> std::io::Result<bool> 
     let mut stream = TcpStream::connect((host, port)).await?;
     let mut body = Vec::new();
     body.extend_from_slice(&196608i32.to_be_bytes()); // protocol 3.0
-    for (k, v) in [("user", user), ("database", "postgres"), ("application_name", "pgpilot_health")] {
+    for (k, v) in [
+        ("user", user),
+        ("database", "postgres"),
+        ("application_name", "pgpilot_health"),
+    ] {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
@@ -75,7 +79,15 @@ pub async fn run(store: Store, interval: Duration, limit: Duration, user: String
         };
         let checks = targets.into_iter().map(|(id, host, port, before)| {
             let user = user.clone();
-            async move { (id, host.clone(), port, before, ping(&host, port, &user, limit).await) }
+            async move {
+                (
+                    id,
+                    host.clone(),
+                    port,
+                    before,
+                    ping(&host, port, &user, limit).await,
+                )
+            }
         });
         for (id, host, port, before, now) in futures_join_all(checks).await {
             if before != now {
@@ -91,7 +103,9 @@ pub async fn run(store: Store, interval: Duration, limit: Duration, user: String
     }
 }
 
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F: Send + 'static,
     F::Output: Send + 'static,
@@ -122,7 +136,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        assert_eq!(ping("127.0.0.1", port, "postgres", Duration::from_secs(1)).await, Health::Bad);
+        assert_eq!(
+            ping("127.0.0.1", port, "postgres", Duration::from_secs(1)).await,
+            Health::Bad
+        );
     }
 
     #[tokio::test]
@@ -134,7 +151,10 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let started = std::time::Instant::now();
-        assert_eq!(ping("127.0.0.1", port, "postgres", Duration::from_millis(200)).await, Health::Bad);
+        assert_eq!(
+            ping("127.0.0.1", port, "postgres", Duration::from_millis(200)).await,
+            Health::Bad
+        );
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
@@ -149,6 +169,9 @@ mod tests {
             s.read_exact(&mut rest).await.unwrap();
             s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await.unwrap();
         });
-        assert_eq!(ping("127.0.0.1", port, "postgres", Duration::from_secs(1)).await, Health::Good);
+        assert_eq!(
+            ping("127.0.0.1", port, "postgres", Duration::from_secs(1)).await,
+            Health::Good
+        );
     }
 }

@@ -15,7 +15,12 @@ use pgpilot_monitor::config::MonitorConfig;
 #[command(name = "pgpilot-monitor", version)]
 struct Args {
     /// Monitor to talk to (operator subcommands).
-    #[arg(long, global = true, env = "PGPILOT_MONITOR", default_value = "http://127.0.0.1:7430")]
+    #[arg(
+        long,
+        global = true,
+        env = "PGPILOT_MONITOR",
+        default_value = "http://127.0.0.1:7430"
+    )]
     monitor: String,
     /// Formation to act on.
     #[arg(long, global = true, default_value = "default")]
@@ -90,7 +95,9 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -164,7 +171,10 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
             let state = client.state(formation).await?;
             if json {
                 let j = cli::StateJson::from(&state);
-                println!("{}", serde_json::to_string_pretty(&j).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&j).expect("serializable")
+                );
             } else {
                 print!("{}", cli::state_table(&state));
             }
@@ -184,7 +194,10 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).expect("serializable")
+                );
             } else {
                 println!("{}", cli::events_table(&events));
             }
@@ -193,11 +206,19 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
             let state = client.state(formation).await?;
             println!("{}", cli::multi_host_uri(&state, &user));
         }
-        Command::PerformFailover { group, no_wait, timeout } => {
+        Command::PerformFailover {
+            group,
+            no_wait,
+            timeout,
+        } => {
             let before = client.state(formation).await?;
             let old = cli::primary_of(&before, group)
                 .map(|n| n.node_id)
-                .ok_or_else(|| CliError::Failed(format!("group {group} has no primary right now: nothing to fail over")))?;
+                .ok_or_else(|| {
+                    CliError::Failed(format!(
+                        "group {group} has no primary right now: nothing to fail over"
+                    ))
+                })?;
             let message = client.perform_failover(formation, group).await?;
             println!("{message}");
             if !no_wait {

@@ -84,7 +84,9 @@ impl Monitor for MonitorService {
         let port = u16::try_from(r.port)
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| Error::InvalidArgument(format!("port {} is not between 1 and 65535", r.port)))?;
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("port {} is not between 1 and 65535", r.port))
+            })?;
         if r.candidate_priority > 100 {
             return Err(Error::InvalidArgument(format!(
                 "candidate priority {} is not between 0 and 100",
@@ -205,7 +207,11 @@ impl Monitor for MonitorService {
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
-        let count = if r.count == 0 { 20 } else { r.count.min(10_000) };
+        let count = if r.count == 0 {
+            20
+        } else {
+            r.count.min(10_000)
+        };
         let events = self.store.events(&formation, count).await?;
         let wire = |s: &str| s.parse::<S>().map(S::to_wire).unwrap_or(0);
         Ok(Response::new(pb::ListEventsReply {

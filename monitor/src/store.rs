@@ -123,23 +123,23 @@ impl Store {
 
     async fn register_once(&self, reg: &Registration) -> Result<StoredNode> {
         let mut tx = self.pool.begin().await?;
-        let formation = sqlx::query(
-            "SELECT number_sync_standbys FROM formation WHERE name = $1 FOR UPDATE",
-        )
-        .bind(&reg.formation)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let formation =
+            sqlx::query("SELECT number_sync_standbys FROM formation WHERE name = $1 FOR UPDATE")
+                .bind(&reg.formation)
+                .fetch_optional(&mut *tx)
+                .await?;
         if formation.is_none() {
             return Err(Error::NotFound(format!(
                 "formation {:?} does not exist: use the formation \"default\" or create it first",
                 reg.formation
             )));
         }
-        let existing = sqlx::query("SELECT node_id, host, port FROM node WHERE formation = $1 AND name = $2")
-            .bind(&reg.formation)
-            .bind(&reg.name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing =
+            sqlx::query("SELECT node_id, host, port FROM node WHERE formation = $1 AND name = $2")
+                .bind(&reg.formation)
+                .bind(&reg.name)
+                .fetch_optional(&mut *tx)
+                .await?;
         let node_id: i64 = match existing {
             Some(row) => {
                 let host: String = row.get("host");
@@ -191,7 +191,9 @@ impl Store {
         let node = nodes
             .into_iter()
             .find(|n| n.snap.id == node_id)
-            .ok_or_else(|| Error::NotFound(format!("node {node_id} vanished during registration")))?;
+            .ok_or_else(|| {
+                Error::NotFound(format!("node {node_id} vanished during registration"))
+            })?;
         tx.commit().await?;
         Ok(node)
     }
@@ -259,7 +261,8 @@ impl Store {
         let plan = fsm::replication_plan(&snaps, index, nss);
         let me = &nodes[index];
         if me.snap.goal.is_writable_primary()
-            && (me.snap.fence_set != plan.fence_set || me.snap.fence_required != plan.fence_required)
+            && (me.snap.fence_set != plan.fence_set
+                || me.snap.fence_required != plan.fence_required)
         {
             sqlx::query("UPDATE node SET fence_set = $2, fence_required = $3 WHERE node_id = $1")
                 .bind(hb.node_id)
@@ -330,9 +333,11 @@ impl Store {
 
     /// Nodes to health-check: (id, host, port, current health).
     pub async fn health_targets(&self) -> Result<Vec<(i64, String, u16, Health)>> {
-        let rows = sqlx::query("SELECT node_id, host, port, health FROM node WHERE goal_state <> 'dropped'")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT node_id, host, port, health FROM node WHERE goal_state <> 'dropped'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -351,15 +356,18 @@ impl Store {
         &self,
         formation: &str,
     ) -> Result<(Vec<StoredNode>, DateTime<Utc>, u32)> {
-        let f = sqlx::query("SELECT number_sync_standbys, clock_timestamp() AS now FROM formation WHERE name = $1")
-            .bind(formation)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("formation {formation:?} does not exist")))?;
-        let rows = sqlx::query("SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id")
-            .bind(formation)
-            .fetch_all(&self.pool)
-            .await?;
+        let f = sqlx::query(
+            "SELECT number_sync_standbys, clock_timestamp() AS now FROM formation WHERE name = $1",
+        )
+        .bind(formation)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("formation {formation:?} does not exist")))?;
+        let rows =
+            sqlx::query("SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id")
+                .bind(formation)
+                .fetch_all(&self.pool)
+                .await?;
         let nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
         Ok((
             nodes,
@@ -513,7 +521,12 @@ impl Store {
     }
 
     /// Write goal changes and their events, and notify listeners.
-    async fn apply(&self, tx: &mut Tx<'_>, nodes: &[StoredNode], decisions: &[Decision]) -> Result<()> {
+    async fn apply(
+        &self,
+        tx: &mut Tx<'_>,
+        nodes: &[StoredNode],
+        decisions: &[Decision],
+    ) -> Result<()> {
         for d in decisions {
             let Some(node) = nodes.iter().find(|n| n.snap.id == d.node_id) else {
                 continue;

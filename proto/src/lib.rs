@@ -257,6 +257,8 @@ pub const KEEPER_EDGES: &[(ReplicationState, ReplicationState)] = &[
     (S::ReportLsn, S::Secondary),
     (S::ReportLsn, S::PreparePromotion),
     (S::ReportLsn, S::JoinSecondary),
+    // A standby that had not yet reached report_lsn when the winner was promoted.
+    (S::Secondary, S::JoinSecondary),
     (S::JoinSecondary, S::Secondary),
     (S::JoinSecondary, S::Catchingup),
     // Promotion.

@@ -1,1 +1,708 @@
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+use chrono::TimeZone;
+use pgpilot_proto::keeper_has_edge;
+
 use super::*;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn secs(s: i64) -> chrono::Duration {
+    chrono::Duration::milliseconds(s * 1000)
+}
+
+fn settings() -> Settings {
+    Settings {
+        node_timeout: Duration::from_secs(2),
+        fence_margin: Duration::from_millis(500),
+        catchup_lag_bytes: DEFAULT_CATCHUP_LAG_BYTES,
+        number_sync_standbys: 0,
+    }
+}
+
+const TIMINGS: KeeperTimings = KeeperTimings {
+    heartbeat_interval: Duration::from_millis(500),
+    fence_timeout: Duration::from_millis(1500),
+    wal_sender_timeout: Duration::from_secs(2),
+};
+
+/// A group under construction: `group().primary("a").secondary("b")`.
+struct Group {
+    nodes: Vec<NodeSnapshot>,
+    now: DateTime<Utc>,
+}
+
+fn group() -> Group {
+    Group {
+        nodes: Vec::new(),
+        now: t0() + secs(100),
+    }
+}
+
+impl Group {
+    fn node(mut self, name: &str, reported: S, goal: S) -> Self {
+        let id = self.nodes.len() as i64 + 1;
+        self.nodes.push(NodeSnapshot {
+            id,
+            name: name.into(),
+            reported,
+            goal,
+            pg_running: true,
+            lsn: 0x300_0000,
+            wal_receiver_streaming: !reported.is_writable_primary(),
+            stream_lost_at: None,
+            pg_down_since: None,
+            last_heartbeat: Some(self.now),
+            health: Health::Good,
+            candidate_priority: 50,
+            replication_quorum: true,
+            timings: TIMINGS,
+            fence_set: Vec::new(),
+            fence_required: 0,
+        });
+        self
+    }
+    fn at(self, name: &str, state: S) -> Self {
+        self.node(name, state, state)
+    }
+    fn primary(self, name: &str) -> Self {
+        self.at(name, S::Primary)
+    }
+    fn secondary(self, name: &str) -> Self {
+        self.at(name, S::Secondary)
+    }
+    /// Set the primary's fence set as the monitor would have sent it.
+    fn fence_for(mut self, index: usize) -> Self {
+        let plan = replication_plan(&self.nodes, index, 0);
+        self.nodes[index].fence_set = plan.fence_set;
+        self.nodes[index].fence_required = plan.fence_required;
+        self
+    }
+    fn with(mut self, name: &str, f: impl FnOnce(&mut NodeSnapshot)) -> Self {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("node");
+        f(n);
+        self
+    }
+    /// The keeper silent for `s` seconds and the health check failing.
+    fn dead(self, name: &str, s: i64) -> Self {
+        let now = self.now;
+        self.with(name, |n| {
+            n.last_heartbeat = Some(now - secs(s));
+            n.health = Health::Bad;
+        })
+    }
+    fn stream_lost(self, name: &str, s: i64) -> Self {
+        let now = self.now;
+        self.with(name, |n| {
+            n.wal_receiver_streaming = false;
+            n.stream_lost_at = Some(now - secs(s));
+        })
+    }
+    fn decide(&self) -> Outcome {
+        self.decide_with(&settings())
+    }
+    fn decide_with(&self, s: &Settings) -> Outcome {
+        // A primary without a fence set gets the one the monitor would have sent.
+        let mut nodes = self.nodes.clone();
+        for i in 0..nodes.len() {
+            if nodes[i].goal.is_writable_primary() && nodes[i].fence_set.is_empty() {
+                let plan = replication_plan(&nodes, i, s.number_sync_standbys);
+                nodes[i].fence_set = plan.fence_set;
+                nodes[i].fence_required = plan.fence_required;
+            }
+        }
+        decide(&nodes, self.now, s)
+    }
+    fn id(&self, name: &str) -> i64 {
+        self.nodes.iter().find(|n| n.name == name).unwrap().id
+    }
+}
+
+fn goals(g: &Group, o: &Outcome) -> Vec<(String, S)> {
+    o.decisions
+        .iter()
+        .map(|d| {
+            let name = g
+                .nodes
+                .iter()
+                .find(|n| n.id == d.node_id)
+                .unwrap()
+                .name
+                .clone();
+            (name, d.to)
+        })
+        .collect()
+}
+
+fn expect(g: &Group, o: &Outcome, want: &[(&str, S)]) {
+    let got = goals(g, o);
+    let want: Vec<(String, S)> = want.iter().map(|(n, s)| (n.to_string(), *s)).collect();
+    assert_eq!(got, want, "waiting: {:?}", o.waiting);
+}
+
+// Rule 1: init.
+
+#[test]
+fn first_node_becomes_single() {
+    let g = group().node("a", S::Init, S::Init);
+    expect(&g, &g.decide(), &[("a", S::Single)]);
+}
+
+#[test]
+fn second_node_waits_for_a_running_primary() {
+    let g = group()
+        .node("a", S::Init, S::Single)
+        .node("b", S::Init, S::Init);
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(o.waiting[0].contains("b waits"), "{:?}", o.waiting);
+}
+
+#[test]
+fn second_node_joins_as_standby_and_primary_accepts_it() {
+    let g = group().at("a", S::Single).node("b", S::Init, S::Init);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::WaitStandby), ("a", S::WaitPrimary)],
+    );
+}
+
+// Rule 7: standbys.
+
+#[test]
+fn standby_clones_once_primary_allows_it() {
+    let g = group()
+        .node("a", S::Single, S::WaitPrimary)
+        .at("b", S::WaitStandby);
+    expect(&g, &g.decide(), &[]);
+    let g = group().at("a", S::WaitPrimary).at("b", S::WaitStandby);
+    expect(&g, &g.decide(), &[("b", S::Catchingup)]);
+}
+
+#[test]
+fn catching_up_standby_becomes_secondary_when_close_and_streaming() {
+    let g = group().at("a", S::WaitPrimary).at("b", S::Catchingup);
+    expect(&g, &g.decide(), &[("b", S::Secondary)]);
+
+    let lagging = group()
+        .at("a", S::WaitPrimary)
+        .with("a", |n| n.lsn = 0x1000_0000_0000)
+        .at("b", S::Catchingup);
+    expect(&lagging, &lagging.decide(), &[]);
+
+    let not_streaming = group()
+        .at("a", S::WaitPrimary)
+        .at("b", S::Catchingup)
+        .stream_lost("b", 1);
+    expect(&not_streaming, &not_streaming.decide(), &[]);
+}
+
+#[test]
+fn secondary_that_stops_streaming_goes_back_to_catchingup() {
+    let g = group().primary("a").secondary("b").stream_lost("b", 3);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::Catchingup), ("a", S::WaitPrimary)],
+    );
+    // Briefly not streaming: tolerated.
+    let g = group().primary("a").secondary("b").stream_lost("b", 1);
+    expect(&g, &g.decide(), &[]);
+}
+
+#[test]
+fn unhealthy_secondary_turns_synchronous_replication_off_when_allowed() {
+    let g = group().primary("a").secondary("b").dead("b", 5);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::Catchingup), ("a", S::WaitPrimary)],
+    );
+
+    let strict = Settings {
+        number_sync_standbys: 1,
+        ..settings()
+    };
+    let o = g.decide_with(&strict);
+    expect(&g, &o, &[("b", S::Catchingup)]);
+}
+
+// Rule 8: the primary.
+
+#[test]
+fn wait_primary_turns_synchronous_replication_on_for_a_quorum_secondary() {
+    let g = group().at("a", S::WaitPrimary).secondary("b");
+    expect(&g, &g.decide(), &[("a", S::Primary)]);
+    let g = group()
+        .at("a", S::WaitPrimary)
+        .secondary("b")
+        .with("b", |n| n.replication_quorum = false);
+    expect(&g, &g.decide(), &[]);
+}
+
+#[test]
+fn healthy_group_is_stable() {
+    let g = group().primary("a").secondary("b");
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(o.waiting.is_empty(), "{:?}", o.waiting);
+}
+
+// Rule 2: failover start.
+
+#[test]
+fn unhealthy_primary_starts_an_election() {
+    let g = group().primary("a").secondary("b").dead("a", 3);
+    let o = g.decide();
+    expect(&g, &o, &[("b", S::ReportLsn)]);
+    assert!(o.decisions[0]
+        .reason
+        .to_string()
+        .contains("primary a is unhealthy"));
+}
+
+#[test]
+fn silent_keeper_alone_never_causes_failover() {
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .dead("a", 30)
+        .with("a", |n| n.health = Health::Good);
+    expect(&g, &g.decide(), &[]);
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .dead("a", 30)
+        .with("a", |n| n.health = Health::Unknown);
+    expect(&g, &g.decide(), &[]);
+}
+
+#[test]
+fn failing_health_check_alone_never_causes_failover() {
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .with("a", |n| n.health = Health::Bad);
+    expect(&g, &g.decide(), &[]);
+}
+
+#[test]
+fn no_candidate_means_wait_and_say_why() {
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .with("b", |n| n.candidate_priority = 0)
+        .dead("a", 3);
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(
+        o.waiting[0].contains("no standby can be promoted"),
+        "{:?}",
+        o.waiting
+    );
+}
+
+#[test]
+fn primary_postgres_down_with_live_keeper_fails_over() {
+    let now = group().now;
+    let g = group().primary("a").secondary("b").with("a", |n| {
+        n.pg_running = false;
+        n.pg_down_since = Some(now - secs(3));
+    });
+    expect(&g, &g.decide(), &[("b", S::ReportLsn), ("a", S::Demoted)]);
+    // Down only briefly: the keeper restarts it.
+    let g = group().primary("a").secondary("b").with("a", |n| {
+        n.pg_running = false;
+        n.pg_down_since = Some(now - secs(1));
+    });
+    expect(&g, &g.decide(), &[]);
+}
+
+// Rule 3: cancel.
+
+#[test]
+fn election_is_cancelled_when_the_primary_returns() {
+    let g = group().primary("a").node("b", S::ReportLsn, S::ReportLsn);
+    let o = g.decide();
+    expect(&g, &o, &[("b", S::Secondary)]);
+    assert!(o.decisions[0].reason.to_string().contains("cancelled"));
+}
+
+// Rule 4: the election and the promotion rule.
+
+fn election(dead_for: i64, lost_for: i64) -> Group {
+    group()
+        .primary("a")
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .dead("a", dead_for)
+        .stream_lost("b", lost_for)
+}
+
+#[test]
+fn election_waits_for_the_fence_deadline() {
+    // Deadline: max(hb + 1.5 s, lost + 2 s) + 0.5 s + 0.5 s.
+    let g = election(3, 2);
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(
+        o.waiting[0].contains("may still accept writes"),
+        "{:?}",
+        o.waiting
+    );
+    let g = election(4, 2);
+    expect(&g, &g.decide(), &[]);
+    let g = election(4, 4);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+}
+
+#[test]
+fn election_needs_the_stream_to_be_gone() {
+    let g = election(10, 10).with("b", |n| {
+        n.wal_receiver_streaming = true;
+        n.stream_lost_at = None;
+    });
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(!o.waiting.is_empty());
+}
+
+#[test]
+fn election_needs_enough_reporters_from_the_fence_set() {
+    // Three nodes, ANY 1 over two quorum standbys: F = {b, c}, r = 1, so
+    // both must report (|F| - r + 1 = 2).
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .secondary("c")
+        .fence_for(0)
+        .dead("a", 10)
+        .with("b", |n| n.goal = S::ReportLsn)
+        .with("b", |n| n.reported = S::ReportLsn)
+        .with("c", |n| n.goal = S::ReportLsn)
+        .with("c", |n| n.reported = S::ReportLsn)
+        .stream_lost("b", 10);
+    assert_eq!(g.nodes[0].fence_required, 1);
+    assert_eq!(g.nodes[0].fence_set.len(), 2);
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(o.waiting[0].contains("1 of the 2"), "{:?}", o.waiting);
+    let g = g.stream_lost("c", 10);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+}
+
+#[test]
+fn election_promotes_the_most_advanced_then_highest_priority() {
+    let base = || {
+        group()
+            .primary("a")
+            .secondary("b")
+            .secondary("c")
+            .fence_for(0)
+            .dead("a", 10)
+            .with("b", |n| n.reported = S::ReportLsn)
+            .with("b", |n| n.goal = S::ReportLsn)
+            .with("c", |n| n.reported = S::ReportLsn)
+            .with("c", |n| n.goal = S::ReportLsn)
+            .stream_lost("b", 10)
+            .stream_lost("c", 10)
+    };
+    let g = base().with("c", |n| n.lsn += 100);
+    expect(
+        &g,
+        &g.decide(),
+        &[("c", S::PreparePromotion), ("a", S::Demoted)],
+    );
+    let g = base().with("c", |n| n.candidate_priority = 90);
+    expect(
+        &g,
+        &g.decide(),
+        &[("c", S::PreparePromotion), ("a", S::Demoted)],
+    );
+    // The most advanced cannot be promoted: wait rather than lose commits.
+    let g = base().with("c", |n| {
+        n.lsn += 100;
+        n.candidate_priority = 0;
+    });
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(o.waiting[0].contains("priority 0"), "{:?}", o.waiting);
+}
+
+#[test]
+fn reporter_with_postgres_down_is_not_elected() {
+    let g = election(10, 10).with("b", |n| n.pg_running = false);
+    expect(&g, &g.decide(), &[]);
+}
+
+#[test]
+fn confirmed_demotion_elects_without_waiting_for_the_deadline() {
+    let g = group()
+        .node("a", S::Demoted, S::Demoted)
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .stream_lost("b", 0);
+    // a's goal is demoted, so no primary: the election does not run from
+    // rule 2; drive it through a draining primary instead.
+    expect(&g, &g.decide(), &[]);
+    let g = group()
+        .at("a", S::Draining)
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .stream_lost("b", 0);
+    let o = g.decide();
+    expect(&g, &o, &[("b", S::PreparePromotion), ("a", S::Demoted)]);
+    assert!(o.decisions[0].reason.to_string().contains("confirmed"));
+}
+
+#[test]
+fn draining_primary_is_awaited() {
+    let g = group()
+        .node("a", S::Primary, S::Draining)
+        .node("b", S::ReportLsn, S::ReportLsn);
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(o.waiting[0].contains("stop taking writes"));
+}
+
+// Rule 5: promotion steps; rule 6: rejoin.
+
+#[test]
+fn promotion_walks_its_steps() {
+    let g = group().at("a", S::Demoted).at("b", S::PreparePromotion);
+    expect(&g, &g.decide(), &[("b", S::StopReplication)]);
+    let g = group().at("a", S::Demoted).at("b", S::StopReplication);
+    expect(&g, &g.decide(), &[("b", S::WaitPrimary)]);
+}
+
+#[test]
+fn other_reporters_follow_the_new_primary() {
+    let g = group()
+        .at("a", S::Demoted)
+        .node("b", S::StopReplication, S::StopReplication)
+        .at("c", S::ReportLsn);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::WaitPrimary), ("c", S::JoinSecondary)],
+    );
+    // Once promoted, the new primary is never mistaken for a returning one.
+    let g = group()
+        .at("a", S::Demoted)
+        .at("b", S::WaitPrimary)
+        .at("c", S::JoinSecondary);
+    expect(
+        &g,
+        &g.decide(),
+        &[("c", S::Secondary), ("a", S::Catchingup)],
+    );
+    let g = group().at("b", S::WaitPrimary).at("c", S::JoinSecondary);
+    expect(&g, &g.decide(), &[("c", S::Secondary)]);
+    let g = group().at("b", S::WaitPrimary).secondary("c");
+    expect(&g, &g.decide(), &[("b", S::Primary)]);
+}
+
+#[test]
+fn old_primary_rejoins_once_demoted() {
+    let g = group()
+        .node("a", S::Primary, S::Demoted)
+        .at("b", S::WaitPrimary);
+    expect(&g, &g.decide(), &[]);
+    let g = group().at("a", S::Demoted).at("b", S::WaitPrimary);
+    let o = g.decide();
+    expect(&g, &o, &[("a", S::Catchingup)]);
+    assert!(o.decisions[0].reason.to_string().contains("rejoins"));
+}
+
+// Replication settings.
+
+#[test]
+fn replication_plan_per_primary_state() {
+    let g = group().primary("a").secondary("b");
+    let p = replication_plan(&g.nodes, 0, 0);
+    assert_eq!(p.synchronous_standby_names, "ANY 1 (pgpilot_2)");
+    assert_eq!(
+        (p.fence_set.clone(), p.fence_required),
+        (vec!["pgpilot_2".to_string()], 1)
+    );
+
+    let g = group()
+        .at("a", S::WaitPrimary)
+        .at("b", S::Catchingup)
+        .at("c", S::WaitStandby);
+    let p = replication_plan(&g.nodes, 0, 0);
+    assert_eq!(p.synchronous_standby_names, "");
+    assert_eq!(
+        (p.fence_set.clone(), p.fence_required),
+        (vec!["pgpilot_2".to_string()], 1)
+    );
+
+    let g = group().at("a", S::Single);
+    let p = replication_plan(&g.nodes, 0, 0);
+    assert_eq!(p.fence_required, 0);
+
+    // number_sync_standbys = 1 and the standby lost: writes wait.
+    let g = group().primary("a").at("b", S::Catchingup);
+    let p = replication_plan(&g.nodes, 0, 1);
+    assert_eq!(p.synchronous_standby_names, "ANY 1 (pgpilot_2)");
+}
+
+#[test]
+fn every_decision_has_a_reason_sentence() {
+    let g = election(10, 10);
+    for d in g.decide().decisions {
+        assert!(d.reason.to_string().len() > 10);
+    }
+    let _ = g.id("a");
+}
+
+// Exhaustive exploration: every goal the state machine assigns must be
+// reachable by the keeper from the node's reported state, and at most one
+// node may be writable at a time.
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct SimNode {
+    reported: S,
+    goal: S,
+    up: bool,
+    priority: u32,
+}
+
+/// A keeper runs PostgreSQL as a primary only while the monitor's goal for
+/// it is still primary-side (a restarted keeper asks before it starts).
+fn writable(n: &SimNode) -> bool {
+    n.up && n.reported.is_writable_primary() && n.goal.is_writable_primary()
+}
+
+fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
+    let primary_up = nodes
+        .iter()
+        .any(|n| writable(n) && n.goal.is_writable_primary());
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let streaming = n.up && n.reported.is_following() && primary_up;
+            NodeSnapshot {
+                id: i as i64 + 1,
+                name: format!("n{}", i + 1),
+                reported: n.reported,
+                goal: n.goal,
+                pg_running: n.up,
+                lsn: 100,
+                wal_receiver_streaming: streaming,
+                stream_lost_at: (!streaming).then(|| now - secs(60)),
+                pg_down_since: (!n.up).then(|| now - secs(60)),
+                last_heartbeat: Some(if n.up { now } else { now - secs(60) }),
+                health: if n.up { Health::Good } else { Health::Bad },
+                candidate_priority: n.priority,
+                replication_quorum: true,
+                timings: TIMINGS,
+                fence_set: Vec::new(),
+                fence_required: 0,
+            }
+        })
+        .collect()
+}
+
+fn explore(priorities: &[u32], max_states: usize) -> BTreeSet<(S, S)> {
+    let now = t0() + secs(1000);
+    let start: Vec<SimNode> = priorities
+        .iter()
+        .map(|&p| SimNode {
+            reported: S::Init,
+            goal: S::Init,
+            up: true,
+            priority: p,
+        })
+        .collect();
+    let mut seen: HashSet<Vec<SimNode>> = HashSet::new();
+    let mut queue = VecDeque::from([start]);
+    let mut assigned = BTreeSet::new();
+    while let Some(nodes) = queue.pop_front() {
+        if !seen.insert(nodes.clone()) || seen.len() > max_states {
+            continue;
+        }
+        assert!(
+            nodes.iter().filter(|n| writable(n)).count() <= 1,
+            "two writable nodes: {nodes:?}"
+        );
+        // The monitor decides.
+        let mut snaps = snapshot(&nodes, now);
+        for i in 0..snaps.len() {
+            let plan = replication_plan(&snaps, i, 0);
+            snaps[i].fence_set = plan.fence_set;
+            snaps[i].fence_required = plan.fence_required;
+        }
+        let outcome = decide(&snaps, now, &settings());
+        let mut next = nodes.clone();
+        for d in &outcome.decisions {
+            let i = (d.node_id - 1) as usize;
+            assert!(
+                keeper_has_edge(nodes[i].reported, d.to),
+                "the monitor assigned {} to a node in {}, which the keeper cannot reach ({nodes:?})",
+                d.to,
+                nodes[i].reported
+            );
+            if d.to == S::PreparePromotion {
+                assert!(nodes[i].priority > 0, "priority-0 node elected: {nodes:?}");
+            }
+            assigned.insert((nodes[i].reported, d.to));
+            next[i].goal = d.to;
+        }
+        if next != nodes {
+            queue.push_back(next.clone());
+        }
+        for i in 0..next.len() {
+            // A keeper reaches its goal (a node that is down cannot).
+            if next[i].up && next[i].reported != next[i].goal {
+                let mut s = next.clone();
+                s[i].reported = s[i].goal;
+                queue.push_back(s);
+            }
+            // The node dies, or comes back.
+            let mut s = next.clone();
+            s[i].up = !s[i].up;
+            if !s[i].up || s[i].reported != S::Init {
+                queue.push_back(s);
+            }
+        }
+    }
+    assigned
+}
+
+#[test]
+fn every_assigned_goal_is_reachable_two_nodes() {
+    let assigned = explore(&[50, 50], 200_000);
+    // The exploration covers the whole slice: failover and rejoin.
+    for edge in [
+        (S::Init, S::Single),
+        (S::Secondary, S::ReportLsn),
+        (S::ReportLsn, S::PreparePromotion),
+        (S::StopReplication, S::WaitPrimary),
+        (S::Demoted, S::Catchingup),
+        (S::WaitPrimary, S::Primary),
+    ] {
+        assert!(
+            assigned.contains(&edge),
+            "never assigned {edge:?}: {assigned:?}"
+        );
+    }
+}
+
+#[test]
+fn every_assigned_goal_is_reachable_three_nodes() {
+    explore(&[50, 50, 0], 300_000);
+}

@@ -242,7 +242,6 @@ enum PidState {
 
 struct ProgramOutput {
     stdout: String,
-    #[allow(dead_code)]
     stderr: String,
 }
 
@@ -568,6 +567,28 @@ impl PgController {
         Ok(())
     }
 
+    async fn controldata(&self) -> Result<String, PgError> {
+        let args = os_args(["-D".into(), self.pgdata_arg()]);
+        let output = run_program(
+            "pg_controldata",
+            &self.bin("pg_controldata"),
+            &args,
+            C_LOCALE,
+            CONTROLDATA_TIMEOUT,
+        )
+        .await?;
+        Ok(output.stdout)
+    }
+
+    /// "Database cluster state" of pg_controldata: "shut down", "shut down
+    /// in recovery", "in production", "in archive recovery", ...
+    async fn cluster_state(&self) -> Result<String, PgError> {
+        let output = self.controldata().await?;
+        controldata_field(&output, CONTROLDATA_CLUSTER_STATE)
+            .map(str::to_string)
+            .ok_or_else(|| missing_controldata_field(CONTROLDATA_CLUSTER_STATE))
+    }
+
     fn require_cluster(&self, what: &str) -> Result<(), PgError> {
         if self.has_data_directory() {
             Ok(())
@@ -809,20 +830,41 @@ impl LocalPostgres for PgController {
         Ok(())
     }
 
-    /// Stops the server first, and runs `CHECKPOINT` on the source so that
-    /// PostgreSQL 15's pg_rewind sees a just-promoted source's new timeline
-    /// (see `checkpoint_source`). standby.signal is removed (pg_rewind may have
-    /// to run crash recovery in single-user mode, which refuses standby
-    /// mode): call [`LocalPostgres::write_config`] afterwards, which is
-    /// needed anyway because pg_rewind copies the source's configuration
-    /// files, pgpilot.conf included.
+    /// Stops the server first (fast), and runs `CHECKPOINT` on the source so
+    /// that PostgreSQL 15's pg_rewind sees a just-promoted source's new
+    /// timeline (see `checkpoint_source`).
+    ///
+    /// When the target was not shut down cleanly, pg_rewind first runs crash
+    /// recovery in single-user mode, which refuses standby mode ("standby mode
+    /// is not supported by single-user servers"). So with standby.signal
+    /// present: a crashed *standby* ("in archive recovery") is started and
+    /// stopped as a standby first (crash recovery without standby mode would
+    /// end recovery and write WAL its upstream does not have); any other
+    /// unclean state (a crashed primary) loses standby.signal.
+    ///
+    /// Call [`LocalPostgres::write_config`] afterwards in any case: pg_rewind
+    /// copies the source's configuration files (pgpilot.conf included) and
+    /// its standby.signal, or removes ours when the source has none.
     async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
         self.require_cluster("rewind")?;
         self.stop().await?;
         let pgdata = &self.settings.pgdata;
         let signal = pgdata.join(STANDBY_SIGNAL);
         if signal.exists() {
-            std::fs::remove_file(&signal).map_err(|e| io_error(&signal, e))?;
+            let state = self.cluster_state().await?;
+            match state.as_str() {
+                "shut down" | "shut down in recovery" => {}
+                "in archive recovery" => {
+                    info!("postgres: crashed standby: starting and stopping it as a standby before pg_rewind");
+                    self.start().await?;
+                    self.stop().await?;
+                }
+                _ => {
+                    info!(%state, "postgres: removing standby.signal so that pg_rewind can run crash recovery");
+                    std::fs::remove_file(&signal).map_err(|e| io_error(&signal, e))?;
+                    fsync_dir(pgdata)?;
+                }
+            }
         }
         self.checkpoint_source(upstream).await?;
         let source = format!(
@@ -1042,22 +1084,11 @@ impl LocalPostgres for PgController {
         if !self.has_data_directory() {
             return Ok(None);
         }
-        let args = os_args(["-D".into(), self.pgdata_arg()]);
-        let output = run_program(
-            "pg_controldata",
-            &self.bin("pg_controldata"),
-            &args,
-            C_LOCALE,
-            CONTROLDATA_TIMEOUT,
-        )
-        .await?;
-        parse_controldata_system_identifier(&output.stdout)
+        let output = self.controldata().await?;
+        controldata_field(&output, CONTROLDATA_SYSTEM_IDENTIFIER)
+            .and_then(|id| id.parse::<u64>().ok())
             .map(Some)
-            .ok_or_else(|| {
-                PgError::Other(
-                    "pg_controldata printed no \"Database system identifier\" line".to_string(),
-                )
-            })
+            .ok_or_else(|| missing_controldata_field(CONTROLDATA_SYSTEM_IDENTIFIER))
     }
 }
 
@@ -1529,12 +1560,20 @@ fn connection_broken(err: &sqlx::Error) -> bool {
     }
 }
 
-/// The "Database system identifier:" of `pg_controldata` output (LC_ALL=C).
-fn parse_controldata_system_identifier(output: &str) -> Option<u64> {
+const CONTROLDATA_SYSTEM_IDENTIFIER: &str = "Database system identifier";
+const CONTROLDATA_CLUSTER_STATE: &str = "Database cluster state";
+
+/// The value of a `label:` line of `pg_controldata` output (LC_ALL=C).
+fn controldata_field<'a>(output: &'a str, label: &str) -> Option<&'a str> {
     output.lines().find_map(|line| {
-        line.strip_prefix("Database system identifier:")
-            .and_then(|rest| rest.trim().parse::<u64>().ok())
+        line.strip_prefix(label)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
     })
+}
+
+fn missing_controldata_field(label: &str) -> PgError {
+    PgError::Other(format!("pg_controldata printed no \"{label}\" line"))
 }
 
 /// Parse an LSN as PostgreSQL prints it (`16/B374D848`).
@@ -1776,10 +1815,17 @@ mod tests {
                       Database system identifier:           7380981279455316887\n\
                       Database cluster state:               in production\n";
         assert_eq!(
-            parse_controldata_system_identifier(output),
-            Some(7_380_981_279_455_316_887)
+            controldata_field(output, CONTROLDATA_SYSTEM_IDENTIFIER),
+            Some("7380981279455316887")
         );
-        assert_eq!(parse_controldata_system_identifier("garbage"), None);
+        assert_eq!(
+            controldata_field(output, CONTROLDATA_CLUSTER_STATE),
+            Some("in production")
+        );
+        assert_eq!(
+            controldata_field("garbage", CONTROLDATA_CLUSTER_STATE),
+            None
+        );
     }
 
     #[test]
@@ -1932,6 +1978,11 @@ mod tests {
     /// it by hand: `runuser -u postgres -- <test binary> real_postgres --nocapture`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn real_postgres_end_to_end() -> anyhow::Result<()> {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_ansi(false)
+            .with_env_filter("pgpilot_keeper=debug")
+            .try_init();
         if nix::unistd::geteuid().is_root() {
             eprintln!(
                 "skipping real_postgres_end_to_end: PostgreSQL refuses to run as root; \
@@ -2125,10 +2176,20 @@ mod tests {
             .await?;
         assert_eq!(rows, [(1,), (2,)]);
 
-        // A second rewind has nothing to do.
+        // A crashed standby can be "rewound" too (nothing to do), and streams again.
+        a.stop_immediate().await?;
+        let t = Instant::now();
         a.rewind(&from_b).await?;
+        eprintln!("rewind of a crashed standby: {:?}", t.elapsed());
         a.write_config(&node_config(port_a, "a", Some(from_b.clone())))
             .await?;
+        a.start().await?;
+        wait_until(
+            "a streams from b again",
+            Duration::from_secs(30),
+            || async { a.observe().await.wal_receiver_streaming },
+        )
+        .await?;
 
         let t = Instant::now();
         b.stop().await?;

@@ -77,19 +77,15 @@ pub async fn run(store: Store, interval: Duration, limit: Duration, user: String
                 continue;
             }
         };
-        let checks = targets.into_iter().map(|(id, host, port, before)| {
+        let mut checks = tokio::task::JoinSet::new();
+        for (id, host, port, before) in targets {
             let user = user.clone();
-            async move {
-                (
-                    id,
-                    host.clone(),
-                    port,
-                    before,
-                    ping(&host, port, &user, limit).await,
-                )
-            }
-        });
-        for (id, host, port, before, now) in futures_join_all(checks).await {
+            checks.spawn(async move {
+                let now = ping(&host, port, &user, limit).await;
+                (id, host, port, before, now)
+            });
+        }
+        while let Some(Ok((id, host, port, before, now))) = checks.join_next().await {
             if before != now {
                 tracing::info!(node_id = id, %host, port, health = now.as_str(), "health check changed");
                 if let Err(e) = store.set_health(id, now).await {
@@ -101,23 +97,6 @@ pub async fn run(store: Store, interval: Duration, limit: Duration, user: String
             tracing::warn!(error = %e, "periodic evaluation failed");
         }
     }
-}
-
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output>
-where
-    F: Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

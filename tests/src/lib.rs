@@ -1,1 +1,30 @@
+//! The end-to-end harness of pgpilot: real PostgreSQL servers, a real monitor
+//! and real keepers on 127.0.0.1, driven by tests and by `pgpilot-lab`.
+//!
+//! A [`Cluster`] owns everything it starts — the monitor's own PostgreSQL,
+//! the monitor, one keeper per node and the PostgreSQL servers those keepers
+//! start — and kills all of it when dropped, also when a test panics. Tests
+//! never sleep to "let things settle": they [`Cluster::wait_until`] a
+//! condition with a deadline, and when the deadline passes the error carries
+//! the state table, recent events and the tail of every log.
+//!
+//! Environment: `PGPILOT_BIN_DIR` (where `pgpilot-monitor` / `pgpilot-keeper`
+//! are, default the cargo target dir — run `cargo build --workspace` first),
+//! `PGPILOT_PG_BIN_DIR` (PostgreSQL's bin dir, default the newest
+//! `/usr/lib/postgresql/*/bin`), `PGPILOT_KEEP_TEST_DIRS` (keep each test's
+//! directory), `RUST_LOG` (log filter of monitor and keepers, default `info`).
 
+mod cluster;
+pub mod process;
+pub mod state;
+pub mod tools;
+pub mod wait;
+pub mod writer;
+
+pub use cluster::{Cluster, ClusterOptions, KeeperToml};
+pub use pgpilot_proto::pb::{FormationState, NodeStatus};
+pub use pgpilot_proto::ReplicationState;
+pub use state::{FormationStateExt, NodeStatusExt};
+pub use tools::{PostgresNotInstalled, Tools};
+pub use wait::{poll_until, GiveUp, TimedOut};
+pub use writer::{Outage, WriteReport, Writer};

@@ -362,16 +362,6 @@ impl PgController {
         }
     }
 
-    /// A checkpoint right after promotion writes the new timeline into
-    /// pg_control. Until then pg_rewind, reading this server as its source,
-    /// takes the old timeline for the current one and leaves a rewound
-    /// standby that cannot start. Writes are already accepted meanwhile.
-    async fn checkpoint_after_promotion(&self) -> Result<(), PgError> {
-        self.fetch_all::<(bool,)>("CHECKPOINT", &[], Duration::from_secs(300))
-            .await
-            .map(|_| ())
-    }
-
     /// Run one query on the cached connection (opened on demand). A broken
     /// connection is dropped and the query retried once on a fresh one, so a
     /// server restart costs no failed observation.
@@ -943,7 +933,7 @@ impl LocalPostgres for PgController {
                         .to_string(),
                 ))
             } else {
-                self.checkpoint_after_promotion().await
+                Ok(())
             };
         }
         let started = Instant::now();
@@ -969,7 +959,7 @@ impl LocalPostgres for PgController {
                 .await?;
             if !in_recovery && read_only == "off" {
                 info!(elapsed = ?started.elapsed(), "postgres: promoted");
-                return self.checkpoint_after_promotion().await;
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(PgError::Timeout {

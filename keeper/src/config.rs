@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pgpilot_proto::config_file;
 use serde::Deserialize;
 
 /// How often the keeper observes PostgreSQL and heartbeats. Shorter
@@ -98,38 +99,17 @@ fn d_register() -> Duration {
     DEFAULT_REGISTER_TIMEOUT
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use pgpilot_proto::config_file::ConfigError;
 
 impl KeeperConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: KeeperConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: one_line(&e.to_string()),
-        })?;
+        let config: KeeperConfig = config_file::load(path)?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: KeeperConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: one_line(&e.to_string()),
-        })?;
+        let config: KeeperConfig = config_file::parse(text, Path::new("<config>"))?;
         config.validate()?;
         Ok(config)
     }
@@ -209,16 +189,6 @@ impl KeeperConfig {
             .clone()
             .unwrap_or_else(|| self.host.clone())
     }
-}
-
-/// toml's errors span several lines with a source excerpt; keep one line.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | ") && *l != "^")
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 #[cfg(test)]

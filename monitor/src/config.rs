@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pgpilot_proto::config_file;
 use serde::Deserialize;
 
 /// How long a keeper may stay silent before its node can be declared
@@ -64,39 +65,17 @@ fn d_hc_user() -> String {
     "postgres".into()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use pgpilot_proto::config_file::ConfigError;
 
 impl MonitorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        let config: MonitorConfig = config_file::load(path)?;
+        config.validate()?;
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: MonitorConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: one_line(&e.to_string()),
-        })?;
+        let config: MonitorConfig = config_file::parse(text, Path::new("<config>"))?;
         config.validate()?;
         Ok(config)
     }
@@ -132,24 +111,6 @@ impl MonitorConfig {
                 "no monitor database configured: set database_url or database_url_file in the config, or {DATABASE_URL_ENV}"
             ))
         })
-    }
-}
-
-/// toml's errors span several lines with a source excerpt; keep the message.
-pub fn one_line(message: &str) -> String {
-    let mut lines = message.lines().filter(|l| !l.trim().is_empty());
-    let first = lines.next().unwrap_or_default().trim().to_string();
-    let last = message
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('|') && !l.contains(" | "))
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    if last.is_empty() || last == first {
-        first
-    } else {
-        format!("{first}: {last}")
     }
 }
 

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod config_file;
+
 /// Generated gRPC code.
 pub mod pb {
     tonic::include_proto!("pgpilot.v1");

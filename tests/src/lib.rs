@@ -8,6 +8,11 @@
 //! condition with a deadline, and when the deadline passes the error carries
 //! the state table, recent events and the tail of every log.
 //!
+//! Run: `cargo build --workspace && cargo nextest run -p pgpilot-tests` (or
+//! `cargo test -p pgpilot-tests -- --test-threads=2`). The tests run the
+//! binaries already built in the target directory; `cargo test -p
+//! pgpilot-tests` alone does not rebuild the monitor or the keeper.
+//!
 //! Environment: `PGPILOT_BIN_DIR` (where `pgpilot-monitor` / `pgpilot-keeper`
 //! are, default the cargo target dir — run `cargo build --workspace` first),
 //! `PGPILOT_PG_BIN_DIR` (PostgreSQL's bin dir, default the newest
@@ -27,4 +32,4 @@ pub use pgpilot_proto::ReplicationState;
 pub use state::{FormationStateExt, NodeStatusExt};
 pub use tools::{PostgresNotInstalled, Tools};
 pub use wait::{poll_until, GiveUp, TimedOut};
-pub use writer::{Outage, WriteReport, Writer};
+pub use writer::{Ack, Connection, Outage, WriteReport, Writer};

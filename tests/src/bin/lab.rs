@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use pgpilot_tests::{Cluster, ClusterOptions, PostgresNotInstalled};
+use pgpilot_tests::{Cluster, ClusterOptions, PostgresNotInstalled, Tools};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Run a pgpilot monitor and a group of PostgreSQL nodes on 127.0.0.1 until Ctrl-C.
@@ -53,10 +53,13 @@ async fn run(args: Args) -> Result<()> {
     let mut opts = ClusterOptions::nodes(args.nodes as usize);
     opts.dir = args.dir.clone();
     let kept = args.dir.is_some();
+    // Fail early, before saying anything, when PostgreSQL or our binaries are missing.
+    Tools::locate()?;
 
     eprintln!(
-        "starting the monitor database, the monitor and {} nodes…",
-        args.nodes
+        "starting the monitor database, the monitor and {} node{}…",
+        args.nodes,
+        if args.nodes == 1 { "" } else { "s" }
     );
     // A Ctrl-C during start-up drops the half-built cluster, which stops
     // whatever already runs.

@@ -1,0 +1,1072 @@
+//! [`Cluster`]: a monitor database, a monitor and N nodes on 127.0.0.1.
+//!
+//! Layout of a cluster directory:
+//!
+//! ```text
+//! monitor.toml  monitor.log
+//! monitor-db/data  monitor-db/data.log     the monitor's own PostgreSQL
+//! node1/keeper.toml  node1/keeper.log      keeper config and output
+//! node1/data  node1/data.log               PGDATA and PostgreSQL's log (the keeper's)
+//! node1/data.pgpilot-state.json            the keeper's state file
+//! ```
+
+use std::fs::{self, OpenOptions};
+use std::future::Future;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
+use pgpilot_proto::pb::monitor_client::MonitorClient;
+use pgpilot_proto::pb::{FormationState, GetFormationStateRequest, ListEventsRequest};
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::process::{self, free_port, postmaster_pid};
+use crate::state::{events_table, FormationStateExt, NodeStatusExt};
+use crate::tools::{Tools, KEEP_DIRS_ENV};
+use crate::wait::{poll_until, GiveUp, TimedOut, POLL_INTERVAL};
+
+/// Lines of each log shown when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+/// How long the harness waits for the monitor to answer after its start.
+const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the first node gets to become a primary on its own.
+const FIRST_NODE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound on one psql run.
+const PSQL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on one operator command (perform-failover waits up to its own --timeout).
+const CLI_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a graceful shutdown waits for a process before SIGKILL.
+const GRACEFUL_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    /// Candidate priority per node (node1 first); missing → the keeper's default.
+    pub candidate_priorities: Vec<u32>,
+    pub formation: String,
+    /// Directory for everything (must be empty or absent); default a
+    /// temporary directory removed on drop.
+    pub dir: Option<PathBuf>,
+    /// Monitor settings; `None` → the monitor's defaults.
+    pub node_timeout: Option<String>,
+    pub health_check_interval: Option<String>,
+    /// Start node1 alone and wait until it is a writable primary before
+    /// starting the others (so node1 is the first primary).
+    pub first_node_alone: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 2,
+            candidate_priorities: Vec::new(),
+            formation: "default".to_string(),
+            dir: None,
+            node_timeout: None,
+            health_check_interval: None,
+            first_node_alone: true,
+        }
+    }
+}
+
+impl ClusterOptions {
+    pub fn nodes(nodes: usize) -> Self {
+        ClusterOptions {
+            nodes,
+            ..Default::default()
+        }
+    }
+
+    pub fn candidate_priorities(mut self, priorities: &[u32]) -> Self {
+        self.candidate_priorities = priorities.to_vec();
+        self
+    }
+
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct MonitorToml {
+    database_url: String,
+    listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_check_interval: Option<String>,
+}
+
+/// A keeper's configuration file.
+#[derive(Serialize, Clone, Debug)]
+pub struct KeeperToml {
+    pub name: String,
+    pub formation: String,
+    pub host: String,
+    pub port: u16,
+    pub pgdata: String,
+    pub monitor: String,
+    pub pg_bin_dir: String,
+    pub pg_user: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_priority: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_quorum: Option<bool>,
+    /// How long a keeper that never registered keeps trying (e.g. "5s").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register_timeout: Option<String>,
+}
+
+impl KeeperToml {
+    pub fn render(&self) -> Result<String> {
+        toml::to_string(self).context("rendering a keeper config")
+    }
+}
+
+struct Node {
+    name: String,
+    port: u16,
+    dir: PathBuf,
+    pgdata: PathBuf,
+    config: PathBuf,
+    keeper_log: PathBuf,
+    keeper: Mutex<Option<Child>>,
+}
+
+impl Node {
+    fn pg_log(&self) -> PathBuf {
+        with_suffix(&self.pgdata, ".log")
+    }
+}
+
+/// A running test cluster; dropping it kills everything it started.
+pub struct Cluster {
+    tools: Tools,
+    root: PathBuf,
+    tempdir: Option<tempfile::TempDir>,
+    formation: String,
+    started: Instant,
+    monitor_db_pgdata: PathBuf,
+    monitor_db_port: u16,
+    monitor_url: String,
+    monitor_config: PathBuf,
+    monitor_log: PathBuf,
+    monitor: Mutex<Option<Child>>,
+    channel: Option<Channel>,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Start the monitor database, the monitor and `opts.nodes` keepers.
+    /// Returns once every keeper is spawned (use [`Cluster::wait_healthy`]).
+    pub async fn start(opts: ClusterOptions) -> Result<Cluster> {
+        let tools = Tools::locate()?;
+        process::become_subreaper();
+        let (tempdir, root) = match &opts.dir {
+            Some(dir) => {
+                if dir.exists() && fs::read_dir(dir)?.next().is_some() {
+                    bail!(
+                        "{} is not empty; give a new or empty directory",
+                        dir.display()
+                    );
+                }
+                tools.make_dir(dir)?;
+                (None, dir.canonicalize()?)
+            }
+            None => {
+                let dir = tools.scratch_dir("pgpilot-test-")?;
+                let root = dir.path().to_path_buf();
+                (Some(dir), root)
+            }
+        };
+        let mut cluster = Cluster {
+            monitor_db_pgdata: root.join("monitor-db").join("data"),
+            monitor_db_port: 0,
+            monitor_url: String::new(),
+            monitor_config: root.join("monitor.toml"),
+            monitor_log: root.join("monitor.log"),
+            monitor: Mutex::new(None),
+            channel: None,
+            nodes: Vec::new(),
+            tools,
+            root,
+            tempdir,
+            formation: opts.formation.clone(),
+            started: Instant::now(),
+        };
+        match cluster.boot(&opts).await {
+            Ok(()) => Ok(cluster),
+            Err(err) => {
+                let diagnostics = cluster.diagnostics().await;
+                Err(anyhow!(
+                    "starting the test cluster in {} failed: {err:#}\n\n{diagnostics}",
+                    cluster.root.display()
+                ))
+            }
+        }
+    }
+
+    async fn boot(&mut self, opts: &ClusterOptions) -> Result<()> {
+        self.start_monitor_db().await?;
+        self.start_monitor(opts).await?;
+        for i in 1..=opts.nodes {
+            self.add_node(i, opts)?;
+            if i == 1 && opts.first_node_alone && opts.nodes > 1 {
+                self.spawn_keeper_of("node1")?;
+                self.wait_state(
+                    FIRST_NODE_TIMEOUT,
+                    "node1 to become a writable primary on its own",
+                    |s| {
+                        s.node("node1")
+                            .is_some_and(|n| n.reports_writable_primary())
+                    },
+                )
+                .await?;
+            }
+        }
+        for node in &self.nodes {
+            if lock(&node.keeper).is_none() {
+                self.spawn_keeper_of(&node.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- the monitor's own PostgreSQL -------------------------------------
+
+    async fn start_monitor_db(&mut self) -> Result<()> {
+        let dir = self.root.join("monitor-db");
+        self.tools.make_dir(&dir)?;
+        let pgdata = self.monitor_db_pgdata.clone();
+        let mut initdb = self
+            .tools
+            .command_as_pg_user(self.tools.pg_program("initdb"), &dir);
+        initdb
+            .arg("-D")
+            .arg(&pgdata)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ])
+            .stdin(Stdio::null());
+        run_checked(initdb, "initdb of the monitor database").await?;
+
+        let log = with_suffix(&pgdata, ".log");
+        let mut last_error = None;
+        for _attempt in 0..3 {
+            let port = free_port()?;
+            let mut pg_ctl = self
+                .tools
+                .command_as_pg_user(self.tools.pg_program("pg_ctl"), &dir);
+            pg_ctl
+                .arg("-D")
+                .arg(&pgdata)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "60", "-o"])
+                .arg(format!(
+                    "-c listen_addresses=127.0.0.1 -c port={port} \
+                     -c unix_socket_directories='{}' -c fsync=off -c full_page_writes=off",
+                    dir.display()
+                ))
+                .arg("start")
+                .stdin(Stdio::null());
+            match run_checked(pg_ctl, "pg_ctl start of the monitor database").await {
+                Ok(_) => {
+                    self.monitor_db_port = port;
+                    last_error = None;
+                    break;
+                }
+                Err(err) => {
+                    let log_text = fs::read_to_string(&log).unwrap_or_default();
+                    let port_taken = log_text.contains("could not bind")
+                        || log_text.contains("Address already in use");
+                    last_error = Some(err);
+                    if !port_taken {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(err) = last_error {
+            return Err(err);
+        }
+
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10",
+                self.monitor_db_port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .context("connecting to the monitor database")?;
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute("CREATE DATABASE pgpilot")
+            .await
+            .context("creating database pgpilot")?;
+        drop(client);
+        let _ = connection.await;
+        Ok(())
+    }
+
+    // ---- the monitor -------------------------------------------------------
+
+    async fn start_monitor(&mut self, opts: &ClusterOptions) -> Result<()> {
+        let port = free_port()?;
+        self.monitor_url = format!("http://127.0.0.1:{port}");
+        let config = MonitorToml {
+            database_url: format!(
+                "postgres://postgres@127.0.0.1:{}/pgpilot",
+                self.monitor_db_port
+            ),
+            listen: format!("127.0.0.1:{port}"),
+            node_timeout: opts.node_timeout.clone(),
+            health_check_interval: opts.health_check_interval.clone(),
+        };
+        fs::write(&self.monitor_config, toml::to_string(&config)?)
+            .with_context(|| format!("writing {}", self.monitor_config.display()))?;
+
+        let log = open_log(&self.monitor_log, "starting the monitor")?;
+        let mut cmd = self.tools.monitor_command();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.monitor_config)
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", self.tools.monitor.display()))?;
+        *lock(&self.monitor) = Some(child);
+
+        self.channel = Some(
+            Endpoint::from_shared(self.monitor_url.clone())?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(10))
+                .connect_lazy(),
+        );
+        let this: &Cluster = self;
+        poll_until(
+            MONITOR_START_TIMEOUT,
+            "the monitor to answer GetFormationState",
+            || async move {
+                this.check_processes()?;
+                match this
+                    .client()?
+                    .get_formation_state(this.state_request())
+                    .await
+                {
+                    Ok(_) => Ok(Some(())),
+                    // Answered, even if only to say the formation has no node yet.
+                    Err(status) if status.code() != tonic::Code::Unavailable => Ok(Some(())),
+                    Err(status) => Err(anyhow!("{}", status.message())),
+                }
+            },
+        )
+        .await
+    }
+
+    fn client(&self) -> Result<MonitorClient<Channel>> {
+        let channel = self
+            .channel
+            .clone()
+            .ok_or_else(|| anyhow!("the monitor is not started"))?;
+        Ok(MonitorClient::new(channel))
+    }
+
+    fn state_request(&self) -> GetFormationStateRequest {
+        GetFormationStateRequest {
+            formation: self.formation.clone(),
+        }
+    }
+
+    // ---- nodes -------------------------------------------------------------
+
+    fn add_node(&mut self, i: usize, opts: &ClusterOptions) -> Result<()> {
+        let name = format!("node{i}");
+        let dir = self.root.join(&name);
+        self.tools.make_dir(&dir)?;
+        let port = free_port()?;
+        let pgdata = dir.join("data");
+        let config = dir.join("keeper.toml");
+        let keeper = KeeperToml {
+            name: name.clone(),
+            formation: self.formation.clone(),
+            host: "127.0.0.1".to_string(),
+            port,
+            pgdata: pgdata.display().to_string(),
+            monitor: self.monitor_url.clone(),
+            pg_bin_dir: self.tools.pg_bin_dir.display().to_string(),
+            pg_user: "postgres".to_string(),
+            candidate_priority: opts.candidate_priorities.get(i - 1).copied(),
+            replication_quorum: None,
+            register_timeout: None,
+        };
+        fs::write(&config, keeper.render()?)
+            .with_context(|| format!("writing {}", config.display()))?;
+        self.nodes.push(Node {
+            keeper_log: dir.join("keeper.log"),
+            name,
+            port,
+            dir,
+            pgdata,
+            config,
+            keeper: Mutex::new(None),
+        });
+        Ok(())
+    }
+
+    fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node named {name:?} in this cluster"))
+    }
+
+    fn spawn_keeper_of(&self, name: &str) -> Result<()> {
+        let node = self.node(name)?;
+        let mut slot = lock(&node.keeper);
+        if let Some(child) = slot.as_mut() {
+            if child.try_wait()?.is_none() {
+                bail!(
+                    "the keeper of {name} is already running (pid {})",
+                    child.id()
+                );
+            }
+        }
+        let log = open_log(&node.keeper_log, "starting the keeper")?;
+        let mut cmd = self.tools.keeper_command(&node.config, &node.dir);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", self.tools.keeper.display()))?;
+        *slot = Some(child);
+        Ok(())
+    }
+
+    /// Names of the nodes, node1 first.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// The first node that is not `name` (the other one of a pair).
+    pub fn other_node(&self, name: &str) -> Result<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.name != name)
+            .map(|n| n.name.clone())
+            .ok_or_else(|| anyhow!("no node other than {name}"))
+    }
+
+    pub fn node_port(&self, name: &str) -> Result<u16> {
+        Ok(self.node(name)?.port)
+    }
+
+    pub fn pgdata(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.node(name)?.pgdata.clone())
+    }
+
+    pub fn keeper_config_path(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.node(name)?.config.clone())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn monitor_url(&self) -> &str {
+        &self.monitor_url
+    }
+
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
+    /// `postgresql://postgres@127.0.0.1:p1,127.0.0.1:p2/postgres?target_session_attrs=read-write&connect_timeout=2`
+    pub fn multi_host_uri(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!(
+            "postgresql://postgres@{}/postgres?target_session_attrs=read-write&connect_timeout=2",
+            hosts.join(",")
+        )
+    }
+
+    // ---- faults and restarts ----------------------------------------------
+
+    /// "The host is gone": SIGKILL the keeper, then the postmaster (from
+    /// `<pgdata>/postmaster.pid`) and every process it forked. Everything is
+    /// first frozen with SIGSTOP, so the node stops answering at one instant,
+    /// which is returned (measure outages from it).
+    pub fn kill_node_hard(&self, name: &str) -> Result<Instant> {
+        let node = self.node(name)?;
+        let keeper = lock(&node.keeper).take();
+        let keeper_pid = keeper.as_ref().map(Child::id);
+        if let Some(pid) = keeper_pid {
+            let _ = process::signal(-(pid as i32), Signal::SIGSTOP);
+        }
+        let tree = match postmaster_pid(&node.pgdata) {
+            Some(pid)
+                if process::is_alive(pid) && process::comm(pid).as_deref() == Some("postgres") =>
+            {
+                process::freeze_postmaster_tree(pid)
+            }
+            _ => Vec::new(),
+        };
+        let gone_at = Instant::now();
+        if let Some(mut child) = keeper {
+            process::kill_child_group(&mut child);
+        }
+        process::kill_all(&tree);
+        process::reap(&tree, Duration::from_secs(10));
+        self.mark_log(
+            &node.keeper_log,
+            &format!(
+                "node killed hard: keeper pid {keeper_pid:?}, postgres pids {tree:?} (SIGKILL)"
+            ),
+        );
+        Ok(gone_at)
+    }
+
+    /// Start the keeper of `name` again, with the same configuration.
+    pub fn start_keeper(&self, name: &str) -> Result<()> {
+        self.spawn_keeper_of(name)
+    }
+
+    /// Send a signal to the keeper of `name` (e.g. SIGSTOP / SIGCONT).
+    pub fn signal_keeper(&self, name: &str, signal: Signal) -> Result<()> {
+        let node = self.node(name)?;
+        let slot = lock(&node.keeper);
+        let child = slot
+            .as_ref()
+            .ok_or_else(|| anyhow!("the keeper of {name} is not running"))?;
+        process::signal(child.id() as i32, signal)
+            .with_context(|| format!("sending {signal} to the keeper of {name}"))?;
+        Ok(())
+    }
+
+    fn mark_log(&self, path: &Path, message: &str) {
+        if let Ok(mut file) = OpenOptions::new().append(true).open(path) {
+            let _ = writeln!(
+                file,
+                "=== harness +{:.3}s: {message} ===",
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    // ---- talking to the monitor and the nodes -----------------------------
+
+    /// The monitor's view of the formation (GetFormationState).
+    pub async fn state(&self) -> Result<FormationState> {
+        let reply = self
+            .client()?
+            .get_formation_state(self.state_request())
+            .await
+            .map_err(|status| {
+                anyhow!(
+                    "GetFormationState failed: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })?;
+        Ok(reply.into_inner())
+    }
+
+    /// The recent events of the formation, as a table.
+    pub async fn events(&self, count: u32) -> Result<String> {
+        let reply = self
+            .client()?
+            .list_events(ListEventsRequest {
+                formation: self.formation.clone(),
+                count,
+            })
+            .await
+            .map_err(|status| {
+                anyhow!(
+                    "ListEvents failed: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })?;
+        Ok(events_table(&reply.into_inner().events))
+    }
+
+    /// The one node whose reported state is a writable-primary state.
+    pub async fn primary_name(&self) -> Result<String> {
+        let state = self.state().await?;
+        let primaries = state.writable_primaries();
+        match primaries.as_slice() {
+            [one] => Ok(one.name.clone()),
+            _ => bail!(
+                "expected exactly one writable primary, found {}:\n{}",
+                primaries.len(),
+                state.table()
+            ),
+        }
+    }
+
+    /// Run `pgpilot-monitor <args>` and return its output (any exit status).
+    pub async fn run_cli(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = tokio::process::Command::from(self.tools.monitor_command());
+        cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+        tokio::time::timeout(CLI_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| anyhow!("pgpilot-monitor {args:?} did not finish within {CLI_TIMEOUT:?}"))?
+            .with_context(|| format!("running pgpilot-monitor {args:?}"))
+    }
+
+    /// Run SQL on one node with psql (unaligned, tuples only) and return its
+    /// trimmed output; an error carries psql's stderr.
+    pub async fn psql(&self, node: &str, sql: &str) -> Result<String> {
+        let port = self.node(node)?.port;
+        let mut cmd = tokio::process::Command::new(self.tools.pg_program("psql"));
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "3")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+        let output = tokio::time::timeout(PSQL_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| anyhow!("psql on {node} did not finish within {PSQL_TIMEOUT:?}: {sql}"))?
+            .context("running psql")?;
+        if !output.status.success() {
+            bail!(
+                "psql on {node} (port {port}) failed ({}): {}: {sql}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    /// Whether `node`'s PostgreSQL is in recovery (a standby).
+    pub async fn is_in_recovery(&self, node: &str) -> Result<bool> {
+        Ok(self.psql(node, "SELECT pg_is_in_recovery()").await? == "t")
+    }
+
+    /// Those of `ids` that are not in `pgpilot_writes` on `node`.
+    pub async fn missing_ids(&self, node: &str, ids: &[i64]) -> Result<Vec<i64>> {
+        let text = self.psql(node, "SELECT id FROM pgpilot_writes").await?;
+        let present = text
+            .lines()
+            .map(|line| line.trim().parse::<i64>())
+            .collect::<Result<std::collections::HashSet<_>, _>>()
+            .context("parsing ids from pgpilot_writes")?;
+        Ok(crate::writer::missing_from(ids, &present))
+    }
+
+    // ---- waiting -----------------------------------------------------------
+
+    /// Poll the monitor's state until the async predicate holds; on timeout
+    /// the error carries the state table, recent events and log tails. Fails
+    /// at once if the monitor or a keeper the harness did not kill exits.
+    pub async fn wait_until<F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut predicate: F,
+    ) -> Result<FormationState>
+    where
+        F: FnMut(FormationState) -> Fut,
+        Fut: Future<Output = Result<bool>>,
+    {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut attempts = 0;
+        let mut last;
+        loop {
+            attempts += 1;
+            if let Err(err) = self.check_processes() {
+                return Err(self
+                    .failure(format!("gave up waiting for {what}: {err:#}"))
+                    .await);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let check = async {
+                let state = self.state().await?;
+                let holds = predicate(state.clone()).await?;
+                Ok::<_, anyhow::Error>((holds, state))
+            };
+            match tokio::time::timeout(remaining.max(Duration::from_millis(100)), check).await {
+                Ok(Ok((true, state))) => return Ok(state),
+                Ok(Ok((false, _))) => last = "condition not met".to_string(),
+                Ok(Err(err)) => last = format!("{err:#}"),
+                Err(_) => last = "the check did not finish before the deadline".to_string(),
+            }
+            if Instant::now() >= deadline {
+                let timed_out = TimedOut {
+                    what: what.to_string(),
+                    waited: start.elapsed(),
+                    attempts,
+                    last,
+                };
+                return Err(self.failure(timed_out.to_string()).await);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// [`Cluster::wait_until`] with a plain predicate on the state.
+    pub async fn wait_state<F>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut predicate: F,
+    ) -> Result<FormationState>
+    where
+        F: FnMut(&FormationState) -> bool,
+    {
+        self.wait_until(timeout, what, |state| {
+            let holds = predicate(&state);
+            async move { Ok(holds) }
+        })
+        .await
+    }
+
+    /// Poll any check (`Ok(Some(v))` = done, `Ok(None)`/`Err` = not yet)
+    /// with the same failure report as [`Cluster::wait_until`].
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        let result = poll_until(timeout, what, || {
+            let processes = self.check_processes();
+            let fut = check();
+            async move {
+                processes?;
+                fut.await
+            }
+        })
+        .await;
+        match result {
+            Ok(value) => Ok(value),
+            Err(err) => Err(self.failure(format!("{err:#}")).await),
+        }
+    }
+
+    /// One node settled in `primary`, all others in `secondary`.
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<FormationState> {
+        let n = self.nodes.len();
+        self.wait_state(
+            timeout,
+            &format!(
+                "a healthy group: 1 primary and {} secondaries, reported == goal",
+                n - 1
+            ),
+            |s| s.is_healthy(n),
+        )
+        .await
+    }
+
+    /// A two-node cluster with one primary and one secondary, settled.
+    pub async fn wait_healthy_pair(&self) -> Result<FormationState> {
+        if self.nodes.len() != 2 {
+            bail!(
+                "wait_healthy_pair needs 2 nodes, this cluster has {}",
+                self.nodes.len()
+            );
+        }
+        self.wait_healthy(Duration::from_secs(120)).await
+    }
+
+    /// The monitor or a keeper that should be running has exited.
+    fn check_processes(&self) -> Result<()> {
+        if let Some(child) = lock(&self.monitor).as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(GiveUp(format!("the monitor exited ({status})")).into());
+            }
+        }
+        for node in &self.nodes {
+            if let Some(child) = lock(&node.keeper).as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(
+                        GiveUp(format!("the keeper of {} exited ({status})", node.name)).into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- reporting ---------------------------------------------------------
+
+    /// An error with `message` followed by [`Cluster::diagnostics`].
+    pub async fn failure(&self, message: impl Into<String>) -> anyhow::Error {
+        anyhow!("{}\n\n{}", message.into(), self.diagnostics().await)
+    }
+
+    /// The state table, recent events, process status and log tails.
+    pub async fn diagnostics(&self) -> String {
+        let mut out = format!(
+            "cluster directory: {} (set {KEEP_DIRS_ENV}=1 to keep it)\n\n",
+            self.root.display()
+        );
+        out.push_str("==== monitor state ====\n");
+        if self.channel.is_some() {
+            match tokio::time::timeout(Duration::from_secs(10), self.state()).await {
+                Ok(Ok(state)) => out.push_str(&state.table()),
+                Ok(Err(err)) => out.push_str(&format!("(unavailable: {err:#})\n")),
+                Err(_) => out.push_str("(no answer within 10s)\n"),
+            }
+            out.push_str("\n==== recent events ====\n");
+            match tokio::time::timeout(Duration::from_secs(10), self.events(30)).await {
+                Ok(Ok(table)) => out.push_str(&table),
+                Ok(Err(err)) => out.push_str(&format!("(unavailable: {err:#})\n")),
+                Err(_) => out.push_str("(no answer within 10s)\n"),
+            }
+        } else {
+            out.push_str("(the monitor was not started)\n");
+        }
+        out.push_str("\n==== processes ====\n");
+        out.push_str(&self.process_status());
+        out.push_str(&self.log_tails());
+        out
+    }
+
+    fn process_status(&self) -> String {
+        let describe = |slot: &Mutex<Option<Child>>| match lock(slot).as_mut() {
+            None => "not running (never started, or killed by the harness)".to_string(),
+            Some(child) => match child.try_wait() {
+                Ok(None) => format!("running, pid {}", child.id()),
+                Ok(Some(status)) => format!("EXITED: {status}"),
+                Err(err) => format!("unknown: {err}"),
+            },
+        };
+        let mut out = format!("monitor: {}\n", describe(&self.monitor));
+        for node in &self.nodes {
+            let postmaster = match postmaster_pid(&node.pgdata) {
+                Some(pid) if process::is_alive(pid) => format!("postmaster pid {pid} alive"),
+                Some(pid) => format!("postmaster.pid names {pid}, not alive"),
+                None => "no postmaster.pid".to_string(),
+            };
+            out.push_str(&format!(
+                "{} (port {}): keeper {}; {postmaster}\n",
+                node.name,
+                node.port,
+                describe(&node.keeper)
+            ));
+        }
+        out
+    }
+
+    /// The last lines of every log file the cluster has.
+    pub fn log_tails(&self) -> String {
+        let mut files = vec![
+            self.monitor_log.clone(),
+            with_suffix(&self.monitor_db_pgdata, ".log"),
+        ];
+        for node in &self.nodes {
+            files.push(node.keeper_log.clone());
+            files.push(node.pg_log());
+        }
+        let mut out = String::new();
+        for file in files {
+            if !file.exists() {
+                continue;
+            }
+            out.push_str(&format!(
+                "\n==== {} (last {LOG_TAIL_LINES} lines) ====\n{}\n",
+                file.display(),
+                process::tail(&file, LOG_TAIL_LINES)
+            ));
+        }
+        out
+    }
+
+    // ---- teardown ------------------------------------------------------------
+
+    /// Stop everything gracefully (SIGTERM, then SIGKILL after a while;
+    /// PostgreSQL with `pg_ctl stop -m fast`), then drop.
+    pub async fn shutdown(self) -> Result<()> {
+        for node in &self.nodes {
+            let child = lock(&node.keeper).take();
+            if let Some(child) = child {
+                stop_gracefully(child).await;
+            }
+        }
+        let monitor = lock(&self.monitor).take();
+        if let Some(child) = monitor {
+            stop_gracefully(child).await;
+        }
+        for pgdata in self.all_pgdata() {
+            if !pgdata.join("postmaster.pid").exists() {
+                continue;
+            }
+            let mut pg_ctl = self
+                .tools
+                .command_as_pg_user(self.tools.pg_program("pg_ctl"), &self.root);
+            pg_ctl
+                .arg("stop")
+                .arg("-D")
+                .arg(&pgdata)
+                .args(["-m", "fast", "-w", "-t", "30"])
+                .stdin(Stdio::null());
+            if let Err(err) = run_checked(pg_ctl, "pg_ctl stop").await {
+                eprintln!("{err:#}");
+            }
+        }
+        Ok(())
+    }
+
+    fn all_pgdata(&self) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = self.nodes.iter().map(|n| n.pgdata.clone()).collect();
+        all.push(self.monitor_db_pgdata.clone());
+        all
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test panicked; cluster directory {}\n{}",
+                self.root.display(),
+                self.log_tails()
+            );
+        }
+        for node in &self.nodes {
+            if let Some(mut child) = lock(&node.keeper).take() {
+                process::kill_child_group(&mut child);
+            }
+        }
+        if let Some(mut child) = lock(&self.monitor).take() {
+            process::kill_child_group(&mut child);
+        }
+        for pgdata in self.all_pgdata() {
+            if !pgdata.join("postmaster.pid").exists() {
+                continue;
+            }
+            let pid = postmaster_pid(&pgdata);
+            let _ = self
+                .tools
+                .command_as_pg_user(self.tools.pg_program("pg_ctl"), &self.root)
+                .arg("stop")
+                .arg("-D")
+                .arg(&pgdata)
+                .args(["-m", "immediate", "-w", "-t", "30"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if let Some(pid) = pid {
+                if process::is_alive(pid) && process::comm(pid).as_deref() == Some("postgres") {
+                    let killed = process::kill_postmaster_tree(pid);
+                    process::reap(&killed, Duration::from_secs(5));
+                } else {
+                    process::reap(&[pid], Duration::from_millis(500));
+                }
+            }
+        }
+        let keep = std::env::var_os(KEEP_DIRS_ENV).is_some();
+        if let Some(dir) = self.tempdir.take() {
+            if keep {
+                eprintln!("kept test directory {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+async fn stop_gracefully(mut child: Child) {
+    let pid = child.id() as i32;
+    let _ = process::signal(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + GRACEFUL_STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    process::kill_child_group(&mut child);
+}
+
+/// Run a command to completion; fail with its stderr and stdout when it fails.
+async fn run_checked(cmd: std::process::Command, what: &str) -> Result<Output> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let output = cmd
+        .output()
+        .await
+        .with_context(|| format!("{what}: cannot run the program"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    Ok(output)
+}
+
+fn open_log(path: &Path, message: &str) -> Result<fs::File> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let _ = writeln!(file, "=== harness: {message} ===");
+    Ok(file)
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Lock a mutex, also after a panic poisoned it (teardown must still work).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("root", &self.root)
+            .field("monitor_url", &self.monitor_url)
+            .field("nodes", &self.node_names())
+            .finish()
+    }
+}

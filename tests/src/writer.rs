@@ -1,0 +1,414 @@
+//! A client that writes all the time, the way an application would: through
+//! the multi-host URI with `target_session_attrs=read-write`, reconnecting on
+//! any error, remembering which writes were acknowledged and when.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+use crate::Cluster;
+
+/// Time between two writes.
+pub const WRITE_INTERVAL: Duration = Duration::from_millis(20);
+/// Bound on one connection attempt through the multi-host URI.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one statement; past it the outcome is unknown and we reconnect.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed connection attempt.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// How many recent errors are kept.
+const KEPT_ERRORS: usize = 200;
+
+pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS pgpilot_writes \
+     (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())";
+
+/// One acknowledged write.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pub id: i64,
+    /// When the client got the acknowledgement.
+    pub at: Instant,
+    /// Index into [`WriteReport::connections`].
+    pub connection: usize,
+}
+
+/// One connection the writer opened through the multi-host URI.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub opened: Instant,
+    /// `inet_server_port()`: which node it reached.
+    pub server_port: Option<u16>,
+}
+
+#[derive(Default)]
+struct Shared {
+    acks: Mutex<Vec<Ack>>,
+    errors: Mutex<Vec<(Instant, String)>>,
+    error_count: Mutex<u64>,
+    connections: Mutex<Vec<Connection>>,
+}
+
+impl Shared {
+    fn error(&self, message: String) {
+        let mut errors = self.errors.lock().unwrap();
+        if errors.len() >= KEPT_ERRORS {
+            errors.remove(0);
+        }
+        errors.push((Instant::now(), message));
+        *self.error_count.lock().unwrap() += 1;
+    }
+}
+
+/// The running writer; [`Writer::stop`] ends it and returns its report.
+pub struct Writer {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Writer {
+    /// Start writing through `uri`; returns once the first write is
+    /// acknowledged (or fails after `first_ack_timeout`).
+    pub async fn start(uri: &str, first_ack_timeout: Duration) -> Result<Writer> {
+        let shared = Arc::new(Shared::default());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(uri.to_string(), shared.clone(), stopped));
+        let writer = Writer {
+            shared,
+            stop,
+            task: Some(task),
+            started: Instant::now(),
+        };
+        let deadline = Instant::now() + first_ack_timeout;
+        while writer.ack_count() == 0 {
+            if Instant::now() >= deadline {
+                bail!(
+                    "the writer got no write acknowledged within {:?} through {uri}; recent errors:\n{}",
+                    first_ack_timeout,
+                    writer.recent_errors(10)
+                );
+            }
+            tokio::time::sleep(WRITE_INTERVAL).await;
+        }
+        Ok(writer)
+    }
+
+    pub fn ack_count(&self) -> usize {
+        self.shared.acks.lock().unwrap().len()
+    }
+
+    /// Whether some write was acknowledged after `instant`.
+    pub fn has_ack_after(&self, instant: Instant) -> bool {
+        self.shared
+            .acks
+            .lock()
+            .unwrap()
+            .last()
+            .is_some_and(|ack| ack.at > instant)
+    }
+
+    /// Acknowledged ids so far.
+    pub fn acked_ids(&self) -> Vec<i64> {
+        self.shared
+            .acks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|ack| ack.id)
+            .collect()
+    }
+
+    /// The last `n` errors, one per line, with their time since the start.
+    pub fn recent_errors(&self, n: usize) -> String {
+        format_errors(&self.shared.errors.lock().unwrap(), self.started, n)
+    }
+
+    /// Stop writing and report.
+    pub async fn stop(mut self) -> WriteReport {
+        let _ = self.stop.send(true);
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(STATEMENT_TIMEOUT * 2, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        WriteReport {
+            acks: self.shared.acks.lock().unwrap().clone(),
+            errors: self.shared.errors.lock().unwrap().clone(),
+            error_count: *self.shared.error_count.lock().unwrap(),
+            connections: self.shared.connections.lock().unwrap().clone(),
+            started: self.started,
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn run(uri: String, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut next_id: i64 = 1;
+    while !*stopped.borrow() {
+        let (client, connection) =
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(&uri, NoTls)).await
+            {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(err)) => {
+                    shared.error(format!("connect: {}", error_chain(&err)));
+                    pause(&mut stopped, RECONNECT_PAUSE).await;
+                    continue;
+                }
+                Err(_) => {
+                    shared.error(format!("connect: no answer within {CONNECT_TIMEOUT:?}"));
+                    continue;
+                }
+            };
+        let opened = Instant::now();
+        let connection = tokio::spawn(connection);
+        session(&client, &shared, &mut stopped, &mut next_id, opened).await;
+        drop(client);
+        connection.abort();
+    }
+}
+
+/// Write on one connection until an error or a stop.
+async fn session(
+    client: &tokio_postgres::Client,
+    shared: &Shared,
+    stopped: &mut watch::Receiver<bool>,
+    next_id: &mut i64,
+    opened: Instant,
+) {
+    let setup = async {
+        client.batch_execute(CREATE_TABLE).await?;
+        let port: Option<i32> = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await?
+            .get(0);
+        let insert = client
+            .prepare("INSERT INTO pgpilot_writes (id) VALUES ($1)")
+            .await?;
+        Ok::<_, tokio_postgres::Error>((insert, port))
+    };
+    let (insert, connection) = match tokio::time::timeout(STATEMENT_TIMEOUT, setup).await {
+        Ok(Ok((statement, port))) => {
+            let mut connections = shared.connections.lock().unwrap();
+            connections.push(Connection {
+                opened,
+                server_port: port.and_then(|p| u16::try_from(p).ok()),
+            });
+            (statement, connections.len() - 1)
+        }
+        Ok(Err(err)) => {
+            shared.error(format!("setup: {}", error_chain(&err)));
+            pause(stopped, RECONNECT_PAUSE).await;
+            return;
+        }
+        Err(_) => {
+            shared.error(format!("setup: no answer within {STATEMENT_TIMEOUT:?}"));
+            return;
+        }
+    };
+    let mut ticker = tokio::time::interval(WRITE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        if *stopped.borrow() {
+            return;
+        }
+        // Every attempt gets a fresh id: an attempt whose answer was lost may
+        // or may not have committed, and only acknowledged ids are checked.
+        let id = *next_id;
+        *next_id += 1;
+        match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(&insert, &[&id])).await {
+            Ok(Ok(_)) => shared.acks.lock().unwrap().push(Ack {
+                id,
+                at: Instant::now(),
+                connection,
+            }),
+            Ok(Err(err)) => {
+                shared.error(format!("insert {id}: {}", error_chain(&err)));
+                return;
+            }
+            Err(_) => {
+                shared.error(format!(
+                    "insert {id}: no answer within {STATEMENT_TIMEOUT:?}"
+                ));
+                return;
+            }
+        }
+    }
+}
+
+async fn pause(stopped: &mut watch::Receiver<bool>, duration: Duration) {
+    tokio::select! {
+        _ = stopped.changed() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn format_errors(errors: &[(Instant, String)], started: Instant, n: usize) -> String {
+    let start = errors.len().saturating_sub(n);
+    if errors.is_empty() {
+        return "(none)".to_string();
+    }
+    errors[start..]
+        .iter()
+        .map(|(at, message)| {
+            format!(
+                "  +{:.3}s {message}",
+                at.saturating_duration_since(started).as_secs_f64()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What the writer saw.
+#[derive(Debug, Clone)]
+pub struct WriteReport {
+    /// Acknowledged writes, in order.
+    pub acks: Vec<Ack>,
+    /// The most recent errors (at most 200) and when.
+    pub errors: Vec<(Instant, String)>,
+    pub error_count: u64,
+    /// Connections that got as far as writing, in order.
+    pub connections: Vec<Connection>,
+    pub started: Instant,
+}
+
+impl WriteReport {
+    pub fn acked_ids(&self) -> Vec<i64> {
+        self.acks.iter().map(|ack| ack.id).collect()
+    }
+
+    /// Ids acknowledged before `instant`.
+    pub fn acked_before(&self, instant: Instant) -> Vec<i64> {
+        self.acks
+            .iter()
+            .filter(|ack| ack.at < instant)
+            .map(|ack| ack.id)
+            .collect()
+    }
+
+    /// The write outage around an event (a kill, a failover): from the last
+    /// write acknowledged on a connection opened before the event (answers
+    /// already in flight at the event count as before it) to the first write
+    /// acknowledged on a connection opened after it. Without any such
+    /// connection (the event broke nothing), the first ack after the event.
+    pub fn outage_around(&self, event: Instant) -> Option<Outage> {
+        let opened = |ack: &Ack| self.connections[ack.connection].opened;
+        let port = |ack: &Ack| self.connections[ack.connection].server_port;
+        let before = self.acks.iter().rev().find(|ack| opened(ack) <= event);
+        let after = self
+            .acks
+            .iter()
+            .find(|ack| opened(ack) > event)
+            .or_else(|| self.acks.iter().find(|ack| ack.at > event))?;
+        Some(Outage {
+            event,
+            last_ack_before: before.map(|ack| ack.at),
+            first_ack_after: after.at,
+            port_before: before.and_then(port),
+            port_after: port(after),
+        })
+    }
+
+    /// The longest time between two consecutive acknowledgements after `since`.
+    pub fn longest_gap_after(&self, since: Instant) -> Option<Duration> {
+        self.acks
+            .windows(2)
+            .filter(|pair| pair[1].at > since)
+            .map(|pair| pair[1].at.saturating_duration_since(pair[0].at))
+            .max()
+    }
+
+    /// Acknowledged ids that are not in `pgpilot_writes` on `node`.
+    pub async fn missing_ids(&self, cluster: &Cluster, node: &str) -> Result<Vec<i64>> {
+        cluster.missing_ids(node, &self.acked_ids()).await
+    }
+
+    pub fn recent_errors(&self, n: usize) -> String {
+        format_errors(&self.errors, self.started, n)
+    }
+}
+
+/// A gap in acknowledged writes around an event (a kill, a failover).
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    pub event: Instant,
+    pub last_ack_before: Option<Instant>,
+    pub first_ack_after: Instant,
+    /// The PostgreSQL port that acknowledged the last write before / first after.
+    pub port_before: Option<u16>,
+    pub port_after: Option<u16>,
+}
+
+impl Outage {
+    /// Last ack before the event → first ack after it.
+    pub fn gap(&self) -> Duration {
+        self.first_ack_after
+            .saturating_duration_since(self.last_ack_before.unwrap_or(self.event))
+    }
+
+    /// The event → first ack after it.
+    pub fn since_event(&self) -> Duration {
+        self.first_ack_after.saturating_duration_since(self.event)
+    }
+}
+
+impl fmt::Display for Outage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.3} s between the last acknowledged write before the event (port {}) and the \
+             first on a new connection after it (port {}); {:.3} s from the event itself",
+            self.gap().as_secs_f64(),
+            port_text(self.port_before),
+            port_text(self.port_after),
+            self.since_event().as_secs_f64()
+        )
+    }
+}
+
+fn port_text(port: Option<u16>) -> String {
+    port.map_or_else(|| "?".to_string(), |p| p.to_string())
+}
+
+/// `ids` that are not in `present`, in order.
+pub fn missing_from(ids: &[i64], present: &HashSet<i64>) -> Vec<i64> {
+    ids.iter()
+        .copied()
+        .filter(|id| !present.contains(id))
+        .collect()
+}

@@ -1,0 +1,267 @@
+//! Two nodes: replication, unplanned failover with rejoin, planned failover.
+//!
+//! Needs `cargo build --workspace` first (the tests run the built
+//! `pgpilot-monitor` and `pgpilot-keeper`) and PostgreSQL's server programs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pgpilot_tests::{
+    Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, Writer,
+};
+
+const PRIMARY: ReplicationState = ReplicationState::Primary;
+const SECONDARY: ReplicationState = ReplicationState::Secondary;
+
+/// Acknowledged writes to see before a fault, so the writer is in full swing.
+const WARM_UP_ACKS: usize = 25;
+
+async fn warm_writer(cluster: &Cluster) -> Result<Writer> {
+    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
+    cluster
+        .wait_for(Duration::from_secs(30), "the writer to warm up", || {
+            let ready = writer.ack_count() >= WARM_UP_ACKS;
+            async move { Ok(ready.then_some(())) }
+        })
+        .await?;
+    Ok(writer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy_pair().await?;
+    let primary = cluster.primary_name().await?;
+    let standby = cluster.other_node(&primary)?;
+
+    cluster
+        .psql(
+            &primary,
+            "CREATE TABLE replicated (id int PRIMARY KEY, note text); \
+             INSERT INTO replicated SELECT g, 'row ' || g FROM generate_series(1, 100) g",
+        )
+        .await?;
+
+    let c = &cluster;
+    let standby_ref = standby.as_str();
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            &format!("the 100 rows written on {primary} to be readable on {standby}"),
+            || async move {
+                let count = c
+                    .psql(standby_ref, "SELECT count(*) FROM replicated")
+                    .await?;
+                Ok((count == "100").then_some(()))
+            },
+        )
+        .await?;
+    if !cluster.is_in_recovery(&standby).await? {
+        return Err(cluster
+            .failure(format!(
+                "{standby} is settled in secondary but is not in recovery"
+            ))
+            .await);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unplanned_failover_and_rejoin() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy_pair().await?;
+    let old = cluster.primary_name().await?;
+    let new = cluster.other_node(&old)?;
+    let writer = warm_writer(&cluster).await?;
+
+    let killed_at = cluster.kill_node_hard(&old)?;
+
+    cluster
+        .wait_state(
+            Duration::from_secs(90),
+            &format!("{new} to become the writable primary after {old} was killed"),
+            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
+        )
+        .await?;
+    let promoted_at = Instant::now();
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "the writer (same multi-host URI) to get a write acknowledged after the kill",
+            || {
+                let done = writer.has_ack_after(killed_at);
+                async move { Ok(done.then_some(())) }
+            },
+        )
+        .await
+        .map_err(|err| err.context(format!("writer errors:\n{}", writer.recent_errors(15))))?;
+
+    // Invariant 2: nothing acknowledged before the kill is lost.
+    let acked = writer.acked_ids();
+    let missing = cluster.missing_ids(&new, &acked).await?;
+    if !missing.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "{} of {} acknowledged writes are missing on the new primary {new}: {:?}",
+                missing.len(),
+                acked.len(),
+                &missing[..missing.len().min(20)]
+            ))
+            .await);
+    }
+
+    // The old node comes back as a standby of the new primary.
+    cluster.start_keeper(&old)?;
+    cluster
+        .wait_state(
+            Duration::from_secs(120),
+            &format!("{old} to rejoin as secondary with {new} primary"),
+            |s| {
+                s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
+                    && s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
+            },
+        )
+        .await?;
+    cluster
+        .psql(&new, "INSERT INTO pgpilot_writes (id) VALUES (-1)")
+        .await?;
+    let c = &cluster;
+    let old_ref = old.as_str();
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            &format!("a row written on {new} to be readable on the rejoined {old}"),
+            || async move {
+                let n = c
+                    .psql(old_ref, "SELECT count(*) FROM pgpilot_writes WHERE id = -1")
+                    .await?;
+                Ok((n == "1").then_some(()))
+            },
+        )
+        .await?;
+
+    let report = writer.stop().await;
+    let missing = report.missing_ids(&cluster, &new).await?;
+    if !missing.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "acknowledged writes missing on {new} at the end: {:?}",
+                &missing[..missing.len().min(20)]
+            ))
+            .await);
+    }
+    let outage = report
+        .outage_around(killed_at)
+        .expect("the writer acknowledged writes after the kill");
+    eprintln!(
+        "UNPLANNED FAILOVER WRITE OUTAGE: {:.3} s = last write acked before the SIGKILL of {old} \
+         (port {}) -> first write acked by the new primary (port {}), same multi-host URI; \
+         first new ack {:.3} s after the kill; {new} reported a writable primary state {:.3} s \
+         after the kill; {} writes acked, {} connections, {} client errors",
+        outage.gap().as_secs_f64(),
+        outage.port_before.map_or(0, u32::from),
+        outage.port_after.map_or(0, u32::from),
+        outage.since_event().as_secs_f64(),
+        promoted_at.duration_since(killed_at).as_secs_f64(),
+        report.acks.len(),
+        report.connections.len(),
+        report.error_count,
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_failover() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy_pair().await?;
+    let old = cluster.primary_name().await?;
+    let new = cluster.other_node(&old)?;
+    let writer = warm_writer(&cluster).await?;
+
+    let started = Instant::now();
+    let output = cluster
+        .run_cli(&[
+            "perform-failover",
+            "--monitor",
+            cluster.monitor_url(),
+            "--timeout",
+            "120s",
+        ])
+        .await?;
+    let finished = Instant::now();
+    if !output.status.success() {
+        return Err(cluster
+            .failure(format!(
+                "perform-failover failed ({}):\nstdout: {}\nstderr: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+            .await);
+    }
+
+    // perform-failover returns 0 only once the roles have swapped.
+    let state = cluster.state().await?;
+    let swapped = state
+        .node(&new)
+        .is_some_and(|n| n.reports_writable_primary())
+        && state
+            .node(&old)
+            .is_some_and(|n| n.reported() == Some(SECONDARY));
+    if !swapped {
+        return Err(cluster
+            .failure(format!(
+                "perform-failover exited 0 but {new} is not the writable primary with {old} \
+                 secondary:\n{}",
+                state.table()
+            ))
+            .await);
+    }
+    cluster
+        .wait_state(
+            Duration::from_secs(60),
+            &format!("{new} settled primary and {old} settled secondary"),
+            |s| {
+                s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
+                    && s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
+            },
+        )
+        .await?;
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "the writer to get a write acknowledged after the failover",
+            || {
+                let done = writer.has_ack_after(finished);
+                async move { Ok(done.then_some(())) }
+            },
+        )
+        .await
+        .map_err(|err| err.context(format!("writer errors:\n{}", writer.recent_errors(15))))?;
+
+    let report = writer.stop().await;
+    let missing = report.missing_ids(&cluster, &new).await?;
+    if !missing.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "{} acknowledged writes are missing on the new primary {new}: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(20)]
+            ))
+            .await);
+    }
+    if let Some(outage) = report.outage_around(started) {
+        eprintln!(
+            "PLANNED FAILOVER: perform-failover took {:.3} s; write outage {:.3} s (last ack on \
+             the old primary -> first ack on a new connection); longest gap between acks since \
+             the command started {:.3} s",
+            finished.duration_since(started).as_secs_f64(),
+            outage.gap().as_secs_f64(),
+            report
+                .longest_gap_after(started)
+                .unwrap_or_default()
+                .as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -29,6 +29,8 @@ pub enum KeeperError {
     Plan(#[from] plan::NoEdge),
     #[error("{0}")]
     Waiting(String),
+    #[error("this node was dropped from its formation")]
+    Dropped,
 }
 
 /// What the fence task needs to know, shared with the main loop.
@@ -203,6 +205,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             let moved = match self.step().await {
                 Ok(moved) => moved,
                 Err(KeeperError::Refused(m)) => break Err(KeeperError::Refused(m)),
+                Err(KeeperError::Dropped) => {
+                    tracing::info!(
+                        "node dropped from the formation: PostgreSQL stopped, keeper exits"
+                    );
+                    break Ok(());
+                }
                 Err(e) => {
                     let text = e.to_string();
                     if self.last_error.as_deref() != Some(&text) {
@@ -269,6 +277,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             }
         }
         let (from, to) = (self.state.current, self.state.goal);
+        if from == S::Dropped && to == S::Dropped {
+            // The monitor has heard it: nothing is left to do.
+            return Err(KeeperError::Dropped);
+        }
         if from == to {
             if !self.may_run_primary().await && from.is_writable_primary() {
                 return Ok(false);
@@ -331,7 +343,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             .map(|p| Upstream {
                 host: p.host.clone(),
                 port: p.port as u16,
-                slot_name: application_name(node_id),
+                // A fast-forward source is a standby: it keeps no slot for us.
+                slot_name: if self.state.goal == S::FastForward {
+                    String::new()
+                } else {
+                    application_name(node_id)
+                },
             })
             .ok_or_else(|| {
                 KeeperError::Waiting("the monitor names no primary to follow yet".into())

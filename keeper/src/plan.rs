@@ -55,19 +55,34 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
         // Nothing to do until the primary lets us clone it.
         (S::Init, S::WaitStandby) => vec![],
         (S::WaitStandby, S::Catchingup) => vec![Stop, Clone, ConfigureStandby, Start],
-        (S::Demoted, S::Catchingup) => vec![Stop, RewindOrClone, ConfigureStandby, Start],
+        // The node was a primary on an older timeline (or stopped for
+        // maintenance): rewind it, or clone when that fails.
+        (S::Demoted | S::Maintenance, S::Catchingup) => {
+            vec![Stop, RewindOrClone, ConfigureStandby, Start]
+        }
         // Primary-side settings changes: apply and reload.
         (_, S::Single | S::WaitPrimary | S::Primary | S::JoinPrimary | S::ApplySettings)
             if from.is_writable_primary() =>
         {
             vec![ConfigurePrimary, Start, Reload, SyncSlots]
         }
-        (_, S::Draining | S::Demoted | S::DemoteTimeout) => vec![Stop],
-        (S::Secondary, S::ReportLsn) => vec![],
-        (S::ReportLsn, S::PreparePromotion) => vec![WaitReplayCaughtUp],
+        (
+            _,
+            S::Draining
+            | S::Demoted
+            | S::DemoteTimeout
+            | S::PrepareMaintenance
+            | S::Maintenance
+            | S::Dropped,
+        ) => vec![Stop],
+        // Nothing changes locally: the primary stops counting this standby.
+        (S::Secondary, S::ReportLsn | S::WaitMaintenance) => vec![],
+        (_, S::PreparePromotion) => vec![WaitReplayCaughtUp],
         (S::PreparePromotion, S::StopReplication) => vec![Promote, ConfigurePrimary, Reload],
         (S::StopReplication, S::WaitPrimary) => vec![ConfigurePrimary, Reload, SyncSlots],
-        (_, S::Secondary | S::Catchingup | S::JoinSecondary | S::ReportLsn) => {
+        // Follow the upstream the monitor names (for fast_forward, the most
+        // advanced standby).
+        (_, S::Secondary | S::Catchingup | S::JoinSecondary | S::ReportLsn | S::FastForward) => {
             vec![ConfigureStandby, Start, Reload]
         }
         _ => unreachable!("edge {from} -> {to} has no plan: add one"),
@@ -79,10 +94,18 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
 pub fn steady(state: S) -> Vec<Action> {
     match state {
         s if s.is_writable_primary() => vec![ConfigurePrimary, Start, Reload, SyncSlots],
-        S::Catchingup | S::Secondary | S::ReportLsn | S::JoinSecondary => {
-            vec![ConfigureStandby, Start, Reload]
-        }
-        S::Draining | S::Demoted | S::DemoteTimeout => vec![Stop],
+        S::Catchingup
+        | S::Secondary
+        | S::ReportLsn
+        | S::JoinSecondary
+        | S::FastForward
+        | S::WaitMaintenance => vec![ConfigureStandby, Start, Reload],
+        S::Draining
+        | S::Demoted
+        | S::DemoteTimeout
+        | S::PrepareMaintenance
+        | S::Maintenance
+        | S::Dropped => vec![Stop],
         _ => vec![],
     }
 }
@@ -147,8 +170,45 @@ mod tests {
     }
 
     #[test]
+    fn fast_forward_follows_then_replays() {
+        assert_eq!(
+            plan(S::ReportLsn, S::FastForward).unwrap(),
+            vec![ConfigureStandby, Start, Reload]
+        );
+        assert_eq!(
+            plan(S::FastForward, S::PreparePromotion).unwrap(),
+            vec![WaitReplayCaughtUp]
+        );
+    }
+
+    #[test]
+    fn maintenance_and_drop_stop_postgres() {
+        for (from, to) in [
+            (S::Secondary, S::Maintenance),
+            (S::WaitMaintenance, S::Maintenance),
+            (S::Primary, S::PrepareMaintenance),
+            (S::Secondary, S::Dropped),
+            (S::Catchingup, S::Dropped),
+        ] {
+            assert_eq!(plan(from, to).unwrap(), vec![Stop], "{from} -> {to}");
+        }
+        assert!(plan(S::Primary, S::Dropped).is_err());
+        assert_eq!(
+            plan(S::Maintenance, S::Catchingup).unwrap(),
+            vec![Stop, RewindOrClone, ConfigureStandby, Start]
+        );
+    }
+
+    #[test]
     fn standbys_never_get_primary_actions() {
-        for state in [S::Catchingup, S::Secondary, S::ReportLsn, S::JoinSecondary] {
+        for state in [
+            S::Catchingup,
+            S::Secondary,
+            S::ReportLsn,
+            S::JoinSecondary,
+            S::FastForward,
+            S::WaitMaintenance,
+        ] {
             let p = steady(state);
             assert!(
                 !p.contains(&ConfigurePrimary) && !p.contains(&Promote),

@@ -109,13 +109,82 @@ impl Client {
         &mut self,
         formation: &str,
         group: u32,
+        target: Option<&str>,
     ) -> Result<String, CliError> {
-        self.inner
-            .perform_failover(pb::PerformFailoverRequest {
-                formation: formation.to_string(),
-                group_id: group,
-            })
-            .await
+        let request = pb::PerformFailoverRequest {
+            formation: formation.to_string(),
+            group_id: group,
+            target_node: target.unwrap_or_default().to_string(),
+        };
+        let reply = self.inner.perform_failover(request).await;
+        self.message(reply)
+    }
+
+    pub async fn set_number_sync_standbys(
+        &mut self,
+        formation: &str,
+        value: u32,
+    ) -> Result<String, CliError> {
+        let request = pb::SetNumberSyncStandbysRequest {
+            formation: formation.to_string(),
+            number_sync_standbys: value,
+        };
+        let reply = self.inner.set_number_sync_standbys(request).await;
+        self.message(reply)
+    }
+
+    pub async fn set_node_settings(
+        &mut self,
+        formation: &str,
+        node: &str,
+        candidate_priority: Option<u32>,
+        replication_quorum: Option<bool>,
+    ) -> Result<String, CliError> {
+        let request = pb::SetNodeSettingsRequest {
+            formation: formation.to_string(),
+            node: node.to_string(),
+            candidate_priority,
+            replication_quorum,
+        };
+        let reply = self.inner.set_node_settings(request).await;
+        self.message(reply)
+    }
+
+    pub async fn set_maintenance(
+        &mut self,
+        formation: &str,
+        node: &str,
+        enabled: bool,
+    ) -> Result<String, CliError> {
+        let request = pb::SetMaintenanceRequest {
+            formation: formation.to_string(),
+            node: node.to_string(),
+            enabled,
+        };
+        let reply = self.inner.set_maintenance(request).await;
+        self.message(reply)
+    }
+
+    pub async fn drop_node(
+        &mut self,
+        formation: &str,
+        node: &str,
+        force: bool,
+    ) -> Result<String, CliError> {
+        let request = pb::DropNodeRequest {
+            formation: formation.to_string(),
+            node: node.to_string(),
+            force,
+        };
+        let reply = self.inner.drop_node(request).await;
+        self.message(reply)
+    }
+
+    fn message(
+        &self,
+        reply: Result<tonic::Response<pb::OperationReply>, tonic::Status>,
+    ) -> Result<String, CliError> {
+        reply
             .map(|r| r.into_inner().message)
             .map_err(|s| CliError::from_status(s, &self.url))
     }
@@ -288,15 +357,32 @@ pub fn events_table(events: &[pb::Event]) -> String {
     table.to_string()
 }
 
-/// Wait for a planned failover to finish: another node is the writable
-/// primary and the old primary is a secondary again. Prints each transition.
-pub async fn wait_failover(
+/// Whether node `n` has reached one of `states` (reported and goal).
+pub fn settled(n: &pb::NodeStatus, states: &[S]) -> bool {
+    states
+        .iter()
+        .any(|s| s.to_wire() == n.reported_state && s.to_wire() == n.goal_state)
+}
+
+/// Every node has reached its goal and a writable primary exists.
+pub fn converged(state: &pb::FormationState) -> bool {
+    state.nodes.iter().all(|n| n.reported_state == n.goal_state)
+        && state
+            .nodes
+            .iter()
+            .any(|n| settled(n, &[S::Single, S::WaitPrimary, S::Primary]))
+}
+
+/// Poll the formation until `done` holds, printing every state change of
+/// every node as it happens; fail after `timeout` with the state table.
+pub async fn wait_until(
     client: &mut Client,
     formation: &str,
-    old_primary: i64,
     timeout: Duration,
+    what: &str,
+    done: impl Fn(&pb::FormationState) -> bool,
 ) -> Result<(), CliError> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
     let mut seen: HashMap<i64, (i32, i32)> = HashMap::new();
     loop {
         let state = client.state(formation).await?;
@@ -305,41 +391,45 @@ pub async fn wait_failover(
             if seen.insert(n.node_id, now) != Some(now) {
                 println!(
                     "{:>8.1}s  {:<12} reported {:<18} goal {}",
-                    (timeout.as_secs_f64()
-                        - deadline
-                            .saturating_duration_since(Instant::now())
-                            .as_secs_f64()),
+                    started.elapsed().as_secs_f64(),
                     n.name,
                     state_name(n.reported_state),
                     state_name(n.goal_state)
                 );
             }
         }
-        let settled = |n: &pb::NodeStatus, states: &[S]| {
-            states
-                .iter()
-                .any(|s| s.to_wire() == n.reported_state && s.to_wire() == n.goal_state)
-        };
-        let new_primary = state
-            .nodes
-            .iter()
-            .any(|n| n.node_id != old_primary && settled(n, &[S::WaitPrimary, S::Primary]));
-        let old_is_secondary = state
-            .nodes
-            .iter()
-            .any(|n| n.node_id == old_primary && settled(n, &[S::Secondary]));
-        if new_primary && old_is_secondary {
+        if done(&state) {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if started.elapsed() >= timeout {
             return Err(CliError::Failed(format!(
-                "the failover did not finish within {}:\n{}",
+                "{what} did not finish within {}:\n{}",
                 humantime::format_duration(timeout),
                 state_table(&state)
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A hand-over finished: another node (the target, when named) is the
+/// settled writable primary and the old primary has reached `old_ends`.
+pub fn handed_over(
+    state: &pb::FormationState,
+    old: i64,
+    target: Option<&str>,
+    old_ends: S,
+) -> bool {
+    let new_primary = state.nodes.iter().any(|n| {
+        n.node_id != old
+            && target.is_none_or(|t| n.name == t)
+            && settled(n, &[S::WaitPrimary, S::Primary])
+    });
+    let old_done = state
+        .nodes
+        .iter()
+        .any(|n| n.node_id == old && settled(n, &[old_ends]));
+    new_primary && old_done && converged(state)
 }
 
 /// Find the node currently holding the primary goal.

@@ -178,6 +178,42 @@ pub enum Reason {
         primary: String,
     },
     PlannedFailover,
+    PlannedSwitchover {
+        to: String,
+    },
+    FastForward {
+        from: String,
+        lsn: u64,
+    },
+    SettingsApplied,
+    SettingsChanged {
+        what: String,
+    },
+    MaintenanceRequested,
+    MaintenanceReady,
+    MaintenanceOfPrimary,
+    MaintenanceOver,
+    Dropped,
+}
+
+/// A planned hand-over of the primary: it stops, then a standby is promoted.
+fn is_handing_over(state: S) -> bool {
+    matches!(state, S::Draining | S::PrepareMaintenance)
+}
+
+/// Where a fast-forwarding node fetches its missing WAL: the most advanced
+/// other running standby.
+pub fn fast_forward_source(nodes: &[NodeSnapshot], i: usize) -> Option<usize> {
+    (0..nodes.len())
+        .filter(|&j| {
+            j != i
+                && nodes[j].pg_running
+                && matches!(
+                    nodes[j].goal,
+                    S::ReportLsn | S::JoinSecondary | S::Secondary | S::Catchingup
+                )
+        })
+        .max_by_key(|&j| (nodes[j].lsn, -nodes[j].id))
 }
 
 impl fmt::Display for Reason {
@@ -243,6 +279,31 @@ impl fmt::Display for Reason {
             Reason::PlannedFailover => {
                 write!(f, "planned failover: stop taking writes, then hand over")
             }
+            Reason::PlannedSwitchover { to } => {
+                write!(f, "planned switchover to {to}: stop taking writes, then hand over")
+            }
+            Reason::FastForward { from, lsn } => write!(
+                f,
+                "elected, but behind: fetch the WAL up to {} from {from} first",
+                format_lsn(*lsn)
+            ),
+            Reason::SettingsApplied => write!(f, "new replication settings applied"),
+            Reason::SettingsChanged { what } => {
+                write!(f, "{what}: apply the new synchronous_standby_names")
+            }
+            Reason::MaintenanceRequested => write!(
+                f,
+                "maintenance requested: wait until the primary no longer waits for this node"
+            ),
+            Reason::MaintenanceReady => write!(f, "maintenance: stop PostgreSQL"),
+            Reason::MaintenanceOfPrimary => write!(
+                f,
+                "maintenance of the primary requested: stop taking writes and hand over first"
+            ),
+            Reason::MaintenanceOver => {
+                write!(f, "maintenance over: catch up with the primary again")
+            }
+            Reason::Dropped => write!(f, "dropped by the operator"),
         }
     }
 }
@@ -361,7 +422,15 @@ impl Eval<'_> {
     fn primary(&self) -> Option<usize> {
         self.nodes
             .iter()
-            .position(|n| n.goal.is_writable_primary() || n.goal == S::Draining)
+            .position(|n| n.goal.is_writable_primary() || is_handing_over(n.goal))
+    }
+
+    /// The LSN a fast-forwarding node must reach: the most advanced other
+    /// standby's.
+    fn fast_forward_target(&self, i: usize) -> u64 {
+        fast_forward_source(&self.nodes, i)
+            .map(|s| self.nodes[s].lsn)
+            .unwrap_or(0)
     }
 
     fn writable_primary_reached(&self) -> Option<usize> {
@@ -403,11 +472,12 @@ impl Eval<'_> {
     }
 
     fn failover_rules(&mut self) {
-        if self
-            .nodes
-            .iter()
-            .any(|n| matches!(n.goal, S::PreparePromotion | S::StopReplication))
-        {
+        if self.nodes.iter().any(|n| {
+            matches!(
+                n.goal,
+                S::FastForward | S::PreparePromotion | S::StopReplication
+            )
+        }) {
             // An election was decided; the promotion rules carry it out.
             return;
         }
@@ -417,7 +487,7 @@ impl Eval<'_> {
             .filter(|&i| self.nodes[i].goal == S::ReportLsn)
             .collect();
 
-        if self.nodes[p].goal == S::Draining {
+        if is_handing_over(self.nodes[p].goal) {
             // Planned failover: the election completes once the primary stopped.
             if self.reached(p) {
                 self.elect(p, &electing, "the old primary stopped cleanly");
@@ -488,8 +558,11 @@ impl Eval<'_> {
     /// allows it.
     fn elect(&mut self, p: usize, electing: &[usize], rule_b: &'static str) {
         let primary = self.name(p);
-        let confirmed = matches!(self.nodes[p].reported, S::Draining | S::Demoted)
-            && matches!(self.nodes[p].goal, S::Draining | S::Demoted);
+        let confirmed = self.reached(p)
+            && matches!(
+                self.nodes[p].goal,
+                S::Draining | S::PrepareMaintenance | S::Demoted
+            );
         // Reporters: in report_lsn, alive, and not streaming.
         let reporters: Vec<usize> = electing
             .iter()
@@ -550,36 +623,63 @@ impl Eval<'_> {
             rule_b
         };
 
-        let max_lsn = reporters
-            .iter()
-            .map(|&i| self.nodes[i].lsn)
-            .max()
-            .unwrap_or(0);
-        // Highest candidate priority among the most advanced reporters.
+        // The most advanced standby whose stream is gone: every reporter,
+        // and any other running standby that is no longer streaming.
+        let most_advanced = (0..self.nodes.len())
+            .filter(|&i| {
+                i != p
+                    && (reporters.contains(&i)
+                        || (self.alive(i)
+                            && self.nodes[i].pg_running
+                            && self.nodes[i].reported.is_following()
+                            && !self.nodes[i].wal_receiver_streaming))
+            })
+            .max_by_key(|&i| (self.nodes[i].lsn, -self.nodes[i].id))
+            .expect("reporters is not empty");
+        let max_lsn = self.nodes[most_advanced].lsn;
+        // Highest candidate priority, then most advanced, then lowest id.
         let winner = reporters
             .iter()
             .copied()
-            .filter(|&i| self.nodes[i].candidate_priority > 0 && self.nodes[i].lsn == max_lsn)
-            .max_by_key(|&i| (self.nodes[i].candidate_priority, -self.nodes[i].id));
+            .filter(|&i| self.nodes[i].candidate_priority > 0)
+            .max_by_key(|&i| {
+                (
+                    self.nodes[i].candidate_priority,
+                    self.nodes[i].lsn,
+                    -self.nodes[i].id,
+                )
+            });
         let Some(w) = winner else {
             self.wait(format!(
-                "election: the most advanced standby (LSN {}) has candidate priority 0 and cannot be promoted",
+                "election: no reporting standby has a candidate priority above 0 (most advanced LSN {})",
                 format_lsn(max_lsn)
             ));
             return;
         };
         let new_primary = self.name(w);
-        self.assign(
-            w,
-            S::PreparePromotion,
-            Reason::Elected {
-                lsn: max_lsn,
-                reporters: reporters.len(),
-                rule,
-            },
-        );
-        if self.nodes[p].goal != S::Demoted {
-            self.assign(p, S::Demoted, Reason::OldPrimaryReplaced { new_primary });
+        let elected = Reason::Elected {
+            lsn: self.nodes[w].lsn,
+            reporters: reporters.len(),
+            rule,
+        };
+        if self.nodes[w].lsn < max_lsn {
+            let from = self.name(most_advanced);
+            self.assign(
+                w,
+                S::FastForward,
+                Reason::FastForward { from, lsn: max_lsn },
+            );
+        } else {
+            self.assign(w, S::PreparePromotion, elected);
+        }
+        match self.nodes[p].goal {
+            S::PrepareMaintenance => self.assign(
+                p,
+                S::Maintenance,
+                Reason::OldPrimaryReplaced { new_primary },
+            ),
+            S::Demoted => {}
+            _ => self.assign(p, S::Demoted, Reason::OldPrimaryReplaced { new_primary }),
         }
     }
 
@@ -606,6 +706,24 @@ impl Eval<'_> {
                 continue;
             }
             match self.nodes[i].goal {
+                S::FastForward => {
+                    let target = self.fast_forward_target(i);
+                    if self.nodes[i].lsn >= target {
+                        self.assign(
+                            i,
+                            S::PreparePromotion,
+                            Reason::Promotion {
+                                step: "fetched the missing WAL: replay it",
+                            },
+                        );
+                    } else {
+                        let name = self.name(i);
+                        self.wait(format!(
+                            "{name} is fetching WAL up to {} before its promotion",
+                            format_lsn(target)
+                        ));
+                    }
+                }
                 S::PreparePromotion => self.assign(
                     i,
                     S::StopReplication,
@@ -685,6 +803,13 @@ impl Eval<'_> {
                         },
                     );
                 }
+                S::WaitMaintenance => {
+                    // The primary no longer counts it: safe to stop.
+                    let app = application_name(self.nodes[i].id);
+                    if !self.nodes[p].fence_set.contains(&app) || !self.alive(p) {
+                        self.assign(i, S::Maintenance, Reason::MaintenanceReady);
+                    }
+                }
                 S::Catchingup => {
                     let node = &self.nodes[i];
                     let lag = primary_lsn.saturating_sub(node.lsn);
@@ -736,6 +861,9 @@ impl Eval<'_> {
                     self.assign(p, S::WaitPrimary, Reason::AcceptStandby { standby });
                 }
             }
+            S::ApplySettings => {
+                self.assign(p, S::Primary, Reason::SettingsApplied);
+            }
             S::WaitPrimary => {
                 if let Some(i) = quorum_secondary {
                     let standby = self.name(i);
@@ -757,6 +885,30 @@ impl Eval<'_> {
             _ => {}
         }
     }
+}
+
+/// Refuse settings that would leave the group unable to meet its own quorum
+/// or to promote anyone. `nodes` is the group as it would be.
+pub fn check_settings(nodes: &[NodeSnapshot], number_sync_standbys: u32) -> Result<(), String> {
+    let standbys: Vec<&NodeSnapshot> = nodes
+        .iter()
+        .filter(|n| {
+            n.goal != S::Dropped && !n.goal.is_writable_primary() && !is_handing_over(n.goal)
+        })
+        .collect();
+    let quorum = standbys.iter().filter(|n| n.replication_quorum).count() as u32;
+    if number_sync_standbys > 0 && number_sync_standbys > quorum.saturating_sub(1) {
+        return Err(format!(
+            "number_sync_standbys = {number_sync_standbys} needs at least {} quorum standbys and the group would have {quorum}: writes would stop as soon as one standby fails; add standbys or lower number_sync_standbys",
+            number_sync_standbys + 1
+        ));
+    }
+    if !standbys.is_empty() && standbys.iter().all(|n| n.candidate_priority == 0) {
+        return Err(
+            "every standby would have candidate priority 0, so no one could be promoted if the primary failed: keep at least one standby above 0".into(),
+        );
+    }
+    Ok(())
 }
 
 /// Replication settings the primary must apply, computed from the group.

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use pgpilot_monitor::cli::{self, CliError, Client};
 use pgpilot_monitor::config::MonitorConfig;
+use pgpilot_proto::ReplicationState as S;
 
 /// pgpilot monitor: keeps every node's state and assigns goal states; its
 /// other subcommands are the operator's tools and talk to a running monitor.
@@ -75,21 +76,106 @@ enum Command {
         #[arg(long, default_value = "postgres")]
         user: String,
     },
-    /// Planned failover: the primary stops taking writes, a secondary is
-    /// promoted, and the old primary rejoins as a secondary.
+    /// Planned failover: the primary stops taking writes, the best secondary
+    /// is promoted, and the old primary rejoins as a secondary.
     ///
     /// Example: pgpilot-monitor perform-failover --timeout 60s
     PerformFailover {
-        /// Group of the formation.
-        #[arg(long, default_value_t = 0)]
-        group: u32,
-        /// Return once the failover started instead of waiting for it to finish.
-        #[arg(long)]
-        no_wait: bool,
-        /// How long to wait for the group to converge.
-        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        op: GroupOp,
     },
+    /// Planned switchover, to a chosen standby with --to.
+    ///
+    /// Example: pgpilot-monitor perform-switchover --to node2
+    PerformSwitchover {
+        /// Standby to promote (default: the best candidate).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        op: GroupOp,
+    },
+    /// Promote the named standby (a switchover to it).
+    ///
+    /// Example: pgpilot-monitor perform-promotion node3
+    PerformPromotion {
+        /// Standby to promote.
+        node: String,
+        #[command(flatten)]
+        op: GroupOp,
+    },
+    /// How many quorum standbys must confirm each commit (0: one, while there is one).
+    ///
+    /// Example: pgpilot-monitor set-number-sync-standbys 1
+    SetNumberSyncStandbys {
+        value: u32,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// A node's candidate priority, 0 to 100 (0: never promoted).
+    ///
+    /// Example: pgpilot-monitor set-candidate-priority node3 0
+    SetCandidatePriority {
+        node: String,
+        priority: u32,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Whether a node counts toward synchronous commit.
+    ///
+    /// Example: pgpilot-monitor set-replication-quorum node3 false
+    SetReplicationQuorum {
+        node: String,
+        #[arg(action = clap::ArgAction::Set)]
+        quorum: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Take a node out for maintenance (a primary hands over first).
+    ///
+    /// Example: pgpilot-monitor enable-maintenance node2
+    EnableMaintenance {
+        node: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Bring a node back from maintenance.
+    ///
+    /// Example: pgpilot-monitor disable-maintenance node2
+    DisableMaintenance {
+        node: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Remove a standby from the formation: its keeper stops PostgreSQL and exits.
+    ///
+    /// Example: pgpilot-monitor drop-node node3
+    DropNode {
+        node: String,
+        /// Remove the node at once, without waiting for its keeper.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+}
+
+#[derive(clap::Args)]
+struct Wait {
+    /// Return once the change started instead of waiting for the group to converge.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the group to converge.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(clap::Args)]
+struct GroupOp {
+    /// Group of the formation.
+    #[arg(long, default_value_t = 0)]
+    group: u32,
+    #[command(flatten)]
+    wait: Wait,
 }
 
 fn init_logs(format: LogFormat) {
@@ -206,28 +292,102 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
             let state = client.state(formation).await?;
             println!("{}", cli::multi_host_uri(&state, &user));
         }
-        Command::PerformFailover {
-            group,
-            no_wait,
-            timeout,
+        Command::PerformFailover { op } => hand_over(&mut client, formation, op, None).await?,
+        Command::PerformSwitchover { to, op } => {
+            hand_over(&mut client, formation, op, to.as_deref()).await?
+        }
+        Command::PerformPromotion { node, op } => {
+            hand_over(&mut client, formation, op, Some(&node)).await?
+        }
+        Command::SetNumberSyncStandbys { value, wait } => {
+            let message = client.set_number_sync_standbys(formation, value).await?;
+            finish(&mut client, formation, wait, &message, cli::converged).await?;
+        }
+        Command::SetCandidatePriority {
+            node,
+            priority,
+            wait,
         } => {
-            let before = client.state(formation).await?;
-            let old = cli::primary_of(&before, group)
-                .map(|n| n.node_id)
-                .ok_or_else(|| {
-                    CliError::Failed(format!(
-                        "group {group} has no primary right now: nothing to fail over"
-                    ))
-                })?;
-            let message = client.perform_failover(formation, group).await?;
-            println!("{message}");
-            if !no_wait {
-                cli::wait_failover(&mut client, formation, old, timeout).await?;
-                println!("failover complete");
-            }
+            let message = client
+                .set_node_settings(formation, &node, Some(priority), None)
+                .await?;
+            finish(&mut client, formation, wait, &message, cli::converged).await?;
+        }
+        Command::SetReplicationQuorum { node, quorum, wait } => {
+            let message = client
+                .set_node_settings(formation, &node, None, Some(quorum))
+                .await?;
+            finish(&mut client, formation, wait, &message, cli::converged).await?;
+        }
+        Command::EnableMaintenance { node, wait } => {
+            let message = client.set_maintenance(formation, &node, true).await?;
+            finish(&mut client, formation, wait, &message, |s| {
+                cli::converged(s)
+                    && s.nodes
+                        .iter()
+                        .any(|n| n.name == node && cli::settled(n, &[S::Maintenance]))
+            })
+            .await?;
+        }
+        Command::DisableMaintenance { node, wait } => {
+            let message = client.set_maintenance(formation, &node, false).await?;
+            finish(&mut client, formation, wait, &message, |s| {
+                cli::converged(s)
+                    && s.nodes
+                        .iter()
+                        .any(|n| n.name == node && cli::settled(n, &[S::Secondary]))
+            })
+            .await?;
+        }
+        Command::DropNode { node, force, wait } => {
+            let message = client.drop_node(formation, &node, force).await?;
+            finish(&mut client, formation, wait, &message, |s| {
+                !s.nodes.iter().any(|n| n.name == node)
+            })
+            .await?;
         }
     }
     Ok(())
+}
+
+/// Print what the monitor started, then (unless --no-wait) wait for `done`.
+async fn finish(
+    client: &mut Client,
+    formation: &str,
+    wait: Wait,
+    message: &str,
+    done: impl Fn(&pgpilot_proto::pb::FormationState) -> bool,
+) -> Result<(), CliError> {
+    println!("{message}");
+    if !wait.no_wait {
+        cli::wait_until(client, formation, wait.timeout, "the change", done).await?;
+        println!("done");
+    }
+    Ok(())
+}
+
+/// Planned failover or switchover (to `target` when named).
+async fn hand_over(
+    client: &mut Client,
+    formation: &str,
+    op: GroupOp,
+    target: Option<&str>,
+) -> Result<(), CliError> {
+    let before = client.state(formation).await?;
+    let old = cli::primary_of(&before, op.group)
+        .map(|n| n.node_id)
+        .ok_or_else(|| {
+            CliError::Failed(format!(
+                "group {} has no primary right now: nothing to hand over",
+                op.group
+            ))
+        })?;
+    let message = client.perform_failover(formation, op.group, target).await?;
+    let target = target.map(str::to_string);
+    finish(client, formation, op.wait, &message, |s| {
+        cli::handed_over(s, old, target.as_deref(), S::Secondary)
+    })
+    .await
 }
 
 fn state_str(v: i32) -> String {

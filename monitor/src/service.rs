@@ -236,14 +236,105 @@ impl Monitor for MonitorService {
     async fn perform_failover(
         &self,
         request: Request<pb::PerformFailoverRequest>,
-    ) -> Result<Response<pb::PerformFailoverReply>, Status> {
+    ) -> Result<Response<pb::OperationReply>, Status> {
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
         let group = i32::try_from(r.group_id)
             .map_err(|_| Error::InvalidArgument(format!("group {} does not exist", r.group_id)))?;
-        let message = self.store.perform_failover(&formation, group).await?;
+        let target = (!r.target_node.is_empty()).then_some(r.target_node.as_str());
+        if let Some(t) = target {
+            valid_name("node name", t)?;
+        }
+        let message = self
+            .store
+            .perform_failover(&formation, group, target)
+            .await?;
         tracing::info!(%formation, group, "{message}");
-        Ok(Response::new(pb::PerformFailoverReply { message }))
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn set_number_sync_standbys(
+        &self,
+        request: Request<pb::SetNumberSyncStandbysRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        if r.number_sync_standbys > 16 {
+            return Err(Error::InvalidArgument(format!(
+                "number_sync_standbys {} is larger than any group can have standbys (at most 16)",
+                r.number_sync_standbys
+            ))
+            .into());
+        }
+        let message = self
+            .store
+            .set_number_sync_standbys(&formation, r.number_sync_standbys)
+            .await?;
+        tracing::info!(%formation, "{message}");
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn set_node_settings(
+        &self,
+        request: Request<pb::SetNodeSettingsRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        valid_name("node name", &r.node)?;
+        if r.candidate_priority.is_none() && r.replication_quorum.is_none() {
+            return Err(Error::InvalidArgument(
+                "nothing to change: give candidate_priority or replication_quorum".into(),
+            )
+            .into());
+        }
+        if r.candidate_priority.is_some_and(|p| p > 100) {
+            return Err(Error::InvalidArgument(format!(
+                "candidate priority {} is not between 0 and 100",
+                r.candidate_priority.unwrap_or_default()
+            ))
+            .into());
+        }
+        let message = self
+            .store
+            .set_node_settings(
+                &formation,
+                &r.node,
+                r.candidate_priority,
+                r.replication_quorum,
+            )
+            .await?;
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn set_maintenance(
+        &self,
+        request: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        valid_name("node name", &r.node)?;
+        let message = self
+            .store
+            .set_maintenance(&formation, &r.node, r.enabled)
+            .await?;
+        tracing::info!(%formation, node = %r.node, "{message}");
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn drop_node(
+        &self,
+        request: Request<pb::DropNodeRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        valid_name("node name", &r.node)?;
+        let message = self.store.drop_node(&formation, &r.node, r.force).await?;
+        tracing::info!(%formation, node = %r.node, "{message}");
+        Ok(Response::new(pb::OperationReply { message }))
     }
 }

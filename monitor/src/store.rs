@@ -222,11 +222,21 @@ impl Store {
             .iter_mut()
             .find(|n| n.snap.id == hb.node_id)
             .ok_or_else(|| Error::NotFound(format!("node id {} not found", hb.node_id)))?;
-        if me.snap.goal == S::Dropped {
-            return Err(Error::FailedPrecondition(format!(
-                "node {} was dropped from its formation",
-                me.snap.name
-            )));
+        if me.snap.goal == S::Dropped && hb.reported == S::Dropped {
+            // The keeper stopped PostgreSQL: forget the node.
+            let node = me.clone();
+            sqlx::query("DELETE FROM node WHERE node_id = $1")
+                .bind(hb.node_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(node = %node.snap.name, "dropped node removed");
+            return Ok(Assignment {
+                node,
+                primary: None,
+                others: Vec::new(),
+                plan: fsm::replication_plan(&[], 0, 0),
+            });
         }
         apply_heartbeat(me, hb, now);
         sqlx::query(
@@ -403,7 +413,12 @@ impl Store {
     }
 
     /// Planned failover: the primary drains, the secondaries report their LSN.
-    pub async fn perform_failover(&self, formation: &str, group_id: i32) -> Result<String> {
+    pub async fn perform_failover(
+        &self,
+        formation: &str,
+        group_id: i32,
+        target: Option<&str>,
+    ) -> Result<String> {
         retry(|| async {
             let mut tx = self.pool.begin().await?;
             let (nodes, now, _) = self.lock_group(&mut tx, formation, group_id).await?;
@@ -437,6 +452,29 @@ impl Store {
                     n.snap.goal == S::Secondary && n.snap.reported == S::Secondary && alive(n)
                 })
                 .collect();
+            let (candidates, reason) = match target {
+                None => (candidates, fsm::Reason::PlannedFailover),
+                Some(name) => {
+                    let node = find_by_name(&nodes, name)?;
+                    if node.snap.id == primary.snap.id {
+                        return Err(Error::FailedPrecondition(format!(
+                            "{name} is already the primary: name a standby to promote"
+                        )));
+                    }
+                    if node.snap.candidate_priority == 0 {
+                        return Err(Error::FailedPrecondition(format!(
+                            "{name} has candidate priority 0 and is never promoted: raise it with set-candidate-priority first"
+                        )));
+                    }
+                    if !candidates.iter().any(|c| c.snap.id == node.snap.id) {
+                        return Err(Error::FailedPrecondition(format!(
+                            "{name} is not a healthy secondary (reported {}, goal {}): wait until show-state shows it secondary",
+                            node.snap.reported, node.snap.goal
+                        )));
+                    }
+                    (vec![node], fsm::Reason::PlannedSwitchover { to: name.to_string() })
+                }
+            };
             if !candidates.iter().any(|n| n.snap.candidate_priority > 0) {
                 return Err(Error::FailedPrecondition(
                     "no healthy secondary with candidate priority above 0 can take over: add a standby or wait until one is secondary".into(),
@@ -446,13 +484,13 @@ impl Store {
                 node_id: primary.snap.id,
                 from: primary.snap.goal,
                 to: S::Draining,
-                reason: fsm::Reason::PlannedFailover,
+                reason: reason.clone(),
             }];
             decisions.extend(candidates.iter().map(|n| Decision {
                 node_id: n.snap.id,
                 from: n.snap.goal,
                 to: S::ReportLsn,
-                reason: fsm::Reason::PlannedFailover,
+                reason: reason.clone(),
             }));
             self.apply(&mut tx, &nodes, &decisions).await?;
             tx.commit().await?;
@@ -462,6 +500,264 @@ impl Store {
             ))
         })
         .await
+    }
+
+    /// Change number_sync_standbys; the primary applies it.
+    pub async fn set_number_sync_standbys(&self, formation: &str, value: u32) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let found = sqlx::query("SELECT name FROM formation WHERE name = $1 FOR UPDATE")
+                .bind(formation)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if found.is_none() {
+                return Err(Error::NotFound(format!(
+                    "formation {formation:?} does not exist"
+                )));
+            }
+            let (nodes, _, _) = self.lock_group(&mut tx, formation, 0).await?;
+            let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
+            fsm::check_settings(&snaps, value).map_err(Error::FailedPrecondition)?;
+            sqlx::query("UPDATE formation SET number_sync_standbys = $2 WHERE name = $1")
+                .bind(formation)
+                .bind(value as i32)
+                .execute(&mut *tx)
+                .await?;
+            let what = format!("number_sync_standbys set to {value}");
+            self.apply_settings_on_primary(&mut tx, &nodes, &what)
+                .await?;
+            tx.commit().await?;
+            Ok(format!("{what} for formation {formation}"))
+        })
+        .await
+    }
+
+    /// Change a node's candidate priority and/or replication quorum.
+    pub async fn set_node_settings(
+        &self,
+        formation: &str,
+        name: &str,
+        candidate_priority: Option<u32>,
+        replication_quorum: Option<bool>,
+    ) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (nodes, _, nss) = self.lock_named_group(&mut tx, formation, name).await?;
+            let node = find_by_name(&nodes, name)?;
+            let mut hypothetical: Vec<NodeSnapshot> =
+                nodes.iter().map(|n| n.snap.clone()).collect();
+            for n in hypothetical.iter_mut().filter(|n| n.id == node.snap.id) {
+                if let Some(p) = candidate_priority {
+                    n.candidate_priority = p;
+                }
+                if let Some(q) = replication_quorum {
+                    n.replication_quorum = q;
+                }
+            }
+            fsm::check_settings(&hypothetical, nss).map_err(Error::FailedPrecondition)?;
+            sqlx::query(
+                "UPDATE node SET candidate_priority = COALESCE($2, candidate_priority),
+                    replication_quorum = COALESCE($3, replication_quorum) WHERE node_id = $1",
+            )
+            .bind(node.snap.id)
+            .bind(candidate_priority.map(|p| p as i32))
+            .bind(replication_quorum)
+            .execute(&mut *tx)
+            .await?;
+            let mut what = Vec::new();
+            if let Some(p) = candidate_priority {
+                what.push(format!("candidate_priority of {name} set to {p}"));
+            }
+            if let Some(q) = replication_quorum {
+                what.push(format!("replication_quorum of {name} set to {q}"));
+            }
+            let what = what.join(", ");
+            if replication_quorum.is_some_and(|q| q != node.snap.replication_quorum) {
+                self.apply_settings_on_primary(&mut tx, &nodes, &what)
+                    .await?;
+            }
+            tx.commit().await?;
+            tracing::info!(formation, node = name, "{what}");
+            Ok(what)
+        })
+        .await
+    }
+
+    /// Put a node into maintenance, or bring it back.
+    pub async fn set_maintenance(
+        &self,
+        formation: &str,
+        name: &str,
+        enabled: bool,
+    ) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (nodes, now, nss) = self.lock_named_group(&mut tx, formation, name).await?;
+            let node = find_by_name(&nodes, name)?;
+            let alive = |n: &StoredNode| {
+                n.snap.last_heartbeat.is_some_and(|t| {
+                    (now - t).to_std().unwrap_or_default() <= self.settings.node_timeout
+                })
+            };
+            let healthy_candidates = |exclude: i64| {
+                nodes
+                    .iter()
+                    .filter(|n| {
+                        n.snap.id != exclude
+                            && n.snap.goal == S::Secondary
+                            && n.snap.reported == S::Secondary
+                            && n.snap.candidate_priority > 0
+                            && alive(n)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let mut decisions = Vec::new();
+            let message;
+            if !enabled {
+                if node.snap.goal != S::Maintenance {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{name} is not in maintenance (goal {}): nothing to disable",
+                        node.snap.goal
+                    )));
+                }
+                decisions.push(Decision { node_id: node.snap.id, from: node.snap.goal, to: S::Catchingup, reason: fsm::Reason::MaintenanceOver });
+                message = format!("{name} leaves maintenance and catches up with the primary");
+            } else if matches!(node.snap.goal, S::Maintenance | S::WaitMaintenance | S::PrepareMaintenance) {
+                return Ok(format!("{name} is already in maintenance"));
+            } else if node.snap.goal.is_writable_primary() {
+                let candidates = healthy_candidates(node.snap.id);
+                if candidates.is_empty() || node.snap.reported != node.snap.goal || !alive(node) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "maintenance of primary {name} needs a switchover first, and no healthy secondary with candidate priority above 0 can take over: add or repair a standby first"
+                    )));
+                }
+                decisions.push(Decision { node_id: node.snap.id, from: node.snap.goal, to: S::PrepareMaintenance, reason: fsm::Reason::MaintenanceOfPrimary });
+                decisions.extend(candidates.iter().map(|c| Decision { node_id: c.snap.id, from: c.snap.goal, to: S::ReportLsn, reason: fsm::Reason::MaintenanceOfPrimary }));
+                message = format!("{name} hands over to a secondary, then enters maintenance");
+            } else if matches!(node.snap.goal, S::Secondary | S::Catchingup) {
+                if node.snap.goal == S::Secondary && node.snap.candidate_priority > 0 && healthy_candidates(node.snap.id).is_empty() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{name} is the only standby that could be promoted: maintenance would leave no failover candidate; add a standby or raise another's candidate priority first"
+                    )));
+                }
+                let quorum_left = nodes
+                    .iter()
+                    .filter(|n| n.snap.id != node.snap.id && n.snap.goal == S::Secondary && n.snap.replication_quorum)
+                    .count() as u32;
+                if nss > quorum_left {
+                    return Err(Error::FailedPrecondition(format!(
+                        "maintenance of {name} would leave {quorum_left} quorum standbys for number_sync_standbys = {nss}: writes would stop; lower number_sync_standbys first"
+                    )));
+                }
+                let app = fsm::application_name(node.snap.id);
+                let counted = nodes.iter().any(|n| n.snap.goal.is_writable_primary() && n.snap.fence_set.contains(&app));
+                let (to, reason) = if counted {
+                    (S::WaitMaintenance, fsm::Reason::MaintenanceRequested)
+                } else {
+                    (S::Maintenance, fsm::Reason::MaintenanceReady)
+                };
+                decisions.push(Decision { node_id: node.snap.id, from: node.snap.goal, to, reason });
+                message = format!("{name} enters maintenance");
+            } else {
+                return Err(Error::FailedPrecondition(format!(
+                    "{name} is {} (goal {}): maintenance starts only from primary, secondary or catchingup; wait until the group settles",
+                    node.snap.reported, node.snap.goal
+                )));
+            }
+            self.apply(&mut tx, &nodes, &decisions).await?;
+            tx.commit().await?;
+            Ok(message)
+        })
+        .await
+    }
+
+    /// Remove a node: its keeper stops PostgreSQL and the row is deleted
+    /// when it reports so (at once with `force`).
+    pub async fn drop_node(&self, formation: &str, name: &str, force: bool) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (nodes, _, nss) = self.lock_named_group(&mut tx, formation, name).await?;
+            let node = find_by_name(&nodes, name)?;
+            let others = nodes.iter().filter(|n| n.snap.id != node.snap.id && n.snap.goal != S::Dropped).count();
+            if (node.snap.goal.is_writable_primary() || is_handing_over_goal(node.snap.goal)) && others > 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "{name} is the primary: run perform-failover first, then drop it as a standby"
+                )));
+            }
+            let remaining: Vec<NodeSnapshot> = nodes
+                .iter()
+                .filter(|n| n.snap.id != node.snap.id)
+                .map(|n| n.snap.clone())
+                .collect();
+            if !force {
+                fsm::check_settings(&remaining, nss).map_err(|e| {
+                    Error::FailedPrecondition(format!("dropping {name} is refused: {e}"))
+                })?;
+            }
+            let decision = Decision { node_id: node.snap.id, from: node.snap.goal, to: S::Dropped, reason: fsm::Reason::Dropped };
+            self.apply(&mut tx, &nodes, &[decision]).await?;
+            if force {
+                sqlx::query("DELETE FROM node WHERE node_id = $1")
+                    .bind(node.snap.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(if force {
+                format!("{name} removed from formation {formation}; stop its keeper and PostgreSQL yourself")
+            } else {
+                format!("{name} is being dropped: its keeper stops PostgreSQL and exits")
+            })
+        })
+        .await
+    }
+
+    /// Send the primary through apply_settings when it is a settled `primary`.
+    async fn apply_settings_on_primary(
+        &self,
+        tx: &mut Tx<'_>,
+        nodes: &[StoredNode],
+        what: &str,
+    ) -> Result<()> {
+        if let Some(p) = nodes
+            .iter()
+            .find(|n| n.snap.goal == S::Primary && n.snap.reported == S::Primary)
+        {
+            let decision = Decision {
+                node_id: p.snap.id,
+                from: p.snap.goal,
+                to: S::ApplySettings,
+                reason: fsm::Reason::SettingsChanged {
+                    what: what.to_string(),
+                },
+            };
+            self.apply(tx, nodes, &[decision]).await?;
+        }
+        Ok(())
+    }
+
+    /// Lock the group of the node named `name` in `formation`.
+    async fn lock_named_group(
+        &self,
+        tx: &mut Tx<'_>,
+        formation: &str,
+        name: &str,
+    ) -> Result<(Vec<StoredNode>, DateTime<Utc>, u32)> {
+        let rows = sqlx::query("SELECT name, group_id FROM node WHERE formation = $1")
+            .bind(formation)
+            .fetch_all(&mut **tx)
+            .await?;
+        let group = rows
+            .iter()
+            .find(|r| r.get::<String, _>("name") == name)
+            .map(|r| r.get::<i32, _>("group_id"));
+        match group {
+            Some(g) => self.lock_group(tx, formation, g).await,
+            None => {
+                let names: Vec<String> = rows.iter().map(|r| r.get("name")).collect();
+                Err(unknown_node(formation, name, &names))
+            }
+        }
     }
 
     /// Lock the group's rows and read them with the database's time.
@@ -573,6 +869,61 @@ impl Store {
     }
 }
 
+fn is_handing_over_goal(state: S) -> bool {
+    matches!(state, S::Draining | S::PrepareMaintenance)
+}
+
+fn find_by_name<'a>(nodes: &'a [StoredNode], name: &str) -> Result<&'a StoredNode> {
+    nodes.iter().find(|n| n.snap.name == name).ok_or_else(|| {
+        let names: Vec<String> = nodes.iter().map(|n| n.snap.name.clone()).collect();
+        unknown_node(
+            nodes
+                .first()
+                .map(|n| n.formation.as_str())
+                .unwrap_or("default"),
+            name,
+            &names,
+        )
+    })
+}
+
+/// "No node named X", with the closest known names.
+fn unknown_node(formation: &str, name: &str, known: &[String]) -> Error {
+    let mut ranked: Vec<(usize, &String)> =
+        known.iter().map(|k| (edit_distance(name, k), k)).collect();
+    ranked.sort();
+    let close: Vec<&str> = ranked
+        .iter()
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .take(3)
+        .map(|(_, k)| k.as_str())
+        .collect();
+    let hint = if !close.is_empty() {
+        format!(": did you mean {}?", close.join(" or "))
+    } else if known.is_empty() {
+        ": it has no nodes".to_string()
+    } else {
+        format!(": its nodes are {}", known.join(", "))
+    };
+    Error::NotFound(format!(
+        "formation {formation} has no node named {name:?}{hint}"
+    ))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// Fold a heartbeat into the stored node, tracking since when the WAL
 /// receiver and PostgreSQL have been down.
 fn apply_heartbeat(node: &mut StoredNode, hb: &Heartbeat, now: DateTime<Utc>) {
@@ -603,8 +954,12 @@ fn apply_heartbeat(node: &mut StoredNode, hb: &Heartbeat, now: DateTime<Utc>) {
 /// winner of an election needs nobody.
 fn upstream_of(nodes: &[StoredNode], index: usize) -> Option<&StoredNode> {
     let me = &nodes[index];
-    if me.snap.goal.is_writable_primary() || me.snap.goal == S::Draining {
+    if me.snap.goal.is_writable_primary() || is_handing_over_goal(me.snap.goal) {
         return None;
+    }
+    if me.snap.goal == S::FastForward {
+        let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
+        return fsm::fast_forward_source(&snaps, index).map(|i| &nodes[i]);
     }
     // During a failover the old primary keeps its goal until the election
     // ends; standbys keep following it until then.
@@ -615,7 +970,7 @@ fn upstream_of(nodes: &[StoredNode], index: usize) -> Option<&StoredNode> {
         .or_else(|| {
             nodes
                 .iter()
-                .find(|n| n.snap.id != me.snap.id && n.snap.goal == S::Draining)
+                .find(|n| n.snap.id != me.snap.id && is_handing_over_goal(n.snap.goal))
         })
 }
 

@@ -263,16 +263,40 @@ pub const KEEPER_EDGES: &[(ReplicationState, ReplicationState)] = &[
     (S::Secondary, S::JoinSecondary),
     (S::JoinSecondary, S::Secondary),
     (S::JoinSecondary, S::Catchingup),
-    // Promotion.
+    // Promotion, fetching missing WAL from a more advanced standby first.
+    (S::ReportLsn, S::FastForward),
+    (S::FastForward, S::PreparePromotion),
     (S::PreparePromotion, S::StopReplication),
     (S::StopReplication, S::WaitPrimary),
     // The old primary rejoins as a standby (pg_rewind or a fresh clone).
     (S::Demoted, S::Catchingup),
+    // Settings changes on the primary.
+    (S::Primary, S::ApplySettings),
+    (S::ApplySettings, S::Primary),
+    (S::ApplySettings, S::WaitPrimary),
+    (S::ApplySettings, S::Draining),
+    (S::ApplySettings, S::Demoted),
+    // Maintenance: a standby stops (after the primary dropped it from
+    // synchronous replication); a primary hands over first.
+    (S::Secondary, S::WaitMaintenance),
+    (S::Secondary, S::Maintenance),
+    (S::Catchingup, S::Maintenance),
+    (S::WaitMaintenance, S::Maintenance),
+    (S::Primary, S::PrepareMaintenance),
+    (S::WaitPrimary, S::PrepareMaintenance),
+    (S::ApplySettings, S::PrepareMaintenance),
+    (S::PrepareMaintenance, S::Maintenance),
+    (S::Maintenance, S::Catchingup),
 ];
 
 /// Whether the keeper can walk from `reported` to `goal`.
+///
+/// Any node but a writable primary can be dropped: the keeper stops
+/// PostgreSQL and exits.
 pub fn keeper_has_edge(reported: ReplicationState, goal: ReplicationState) -> bool {
-    reported == goal || KEEPER_EDGES.contains(&(reported, goal))
+    reported == goal
+        || KEEPER_EDGES.contains(&(reported, goal))
+        || (goal == S::Dropped && !reported.is_writable_primary())
 }
 
 #[cfg(test)]

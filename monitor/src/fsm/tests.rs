@@ -433,14 +433,99 @@ fn election_promotes_the_most_advanced_then_highest_priority() {
         &g.decide(),
         &[("c", S::PreparePromotion), ("a", S::Demoted)],
     );
-    // The most advanced cannot be promoted: wait rather than lose commits.
+    // The most advanced cannot be promoted: the winner fetches its WAL first.
     let g = base().with("c", |n| {
         n.lsn += 100;
         n.candidate_priority = 0;
     });
     let o = g.decide();
+    expect(&g, &o, &[("b", S::FastForward), ("a", S::Demoted)]);
+    assert!(
+        o.decisions[0].reason.to_string().contains("from c"),
+        "{:?}",
+        o.decisions
+    );
+    // A higher priority wins over a more advanced standby, through fast_forward.
+    let g = base()
+        .with("b", |n| n.candidate_priority = 90)
+        .with("c", |n| n.lsn += 100);
+    expect(&g, &g.decide(), &[("b", S::FastForward), ("a", S::Demoted)]);
+    // Nobody can be promoted at all.
+    let g = base()
+        .with("b", |n| n.candidate_priority = 0)
+        .with("c", |n| n.candidate_priority = 0);
+    let o = g.decide();
     expect(&g, &o, &[]);
-    assert!(o.waiting[0].contains("priority 0"), "{:?}", o.waiting);
+    assert!(o.waiting[0].contains("priority above 0"), "{:?}", o.waiting);
+}
+
+#[test]
+fn fast_forward_ends_once_the_winner_has_the_wal() {
+    let g = group()
+        .node("a", S::Primary, S::Demoted)
+        .dead("a", 10)
+        .at("b", S::FastForward)
+        .at("c", S::ReportLsn)
+        .with("c", |n| n.lsn += 100);
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(
+        o.waiting.iter().any(|w| w.contains("fetching WAL")),
+        "{:?}",
+        o.waiting
+    );
+    let g = g.with("b", |n| n.lsn += 100);
+    expect(&g, &g.decide(), &[("b", S::PreparePromotion)]);
+    assert_eq!(fast_forward_source(&g.nodes, 1), Some(2));
+}
+
+#[test]
+fn settings_change_goes_through_apply_settings() {
+    let g = group().at("a", S::ApplySettings).secondary("b");
+    expect(&g, &g.decide(), &[("a", S::Primary)]);
+}
+
+#[test]
+fn standby_maintenance_waits_for_the_primary_to_stop_counting_it() {
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .secondary("c")
+        .fence_for(0)
+        .at("d", S::WaitMaintenance)
+        .with("a", |n| n.fence_set.push("pgpilot_4".into()));
+    expect(&g, &g.decide(), &[]);
+    let g = g.with("a", |n| n.fence_set.retain(|f| f != "pgpilot_4"));
+    expect(&g, &g.decide(), &[("d", S::Maintenance)]);
+}
+
+#[test]
+fn primary_maintenance_hands_over_then_stops() {
+    let g = group()
+        .at("a", S::PrepareMaintenance)
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .stream_lost("b", 0);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Maintenance)],
+    );
+}
+
+#[test]
+fn settings_that_break_the_quorum_are_refused() {
+    let g = group().primary("a").secondary("b");
+    assert!(check_settings(&g.nodes, 0).is_ok());
+    let err = check_settings(&g.nodes, 1).unwrap_err();
+    assert!(err.contains("needs at least 2 quorum standbys"), "{err}");
+    let g = group().primary("a").secondary("b").secondary("c");
+    assert!(check_settings(&g.nodes, 1).is_ok());
+    assert!(check_settings(&g.nodes, 2).is_err());
+    let g = g
+        .with("b", |n| n.candidate_priority = 0)
+        .with("c", |n| n.candidate_priority = 0);
+    let err = check_settings(&g.nodes, 0).unwrap_err();
+    assert!(err.contains("candidate priority 0"), "{err}");
 }
 
 #[test]

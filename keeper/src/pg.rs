@@ -890,6 +890,23 @@ impl LocalPostgres for PgController {
 
     async fn wait_replay_caught_up(&self, timeout: Duration) -> Result<(), PgError> {
         let deadline = Instant::now() + timeout;
+        // A paused replay (pg_wal_replay_pause) would never catch up: a node
+        // about to be promoted must apply everything it received.
+        // CASE evaluates only the branch it needs: the pause functions fail
+        // outside recovery.
+        let (resumed,): (bool,) = self
+            .fetch_one(
+                "SELECT CASE
+                     WHEN NOT pg_is_in_recovery() THEN false
+                     WHEN pg_get_wal_replay_pause_state() = 'not paused' THEN false
+                     ELSE pg_wal_replay_resume()::text = ''
+                 END",
+                &[],
+            )
+            .await?;
+        if resumed {
+            info!("postgres: WAL replay was paused; resumed it before promotion");
+        }
         loop {
             let (in_recovery, caught_up, receive, replay): (
                 bool,

@@ -323,6 +323,34 @@ pub fn state_table(s: &pb::FormationState) -> String {
     out
 }
 
+/// `show-settings`: the formation's and every node's replication settings.
+pub fn settings_table(s: &pb::FormationState) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "Node",
+        "Candidate priority",
+        "Replication quorum",
+        "Streams as",
+    ]);
+    for n in &s.nodes {
+        table.add_row(vec![
+            n.name.clone(),
+            n.candidate_priority.to_string(),
+            n.replication_quorum.to_string(),
+            format!("pgpilot_{}", n.node_id),
+        ]);
+    }
+    let sync = if s.synchronous_standby_names.is_empty() {
+        "'' (off)".to_string()
+    } else {
+        format!("'{}'", s.synchronous_standby_names)
+    };
+    format!(
+        "formation {}\n  number_sync_standbys = {}\n  synchronous_standby_names = {sync}\n{table}\n",
+        s.formation, s.number_sync_standbys
+    )
+}
+
 /// The multi-host connection string that always reaches the writable primary.
 pub fn multi_host_uri(s: &pb::FormationState, user: &str) -> String {
     let hosts: Vec<String> = s
@@ -447,6 +475,7 @@ mod tests {
         pb::FormationState {
             formation: "default".into(),
             number_sync_standbys: 0,
+            synchronous_standby_names: String::new(),
             nodes: vec![pb::NodeStatus {
                 node_id: 1,
                 name: "node1".into(),

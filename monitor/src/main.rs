@@ -57,6 +57,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show number_sync_standbys, the synchronous_standby_names the primary
+    /// applies, and every node's candidate priority and replication quorum.
+    ///
+    /// Example: pgpilot-monitor show-settings --json
+    ShowSettings {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the latest goal changes with their reasons.
     ///
     /// Example: pgpilot-monitor show-events --count 50
@@ -286,6 +295,34 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
                 );
             } else {
                 println!("{}", cli::events_table(&events));
+            }
+        }
+        Command::ShowSettings { json } => {
+            let state = client.state(formation).await?;
+            if json {
+                let nodes: Vec<serde_json::Value> = state
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        serde_json::json!({
+                            "name": n.name, "node_id": n.node_id,
+                            "candidate_priority": n.candidate_priority,
+                            "replication_quorum": n.replication_quorum,
+                        })
+                    })
+                    .collect();
+                let doc = serde_json::json!({
+                    "formation": state.formation,
+                    "number_sync_standbys": state.number_sync_standbys,
+                    "synchronous_standby_names": state.synchronous_standby_names,
+                    "nodes": nodes,
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&doc).expect("serializable")
+                );
+            } else {
+                print!("{}", cli::settings_table(&state));
             }
         }
         Command::ShowUri { user } => {

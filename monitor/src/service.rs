@@ -158,6 +158,7 @@ impl Monitor for MonitorService {
         let mut waiting = std::collections::BTreeMap::new();
         let mut groups: Vec<i32> = nodes.iter().map(|n| n.group_id).collect();
         groups.dedup();
+        let mut synchronous_standby_names = String::new();
         for g in groups {
             let snaps: Vec<_> = nodes
                 .iter()
@@ -166,6 +167,10 @@ impl Monitor for MonitorService {
                 .collect();
             let outcome = fsm::decide(&snaps, now, &self.store.fsm_settings(nss));
             waiting.insert(g, outcome.waiting.join("; "));
+            if let Some(p) = snaps.iter().position(|n| n.goal.is_writable_primary()) {
+                synchronous_standby_names =
+                    fsm::replication_plan(&snaps, p, nss).synchronous_standby_names;
+            }
         }
         let nodes = nodes
             .iter()
@@ -197,6 +202,7 @@ impl Monitor for MonitorService {
             formation,
             nodes,
             number_sync_standbys: nss,
+            synchronous_standby_names,
         }))
     }
 

@@ -1,0 +1,266 @@
+//! `pgpilot-bench failover`: builds real clusters on this machine and
+//! measures what a client writing through the multi-host URI feels —
+//! the write outage of unplanned failovers, PostgreSQL crashes with the
+//! keeper alive, and planned failovers — plus the time from nothing to a
+//! healthy group. Prints a table with min / median / p95 / max.
+//!
+//! Example: cargo run --release -p pgpilot-tests --bin pgpilot-bench -- failover --runs 5
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use pgpilot_tests::process::{kill_postmaster_tree, postmaster_pid, reap};
+use pgpilot_tests::{Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, Writer};
+
+#[derive(Parser)]
+#[command(name = "pgpilot-bench")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Failover write outage and rows lost, per scenario.
+    Failover {
+        /// Repetitions of each scenario.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Nodes per cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Scenarios to run (default: all).
+        #[arg(long, value_enum)]
+        scenario: Vec<Scenario>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Scenario {
+    /// The primary's keeper and postmaster SIGKILLed: the host is gone.
+    Unplanned,
+    /// The primary's postmaster SIGKILLed, its keeper alive.
+    PgCrash,
+    /// `perform-failover` while the client writes.
+    Planned,
+}
+
+impl Scenario {
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::Unplanned => "unplanned failover (keeper + postmaster SIGKILLed)",
+            Scenario::PgCrash => "primary PostgreSQL crash, keeper alive",
+            Scenario::Planned => "planned perform-failover",
+        }
+    }
+}
+
+struct Sample {
+    outage: Duration,
+    lost: usize,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let Command::Failover {
+        runs,
+        nodes,
+        scenario,
+    } = Args::parse().command;
+    let scenarios = if scenario.is_empty() {
+        vec![Scenario::Unplanned, Scenario::PgCrash, Scenario::Planned]
+    } else {
+        scenario
+    };
+    let mut rows = Vec::new();
+    let mut startups = Vec::new();
+    for &s in &scenarios {
+        let started = Instant::now();
+        let cluster = Cluster::start(ClusterOptions {
+            first_node_alone: false,
+            ..ClusterOptions::nodes(nodes)
+        })
+        .await?;
+        cluster.wait_healthy(Duration::from_secs(120)).await?;
+        startups.push(started.elapsed());
+        let mut samples = Vec::new();
+        for run in 1..=runs {
+            let sample = match s {
+                Scenario::Unplanned => unplanned(&cluster).await,
+                Scenario::PgCrash => pg_crash(&cluster).await,
+                Scenario::Planned => planned(&cluster).await,
+            }
+            .with_context(|| format!("{} run {run}", s.label()))?;
+            eprintln!(
+                "{:<52} run {run}/{runs}: outage {:.2} s, rows lost {}",
+                s.label(),
+                sample.outage.as_secs_f64(),
+                sample.lost
+            );
+            samples.push(sample);
+        }
+        cluster.shutdown().await?;
+        rows.push((s, samples));
+    }
+
+    println!();
+    println!(
+        "{nodes} nodes, default settings, one client writing every 20 ms through the multi-host URI (target_session_attrs=read-write)"
+    );
+    println!(
+        "{:<52} {:>4} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "write outage (s)", "runs", "min", "median", "p95", "max", "rows lost"
+    );
+    for (s, samples) in &rows {
+        let mut secs: Vec<f64> = samples.iter().map(|x| x.outage.as_secs_f64()).collect();
+        secs.sort_by(f64::total_cmp);
+        let lost: usize = samples.iter().map(|x| x.lost).sum();
+        println!(
+            "{:<52} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10}",
+            s.label(),
+            secs.len(),
+            secs[0],
+            percentile(&secs, 0.5),
+            percentile(&secs, 0.95),
+            secs[secs.len() - 1],
+            lost
+        );
+    }
+    let mut startup: Vec<f64> = startups.iter().map(Duration::as_secs_f64).collect();
+    startup.sort_by(f64::total_cmp);
+    println!(
+        "{:<52} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10}",
+        format!("nothing to a healthy {nodes}-node group (s)"),
+        startup.len(),
+        startup[0],
+        percentile(&startup, 0.5),
+        percentile(&startup, 0.95),
+        startup[startup.len() - 1],
+        "-"
+    );
+    Ok(())
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+async fn writer(cluster: &Cluster) -> Result<Writer> {
+    Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await
+}
+
+/// Wait until the writer has an acknowledgement after `since`.
+async fn wait_for_writes(cluster: &Cluster, w: &Writer, since: Instant) -> Result<()> {
+    cluster
+        .wait_until(
+            Duration::from_secs(120),
+            "the client writes again",
+            |_| async move { Ok(w.has_ack_after(since)) },
+        )
+        .await
+        .map(|_| ())
+}
+
+async fn finish(cluster: &Cluster, w: Writer, event: Instant) -> Result<Sample> {
+    let report = w.stop().await;
+    let outage = report
+        .outage_around(event)
+        .context("no write acknowledged after the event")?;
+    let primary = current_primary(cluster).await?;
+    let lost = report.missing_ids(cluster, &primary).await?.len();
+    Ok(Sample {
+        outage: outage.first_ack_after - outage.last_ack_before.unwrap_or(event),
+        lost,
+    })
+}
+
+/// The node that both reports and is assigned a primary-side state (a dead
+/// old primary keeps its last report).
+async fn current_primary(cluster: &Cluster) -> Result<String> {
+    let state = cluster
+        .wait_state(
+            Duration::from_secs(60),
+            "one settled writable primary",
+            |s| {
+                s.nodes
+                    .iter()
+                    .filter(|n| {
+                        n.reports_writable_primary()
+                            && n.goal().is_some_and(|g| g.is_writable_primary())
+                    })
+                    .count()
+                    == 1
+            },
+        )
+        .await?;
+    let node = state
+        .nodes
+        .iter()
+        .find(|n| n.reports_writable_primary() && n.goal().is_some_and(|g| g.is_writable_primary()))
+        .context("no writable primary")?;
+    Ok(node.name.clone())
+}
+
+async fn unplanned(cluster: &Cluster) -> Result<Sample> {
+    cluster.wait_healthy(Duration::from_secs(120)).await?;
+    let old = current_primary(cluster).await?;
+    let w = writer(cluster).await?;
+    let killed = cluster.kill_node_hard(&old)?;
+    cluster
+        .wait_state(Duration::from_secs(120), "another writable primary", |s| {
+            s.writable_primaries()
+                .iter()
+                .any(|p| p.name != old && p.reports_writable_primary())
+        })
+        .await?;
+    wait_for_writes(cluster, &w, killed).await?;
+    let sample = finish(cluster, w, killed).await?;
+    cluster.start_keeper(&old)?;
+    cluster.wait_healthy(Duration::from_secs(180)).await?;
+    Ok(sample)
+}
+
+async fn pg_crash(cluster: &Cluster) -> Result<Sample> {
+    cluster.wait_healthy(Duration::from_secs(120)).await?;
+    let old = current_primary(cluster).await?;
+    let w = writer(cluster).await?;
+    let pgdata = cluster.pgdata(&old)?;
+    let Some(pid) = postmaster_pid(&pgdata) else {
+        bail!("{old} has no postmaster.pid");
+    };
+    let crashed = Instant::now();
+    let tree = kill_postmaster_tree(pid);
+    reap(&tree, Duration::from_secs(10));
+    wait_for_writes(cluster, &w, crashed).await?;
+    let sample = finish(cluster, w, crashed).await?;
+    cluster.wait_healthy(Duration::from_secs(180)).await?;
+    Ok(sample)
+}
+
+async fn planned(cluster: &Cluster) -> Result<Sample> {
+    cluster.wait_healthy(Duration::from_secs(120)).await?;
+    let w = writer(cluster).await?;
+    let url = cluster.monitor_url().to_string();
+    let started = Instant::now();
+    let out = cluster
+        .run_cli(&["--monitor", &url, "perform-failover", "--timeout", "120s"])
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "perform-failover failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_for_writes(cluster, &w, Instant::now()).await?;
+    let report = w.stop().await;
+    let outage = report
+        .longest_gap_after(started)
+        .context("no writes during the failover")?;
+    let primary = current_primary(cluster).await?;
+    let lost = report.missing_ids(cluster, &primary).await?.len();
+    Ok(Sample { outage, lost })
+}

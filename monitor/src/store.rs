@@ -892,9 +892,11 @@ fn unknown_node(formation: &str, name: &str, known: &[String]) -> Error {
     let mut ranked: Vec<(usize, &String)> =
         known.iter().map(|k| (edit_distance(name, k), k)).collect();
     ranked.sort();
+    // Only the closest names, and only when they are close at all.
+    let best = ranked.first().map(|(d, _)| *d).unwrap_or(usize::MAX);
     let close: Vec<&str> = ranked
         .iter()
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .filter(|(d, k)| *d == best && *d <= 2.max(k.len() / 3))
         .take(3)
         .map(|(_, k)| k.as_str())
         .collect();

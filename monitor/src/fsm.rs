@@ -582,9 +582,17 @@ impl Eval<'_> {
             }
             return;
         }
-        if reporters.is_empty() {
+        // Every live candidate takes part: the highest priority must not
+        // lose for being a heartbeat late.
+        let late: Vec<String> = electing
+            .iter()
+            .filter(|&&i| !reporters.contains(&i) && self.alive(i) && self.nodes[i].pg_running)
+            .map(|&i| self.name(i))
+            .collect();
+        if reporters.is_empty() || !late.is_empty() {
             self.wait(format!(
-                "election: waiting for standbys to report their LSN with their stream from {primary} gone"
+                "election: waiting for {} to report their LSN with their stream from {primary} gone",
+                if late.is_empty() { "the standbys".to_string() } else { late.join(", ") }
             ));
             return;
         }

@@ -207,7 +207,69 @@ fn state_name(v: i32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// `show-state --json`: the documented, stable shape scripts depend on.
+/// What a client gets when it connects to a node, judged from the node's
+/// last heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Connection {
+    /// A writable primary state (single, wait_primary, primary,
+    /// join_primary, apply_settings) with PostgreSQL running.
+    ReadWrite,
+    /// A standby state with PostgreSQL running: hot standby, reads only.
+    ReadOnly,
+    /// PostgreSQL is not running, or the node is between roles (draining,
+    /// demoted, init, …) and serves no client.
+    Down,
+}
+
+impl Connection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Connection::ReadWrite => "read-write",
+            Connection::ReadOnly => "read-only",
+            Connection::Down => "down",
+        }
+    }
+}
+
+/// Reported states in which a node is a standby running in recovery.
+fn is_standby_state(s: S) -> bool {
+    s.is_following()
+        || matches!(
+            s,
+            S::WaitStandby
+                | S::FastForward
+                | S::StopReplication
+                | S::WaitMaintenance
+                | S::PrepareMaintenance
+                | S::Maintenance
+        )
+}
+
+/// The node's [`Connection`], from its reported state and PostgreSQL running.
+pub fn connection(n: &pb::NodeStatus) -> Connection {
+    match S::from_wire(n.reported_state) {
+        Ok(s) if n.pg_running && s.is_writable_primary() => Connection::ReadWrite,
+        Ok(s) if n.pg_running && is_standby_state(s) => Connection::ReadOnly,
+        _ => Connection::Down,
+    }
+}
+
+/// Bytes a serving standby is behind the LSN its group's primary last
+/// reported; `None` for the primary itself, for nodes that serve no reads,
+/// and while the group has no serving primary.
+pub fn lag_bytes(s: &pb::FormationState, n: &pb::NodeStatus) -> Option<u64> {
+    if connection(n) != Connection::ReadOnly {
+        return None;
+    }
+    let primary = s.nodes.iter().find(|p| {
+        p.group_id == n.group_id && p.node_id != n.node_id && connection(p) == Connection::ReadWrite
+    })?;
+    Some(primary.lsn.saturating_sub(n.lsn))
+}
+
+/// `show-state --json`: the documented, stable shape scripts depend on
+/// (`docs/show-state.schema.json`). Fields are only ever added.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StateJson {
     pub formation: String,
@@ -215,6 +277,7 @@ pub struct StateJson {
     pub nodes: Vec<NodeJson>,
 }
 
+/// One node as the monitor knows it; also what `show-node --json` prints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeJson {
     pub node_id: i64,
@@ -234,6 +297,42 @@ pub struct NodeJson {
     pub candidate_priority: u32,
     pub replication_quorum: bool,
     pub waiting_reason: Option<String>,
+    /// What a client connecting to this node gets.
+    pub connection: Connection,
+    /// Serving standbys: bytes behind the primary's reported LSN; null for
+    /// the primary, for nodes that serve no reads and while there is no primary.
+    pub lag_bytes: Option<u64>,
+    /// The data directory's system identifier as a decimal string (it does
+    /// not fit a JSON number exactly); null until the node reported one.
+    pub system_identifier: Option<String>,
+    /// Standbys: the WAL receiver streams from the primary.
+    pub wal_receiver_streaming: bool,
+}
+
+impl NodeJson {
+    pub fn new(s: &pb::FormationState, n: &pb::NodeStatus) -> NodeJson {
+        NodeJson {
+            node_id: n.node_id,
+            name: n.name.clone(),
+            group_id: n.group_id,
+            host: n.host.clone(),
+            port: n.port,
+            timeline: n.timeline,
+            lsn: format_lsn(n.lsn),
+            reported_state: state_name(n.reported_state),
+            goal_state: state_name(n.goal_state),
+            pg_running: n.pg_running,
+            health: n.health.clone(),
+            heartbeat_age_ms: (n.heartbeat_age_ms >= 0).then_some(n.heartbeat_age_ms),
+            candidate_priority: n.candidate_priority,
+            replication_quorum: n.replication_quorum,
+            waiting_reason: (!n.waiting_reason.is_empty()).then(|| n.waiting_reason.clone()),
+            connection: connection(n),
+            lag_bytes: lag_bytes(s, n),
+            system_identifier: (n.system_identifier != 0).then(|| n.system_identifier.to_string()),
+            wal_receiver_streaming: n.wal_receiver_streaming,
+        }
+    }
 }
 
 impl From<&pb::FormationState> for StateJson {
@@ -241,69 +340,102 @@ impl From<&pb::FormationState> for StateJson {
         StateJson {
             formation: s.formation.clone(),
             number_sync_standbys: s.number_sync_standbys,
-            nodes: s
-                .nodes
-                .iter()
-                .map(|n| NodeJson {
-                    node_id: n.node_id,
-                    name: n.name.clone(),
-                    group_id: n.group_id,
-                    host: n.host.clone(),
-                    port: n.port,
-                    timeline: n.timeline,
-                    lsn: format_lsn(n.lsn),
-                    reported_state: state_name(n.reported_state),
-                    goal_state: state_name(n.goal_state),
-                    pg_running: n.pg_running,
-                    health: n.health.clone(),
-                    heartbeat_age_ms: (n.heartbeat_age_ms >= 0).then_some(n.heartbeat_age_ms),
-                    candidate_priority: n.candidate_priority,
-                    replication_quorum: n.replication_quorum,
-                    waiting_reason: (!n.waiting_reason.is_empty())
-                        .then(|| n.waiting_reason.clone()),
-                })
-                .collect(),
+            nodes: s.nodes.iter().map(|n| NodeJson::new(s, n)).collect(),
         }
     }
 }
 
+/// Bytes for people: exact below 1 KiB, else one decimal in KiB/MiB/GiB/TiB.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn lag_cell(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
+    lag_bytes(s, n).map_or_else(|| "-".to_string(), format_bytes)
+}
+
+fn heartbeat_cell(n: &pb::NodeStatus) -> String {
+    if n.heartbeat_age_ms < 0 {
+        "never".into()
+    } else {
+        format!("{:.1}s ago", n.heartbeat_age_ms as f64 / 1000.0)
+    }
+}
+
+fn running_cell(n: &pb::NodeStatus) -> String {
+    if n.pg_running { "running" } else { "down" }.to_string()
+}
+
+fn goal_cell(n: &pb::NodeStatus) -> String {
+    let (reported, goal) = (state_name(n.reported_state), state_name(n.goal_state));
+    if goal == reported {
+        goal
+    } else {
+        format!("→ {goal}")
+    }
+}
+
+/// Standbys: whether the WAL receiver streams; "-" for a writable primary.
+fn streaming_cell(n: &pb::NodeStatus) -> String {
+    if S::from_wire(n.reported_state).is_ok_and(S::is_writable_primary) {
+        "-".into()
+    } else if n.wal_receiver_streaming {
+        "yes".into()
+    } else {
+        "no".into()
+    }
+}
+
+fn system_identifier_cell(n: &pb::NodeStatus) -> String {
+    if n.system_identifier == 0 {
+        "-".into()
+    } else {
+        n.system_identifier.to_string()
+    }
+}
+
+/// The columns of `show-state`'s table.
+pub const STATE_COLUMNS: [&str; 10] = [
+    "Node",
+    "Host:Port",
+    "TLI:LSN",
+    "Connection",
+    "Lag",
+    "Reported",
+    "Goal",
+    "PostgreSQL",
+    "Health",
+    "Heartbeat",
+];
+
 /// The state table operators read.
 pub fn state_table(s: &pb::FormationState) -> String {
     let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "Node",
-        "Host:Port",
-        "TLI:LSN",
-        "Reported",
-        "Goal",
-        "PostgreSQL",
-        "Health",
-        "Heartbeat",
-    ]);
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(STATE_COLUMNS);
     for n in &s.nodes {
-        let reported = state_name(n.reported_state);
-        let goal = state_name(n.goal_state);
         table.add_row(vec![
             format!("{} ({})", n.name, n.node_id),
             format!("{}:{}", n.host, n.port),
             format!("{}:{}", n.timeline, format_lsn(n.lsn)),
-            reported.clone(),
-            if goal == reported {
-                goal
-            } else {
-                format!("→ {goal}")
-            },
-            if n.pg_running {
-                "running".into()
-            } else {
-                "down".into()
-            },
+            connection(n).as_str().to_string(),
+            lag_cell(s, n),
+            state_name(n.reported_state),
+            goal_cell(n),
+            running_cell(n),
             n.health.clone(),
-            if n.heartbeat_age_ms < 0 {
-                "never".into()
-            } else {
-                format!("{:.1}s ago", n.heartbeat_age_ms as f64 / 1000.0)
-            },
+            heartbeat_cell(n),
         ]);
     }
     let mut out = format!(
@@ -321,6 +453,164 @@ pub fn state_table(s: &pb::FormationState) -> String {
         out.push_str(&format!("waiting: {r}\n"));
     }
     out
+}
+
+/// The columns of `show-nodes`' table.
+pub const NODES_COLUMNS: [&str; 15] = [
+    "Id",
+    "Name",
+    "Host:Port",
+    "Group",
+    "System identifier",
+    "Priority",
+    "Quorum",
+    "Reported",
+    "Goal",
+    "PostgreSQL",
+    "Connection",
+    "Health",
+    "Heartbeat",
+    "TLI:LSN",
+    "Streaming",
+];
+
+/// `show-nodes`: one row per node with every field the monitor knows.
+pub fn nodes_table(s: &pb::FormationState) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(NODES_COLUMNS);
+    for n in &s.nodes {
+        table.add_row(vec![
+            n.node_id.to_string(),
+            n.name.clone(),
+            format!("{}:{}", n.host, n.port),
+            n.group_id.to_string(),
+            system_identifier_cell(n),
+            n.candidate_priority.to_string(),
+            n.replication_quorum.to_string(),
+            state_name(n.reported_state),
+            goal_cell(n),
+            running_cell(n),
+            connection(n).as_str().to_string(),
+            n.health.clone(),
+            heartbeat_cell(n),
+            format!("{}:{}", n.timeline, format_lsn(n.lsn)),
+            streaming_cell(n),
+        ]);
+    }
+    format!("formation {}\n{table}\n", s.formation)
+}
+
+/// `show-node NAME`: one `key: value` line per field.
+pub fn node_detail(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
+    let lag = match lag_bytes(s, n) {
+        Some(bytes) => format!("{} ({bytes} bytes)", format_bytes(bytes)),
+        None => "-".into(),
+    };
+    let waiting = if n.waiting_reason.is_empty() {
+        "-"
+    } else {
+        n.waiting_reason.as_str()
+    };
+    let rows: [(&str, String); 19] = [
+        ("name", n.name.clone()),
+        ("node id", n.node_id.to_string()),
+        ("formation", s.formation.clone()),
+        ("group", n.group_id.to_string()),
+        ("host:port", format!("{}:{}", n.host, n.port)),
+        ("system identifier", system_identifier_cell(n)),
+        ("candidate priority", n.candidate_priority.to_string()),
+        ("replication quorum", n.replication_quorum.to_string()),
+        ("reported state", state_name(n.reported_state)),
+        ("goal state", state_name(n.goal_state)),
+        ("postgresql", running_cell(n)),
+        ("connection", connection(n).as_str().to_string()),
+        ("health", n.health.clone()),
+        ("heartbeat", heartbeat_cell(n)),
+        ("timeline", n.timeline.to_string()),
+        ("lsn", format_lsn(n.lsn)),
+        ("lag", lag),
+        ("streaming", streaming_cell(n)),
+        ("waiting", waiting.to_string()),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    rows.iter()
+        .map(|(k, v)| format!("{:<width$} {v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// The node named `name`, or a usage error naming the closest known names.
+pub fn find_node<'a>(
+    s: &'a pb::FormationState,
+    name: &str,
+) -> Result<&'a pb::NodeStatus, CliError> {
+    s.nodes.iter().find(|n| n.name == name).ok_or_else(|| {
+        let known: Vec<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
+        unknown_node(&s.formation, name, &known)
+    })
+}
+
+/// "No node named X", with the closest of the `known` names.
+pub fn unknown_node(formation: &str, name: &str, known: &[&str]) -> CliError {
+    let close = closest(name, known);
+    let hint = if !close.is_empty() {
+        format!(": did you mean {}?", close.join(" or "))
+    } else if known.is_empty() {
+        ": it has no nodes".to_string()
+    } else {
+        format!(": its nodes are {}", known.join(", "))
+    };
+    CliError::Usage(format!(
+        "formation {formation} has no node named {name:?}{hint}"
+    ))
+}
+
+/// The known names nearest to `name` (at most 3, all at the smallest edit
+/// distance), and only when they are close at all.
+pub fn closest<'a>(name: &str, known: &[&'a str]) -> Vec<&'a str> {
+    let mut ranked: Vec<(usize, &str)> =
+        known.iter().map(|k| (edit_distance(name, k), *k)).collect();
+    ranked.sort();
+    ranked.dedup();
+    let best = ranked.first().map_or(usize::MAX, |(d, _)| *d);
+    ranked
+        .into_iter()
+        .filter(|(d, k)| *d == best && *d <= 2.max(k.len() / 3))
+        .take(3)
+        .map(|(_, k)| k)
+        .collect()
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The TLS options and the monitor URL they go with. This version talks
+/// plain gRPC only: the flags exist so scripts need not change when TLS
+/// arrives, and every combination that would need TLS is refused (exit 2).
+pub fn check_tls(url: &str, tls_options_given: bool) -> Result<(), CliError> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("https") => Err(CliError::Usage(
+            "TLS is not supported by this monitor version yet".into(),
+        )),
+        _ if tls_options_given => Err(CliError::Usage(
+            "TLS options need an https:// monitor URL".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `show-settings`: the formation's and every node's replication settings.
@@ -383,6 +673,200 @@ pub fn events_table(events: &[pb::Event]) -> String {
         ]);
     }
     table.to_string()
+}
+
+/// One event of `show-events --json` (an array of these; one per line
+/// with `--follow`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventJson {
+    pub event_id: i64,
+    /// RFC 3339.
+    pub at: String,
+    pub formation: String,
+    pub group_id: u32,
+    pub node_id: i64,
+    pub node_name: String,
+    pub reported_state: String,
+    pub goal_from: String,
+    pub goal_to: String,
+    pub reason: String,
+}
+
+impl From<&pb::Event> for EventJson {
+    fn from(e: &pb::Event) -> Self {
+        let name = |v: i32| S::from_wire(v).map(|s| s.to_string()).unwrap_or_default();
+        EventJson {
+            event_id: e.event_id,
+            at: e.at.clone(),
+            formation: e.formation.clone(),
+            group_id: e.group_id,
+            node_id: e.node_id,
+            node_name: e.node_name.clone(),
+            reported_state: name(e.reported_state),
+            goal_from: name(e.goal_from),
+            goal_to: name(e.goal_to),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+/// One event on one line, as `show-events --follow` prints them.
+pub fn event_line(e: &pb::Event) -> String {
+    format!(
+        "{}  {:<12} reported {:<18} goal {} → {}  {}\n",
+        e.at,
+        e.node_name,
+        state_name(e.reported_state),
+        state_name(e.goal_from),
+        state_name(e.goal_to),
+        e.reason
+    )
+}
+
+/// The most events one ListEvents call returns.
+pub const MAX_EVENTS: u32 = 10_000;
+/// How often `show-events --follow` asks for new events.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// Events fetched per `--follow` poll; when all of them are new, some may
+/// have been missed and the poll is repeated with [`MAX_EVENTS`].
+const FOLLOW_BATCH: u32 = 100;
+
+/// The latest `count` events (of `node` only, when given), and the highest
+/// event id the monitor returned, filtered out or not.
+pub async fn recent_events(
+    client: &mut Client,
+    formation: &str,
+    count: u32,
+    node: Option<&str>,
+) -> Result<(Vec<pb::Event>, i64), CliError> {
+    let Some(name) = node else {
+        let events = client.events(formation, count).await?;
+        let last = events.last().map_or(0, |e| e.event_id);
+        return Ok((events, last));
+    };
+    let all = client.events(formation, MAX_EVENTS).await?;
+    let last = all.last().map_or(0, |e| e.event_id);
+    let mut mine: Vec<pb::Event> = all.into_iter().filter(|e| e.node_name == name).collect();
+    if mine.is_empty() {
+        // A typo would otherwise print nothing (forever, with --follow).
+        let state = client.state(formation).await?;
+        find_node(&state, name)?;
+    }
+    let skip = mine.len().saturating_sub(count as usize);
+    mine.drain(..skip);
+    Ok((mine, last))
+}
+
+/// Write to stdout; `Ok(false)` when the reader has gone away (a closed pipe,
+/// e.g. `show-events --follow | head`), which ends a follow or watch quietly.
+pub fn emit(text: &str) -> Result<bool, CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CliError::Failed(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+fn event_text(e: &pb::Event, json: bool) -> String {
+    if json {
+        let mut line = serde_json::to_string(&EventJson::from(e)).expect("serializable");
+        line.push('\n');
+        line
+    } else {
+        event_line(e)
+    }
+}
+
+/// `show-events --follow`: print the latest `count` events, then every new
+/// one as the monitor records it, polling every [`FOLLOW_INTERVAL`]. Runs
+/// until interrupted; a monitor that stops answering is reported once on
+/// stderr and polled again.
+pub async fn follow_events(
+    client: &mut Client,
+    formation: &str,
+    count: u32,
+    node: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
+    let (backlog, mut last) = recent_events(client, formation, count, node).await?;
+    for e in &backlog {
+        if !emit(&event_text(e, json))? {
+            return Ok(());
+        }
+    }
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(FOLLOW_INTERVAL).await;
+        let mut batch = match client.events(formation, FOLLOW_BATCH).await {
+            Ok(batch) => batch,
+            Err(e @ CliError::Usage(_)) => return Err(e),
+            Err(e) => {
+                if !failing {
+                    eprintln!("{e} (still following; retrying every second)");
+                    failing = true;
+                }
+                continue;
+            }
+        };
+        if failing {
+            eprintln!("the monitor answers again");
+            failing = false;
+        }
+        if batch.len() == FOLLOW_BATCH as usize && batch.first().is_some_and(|e| e.event_id > last)
+        {
+            batch = client.events(formation, MAX_EVENTS).await?;
+        }
+        for e in batch.iter().filter(|e| e.event_id > last) {
+            if node.is_none_or(|name| e.node_name == name) && !emit(&event_text(e, json))? {
+                return Ok(());
+            }
+        }
+        last = batch.last().map_or(last, |e| e.event_id.max(last));
+    }
+}
+
+/// Clears a terminal and moves the cursor home.
+pub const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
+
+/// `show-state --watch`: redraw the state table every `interval` until
+/// interrupted. A monitor that stops answering is shown in the frame and
+/// asked again; an unknown formation ends the watch (exit 2).
+pub async fn watch_state(
+    client: &mut Client,
+    formation: &str,
+    interval: Duration,
+) -> Result<(), CliError> {
+    loop {
+        let body = match client.state(formation).await {
+            Ok(state) => state_table(&state),
+            Err(e @ CliError::Usage(_)) => return Err(e),
+            Err(e) => format!("error: {e}\n"),
+        };
+        let frame = format!(
+            "{CLEAR_SCREEN}every {}: pgpilot-monitor show-state --formation {formation}    {}    (Ctrl-C to stop)\n\n{body}",
+            humantime::format_duration(interval),
+            chrono::Local::now().format("%H:%M:%S"),
+        );
+        if !emit(&frame)? {
+            return Ok(());
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Run `work` until it ends or Ctrl-C (SIGINT) arrives; Ctrl-C is success.
+pub async fn until_interrupted(
+    work: impl std::future::Future<Output = Result<(), CliError>>,
+) -> Result<(), CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|e| CliError::Failed(format!("cannot catch Ctrl-C: {e}")))?;
+    tokio::select! {
+        result = work => result,
+        _ = interrupt.recv() => Ok(()),
+    }
 }
 
 /// Whether node `n` has reached one of `states` (reported and goal).

@@ -122,6 +122,9 @@ pub struct Settings {
     /// A `catchingup` standby this close (bytes) to its primary becomes `secondary`.
     pub catchup_lag_bytes: u64,
     pub number_sync_standbys: u32,
+    /// When an operator allowed an election to finish without the promotion
+    /// rule's quorum of reports (`perform-failover --allow-data-loss`).
+    pub election_forced_at: Option<DateTime<Utc>>,
 }
 
 pub const DEFAULT_CATCHUP_LAG_BYTES: u64 = 16 * 1024 * 1024;
@@ -614,9 +617,14 @@ impl Eval<'_> {
                 })
                 .count();
             let needed = (fence_set.len() + 1).saturating_sub(required);
-            if required == 0 || reporting_in_set < needed {
+            // The operator's override counts only for this outage.
+            let forced = self
+                .settings
+                .election_forced_at
+                .is_some_and(|at| self.nodes[p].last_heartbeat.is_none_or(|hb| at > hb));
+            if (required == 0 || reporting_in_set < needed) && !forced {
                 self.wait(format!(
-                    "election: {reporting_in_set} of the {needed} standbys needed have reported their stream from {primary} gone"
+                    "election stuck: only {reporting_in_set} of the {needed} standbys needed have reported their stream from {primary} gone, so {primary} may still be serving; bring them back, or run perform-failover --allow-data-loss to accept losing acknowledged commits"
                 ));
                 return;
             }
@@ -628,7 +636,11 @@ impl Eval<'_> {
                 ));
                 return;
             }
-            rule_b
+            if reporting_in_set < needed {
+                "forced by the operator: acknowledged commits may be lost"
+            } else {
+                rule_b
+            }
         };
 
         // The most advanced standby whose stream is gone: every reporter,

@@ -169,7 +169,8 @@ impl Monitor for MonitorService {
             waiting.insert(g, outcome.waiting.join("; "));
             if let Some(p) = snaps.iter().position(|n| n.goal.is_writable_primary()) {
                 synchronous_standby_names =
-                    fsm::replication_plan(&snaps, p, nss).synchronous_standby_names;
+                    fsm::replication_plan(&snaps, p, nss.number_sync_standbys)
+                        .synchronous_standby_names;
             }
         }
         let nodes = nodes
@@ -201,7 +202,7 @@ impl Monitor for MonitorService {
         Ok(Response::new(pb::FormationState {
             formation,
             nodes,
-            number_sync_standbys: nss,
+            number_sync_standbys: nss.number_sync_standbys,
             synchronous_standby_names,
         }))
     }
@@ -252,10 +253,19 @@ impl Monitor for MonitorService {
         if let Some(t) = target {
             valid_name("node name", t)?;
         }
-        let message = self
-            .store
-            .perform_failover(&formation, group, target)
-            .await?;
+        let message = if r.allow_data_loss {
+            if target.is_some() {
+                return Err(Error::InvalidArgument(
+                    "--allow-data-loss cannot name a target: the most advanced reporting standby is promoted".into(),
+                )
+                .into());
+            }
+            self.store.force_election(&formation, group).await?
+        } else {
+            self.store
+                .perform_failover(&formation, group, target)
+                .await?
+        };
         tracing::info!(%formation, group, "{message}");
         Ok(Response::new(pb::OperationReply { message }))
     }

@@ -37,6 +37,20 @@ pub struct StoredNode {
     pub timeline: u32,
 }
 
+/// Per-formation settings the state machine reads.
+#[derive(Debug, Clone, Copy)]
+pub struct FormationSettings {
+    pub number_sync_standbys: u32,
+    pub election_forced_at: Option<DateTime<Utc>>,
+}
+
+fn formation_settings(row: &PgRow) -> FormationSettings {
+    FormationSettings {
+        number_sync_standbys: row.get::<i32, _>("number_sync_standbys") as u32,
+        election_forced_at: row.get("election_forced_at"),
+    }
+}
+
 /// A keeper's registration.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -268,7 +282,7 @@ impl Store {
             .position(|n| n.snap.id == hb.node_id)
             .expect("node is in its group");
         let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
-        let plan = fsm::replication_plan(&snaps, index, nss);
+        let plan = fsm::replication_plan(&snaps, index, nss.number_sync_standbys);
         let me = &nodes[index];
         if me.snap.goal.is_writable_primary()
             && (me.snap.fence_set != plan.fence_set
@@ -365,9 +379,9 @@ impl Store {
     pub async fn formation_state(
         &self,
         formation: &str,
-    ) -> Result<(Vec<StoredNode>, DateTime<Utc>, u32)> {
+    ) -> Result<(Vec<StoredNode>, DateTime<Utc>, FormationSettings)> {
         let f = sqlx::query(
-            "SELECT number_sync_standbys, clock_timestamp() AS now FROM formation WHERE name = $1",
+            "SELECT number_sync_standbys, election_forced_at, clock_timestamp() AS now FROM formation WHERE name = $1",
         )
         .bind(formation)
         .fetch_optional(&self.pool)
@@ -379,11 +393,7 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         let nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
-        Ok((
-            nodes,
-            f.get("now"),
-            f.get::<i32, _>("number_sync_standbys") as u32,
-        ))
+        Ok((nodes, f.get("now"), formation_settings(&f)))
     }
 
     pub async fn events(&self, formation: &str, count: u32) -> Result<Vec<EventRow>> {
@@ -502,6 +512,36 @@ impl Store {
         .await
     }
 
+    /// Allow the election that waits in `formation` to finish without the
+    /// promotion rule's quorum of reports (a double fault).
+    pub async fn force_election(&self, formation: &str, group_id: i32) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (nodes, now, f) = self.lock_group(&mut tx, formation, group_id).await?;
+            let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
+            let outcome = fsm::decide(&snaps, now, &self.fsm_settings(f));
+            let stuck = outcome.waiting.iter().any(|w| w.starts_with("election stuck"));
+            if !stuck {
+                return Err(Error::FailedPrecondition(
+                    "no election is stuck: --allow-data-loss only unblocks an election that waits for standbys that cannot report (see show-state)".into(),
+                ));
+            }
+            sqlx::query("UPDATE formation SET election_forced_at = clock_timestamp() WHERE name = $1")
+                .bind(formation)
+                .execute(&mut *tx)
+                .await?;
+            let f = FormationSettings {
+                election_forced_at: Some(now),
+                ..f
+            };
+            self.evaluate(&mut tx, nodes, now, f).await?;
+            tx.commit().await?;
+            tracing::warn!(formation, "election forced by the operator: acknowledged commits may be lost");
+            Ok("election forced: the most advanced reporting standby is promoted once the old primary's fence deadline passed; commits only the missing standbys had are lost".into())
+        })
+        .await
+    }
+
     /// Change number_sync_standbys; the primary applies it.
     pub async fn set_number_sync_standbys(&self, formation: &str, value: u32) -> Result<String> {
         retry(|| async {
@@ -554,7 +594,8 @@ impl Store {
                     n.replication_quorum = q;
                 }
             }
-            fsm::check_settings(&hypothetical, nss).map_err(Error::FailedPrecondition)?;
+            fsm::check_settings(&hypothetical, nss.number_sync_standbys)
+                .map_err(Error::FailedPrecondition)?;
             sqlx::query(
                 "UPDATE node SET candidate_priority = COALESCE($2, candidate_priority),
                     replication_quorum = COALESCE($3, replication_quorum) WHERE node_id = $1",
@@ -644,9 +685,10 @@ impl Store {
                     .iter()
                     .filter(|n| n.snap.id != node.snap.id && n.snap.goal == S::Secondary && n.snap.replication_quorum)
                     .count() as u32;
-                if nss > quorum_left {
+                if nss.number_sync_standbys > quorum_left {
                     return Err(Error::FailedPrecondition(format!(
-                        "maintenance of {name} would leave {quorum_left} quorum standbys for number_sync_standbys = {nss}: writes would stop; lower number_sync_standbys first"
+                        "maintenance of {name} would leave {quorum_left} quorum standbys for number_sync_standbys = {nss}: writes would stop; lower number_sync_standbys first",
+                        nss = nss.number_sync_standbys
                     )));
                 }
                 let app = fsm::application_name(node.snap.id);
@@ -690,7 +732,7 @@ impl Store {
                 .map(|n| n.snap.clone())
                 .collect();
             if !force {
-                fsm::check_settings(&remaining, nss).map_err(|e| {
+                fsm::check_settings(&remaining, nss.number_sync_standbys).map_err(|e| {
                     Error::FailedPrecondition(format!("dropping {name} is refused: {e}"))
                 })?;
             }
@@ -710,6 +752,40 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// An event without a goal change (a stuck election), written once while
+    /// the same reason holds: it is skipped when it is already the group's
+    /// latest event.
+    async fn record_once(&self, tx: &mut Tx<'_>, nodes: &[StoredNode], reason: &str) -> Result<()> {
+        let Some(p) = nodes.iter().find(|n| n.snap.goal.is_writable_primary()) else {
+            return Ok(());
+        };
+        let last: Option<String> = sqlx::query_scalar(
+            "SELECT reason FROM event WHERE formation = $1 AND group_id = $2 ORDER BY event_id DESC LIMIT 1",
+        )
+        .bind(&p.formation)
+        .bind(p.group_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if last.as_deref() == Some(reason) {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO event (formation, group_id, node_id, node_name, reported_state, goal_from, goal_to, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+        )
+        .bind(&p.formation)
+        .bind(p.group_id)
+        .bind(p.snap.id)
+        .bind(&p.snap.name)
+        .bind(p.snap.reported.as_str())
+        .bind(p.snap.goal.as_str())
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+        tracing::warn!(formation = %p.formation, group = p.group_id, "{reason}");
+        Ok(())
     }
 
     /// Send the primary through apply_settings when it is a settled `primary`.
@@ -742,7 +818,7 @@ impl Store {
         tx: &mut Tx<'_>,
         formation: &str,
         name: &str,
-    ) -> Result<(Vec<StoredNode>, DateTime<Utc>, u32)> {
+    ) -> Result<(Vec<StoredNode>, DateTime<Utc>, FormationSettings)> {
         let rows = sqlx::query("SELECT name, group_id FROM node WHERE formation = $1")
             .bind(formation)
             .fetch_all(&mut **tx)
@@ -766,9 +842,9 @@ impl Store {
         tx: &mut Tx<'_>,
         formation: &str,
         group_id: i32,
-    ) -> Result<(Vec<StoredNode>, DateTime<Utc>, u32)> {
+    ) -> Result<(Vec<StoredNode>, DateTime<Utc>, FormationSettings)> {
         let f = sqlx::query(
-            "SELECT number_sync_standbys, clock_timestamp() AS now FROM formation WHERE name = $1",
+            "SELECT number_sync_standbys, election_forced_at, clock_timestamp() AS now FROM formation WHERE name = $1",
         )
         .bind(formation)
         .fetch_one(&mut **tx)
@@ -781,11 +857,7 @@ impl Store {
         .fetch_all(&mut **tx)
         .await?;
         let nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
-        Ok((
-            nodes,
-            f.get("now"),
-            f.get::<i32, _>("number_sync_standbys") as u32,
-        ))
+        Ok((nodes, f.get("now"), formation_settings(&f)))
     }
 
     /// Run the state machine and persist its decisions.
@@ -794,11 +866,18 @@ impl Store {
         tx: &mut Tx<'_>,
         mut nodes: Vec<StoredNode>,
         now: DateTime<Utc>,
-        number_sync_standbys: u32,
+        formation: FormationSettings,
     ) -> Result<Vec<StoredNode>> {
         let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
-        let outcome = fsm::decide(&snaps, now, &self.fsm_settings(number_sync_standbys));
+        let outcome = fsm::decide(&snaps, now, &self.fsm_settings(formation));
         self.apply(tx, &nodes, &outcome.decisions).await?;
+        if let Some(stuck) = outcome
+            .waiting
+            .iter()
+            .find(|w| w.starts_with("election stuck"))
+        {
+            self.record_once(tx, &nodes, stuck).await?;
+        }
         for d in &outcome.decisions {
             if let Some(n) = nodes.iter_mut().find(|n| n.snap.id == d.node_id) {
                 n.snap.goal = d.to;
@@ -807,12 +886,13 @@ impl Store {
         Ok(nodes)
     }
 
-    pub fn fsm_settings(&self, number_sync_standbys: u32) -> fsm::Settings {
+    pub fn fsm_settings(&self, formation: FormationSettings) -> fsm::Settings {
         fsm::Settings {
             node_timeout: self.settings.node_timeout,
             fence_margin: self.settings.fence_margin,
             catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
-            number_sync_standbys,
+            number_sync_standbys: formation.number_sync_standbys,
+            election_forced_at: formation.election_forced_at,
         }
     }
 

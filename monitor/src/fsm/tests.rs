@@ -19,6 +19,7 @@ fn settings() -> Settings {
         fence_margin: Duration::from_millis(500),
         catchup_lag_bytes: DEFAULT_CATCHUP_LAG_BYTES,
         number_sync_standbys: 0,
+        election_forced_at: None,
     }
 }
 
@@ -423,6 +424,29 @@ fn a_dead_fence_set_member_blocks_the_election() {
     let o = g.decide();
     expect(&g, &o, &[]);
     assert!(o.waiting[0].contains("1 of the 2"), "{:?}", o.waiting);
+    assert!(
+        o.waiting[0].contains("--allow-data-loss"),
+        "{:?}",
+        o.waiting
+    );
+
+    // The operator accepts the risk for this outage: b is elected.
+    let forced = Settings {
+        election_forced_at: Some(g.now - secs(1)),
+        ..settings()
+    };
+    let o = g.decide_with(&forced);
+    expect(&g, &o, &[("b", S::PreparePromotion), ("a", S::Demoted)]);
+    assert!(o.decisions[0]
+        .reason
+        .to_string()
+        .contains("forced by the operator"));
+    // An override from an earlier outage does not count.
+    let stale = Settings {
+        election_forced_at: Some(g.now - secs(60)),
+        ..settings()
+    };
+    expect(&g, &g.decide_with(&stale), &[]);
 }
 
 #[test]

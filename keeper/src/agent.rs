@@ -54,7 +54,8 @@ struct Lease {
 struct Instructions {
     primary: Option<pb::NodeAddress>,
     synchronous_standby_names: String,
-    slot_names: Vec<String>,
+    /// A slot for every other node of the group, with that node's LSN.
+    slots: Vec<(String, u64)>,
 }
 
 pub struct Keeper<P: LocalPostgres> {
@@ -244,10 +245,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 self.instructions = Instructions {
                     primary: reply.primary,
                     synchronous_standby_names: replication.synchronous_standby_names,
-                    slot_names: replication
+                    slots: replication
                         .standbys
                         .iter()
-                        .map(|n| application_name(n.node_id))
+                        .map(|n| (application_name(n.node_id), n.lsn))
                         .collect(),
                 };
                 {
@@ -414,7 +415,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 }
                 Action::Promote => pg.promote().await?,
                 Action::SyncSlots => {
-                    let slots = self.instructions.slot_names.clone();
+                    let slots = self.instructions.slots.clone();
                     pg.sync_slots(&slots).await?
                 }
             }

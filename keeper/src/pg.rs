@@ -132,8 +132,14 @@ pub trait LocalPostgres {
     ) -> impl Future<Output = Result<(), PgError>> + Send;
     /// pg_promote() when still in recovery; done when writes are accepted.
     fn promote(&self) -> impl Future<Output = Result<(), PgError>> + Send;
-    /// Create the physical replication slots named, drop other `pgpilot_` slots.
-    fn sync_slots(&self, names: &[String]) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Keep a physical replication slot for each (name, LSN) and drop other
+    /// inactive `pgpilot_` slots. On a standby the slots are advanced to the
+    /// named node's LSN (never past this node's replay), so a promoted
+    /// standby already holds the WAL its future standbys need.
+    fn sync_slots(
+        &self,
+        slots: &[(String, u64)],
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
     /// Observe the running server (all-default with running=false when it is down).
     fn observe(&self) -> impl Future<Output = Observation> + Send;
     /// System identifier from pg_controldata, None without a data directory.
@@ -990,10 +996,9 @@ impl LocalPostgres for PgController {
 
     /// Slots are created with `immediately_reserve => true`, so the primary
     /// keeps WAL for a standby from the moment its slot exists.
-    async fn sync_slots(&self, names: &[String]) -> Result<(), PgError> {
-        if self.in_recovery().await? {
-            return Ok(());
-        }
+    async fn sync_slots(&self, slots: &[(String, u64)]) -> Result<(), PgError> {
+        let names: Vec<String> = slots.iter().map(|(name, _)| name.clone()).collect();
+        let standby = self.in_recovery().await?;
         let existing: Vec<(String, bool)> = self
             .fetch_all(
                 "SELECT slot_name::text, active FROM pg_replication_slots
@@ -1002,7 +1007,29 @@ impl LocalPostgres for PgController {
                 QUERY_TIMEOUT,
             )
             .await?;
-        for name in names {
+        if standby {
+            // Advance each slot to the node's LSN, never past our replay.
+            for (name, lsn) in slots {
+                if *lsn == 0 || !existing.iter().any(|(slot, _)| slot == name) {
+                    continue;
+                }
+                let target = format_lsn(*lsn);
+                self.fetch_all::<(bool,)>(
+                    // CASE: advance only forwards (backwards is an error).
+                    "SELECT CASE
+                         WHEN least($2::text::pg_lsn, pg_last_wal_replay_lsn()) > coalesce(s.restart_lsn, '0/0')
+                         THEN pg_replication_slot_advance($1::text::name,
+                                least($2::text::pg_lsn, pg_last_wal_replay_lsn())) IS NOT NULL
+                         ELSE false
+                     END
+                       FROM pg_replication_slots s WHERE s.slot_name = $1::text::name",
+                    &[name, &target],
+                    QUERY_TIMEOUT,
+                )
+                .await?;
+            }
+        }
+        for name in &names {
             if existing.iter().any(|(slot, _)| slot == name) {
                 continue;
             }
@@ -2075,11 +2102,11 @@ mod tests {
         assert!(!obs.wal_receiver_streaming);
         assert!(obs.streaming_standbys.is_empty());
 
-        a.sync_slots(&["pgpilot_b".into(), "pgpilot_gone".into()])
+        a.sync_slots(&[("pgpilot_b".into(), 0), ("pgpilot_gone".into(), 0)])
             .await?;
         assert_eq!(slots(a).await?, ["pgpilot_b", "pgpilot_gone"]);
-        a.sync_slots(&["pgpilot_b".into()]).await?;
-        a.sync_slots(&["pgpilot_b".into()]).await?;
+        a.sync_slots(&[("pgpilot_b".into(), 0)]).await?;
+        a.sync_slots(&[("pgpilot_b".into(), 0)]).await?;
         assert_eq!(slots(a).await?, ["pgpilot_b"]);
 
         // Clone and stream.
@@ -2109,7 +2136,11 @@ mod tests {
         assert!(obs.running && obs.in_recovery, "{obs:?}");
         assert_eq!(obs.timeline, 1);
         assert_eq!(obs.system_identifier, sysid);
-        b.sync_slots(&["pgpilot_x".into()]).await?; // no-op on a standby
+        // A standby keeps slots too, advanced no further than its replay.
+        b.sync_slots(&[("pgpilot_x".into(), obs.lsn)]).await?;
+        b.sync_slots(&[("pgpilot_x".into(), obs.lsn)]).await?;
+        assert_eq!(slots(b).await?, ["pgpilot_x"]);
+        b.sync_slots(&[]).await?;
         assert_eq!(slots(b).await?, Vec::<String>::new());
 
         // Synchronous replication through pgpilot.conf + reload.
@@ -2155,7 +2186,7 @@ mod tests {
             .await?;
 
         // The old primary rejoins: rewind (after a crash), then stream from b.
-        b.sync_slots(&["pgpilot_a".into()]).await?;
+        b.sync_slots(&[("pgpilot_a".into(), 0)]).await?;
         let from_b = Upstream {
             host: "127.0.0.1".into(),
             port: port_b,

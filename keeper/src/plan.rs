@@ -94,12 +94,12 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
 pub fn steady(state: S) -> Vec<Action> {
     match state {
         s if s.is_writable_primary() => vec![ConfigurePrimary, Start, Reload, SyncSlots],
-        S::Catchingup
-        | S::Secondary
-        | S::ReportLsn
-        | S::JoinSecondary
-        | S::FastForward
-        | S::WaitMaintenance => vec![ConfigureStandby, Start, Reload],
+        // A healthy standby also keeps slots for the others, for the day
+        // it is promoted.
+        S::Secondary => vec![ConfigureStandby, Start, Reload, SyncSlots],
+        S::Catchingup | S::ReportLsn | S::JoinSecondary | S::FastForward | S::WaitMaintenance => {
+            vec![ConfigureStandby, Start, Reload]
+        }
         S::Draining
         | S::Demoted
         | S::DemoteTimeout

@@ -65,6 +65,7 @@ fn address(n: &StoredNode) -> pb::NodeAddress {
         name: n.snap.name.clone(),
         host: n.host.clone(),
         port: u32::from(n.port),
+        lsn: n.snap.lsn,
     }
 }
 

@@ -1008,3 +1008,79 @@ async fn switchover_to_named_node() -> Result<()> {
     );
     Ok(())
 }
+
+/// The replication slots `node` holds.
+async fn slots_on(cluster: &Cluster, node: &str) -> Result<BTreeSet<String>> {
+    let out = cluster
+        .psql(
+            node,
+            "SELECT coalesce(string_agg(slot_name::text, ','), '') FROM pg_replication_slots",
+        )
+        .await?;
+    Ok(out
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// Every node keeps a slot for every other node — standbys too, so a new
+/// primary already holds its standbys' WAL. `drop-node` removes a standby:
+/// its keeper stops PostgreSQL and exits, the monitor forgets it, and the
+/// others drop its slot. The primary cannot be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_everywhere_and_drop_node() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(3)).await?;
+    let state = cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let id = |name: &str| -> Result<String> {
+        let node = state
+            .node(name)
+            .with_context(|| format!("{name} in show-state"))?;
+        Ok(format!("pgpilot_{}", node.node_id))
+    };
+    let (slot2, slot3) = (id("node2")?, id("node3")?);
+    for (node, wanted) in [("node1", [&slot2, &slot3]), ("node2", [&slot3, &slot3])] {
+        pgpilot_tests::poll_until(
+            SHORT_TIMEOUT,
+            &format!("{node} keeps {wanted:?}"),
+            || async {
+                let slots = slots_on(&cluster, node).await?;
+                Ok(wanted.iter().all(|w| slots.contains(*w)).then_some(()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", cluster.log_tails()))?;
+    }
+
+    cli_refused(
+        &cluster,
+        &["drop-node", "node1"],
+        Some(1),
+        &["perform-failover"],
+    )
+    .await?;
+    let out = cli_ok(&cluster, &["drop-node", "node3"]).await?;
+    assert!(out.contains("node3"), "{out}");
+    let state = cluster.state().await?;
+    assert!(
+        state.node("node3").is_none(),
+        "node3 still known:\n{}",
+        state.table()
+    );
+
+    let pgdata3 = cluster.pgdata("node3")?;
+    pgpilot_tests::poll_until(SHORT_TIMEOUT, "node3's PostgreSQL to stop", || async {
+        Ok(postmaster_pid(&pgdata3)
+            .is_none_or(|pid| !process::is_alive(pid))
+            .then_some(()))
+    })
+    .await?;
+    for node in ["node1", "node2"] {
+        pgpilot_tests::poll_until(SHORT_TIMEOUT, &format!("{node} drops {slot3}"), || async {
+            Ok((!slots_on(&cluster, node).await?.contains(&slot3)).then_some(()))
+        })
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", cluster.log_tails()))?;
+    }
+    Ok(())
+}

@@ -450,6 +450,38 @@ fn a_dead_fence_set_member_blocks_the_election() {
 }
 
 #[test]
+fn a_quorum_standby_gone_earlier_stops_blocking_elections() {
+    // c dies first: it leaves the quorum, so the primary's fence set shrinks
+    // to {b} at its next heartbeat...
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .secondary("c")
+        .fence_for(0)
+        .dead("c", 5);
+    expect(&g, &g.decide(), &[("c", S::Catchingup)]);
+    let g = g.with("c", |n| n.goal = S::Catchingup);
+    let plan = replication_plan(&g.nodes, 0, 0);
+    assert_eq!(plan.fence_set, vec!["pgpilot_2".to_string()]);
+    assert_eq!(plan.synchronous_standby_names, "ANY 1 (pgpilot_2)");
+    // ...so when the primary dies later, b alone can finish the election.
+    let g = g
+        .with("a", |n| {
+            n.fence_set = plan.fence_set.clone();
+            n.fence_required = plan.fence_required;
+        })
+        .dead("a", 10)
+        .with("b", |n| n.goal = S::ReportLsn)
+        .with("b", |n| n.reported = S::ReportLsn)
+        .stream_lost("b", 10);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+}
+
+#[test]
 fn election_promotes_the_most_advanced_then_highest_priority() {
     let base = || {
         group()

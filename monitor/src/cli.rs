@@ -115,6 +115,7 @@ impl Client {
             formation: formation.to_string(),
             group_id: group,
             target_node: target.unwrap_or_default().to_string(),
+            allow_data_loss: false,
         };
         let reply = self.inner.perform_failover(request).await;
         self.message(reply)

@@ -95,6 +95,15 @@ pub struct MachineSettings {
     pub fence_margin: Duration,
 }
 
+impl MachineSettings {
+    /// A keeper quiet this long counts as possibly gone: its group is
+    /// re-evaluated on every tick and the monitor checks its PostgreSQL.
+    /// Half the node timeout, so the check has run by the time it matters.
+    pub fn heartbeat_grace(&self) -> Duration {
+        self.node_timeout / 2
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EventRow {
     pub event_id: i64,
@@ -214,7 +223,107 @@ impl Store {
 
     /// Record a heartbeat, evaluate the group, and return the assignment.
     pub async fn node_active(&self, hb: &Heartbeat) -> Result<Assignment> {
+        if let Some(assignment) = self.node_active_fast(hb).await? {
+            return Ok(assignment);
+        }
         retry(|| self.node_active_once(hb)).await
+    }
+
+    /// The steady-state heartbeat in one round trip and without locks: when
+    /// the report changes nothing the state machine reads (same state,
+    /// PostgreSQL running, streaming, timings) and the group is settled with
+    /// every keeper alive, only liveness and the LSN are written, and the
+    /// group is read back. The state machine still runs, in memory, on what
+    /// was read; if it would decide anything, or the primary's fence set
+    /// would change, the heartbeat takes the locked path instead. No goal is
+    /// ever written here.
+    async fn node_active_fast(&self, hb: &Heartbeat) -> Result<Option<Assignment>> {
+        let rows = sqlx::query(
+            "WITH me AS (
+                 UPDATE node SET last_heartbeat = clock_timestamp(), lsn = $2, timeline = $3
+                  WHERE node_id = $1
+                    AND reported_state = $4 AND goal_state = $4
+                    AND goal_state IN ('single', 'primary', 'secondary', 'maintenance')
+                    AND pg_running = $5 AND wal_receiver_streaming = $6
+                    AND (system_identifier = $7 OR $7 = 0)
+                    AND heartbeat_interval_ms = $8 AND fence_timeout_ms = $9
+                    AND wal_sender_timeout_ms = $10
+                    AND last_heartbeat > clock_timestamp() - make_interval(secs => $11)
+                 RETURNING formation, group_id
+             )
+             SELECT n.*, f.number_sync_standbys, f.election_forced_at, clock_timestamp() AS now
+               FROM me
+               JOIN node n ON n.formation = me.formation AND n.group_id = me.group_id
+               JOIN formation f ON f.name = me.formation
+              ORDER BY n.node_id",
+        )
+        .bind(hb.node_id)
+        .bind(hb.lsn as i64)
+        .bind(hb.timeline as i32)
+        .bind(hb.reported.as_str())
+        .bind(hb.pg_running)
+        .bind(hb.wal_receiver_streaming)
+        .bind(hb.system_identifier as i64)
+        .bind(millis(hb.timings.heartbeat_interval))
+        .bind(millis(hb.timings.fence_timeout))
+        .bind(millis(hb.timings.wal_sender_timeout))
+        .bind(self.settings.heartbeat_grace().as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let now: DateTime<Utc> = first.get("now");
+        let formation = formation_settings(first);
+        let mut nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
+        nodes.retain(|n| n.snap.goal != S::Dropped);
+        let Some(index) = nodes.iter().position(|n| n.snap.id == hb.node_id) else {
+            return Ok(None);
+        };
+        // The row read is the one before the update: fold the heartbeat in.
+        nodes[index].snap.last_heartbeat = Some(now);
+        nodes[index].snap.lsn = hb.lsn;
+        nodes[index].timeline = hb.timeline;
+        let grace = self.settings.heartbeat_grace();
+        let settled = nodes.iter().all(|n| {
+            n.snap.reported == n.snap.goal
+                && matches!(
+                    n.snap.goal,
+                    S::Single | S::Primary | S::Secondary | S::Maintenance
+                )
+                && n.snap
+                    .last_heartbeat
+                    .is_some_and(|t| (now - t).to_std().unwrap_or_default() <= grace)
+        });
+        if !settled {
+            return Ok(None);
+        }
+        let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
+        if !fsm::decide(&snaps, now, &self.fsm_settings(formation))
+            .decisions
+            .is_empty()
+        {
+            return Ok(None);
+        }
+        let plan = fsm::replication_plan(&snaps, index, formation.number_sync_standbys);
+        let me = &nodes[index].snap;
+        if me.goal.is_writable_primary()
+            && (me.fence_set != plan.fence_set || me.fence_required != plan.fence_required)
+        {
+            return Ok(None);
+        }
+        let primary = upstream_of(&nodes, index).cloned();
+        let others = nodes
+            .iter()
+            .filter(|n| n.snap.id != hb.node_id)
+            .cloned()
+            .collect();
+        Ok(Some(Assignment {
+            node: nodes[index].clone(),
+            primary,
+            others,
+            plan,
+        }))
     }
 
     async fn node_active_once(&self, hb: &Heartbeat) -> Result<Assignment> {
@@ -337,9 +446,23 @@ impl Store {
     /// Evaluate every group once (a periodic safety net for groups whose
     /// keepers are all silent).
     pub async fn evaluate_all(&self) -> Result<()> {
-        let groups = sqlx::query("SELECT DISTINCT formation, group_id FROM node")
-            .fetch_all(&self.pool)
-            .await?;
+        // Only groups where time can change a decision: a keeper quiet for
+        // half the node timeout, a node on its way to its goal, a goal that
+        // is not a steady state, PostgreSQL down or a standby not streaming.
+        // A healthy fleet costs one query.
+        let groups = sqlx::query(
+            "SELECT DISTINCT formation, group_id FROM node
+              WHERE goal_state <> 'dropped'
+                AND (reported_state <> goal_state
+                     OR goal_state NOT IN ('single', 'primary', 'secondary', 'maintenance')
+                     OR last_heartbeat IS NULL
+                     OR last_heartbeat < clock_timestamp() - make_interval(secs => $1)
+                     OR NOT pg_running
+                     OR (goal_state = 'secondary' AND NOT wal_receiver_streaming))",
+        )
+        .bind(self.settings.heartbeat_grace().as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
         for g in groups {
             let formation: String = g.get("formation");
             let group_id: i32 = g.get("group_id");
@@ -357,9 +480,15 @@ impl Store {
 
     /// Nodes to health-check: (id, host, port, current health).
     pub async fn health_targets(&self) -> Result<Vec<(i64, String, u16, Health)>> {
+        // The check matters only for a node whose keeper is quiet (the rule
+        // needs both), so nodes heartbeating on time are not probed.
         let rows = sqlx::query(
-            "SELECT node_id, host, port, health FROM node WHERE goal_state <> 'dropped'",
+            "SELECT node_id, host, port, health FROM node
+              WHERE goal_state <> 'dropped'
+                AND (health = 'unknown' OR last_heartbeat IS NULL
+                     OR last_heartbeat < clock_timestamp() - make_interval(secs => $1))",
         )
+        .bind(self.settings.heartbeat_grace().as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

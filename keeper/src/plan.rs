@@ -54,6 +54,8 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
         (S::Init, S::Single) => vec![InitDb, ConfigurePrimary, Start, SyncSlots],
         // Nothing to do until the primary lets us clone it.
         (S::Init, S::WaitStandby) => vec![],
+        // reinit: stop; the clone follows with wait_standby -> catchingup.
+        (_, S::WaitStandby) => vec![Stop],
         (S::WaitStandby, S::Catchingup) => vec![Stop, Clone, ConfigureStandby, Start],
         // The node was a primary on an older timeline (or stopped for
         // maintenance): rewind it, or clone when that fails.
@@ -100,7 +102,8 @@ pub fn steady(state: S) -> Vec<Action> {
         S::Catchingup | S::ReportLsn | S::JoinSecondary | S::FastForward | S::WaitMaintenance => {
             vec![ConfigureStandby, Start, Reload]
         }
-        S::Draining
+        S::WaitStandby
+        | S::Draining
         | S::Demoted
         | S::DemoteTimeout
         | S::PrepareMaintenance

@@ -115,6 +115,7 @@ impl Client {
             formation: formation.to_string(),
             group_id: group,
             target_node: target.unwrap_or_default().to_string(),
+            // The override of a blocked election has no CLI flag yet.
             allow_data_loss: false,
         };
         let reply = self.inner.perform_failover(request).await;
@@ -713,13 +714,13 @@ impl From<&pb::Event> for EventJson {
 
 /// One event on one line, as `show-events --follow` prints them.
 pub fn event_line(e: &pb::Event) -> String {
+    let change = format!("{} → {}", state_name(e.goal_from), state_name(e.goal_to));
     format!(
-        "{}  {:<12} reported {:<18} goal {} → {}  {}\n",
+        "{}  {:<12} {:<18} {:<38} {}\n",
         e.at,
         e.node_name,
         state_name(e.reported_state),
-        state_name(e.goal_from),
-        state_name(e.goal_to),
+        change,
         e.reason
     )
 }
@@ -740,13 +741,18 @@ pub async fn recent_events(
     count: u32,
     node: Option<&str>,
 ) -> Result<(Vec<pb::Event>, i64), CliError> {
-    let Some(name) = node else {
-        let events = client.events(formation, count).await?;
-        let last = events.last().map_or(0, |e| e.event_id);
-        return Ok((events, last));
-    };
-    let all = client.events(formation, MAX_EVENTS).await?;
+    let all = client
+        .events(formation, if node.is_some() { MAX_EVENTS } else { count })
+        .await?;
+    if all.is_empty() {
+        // ListEvents answers an unknown formation with no events; a typo
+        // should not print an empty table (or follow nothing forever).
+        client.state(formation).await?;
+    }
     let last = all.last().map_or(0, |e| e.event_id);
+    let Some(name) = node else {
+        return Ok((all, last));
+    };
     let mut mine: Vec<pb::Event> = all.into_iter().filter(|e| e.node_name == name).collect();
     if mine.is_empty() {
         // A typo would otherwise print nothing (forever, with --follow).
@@ -978,21 +984,319 @@ mod tests {
         }
     }
 
+    /// `sample()` plus a streaming standby 4 KiB behind and a stopped node.
+    fn three() -> pb::FormationState {
+        let mut s = sample();
+        s.nodes.push(pb::NodeStatus {
+            node_id: 2,
+            name: "node2".into(),
+            host: "127.0.0.1".into(),
+            port: 6002,
+            reported_state: S::Secondary.to_wire(),
+            goal_state: S::Secondary.to_wire(),
+            lsn: 0x1_0000_0010 - 4096,
+            timeline: 2,
+            health: "good".into(),
+            heartbeat_age_ms: 200,
+            pg_running: true,
+            wal_receiver_streaming: true,
+            system_identifier: 7_312_345_678_901_234_567,
+            candidate_priority: 50,
+            replication_quorum: true,
+            ..Default::default()
+        });
+        s.nodes.push(pb::NodeStatus {
+            node_id: 3,
+            name: "node3".into(),
+            host: "127.0.0.1".into(),
+            port: 6003,
+            reported_state: S::Secondary.to_wire(),
+            goal_state: S::Maintenance.to_wire(),
+            pg_running: false,
+            health: "bad".into(),
+            heartbeat_age_ms: -1,
+            waiting_reason: "waiting for node3".into(),
+            ..Default::default()
+        });
+        s
+    }
+
     #[test]
     fn table_has_every_column() {
-        let t = state_table(&sample());
-        for col in [
-            "Node",
-            "Host:Port",
-            "TLI:LSN",
-            "Reported",
-            "Goal",
-            "Health",
-            "Heartbeat",
-        ] {
+        let t = state_table(&three());
+        for col in STATE_COLUMNS {
             assert!(t.contains(col), "{t}");
         }
         assert!(t.contains("2:1/10"), "{t}");
+        assert!(t.contains("read-write") && t.contains("read-only"), "{t}");
+        assert!(t.contains("4.0 KiB") && t.contains("→ maintenance"), "{t}");
+        assert!(t.contains("waiting: waiting for node3"), "{t}");
+    }
+
+    #[test]
+    fn connection_follows_state_and_postgres() {
+        let node = |state: S, running: bool| pb::NodeStatus {
+            reported_state: state.to_wire(),
+            pg_running: running,
+            ..Default::default()
+        };
+        for s in [
+            S::Single,
+            S::WaitPrimary,
+            S::Primary,
+            S::JoinPrimary,
+            S::ApplySettings,
+        ] {
+            assert_eq!(connection(&node(s, true)), Connection::ReadWrite, "{s}");
+            assert_eq!(connection(&node(s, false)), Connection::Down, "{s}");
+        }
+        for s in [S::Secondary, S::Catchingup, S::ReportLsn, S::WaitStandby] {
+            assert_eq!(connection(&node(s, true)), Connection::ReadOnly, "{s}");
+            assert_eq!(connection(&node(s, false)), Connection::Down, "{s}");
+        }
+        for s in [
+            S::Init,
+            S::Draining,
+            S::Demoted,
+            S::DemoteTimeout,
+            S::Dropped,
+        ] {
+            assert_eq!(connection(&node(s, true)), Connection::Down, "{s}");
+        }
+        assert_eq!(connection(&pb::NodeStatus::default()), Connection::Down);
+    }
+
+    #[test]
+    fn lag_is_for_serving_standbys_only() {
+        let s = three();
+        assert_eq!(lag_bytes(&s, &s.nodes[0]), None, "the primary");
+        assert_eq!(lag_bytes(&s, &s.nodes[1]), Some(4096));
+        assert_eq!(lag_bytes(&s, &s.nodes[2]), None, "a stopped node");
+        // A standby ahead of a stale primary report is not behind.
+        let mut ahead = s.clone();
+        ahead.nodes[1].lsn = ahead.nodes[0].lsn + 10;
+        assert_eq!(lag_bytes(&ahead, &ahead.nodes[1]), Some(0));
+        // No primary: no lag.
+        let mut headless = s.clone();
+        headless.nodes[0].pg_running = false;
+        assert_eq!(lag_bytes(&headless, &headless.nodes[1]), None);
+        // Another group's primary does not count.
+        let mut other = s;
+        other.nodes[1].group_id = 1;
+        assert_eq!(lag_bytes(&other, &other.nodes[1]), None);
+    }
+
+    #[test]
+    fn bytes_for_people() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(16 << 20), "16.0 MiB");
+        assert_eq!(format_bytes(3 << 40), "3.0 TiB");
+    }
+
+    #[test]
+    fn nodes_table_and_node_detail_show_every_field() {
+        let s = three();
+        let t = nodes_table(&s);
+        for col in NODES_COLUMNS {
+            assert!(t.contains(col), "{t}");
+        }
+        assert!(t.contains("7312345678901234567"), "{t}");
+        let d = node_detail(&s, &s.nodes[1]);
+        for line in [
+            "name:               node2",
+            "system identifier:  7312345678901234567",
+            "candidate priority: 50",
+            "replication quorum: true",
+            "connection:         read-only",
+            "lag:                4.0 KiB (4096 bytes)",
+            "streaming:          yes",
+            "lsn:                0/FFFFF010",
+        ] {
+            assert!(d.lines().any(|l| l == line), "{line:?} not in\n{d}");
+        }
+        assert_eq!(d.lines().count(), 19, "{d}");
+    }
+
+    #[test]
+    fn unknown_node_suggests_the_closest_names() {
+        let s = three();
+        assert_eq!(find_node(&s, "node2").map(|n| n.node_id).ok(), Some(2));
+        let e = find_node(&s, "nod2").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            e.to_string(),
+            r#"formation default has no node named "nod2": did you mean node2?"#
+        );
+        let e = find_node(&s, "node").unwrap_err().to_string();
+        assert!(e.ends_with("did you mean node1 or node2 or node3?"), "{e}");
+        let e = find_node(&s, "database-server").unwrap_err().to_string();
+        assert!(e.ends_with("its nodes are node1, node2, node3"), "{e}");
+    }
+
+    #[test]
+    fn tls_options_are_refused_for_now() {
+        assert!(check_tls("http://127.0.0.1:7430", false).is_ok());
+        let e = check_tls("http://127.0.0.1:7430", true).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.to_string(), "TLS options need an https:// monitor URL");
+        for tls in [false, true] {
+            let e = check_tls("HTTPS://monitor:7430", tls).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert_eq!(
+                e.to_string(),
+                "TLS is not supported by this monitor version yet"
+            );
+        }
+    }
+
+    /// Check `value` against the subset of JSON Schema the documented
+    /// schema uses: local `$ref`, `type`, `enum`, `required`, `properties`,
+    /// `additionalProperties: false`, `items`, `minimum`, `maximum`.
+    fn check(
+        value: &serde_json::Value,
+        schema: &serde_json::Value,
+        root: &serde_json::Value,
+        at: &str,
+    ) -> Vec<String> {
+        use serde_json::Value;
+        let mut errors = Vec::new();
+        let schema = match schema.get("$ref").and_then(Value::as_str) {
+            Some(r) => {
+                let path = r.strip_prefix('#').expect("local $ref");
+                let target = root
+                    .pointer(path)
+                    .unwrap_or_else(|| panic!("$ref {r} resolves"));
+                errors.extend(check(value, target, root, at));
+                schema
+            }
+            None => schema,
+        };
+        if let Some(types) = schema.get("type") {
+            let types: Vec<&str> = match types {
+                Value::String(t) => vec![t.as_str()],
+                Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+                other => panic!("bad type {other} at {at}"),
+            };
+            let fits = |t: &str| match t {
+                "object" => value.is_object(),
+                "array" => value.is_array(),
+                "string" => value.is_string(),
+                "boolean" => value.is_boolean(),
+                "null" => value.is_null(),
+                "integer" => value.is_i64() || value.is_u64(),
+                "number" => value.is_number(),
+                other => panic!("unknown type {other} at {at}"),
+            };
+            if !types.iter().any(|t| fits(t)) {
+                errors.push(format!("{at}: {value} is not of type {types:?}"));
+            }
+        }
+        if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+            if !allowed.contains(value) {
+                errors.push(format!("{at}: {value} is not one of {allowed:?}"));
+            }
+        }
+        if let Some(n) = value.as_f64() {
+            if schema
+                .get("minimum")
+                .and_then(Value::as_f64)
+                .is_some_and(|m| n < m)
+            {
+                errors.push(format!("{at}: {n} is below the minimum"));
+            }
+            if schema
+                .get("maximum")
+                .and_then(Value::as_f64)
+                .is_some_and(|m| n > m)
+            {
+                errors.push(format!("{at}: {n} is above the maximum"));
+            }
+        }
+        if let Some(object) = value.as_object() {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            for key in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let key = key.as_str().expect("required names are strings");
+                if !object.contains_key(key) {
+                    errors.push(format!("{at}: required key {key:?} is missing"));
+                }
+            }
+            for (key, v) in object {
+                match properties.and_then(|p| p.get(key)) {
+                    Some(sub) => errors.extend(check(v, sub, root, &format!("{at}.{key}"))),
+                    None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                        errors.push(format!("{at}: key {key:?} is not in the schema"))
+                    }
+                    None => {}
+                }
+            }
+        }
+        if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+            for (i, v) in array.iter().enumerate() {
+                errors.extend(check(v, items, root, &format!("{at}[{i}]")));
+            }
+        }
+        errors
+    }
+
+    fn schema() -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/show-state.schema.json"
+        );
+        let text = std::fs::read_to_string(path).expect("docs/show-state.schema.json is readable");
+        serde_json::from_str(&text).expect("docs/show-state.schema.json is JSON")
+    }
+
+    #[test]
+    fn state_json_matches_the_documented_schema() {
+        let schema = schema();
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        let doc = serde_json::to_value(StateJson::from(&three())).unwrap();
+        let errors = check(&doc, &schema, &schema, "$");
+        assert!(errors.is_empty(), "{errors:#?}\n{doc:#}");
+        // Every documented node key is produced, and nothing else: required
+        // equals the properties (null is how a value is absent).
+        let node = &schema["$defs"]["node"];
+        let mut required: Vec<&str> = node["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let mut properties: Vec<&str> = node["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        required.sort();
+        properties.sort();
+        assert_eq!(required, properties);
+    }
+
+    #[test]
+    fn the_schema_check_catches_drift() {
+        let schema = schema();
+        let mut doc = serde_json::to_value(StateJson::from(&three())).unwrap();
+        doc["nodes"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("connection");
+        doc["nodes"][1]["lag_bytes"] = "4096".into();
+        doc["nodes"][2]["connection"] = "maybe".into();
+        doc["nodes"][2]["colour"] = "blue".into();
+        let errors = check(&doc, &schema, &schema, "$");
+        assert_eq!(errors.len(), 4, "{errors:#?}");
     }
 
     #[test]

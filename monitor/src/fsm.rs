@@ -197,6 +197,7 @@ pub enum Reason {
     MaintenanceOfPrimary,
     MaintenanceOver,
     Dropped,
+    Reinit,
 }
 
 /// A planned hand-over of the primary: it stops, then a standby is promoted.
@@ -307,6 +308,10 @@ impl fmt::Display for Reason {
                 write!(f, "maintenance over: catch up with the primary again")
             }
             Reason::Dropped => write!(f, "dropped by the operator"),
+            Reason::Reinit => write!(
+                f,
+                "reinit requested: stop, then rebuild from a fresh clone of the primary"
+            ),
         }
     }
 }

@@ -12,6 +12,8 @@ use pgpilot_proto::ReplicationState as S;
 ///
 /// Exit codes: 0 ok, 1 operation failed or timed out, 2 usage or invalid
 /// input, 3 monitor unreachable.
+///
+/// Example: pgpilot-monitor show-state --monitor http://10.0.0.5:7430
 #[derive(Parser)]
 #[command(name = "pgpilot-monitor", version)]
 struct Args {
@@ -26,6 +28,18 @@ struct Args {
     /// Formation to act on.
     #[arg(long, global = true, default_value = "default")]
     formation: String,
+    /// CA certificate to verify the monitor with (needs an https:// URL; not
+    /// supported by this version yet).
+    #[arg(long, global = true, env = "PGPILOT_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate to present to the monitor (needs an https:// URL;
+    /// not supported by this version yet).
+    #[arg(long, global = true, env = "PGPILOT_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (needs an https:// URL; not supported by this
+    /// version yet).
+    #[arg(long, global = true, env = "PGPILOT_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,11 +63,47 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
-    /// Show every node: address, timeline:LSN, reported and goal state, health, heartbeat age.
+    /// Show every node: address, timeline:LSN, connection, lag, reported and
+    /// goal state, PostgreSQL, health, heartbeat age.
     ///
-    /// Example: pgpilot-monitor show-state --json
+    /// Connection is read-write (a writable primary state with PostgreSQL
+    /// running), read-only (a running standby) or down. Lag is how far a
+    /// read-only standby is behind the LSN the primary last reported.
+    ///
+    /// Example: pgpilot-monitor show-state --watch 1s
     ShowState {
-        /// Print JSON (the `StateJson` shape) instead of a table.
+        /// Print JSON (the shape of docs/show-state.schema.json) instead of a table.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Redraw the table every INTERVAL (default 2s) until Ctrl-C.
+        #[arg(
+            long,
+            value_name = "INTERVAL",
+            num_args = 0..=1,
+            default_missing_value = "2s",
+            value_parser = parse_interval
+        )]
+        watch: Option<Duration>,
+    },
+    /// Show every node, one row each, with every field the monitor knows.
+    ///
+    /// Columns: id, name, host:port, group, system identifier, candidate
+    /// priority, replication quorum, reported and goal state, PostgreSQL,
+    /// connection, health, heartbeat age, timeline:LSN, streaming.
+    ///
+    /// Example: pgpilot-monitor show-nodes --json
+    ShowNodes {
+        /// Print a JSON array of nodes (the `nodes` items of show-state --json).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one node, one `key: value` line per field.
+    ///
+    /// Example: pgpilot-monitor show-node node2
+    ShowNode {
+        /// Node name.
+        node: String,
+        /// Print the node as JSON (a `nodes` item of show-state --json).
         #[arg(long)]
         json: bool,
     },
@@ -68,12 +118,19 @@ enum Command {
     },
     /// Show the latest goal changes with their reasons.
     ///
-    /// Example: pgpilot-monitor show-events --count 50
+    /// Example: pgpilot-monitor show-events --follow --node node1
     ShowEvents {
-        /// How many events.
-        #[arg(long, default_value_t = 20)]
+        /// How many events (the latest; with --follow, before following).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         count: u32,
-        /// Print JSON instead of a table.
+        /// Only the events of this node.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// Keep printing new events as they happen (checked every second),
+        /// one per line, until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON instead of a table (with --follow: one object per line).
         #[arg(long)]
         json: bool,
     },
@@ -207,7 +264,13 @@ async fn main() -> ExitCode {
             init_logs(log_format);
             return run(config).await;
         }
-        command => operator(&args.monitor, &args.formation, command).await,
+        command => {
+            let tls = args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_key.is_some();
+            match cli::check_tls(&args.monitor, tls) {
+                Ok(()) => operator(&args.monitor, &args.formation, command).await,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -262,39 +325,57 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
     let mut client = Client::connect(monitor).await?;
     match command {
         Command::Run { .. } => unreachable!("handled in main"),
-        Command::ShowState { json } => {
-            let state = client.state(formation).await?;
-            if json {
-                let j = cli::StateJson::from(&state);
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&j).expect("serializable")
-                );
+        Command::ShowState { json, watch } => {
+            if let Some(interval) = watch {
+                cli::until_interrupted(cli::watch_state(&mut client, formation, interval)).await?;
+            } else if json {
+                let state = client.state(formation).await?;
+                print_json(&cli::StateJson::from(&state));
             } else {
+                let state = client.state(formation).await?;
                 print!("{}", cli::state_table(&state));
             }
         }
-        Command::ShowEvents { count, json } => {
-            let events = client.events(formation, count).await?;
+        Command::ShowNodes { json } => {
+            let state = client.state(formation).await?;
             if json {
-                let rows: Vec<serde_json::Value> = events
+                let nodes: Vec<_> = state
+                    .nodes
                     .iter()
-                    .map(|e| {
-                        serde_json::json!({
-                            "event_id": e.event_id, "at": e.at, "formation": e.formation,
-                            "group_id": e.group_id, "node_id": e.node_id, "node_name": e.node_name,
-                            "reported_state": state_str(e.reported_state),
-                            "goal_from": state_str(e.goal_from), "goal_to": state_str(e.goal_to),
-                            "reason": e.reason,
-                        })
-                    })
+                    .map(|n| cli::NodeJson::new(&state, n))
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).expect("serializable")
-                );
+                print_json(&nodes);
             } else {
-                println!("{}", cli::events_table(&events));
+                print!("{}", cli::nodes_table(&state));
+            }
+        }
+        Command::ShowNode { node, json } => {
+            let state = client.state(formation).await?;
+            let n = cli::find_node(&state, &node)?;
+            if json {
+                print_json(&cli::NodeJson::new(&state, n));
+            } else {
+                print!("{}", cli::node_detail(&state, n));
+            }
+        }
+        Command::ShowEvents {
+            count,
+            node,
+            follow,
+            json,
+        } => {
+            if follow {
+                let work = cli::follow_events(&mut client, formation, count, node.as_deref(), json);
+                cli::until_interrupted(work).await?;
+            } else {
+                let (events, _) =
+                    cli::recent_events(&mut client, formation, count, node.as_deref()).await?;
+                if json {
+                    let rows: Vec<cli::EventJson> = events.iter().map(Into::into).collect();
+                    print_json(&rows);
+                } else {
+                    println!("{}", cli::events_table(&events));
+                }
             }
         }
         Command::ShowSettings { json } => {
@@ -403,6 +484,15 @@ async fn finish(
     Ok(())
 }
 
+/// A --watch interval: human-readable ("2s", "500ms"), at least 100ms.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{text} is too short: use at least 100ms"));
+    }
+    Ok(d)
+}
+
 /// Planned failover or switchover (to `target` when named).
 async fn hand_over(
     client: &mut Client,
@@ -427,8 +517,66 @@ async fn hand_over(
     .await
 }
 
-fn state_str(v: i32) -> String {
-    pgpilot_proto::ReplicationState::from_wire(v)
-        .map(|s| s.to_string())
-        .unwrap_or_default()
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn arguments_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    /// Every subcommand's --help ends with an example of its use.
+    #[test]
+    fn every_command_has_an_example() {
+        let mut command = Args::command();
+        command.build();
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            let help = sub
+                .get_long_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let example = format!("Example: pgpilot-monitor {}", sub.get_name());
+            let uri_example = sub.get_name() == "show-uri" && help.contains("Example: psql");
+            assert!(
+                help.contains(&example) || uri_example,
+                "`{} --help` has no example:\n{help}",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn watch_takes_an_optional_interval() {
+        let watch = |args: &[&str]| match Args::try_parse_from(args).map(|a| a.command) {
+            Ok(Command::ShowState { watch, .. }) => Ok(watch),
+            Ok(_) => panic!("not show-state"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(watch(&["m", "show-state"]), Ok(None));
+        assert_eq!(
+            watch(&["m", "show-state", "--watch"]),
+            Ok(Some(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            watch(&["m", "show-state", "--watch", "500ms"]),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(
+            watch(&["m", "show-state", "--watch", "1ms"]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            watch(&["m", "show-state", "--watch", "--json"]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
+        );
+    }
 }

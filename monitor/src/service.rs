@@ -354,4 +354,17 @@ impl Monitor for MonitorService {
         tracing::info!(%formation, node = %r.node, "{message}");
         Ok(Response::new(pb::OperationReply { message }))
     }
+
+    async fn reinit_node(
+        &self,
+        request: Request<pb::ReinitNodeRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        valid_name("node name", &r.node)?;
+        let message = self.store.reinit_node(&formation, &r.node).await?;
+        tracing::info!(%formation, node = %r.node, "{message}");
+        Ok(Response::new(pb::OperationReply { message }))
+    }
 }

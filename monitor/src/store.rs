@@ -842,6 +842,65 @@ impl Store {
         .await
     }
 
+    /// Rebuild a standby from a fresh clone of the primary (its data
+    /// directory is lost or diverged): back to wait_standby, after which the
+    /// usual rules clone it.
+    pub async fn reinit_node(&self, formation: &str, name: &str) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (nodes, _, f) = self.lock_named_group(&mut tx, formation, name).await?;
+            let node = find_by_name(&nodes, name)?;
+            if node.snap.goal.is_writable_primary() || is_handing_over_goal(node.snap.goal) {
+                return Err(Error::FailedPrecondition(format!(
+                    "{name} is the primary: run perform-failover first, then reinit it as a standby"
+                )));
+            }
+            if !matches!(
+                node.snap.goal,
+                S::Secondary | S::Catchingup | S::Maintenance | S::Demoted
+            ) {
+                return Err(Error::FailedPrecondition(format!(
+                    "{name} is {} (goal {}): reinit applies to a secondary, catchingup, demoted or maintenance node; wait until the group settles",
+                    node.snap.reported, node.snap.goal
+                )));
+            }
+            if !nodes
+                .iter()
+                .any(|n| n.snap.goal.is_writable_primary() && n.snap.reported == n.snap.goal)
+            {
+                return Err(Error::FailedPrecondition(
+                    "the group has no settled primary to clone from: wait until show-state shows one".into(),
+                ));
+            }
+            let quorum_left = nodes
+                .iter()
+                .filter(|n| {
+                    n.snap.id != node.snap.id
+                        && n.snap.goal == S::Secondary
+                        && n.snap.replication_quorum
+                })
+                .count() as u32;
+            if f.number_sync_standbys > quorum_left {
+                return Err(Error::FailedPrecondition(format!(
+                    "reinit of {name} would leave {quorum_left} quorum standbys for number_sync_standbys = {}: writes would stop; lower number_sync_standbys first",
+                    f.number_sync_standbys
+                )));
+            }
+            let decision = Decision {
+                node_id: node.snap.id,
+                from: node.snap.goal,
+                to: S::WaitStandby,
+                reason: fsm::Reason::Reinit,
+            };
+            self.apply(&mut tx, &nodes, &[decision]).await?;
+            tx.commit().await?;
+            Ok(format!(
+                "{name} is being rebuilt: it stops, then clones the primary afresh"
+            ))
+        })
+        .await
+    }
+
     /// Remove a node: its keeper stops PostgreSQL and the row is deleted
     /// when it reports so (at once with `force`).
     pub async fn drop_node(&self, formation: &str, name: &str, force: bool) -> Result<String> {

@@ -287,6 +287,11 @@ pub const KEEPER_EDGES: &[(ReplicationState, ReplicationState)] = &[
     (S::ApplySettings, S::PrepareMaintenance),
     (S::PrepareMaintenance, S::Maintenance),
     (S::Maintenance, S::Catchingup),
+    // reinit: stop, then clone the primary afresh (wait_standby -> catchingup).
+    (S::Secondary, S::WaitStandby),
+    (S::Catchingup, S::WaitStandby),
+    (S::Maintenance, S::WaitStandby),
+    (S::Demoted, S::WaitStandby),
 ];
 
 /// Whether the keeper can walk from `reported` to `goal`.

@@ -167,6 +167,31 @@ impl Client {
         self.message(reply)
     }
 
+    /// Let an election stuck after a double fault finish (data may be lost).
+    pub async fn force_election(
+        &mut self,
+        formation: &str,
+        group: u32,
+    ) -> Result<String, CliError> {
+        let request = pb::PerformFailoverRequest {
+            formation: formation.to_string(),
+            group_id: group,
+            target_node: String::new(),
+            allow_data_loss: true,
+        };
+        let reply = self.inner.perform_failover(request).await;
+        self.message(reply)
+    }
+
+    pub async fn reinit_node(&mut self, formation: &str, node: &str) -> Result<String, CliError> {
+        let request = pb::ReinitNodeRequest {
+            formation: formation.to_string(),
+            node: node.to_string(),
+        };
+        let reply = self.inner.reinit_node(request).await;
+        self.message(reply)
+    }
+
     pub async fn drop_node(
         &mut self,
         formation: &str,

@@ -147,6 +147,11 @@ enum Command {
     ///
     /// Example: pgpilot-monitor perform-failover --timeout 60s
     PerformFailover {
+        /// Finish an election stuck after a double fault (show-state says
+        /// so), accepting that acknowledged commits only the missing
+        /// standbys had are lost. Only while such an election waits.
+        #[arg(long)]
+        allow_data_loss: bool,
         #[command(flatten)]
         op: GroupOp,
     },
@@ -220,6 +225,15 @@ enum Command {
         /// Remove the node at once, without waiting for its keeper.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Rebuild a standby from a fresh clone of the primary (its data
+    /// directory is lost or diverged); it becomes secondary again.
+    ///
+    /// Example: pgpilot-monitor reinit node2
+    Reinit {
+        node: String,
         #[command(flatten)]
         wait: Wait,
     },
@@ -410,7 +424,31 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
             let state = client.state(formation).await?;
             println!("{}", cli::multi_host_uri(&state, &user));
         }
-        Command::PerformFailover { op } => hand_over(&mut client, formation, op, None).await?,
+        Command::PerformFailover {
+            allow_data_loss: true,
+            op,
+        } => {
+            let before = client.state(formation).await?;
+            let old = cli::primary_of(&before, op.group).map(|n| n.node_id);
+            let message = client.force_election(formation, op.group).await?;
+            finish(&mut client, formation, op.wait, &message, |s| {
+                s.nodes.iter().any(|n| {
+                    Some(n.node_id) != old && cli::settled(n, &[S::WaitPrimary, S::Primary])
+                })
+            })
+            .await?;
+        }
+        Command::PerformFailover { op, .. } => hand_over(&mut client, formation, op, None).await?,
+        Command::Reinit { node, wait } => {
+            let message = client.reinit_node(formation, &node).await?;
+            finish(&mut client, formation, wait, &message, |s| {
+                cli::converged(s)
+                    && s.nodes
+                        .iter()
+                        .any(|n| n.name == node && cli::settled(n, &[S::Secondary]))
+            })
+            .await?;
+        }
         Command::PerformSwitchover { to, op } => {
             hand_over(&mut client, formation, op, to.as_deref()).await?
         }

@@ -1084,3 +1084,86 @@ async fn slots_everywhere_and_drop_node() -> Result<()> {
     }
     Ok(())
 }
+
+/// `reinit` rebuilds a standby from a fresh clone of the primary: a file
+/// left in its data directory is gone afterwards, and it is a streaming
+/// secondary with the primary's rows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinit_rebuilds_a_standby() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    cluster
+        .psql(
+            "node1",
+            "CREATE TABLE reinit_check(id int); INSERT INTO reinit_check VALUES (7)",
+        )
+        .await?;
+    let marker = cluster.pgdata("node2")?.join("pgpilot-test-marker");
+    std::fs::write(&marker, "left by the test").context("writing the marker")?;
+
+    cli_refused(&cluster, &["reinit", "node1"], Some(1), &["primary"]).await?;
+    let out = cli_ok(&cluster, &["reinit", "node2"]).await?;
+    assert!(out.contains("done"), "{out}");
+    assert!(
+        !marker.exists(),
+        "node2's data directory was not replaced by a clone"
+    );
+    let state = cluster.wait_healthy(SHORT_TIMEOUT).await?;
+    assert!(state.node("node2").is_some_and(|n| n.settled_in(SECONDARY)));
+    pgpilot_tests::poll_until(SHORT_TIMEOUT, "the row on the rebuilt node2", || async {
+        let out = cluster
+            .psql("node2", "SELECT count(*) FROM reinit_check")
+            .await;
+        Ok(out.ok().filter(|o| o.trim() == "1").map(|_| ()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// A double fault: a quorum standby and the primary die together. The
+/// election cannot prove the old primary stopped (the dead standby may
+/// still stream from it), so it waits, says why in show-state and in an
+/// event, and finishes only when the operator accepts the risk with
+/// `perform-failover --allow-data-loss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_fault_waits_until_forced() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(3)).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    cli_refused(
+        &cluster,
+        &["perform-failover", "--allow-data-loss"],
+        Some(1),
+        &["no election is stuck"],
+    )
+    .await?;
+    cluster.kill_node_hard("node3")?;
+    cluster.kill_node_hard("node1")?;
+    let stuck = cluster
+        .wait_state(FAILOVER_TIMEOUT, "the election to say it is stuck", |s| {
+            s.nodes
+                .iter()
+                .any(|n| n.waiting_reason.contains("election stuck"))
+        })
+        .await?;
+    assert!(
+        !stuck.node("node2").is_some_and(|n| n.settled_in(PRIMARY)),
+        "node2 promoted without proof:\n{}",
+        stuck.table()
+    );
+    let events = events_json(&cluster).await?;
+    assert!(
+        events.iter().any(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("election stuck"))),
+        "no event says the election is stuck: {events:?}"
+    );
+    let out = cli_ok(&cluster, &["perform-failover", "--allow-data-loss"]).await?;
+    assert!(out.contains("forced"), "{out}");
+    cluster
+        .wait_state(FAILOVER_TIMEOUT, "node2 to be the writable primary", |s| {
+            s.node("node2")
+                .is_some_and(|n| n.reports_writable_primary())
+        })
+        .await?;
+    Ok(())
+}

@@ -633,10 +633,16 @@ impl Store {
             }));
             self.apply(&mut tx, &nodes, &decisions).await?;
             tx.commit().await?;
-            Ok(format!(
-                "planned failover started: {} stops taking writes, then a secondary is promoted",
-                primary.snap.name
-            ))
+            Ok(match target {
+                None => format!(
+                    "planned failover started: {} stops taking writes, then a secondary is promoted",
+                    primary.snap.name
+                ),
+                Some(to) => format!(
+                    "planned switchover to {to} started: {} stops taking writes, then {to} is promoted",
+                    primary.snap.name
+                ),
+            })
         })
         .await
     }

@@ -1,7 +1,10 @@
 //! gRPC handlers: validate input, call the store, map errors. No SQL and no
 //! state-machine logic here.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use pgpilot_proto::pb::{self, monitor_server::Monitor};
 use pgpilot_proto::ReplicationState as S;
@@ -13,11 +16,20 @@ use crate::store::{Heartbeat, Registration, Store, StoredNode};
 
 pub struct MonitorService {
     store: Store,
+    /// Heartbeats being handled at once; beyond it the monitor sheds load.
+    in_flight: Arc<Semaphore>,
 }
+
+/// Heartbeats handled at once (a few per database connection): more would
+/// only queue for a connection past the keepers' RPC timeout.
+const MAX_HEARTBEATS_IN_FLIGHT: usize = 64;
 
 impl MonitorService {
     pub fn new(store: Store) -> Self {
-        MonitorService { store }
+        MonitorService {
+            store,
+            in_flight: Arc::new(Semaphore::new(MAX_HEARTBEATS_IN_FLIGHT)),
+        }
     }
 }
 
@@ -132,7 +144,23 @@ impl Monitor for MonitorService {
             system_identifier: r.system_identifier,
             timings: timings(r.timings)?,
         };
-        let a = self.store.node_active(&hb).await?;
+        // Over capacity: say so at once; the keeper retries on its next loop.
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            return Err(Status::unavailable(
+                "the monitor is overloaded: heartbeat shed, retry on the next loop",
+            ));
+        };
+        // The database work runs in its own task: a keeper that gives up
+        // (RPC timeout) must not cut a transaction in half, which would
+        // throw the pooled connection away and feed an overload.
+        let store = self.store.clone();
+        let a = tokio::spawn(async move {
+            let result = store.node_active(&hb).await;
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| Status::internal(format!("heartbeat task failed: {e}")))??;
         Ok(Response::new(pb::NodeActiveReply {
             goal_state: a.node.snap.goal.to_wire(),
             primary: a.primary.as_ref().map(address),

@@ -60,6 +60,9 @@ pub struct ClusterOptions {
     /// Start node1 alone and wait until it is a writable primary before
     /// starting the others (so node1 is the first primary).
     pub first_node_alone: bool,
+    /// Extra `name=value` settings of the monitor's own PostgreSQL, each
+    /// passed as `-c name=value` (e.g. `shared_preload_libraries=pg_stat_statements`).
+    pub monitor_db_settings: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -72,6 +75,7 @@ impl Default for ClusterOptions {
             node_timeout: None,
             health_check_interval: None,
             first_node_alone: true,
+            monitor_db_settings: Vec::new(),
         }
     }
 }
@@ -215,7 +219,7 @@ impl Cluster {
     }
 
     async fn boot(&mut self, opts: &ClusterOptions) -> Result<()> {
-        self.start_monitor_db().await?;
+        self.start_monitor_db(&opts.monitor_db_settings).await?;
         self.start_monitor(opts).await?;
         for i in 1..=opts.nodes {
             self.add_node(i, opts)?;
@@ -242,7 +246,7 @@ impl Cluster {
 
     // ---- the monitor's own PostgreSQL -------------------------------------
 
-    async fn start_monitor_db(&mut self) -> Result<()> {
+    async fn start_monitor_db(&mut self, settings: &[String]) -> Result<()> {
         let dir = self.root.join("monitor-db");
         self.tools.make_dir(&dir)?;
         let pgdata = self.monitor_db_pgdata.clone();
@@ -279,8 +283,12 @@ impl Cluster {
                 .args(["-w", "-t", "60", "-o"])
                 .arg(format!(
                     "-c listen_addresses=127.0.0.1 -c port={port} \
-                     -c unix_socket_directories='{}' -c fsync=off -c full_page_writes=off",
-                    dir.display()
+                     -c unix_socket_directories='{}' -c fsync=off -c full_page_writes=off{}",
+                    dir.display(),
+                    settings
+                        .iter()
+                        .map(|setting| format!(" -c {setting}"))
+                        .collect::<String>()
                 ))
                 .arg("start")
                 .stdin(Stdio::null());
@@ -495,6 +503,24 @@ impl Cluster {
 
     pub fn monitor_url(&self) -> &str {
         &self.monitor_url
+    }
+
+    /// Process id of the running `pgpilot-monitor` (None once stopped).
+    pub fn monitor_pid(&self) -> Option<u32> {
+        lock(&self.monitor).as_ref().map(Child::id)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/pgpilot`: the monitor's own database.
+    pub fn monitor_database_url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/pgpilot",
+            self.monitor_db_port
+        )
+    }
+
+    /// PGDATA of the monitor's own PostgreSQL (its `postmaster.pid` is there).
+    pub fn monitor_db_pgdata(&self) -> &Path {
+        &self.monitor_db_pgdata
     }
 
     pub fn tools(&self) -> &Tools {

@@ -96,9 +96,10 @@ pub struct MachineSettings {
 }
 
 impl MachineSettings {
-    /// A keeper quiet this long counts as possibly gone: its group is
-    /// re-evaluated on every tick and the monitor checks its PostgreSQL.
-    /// Half the node timeout, so the check has run by the time it matters.
+    /// A keeper quiet this long beyond its own heartbeat interval counts as
+    /// possibly gone: its group is re-evaluated on every tick and the
+    /// monitor checks its PostgreSQL. Half the node timeout, so the check
+    /// has run by the time it matters.
     pub fn heartbeat_grace(&self) -> Duration {
         self.node_timeout / 2
     }
@@ -249,6 +250,7 @@ impl Store {
                     AND heartbeat_interval_ms = $8 AND fence_timeout_ms = $9
                     AND wal_sender_timeout_ms = $10
                     AND last_heartbeat > clock_timestamp() - make_interval(secs => $11)
+                                         - make_interval(secs => heartbeat_interval_ms / 1000.0)
                  RETURNING formation, group_id
              )
              SELECT n.*, f.number_sync_standbys, f.election_forced_at, clock_timestamp() AS now
@@ -291,9 +293,10 @@ impl Store {
                     n.snap.goal,
                     S::Single | S::Primary | S::Secondary | S::Maintenance
                 )
-                && n.snap
-                    .last_heartbeat
-                    .is_some_and(|t| (now - t).to_std().unwrap_or_default() <= grace)
+                && n.snap.last_heartbeat.is_some_and(|t| {
+                    (now - t).to_std().unwrap_or_default()
+                        <= grace + n.snap.timings.heartbeat_interval
+                })
         });
         if !settled {
             return Ok(None);
@@ -456,7 +459,7 @@ impl Store {
                 AND (reported_state <> goal_state
                      OR goal_state NOT IN ('single', 'primary', 'secondary', 'maintenance')
                      OR last_heartbeat IS NULL
-                     OR last_heartbeat < clock_timestamp() - make_interval(secs => $1)
+                     OR last_heartbeat < clock_timestamp() - make_interval(secs => $1) - make_interval(secs => heartbeat_interval_ms / 1000.0)
                      OR NOT pg_running
                      OR (goal_state = 'secondary' AND NOT wal_receiver_streaming))",
         )
@@ -486,7 +489,7 @@ impl Store {
             "SELECT node_id, host, port, health FROM node
               WHERE goal_state <> 'dropped'
                 AND (health = 'unknown' OR last_heartbeat IS NULL
-                     OR last_heartbeat < clock_timestamp() - make_interval(secs => $1))",
+                     OR last_heartbeat < clock_timestamp() - make_interval(secs => $1) - make_interval(secs => heartbeat_interval_ms / 1000.0))",
         )
         .bind(self.settings.heartbeat_grace().as_secs_f64())
         .fetch_all(&self.pool)

@@ -669,14 +669,17 @@ pub fn settings_table(s: &pb::FormationState) -> String {
 }
 
 /// The multi-host connection string that always reaches the writable primary.
-pub fn multi_host_uri(s: &pb::FormationState, user: &str) -> String {
+/// With `read_only`, the variant for reads: libpq prefers a standby and
+/// falls back to the primary (`target_session_attrs=prefer-standby`).
+pub fn multi_host_uri(s: &pb::FormationState, user: &str, read_only: bool) -> String {
     let hosts: Vec<String> = s
         .nodes
         .iter()
         .map(|n| format!("{}:{}", n.host, n.port))
         .collect();
+    let attrs = if read_only { "prefer-standby" } else { "read-write" };
     format!(
-        "postgresql://{user}@{}/postgres?target_session_attrs=read-write",
+        "postgresql://{user}@{}/postgres?target_session_attrs={attrs}",
         hosts.join(",")
     )
 }
@@ -1342,8 +1345,9 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            multi_host_uri(&s, "postgres"),
+            multi_host_uri(&s, "postgres", false),
             "postgresql://postgres@127.0.0.1:6001,127.0.0.1:6002/postgres?target_session_attrs=read-write"
         );
+        assert!(multi_host_uri(&s, "postgres", true).ends_with("target_session_attrs=prefer-standby"));
     }
 }

@@ -141,6 +141,9 @@ enum Command {
         /// PostgreSQL user in the URI.
         #[arg(long, default_value = "postgres")]
         user: String,
+        /// The variant for reads: prefer a standby, fall back to the primary.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Planned failover: the primary stops taking writes, the best secondary
     /// is promoted, and the old primary rejoins as a secondary.
@@ -420,9 +423,9 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
                 print!("{}", cli::settings_table(&state));
             }
         }
-        Command::ShowUri { user } => {
+        Command::ShowUri { user, read_only } => {
             let state = client.state(formation).await?;
-            println!("{}", cli::multi_host_uri(&state, &user));
+            println!("{}", cli::multi_host_uri(&state, &user, read_only));
         }
         Command::PerformFailover {
             allow_data_loss: true,

@@ -1167,3 +1167,39 @@ async fn double_fault_waits_until_forced() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// A planned failover needs a healthy candidate: with the only standby
+/// gone, `perform-failover` is refused with the reason and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_without_a_candidate_is_refused() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    cluster.kill_node_hard("node2")?;
+    cluster
+        .wait_state(
+            FAILOVER_TIMEOUT,
+            "node2 out of secondary and node1 settled in wait_primary",
+            |s| {
+                s.node("node2").is_some_and(|n| n.goal() != Some(SECONDARY))
+                    && s.node("node1")
+                        .is_some_and(|n| n.settled_in(ReplicationState::WaitPrimary))
+            },
+        )
+        .await?;
+    cli_refused(
+        &cluster,
+        &["perform-failover"],
+        Some(1),
+        &["no healthy secondary"],
+    )
+    .await?;
+    let state = cluster.state().await?;
+    assert!(
+        state
+            .node("node1")
+            .is_some_and(|n| n.reports_writable_primary()),
+        "node1 must stay the primary:\n{}",
+        state.table()
+    );
+    Ok(())
+}

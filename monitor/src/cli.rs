@@ -677,7 +677,11 @@ pub fn multi_host_uri(s: &pb::FormationState, user: &str, read_only: bool) -> St
         .iter()
         .map(|n| format!("{}:{}", n.host, n.port))
         .collect();
-    let attrs = if read_only { "prefer-standby" } else { "read-write" };
+    let attrs = if read_only {
+        "prefer-standby"
+    } else {
+        "read-write"
+    };
     format!(
         "postgresql://{user}@{}/postgres?target_session_attrs={attrs}",
         hosts.join(",")
@@ -1348,6 +1352,8 @@ mod tests {
             multi_host_uri(&s, "postgres", false),
             "postgresql://postgres@127.0.0.1:6001,127.0.0.1:6002/postgres?target_session_attrs=read-write"
         );
-        assert!(multi_host_uri(&s, "postgres", true).ends_with("target_session_attrs=prefer-standby"));
+        assert!(
+            multi_host_uri(&s, "postgres", true).ends_with("target_session_attrs=prefer-standby")
+        );
     }
 }

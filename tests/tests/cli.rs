@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use pgpilot_tests::operator::{cli, cli_json, cli_ok, describe};
 use pgpilot_tests::process::free_port;
 use pgpilot_tests::{Cluster, ClusterOptions, FormationStateExt, Tools};
 use serde_json::Value;
@@ -59,47 +60,6 @@ const NODES_COLUMNS: [&str; 15] = [
 ];
 
 // ---- helpers -----------------------------------------------------------------
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit status: {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// `pgpilot-monitor <args> --monitor <this cluster's monitor>`, any exit status.
-async fn cli(cluster: &Cluster, args: &[&str]) -> Result<Output> {
-    let mut all = args.to_vec();
-    all.extend(["--monitor", cluster.monitor_url()]);
-    cluster.run_cli(&all).await
-}
-
-/// An operator command that must succeed; returns its stdout.
-async fn cli_ok(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let output = cli(cluster, args).await?;
-    if !output.status.success() {
-        return Err(cluster
-            .failure(format!(
-                "pgpilot-monitor {} failed:\n{}",
-                args.join(" "),
-                describe(&output)
-            ))
-            .await);
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-async fn cli_json(cluster: &Cluster, args: &[&str]) -> Result<Value> {
-    let stdout = cli_ok(cluster, args).await?;
-    serde_json::from_str(&stdout).with_context(|| {
-        format!(
-            "parsing the JSON of pgpilot-monitor {}: {stdout}",
-            args.join(" ")
-        )
-    })
-}
 
 /// `pgpilot-monitor <args>` without a cluster, killed past [`QUICK_TIMEOUT`].
 async fn run_alone(tools: &Tools, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {

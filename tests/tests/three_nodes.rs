@@ -6,11 +6,11 @@
 //! `pgpilot-monitor` and `pgpilot-keeper`) and PostgreSQL's server programs.
 
 use std::collections::BTreeSet;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::Signal;
+use pgpilot_tests::operator::{cli_json, cli_ok, cli_refused};
 use pgpilot_tests::process::{self, children_of, postmaster_pid};
 use pgpilot_tests::wait::POLL_INTERVAL;
 use pgpilot_tests::{
@@ -66,81 +66,7 @@ async fn wait_ack_after(
         .map_err(|err| err.context(format!("writer errors:\n{}", writer.recent_errors(15))))
 }
 
-fn describe(output: &Output) -> String {
-    format!(
-        "exit status: {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// `pgpilot-monitor <args> --monitor <this cluster's monitor>`, any exit status.
-async fn cli(cluster: &Cluster, args: &[&str]) -> Result<Output> {
-    let mut all = args.to_vec();
-    all.extend(["--monitor", cluster.monitor_url()]);
-    cluster.run_cli(&all).await
-}
-
-/// An operator command that must succeed; returns its stdout.
-async fn cli_ok(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let output = cli(cluster, args).await?;
-    if !output.status.success() {
-        return Err(cluster
-            .failure(format!(
-                "pgpilot-monitor {} failed:\n{}",
-                args.join(" "),
-                describe(&output)
-            ))
-            .await);
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// An operator command that must be refused with exit `code` (any non-zero
-/// code when `None`) and a sentence on stderr containing every `needle`.
-async fn cli_refused(
-    cluster: &Cluster,
-    args: &[&str],
-    code: Option<i32>,
-    needles: &[&str],
-) -> Result<String> {
-    let output = cli(cluster, args).await?;
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-    let code_ok = match code {
-        Some(code) => output.status.code() == Some(code),
-        None => !output.status.success() && output.status.code().is_some(),
-    };
-    if !code_ok || !needles.iter().all(|n| stderr.contains(n)) {
-        return Err(cluster
-            .failure(format!(
-                "expected pgpilot-monitor {} to be refused with exit {} and a message \
-                 containing {needles:?}\n{}",
-                args.join(" "),
-                code.map_or("non-zero".to_string(), |c| c.to_string()),
-                describe(&output)
-            ))
-            .await);
-    }
-    eprintln!(
-        "refused as expected ({}): pgpilot-monitor {}: {stderr}",
-        output.status,
-        args.join(" ")
-    );
-    Ok(stderr)
-}
-
-/// An operator command printing JSON (`show-settings --json`, …).
-async fn cli_json(cluster: &Cluster, args: &[&str]) -> Result<Value> {
-    let stdout = cli_ok(cluster, args).await?;
-    serde_json::from_str(&stdout).with_context(|| {
-        format!(
-            "parsing the JSON of pgpilot-monitor {}: {stdout}",
-            args.join(" ")
-        )
-    })
-}
-
 async fn settings(cluster: &Cluster) -> Result<Value> {
     cli_json(cluster, &["show-settings", "--json"]).await
 }
@@ -1136,6 +1062,13 @@ async fn double_fault_waits_until_forced() -> Result<()> {
         &["no election is stuck"],
     )
     .await?;
+    // Freeze node1 first, so that both nodes stop at the same instant: were
+    // node1 to heartbeat after node3's loss, node3 would leave the fence
+    // set and the election would rightly not be stuck.
+    cluster.signal_keeper("node1", Signal::SIGSTOP)?;
+    if let Some(pid) = postmaster_pid(&cluster.pgdata("node1")?) {
+        process::freeze_postmaster_tree(pid);
+    }
     cluster.kill_node_hard("node3")?;
     cluster.kill_node_hard("node1")?;
     let stuck = cluster
@@ -1150,13 +1083,23 @@ async fn double_fault_waits_until_forced() -> Result<()> {
         "node2 promoted without proof:\n{}",
         stuck.table()
     );
-    let events = events_json(&cluster).await?;
-    assert!(
-        events.iter().any(|e| e["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("election stuck"))),
-        "no event says the election is stuck: {events:?}"
-    );
+    // The event is written by the monitor's next evaluation.
+    pgpilot_tests::poll_until(
+        SHORT_TIMEOUT,
+        "an event saying the election is stuck",
+        || async {
+            let events = events_json(&cluster).await?;
+            Ok(events
+                .iter()
+                .any(|e| {
+                    e["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("election stuck"))
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
     let out = cli_ok(&cluster, &["perform-failover", "--allow-data-loss"]).await?;
     assert!(out.contains("forced"), "{out}");
     cluster

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod fsm;
 pub mod health;
+pub mod names;
 pub mod service;
 pub mod store;
 

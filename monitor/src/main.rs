@@ -445,10 +445,7 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
         Command::Reinit { node, wait } => {
             let message = client.reinit_node(formation, &node).await?;
             finish(&mut client, formation, wait, &message, |s| {
-                cli::converged(s)
-                    && s.nodes
-                        .iter()
-                        .any(|n| n.name == node && cli::settled(n, &[S::Secondary]))
+                cli::converged_with(s, &node, S::Secondary)
             })
             .await?;
         }
@@ -481,20 +478,14 @@ async fn operator(monitor: &str, formation: &str, command: Command) -> Result<()
         Command::EnableMaintenance { node, wait } => {
             let message = client.set_maintenance(formation, &node, true).await?;
             finish(&mut client, formation, wait, &message, |s| {
-                cli::converged(s)
-                    && s.nodes
-                        .iter()
-                        .any(|n| n.name == node && cli::settled(n, &[S::Maintenance]))
+                cli::converged_with(s, &node, S::Maintenance)
             })
             .await?;
         }
         Command::DisableMaintenance { node, wait } => {
             let message = client.set_maintenance(formation, &node, false).await?;
             finish(&mut client, formation, wait, &message, |s| {
-                cli::converged(s)
-                    && s.nodes
-                        .iter()
-                        .any(|n| n.name == node && cli::settled(n, &[S::Secondary]))
+                cli::converged_with(s, &node, S::Secondary)
             })
             .await?;
         }

@@ -1166,41 +1166,8 @@ fn find_by_name<'a>(nodes: &'a [StoredNode], name: &str) -> Result<&'a StoredNod
 
 /// "No node named X", with the closest known names.
 fn unknown_node(formation: &str, name: &str, known: &[String]) -> Error {
-    let mut ranked: Vec<(usize, &String)> =
-        known.iter().map(|k| (edit_distance(name, k), k)).collect();
-    ranked.sort();
-    // Only the closest names, and only when they are close at all.
-    let best = ranked.first().map(|(d, _)| *d).unwrap_or(usize::MAX);
-    let close: Vec<&str> = ranked
-        .iter()
-        .filter(|(d, k)| *d == best && *d <= 2.max(k.len() / 3))
-        .take(3)
-        .map(|(_, k)| k.as_str())
-        .collect();
-    let hint = if !close.is_empty() {
-        format!(": did you mean {}?", close.join(" or "))
-    } else if known.is_empty() {
-        ": it has no nodes".to_string()
-    } else {
-        format!(": its nodes are {}", known.join(", "))
-    };
-    Error::NotFound(format!(
-        "formation {formation} has no node named {name:?}{hint}"
-    ))
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    Error::NotFound(crate::names::unknown_node(formation, name, &known))
 }
 
 /// Fold a heartbeat into the stored node, tracking since when the WAL

@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::KeeperConfig;
+use crate::http::{self, KeeperStatus, SharedStatus};
 use crate::pg::{LocalPostgres, ManagedConfig, Observation, PgError, Upstream};
 use crate::plan::{self, Action};
 use crate::state_file::{self, KeeperState};
@@ -66,6 +67,8 @@ pub struct Keeper<P: LocalPostgres> {
     client: Option<MonitorClient<Channel>>,
     instructions: Instructions,
     last_error: Option<String>,
+    /// What the HTTP server reports (state, goal, fence, heartbeat age).
+    status: SharedStatus,
 }
 
 fn application_name(node_id: i64) -> String {
@@ -92,6 +95,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             fenced: false,
             confirmed: false,
         };
+        let mut status =
+            KeeperStatus::new(&config.name, &config.formation, state.current, state.goal);
+        status.node_id = state.node_id;
         Ok(Keeper {
             config,
             pg: Arc::new(pg),
@@ -100,7 +106,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             client: None,
             instructions: Instructions::default(),
             last_error: None,
+            status: Arc::new(std::sync::Mutex::new(status)),
         })
+    }
+
+    /// The status the loop keeps up to date, for the HTTP server.
+    pub fn status(&self) -> SharedStatus {
+        self.status.clone()
     }
 
     async fn client(&mut self) -> Result<&mut MonitorClient<Channel>, KeeperError> {
@@ -161,6 +173,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                     self.state.formation = reply.formation;
                     self.state.goal = goal;
                     state_file::save(&self.config.state_file(), &mut self.state)?;
+                    {
+                        let mut status = http::lock(&self.status);
+                        status.node_id = Some(reply.node_id);
+                        status.formation = self.state.formation.clone();
+                        status.set_goal(goal, Instant::now());
+                    }
                     tracing::info!(node_id = reply.node_id, goal = %goal, "registered with the monitor");
                     return Ok(());
                 }
@@ -200,6 +218,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             self.pg.clone(),
             self.lease.clone(),
             self.config.fence_timeout,
+            self.status.clone(),
         ));
         tokio::pin!(shutdown);
         let result = loop {
@@ -242,6 +261,18 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             Ok(reply) => {
                 let goal = S::from_wire(reply.goal_state).unwrap_or(self.state.goal);
                 let replication = reply.replication.unwrap_or_default();
+                {
+                    let own_id = self.state.node_id;
+                    let mut status = http::lock(&self.status);
+                    status.last_heartbeat_ok = Some(sent);
+                    status.fenced = false;
+                    status.primary_lsn = reply
+                        .primary
+                        .as_ref()
+                        .filter(|p| Some(p.node_id) != own_id)
+                        .map(|p| p.lsn);
+                    status.set_goal(goal, Instant::now());
+                }
                 self.instructions = Instructions {
                     primary: reply.primary,
                     synchronous_standby_names: replication.synchronous_standby_names,
@@ -295,6 +326,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         self.state.current = to;
         state_file::save(&self.config.state_file(), &mut self.state)?;
         self.lease.lock().await.current = to;
+        http::lock(&self.status).set_state(to, Instant::now());
+        crate::metrics::transition_done(from, to, started.elapsed());
         self.last_error = None;
         tracing::info!(
             node = %self.config.name,
@@ -459,6 +492,7 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
     pg: Arc<P>,
     lease: Arc<Mutex<Lease>>,
     fence_timeout: Duration,
+    status: SharedStatus,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -483,6 +517,7 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
             .count() as u32;
         if !o.running {
             lease.lock().await.fenced = true;
+            http::lock(&status).fenced = true;
             continue;
         }
         if streaming >= required {
@@ -496,6 +531,8 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
         match pg.stop_immediate().await {
             Ok(()) => {
                 lease.lock().await.fenced = true;
+                http::lock(&status).fenced = true;
+                crate::metrics::fenced();
                 tracing::warn!("fenced: PostgreSQL stopped; it restarts only when the monitor says this node is still the primary");
             }
             Err(e) => tracing::error!(error = %e, "fencing failed"),

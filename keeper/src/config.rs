@@ -69,6 +69,10 @@ pub struct KeeperConfig {
     pub wal_receiver_timeout: Duration,
     #[serde(default = "d_register", with = "humantime_serde")]
     pub register_timeout: Duration,
+    /// Address of the keeper's HTTP server (/metrics, /health, /primary,
+    /// /replica), e.g. "127.0.0.1:8008"; absent: no HTTP server.
+    #[serde(default, deserialize_with = "d_http_listen")]
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 fn d_formation() -> String {
@@ -97,6 +101,21 @@ fn d_wrt() -> Duration {
 }
 fn d_register() -> Duration {
     DEFAULT_REGISTER_TIMEOUT
+}
+
+/// `http_listen` as IP:PORT, refused in one sentence otherwise.
+fn d_http_listen<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| {
+        t.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "http_listen {t:?} is not an address: give IP:PORT, e.g. \"127.0.0.1:8008\" or \"0.0.0.0:8008\""
+            ))
+        })
+    })
+    .transpose()
 }
 
 pub use pgpilot_proto::config_file::ConfigError;
@@ -214,6 +233,19 @@ mod tests {
         );
         assert_eq!(c.socket_dir(), PathBuf::from("/tmp/x"));
         assert_eq!(c.listen_addresses(), "127.0.0.1");
+        assert_eq!(c.http_listen, None);
+    }
+
+    #[test]
+    fn http_listen_is_an_address() {
+        let c =
+            KeeperConfig::parse(&format!("{MINIMAL}\nhttp_listen = \"0.0.0.0:8008\"\n")).unwrap();
+        assert_eq!(c.http_listen, Some("0.0.0.0:8008".parse().unwrap()));
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\nhttp_listen = \"localhost\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http_listen"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

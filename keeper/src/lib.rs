@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod pg;
 pub mod plan;
 pub mod state_file;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pgpilot_keeper::agent::Keeper;
 use pgpilot_keeper::config::KeeperConfig;
 use pgpilot_keeper::pg::{find_bin_dir, PgController, PgSettings};
+use pgpilot_keeper::{http, metrics};
 
 /// pgpilot keeper: runs beside one PostgreSQL server and carries out the
 /// transitions the monitor assigns.
@@ -78,11 +79,43 @@ async fn main() -> ExitCode {
     });
     let span = tracing::info_span!("keeper", node = %config.name, formation = %config.formation);
     let _enter = span.enter();
+    // The HTTP server observes PostgreSQL through its own connection.
+    let http_pg = std::sync::Arc::new(PgController::new(pg.settings().clone()));
+    let http_listen = config.http_listen;
     let keeper = match Keeper::new(config, pg) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
+        }
+    };
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match http_listen {
+        None => None,
+        Some(addr) => {
+            let listener = match http::bind(addr).await {
+                Ok(l) => l,
+                Err(sentence) => {
+                    eprintln!("error: {sentence}");
+                    return ExitCode::from(2);
+                }
+            };
+            let handle = match metrics::install() {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: cannot set up metrics: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            tracing::info!(http_listen = %addr, "HTTP server ready: /metrics /health /primary /replica");
+            let server = http::serve(listener, http_pg, keeper.status(), Some(handle), async {
+                let _ = http_stopped.await;
+            });
+            Some(tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }))
         }
     };
     let shutdown = async {
@@ -94,7 +127,12 @@ async fn main() -> ExitCode {
         }
         tracing::info!("keeper stopping (PostgreSQL keeps running)");
     };
-    match keeper.run(shutdown).await {
+    let result = keeper.run(shutdown).await;
+    let _ = http_stop.send(());
+    if let Some(server) = http {
+        let _ = server.await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

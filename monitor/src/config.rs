@@ -44,6 +44,25 @@ pub struct MonitorConfig {
     /// User name the health check presents to each node's PostgreSQL.
     #[serde(default = "d_hc_user")]
     pub health_check_user: String,
+    /// Address of the Prometheus `/metrics` server, e.g. "127.0.0.1:9187";
+    /// absent: no metrics server.
+    #[serde(default, deserialize_with = "d_metrics_listen")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `metrics_listen` as IP:PORT, refused in one sentence otherwise.
+fn d_metrics_listen<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| {
+        t.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "metrics_listen {t:?} is not an address: give IP:PORT, e.g. \"127.0.0.1:9187\" or \"0.0.0.0:9187\""
+            ))
+        })
+    })
+    .transpose()
 }
 
 fn default_listen() -> SocketAddr {
@@ -165,6 +184,19 @@ mod tests {
             c.resolve_database_url().unwrap(),
             "postgres://a@127.0.0.1/m"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address() {
+        let c = MonitorConfig::parse("").unwrap();
+        assert_eq!(c.metrics_listen, None);
+        let c = MonitorConfig::parse("metrics_listen = \"0.0.0.0:9187\"").unwrap();
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9187".parse().unwrap()));
+        let err = MonitorConfig::parse("metrics_listen = \"localhost\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics_listen"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

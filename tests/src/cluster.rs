@@ -63,6 +63,12 @@ pub struct ClusterOptions {
     /// Extra `name=value` settings of the monitor's own PostgreSQL, each
     /// passed as `-c name=value` (e.g. `shared_preload_libraries=pg_stat_statements`).
     pub monitor_db_settings: Vec<String>,
+    /// Give every keeper an HTTP server (`http_listen`) and the monitor a
+    /// metrics server (`metrics_listen`), each on a free 127.0.0.1 port.
+    pub http: bool,
+    /// The monitor connects to its database as role `pgpilot` with this
+    /// password (scram-sha-256) instead of as `postgres` without one.
+    pub monitor_db_password: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -76,6 +82,8 @@ impl Default for ClusterOptions {
             health_check_interval: None,
             first_node_alone: true,
             monitor_db_settings: Vec::new(),
+            http: false,
+            monitor_db_password: None,
         }
     }
 }
@@ -103,6 +111,8 @@ impl ClusterOptions {
 struct MonitorToml {
     database_url: String,
     listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     node_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,6 +153,7 @@ struct Node {
     config: PathBuf,
     keeper_log: PathBuf,
     keeper: Mutex<Option<Child>>,
+    http_port: Option<u16>,
 }
 
 impl Node {
@@ -164,6 +175,8 @@ pub struct Cluster {
     monitor_config: PathBuf,
     monitor_log: PathBuf,
     monitor: Mutex<Option<Child>>,
+    monitor_metrics_port: Option<u16>,
+    monitor_db_password: Option<String>,
     channel: Option<Channel>,
     nodes: Vec<Node>,
 }
@@ -198,6 +211,8 @@ impl Cluster {
             monitor_config: root.join("monitor.toml"),
             monitor_log: root.join("monitor.log"),
             monitor: Mutex::new(None),
+            monitor_metrics_port: None,
+            monitor_db_password: None,
             channel: None,
             nodes: Vec::new(),
             tools,
@@ -219,7 +234,11 @@ impl Cluster {
     }
 
     async fn boot(&mut self, opts: &ClusterOptions) -> Result<()> {
-        self.start_monitor_db(&opts.monitor_db_settings).await?;
+        self.start_monitor_db(
+            &opts.monitor_db_settings,
+            opts.monitor_db_password.as_deref(),
+        )
+        .await?;
         self.start_monitor(opts).await?;
         for i in 1..=opts.nodes {
             self.add_node(i, opts)?;
@@ -246,7 +265,11 @@ impl Cluster {
 
     // ---- the monitor's own PostgreSQL -------------------------------------
 
-    async fn start_monitor_db(&mut self, settings: &[String]) -> Result<()> {
+    async fn start_monitor_db(
+        &mut self,
+        settings: &[String],
+        password: Option<&str>,
+    ) -> Result<()> {
         let dir = self.root.join("monitor-db");
         self.tools.make_dir(&dir)?;
         let pgdata = self.monitor_db_pgdata.clone();
@@ -327,6 +350,29 @@ impl Cluster {
             .batch_execute("CREATE DATABASE pgpilot")
             .await
             .context("creating database pgpilot")?;
+        if let Some(password) = password {
+            // Role pgpilot must give its password (scram-sha-256) over TCP;
+            // the harness's own connections stay trusted.
+            let hba = pgdata.join("pg_hba.conf");
+            let rest =
+                fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
+            fs::write(
+                &hba,
+                format!("host all pgpilot 127.0.0.1/32 scram-sha-256\n{rest}"),
+            )
+            .with_context(|| format!("writing {}", hba.display()))?;
+            let literal = password.replace('\'', "''");
+            client
+                .batch_execute(&format!(
+                    "SET password_encryption = 'scram-sha-256';
+                     CREATE ROLE pgpilot LOGIN PASSWORD '{literal}';
+                     ALTER DATABASE pgpilot OWNER TO pgpilot;
+                     SELECT pg_reload_conf();"
+                ))
+                .await
+                .context("creating role pgpilot")?;
+            self.monitor_db_password = Some(password.to_string());
+        }
         drop(client);
         let _ = connection.await;
         Ok(())
@@ -337,11 +383,22 @@ impl Cluster {
     async fn start_monitor(&mut self, opts: &ClusterOptions) -> Result<()> {
         let port = free_port()?;
         self.monitor_url = format!("http://127.0.0.1:{port}");
-        let config = MonitorToml {
-            database_url: format!(
+        if opts.http {
+            self.monitor_metrics_port = Some(free_port()?);
+        }
+        let database_url = match &self.monitor_db_password {
+            Some(password) => format!(
+                "postgres://pgpilot:{password}@127.0.0.1:{}/pgpilot",
+                self.monitor_db_port
+            ),
+            None => format!(
                 "postgres://postgres@127.0.0.1:{}/pgpilot",
                 self.monitor_db_port
             ),
+        };
+        let config = MonitorToml {
+            database_url,
+            metrics_listen: self.monitor_metrics_port.map(|p| format!("127.0.0.1:{p}")),
             listen: format!("127.0.0.1:{port}"),
             node_timeout: opts.node_timeout.clone(),
             health_check_interval: opts.health_check_interval.clone(),
@@ -412,6 +469,7 @@ impl Cluster {
         let dir = self.root.join(&name);
         self.tools.make_dir(&dir)?;
         let port = free_port()?;
+        let http_port = if opts.http { Some(free_port()?) } else { None };
         let pgdata = dir.join("data");
         let config = dir.join("keeper.toml");
         let keeper = KeeperToml {
@@ -427,8 +485,11 @@ impl Cluster {
             replication_quorum: None,
             register_timeout: None,
         };
-        fs::write(&config, keeper.render()?)
-            .with_context(|| format!("writing {}", config.display()))?;
+        let mut text = keeper.render()?;
+        if let Some(p) = http_port {
+            text.push_str(&format!("http_listen = \"127.0.0.1:{p}\"\n"));
+        }
+        fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         self.nodes.push(Node {
             keeper_log: dir.join("keeper.log"),
             name,
@@ -437,6 +498,7 @@ impl Cluster {
             pgdata,
             config,
             keeper: Mutex::new(None),
+            http_port,
         });
         Ok(())
     }
@@ -516,6 +578,32 @@ impl Cluster {
             "postgres://postgres@127.0.0.1:{}/pgpilot",
             self.monitor_db_port
         )
+    }
+
+    /// Port of the monitor's metrics server (with [`ClusterOptions::http`]).
+    pub fn monitor_metrics_port(&self) -> Option<u16> {
+        self.monitor_metrics_port
+    }
+
+    /// Port of a keeper's HTTP server (with [`ClusterOptions::http`]).
+    pub fn keeper_http_port(&self, name: &str) -> Result<u16> {
+        self.node(name)?
+            .http_port
+            .ok_or_else(|| anyhow!("{name} has no HTTP server: start the cluster with http = true"))
+    }
+
+    /// Every log file of this cluster: the monitor's, its database's, and
+    /// each node's keeper and PostgreSQL logs.
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![
+            self.monitor_log.clone(),
+            with_suffix(&self.monitor_db_pgdata, ".log"),
+        ];
+        for node in &self.nodes {
+            files.push(node.keeper_log.clone());
+            files.push(node.pg_log());
+        }
+        files
     }
 
     /// PGDATA of the monitor's own PostgreSQL (its `postmaster.pid` is there).

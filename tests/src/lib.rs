@@ -20,6 +20,7 @@
 //! directory), `RUST_LOG` (log filter of monitor and keepers, default `info`).
 
 mod cluster;
+pub mod http;
 pub mod operator;
 pub mod process;
 pub mod state;

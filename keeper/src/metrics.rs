@@ -1,0 +1,145 @@
+//! The keeper's Prometheus metrics. Counters and histograms are recorded
+//! where things happen (transitions, fencing); gauges are set from the
+//! shared status and a live observation of PostgreSQL when `/metrics` is
+//! scraped, so they are never older than the scrape.
+
+use std::time::{Duration, Instant};
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use pgpilot_proto::ReplicationState as S;
+
+use crate::http::{Facts, KeeperStatus};
+use crate::pg::Observation;
+
+pub const POSTGRES_UP: &str = "pgpilot_keeper_postgres_up";
+pub const IN_RECOVERY: &str = "pgpilot_keeper_postgres_in_recovery";
+pub const INFO: &str = "pgpilot_keeper_info";
+pub const STATE: &str = "pgpilot_keeper_state";
+pub const GOAL: &str = "pgpilot_keeper_goal_state";
+pub const LSN: &str = "pgpilot_keeper_lsn_bytes";
+pub const LAG: &str = "pgpilot_keeper_replication_lag_bytes";
+pub const TIMELINE: &str = "pgpilot_keeper_timeline";
+pub const IN_TRANSITION: &str = "pgpilot_keeper_transition_in_progress_seconds";
+pub const HEARTBEAT_AGE: &str = "pgpilot_keeper_heartbeat_age_seconds";
+pub const FENCED: &str = "pgpilot_keeper_fenced";
+pub const FENCE_EVENTS: &str = "pgpilot_keeper_fence_events_total";
+pub const TRANSITIONS: &str = "pgpilot_keeper_transitions_total";
+pub const TRANSITION_SECONDS: &str = "pgpilot_keeper_transition_duration_seconds";
+
+/// Buckets of the transition histogram: from a configuration reload to a
+/// clone of a large database.
+const TRANSITION_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+
+/// Install the process-wide recorder and describe every metric (the HELP
+/// lines). Call once.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(TRANSITION_SECONDS.into()), TRANSITION_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(
+        POSTGRES_UP,
+        "1 when the local PostgreSQL accepts connections, else 0."
+    );
+    describe_gauge!(
+        IN_RECOVERY,
+        "1 when the local PostgreSQL runs as a standby (in recovery), else 0."
+    );
+    describe_gauge!(INFO, "Always 1; labels name the node and its formation.");
+    describe_gauge!(STATE, "1 for the replication state the keeper last reached (label state), 0 for every other state.");
+    describe_gauge!(
+        GOAL,
+        "1 for the goal state the monitor last assigned (label state), 0 for every other state."
+    );
+    describe_gauge!(LSN, Unit::Bytes, "WAL position of the local PostgreSQL: current LSN on a primary, last received or replayed on a standby.");
+    describe_gauge!(LAG, Unit::Bytes, "Bytes of WAL this standby is behind its primary's LSN as last reported to the monitor (0 on a primary).");
+    describe_gauge!(TIMELINE, "Timeline of the local PostgreSQL.");
+    describe_gauge!(
+        IN_TRANSITION,
+        Unit::Seconds,
+        "Time spent so far moving towards a goal not yet reached (0 when settled)."
+    );
+    describe_gauge!(HEARTBEAT_AGE, Unit::Seconds, "Seconds since the last heartbeat the monitor answered (since keeper start before the first).");
+    describe_gauge!(
+        FENCED,
+        "1 while the fence stopped PostgreSQL (monitor and standbys unreachable), else 0."
+    );
+    describe_counter!(FENCE_EVENTS, "Times this keeper fenced its primary (stopped PostgreSQL because it lost the monitor and too many standbys).");
+    describe_counter!(
+        TRANSITIONS,
+        "Transitions carried out, by from and to state."
+    );
+    describe_histogram!(
+        TRANSITION_SECONDS,
+        Unit::Seconds,
+        "Time to carry out one transition (the keeper's actions), by from and to state."
+    );
+}
+
+/// A transition finished.
+pub fn transition_done(from: S, to: S, took: Duration) {
+    let labels = [("from", from.as_str()), ("to", to.as_str())];
+    counter!(TRANSITIONS, &labels).increment(1);
+    histogram!(TRANSITION_SECONDS, &labels).record(took.as_secs_f64());
+}
+
+/// The fence stopped PostgreSQL.
+pub fn fenced() {
+    counter!(FENCE_EVENTS).increment(1);
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Set the gauges from `status` and the observation, then render.
+pub fn render(
+    handle: &PrometheusHandle,
+    status: &KeeperStatus,
+    f: &Facts,
+    o: &Observation,
+    now: Instant,
+) -> String {
+    let node = status.name.clone();
+    gauge!(INFO, "node" => node, "formation" => status.formation.clone(), "node_id" => status.node_id.map(|i| i.to_string()).unwrap_or_default()).set(1.0);
+    gauge!(POSTGRES_UP).set(flag(f.pg_running));
+    gauge!(IN_RECOVERY).set(flag(f.in_recovery));
+    for s in S::ALL {
+        gauge!(STATE, "state" => s.as_str()).set(flag(s == status.state));
+        gauge!(GOAL, "state" => s.as_str()).set(flag(s == status.goal));
+    }
+    if o.running {
+        gauge!(LSN).set(o.lsn as f64);
+        gauge!(TIMELINE).set(f64::from(o.timeline));
+    }
+    gauge!(LAG).set(f.lag_bytes.unwrap_or(0) as f64);
+    gauge!(IN_TRANSITION).set(
+        status
+            .transition_started
+            .map(|t| now.saturating_duration_since(t).as_secs_f64())
+            .unwrap_or(0.0),
+    );
+    gauge!(HEARTBEAT_AGE).set(
+        now.saturating_duration_since(status.last_heartbeat_ok.unwrap_or(status.started))
+            .as_secs_f64(),
+    );
+    gauge!(FENCED).set(flag(status.fenced));
+    // Counters appear before their first increment, so dashboards and
+    // alerts see 0 rather than nothing.
+    counter!(FENCE_EVENTS).increment(0);
+    handle.run_upkeep();
+    handle.render()
+}

@@ -484,6 +484,51 @@ fn is_refusal(status: &tonic::Status) -> bool {
     )
 }
 
+/// What one tick of the fence task does, once it looked at PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceStep {
+    /// PostgreSQL is not running: the node counts as fenced already.
+    AlreadyStopped,
+    /// Enough standbys of the fence set stream: keep serving.
+    KeepServing,
+    /// Too few stream: stop PostgreSQL now.
+    Stop,
+}
+
+/// Whether the fence task must look at PostgreSQL: the node is on the
+/// primary side, not fenced yet, and no heartbeat sent in the last
+/// `fence_timeout` got an answer (DESIGN §4).
+pub fn fence_armed(
+    current: S,
+    fenced: bool,
+    since_last_answer: Duration,
+    fence_timeout: Duration,
+) -> bool {
+    since_last_answer >= fence_timeout && !fenced && current.must_fence_when_isolated()
+}
+
+/// The fence rule itself: an armed primary keeps serving only while at
+/// least `required` members of `fence_set` stream from it.
+pub fn fence_step(
+    running: bool,
+    streaming_standbys: &[String],
+    fence_set: &[String],
+    required: u32,
+) -> FenceStep {
+    if !running {
+        return FenceStep::AlreadyStopped;
+    }
+    let streaming = streaming_standbys
+        .iter()
+        .filter(|s| fence_set.contains(s))
+        .count() as u32;
+    if streaming >= required {
+        FenceStep::KeepServing
+    } else {
+        FenceStep::Stop
+    }
+}
+
 /// Stop PostgreSQL when the node is on the primary side, has not reached
 /// the monitor for `fence_timeout`, and fewer than the required standbys
 /// stream from it. Runs on its own short timer, so a slow heartbeat or a
@@ -499,9 +544,8 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
         tick.tick().await;
         let (must_check, fence_set, required) = {
             let l = lease.lock().await;
-            let isolated = l.last_ok_sent.elapsed() >= fence_timeout;
             (
-                isolated && !l.fenced && l.current.must_fence_when_isolated(),
+                fence_armed(l.current, l.fenced, l.last_ok_sent.elapsed(), fence_timeout),
                 l.fence_set.clone(),
                 l.required,
             )
@@ -510,21 +554,17 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
             continue;
         }
         let o = pg.observe().await;
-        let streaming = o
-            .streaming_standbys
-            .iter()
-            .filter(|s| fence_set.contains(s))
-            .count() as u32;
-        if !o.running {
-            lease.lock().await.fenced = true;
-            http::lock(&status).fenced = true;
-            continue;
-        }
-        if streaming >= required {
-            continue;
+        match fence_step(o.running, &o.streaming_standbys, &fence_set, required) {
+            FenceStep::AlreadyStopped => {
+                lease.lock().await.fenced = true;
+                http::lock(&status).fenced = true;
+                continue;
+            }
+            FenceStep::KeepServing => continue,
+            FenceStep::Stop => {}
         }
         tracing::warn!(
-            streaming,
+            streaming = ?o.streaming_standbys,
             required,
             "monitor unreachable and too few standbys streaming: fencing (stopping PostgreSQL)"
         );
@@ -537,5 +577,60 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
             }
             Err(e) => tracing::error!(error = %e, "fencing failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod fence_tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn armed_only_on_the_primary_side_after_the_timeout() {
+        let t = Duration::from_millis(1500);
+        for state in S::ALL {
+            assert_eq!(
+                fence_armed(state, false, t, t),
+                state.must_fence_when_isolated(),
+                "{state}"
+            );
+            assert!(!fence_armed(state, true, t * 2, t), "{state} fenced");
+            assert!(
+                !fence_armed(state, false, t - Duration::from_millis(1), t),
+                "{state} early"
+            );
+        }
+        assert!(fence_armed(S::WaitPrimary, false, t, t));
+        assert!(!fence_armed(S::Single, false, t * 10, t));
+        assert!(!fence_armed(S::StopReplication, false, t * 10, t));
+    }
+
+    #[test]
+    fn stops_when_too_few_of_the_fence_set_stream() {
+        let set = names(&["pgpilot_2", "pgpilot_3"]);
+        assert_eq!(fence_step(false, &[], &set, 1), FenceStep::AlreadyStopped);
+        assert_eq!(
+            fence_step(true, &names(&["pgpilot_2"]), &set, 1),
+            FenceStep::KeepServing
+        );
+        assert_eq!(
+            fence_step(true, &names(&["pgpilot_2"]), &set, 2),
+            FenceStep::Stop
+        );
+        assert_eq!(fence_step(true, &[], &set, 1), FenceStep::Stop);
+        // A standby outside the fence set does not count.
+        assert_eq!(
+            fence_step(true, &names(&["pgpilot_9"]), &set, 1),
+            FenceStep::Stop
+        );
+        assert_eq!(
+            fence_step(true, &names(&["pgpilot_2", "pgpilot_3"]), &set, 2),
+            FenceStep::KeepServing
+        );
+        // Nothing required (no standby to count): keep serving.
+        assert_eq!(fence_step(true, &[], &[], 0), FenceStep::KeepServing);
     }
 }

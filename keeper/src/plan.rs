@@ -79,8 +79,12 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
         ) => vec![Stop],
         // Nothing changes locally: the primary stops counting this standby.
         (S::Secondary, S::ReportLsn | S::WaitMaintenance) => vec![],
-        (_, S::PreparePromotion) => vec![WaitReplayCaughtUp],
-        (S::PreparePromotion, S::StopReplication) => vec![Promote, ConfigurePrimary, Reload],
+        // Start first: PostgreSQL may have stopped (crashed) since the
+        // node reported its LSN, and replay and promotion need it running.
+        (_, S::PreparePromotion) => vec![Start, WaitReplayCaughtUp],
+        (S::PreparePromotion, S::StopReplication) => {
+            vec![Start, Promote, ConfigurePrimary, Reload]
+        }
         (S::StopReplication, S::WaitPrimary) => vec![ConfigurePrimary, Reload, SyncSlots],
         // Follow the upstream the monitor names (for fast_forward, the most
         // advanced standby).
@@ -158,10 +162,10 @@ mod tests {
     fn promotion_replays_then_promotes() {
         assert_eq!(
             plan(S::ReportLsn, S::PreparePromotion).unwrap(),
-            vec![WaitReplayCaughtUp]
+            vec![Start, WaitReplayCaughtUp]
         );
         let p = plan(S::PreparePromotion, S::StopReplication).unwrap();
-        assert_eq!(p[0], Promote);
+        assert_eq!(p[..2], [Start, Promote]);
     }
 
     #[test]
@@ -180,7 +184,7 @@ mod tests {
         );
         assert_eq!(
             plan(S::FastForward, S::PreparePromotion).unwrap(),
-            vec![WaitReplayCaughtUp]
+            vec![Start, WaitReplayCaughtUp]
         );
     }
 

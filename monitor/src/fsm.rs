@@ -426,11 +426,32 @@ impl Eval<'_> {
         self.nodes[i].reported == self.nodes[i].goal
     }
 
-    /// The node the group treats as its primary: goal on the primary side.
+    /// The node the group treats as its primary: goal on the primary side;
+    /// during an election, the old primary already assigned `demoted` (its
+    /// PostgreSQL stayed down while its keeper lived) — the election is
+    /// still about it.
     fn primary(&self) -> Option<usize> {
         self.nodes
             .iter()
             .position(|n| n.goal.is_writable_primary() || is_handing_over(n.goal))
+            .or_else(|| self.demoted_primary())
+    }
+
+    /// The old primary of an election under way whose goal is already
+    /// `demoted`: the one still on its way there, else the one heard last.
+    fn demoted_primary(&self) -> Option<usize> {
+        if !self.nodes.iter().any(|n| n.goal == S::ReportLsn) {
+            return None;
+        }
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].goal == S::Demoted)
+            .max_by_key(|&i| {
+                (
+                    self.nodes[i].reported != S::Demoted,
+                    self.nodes[i].last_heartbeat,
+                    -self.nodes[i].id,
+                )
+            })
     }
 
     /// The LSN a fast-forwarding node must reach: the most advanced other
@@ -546,8 +567,10 @@ impl Eval<'_> {
             return;
         }
 
-        // An election is under way.
-        if why_unhealthy.is_none() && !pg_down && self.alive(p) {
+        // An election is under way. It is cancelled only while the primary
+        // keeps its role: once it was told to demote, it must go on.
+        if why_unhealthy.is_none() && !pg_down && self.alive(p) && self.nodes[p].goal != S::Demoted
+        {
             for &i in &electing {
                 self.assign(
                     i,
@@ -605,35 +628,57 @@ impl Eval<'_> {
             return;
         }
 
+        // Standbys whose LSN the election takes into account: every
+        // reporter, and any other live standby whose PostgreSQL runs and
+        // no longer streams.
+        let considered = |i: usize| {
+            i != p
+                && (reporters.contains(&i)
+                    || (self.alive(i)
+                        && self.nodes[i].pg_running
+                        && self.nodes[i].reported.is_following()
+                        && !self.nodes[i].wal_receiver_streaming))
+        };
+        let fence_set = &self.nodes[p].fence_set;
+        let required = self.nodes[p].fence_required as usize;
+        // Members of the fence set whose stream is gone and whose LSN is
+        // known: a commit acknowledged under ANY r (F) is on one of any
+        // |F| − r + 1 of them, whether the old primary stopped or fenced.
+        let in_set: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                fence_set.contains(&application_name(self.nodes[i].id))
+                    && considered(i)
+                    && self.nodes[i].stream_lost_at.is_some()
+            })
+            .collect();
+        let reporting_in_set = in_set.len();
+        let needed = (fence_set.len() + 1).saturating_sub(required);
+        // The operator's override counts only for this outage.
+        let forced = self
+            .settings
+            .election_forced_at
+            .is_some_and(|at| self.nodes[p].last_heartbeat.is_none_or(|hb| at > hb));
+        let short = reporting_in_set < needed;
         let rule: &'static str = if confirmed {
-            "the old primary confirmed it stopped"
+            if required > 0 && short && !forced {
+                self.wait(format!(
+                    "election stuck: {primary} stopped, but only {reporting_in_set} of the {needed} standbys needed have reported their LSN, so an acknowledged commit may be only on the others; bring them back, or run perform-failover --allow-data-loss to accept losing acknowledged commits"
+                ));
+                return;
+            }
+            if required > 0 && short {
+                "forced by the operator: acknowledged commits may be lost"
+            } else {
+                "the old primary confirmed it stopped"
+            }
         } else {
-            let fence_set = &self.nodes[p].fence_set;
-            let required = self.nodes[p].fence_required as usize;
-            // Members of the fence set that say their stream is gone.
-            let reporting_in_set = (0..self.nodes.len())
-                .filter(|&i| {
-                    let n = &self.nodes[i];
-                    i != p
-                        && fence_set.contains(&application_name(n.id))
-                        && self.alive(i)
-                        && !n.wal_receiver_streaming
-                        && n.stream_lost_at.is_some()
-                })
-                .count();
-            let needed = (fence_set.len() + 1).saturating_sub(required);
-            // The operator's override counts only for this outage.
-            let forced = self
-                .settings
-                .election_forced_at
-                .is_some_and(|at| self.nodes[p].last_heartbeat.is_none_or(|hb| at > hb));
-            if (required == 0 || reporting_in_set < needed) && !forced {
+            if (required == 0 || short) && !forced {
                 self.wait(format!(
                     "election stuck: only {reporting_in_set} of the {needed} standbys needed have reported their stream from {primary} gone, so {primary} may still be serving; bring them back, or run perform-failover --allow-data-loss to accept losing acknowledged commits"
                 ));
                 return;
             }
-            let deadline = self.fence_deadline(p, &reporters);
+            let deadline = self.fence_deadline(p, &reporters, &in_set);
             if self.now < deadline {
                 let ms = (deadline - self.now).num_milliseconds();
                 self.wait(format!(
@@ -641,7 +686,7 @@ impl Eval<'_> {
                 ));
                 return;
             }
-            if reporting_in_set < needed {
+            if short {
                 "forced by the operator: acknowledged commits may be lost"
             } else {
                 rule_b
@@ -651,14 +696,7 @@ impl Eval<'_> {
         // The most advanced standby whose stream is gone: every reporter,
         // and any other running standby that is no longer streaming.
         let most_advanced = (0..self.nodes.len())
-            .filter(|&i| {
-                i != p
-                    && (reporters.contains(&i)
-                        || (self.alive(i)
-                            && self.nodes[i].pg_running
-                            && self.nodes[i].reported.is_following()
-                            && !self.nodes[i].wal_receiver_streaming))
-            })
+            .filter(|&i| considered(i))
             .max_by_key(|&i| (self.nodes[i].lsn, -self.nodes[i].id))
             .expect("reporters is not empty");
         let max_lsn = self.nodes[most_advanced].lsn;
@@ -712,12 +750,13 @@ impl Eval<'_> {
     /// heartbeat plus its fence timeout, or the loss of the reporters'
     /// streams plus wal_sender_timeout, whichever is later, plus one keeper
     /// loop and a margin.
-    fn fence_deadline(&self, p: usize, reporters: &[usize]) -> DateTime<Utc> {
+    fn fence_deadline(&self, p: usize, reporters: &[usize], in_set: &[usize]) -> DateTime<Utc> {
         let node = &self.nodes[p];
         let t = node.timings;
         let from_heartbeat = node.last_heartbeat.unwrap_or(self.now) + t.fence_timeout;
         let from_stream = reporters
             .iter()
+            .chain(in_set)
             .filter_map(|&i| self.nodes[i].stream_lost_at)
             .max()
             .map(|lost| lost + t.wal_sender_timeout)

@@ -612,13 +612,13 @@ fn reporter_with_postgres_down_is_not_elected() {
 
 #[test]
 fn confirmed_demotion_elects_without_waiting_for_the_deadline() {
+    // a's goal is already demoted (its PostgreSQL stayed down): the
+    // election is still about it, and a had no fence set to answer for.
     let g = group()
         .node("a", S::Demoted, S::Demoted)
         .node("b", S::ReportLsn, S::ReportLsn)
         .stream_lost("b", 0);
-    // a's goal is demoted, so no primary: the election does not run from
-    // rule 2; drive it through a draining primary instead.
-    expect(&g, &g.decide(), &[]);
+    expect(&g, &g.decide(), &[("b", S::PreparePromotion)]);
     let g = group()
         .at("a", S::Draining)
         .node("b", S::ReportLsn, S::ReportLsn)
@@ -626,6 +626,130 @@ fn confirmed_demotion_elects_without_waiting_for_the_deadline() {
     let o = g.decide();
     expect(&g, &o, &[("b", S::PreparePromotion), ("a", S::Demoted)]);
     assert!(o.decisions[0].reason.to_string().contains("confirmed"));
+}
+
+/// Found by the simulation: a primary whose PostgreSQL stayed down while its
+/// keeper lived was assigned `demoted` together with the election, and then
+/// no longer counted as the group's primary: the election never finished.
+#[test]
+fn election_of_a_demoted_primary_finishes() {
+    let now = group().now;
+    let down = |n: &mut NodeSnapshot| {
+        n.pg_running = false;
+        n.pg_down_since = Some(now - secs(3));
+    };
+    let g = group().primary("a").secondary("b").with("a", down);
+    expect(&g, &g.decide(), &[("b", S::ReportLsn), ("a", S::Demoted)]);
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .fence_for(0)
+        .with("a", down)
+        .with("a", |n| n.goal = S::Demoted)
+        .node("c", S::Demoted, S::Demoted)
+        .with("b", |n| {
+            n.goal = S::ReportLsn;
+            n.reported = S::ReportLsn;
+        })
+        .stream_lost("b", 1);
+    // Not yet confirmed: the election waits for a (not for the stale c).
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(o.waiting[0].contains("a may still"), "{:?}", o.waiting);
+    // a stopped: b is elected.
+    let g = g.with("a", |n| n.reported = S::Demoted);
+    let o = g.decide();
+    expect(&g, &o, &[("b", S::PreparePromotion)]);
+    assert!(o.decisions[0].reason.to_string().contains("confirmed"));
+}
+
+/// Found by the simulation: once a primary was told to demote, its
+/// PostgreSQL coming back (restarted by its keeper before it heard) must
+/// not cancel the election — nobody would be primary.
+#[test]
+fn a_demoted_primary_coming_back_does_not_cancel_the_election() {
+    let g = group()
+        .node("a", S::Primary, S::Demoted)
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .stream_lost("b", 1);
+    let o = g.decide();
+    assert!(
+        !o.decisions.iter().any(|d| d.to == S::Secondary),
+        "{:?}",
+        o.decisions
+    );
+}
+
+/// Found by the simulation: an old primary that confirmed it stopped was
+/// replaced by the first reporter, although a commit it acknowledged under
+/// `ANY 1 (b, c)` could be on c alone, which had not reported. A confirmed
+/// stop proves no more writes, not where the acknowledged ones are: the
+/// election needs |F| − r + 1 members of F as with the fence deadline.
+#[test]
+fn a_confirmed_stop_still_needs_the_reporters_of_the_fence_set() {
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .secondary("c")
+        .fence_for(0)
+        .with("a", |n| {
+            n.goal = S::Demoted;
+            n.reported = S::Demoted;
+            n.pg_running = false;
+        })
+        .with("b", |n| {
+            n.goal = S::ReportLsn;
+            n.reported = S::ReportLsn;
+            n.candidate_priority = 100;
+        })
+        .with("c", |n| n.goal = S::ReportLsn)
+        .dead("c", 10)
+        .stream_lost("b", 5)
+        .with("c", |n| n.lsn = 0x300_1000);
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(
+        o.waiting[0].starts_with("election stuck"),
+        "{:?}",
+        o.waiting
+    );
+    assert!(o.waiting[0].contains("1 of the 2"), "{:?}", o.waiting);
+    // c reports: it is the most advanced, so b (the higher priority)
+    // fetches its WAL first.
+    let now = g.now;
+    let g = g
+        .with("c", |n| {
+            n.reported = S::ReportLsn;
+            n.last_heartbeat = Some(now);
+            n.health = Health::Good;
+        })
+        .stream_lost("c", 5);
+    expect(&g, &g.decide(), &[("b", S::FastForward)]);
+}
+
+/// Found by the simulation: a fence-set member whose PostgreSQL is down
+/// reports LSN 0; counted as a reporter, the commit only it had was lost.
+#[test]
+fn a_member_with_postgres_down_does_not_count_as_reported() {
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .secondary("c")
+        .fence_for(0)
+        .dead("a", 10)
+        .with("b", |n| {
+            n.goal = S::ReportLsn;
+            n.reported = S::ReportLsn;
+        })
+        .with("c", |n| {
+            n.goal = S::ReportLsn;
+            n.pg_running = false;
+        })
+        .stream_lost("b", 10)
+        .stream_lost("c", 10);
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(o.waiting[0].contains("1 of the 2"), "{:?}", o.waiting);
 }
 
 #[test]

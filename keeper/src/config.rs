@@ -49,6 +49,12 @@ pub struct KeeperConfig {
     /// listen_addresses of PostgreSQL (default: the host).
     #[serde(default)]
     pub listen_addresses: Option<String>,
+    /// Networks whose connections PostgreSQL trusts without a password,
+    /// for clients and replication: CIDRs ("172.20.0.0/16") or "samenet".
+    /// Written to pg_hba.conf. Only for a private network such as the
+    /// docker compose lab's.
+    #[serde(default)]
+    pub trust_networks: Vec<String>,
     /// Unix socket directory (default: the directory holding PGDATA).
     #[serde(default)]
     pub socket_dir: Option<PathBuf>,
@@ -120,6 +126,25 @@ fn d_http_listen<'de, D: serde::Deserializer<'de>>(
 
 pub use pgpilot_proto::config_file::ConfigError;
 
+/// A pg_hba.conf address the keeper may write: `samenet`, `samehost`, or an
+/// IPv4/IPv6 address with a prefix length that fits it.
+fn is_trust_network(entry: &str) -> bool {
+    if entry == "samenet" || entry == "samehost" {
+        return true;
+    }
+    let Some((addr, prefix)) = entry.split_once('/') else {
+        return false;
+    };
+    let Ok(prefix) = prefix.parse::<u8>() else {
+        return false;
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => prefix <= 32,
+        Ok(std::net::IpAddr::V6(_)) => prefix <= 128,
+        Err(_) => false,
+    }
+}
+
 impl KeeperConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config: KeeperConfig = config_file::load(path)?;
@@ -182,6 +207,11 @@ impl KeeperConfig {
             || self.wal_receiver_timeout < Duration::from_secs(1)
         {
             return bad("wal_sender_timeout and wal_receiver_timeout must be at least 1s (standbys reply once a second)".into());
+        }
+        if let Some(entry) = self.trust_networks.iter().find(|n| !is_trust_network(n)) {
+            return bad(format!(
+                "trust_networks entry {entry:?} is not a network: write a CIDR like \"172.20.0.0/16\" or \"samenet\""
+            ));
         }
         Ok(())
     }
@@ -293,5 +323,46 @@ mod tests {
     #[test]
     fn shipped_example_parses() {
         KeeperConfig::parse(include_str!("../../compose/keeper.toml")).unwrap();
+    }
+
+    #[test]
+    fn compose_lab_configs_parse() {
+        for (name, text) in [
+            ("node1", include_str!("../../compose/lab/node1.toml")),
+            ("node2", include_str!("../../compose/lab/node2.toml")),
+            ("node3", include_str!("../../compose/lab/node3.toml")),
+        ] {
+            let c = KeeperConfig::parse(text).unwrap();
+            assert_eq!((c.name.as_str(), c.host.as_str()), (name, name));
+            assert_eq!(c.trust_networks, ["samenet"]);
+            assert!(c.http_listen.is_some());
+        }
+    }
+
+    #[test]
+    fn trust_networks_are_cidrs_or_samenet() {
+        let c = KeeperConfig::parse(&format!(
+            "{MINIMAL}\ntrust_networks = [\"samenet\", \"10.0.0.0/8\", \"fd00::/64\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.trust_networks, ["samenet", "10.0.0.0/8", "fd00::/64"]);
+        assert!(KeeperConfig::parse(MINIMAL)
+            .unwrap()
+            .trust_networks
+            .is_empty());
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "all",
+            "host/8",
+            "0.0.0.0/x",
+            "fd00::/129",
+        ] {
+            let err = KeeperConfig::parse(&format!("{MINIMAL}\ntrust_networks = [{bad:?}]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("trust_networks") && err.contains(bad), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 }

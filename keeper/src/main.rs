@@ -76,6 +76,7 @@ async fn main() -> ExitCode {
         socket_dir: config.socket_dir(),
         superuser: config.pg_user.clone(),
         port: config.port,
+        trust_networks: config.trust_networks.clone(),
     });
     let span = tracing::info_span!("keeper", node = %config.name, formation = %config.formation);
     let _enter = span.enter();

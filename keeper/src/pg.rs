@@ -221,6 +221,9 @@ pub struct PgSettings {
     /// Superuser created by initdb, used locally and for replication.
     pub superuser: String,
     pub port: u16,
+    /// Networks (CIDRs or `samenet`) trusted for clients and replication,
+    /// kept in a block of pg_hba.conf ([`render_hba`]).
+    pub trust_networks: Vec<String>,
 }
 
 /// Drives one local PostgreSQL through its programs and a cached
@@ -663,6 +666,7 @@ impl LocalPostgres for PgController {
         let mut changed = write_if_changed(&pgdata.join(PGPILOT_CONF), &rendered)?;
         changed |= ensure_include_line(&pgdata.join("postgresql.conf"))?;
         changed |= strip_auto_conf(&pgdata.join("postgresql.auto.conf"))?;
+        changed |= ensure_hba(&pgdata.join("pg_hba.conf"), &self.settings.trust_networks)?;
         let signal = pgdata.join(STANDBY_SIGNAL);
         match (&config.standby_of, signal.exists()) {
             (Some(_), false) => {
@@ -1452,6 +1456,62 @@ fn strip_auto_conf(path: &Path) -> Result<bool, PgError> {
     Ok(true)
 }
 
+/// First and last line of the block of pg_hba.conf the keeper owns.
+const HBA_BEGIN: &str = "# pgpilot trust_networks: rewritten by the keeper before every start";
+const HBA_END: &str = "# end of pgpilot trust_networks";
+
+/// `existing` pg_hba.conf with the keeper's block replaced by one trusting
+/// `networks` for every database and for replication (appended at the end,
+/// so the lines before it still match first); no block when `networks` is
+/// empty.
+fn render_hba(existing: &str, networks: &[String]) -> String {
+    let mut out = String::with_capacity(existing.len() + 200);
+    let mut inside = false;
+    for line in existing.split_inclusive('\n') {
+        match line.trim_end() {
+            HBA_BEGIN => inside = true,
+            HBA_END if inside => inside = false,
+            _ if !inside => out.push_str(line),
+            _ => {}
+        }
+    }
+    if networks.is_empty() {
+        return out;
+    }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(HBA_BEGIN);
+    out.push('\n');
+    for network in networks {
+        out.push_str(&format!("host all all {network} trust\n"));
+        out.push_str(&format!("host replication all {network} trust\n"));
+    }
+    out.push_str(HBA_END);
+    out.push('\n');
+    out
+}
+
+/// Keep pg_hba.conf's trust_networks block in line with the configuration.
+/// Returns whether the file changed.
+fn ensure_hba(path: &Path, networks: &[String]) -> Result<bool, PgError> {
+    let content = match std::fs::read_to_string(path) {
+        Ok(content) => content,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && networks.is_empty() => {
+            return Ok(false)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(err) => return Err(io_error(path, err)),
+    };
+    let out = render_hba(&content, networks);
+    if out == content {
+        return Ok(false);
+    }
+    write_atomic(path, out.as_bytes())?;
+    info!(trust_networks = ?networks, "postgres: pg_hba.conf trust_networks written");
+    Ok(true)
+}
+
 /// The parameter name a postgresql.conf line sets ("" for comments/blank).
 fn conf_line_name(line: &str) -> &str {
     let line = line.trim_start();
@@ -1807,6 +1867,7 @@ mod tests {
             socket_dir: dir.path().to_path_buf(),
             superuser: "postgres".into(),
             port: 5432,
+            trust_networks: Vec::new(),
         });
         assert!(
             pg.write_config(&config(None)).await.is_err(),
@@ -1840,6 +1901,61 @@ mod tests {
         assert!(!pg.write_config(&config(None)).await.unwrap());
         let conf = std::fs::read_to_string(pgdata.join("postgresql.conf")).unwrap();
         assert_eq!(conf.matches(INCLUDE_LINE).count(), 1);
+    }
+
+    #[test]
+    fn hba_block_is_appended_replaced_and_removed() {
+        let initdb = "local all all trust\nhost all all 127.0.0.1/32 trust\n";
+        let nets = vec!["samenet".to_string(), "10.1.0.0/16".to_string()];
+        let with = render_hba(initdb, &nets);
+        assert_eq!(
+            with,
+            format!(
+                "{initdb}{HBA_BEGIN}\n\
+                 host all all samenet trust\n\
+                 host replication all samenet trust\n\
+                 host all all 10.1.0.0/16 trust\n\
+                 host replication all 10.1.0.0/16 trust\n\
+                 {HBA_END}\n"
+            )
+        );
+        assert_eq!(render_hba(&with, &nets), with, "idempotent");
+        let one = render_hba(&with, &nets[..1]);
+        assert!(
+            !one.contains("10.1.0.0/16") && one.contains("samenet"),
+            "{one}"
+        );
+        assert_eq!(render_hba(&with, &[]), initdb, "removed");
+        assert_eq!(render_hba(initdb, &[]), initdb, "untouched");
+        // Lines an operator added after the block stay.
+        let later = format!("{with}host all all 192.168.0.0/24 md5\n");
+        assert!(render_hba(&later, &nets[..1]).ends_with(&format!("{HBA_END}\n")));
+        assert!(render_hba(&later, &nets[..1]).contains("192.168.0.0/24 md5"));
+        // No trailing newline before the block.
+        assert!(render_hba("local all all trust", &nets[..1]).starts_with("local all all trust\n#"));
+    }
+
+    #[test]
+    fn ensure_hba_writes_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pg_hba.conf");
+        assert!(
+            !ensure_hba(&path, &[]).unwrap(),
+            "no file, nothing to trust"
+        );
+        assert!(!path.exists());
+        std::fs::write(&path, "local all all trust\n").unwrap();
+        let nets = vec!["samenet".to_string()];
+        assert!(ensure_hba(&path, &nets).unwrap());
+        assert!(!ensure_hba(&path, &nets).unwrap());
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("host replication all samenet trust"));
+        assert!(ensure_hba(&path, &[]).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "local all all trust\n"
+        );
     }
 
     #[test]
@@ -2038,6 +2154,7 @@ mod tests {
             socket_dir: dir.path().to_path_buf(),
             superuser: "pgpilot".into(),
             port,
+            trust_networks: Vec::new(),
         };
         let (port_a, port_b) = (free_port(), free_port());
         let a = PgController::new(settings("a", port_a));

@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# The compose lab's failover drill. For each variant it brings the lab up,
+# waits for a primary and two secondaries, runs two writing clients (one
+# through the multi-host URI, one through HAProxy's port 5000), takes the
+# primary away, waits for a new primary, checks that every acknowledged row
+# is on it, brings the old node back, waits until it is a secondary again
+# holding every acknowledged row, and tears the lab down (also on failure).
+#
+#   compose/drill.sh [--local] [--release] [--variant stop|partition]...
+#
+#   --variant stop       `docker stop` the primary's container (default: both variants)
+#   --variant partition  `docker network disconnect` it from the lab network
+#   --local              build where no image can be pulled: the base image from
+#                        compose/base-image.sh, pgpilot built on this host
+#                        (debug build unless --release) and copied in
+#   --release            with --local: copy a release build instead
+#
+# Exit status 0 only when every check of every variant passed. Needs docker,
+# docker compose or docker-compose 1.29, psql and python3 on this host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+variants=()
+local_build=0
+profile=debug
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --local) local_build=1 ;;
+    --release) profile=release ;;
+    --variant)
+      case "${2:-}" in
+        stop | partition) variants+=("$2") ;;
+        *) echo "error: --variant takes stop or partition, not '${2:-}'" >&2; exit 2 ;;
+      esac
+      shift ;;
+    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown argument '$1': see compose/drill.sh --help" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ ${#variants[@]} -gt 0 ] || variants=(stop partition)
+
+for tool in docker psql python3; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "error: $tool is not installed: the drill needs docker, psql (postgresql-client) and python3" >&2
+    exit 2
+  fi
+done
+if docker compose version >/dev/null 2>&1; then
+  compose_cmd=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose_cmd=(docker-compose)
+else
+  echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2
+  exit 2
+fi
+
+project=${PGPILOT_DRILL_PROJECT:-pgpilot-drill}
+C=("${compose_cmd[@]}" -p "$project" -f compose/docker-compose.yml)
+network="${project}_default"
+work=$(mktemp -d /tmp/pgpilot-drill.XXXXXX)
+drill_start=$SECONDS
+lab_up=0
+report=()
+
+log() { printf '[%4ds] %s\n' $((SECONDS - drill_start)) "$*"; }
+
+# The lab's state as "name reported goal connection" lines.
+states() {
+  "${C[@]}" exec -T monitor pgpilot-monitor show-state --json 2>/dev/null |
+    python3 -c '
+import json, sys
+for n in json.load(sys.stdin)["nodes"]:
+    print(n["name"], n["reported_state"], n["goal_state"], n["connection"])'
+}
+
+dump() {
+  echo "---- show-state ----"
+  "${C[@]}" exec -T monitor pgpilot-monitor show-state 2>&1 || true
+  echo "---- show-events ----"
+  "${C[@]}" exec -T monitor pgpilot-monitor show-events --count 30 2>&1 || true
+  echo "---- containers ----"
+  "${C[@]}" ps 2>&1 || true
+  echo "---- logs (last 30 lines per service) ----"
+  "${C[@]}" logs --no-color --tail=30 2>&1 || true
+}
+
+fail() {
+  echo "DRILL FAILED: $*" >&2
+  dump >&2
+  exit 1
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: run COMMAND every half second
+# until it succeeds; fail with the cluster state after SECONDS.
+wait_for() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@"; do
+    if [ $SECONDS -ge $deadline ]; then
+      fail "$what: not reached within ${limit}s"
+    fi
+    sleep 0.5
+  done
+}
+
+teardown() {
+  if [ "$lab_up" -eq 1 ]; then
+    "${C[@]}" down -v --remove-orphans >"$work/down.log" 2>&1 || cat "$work/down.log" >&2
+    lab_up=0
+  fi
+}
+
+cleanup() {
+  local status=$?
+  [ -f "$work/stop-writers" ] || touch "$work/stop-writers"
+  wait 2>/dev/null || true
+  teardown
+  rm -rf "$work"
+  exit $status
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------
+# Ports and images
+# ---------------------------------------------------------------------------
+
+ports=(5000 5001 7000 7430 6001 6002 6003 8001 8002 8003)
+for port in "${ports[@]}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "error: 127.0.0.1:$port is in use: stop what listens there (another lab?) before the drill" >&2
+    exit 1
+  fi
+done
+
+phase=$SECONDS
+if [ "$local_build" -eq 1 ]; then
+  export PGPILOT_BASE_IMAGE=${PGPILOT_BASE_IMAGE:-pgpilot-base:bookworm-pg15}
+  export PGPILOT_BUILD_IMAGE=$PGPILOT_BASE_IMAGE PGPILOT_BINARIES=prebuilt
+  compose/base-image.sh
+  log "base image ready ($((SECONDS - phase))s)"
+  phase=$SECONDS
+  cargo_flags=()
+  [ "$profile" = release ] && cargo_flags=(--release)
+  cargo build "${cargo_flags[@]}" -p pgpilot-monitor -p pgpilot-keeper --bins
+  mkdir -p compose/.bin
+  for b in pgpilot-monitor pgpilot-keeper; do
+    # Debug information is most of a debug build's size.
+    if command -v strip >/dev/null 2>&1; then
+      strip -o "compose/.bin/$b.tmp" "target/$profile/$b"
+    else
+      cp "target/$profile/$b" "compose/.bin/$b.tmp"
+    fi
+    mv "compose/.bin/$b.tmp" "compose/.bin/$b"
+  done
+  log "pgpilot $profile binaries built on the host ($((SECONDS - phase))s)"
+  phase=$SECONDS
+fi
+"${C[@]}" build >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; echo "DRILL FAILED: building the lab images failed" >&2; exit 1; }
+image=${PGPILOT_LAB_IMAGE:-pgpilot-lab:latest}
+log "lab image $image built ($((SECONDS - phase))s, $(docker image inspect -f '{{.Size}}' "$image" | awk '{ printf "%.0f MB", $1 / 1e6 }'))"
+
+# The image holds no build toolchain.
+tools=$(docker run --rm --entrypoint /bin/bash "$image" -c \
+  'for t in cc gcc g++ clang rustc cargo make ld as protoc; do command -v "$t" || true; done')
+[ -z "$tools" ] || { echo "DRILL FAILED: the lab image contains build tools: $tools" >&2; exit 1; }
+log "check: no build toolchain in $image"
+
+# ---------------------------------------------------------------------------
+# One drill
+# ---------------------------------------------------------------------------
+
+uri="postgresql://postgres@127.0.0.1:6001,127.0.0.1:6002,127.0.0.1:6003/postgres?target_session_attrs=read-write&connect_timeout=2"
+haproxy_uri="postgresql://postgres@127.0.0.1:5000/postgres?connect_timeout=2"
+
+# writer NAME URI FIRST_ID: insert one row every 50 ms until stop-writers
+# exists; each acknowledged insert appends "id time" to NAME.acked.
+writer() {
+  local name=$1 target=$2 id=$3
+  while [ ! -f "$work/stop-writers" ]; do
+    if psql "$target" -qAtX -v ON_ERROR_STOP=1 \
+      -c "INSERT INTO drill (id, via) VALUES ($id, '$name')" >/dev/null 2>>"$work/$name.err"; then
+      echo "$id $EPOCHREALTIME" >>"$work/$name.acked"
+    fi
+    id=$((id + 1))
+    sleep 0.05
+  done
+}
+
+# psql inside a node's container, over its unix socket.
+node_sql() {
+  "${C[@]}" exec -T "$1" psql -h /var/lib/pgpilot -p 5432 -U postgres -d postgres -qAtX -c "$2"
+}
+
+settled() {
+  local s
+  s=$(states) || return 1
+  [ "$(grep -c ' primary primary read-write$' <<<"$s")" -eq 1 ] &&
+    [ "$(grep -c ' secondary secondary read-only$' <<<"$s")" -eq 2 ]
+}
+
+new_primary_up() {
+  local s
+  s=$(states) || return 1
+  grep -E '^[^ ]+ (primary|wait_primary) [^ ]+ read-write$' <<<"$s" | grep -v "^$old " >"$work/new-primary" || return 1
+  [ "$(wc -l <"$work/new-primary")" -eq 1 ]
+}
+
+old_is_secondary() {
+  states | grep "^$old secondary secondary read-only$" >/dev/null
+}
+
+acked_after() { # FILE TIME: acknowledged inserts after TIME
+  awk -v t="$2" '$2 > t' "$1" 2>/dev/null | wc -l
+}
+
+haproxy_writes_again() {
+  [ "$(acked_after "$work/haproxy.acked" "$fault_at")" -ge 10 ] &&
+    [ "$(acked_after "$work/uri.acked" "$fault_at")" -ge 10 ]
+}
+
+# Every acknowledged id is on NODE.
+all_rows_on() {
+  node_sql "$1" "SELECT id FROM drill ORDER BY id" >"$work/present" 2>/dev/null || return 1
+  sort -n "$work/acked-ids" | comm -23 - <(sort -n "$work/present") >"$work/missing"
+  [ ! -s "$work/missing" ]
+}
+
+# outage FILE: the longest time between two consecutive acknowledged writes
+# from just before the fault on (the write outage the client saw).
+outage() {
+  sort -k2 -g "$1" | awk -v t="$fault_at" '
+    $2 + 0 >= t - 1 { if (prev != "" && $2 - prev > gap) gap = $2 - prev; prev = $2 }
+    END { if (gap == "") print "n/a"; else printf "%.2f", gap }'
+}
+
+drill() {
+  local variant=$1
+  local start=$SECONDS
+  log "== variant $variant: lab up"
+  rm -f "$work"/*.acked "$work"/*.err "$work/stop-writers"
+  lab_up=1
+  "${C[@]}" up -d --no-build >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; fail "docker compose up failed"; }
+  wait_for 240 "a primary and two secondaries" settled
+  old=$(states | awk '$2 == "primary" { print $1 }')
+  log "settled: $old is primary ($((SECONDS - start))s)"
+
+  # Every process of the lab runs as a non-root user.
+  local svc cid
+  for svc in monitor-db monitor node1 node2 node3 haproxy; do
+    cid=$("${C[@]}" ps -q "$svc")
+    docker top "$cid" -eo pid,uid,comm >"$work/top" || fail "docker top $svc failed"
+    if ! awk 'NR > 1 { n++; if ($2 == 0) root = 1 } END { exit !(n > 0 && !root) }' "$work/top"; then
+      cat "$work/top" >&2
+      fail "a process of $svc runs as root (or none was listed)"
+    fi
+  done
+  log "check: every process of every service runs as a non-root user"
+
+  node_sql "$old" "CREATE TABLE drill (id bigint PRIMARY KEY, via text NOT NULL, at timestamptz NOT NULL DEFAULT now())" >/dev/null
+  writer uri "$uri" 1 &
+  writer haproxy "$haproxy_uri" 1000000001 &
+  fault_at=$EPOCHREALTIME # placeholder until the fault, for the wait below
+  wait_for 30 "both writers acknowledging" haproxy_writes_again
+  local old_cid
+  old_cid=$("${C[@]}" ps -q "$old")
+  fault_at=$EPOCHREALTIME
+  local fault_start=$SECONDS
+  case "$variant" in
+    stop)
+      log "docker stop $old (the primary)"
+      docker stop "$old_cid" >/dev/null ;;
+    partition)
+      log "docker network disconnect $network $old (the primary)"
+      docker network disconnect "$network" "$old_cid" ;;
+  esac
+  wait_for 60 "a new primary after losing $old" new_primary_up
+  local new
+  new=$(awk '{ print $1 }' "$work/new-primary")
+  local elected=$((SECONDS - fault_start))
+  log "new primary: $new (${elected}s after the fault)"
+  wait_for 60 "writes acknowledged again through the URI and through HAProxy port 5000" haproxy_writes_again
+  local via
+  via=$(psql "$haproxy_uri" -qAtX -c "SELECT current_setting('cluster_name')")
+  [ "$via" = "pgpilot_$("${C[@]}" exec -T monitor pgpilot-monitor show-node "$new" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["node_id"])')" ] ||
+    fail "HAProxy port 5000 leads to $via, not to the new primary $new"
+  touch "$work/stop-writers"
+  wait
+  cat "$work/uri.acked" "$work/haproxy.acked" | awk '{ print $1 }' >"$work/acked-ids"
+  local acked
+  acked=$(wc -l <"$work/acked-ids")
+  all_rows_on "$new" || fail "$(wc -l <"$work/missing") acknowledged rows are missing on the new primary $new (first: $(head -n 3 "$work/missing" | tr '\n' ' '))"
+  log "check: all $acked acknowledged rows are on $new"
+
+  local back_start=$SECONDS
+  case "$variant" in
+    stop)
+      log "docker start $old"
+      docker start "$old_cid" >/dev/null ;;
+    partition)
+      log "docker network connect $network $old"
+      docker network connect --alias "$old" "$network" "$old_cid" ;;
+  esac
+  wait_for 180 "$old back as a secondary" old_is_secondary
+  local rejoined=$((SECONDS - back_start))
+  log "$old is secondary again (${rejoined}s)"
+  wait_for 60 "every acknowledged row on $old" all_rows_on "$old"
+  log "check: all $acked acknowledged rows are on $old"
+
+  if [ "$variant" = stop ]; then
+    # The operator commands work from the host through the monitor's container.
+    log "docker compose exec monitor pgpilot-monitor perform-failover"
+    "${C[@]}" exec -T monitor pgpilot-monitor perform-failover --timeout 90s >"$work/failover.log" 2>&1 ||
+      { cat "$work/failover.log" >&2; fail "perform-failover did not finish"; }
+    wait_for 90 "a primary and two secondaries after perform-failover" settled
+    local after
+    after=$(states | awk '$2 == "primary" { print $1 }')
+    [ "$after" != "$new" ] || fail "perform-failover left $new primary"
+    log "check: perform-failover moved the primary from $new to $after"
+  fi
+
+  report+=("$(printf '%-10s %-6s %-6s %8ss %12ss %9ss %11ss %6s %5s' "$variant" "$old" "$new" \
+    "$(outage "$work/uri.acked")" "$(outage "$work/haproxy.acked")" "$elected" "$rejoined" "$acked" 0)")
+  teardown
+  log "== variant $variant passed ($((SECONDS - start))s)"
+}
+
+for variant in "${variants[@]}"; do
+  drill "$variant"
+done
+
+echo
+echo "pgpilot compose drill: every check passed ($((SECONDS - drill_start))s in all)"
+printf '%-10s %-6s %-6s %9s %13s %10s %12s %6s %5s\n' variant old new "outage" "outage:5000" "elected" "rejoined" acked lost
+for line in "${report[@]}"; do echo "$line"; done
+echo "outage: longest gap between acknowledged writes around the fault (writer through the"
+echo "multi-host URI / through HAProxy port 5000); elected: fault to new primary seen;"
+echo "rejoined: old node back to secondary after docker start / network connect."

@@ -16,6 +16,9 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("monitor database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The monitor cannot take the request now; the caller retries.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<Error> for tonic::Status {
@@ -24,6 +27,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
             Error::NotFound(m) => tonic::Status::not_found(m),
             Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            Error::Unavailable(m) => tonic::Status::unavailable(m),
             other => {
                 tracing::error!(error = %other, "request failed");
                 tonic::Status::unavailable(other.to_string())

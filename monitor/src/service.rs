@@ -20,9 +20,11 @@ pub struct MonitorService {
     in_flight: Arc<Semaphore>,
 }
 
-/// Heartbeats handled at once (a few per database connection): more would
-/// only queue for a connection past the keepers' RPC timeout.
-const MAX_HEARTBEATS_IN_FLIGHT: usize = 64;
+/// Heartbeats handled at once. Steady-state heartbeats are written in
+/// batches of up to `batch::MAX_BATCH` by `batch::WORKERS` statements, so
+/// this many drain in a few statements; more would only queue past the
+/// keepers' RPC timeout.
+const MAX_HEARTBEATS_IN_FLIGHT: usize = 2048;
 
 impl MonitorService {
     pub fn new(store: Store) -> Self {

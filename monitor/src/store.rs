@@ -21,6 +21,8 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::error::{Error, Result};
 use crate::fsm::{self, Decision, Health, KeeperTimings, NodeSnapshot, ReplicationPlan};
 
+mod batch;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 const MAX_ATTEMPTS: u32 = 3;
@@ -123,6 +125,7 @@ pub struct EventRow {
 pub struct Store {
     pool: PgPool,
     settings: MachineSettings,
+    beats: batch::Batcher,
 }
 
 type Tx<'a> = Transaction<'a, Postgres>;
@@ -136,7 +139,12 @@ impl Store {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, settings })
+        let beats = batch::Batcher::start(pool.clone(), settings);
+        Ok(Store {
+            pool,
+            settings,
+            beats,
+        })
     }
 
     /// Register a node (idempotent for the same name, host and port) and
@@ -224,126 +232,22 @@ impl Store {
 
     /// Record a heartbeat, evaluate the group, and return the assignment.
     pub async fn node_active(&self, hb: &Heartbeat) -> Result<Assignment> {
-        if let Some(assignment) = self.node_active_fast(hb).await? {
+        // The steady state is written in batches (see `batch`); anything
+        // else takes the locked path.
+        if let Some(assignment) = self.beats.submit(hb.clone()).await? {
             return Ok(assignment);
         }
         retry(|| self.node_active_once(hb)).await
     }
 
-    /// The steady-state heartbeat in one round trip and without locks: when
-    /// the report changes nothing the state machine reads (same state,
-    /// PostgreSQL running, streaming, timings) and the group is settled with
-    /// every keeper alive, only liveness and the LSN are written, and the
-    /// group is read back. The state machine still runs, in memory, on what
-    /// was read; if it would decide anything, or the primary's fence set
-    /// would change, the heartbeat takes the locked path instead. No goal is
-    /// ever written here.
-    async fn node_active_fast(&self, hb: &Heartbeat) -> Result<Option<Assignment>> {
-        let rows = sqlx::query(
-            "WITH me AS (
-                 UPDATE node SET last_heartbeat = clock_timestamp(), lsn = $2, timeline = $3
-                  WHERE node_id = $1
-                    AND reported_state = $4 AND goal_state = $4
-                    AND goal_state IN ('single', 'primary', 'secondary', 'maintenance')
-                    AND pg_running = $5 AND wal_receiver_streaming = $6
-                    AND (system_identifier = $7 OR $7 = 0)
-                    AND heartbeat_interval_ms = $8 AND fence_timeout_ms = $9
-                    AND wal_sender_timeout_ms = $10
-                    AND last_heartbeat > clock_timestamp() - make_interval(secs => $11)
-                                         - make_interval(secs => heartbeat_interval_ms / 1000.0)
-                 RETURNING formation, group_id
-             )
-             SELECT n.*, f.number_sync_standbys, f.election_forced_at, clock_timestamp() AS now
-               FROM me
-               JOIN node n ON n.formation = me.formation AND n.group_id = me.group_id
-               JOIN formation f ON f.name = me.formation
-              ORDER BY n.node_id",
-        )
-        .bind(hb.node_id)
-        .bind(hb.lsn as i64)
-        .bind(hb.timeline as i32)
-        .bind(hb.reported.as_str())
-        .bind(hb.pg_running)
-        .bind(hb.wal_receiver_streaming)
-        .bind(hb.system_identifier as i64)
-        .bind(millis(hb.timings.heartbeat_interval))
-        .bind(millis(hb.timings.fence_timeout))
-        .bind(millis(hb.timings.wal_sender_timeout))
-        .bind(self.settings.heartbeat_grace().as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let now: DateTime<Utc> = first.get("now");
-        let formation = formation_settings(first);
-        let mut nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
-        nodes.retain(|n| n.snap.goal != S::Dropped);
-        let Some(index) = nodes.iter().position(|n| n.snap.id == hb.node_id) else {
-            return Ok(None);
-        };
-        // The row read is the one before the update: fold the heartbeat in.
-        nodes[index].snap.last_heartbeat = Some(now);
-        nodes[index].snap.lsn = hb.lsn;
-        nodes[index].timeline = hb.timeline;
-        let grace = self.settings.heartbeat_grace();
-        let settled = nodes.iter().all(|n| {
-            n.snap.reported == n.snap.goal
-                && matches!(
-                    n.snap.goal,
-                    S::Single | S::Primary | S::Secondary | S::Maintenance
-                )
-                && n.snap.last_heartbeat.is_some_and(|t| {
-                    (now - t).to_std().unwrap_or_default()
-                        <= grace + n.snap.timings.heartbeat_interval
-                })
-        });
-        if !settled {
-            return Ok(None);
-        }
-        let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
-        if !fsm::decide(&snaps, now, &self.fsm_settings(formation))
-            .decisions
-            .is_empty()
-        {
-            return Ok(None);
-        }
-        let plan = fsm::replication_plan(&snaps, index, formation.number_sync_standbys);
-        let me = &nodes[index].snap;
-        if me.goal.is_writable_primary()
-            && (me.fence_set != plan.fence_set || me.fence_required != plan.fence_required)
-        {
-            return Ok(None);
-        }
-        let primary = upstream_of(&nodes, index).cloned();
-        let others = nodes
-            .iter()
-            .filter(|n| n.snap.id != hb.node_id)
-            .cloned()
-            .collect();
-        Ok(Some(Assignment {
-            node: nodes[index].clone(),
-            primary,
-            others,
-            plan,
-        }))
-    }
-
     async fn node_active_once(&self, hb: &Heartbeat) -> Result<Assignment> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT formation, group_id FROM node WHERE node_id = $1")
-            .bind(hb.node_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "node id {} is not registered with this monitor: remove the keeper's state file to register again",
-                    hb.node_id
-                ))
-            })?;
-        let formation: String = row.get("formation");
-        let group_id: i32 = row.get("group_id");
-        let (mut nodes, now, nss) = self.lock_group(&mut tx, &formation, group_id).await?;
+        let (mut nodes, now, nss) = self.lock_group_of(&mut tx, hb.node_id).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "node id {} is not registered with this monitor: remove the keeper's state file to register again",
+                hb.node_id
+            ))
+        })?;
         let me = nodes
             .iter_mut()
             .find(|n| n.snap.id == hb.node_id)
@@ -1040,21 +944,50 @@ impl Store {
         formation: &str,
         group_id: i32,
     ) -> Result<(Vec<StoredNode>, DateTime<Utc>, FormationSettings)> {
-        let f = sqlx::query(
-            "SELECT number_sync_standbys, election_forced_at, clock_timestamp() AS now FROM formation WHERE name = $1",
-        )
-        .bind(formation)
-        .fetch_one(&mut **tx)
-        .await?;
         let rows = sqlx::query(
-            "SELECT * FROM node WHERE formation = $1 AND group_id = $2 ORDER BY node_id FOR UPDATE",
+            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, clock_timestamp() AS now
+               FROM node n JOIN formation f ON f.name = n.formation
+              WHERE n.formation = $1 AND n.group_id = $2
+              ORDER BY n.node_id FOR UPDATE OF n",
         )
         .bind(formation)
         .bind(group_id)
         .fetch_all(&mut **tx)
         .await?;
-        let nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
-        Ok((nodes, f.get("now"), formation_settings(&f)))
+        if rows.is_empty() {
+            // An empty group still has its formation's settings and a time.
+            let f = sqlx::query(
+                "SELECT number_sync_standbys, election_forced_at, clock_timestamp() AS now FROM formation WHERE name = $1",
+            )
+            .bind(formation)
+            .fetch_one(&mut **tx)
+            .await?;
+            return Ok((Vec::new(), f.get("now"), formation_settings(&f)));
+        }
+        grouped(&rows)
+    }
+
+    /// Lock the rows of the group of node `node_id` (one round trip); `None`
+    /// when no such node is registered.
+    async fn lock_group_of(
+        &self,
+        tx: &mut Tx<'_>,
+        node_id: i64,
+    ) -> Result<Option<(Vec<StoredNode>, DateTime<Utc>, FormationSettings)>> {
+        let rows = sqlx::query(
+            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, clock_timestamp() AS now
+               FROM node n JOIN formation f ON f.name = n.formation
+              WHERE (n.formation, n.group_id) =
+                    (SELECT formation, group_id FROM node WHERE node_id = $1)
+              ORDER BY n.node_id FOR UPDATE OF n",
+        )
+        .bind(node_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        grouped(&rows).map(Some)
     }
 
     /// Run the state machine and persist its decisions.
@@ -1084,9 +1017,13 @@ impl Store {
     }
 
     pub fn fsm_settings(&self, formation: FormationSettings) -> fsm::Settings {
+        Store::fsm_settings_for(&self.settings, formation)
+    }
+
+    fn fsm_settings_for(settings: &MachineSettings, formation: FormationSettings) -> fsm::Settings {
         fsm::Settings {
-            node_timeout: self.settings.node_timeout,
-            fence_margin: self.settings.fence_margin,
+            node_timeout: settings.node_timeout,
+            fence_margin: settings.fence_margin,
             catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
             number_sync_standbys: formation.number_sync_standbys,
             election_forced_at: formation.election_forced_at,
@@ -1218,6 +1155,12 @@ fn upstream_of(nodes: &[StoredNode], index: usize) -> Option<&StoredNode> {
                 .iter()
                 .find(|n| n.snap.id != me.snap.id && is_handing_over_goal(n.snap.goal))
         })
+}
+
+/// The rows of one group read with their formation's settings and `now`.
+fn grouped(rows: &[PgRow]) -> Result<(Vec<StoredNode>, DateTime<Utc>, FormationSettings)> {
+    let nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
+    Ok((nodes, rows[0].get("now"), formation_settings(&rows[0])))
 }
 
 fn node_from_row(row: &PgRow) -> Result<StoredNode> {

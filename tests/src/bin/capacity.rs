@@ -23,9 +23,11 @@
 //! standbys report their stream gone, and the time until the monitor assigns
 //! a standby `prepare_promotion` or `fast_forward` is compared with its bound.
 //!
-//! Only 127.0.0.1 is used. The fake nodes' ports (20000 + n) are closed, so
-//! the monitor's health check of every fake node fails, as it would for a
-//! node whose PostgreSQL is down: harmless while their keepers heartbeat.
+//! Only 127.0.0.1 is used. Each fake node's PostgreSQL port (20000 + n) is a
+//! listener of this program that answers a startup packet the way a running
+//! server does (AuthenticationOk), so the monitor's health check of a node
+//! whose heartbeat runs late passes, as it would in a real fleet; a stopped
+//! ("dead") node's listener hangs up instead, so its check fails.
 //!
 //! Example:
 //!   cargo build --release -p pgpilot-monitor -p pgpilot-keeper
@@ -79,6 +81,45 @@ const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// /proc/<pid>/stat counts CPU time in USER_HZ ticks, 100 per second on Linux.
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+/// A fake node's PostgreSQL as the monitor's health check sees it: the
+/// startup packet is answered with AuthenticationOk while the node runs;
+/// a paused node hangs up.
+async fn fake_postgres(node: Arc<SimNode>, mut stop: watch::Receiver<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", node.port() as u16)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "{}: cannot listen on 127.0.0.1:{} ({e}); its health checks will fail",
+                node.name,
+                node.port()
+            );
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|&s| s) => return,
+        };
+        let Ok((mut conn, _)) = accepted else {
+            continue;
+        };
+        if node.paused.load(Ordering::SeqCst) {
+            continue;
+        }
+        tokio::spawn(async move {
+            let answer = async {
+                let len = conn.read_i32().await?;
+                let mut rest = vec![0u8; (len.clamp(4, 10_000) - 4) as usize];
+                conn.read_exact(&mut rest).await?;
+                conn.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), answer).await;
+        });
+    }
+}
 
 /// Simulate many keepers against one real monitor and its database, and
 /// report what the monitor keeps up with on this machine.
@@ -917,6 +958,7 @@ async fn run_step(
             pause_after_next: AtomicBool::new(false),
         });
         group.nodes.push(node.clone());
+        heartbeats.spawn(fake_postgres(node.clone(), stop_rx.clone()));
         new_nodes.push(node);
     }
     if !new_formations.is_empty() {

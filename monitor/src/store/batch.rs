@@ -1,0 +1,284 @@
+//! Steady-state heartbeats, many per statement (group commit).
+//!
+//! A heartbeat that changes nothing the state machine reads from its node
+//! (same reported state, PostgreSQL running or not, streaming or not, same
+//! timings, keeper not coming back from silence), in a group where the
+//! state machine has nothing to decide, only moves liveness and the LSN
+//! forward. That is every heartbeat of a healthy fleet, and most of them
+//! while a node works towards its goal (a clone, a catch-up). Such heartbeats are
+//! queued here; a few workers each take whatever is queued (up to
+//! [`MAX_BATCH`]), write it in ONE statement and commit once, then answer
+//! every heartbeat of the batch. Under load a batch holds hundreds of
+//! heartbeats, so the database sees a few commits a second instead of one
+//! per keeper; when idle, a batch is a single heartbeat and adds no delay.
+//!
+//! Safety is unchanged from one heartbeat per transaction:
+//! - a keeper is answered only after its liveness is committed, so the
+//!   stored last heartbeat is never earlier than the one the keeper's fence
+//!   clock counts from (the promotion deadline stays conservative, also for
+//!   another monitor reading the same database);
+//! - no goal is ever written here: the state machine runs in memory on what
+//!   was read, and any heartbeat it would decide about, or whose primary's
+//!   fence set would change, is answered "not here" and takes the locked
+//!   path;
+//! - rows are taken `FOR UPDATE SKIP LOCKED`: a node whose group a locked
+//!   transaction holds is skipped (it takes the locked path, which waits),
+//!   so a batch never waits on a lock and cannot deadlock.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use pgpilot_proto::ReplicationState as S;
+use sqlx::postgres::PgPool;
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::{
+    formation_settings, millis, node_from_row, upstream_of, Assignment, Heartbeat, MachineSettings,
+    Store, StoredNode,
+};
+use crate::error::{Error, Result};
+use crate::fsm::{self, NodeSnapshot};
+
+/// Heartbeats written by one statement at most.
+pub const MAX_BATCH: usize = 512;
+/// Statements in flight at once (each on its own pooled connection).
+pub const WORKERS: usize = 4;
+/// Heartbeats waiting for a worker before new ones are refused.
+const QUEUE: usize = 8192;
+
+/// Answer for one queued heartbeat: the assignment, or `None` when it must
+/// take the locked path.
+type Reply = oneshot::Sender<Result<Option<Assignment>>>;
+
+/// The queue in front of the workers.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<(Heartbeat, Reply)>,
+}
+
+impl Batcher {
+    /// Start the workers on the current runtime.
+    pub fn start(pool: PgPool, settings: MachineSettings) -> Batcher {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..WORKERS {
+            tokio::spawn(worker(pool.clone(), settings, rx.clone()));
+        }
+        Batcher { queue }
+    }
+
+    /// Write `hb` in the next batch; `None` when the heartbeat must take the
+    /// locked path.
+    pub async fn submit(&self, hb: Heartbeat) -> Result<Option<Assignment>> {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send((hb, tx)).await.is_err() {
+            return Err(Error::Unavailable(
+                "the monitor is shutting down: retry against another monitor".into(),
+            ));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Unavailable(
+                "heartbeat batch lost: retry on the next loop".into(),
+            ))
+        })
+    }
+}
+
+async fn worker(
+    pool: PgPool,
+    settings: MachineSettings,
+    rx: Arc<Mutex<mpsc::Receiver<(Heartbeat, Reply)>>>,
+) {
+    loop {
+        // Hold the receiver only while collecting: the next worker collects
+        // the next batch while this one's statement runs.
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(item) => batch.push(item),
+                None => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+        }
+        // A node twice in one batch (a keeper retrying) goes the locked way
+        // the second time: one row is updated once per statement.
+        let mut seen = HashSet::new();
+        let mut items = Vec::with_capacity(batch.len());
+        for (hb, reply) in batch {
+            if seen.insert(hb.node_id) {
+                items.push((hb, reply));
+            } else {
+                let _ = reply.send(Ok(None));
+            }
+        }
+        let heartbeats: Vec<&Heartbeat> = items.iter().map(|(hb, _)| hb).collect();
+        match write(&pool, &settings, &heartbeats).await {
+            Ok(mut answers) => {
+                for (hb, reply) in items {
+                    let _ = reply.send(Ok(answers.remove(&hb.node_id)));
+                }
+            }
+            Err(e) => {
+                // Every heartbeat of a failed batch tries the locked path.
+                tracing::warn!(error = %e, heartbeats = items.len(), "heartbeat batch failed");
+                for (_, reply) in items {
+                    let _ = reply.send(Ok(None));
+                }
+            }
+        }
+    }
+}
+
+/// Write one batch; the assignments of the heartbeats answered here.
+async fn write(
+    pool: &PgPool,
+    settings: &MachineSettings,
+    heartbeats: &[&Heartbeat],
+) -> Result<BTreeMap<i64, Assignment>> {
+    let col = |f: fn(&Heartbeat) -> i64| heartbeats.iter().map(|h| f(h)).collect::<Vec<i64>>();
+    let rows = sqlx::query(
+        "WITH hb AS (
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::text[], $5::bool[],
+                                  $6::bool[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
+                 AS h(node_id, lsn, timeline, reported, pg_running, streaming, sysid,
+                      hb_ms, fence_ms, wal_ms)
+         ), mine AS (
+             SELECT n.node_id, hb.lsn, hb.timeline
+               FROM node n JOIN hb ON hb.node_id = n.node_id
+              WHERE n.reported_state = hb.reported AND n.goal_state <> 'dropped'
+                AND n.pg_running = hb.pg_running AND n.wal_receiver_streaming = hb.streaming
+                AND (n.system_identifier = hb.sysid OR hb.sysid = 0)
+                AND n.heartbeat_interval_ms = hb.hb_ms AND n.fence_timeout_ms = hb.fence_ms
+                AND n.wal_sender_timeout_ms = hb.wal_ms
+                AND n.last_heartbeat > clock_timestamp() - make_interval(secs => $11)
+                                       - make_interval(secs => n.heartbeat_interval_ms / 1000.0)
+              ORDER BY n.node_id
+                FOR UPDATE OF n SKIP LOCKED
+         ), me AS (
+             UPDATE node n SET last_heartbeat = clock_timestamp(), lsn = mine.lsn,
+                               timeline = mine.timeline
+               FROM mine WHERE n.node_id = mine.node_id
+             RETURNING n.node_id, n.formation, n.group_id
+         )
+         SELECT n.*, f.number_sync_standbys, f.election_forced_at, clock_timestamp() AS now,
+                n.node_id IN (SELECT node_id FROM me) AS beat
+           FROM (SELECT DISTINCT formation, group_id FROM me) g
+           JOIN node n ON n.formation = g.formation AND n.group_id = g.group_id
+           JOIN formation f ON f.name = g.formation
+          ORDER BY n.formation, n.group_id, n.node_id",
+    )
+    .bind(col(|h| h.node_id))
+    .bind(col(|h| h.lsn as i64))
+    .bind(
+        heartbeats
+            .iter()
+            .map(|h| h.timeline as i32)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        heartbeats
+            .iter()
+            .map(|h| h.reported.as_str().to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(heartbeats.iter().map(|h| h.pg_running).collect::<Vec<_>>())
+    .bind(
+        heartbeats
+            .iter()
+            .map(|h| h.wal_receiver_streaming)
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(|h| h.system_identifier as i64))
+    .bind(col(|h| millis(h.timings.heartbeat_interval)))
+    .bind(col(|h| millis(h.timings.fence_timeout)))
+    .bind(col(|h| millis(h.timings.wal_sender_timeout)))
+    .bind(settings.heartbeat_grace().as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+
+    let by_id: BTreeMap<i64, &Heartbeat> = heartbeats.iter().map(|h| (h.node_id, *h)).collect();
+    let mut answers = BTreeMap::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let key =
+            |i: usize| -> (String, i32) { (rows[i].get("formation"), rows[i].get("group_id")) };
+        let group = key(start);
+        let mut end = start + 1;
+        while end < rows.len() && key(end) == group {
+            end += 1;
+        }
+        let rows = &rows[start..end];
+        start = end;
+        let now: DateTime<Utc> = rows[0].get("now");
+        let formation = formation_settings(&rows[0]);
+        let mut nodes = Vec::with_capacity(rows.len());
+        let mut beat = Vec::new();
+        for row in rows {
+            let mut node = node_from_row(row)?;
+            if row.get::<bool, _>("beat") {
+                // The row read is the one before the update: fold it in.
+                if let Some(hb) = by_id.get(&node.snap.id) {
+                    node.snap.last_heartbeat = Some(now);
+                    node.snap.lsn = hb.lsn;
+                    node.timeline = hb.timeline;
+                    beat.push(node.snap.id);
+                }
+            }
+            if node.snap.goal != S::Dropped {
+                nodes.push(node);
+            }
+        }
+        for id in beat {
+            if let Some(a) = settled_assignment(settings, &nodes, id, now, formation) {
+                answers.insert(id, a);
+            }
+        }
+    }
+    Ok(answers)
+}
+
+/// The reply for node `id`, or `None` when the state machine would decide
+/// something in its group (now, on the rows just read) or the primary's
+/// fence set would change. Nothing is written from here but liveness: a
+/// decision is always taken under the group's locks, on the locked path.
+fn settled_assignment(
+    settings: &MachineSettings,
+    nodes: &[StoredNode],
+    id: i64,
+    now: DateTime<Utc>,
+    formation: super::FormationSettings,
+) -> Option<Assignment> {
+    let index = nodes.iter().position(|n| n.snap.id == id)?;
+    let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
+    let outcome = fsm::decide(&snaps, now, &Store::fsm_settings_for(settings, formation));
+    // A stuck election is recorded as an event by the locked path.
+    if !outcome.decisions.is_empty()
+        || outcome
+            .waiting
+            .iter()
+            .any(|w| w.starts_with("election stuck"))
+    {
+        return None;
+    }
+    let plan = fsm::replication_plan(&snaps, index, formation.number_sync_standbys);
+    let me = &nodes[index].snap;
+    if me.goal.is_writable_primary()
+        && (me.fence_set != plan.fence_set || me.fence_required != plan.fence_required)
+    {
+        return None;
+    }
+    Some(Assignment {
+        node: nodes[index].clone(),
+        primary: upstream_of(nodes, index).cloned(),
+        others: nodes.iter().filter(|n| n.snap.id != id).cloned().collect(),
+        plan,
+    })
+}

@@ -91,7 +91,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             last_ok_sent: Instant::now(),
             current: state.current,
             fence_set: Vec::new(),
-            required: 0,
+            required: FENCE_REQUIRED_UNTIL_ANSWERED,
             fenced: false,
             confirmed: false,
         };
@@ -495,6 +495,15 @@ pub enum FenceStep {
     Stop,
 }
 
+/// How many standbys a restarted keeper requires to stream before the
+/// monitor first answers. The fence set it was last told is not kept across
+/// a restart, so none counts: a primary whose keeper restarts while it is
+/// cut off from the monitor fences after `fence_timeout`, as the monitor's
+/// fence deadline (computed from its last heartbeat, before the restart)
+/// assumes. With 0 it would never fence, and a `wait_primary` could keep
+/// taking writes beside a newly promoted standby.
+pub const FENCE_REQUIRED_UNTIL_ANSWERED: u32 = 1;
+
 /// Whether the fence task must look at PostgreSQL: the node is on the
 /// primary side, not fenced yet, and no heartbeat sent in the last
 /// `fence_timeout` got an answer (DESIGN §4).
@@ -632,5 +641,16 @@ mod fence_tests {
         );
         // Nothing required (no standby to count): keep serving.
         assert_eq!(fence_step(true, &[], &[], 0), FenceStep::KeepServing);
+        // A restarted keeper that has not heard from the monitor yet
+        // counts nobody, however many stream.
+        assert_eq!(
+            fence_step(
+                true,
+                &names(&["pgpilot_2"]),
+                &[],
+                FENCE_REQUIRED_UNTIL_ANSWERED
+            ),
+            FenceStep::Stop
+        );
     }
 }

@@ -13,7 +13,7 @@
 //!    `join_secondary`, then `secondary`.
 //! 3. Failover start: the primary is unhealthy → its secondaries go
 //!    `report_lsn` (an election); a primary whose keeper lives but whose
-//!    PostgreSQL stays down is also assigned `demoted` at once.
+//!    PostgreSQL stays down is also assigned `draining` at once.
 //! 4. Failover cancelled: the primary is healthy again before anyone was
 //!    promoted → the `report_lsn` nodes go back to `secondary`.
 //! 5. Election (see [promotion rule](#the-promotion-rule)).
@@ -561,8 +561,10 @@ impl Eval<'_> {
             }
             if pg_down && why_unhealthy.is_none() {
                 // The keeper lives: it stops PostgreSQL and confirms, which
-                // lets the election finish by rule (a).
-                self.assign(p, S::Demoted, reason);
+                // lets the election finish by rule (a). `draining`, as in a
+                // planned failover, so that it stays the group's primary
+                // (the node the standbys are told to follow) until then.
+                self.assign(p, S::Draining, reason);
             }
             return;
         }
@@ -644,11 +646,19 @@ impl Eval<'_> {
         // Members of the fence set whose stream is gone and whose LSN is
         // known: a commit acknowledged under ANY r (F) is on one of any
         // |F| − r + 1 of them, whether the old primary stopped or fenced.
+        // A member still reporting `demoted` (an older primary that has not
+        // rejoined yet), `wait_standby` or `init` never received this
+        // primary's WAL: it counts without an LSN.
         let in_set: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {
-                fence_set.contains(&application_name(self.nodes[i].id))
-                    && considered(i)
-                    && self.nodes[i].stream_lost_at.is_some()
+                let n = &self.nodes[i];
+                i != p
+                    && fence_set.contains(&application_name(n.id))
+                    && n.stream_lost_at.is_some()
+                    && (considered(i)
+                        || (self.alive(i)
+                            && !n.wal_receiver_streaming
+                            && matches!(n.reported, S::Demoted | S::WaitStandby | S::Init)))
             })
             .collect();
         let reporting_in_set = in_set.len();
@@ -771,6 +781,31 @@ impl Eval<'_> {
             }
             match self.nodes[i].goal {
                 S::FastForward => {
+                    // The target is only known while every other standby of
+                    // the election runs (a stopped one reports no LSN) and
+                    // the source is there: otherwise wait, lest the winner
+                    // be promoted without WAL only the source had.
+                    let source = fast_forward_source(&self.nodes, i);
+                    let unknown: Vec<String> = (0..self.nodes.len())
+                        .filter(|&j| {
+                            j != i
+                                && self.nodes[j].goal == S::ReportLsn
+                                && !self.nodes[j].pg_running
+                        })
+                        .map(|j| self.name(j))
+                        .collect();
+                    if source.is_none() || !unknown.is_empty() {
+                        let name = self.name(i);
+                        self.wait(format!(
+                            "{name} waits to fetch the missing WAL: {}",
+                            if unknown.is_empty() {
+                                "no standby to fetch it from is running".to_string()
+                            } else {
+                                format!("PostgreSQL of {} is down", unknown.join(", "))
+                            }
+                        ));
+                        continue;
+                    }
                     let target = self.fast_forward_target(i);
                     if self.nodes[i].lsn >= target {
                         self.assign(
@@ -966,6 +1001,20 @@ pub fn check_settings(nodes: &[NodeSnapshot], number_sync_standbys: u32) -> Resu
             "number_sync_standbys = {number_sync_standbys} needs at least {} quorum standbys and the group would have {quorum}: writes would stop as soon as one standby fails; add standbys or lower number_sync_standbys",
             number_sync_standbys + 1
         ));
+    }
+    let electing: Vec<&&NodeSnapshot> = standbys
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.goal,
+                S::ReportLsn | S::FastForward | S::PreparePromotion | S::StopReplication
+            )
+        })
+        .collect();
+    if !electing.is_empty() && electing.iter().all(|n| n.candidate_priority == 0) {
+        return Err(
+            "an election is under way and no standby taking part in it would have a candidate priority above 0, so it could never finish: wait until it is over".into(),
+        );
     }
     if !standbys.is_empty() && standbys.iter().all(|n| n.candidate_priority == 0) {
         return Err(

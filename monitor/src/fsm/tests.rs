@@ -317,7 +317,7 @@ fn primary_postgres_down_with_live_keeper_fails_over() {
         n.pg_running = false;
         n.pg_down_since = Some(now - secs(3));
     });
-    expect(&g, &g.decide(), &[("b", S::ReportLsn), ("a", S::Demoted)]);
+    expect(&g, &g.decide(), &[("b", S::ReportLsn), ("a", S::Draining)]);
     // Down only briefly: the keeper restarts it.
     let g = group().primary("a").secondary("b").with("a", |n| {
         n.pg_running = false;
@@ -630,7 +630,9 @@ fn confirmed_demotion_elects_without_waiting_for_the_deadline() {
 
 /// Found by the simulation: a primary whose PostgreSQL stayed down while its
 /// keeper lived was assigned `demoted` together with the election, and then
-/// no longer counted as the group's primary: the election never finished.
+/// no longer counted as the group's primary: the election never finished,
+/// and standbys whose PostgreSQL stopped had no primary named to restart
+/// with.
 #[test]
 fn election_of_a_demoted_primary_finishes() {
     let now = group().now;
@@ -638,8 +640,27 @@ fn election_of_a_demoted_primary_finishes() {
         n.pg_running = false;
         n.pg_down_since = Some(now - secs(3));
     };
+    // The old primary is now told to drain, so it stays the node the
+    // standbys follow (a standby whose PostgreSQL stops can restart).
     let g = group().primary("a").secondary("b").with("a", down);
-    expect(&g, &g.decide(), &[("b", S::ReportLsn), ("a", S::Demoted)]);
+    expect(&g, &g.decide(), &[("b", S::ReportLsn), ("a", S::Draining)]);
+    let g = g
+        .with("a", |n| {
+            n.goal = S::Draining;
+            n.reported = S::Draining;
+        })
+        .with("b", |n| {
+            n.goal = S::ReportLsn;
+            n.reported = S::ReportLsn;
+        })
+        .stream_lost("b", 1);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+    // An old primary already told to demote is still the one the election
+    // is about.
     let g = group()
         .primary("a")
         .secondary("b")
@@ -750,6 +771,80 @@ fn a_member_with_postgres_down_does_not_count_as_reported() {
     let o = g.decide();
     expect(&g, &o, &[]);
     assert!(o.waiting[0].contains("1 of the 2"), "{:?}", o.waiting);
+}
+
+/// Found by the simulation: a fence-set member that is an older primary not
+/// yet rejoined (reported `demoted`) holds none of this primary's WAL; an
+/// election must not wait for its LSN (it cannot rejoin without a primary).
+#[test]
+fn a_member_still_demoted_counts_without_an_lsn() {
+    let g = group()
+        .node("a", S::Draining, S::Draining)
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .node("c", S::Demoted, S::Catchingup)
+        .with("a", |n| {
+            n.fence_set = vec![application_name(2), application_name(3)];
+            n.fence_required = 1;
+            n.pg_running = false;
+        })
+        .with("c", |n| n.pg_running = false)
+        .stream_lost("b", 1)
+        .stream_lost("c", 1);
+    let o = g.decide();
+    expect(&g, &o, &[("b", S::PreparePromotion), ("a", S::Demoted)]);
+}
+
+/// Found by the simulation: when the fast-forward source's PostgreSQL
+/// stopped, its LSN (reported as 0) no longer counted, and the winner was
+/// promoted without the WAL only the source had — an acknowledged commit
+/// lost. The winner now waits, as documented.
+#[test]
+fn fast_forward_waits_when_its_source_stops() {
+    let g = group()
+        .node("a", S::Demoted, S::Demoted)
+        .node("b", S::FastForward, S::FastForward)
+        .node("c", S::ReportLsn, S::ReportLsn)
+        .with("b", |n| n.lsn = 0x300_0100)
+        .with("c", |n| {
+            n.lsn = 0;
+            n.pg_running = false;
+        });
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(
+        o.waiting.iter().any(|w| w.contains("b waits to fetch")),
+        "{:?}",
+        o.waiting
+    );
+    // c runs again with its WAL: b still has to fetch it.
+    let g = g.with("c", |n| {
+        n.lsn = 0x300_0200;
+        n.pg_running = true;
+    });
+    expect(&g, &g.decide(), &[]);
+    let g = g.with("b", |n| n.lsn = 0x300_0200);
+    expect(&g, &g.decide(), &[("b", S::PreparePromotion)]);
+}
+
+/// Found by the simulation: setting the only candidate of an election under
+/// way to priority 0 was accepted (another standby, not taking part, was
+/// above 0), and the election could never finish.
+#[test]
+fn the_last_candidate_of_an_election_keeps_its_priority() {
+    let g = group()
+        .node("a", S::Draining, S::Draining)
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .secondary("c")
+        .with("b", |n| n.candidate_priority = 0);
+    let err = check_settings(&g.nodes, 0).unwrap_err();
+    assert!(err.contains("election is under way"), "{err}");
+    // Outside an election the same priorities are fine.
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .secondary("c")
+        .with("b", |n| n.candidate_priority = 0);
+    assert_eq!(check_settings(&g.nodes, 0), Ok(()));
 }
 
 #[test]

@@ -14,6 +14,8 @@
 #                        compose/base-image.sh, pgpilot built on this host
 #                        (debug build unless --release) and copied in
 #   --release            with --local: copy a release build instead
+#   --build-only         build the images (pgpilot-lab:latest) and stop: then
+#                        `docker compose -f compose/docker-compose.yml up -d` runs the lab
 #
 # Exit status 0 only when every check of every variant passed. Needs docker,
 # docker compose or docker-compose 1.29, psql and python3 on this host.
@@ -22,18 +24,20 @@ cd "$(dirname "$0")/.."
 
 variants=()
 local_build=0
+build_only=0
 profile=debug
 while [ $# -gt 0 ]; do
   case "$1" in
     --local) local_build=1 ;;
     --release) profile=release ;;
+    --build-only) build_only=1 ;;
     --variant)
       case "${2:-}" in
         stop | partition) variants+=("$2") ;;
         *) echo "error: --variant takes stop or partition, not '${2:-}'" >&2; exit 2 ;;
       esac
       shift ;;
-    -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument '$1': see compose/drill.sh --help" >&2; exit 2 ;;
   esac
   shift
@@ -127,9 +131,9 @@ trap 'exit 130' INT TERM
 # Ports and images
 # ---------------------------------------------------------------------------
 
-ports=(5000 5001 7000 7430 6001 6002 6003 8001 8002 8003)
+ports=(5000 5001 7000 7430 9187 6001 6002 6003 8001 8002 8003)
 for port in "${ports[@]}"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  if [ "$build_only" -eq 0 ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "error: 127.0.0.1:$port is in use: stop what listens there (another lab?) before the drill" >&2
     exit 1
   fi
@@ -167,6 +171,10 @@ tools=$(docker run --rm --entrypoint /bin/bash "$image" -c \
   'for t in cc gcc g++ clang rustc cargo make ld as protoc; do command -v "$t" || true; done')
 [ -z "$tools" ] || { echo "DRILL FAILED: the lab image contains build tools: $tools" >&2; exit 1; }
 log "check: no build toolchain in $image"
+if [ "$build_only" -eq 1 ]; then
+  echo "images built; start the lab with: ${compose_cmd[*]} -f compose/docker-compose.yml up -d"
+  exit 0
+fi
 
 # ---------------------------------------------------------------------------
 # One drill
@@ -187,6 +195,14 @@ writer() {
     id=$((id + 1))
     sleep 0.05
   done
+}
+
+# http_has URL TEXT: the page answers 200 and contains TEXT.
+http_has() {
+  python3 -c '
+import sys, urllib.request
+body = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+sys.exit(0 if sys.argv[2] in body else 1)' "$1" "$2" 2>/dev/null
 }
 
 # psql inside a node's container, over its unix socket.
@@ -258,6 +274,10 @@ drill() {
     fi
   done
   log "check: every process of every service runs as a non-root user"
+  http_has http://127.0.0.1:9187/metrics pgpilot_ || fail "the monitor's /metrics (127.0.0.1:9187) does not answer with pgpilot metrics"
+  http_has http://127.0.0.1:8001/metrics pgpilot_keeper || fail "node1's /metrics (127.0.0.1:8001) does not answer with keeper metrics"
+  http_has "http://127.0.0.1:7000/;csv" primary,node1 || fail "HAProxy's statistics page (127.0.0.1:7000) does not answer"
+  log "check: monitor and keeper /metrics and the HAProxy statistics page answer"
 
   node_sql "$old" "CREATE TABLE drill (id bigint PRIMARY KEY, via text NOT NULL, at timestamptz NOT NULL DEFAULT now())" >/dev/null
   writer uri "$uri" 1 &

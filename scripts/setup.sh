@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgpilot needs to build and test when it is missing:
-# protoc (protobuf-compiler), the PostgreSQL 15 server and client, and
+# protoc (protobuf-compiler), the PostgreSQL 15 server and client,
+# Prometheus (for the observability test; its daemon is not started), and
 # cargo-nextest. Debian/Ubuntu only; uses sudo when not root.
 set -euo pipefail
 
@@ -11,6 +12,8 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && ! command -v pg_ctl 
 fi
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+# The observability test starts its own Prometheus on a free 127.0.0.1 port.
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -21,7 +24,16 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing ${need[*]} ..." >&2
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  # No package may start its daemon (Debian's prometheus would take port
+  # 9090): policy-rc.d exit 101 forbids it, for this install only.
+  policy_added=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    policy_added=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if [ -n "$policy_added" ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
   # Debian starts a default cluster on 5432; pgpilot never uses it.
   if [ -x /usr/bin/pg_lsclusters ] && pg_lsclusters -h 2>/dev/null | grep -q online; then
     $sudo pg_ctlcluster 15 main stop 2>/dev/null || true

@@ -86,6 +86,53 @@ fn d_hc_user() -> String {
 
 pub use pgpilot_proto::config_file::ConfigError;
 
+/// The password of a `postgres://user:password@host/db` URL, if it has one.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then_some(password)
+}
+
+/// The URL with its password replaced by `****`, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    redact(url, url)
+}
+
+/// `text` with the password of `url` (as written, and percent-decoded)
+/// replaced by `****`.
+pub fn redact(text: &str, url: &str) -> String {
+    let Some(password) = url_password(url) else {
+        return text.to_string();
+    };
+    let mut out = text.replace(password, "****");
+    let decoded = percent_decode(password);
+    if !decoded.is_empty() && decoded != password {
+        out = out.replace(&decoded, "****");
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl MonitorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config: MonitorConfig = config_file::load(path)?;
@@ -184,6 +231,23 @@ mod tests {
             c.resolve_database_url().unwrap(),
             "postgres://a@127.0.0.1/m"
         );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let url = "postgres://pgpilot:s3cr%2Ft@127.0.0.1:5432/pgpilot?sslmode=disable";
+        assert_eq!(
+            redact_url(url),
+            "postgres://pgpilot:****@127.0.0.1:5432/pgpilot?sslmode=disable"
+        );
+        assert_eq!(
+            redact("password for s3cr/t was wrong", url),
+            "password for **** was wrong"
+        );
+        let plain = "postgres://postgres@127.0.0.1:5432/pgpilot";
+        assert_eq!(redact_url(plain), plain);
+        assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url("postgres://u:@h/d"), "postgres://u:@h/d");
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub async fn run(store: Store, interval: Duration, limit: Duration, user: String
             let user = user.clone();
             checks.spawn(async move {
                 let now = ping(&host, port, &user, limit).await;
+                crate::metrics::health_checked(now);
                 (id, host, port, before, now)
             });
         }

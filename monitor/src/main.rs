@@ -320,6 +320,25 @@ async fn run(config_path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let metrics = match config.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let metrics_listener = match pgpilot_monitor::metrics::bind(addr).await {
+                Ok(l) => l,
+                Err(sentence) => {
+                    eprintln!("error: {sentence}");
+                    return ExitCode::from(1);
+                }
+            };
+            match pgpilot_monitor::metrics::install() {
+                Ok(handle) => Some((metrics_listener, handle)),
+                Err(e) => {
+                    eprintln!("error: cannot set up metrics: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler");
@@ -329,7 +348,7 @@ async fn run(config_path: PathBuf) -> ExitCode {
         }
         tracing::info!("shutting down");
     };
-    match pgpilot_monitor::run(config, &url, listener, shutdown).await {
+    match pgpilot_monitor::run(config, &url, listener, metrics, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

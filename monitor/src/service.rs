@@ -157,12 +157,15 @@ impl Monitor for MonitorService {
         // throw the pooled connection away and feed an overload.
         let store = self.store.clone();
         let a = tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let result = store.node_active(&hb).await;
+            crate::metrics::heartbeat_handled(started.elapsed());
             drop(permit);
             result
         })
         .await
         .map_err(|e| Status::internal(format!("heartbeat task failed: {e}")))??;
+        crate::metrics::heartbeat_answered(a.node.snap.id, a.node.snap.reported, a.node.snap.goal);
         Ok(Response::new(pb::NodeActiveReply {
             goal_state: a.node.snap.goal.to_wire(),
             primary: a.primary.as_ref().map(address),

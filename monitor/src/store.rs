@@ -1068,6 +1068,7 @@ impl Store {
                 from = %d.from,
                 to = %d.to,
                 reason = %reason,
+            crate::metrics::goal_assigned(d.node_id, node.snap.reported, d.to);
                 "goal changed"
             );
         }
@@ -1223,5 +1224,66 @@ where
             }
             other => return other,
         }
+    }
+}
+
+/// Reads for the metrics endpoint (`metrics.rs`): plain snapshots, no lock.
+impl Store {
+    /// Every node of every formation, and the database's time (heartbeats
+    /// are stamped with it).
+    pub async fn metrics_snapshot(&self) -> Result<(Vec<StoredNode>, DateTime<Utc>)> {
+        let mut tx = self.pool.begin().await?;
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = sqlx::query("SELECT * FROM node ORDER BY formation, group_id, node_id")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let nodes = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
+        Ok((nodes, now))
+    }
+
+    /// The id of the newest event (0 when there is none).
+    pub async fn last_event_id(&self) -> Result<i64> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT max(event_id) FROM event")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+
+    /// Up to `limit` events newer than `after`, oldest first, each with
+    /// whether it is settled: recorded over a minute ago, so no event with
+    /// a smaller id can still appear (ids are taken at insert but become
+    /// visible at commit, which can be out of order).
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<(EventRow, bool)>> {
+        let rows = sqlx::query(
+            "SELECT *, at < clock_timestamp() - interval '1 minute' AS settled
+               FROM event WHERE event_id > $1 ORDER BY event_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    EventRow {
+                        event_id: r.get("event_id"),
+                        at: r.get("at"),
+                        formation: r.get("formation"),
+                        group_id: r.get("group_id"),
+                        node_id: r.get("node_id"),
+                        node_name: r.get("node_name"),
+                        reported: r.get("reported_state"),
+                        goal_from: r.get("goal_from"),
+                        goal_to: r.get("goal_to"),
+                        reason: r.get("reason"),
+                    },
+                    r.get::<bool, _>("settled"),
+                )
+            })
+            .collect())
     }
 }

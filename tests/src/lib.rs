@@ -23,6 +23,7 @@ mod cluster;
 pub mod http;
 pub mod operator;
 pub mod process;
+pub mod prometheus;
 pub mod state;
 pub mod tools;
 pub mod wait;

@@ -145,3 +145,360 @@ async fn keeper_http_endpoints_follow_a_failover() -> Result<()> {
     .await?;
     cluster.shutdown().await
 }
+
+/// Every PromQL query of a Grafana dashboard: panel targets (rows' nested
+/// panels too), query variables (`label_values(metric, label)` asks for
+/// `metric`) and annotations.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    fn panels(list: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        for p in list.as_array().into_iter().flatten() {
+            let title = p["title"].as_str().unwrap_or("?").to_string();
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = t["expr"].as_str() {
+                    out.push((format!("panel {title:?} {}", t["refId"]), expr.to_string()));
+                }
+            }
+            panels(&p["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    panels(&dashboard["panels"], &mut out);
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if v["type"] != "query" {
+            continue;
+        }
+        let q = v["query"]["query"]
+            .as_str()
+            .or(v["query"].as_str())
+            .unwrap_or("");
+        let expr = match q.strip_prefix("label_values(") {
+            Some(rest) => rest.split(',').next().unwrap_or("").trim().to_string(),
+            None => q.to_string(),
+        };
+        out.push((format!("variable {}", v["name"]), expr));
+    }
+    for a in dashboard["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(expr) = a["expr"].as_str() {
+            out.push((format!("annotation {}", a["name"]), expr.to_string()));
+        }
+    }
+    out
+}
+
+/// Grafana's variables, as the dashboards use them, for a direct query.
+fn substitute(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$__range", "10m")
+        .replace("$__interval", "5s")
+        .replace("$formation", ".*")
+}
+
+fn dashboards() -> Result<Vec<(String, serde_json::Value)>> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/grafana/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path)?;
+            let json = serde_json::from_str(&text)
+                .map_err(|e| anyhow!("{} is not valid JSON: {e}", path.display()))?;
+            out.push((
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                json,
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// The state timelines' value mappings name each protocol number's state.
+#[test]
+fn dashboard_state_mappings_match_the_protocol() -> Result<()> {
+    let boards = dashboards()?;
+    assert!(boards.len() >= 2, "expected at least two dashboards");
+    let mut checked = 0;
+    for (file, board) in &boards {
+        let mut stack = vec![board["panels"].clone()];
+        while let Some(list) = stack.pop() {
+            for p in list.as_array().into_iter().flatten() {
+                stack.push(p["panels"].clone());
+                let expr = p["targets"][0]["expr"].as_str().unwrap_or("");
+                if !expr.contains("_state_code") {
+                    continue;
+                }
+                let options = &p["fieldConfig"]["defaults"]["mappings"][0]["options"];
+                for state in ReplicationState::ALL {
+                    let text = options[state.to_wire().to_string()]["text"].as_str();
+                    assert_eq!(text, Some(state.as_str()), "{file} panel {}", p["title"]);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2, "no state timeline found");
+    Ok(())
+}
+
+/// A real Prometheus scrapes the monitor and the keepers; after an
+/// unplanned failover the failover counter has grown, the state metrics
+/// name the new primary, and every query of every shipped dashboard
+/// returns at least one series. Then `show-events` lists the failover's
+/// goal changes in order, each with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_dashboards_and_events_after_a_failover() -> Result<()> {
+    use pgpilot_tests::prometheus::{Job, Prometheus};
+
+    let cluster = Cluster::start(observed_cluster(2)).await?;
+    cluster.wait_healthy_pair().await?;
+    let old = cluster.primary_name().await?;
+    let new = cluster.other_node(&old)?;
+    let monitor_port = cluster
+        .monitor_metrics_port()
+        .ok_or_else(|| anyhow!("the monitor has no metrics port"))?;
+    let prometheus = Prometheus::start(&[
+        Job {
+            name: "pgpilot-monitor",
+            ports: vec![monitor_port],
+        },
+        Job {
+            name: "pgpilot-keeper",
+            ports: vec![
+                cluster.keeper_http_port(&old)?,
+                cluster.keeper_http_port(&new)?,
+            ],
+        },
+    ])
+    .await?;
+    let p = &prometheus;
+    let c = &cluster;
+    let fail = |what: String| async move {
+        c.failure(format!(
+            "{what}\nPrometheus targets:\n{}\nPrometheus log tail:\n{}",
+            p.targets().await,
+            p.log_text()
+                .lines()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
+        .await
+    };
+
+    let before = cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "Prometheus to scrape all three targets and see the failover counters",
+            || async move {
+                let up = p.value("sum(up)").await?.unwrap_or(0.0);
+                let failovers = p
+                    .value("sum(max by (formation, reason) (pgpilot_failovers_total))")
+                    .await?;
+                Ok((up == 3.0).then_some(failovers).flatten())
+            },
+        )
+        .await;
+    let before = match before {
+        Ok(v) => v,
+        Err(e) => return Err(fail(format!("{e:#}")).await),
+    };
+
+    cluster.kill_node_hard(&old)?;
+    cluster
+        .wait_state(
+            Duration::from_secs(90),
+            &format!("{new} to become the writable primary after {old} was killed"),
+            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
+        )
+        .await?;
+
+    let (old_ref, new_ref) = (old.as_str(), new.as_str());
+    let seen = cluster
+        .wait_for(Duration::from_secs(60), "Prometheus to see the failover and the new primary", || async move {
+            let failovers = p.value("sum(max by (formation, reason) (pgpilot_failovers_total))").await?.unwrap_or(0.0);
+            let new_primary = p.value(&format!("pgpilot_node_is_primary{{node=\"{new_ref}\"}}")).await?;
+            let old_primary = p.value(&format!("pgpilot_node_is_primary{{node=\"{old_ref}\"}}")).await?;
+            let writable = p.value("sum(pgpilot_formation_writable_primary)").await?;
+            let keeper_primary = p
+                .value(&format!(
+                    "max by (node) (pgpilot_keeper_state{{state=~\"primary|wait_primary\"}} \
+                     * on(instance) group_left(node) pgpilot_keeper_info{{node=\"{new_ref}\"}})"
+                ))
+                .await?;
+            if failovers >= before + 1.0
+                && new_primary == Some(1.0)
+                && old_primary == Some(0.0)
+                && writable == Some(1.0)
+                && keeper_primary == Some(1.0)
+            {
+                return Ok(Some(failovers));
+            }
+            Err(anyhow!(
+                "failovers {failovers} (before {before}), is_primary {new_ref} {new_primary:?} {old_ref} {old_primary:?}, \
+                 writable primary {writable:?}, keeper state of {new_ref} primary/wait_primary {keeper_primary:?}"
+            ))
+        })
+        .await;
+    let after = match seen {
+        Ok(v) => v,
+        Err(e) => return Err(fail(format!("{e:#}")).await),
+    };
+    println!("failovers counted by Prometheus: {before} before, {after} after");
+
+    // The old primary rejoins; then a planned switchover back to it.
+    cluster.start_keeper(&old)?;
+    cluster.wait_healthy_pair().await?;
+    cli_ok(&cluster, &["perform-switchover", "--to", &old]).await?;
+    let switched = cluster
+        .wait_for(Duration::from_secs(60), "Prometheus to see the switchover", || async move {
+            let n = p
+                .value("sum(max by (formation, reason) (pgpilot_switchovers_total{reason=\"perform_switchover\"}))")
+                .await?;
+            let old_primary = p.value(&format!("pgpilot_node_is_primary{{node=\"{old_ref}\"}}")).await?;
+            let up = p.value("sum(up)").await?;
+            if n >= Some(1.0) && old_primary == Some(1.0) && up == Some(3.0) {
+                return Ok(Some(()));
+            }
+            Err(anyhow!("switchovers {n:?}, is_primary {old_ref} {old_primary:?}, targets up {up:?}"))
+        })
+        .await;
+    if let Err(e) = switched {
+        return Err(fail(format!("{e:#}")).await);
+    }
+
+    // Every dashboard query answers with at least one series.
+    let mut empty = Vec::new();
+    let mut count = 0;
+    for (file, board) in dashboards()? {
+        for (what, expr) in dashboard_queries(&board) {
+            count += 1;
+            let query = substitute(&expr);
+            match prometheus.query(&query).await {
+                Ok(result) if !result.is_empty() => {}
+                Ok(_) => empty.push(format!("{file} {what}: no series for {query}")),
+                Err(e) => empty.push(format!("{file} {what}: {e:#}")),
+            }
+        }
+    }
+    if !empty.is_empty() {
+        return Err(fail(format!(
+            "{} of {count} dashboard queries failed:\n{}",
+            empty.len(),
+            empty.join("\n")
+        ))
+        .await);
+    }
+    println!("{count} dashboard queries answered with at least one series");
+
+    // show-events: the failover's goal changes, in order, each with a reason.
+    let events = cli_ok(&cluster, &["show-events", "--json", "--count", "100"]).await?;
+    let events: Vec<serde_json::Value> = serde_json::from_str(&events)?;
+    let ids: Vec<i64> = events
+        .iter()
+        .filter_map(|e| e["event_id"].as_i64())
+        .collect();
+    if ids.windows(2).any(|w| w[0] >= w[1])
+        || events
+            .iter()
+            .any(|e| e["reason"].as_str().is_none_or(str::is_empty))
+    {
+        return Err(cluster
+            .failure(format!(
+                "show-events --json is out of order or lacks reasons: {events:#?}"
+            ))
+            .await);
+    }
+    let start = events
+        .iter()
+        .position(|e| e["node_name"] == new_ref && e["goal_to"] == "report_lsn")
+        .ok_or_else(|| anyhow!("no report_lsn event for {new}"))?;
+    let end = events
+        .iter()
+        .position(|e| {
+            e["node_name"] == new_ref
+                && e["goal_to"] == "wait_primary"
+                && e["goal_from"] == "stop_replication"
+        })
+        .map_or(events.len(), |i| i + 1);
+    let goals_of = |node: &str| -> Vec<String> {
+        events[start..end.max(start)]
+            .iter()
+            .filter(|e| e["node_name"] == node)
+            .map(|e| e["goal_to"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let promoted = goals_of(new_ref);
+    let expected = [
+        "report_lsn",
+        "prepare_promotion",
+        "stop_replication",
+        "wait_primary",
+    ];
+    let mut it = promoted.iter();
+    if !expected.iter().all(|g| it.any(|x| x == g))
+        || !goals_of(old_ref).contains(&"demoted".to_string())
+    {
+        return Err(cluster
+            .failure(format!(
+                "show-events does not list the failover in order: {new} went {promoted:?}, {old} went {:?}",
+                goals_of(old_ref)
+            ))
+            .await);
+    }
+    let table = cli_ok(
+        &cluster,
+        &["show-events", "--count", "100", "--node", new_ref],
+    )
+    .await?;
+    for needle in [
+        "report_lsn",
+        "prepare_promotion",
+        "stop_replication",
+        "wait_primary",
+        &new,
+    ] {
+        if !table.contains(needle) {
+            return Err(cluster
+                .failure(format!(
+                    "show-events --node {new} lacks {needle:?}:\n{table}"
+                ))
+                .await);
+        }
+    }
+    let only: Vec<serde_json::Value> = serde_json::from_str(
+        &cli_ok(
+            &cluster,
+            &["show-events", "--json", "--count", "100", "--node", new_ref],
+        )
+        .await?,
+    )?;
+    if only.is_empty() || only.iter().any(|e| e["node_name"] != new_ref) {
+        return Err(cluster
+            .failure(format!(
+                "show-events --json --node {new} shows other nodes: {only:#?}"
+            ))
+            .await);
+    }
+    let other = cli_ok(&cluster, &["show-events", "--formation", "nosuchformation"]).await;
+    if let Ok(text) = &other {
+        if text.contains(&new) {
+            return Err(cluster
+                .failure(format!(
+                    "show-events of another formation shows {new}:\n{text}"
+                ))
+                .await);
+        }
+    }
+    drop(prometheus);
+    cluster.shutdown().await
+}

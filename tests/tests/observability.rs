@@ -502,3 +502,153 @@ async fn prometheus_dashboards_and_events_after_a_failover() -> Result<()> {
     drop(prometheus);
     cluster.shutdown().await
 }
+
+/// Every `*.log` file under `dir`, recursively (PGDATA's contents other
+/// than logs are skipped).
+fn log_files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            log_files_under(&path, out);
+        } else if path.extension().is_some_and(|e| e == "log") {
+            out.push(path);
+        }
+    }
+}
+
+/// The monitor reaches its database as role `pgpilot` with a password
+/// (scram-sha-256). After a whole run — start, failover, operator
+/// commands, a monitor started with a wrong password, shutdown — no log
+/// file of the run and no command output holds either password, and the
+/// monitor did log its database URL (redacted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_any_log() -> Result<()> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let secret = format!("S3cret{}x{stamp}", std::process::id());
+    let wrong = format!("Wr0ng{}y{stamp}", std::process::id());
+    let tools = pgpilot_tests::Tools::locate()?;
+    let scratch = tools.scratch_dir("pgpilot-secrets-")?;
+    let root = scratch.path().join("cluster");
+    let cluster = Cluster::start(ClusterOptions {
+        http: true,
+        monitor_db_password: Some(secret.clone()),
+        dir: Some(root.clone()),
+        ..ClusterOptions::nodes(2)
+    })
+    .await?;
+    cluster.wait_healthy_pair().await?;
+    let mut outputs = String::new();
+    outputs.push_str(&cli_ok(&cluster, &["perform-failover"]).await?);
+    cluster.wait_healthy_pair().await?;
+    for args in [
+        &["show-state"][..],
+        &["show-state", "--json"],
+        &["show-events", "--count", "100"],
+        &["show-events", "--json", "--count", "100"],
+        &["show-node", "node1"],
+        &["show-uri"],
+    ] {
+        outputs.push_str(&cli_ok(&cluster, args).await?);
+    }
+    for node in cluster.node_names() {
+        outputs.push_str(&keeper_get(&cluster, &node, "/metrics").await?.body);
+        outputs.push_str(&keeper_get(&cluster, &node, "/primary").await?.body);
+    }
+    if let Some(port) = cluster.monitor_metrics_port() {
+        outputs.push_str(&http::get(port, "/metrics").await?.body);
+    }
+
+    // A monitor given a wrong password fails, saying so without it.
+    let monitor_toml = std::fs::read_to_string(root.join("monitor.toml"))?;
+    let bad_toml = root.join("monitor-wrong-password.toml");
+    let listen_port = pgpilot_tests::process::free_port()?;
+    let bad = monitor_toml
+        .lines()
+        .map(|l| {
+            if l.starts_with("database_url") {
+                l.replace(&secret, &wrong)
+            } else if l.starts_with("listen") {
+                format!("listen = \"127.0.0.1:{listen_port}\"")
+            } else if l.starts_with("metrics_listen") {
+                String::new()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    if !bad.contains(&wrong) {
+        return Err(cluster
+            .failure(format!(
+                "the harness's monitor.toml has no password to replace:\n{monitor_toml}"
+            ))
+            .await);
+    }
+    std::fs::write(&bad_toml, bad)?;
+    let mut cmd = tokio::process::Command::from(tools.monitor_command());
+    cmd.args(["run", "--config"])
+        .arg(&bad_toml)
+        .kill_on_drop(true);
+    let refused = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .map_err(|_| anyhow!("a monitor with a wrong password did not stop within 60s"))??;
+    let refused_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    if refused.status.success() || !refused_text.contains("pgpilot:****@") {
+        return Err(cluster
+            .failure(format!(
+                "a monitor with a wrong password should fail naming the redacted URL, got {}:\n{refused_text}",
+                refused.status
+            ))
+            .await);
+    }
+    outputs.push_str(&refused_text);
+
+    let mut files = cluster.log_files();
+    cluster.shutdown().await?;
+    log_files_under(&root, &mut files);
+    files.sort();
+    files.dedup();
+    let mut leaks = Vec::new();
+    let mut scanned = 0;
+    let mut redacted_url_logged = false;
+    for file in &files {
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        scanned += 1;
+        let text = String::from_utf8_lossy(&bytes);
+        for (name, s) in [("password", &secret), ("wrong password", &wrong)] {
+            if text.contains(s.as_str()) {
+                leaks.push(format!("{} holds the {name}", file.display()));
+            }
+        }
+        redacted_url_logged |= text.contains("database=postgres://pgpilot:****@");
+    }
+    for (name, s) in [("password", &secret), ("wrong password", &wrong)] {
+        if outputs.contains(s.as_str()) {
+            leaks.push(format!(
+                "an operator command or HTTP answer holds the {name}"
+            ));
+        }
+    }
+    println!(
+        "scanned {scanned} log files and {} bytes of command output",
+        outputs.len()
+    );
+    assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+    assert!(scanned >= 6, "expected the monitor's, its database's and two nodes' keeper and PostgreSQL logs, scanned {scanned}: {files:?}");
+    assert!(
+        redacted_url_logged,
+        "the monitor did not log its database URL (redacted)"
+    );
+    Ok(())
+}

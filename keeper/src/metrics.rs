@@ -143,3 +143,59 @@ pub fn render(
     handle.run_upkeep();
     handle.render()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only test that installs the process-wide recorder.
+    #[test]
+    fn every_metric_is_described_and_named_by_convention() {
+        let handle = install().unwrap();
+        let mut status = KeeperStatus::new("node1", "default", S::Secondary, S::ReportLsn);
+        status.primary_lsn = Some(2000);
+        status.node_id = Some(7);
+        let o = Observation {
+            running: true,
+            in_recovery: true,
+            lsn: 1500,
+            timeline: 3,
+            wal_receiver_streaming: true,
+            ..Observation::default()
+        };
+        let f = crate::http::facts(&status, &o);
+        transition_done(S::Catchingup, S::Secondary, Duration::from_millis(300));
+        let text = render(&handle, &status, &f, &o, Instant::now());
+        for line in [
+            "pgpilot_keeper_postgres_up 1",
+            "pgpilot_keeper_replication_lag_bytes 500",
+            "pgpilot_keeper_lsn_bytes 1500",
+            "pgpilot_keeper_timeline 3",
+            "pgpilot_keeper_state{state=\"secondary\"} 1",
+            "pgpilot_keeper_state{state=\"primary\"} 0",
+            "pgpilot_keeper_goal_state{state=\"report_lsn\"} 1",
+            "pgpilot_keeper_fence_events_total 0",
+            "pgpilot_keeper_info{node=\"node1\",formation=\"default\",node_id=\"7\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let mut described = std::collections::HashSet::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# HELP ") {
+                described.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !l.starts_with('#') && !l.is_empty() {
+                let name = l.split(['{', ' ']).next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| described.contains(*f)))
+                    .unwrap_or(name);
+                assert!(described.contains(family), "{name} has no HELP in\n{text}");
+                assert!(family.starts_with("pgpilot_keeper_"), "{name}");
+            }
+        }
+        assert!(text.contains("pgpilot_keeper_transition_duration_seconds_bucket{from=\"catchingup\",to=\"secondary\",le=\"0.5\"} 1"), "{text}");
+    }
+}

@@ -126,7 +126,13 @@ pub struct Store {
     pool: PgPool,
     settings: MachineSettings,
     beats: batch::Batcher,
+    /// Heartbeats on the locked path at once; beyond it they are shed.
+    locked_heartbeats: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Heartbeats that may wait for the locked path at once (a few per pooled
+/// connection): more would only wait past the keepers' RPC timeout.
+const MAX_LOCKED_HEARTBEATS: usize = 64;
 
 type Tx<'a> = Transaction<'a, Postgres>;
 
@@ -139,11 +145,22 @@ impl Store {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let beats = batch::Batcher::start(pool.clone(), settings);
+        // The batch writers have connections of their own: a storm of
+        // locked transactions (registrations, elections) must not starve
+        // the steady heartbeats that keep every other group alive.
+        let batch_pool = PgPoolOptions::new()
+            .max_connections(batch::WORKERS as u32)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        let beats = batch::Batcher::start(batch_pool, settings);
         Ok(Store {
             pool,
             settings,
             beats,
+            locked_heartbeats: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                MAX_LOCKED_HEARTBEATS,
+            )),
         })
     }
 
@@ -237,6 +254,11 @@ impl Store {
         if let Some(assignment) = self.beats.submit(hb.clone()).await? {
             return Ok(assignment);
         }
+        let Ok(_permit) = self.locked_heartbeats.try_acquire() else {
+            return Err(Error::Unavailable(
+                "the monitor is overloaded: heartbeat shed, retry on the next loop".into(),
+            ));
+        };
         retry(|| self.node_active_once(hb)).await
     }
 

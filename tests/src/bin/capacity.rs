@@ -769,7 +769,11 @@ async fn run(args: Args) -> Result<()> {
         nodes: 0,
         first_node_alone: false,
         node_timeout: Some(format!("{}ms", NODE_TIMEOUT.as_millis())),
+        // Durable like a production monitor database (the test harness
+        // turns fsync off for speed; a capacity figure must not).
         monitor_db_settings: vec![
+            "fsync=on".to_string(),
+            "full_page_writes=on".to_string(),
             "shared_preload_libraries=pg_stat_statements".to_string(),
             "pg_stat_statements.max=1000".to_string(),
         ],

@@ -647,8 +647,9 @@ impl Eval<'_> {
         // known: a commit acknowledged under ANY r (F) is on one of any
         // |F| − r + 1 of them, whether the old primary stopped or fenced.
         // A member still reporting `demoted` (an older primary that has not
-        // rejoined yet), `wait_standby` or `init` never received this
-        // primary's WAL: it counts without an LSN.
+        // rejoined yet) or `init` never received this primary's WAL: it
+        // counts without an LSN. (Not `wait_standby`: a standby being
+        // rebuilt keeps its old data until the clone replaces it.)
         let in_set: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {
                 let n = &self.nodes[i];
@@ -658,7 +659,7 @@ impl Eval<'_> {
                     && (considered(i)
                         || (self.alive(i)
                             && !n.wal_receiver_streaming
-                            && matches!(n.reported, S::Demoted | S::WaitStandby | S::Init)))
+                            && matches!(n.reported, S::Demoted | S::Init)))
             })
             .collect();
         let reporting_in_set = in_set.len();
@@ -669,6 +670,26 @@ impl Eval<'_> {
             .election_forced_at
             .is_some_and(|at| self.nodes[p].last_heartbeat.is_none_or(|hb| at > hb));
         let short = reporting_in_set < needed;
+        if confirmed {
+            // A reporter may have streamed again from the old primary
+            // (restarted by its keeper before it heard it must stop) after
+            // it reported: only reports made after the stop count.
+            let stopped = self.nodes[p].pg_down_since.or(self.nodes[p].last_heartbeat);
+            let stale: Vec<String> = reporters
+                .iter()
+                .filter(|&&i| {
+                    stopped.is_some_and(|t| self.nodes[i].last_heartbeat.is_none_or(|hb| hb < t))
+                })
+                .map(|&i| self.name(i))
+                .collect();
+            if !stale.is_empty() {
+                self.wait(format!(
+                    "election: waiting for {} to report their LSN again now that {primary} stopped",
+                    stale.join(", ")
+                ));
+                return;
+            }
+        }
         let rule: &'static str = if confirmed {
             if required > 0 && short && !forced {
                 self.wait(format!(
@@ -1011,6 +1032,18 @@ pub fn check_settings(nodes: &[NodeSnapshot], number_sync_standbys: u32) -> Resu
             )
         })
         .collect();
+    if let Some(n) = electing.iter().find(|n| {
+        n.candidate_priority == 0
+            && matches!(
+                n.goal,
+                S::FastForward | S::PreparePromotion | S::StopReplication
+            )
+    }) {
+        return Err(format!(
+            "{} is being promoted: its candidate priority cannot drop to 0 before the promotion is over",
+            n.name
+        ));
+    }
     if !electing.is_empty() && electing.iter().all(|n| n.candidate_priority == 0) {
         return Err(
             "an election is under way and no standby taking part in it would have a candidate priority above 0, so it could never finish: wait until it is over".into(),

@@ -78,9 +78,10 @@ pub struct Violation {
 /// signature; anything else is a new finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KnownBug {
-    /// A commit confirmed only by standbys that later left the primary's
-    /// fence set (they failed, the set shrank) is lost when the primary
-    /// fails before the remaining members received it.
+    /// A commit that no member of the old primary's fence set held (the set
+    /// shrank past the standbys that confirmed it, or a new primary's
+    /// standbys had not caught up with it yet) is lost when that primary
+    /// is replaced.
     FenceSetShrank,
     /// A goal was set from a reported state the keeper had already left
     /// (its goal changed twice between two of its heartbeats, or an
@@ -104,7 +105,7 @@ impl KnownBug {
     pub fn describe(self) -> &'static str {
         match self {
             KnownBug::FenceSetShrank => {
-                "open bug: a commit confirmed only by standbys that left the fence set since is lost"
+                "open bug: a commit no member of the old primary's fence set had yet is lost"
             }
             KnownBug::GoalFromStaleView => {
                 "open bug: a goal set from a reported state the keeper had already left has no keeper edge"
@@ -264,6 +265,9 @@ struct Pg {
     receiving: bool,
     last_contact: Ms,
     senders: BTreeMap<usize, Sender>,
+    /// Its keeper was killed while it ran as a primary, and it has not
+    /// stopped since: nothing fenced it meanwhile.
+    outlived_keeper: bool,
 }
 
 impl Pg {
@@ -476,6 +480,12 @@ pub struct World {
     checked: Vec<(u64, usize)>,
     data_loss_allowed: bool,
     forced_after_faults: bool,
+    /// Whether the group's primary, when last seen, ran with synchronous
+    /// replication.
+    primary_had_sync: bool,
+    /// The group's primary as last seen, and the one before it.
+    current_primary: Option<usize>,
+    previous_primary: Option<usize>,
     /// Which open bug a violation matches, if any.
     known: Option<KnownBug>,
     /// The nodes whose goal an operator command set last.
@@ -563,6 +573,9 @@ impl World {
             checked: vec![(u64::MAX, 0); n],
             data_loss_allowed: false,
             forced_after_faults: false,
+            primary_had_sync: false,
+            current_primary: None,
+            previous_primary: None,
             known: None,
             operator_goal: vec![false; n],
             goal_set_seeing: vec![S::Init; n],
@@ -1187,6 +1200,9 @@ impl World {
                     pg.receiving = false;
                     let (tl, lsn) = (pg.timeline, pg.lsn());
                     self.stats.promotions += 1;
+                    if !self.primary_had_sync {
+                        self.forgive_missing_on(i);
+                    }
                     self.log(format!(
                         "{}: PostgreSQL promoted at {} on timeline {tl}",
                         name(i),
@@ -1288,6 +1304,7 @@ impl World {
         }
         let pg = &mut self.pgs[i];
         pg.running = false;
+        pg.outlived_keeper = false;
         pg.receiving = false;
         pg.senders.clear();
         pg.incarnation += 1;
@@ -1345,6 +1362,9 @@ impl World {
             if next < actions.len() && self.rng.chance(0.5) {
                 let _ = self.apply_action(i, action, config_changed);
             }
+        }
+        if self.pgs[i].running && !self.pgs[i].in_recovery {
+            self.pgs[i].outlived_keeper = true;
         }
         let k = &mut self.keepers[i];
         k.alive = false;
@@ -1773,6 +1793,33 @@ impl World {
 
     /// The nodes the group has as its primary: assigned and reached a
     /// writable primary state, PostgreSQL running out of recovery.
+    /// The group's primary ran without synchronous replication (it was
+    /// `wait_primary`, or had no quorum standby): a failover from it may
+    /// lose any commit, as the operator chose with number_sync_standbys = 0
+    /// (DESIGN §5 promises no loss only with synchronous replication on).
+    /// Commits the new primary lacks are no longer checked.
+    fn forgive_missing_on(&mut self, i: usize) {
+        let before = self.acked_sync.len();
+        let history = &self.pgs[i].history;
+        let keep: Vec<bool> = self
+            .acked_sync
+            .iter()
+            .map(|id| history.binary_search(id).is_ok())
+            .collect();
+        let mut k = keep.iter();
+        self.acked_sync.retain(|_| *k.next().expect("same length"));
+        let mut k = keep.iter();
+        self.acked_by.retain(|_| *k.next().expect("same length"));
+        self.checked = vec![(u64::MAX, 0); self.pgs.len()];
+        let lost = before - self.acked_sync.len();
+        if lost > 0 {
+            self.log(format!(
+                "{}: promoted after a primary without synchronous replication: {lost} earlier synchronous commits it lacks are not protected",
+                name(i)
+            ));
+        }
+    }
+
     fn group_primaries(&self) -> Vec<usize> {
         (0..self.pgs.len())
             .filter(|&i| {
@@ -1796,7 +1843,7 @@ impl World {
             let names: Vec<String> = writers.iter().map(|&u| name(u)).collect();
             let keeperless: Vec<String> = writers
                 .iter()
-                .filter(|&&u| !self.keepers[u].alive)
+                .filter(|&&u| self.pgs[u].outlived_keeper)
                 .map(|&u| name(u))
                 .collect();
             self.fail(
@@ -1807,7 +1854,10 @@ impl World {
                     if keeperless.is_empty() {
                         String::new()
                     } else {
-                        format!(" (the keeper of {} is dead)", keeperless.join(", "))
+                        format!(
+                            " (the PostgreSQL of {} has run on since its keeper was killed)",
+                            keeperless.join(", ")
+                        )
                     }
                 ),
             );
@@ -1819,9 +1869,21 @@ impl World {
         // 2. The group's primary holds every commit acknowledged under
         // synchronous replication.
         if self.data_loss_allowed || self.acked_sync.is_empty() {
+            if let Some(&p) = self.group_primaries().first() {
+                self.primary_had_sync = self.pgs[p].sync.is_some();
+                if self.current_primary != Some(p) {
+                    self.previous_primary = self.current_primary;
+                    self.current_primary = Some(p);
+                }
+            }
             return;
         }
         for p in self.group_primaries() {
+            self.primary_had_sync = self.pgs[p].sync.is_some();
+            if self.current_primary != Some(p) {
+                self.previous_primary = self.current_primary;
+                self.current_primary = Some(p);
+            }
             let gen = self.pgs[p].generation;
             let (checked_gen, from) = self.checked[p];
             let from = if checked_gen == gen { from } else { 0 };
@@ -1830,9 +1892,13 @@ impl World {
                 if self.pgs[p].history.binary_search(&id).is_err() {
                     let (by, ackers) = self.acked_by[k].clone();
                     let names: Vec<String> = ackers.iter().map(|&a| name(a)).collect();
-                    let fence_set = &self.monitor.nodes[by].fence_set;
-                    let left = ackers.iter().all(|&a| {
-                        !fence_set.contains(&fsm::application_name(self.keepers[a].node_id))
+                    // The primary before this one: did any member of its
+                    // fence set hold the commit?
+                    let q = self.previous_primary.unwrap_or(by);
+                    let fence_set = self.monitor.nodes[q].fence_set.clone();
+                    let left = (0..self.pgs.len()).all(|h| {
+                        self.pgs[h].history.binary_search(&id).is_err()
+                            || !fence_set.contains(&fsm::application_name(self.keepers[h].node_id))
                     });
                     let what = format!(
                         "write {id}, acknowledged by {} under synchronous replication (confirmed by {}), is missing on the primary {}{}",
@@ -1840,7 +1906,10 @@ impl World {
                         names.join(", "),
                         name(p),
                         if left {
-                            format!("; {} has since left the fence set of {} ({fence_set:?})", names.join(", "), name(by))
+                            format!(
+                                "; no member of the fence set of the previous primary {} ({fence_set:?}) had it",
+                                name(q)
+                            )
                         } else {
                             String::new()
                         }

@@ -773,6 +773,38 @@ fn a_member_with_postgres_down_does_not_count_as_reported() {
     assert!(o.waiting[0].contains("1 of the 2"), "{:?}", o.waiting);
 }
 
+/// Found by the simulation: the old primary's keeper, still carrying out an
+/// earlier goal, restarted PostgreSQL after the election began; a standby
+/// that had already reported its LSN streamed from it again and confirmed a
+/// commit, and the election, using that stale report, promoted a standby
+/// without it. After a confirmed stop only reports made since count.
+#[test]
+fn a_confirmed_stop_needs_reports_made_after_it() {
+    let now = group().now;
+    let g = group()
+        .node("a", S::Draining, S::Draining)
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .with("a", |n| {
+            n.pg_running = false;
+            n.pg_down_since = Some(now - secs(1));
+        })
+        .with("b", |n| n.last_heartbeat = Some(now - secs(2)))
+        .stream_lost("b", 3);
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(
+        o.waiting[0].contains("report their LSN again"),
+        "{:?}",
+        o.waiting
+    );
+    let g = g.with("b", |n| n.last_heartbeat = Some(now));
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+}
+
 /// Found by the simulation: a fence-set member that is an older primary not
 /// yet rejoined (reported `demoted`) holds none of this primary's WAL; an
 /// election must not wait for its LSN (it cannot rejoin without a primary).
@@ -792,6 +824,19 @@ fn a_member_still_demoted_counts_without_an_lsn() {
         .stream_lost("c", 1);
     let o = g.decide();
     expect(&g, &o, &[("b", S::PreparePromotion), ("a", S::Demoted)]);
+    // A standby being rebuilt (reinit) still holds its old WAL until the
+    // clone: it does not count without an LSN.
+    let g = g.with("c", |n| {
+        n.reported = S::WaitStandby;
+        n.goal = S::WaitStandby;
+    });
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(
+        o.waiting[0].starts_with("election stuck"),
+        "{:?}",
+        o.waiting
+    );
 }
 
 /// Found by the simulation: when the fast-forward source's PostgreSQL
@@ -838,6 +883,14 @@ fn the_last_candidate_of_an_election_keeps_its_priority() {
         .with("b", |n| n.candidate_priority = 0);
     let err = check_settings(&g.nodes, 0).unwrap_err();
     assert!(err.contains("election is under way"), "{err}");
+    // Nor can the elected winner drop to 0 while it is being promoted.
+    let g = group()
+        .node("a", S::Demoted, S::Demoted)
+        .node("b", S::FastForward, S::FastForward)
+        .node("c", S::ReportLsn, S::ReportLsn)
+        .with("b", |n| n.candidate_priority = 0);
+    let err = check_settings(&g.nodes, 0).unwrap_err();
+    assert!(err.contains("b is being promoted"), "{err}");
     // Outside an election the same priorities are fine.
     let g = group()
         .primary("a")

@@ -399,6 +399,16 @@ async fn prometheus_dashboards_and_events_after_a_failover() -> Result<()> {
         .await);
     }
     println!("{count} dashboard queries answered with at least one series");
+    for q in ["scrape_duration_seconds", "scrape_samples_scraped"] {
+        for series in prometheus.query(q).await? {
+            println!(
+                "{q} {} {}: {}",
+                series["metric"]["job"].as_str().unwrap_or("?"),
+                series["metric"]["instance"].as_str().unwrap_or("?"),
+                series["value"][1].as_str().unwrap_or("?")
+            );
+        }
+    }
 
     // show-events: the failover's goal changes, in order, each with a reason.
     let events = cli_ok(&cluster, &["show-events", "--json", "--count", "100"]).await?;

@@ -1068,6 +1068,7 @@ impl Store {
                 .bind(d.to.as_str())
                 .execute(&mut **tx)
                 .await?;
+            crate::metrics::goal_assigned(d.node_id, node.snap.reported, d.to);
             let reason = d.reason.to_string();
             sqlx::query(
                 "INSERT INTO event (formation, group_id, node_id, node_name, reported_state, goal_from, goal_to, reason)
@@ -1090,7 +1091,6 @@ impl Store {
                 from = %d.from,
                 to = %d.to,
                 reason = %reason,
-            crate::metrics::goal_assigned(d.node_id, node.snap.reported, d.to);
                 "goal changed"
             );
         }

@@ -410,11 +410,13 @@ impl Store {
     /// Nodes to health-check: (id, host, port, current health).
     pub async fn health_targets(&self) -> Result<Vec<(i64, String, u16, Health)>> {
         // The check matters only for a node whose keeper is quiet (the rule
-        // needs both), so nodes heartbeating on time are not probed.
+        // needs both), so nodes heartbeating on time are not probed; a node
+        // whose last check failed is probed until it passes, so show-state
+        // never keeps a failure from before its PostgreSQL started.
         let rows = sqlx::query(
             "SELECT node_id, host, port, health FROM node
               WHERE goal_state <> 'dropped'
-                AND (health = 'unknown' OR last_heartbeat IS NULL
+                AND (health <> 'good' OR last_heartbeat IS NULL
                      OR last_heartbeat < clock_timestamp() - make_interval(secs => $1) - make_interval(secs => heartbeat_interval_ms / 1000.0))",
         )
         .bind(self.settings.heartbeat_grace().as_secs_f64())

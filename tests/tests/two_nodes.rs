@@ -63,6 +63,15 @@ async fn replication() -> Result<()> {
             ))
             .await);
     }
+    // The monitor's own check of each running node passes, even for a node
+    // first checked before its PostgreSQL started.
+    cluster
+        .wait_state(
+            Duration::from_secs(30),
+            "the monitor's health check to pass for both nodes",
+            |s| s.nodes.len() == 2 && s.nodes.iter().all(|n| n.health == "good"),
+        )
+        .await?;
     Ok(())
 }
 

@@ -562,6 +562,7 @@ impl Store {
                 to: S::ReportLsn,
                 reason: reason.clone(),
             }));
+            refuse_unreachable(&nodes, &decisions)?;
             self.apply(&mut tx, &nodes, &decisions).await?;
             tx.commit().await?;
             Ok(match target {
@@ -772,6 +773,7 @@ impl Store {
                     node.snap.reported, node.snap.goal
                 )));
             }
+            refuse_unreachable(&nodes, &decisions)?;
             self.apply(&mut tx, &nodes, &decisions).await?;
             tx.commit().await?;
             Ok(message)
@@ -829,6 +831,7 @@ impl Store {
                 to: S::WaitStandby,
                 reason: fsm::Reason::Reinit,
             };
+            refuse_unreachable(&nodes, std::slice::from_ref(&decision))?;
             self.apply(&mut tx, &nodes, &[decision]).await?;
             tx.commit().await?;
             Ok(format!(
@@ -1106,6 +1109,25 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// An operator command may assign only goals every keeper can reach: the
+/// keeper is at its reported state or, having just finished its
+/// transition, at its goal, and needs an edge from both.
+fn refuse_unreachable(nodes: &[StoredNode], decisions: &[Decision]) -> Result<()> {
+    for d in decisions {
+        if let Some(n) = nodes.iter().find(|n| n.snap.id == d.node_id) {
+            if !pgpilot_proto::keeper_has_edge(n.snap.reported, d.to)
+                || !pgpilot_proto::keeper_has_edge(n.snap.goal, d.to)
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} is still {} (goal {}) and cannot go to {} from there: wait until show-state shows it settled, then retry",
+                    n.snap.name, n.snap.reported, n.snap.goal, d.to
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_handing_over_goal(state: S) -> bool {

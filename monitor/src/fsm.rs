@@ -112,6 +112,39 @@ pub struct NodeSnapshot {
     pub fence_required: u32,
 }
 
+/// What one heartbeat tells the state machine about its node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Report {
+    pub reported: S,
+    pub pg_running: bool,
+    pub lsn: u64,
+    pub wal_receiver_streaming: bool,
+    pub timings: KeeperTimings,
+}
+
+impl NodeSnapshot {
+    /// Fold a heartbeat heard at `now` in, tracking since when the WAL
+    /// receiver and PostgreSQL have been down.
+    pub fn heard(&mut self, r: &Report, now: DateTime<Utc>) {
+        self.reported = r.reported;
+        self.pg_running = r.pg_running;
+        self.lsn = r.lsn;
+        self.wal_receiver_streaming = r.wal_receiver_streaming;
+        self.stream_lost_at = if r.wal_receiver_streaming {
+            None
+        } else {
+            self.stream_lost_at.or(Some(now))
+        };
+        self.pg_down_since = if r.pg_running {
+            None
+        } else {
+            self.pg_down_since.or(Some(now))
+        };
+        self.last_heartbeat = Some(now);
+        self.timings = r.timings;
+    }
+}
+
 /// Settings the state machine reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {

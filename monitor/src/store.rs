@@ -1157,23 +1157,16 @@ fn unknown_node(formation: &str, name: &str, known: &[String]) -> Error {
 /// Fold a heartbeat into the stored node, tracking since when the WAL
 /// receiver and PostgreSQL have been down.
 fn apply_heartbeat(node: &mut StoredNode, hb: &Heartbeat, now: DateTime<Utc>) {
-    let snap = &mut node.snap;
-    snap.reported = hb.reported;
-    snap.pg_running = hb.pg_running;
-    snap.lsn = hb.lsn;
-    snap.wal_receiver_streaming = hb.wal_receiver_streaming;
-    snap.stream_lost_at = if hb.wal_receiver_streaming {
-        None
-    } else {
-        snap.stream_lost_at.or(Some(now))
-    };
-    snap.pg_down_since = if hb.pg_running {
-        None
-    } else {
-        snap.pg_down_since.or(Some(now))
-    };
-    snap.last_heartbeat = Some(now);
-    snap.timings = hb.timings;
+    node.snap.heard(
+        &fsm::Report {
+            reported: hb.reported,
+            pg_running: hb.pg_running,
+            lsn: hb.lsn,
+            wal_receiver_streaming: hb.wal_receiver_streaming,
+            timings: hb.timings,
+        },
+        now,
+    );
     node.timeline = hb.timeline;
     if hb.system_identifier != 0 {
         node.system_identifier = hb.system_identifier;

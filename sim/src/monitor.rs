@@ -190,25 +190,16 @@ impl Monitor {
             .index(hb.node_id)
             .ok_or_else(|| format!("node id {} is not registered with this monitor", hb.node_id))?;
         let t = at(now);
-        {
-            let snap = &mut self.nodes[i];
-            snap.reported = hb.reported;
-            snap.pg_running = hb.pg_running;
-            snap.lsn = hb.lsn;
-            snap.wal_receiver_streaming = hb.wal_receiver_streaming;
-            snap.stream_lost_at = if hb.wal_receiver_streaming {
-                None
-            } else {
-                snap.stream_lost_at.or(Some(t))
-            };
-            snap.pg_down_since = if hb.pg_running {
-                None
-            } else {
-                snap.pg_down_since.or(Some(t))
-            };
-            snap.last_heartbeat = Some(t);
-            snap.timings = hb.timings;
-        }
+        self.nodes[i].heard(
+            &fsm::Report {
+                reported: hb.reported,
+                pg_running: hb.pg_running,
+                lsn: hb.lsn,
+                wal_receiver_streaming: hb.wal_receiver_streaming,
+                timings: hb.timings,
+            },
+            t,
+        );
         self.evaluate(now);
         let plan = fsm::replication_plan(&self.nodes, i, self.number_sync_standbys);
         let me = &mut self.nodes[i];

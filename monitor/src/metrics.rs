@@ -76,7 +76,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(HEARTBEAT_SECONDS.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(TRANSITION_SECONDS.into()), TRANSITION_BUCKETS)?
         .install_recorder()?;
-    describe_counter!(FAILOVERS, "Unplanned failovers decided: the old primary assigned demoted because it was lost (reason primary_unhealthy) or its PostgreSQL stayed down (postgres_down). Counted from the event table: take max over monitor processes.");
+    describe_counter!(FAILOVERS, "Unplanned failovers: the primary role taken away because the primary was unreachable (reason primary_unhealthy) or its PostgreSQL stayed down while its keeper ran (postgres_down). Counted from the event table: take max over monitor processes.");
     describe_counter!(SWITCHOVERS, "Planned hand-overs of the primary started: perform-failover, perform-switchover / perform-promotion, maintenance of the primary. Counted from the event table: take max over monitor processes.");
     describe_counter!(GOAL_CHANGES, "Goal states assigned, by from and to goal. Counted from the event table: take max over monitor processes.");
     describe_counter!(
@@ -310,27 +310,22 @@ fn displays_as(text: &str, reason: &Reason) -> bool {
 
 const MARK: &str = "\u{1}";
 
-/// A failover is the primary's goal going to `demoted` from a writable
-/// primary goal (once per failover: at the election's start when its
-/// PostgreSQL stayed down, else when a standby wins); a switchover is the
-/// primary's goal going to `draining` or `prepare_maintenance`.
+/// Once per hand-over, when the primary's goal leaves a writable primary
+/// goal: a failover when its PostgreSQL stayed down (it is sent to
+/// `draining` as the election starts) or when it was lost (`demoted` as a
+/// standby wins); else a switchover (`draining`, `prepare_maintenance`).
 pub fn classify(goal_from: S, goal_to: S, reason: &str) -> Option<Handover> {
     if !goal_from.is_writable_primary() {
         return None;
     }
+    let postgres_down = Reason::PrimaryPostgresDown {
+        primary: MARK.into(),
+    };
+    if matches!(goal_to, S::Draining | S::Demoted) && displays_as(reason, &postgres_down) {
+        return Some(Handover::Failover("postgres_down"));
+    }
     match goal_to {
-        S::Demoted => Some(Handover::Failover(
-            if displays_as(
-                reason,
-                &Reason::PrimaryPostgresDown {
-                    primary: MARK.into(),
-                },
-            ) {
-                "postgres_down"
-            } else {
-                "primary_unhealthy"
-            },
-        )),
+        S::Demoted => Some(Handover::Failover("primary_unhealthy")),
         S::Draining | S::PrepareMaintenance => Some(Handover::Switchover(
             if displays_as(reason, &Reason::PlannedFailover) {
                 "perform_failover"
@@ -717,6 +712,12 @@ mod tests {
         ] {
             assert_eq!(
                 classify(from, S::Demoted, &down),
+                Some(Handover::Failover("postgres_down"))
+            );
+            // PostgreSQL down, keeper alive: the primary drains while the
+            // election runs; a failover, not a switchover.
+            assert_eq!(
+                classify(from, S::Draining, &down),
                 Some(Handover::Failover("postgres_down"))
             );
             assert_eq!(

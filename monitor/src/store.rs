@@ -465,21 +465,7 @@ impl Store {
         .bind(i64::from(count))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| EventRow {
-                event_id: r.get("event_id"),
-                at: r.get("at"),
-                formation: r.get("formation"),
-                group_id: r.get("group_id"),
-                node_id: r.get("node_id"),
-                node_name: r.get("node_name"),
-                reported: r.get("reported_state"),
-                goal_from: r.get("goal_from"),
-                goal_to: r.get("goal_to"),
-                reason: r.get("reason"),
-            })
-            .collect())
+        Ok(rows.iter().map(event_from_row).collect())
     }
 
     /// Planned failover: the primary drains, the secondaries report their LSN.
@@ -1203,6 +1189,21 @@ fn grouped(rows: &[PgRow]) -> Result<(Vec<StoredNode>, DateTime<Utc>, FormationS
     Ok((nodes, rows[0].get("now"), formation_settings(&rows[0])))
 }
 
+fn event_from_row(r: &PgRow) -> EventRow {
+    EventRow {
+        event_id: r.get("event_id"),
+        at: r.get("at"),
+        formation: r.get("formation"),
+        group_id: r.get("group_id"),
+        node_id: r.get("node_id"),
+        node_name: r.get("node_name"),
+        reported: r.get("reported_state"),
+        goal_from: r.get("goal_from"),
+        goal_to: r.get("goal_to"),
+        reason: r.get("reason"),
+    }
+}
+
 fn node_from_row(row: &PgRow) -> Result<StoredNode> {
     let state = |col: &str| -> Result<S> {
         let text: String = row.get(col);
@@ -1306,23 +1307,7 @@ impl Store {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| {
-                (
-                    EventRow {
-                        event_id: r.get("event_id"),
-                        at: r.get("at"),
-                        formation: r.get("formation"),
-                        group_id: r.get("group_id"),
-                        node_id: r.get("node_id"),
-                        node_name: r.get("node_name"),
-                        reported: r.get("reported_state"),
-                        goal_from: r.get("goal_from"),
-                        goal_to: r.get("goal_to"),
-                        reason: r.get("reason"),
-                    },
-                    r.get::<bool, _>("settled"),
-                )
-            })
+            .map(|r| (event_from_row(r), r.get::<bool, _>("settled")))
             .collect())
     }
 }

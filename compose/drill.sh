@@ -258,6 +258,8 @@ drill() {
   log "== variant $variant: lab up"
   rm -f "$work"/*.acked "$work"/*.err "$work/stop-writers"
   lab_up=1
+  # A lab left by an earlier, killed drill would not start fresh.
+  "${C[@]}" down -v --remove-orphans >"$work/down.log" 2>&1 || { cat "$work/down.log" >&2; fail "docker compose down of an earlier lab failed"; }
   "${C[@]}" up -d --no-build >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; fail "docker compose up failed"; }
   wait_for 240 "a primary and two secondaries" settled
   old=$(states | awk '$2 == "primary" { print $1 }')
@@ -279,7 +281,8 @@ drill() {
   http_has "http://127.0.0.1:7000/;csv" primary,node1 || fail "HAProxy's statistics page (127.0.0.1:7000) does not answer"
   log "check: monitor and keeper /metrics and the HAProxy statistics page answer"
 
-  node_sql "$old" "CREATE TABLE drill (id bigint PRIMARY KEY, via text NOT NULL, at timestamptz NOT NULL DEFAULT now())" >/dev/null
+  node_sql "$old" "CREATE TABLE drill (id bigint PRIMARY KEY, via text NOT NULL, at timestamptz NOT NULL DEFAULT now())" >/dev/null ||
+    fail "creating the drill's table on $old failed"
   writer uri "$uri" 1 &
   writer haproxy "$haproxy_uri" 1000000001 &
   fault_at=$EPOCHREALTIME # placeholder until the fault, for the wait below

@@ -4,10 +4,10 @@
 //! assigned goal, and the fence set it was last told as a primary (the
 //! promotion rule depends on it), plus an event row for every goal change.
 //! The monitor keeps nothing else, so several monitor processes can share
-//! one database. Every heartbeat and operator command evaluates the state
-//! machine inside one transaction that first locks the group's rows
-//! (`SELECT … FOR UPDATE`, ordered by node id), so two monitors can never
-//! assign conflicting goals. Deadlocks and serialization failures are
+//! one database. Every goal is decided inside one transaction that first
+//! locks the group's rows (`SELECT … FOR UPDATE`, ordered by node id), so
+//! two monitors can never assign conflicting goals; a steady heartbeat,
+//! which decides nothing, is written in a batch instead (see `batch`). Deadlocks and serialization failures are
 //! retried a bounded number of times. Timestamps come from the database's
 //! clock, the one clock all monitors share.
 

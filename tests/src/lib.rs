@@ -24,6 +24,7 @@ pub mod http;
 pub mod operator;
 pub mod process;
 pub mod prometheus;
+pub mod proxy;
 pub mod state;
 pub mod tools;
 pub mod wait;

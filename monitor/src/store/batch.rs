@@ -8,9 +8,9 @@
 //! while a node works towards its goal (a clone, a catch-up). Such heartbeats are
 //! queued here; a few workers each take whatever is queued (up to
 //! [`MAX_BATCH`]), write it in ONE statement and commit once, then answer
-//! every heartbeat of the batch. Under load a batch holds hundreds of
-//! heartbeats, so the database sees a few commits a second instead of one
-//! per keeper; when idle, a batch is a single heartbeat and adds no delay.
+//! every heartbeat of the batch. Under load a batch holds tens of
+//! heartbeats (about 12 at 10,000 nodes a second), one commit for all of
+//! them; when idle, a batch is a single heartbeat and adds no delay.
 //!
 //! Safety is unchanged from one heartbeat per transaction:
 //! - a keeper is answered only after its liveness is committed, so the
@@ -23,7 +23,10 @@
 //!   path;
 //! - rows are taken `FOR UPDATE SKIP LOCKED`: a node whose group a locked
 //!   transaction holds is skipped (it takes the locked path, which waits),
-//!   so a batch never waits on a lock and cannot deadlock.
+//!   so a batch never waits on a lock and cannot deadlock; and a locked
+//!   transaction that reaches a row a batch holds waits for the batch's
+//!   commit and then reads its liveness, so no decision is taken on a
+//!   heartbeat older than one already answered.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

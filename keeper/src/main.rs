@@ -1,11 +1,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use pgpilot_keeper::agent::Keeper;
 use pgpilot_keeper::config::KeeperConfig;
 use pgpilot_keeper::pg::{find_bin_dir, PgController, PgSettings};
 use pgpilot_keeper::{http, metrics};
+use pgpilot_proto::logs::LogFormat;
 
 /// pgpilot keeper: runs beside one PostgreSQL server and carries out the
 /// transitions the monitor assigns.
@@ -17,12 +18,6 @@ use pgpilot_keeper::{http, metrics};
 struct Args {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -43,15 +38,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let Command::Run { config, log_format } = Args::parse().command;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    pgpilot_proto::logs::init(log_format);
     let config = match KeeperConfig::load(&config) {
         Ok(c) => c,
         Err(e) => {

@@ -2,9 +2,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use pgpilot_monitor::cli::{self, CliError, Client};
 use pgpilot_monitor::config::MonitorConfig;
+use pgpilot_proto::logs::LogFormat;
 use pgpilot_proto::ReplicationState as S;
 
 /// pgpilot monitor: keeps every node's state and assigns goal states; its
@@ -42,12 +43,6 @@ struct Args {
     tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -261,24 +256,12 @@ struct GroupOp {
     wait: Wait,
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Run { config, log_format } => {
-            init_logs(log_format);
+            pgpilot_proto::logs::init(log_format);
             return run(config).await;
         }
         command => {

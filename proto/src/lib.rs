@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod config_file;
+pub mod logs;
 
 /// Generated gRPC code.
 pub mod pb {

@@ -27,6 +27,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::process::{self, free_port, postmaster_pid};
+use crate::proxy::Proxy;
 use crate::state::{events_table, FormationStateExt, NodeStatusExt};
 use crate::tools::{Tools, KEEP_DIRS_ENV};
 use crate::wait::{poll_until, GiveUp, TimedOut, POLL_INTERVAL};
@@ -69,6 +70,10 @@ pub struct ClusterOptions {
     /// The monitor connects to its database as role `pgpilot` with this
     /// password (scram-sha-256) instead of as `postgres` without one.
     pub monitor_db_password: Option<String>,
+    /// Route each keeper's link to the monitor through its own fault
+    /// [`Proxy`] (the keeper's `monitor` URL names the proxy); see
+    /// [`Cluster::monitor_link`].
+    pub monitor_link_proxies: bool,
 }
 
 impl Default for ClusterOptions {
@@ -84,6 +89,7 @@ impl Default for ClusterOptions {
             monitor_db_settings: Vec::new(),
             http: false,
             monitor_db_password: None,
+            monitor_link_proxies: false,
         }
     }
 }
@@ -103,6 +109,12 @@ impl ClusterOptions {
 
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// See [`ClusterOptions::monitor_link_proxies`].
+    pub fn monitor_link_proxies(mut self) -> Self {
+        self.monitor_link_proxies = true;
         self
     }
 }
@@ -154,6 +166,8 @@ struct Node {
     keeper_log: PathBuf,
     keeper: Mutex<Option<Child>>,
     http_port: Option<u16>,
+    /// The fault proxy on this keeper's link to the monitor, if any.
+    monitor_link: Option<Proxy>,
 }
 
 impl Node {
@@ -172,6 +186,7 @@ pub struct Cluster {
     monitor_db_pgdata: PathBuf,
     monitor_db_port: u16,
     monitor_url: String,
+    monitor_port: u16,
     monitor_config: PathBuf,
     monitor_log: PathBuf,
     monitor: Mutex<Option<Child>>,
@@ -208,6 +223,7 @@ impl Cluster {
             monitor_db_pgdata: root.join("monitor-db").join("data"),
             monitor_db_port: 0,
             monitor_url: String::new(),
+            monitor_port: 0,
             monitor_config: root.join("monitor.toml"),
             monitor_log: root.join("monitor.log"),
             monitor: Mutex::new(None),
@@ -382,6 +398,7 @@ impl Cluster {
 
     async fn start_monitor(&mut self, opts: &ClusterOptions) -> Result<()> {
         let port = free_port()?;
+        self.monitor_port = port;
         self.monitor_url = format!("http://127.0.0.1:{port}");
         if opts.http {
             self.monitor_metrics_port = Some(free_port()?);
@@ -405,7 +422,18 @@ impl Cluster {
         };
         fs::write(&self.monitor_config, toml::to_string(&config)?)
             .with_context(|| format!("writing {}", self.monitor_config.display()))?;
+        self.spawn_monitor()?;
 
+        self.channel = Some(
+            Endpoint::from_shared(self.monitor_url.clone())?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(10))
+                .connect_lazy(),
+        );
+        self.wait_monitor_answers().await
+    }
+
+    fn spawn_monitor(&self) -> Result<()> {
         let log = open_log(&self.monitor_log, "starting the monitor")?;
         let mut cmd = self.tools.monitor_command();
         cmd.arg("run")
@@ -420,13 +448,10 @@ impl Cluster {
             .spawn()
             .with_context(|| format!("spawning {}", self.tools.monitor.display()))?;
         *lock(&self.monitor) = Some(child);
+        Ok(())
+    }
 
-        self.channel = Some(
-            Endpoint::from_shared(self.monitor_url.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(10))
-                .connect_lazy(),
-        );
+    async fn wait_monitor_answers(&self) -> Result<()> {
         let this: &Cluster = self;
         poll_until(
             MONITOR_START_TIMEOUT,
@@ -472,13 +497,21 @@ impl Cluster {
         let http_port = if opts.http { Some(free_port()?) } else { None };
         let pgdata = dir.join("data");
         let config = dir.join("keeper.toml");
+        let monitor_link = if opts.monitor_link_proxies {
+            Some(Proxy::start(self.monitor_port)?)
+        } else {
+            None
+        };
         let keeper = KeeperToml {
             name: name.clone(),
             formation: self.formation.clone(),
             host: "127.0.0.1".to_string(),
             port,
             pgdata: pgdata.display().to_string(),
-            monitor: self.monitor_url.clone(),
+            monitor: match &monitor_link {
+                Some(proxy) => format!("http://127.0.0.1:{}", proxy.port()),
+                None => self.monitor_url.clone(),
+            },
             pg_bin_dir: self.tools.pg_bin_dir.display().to_string(),
             pg_user: "postgres".to_string(),
             candidate_priority: opts.candidate_priorities.get(i - 1).copied(),
@@ -499,6 +532,7 @@ impl Cluster {
             config,
             keeper: Mutex::new(None),
             http_port,
+            monitor_link,
         });
         Ok(())
     }
@@ -592,6 +626,14 @@ impl Cluster {
             .ok_or_else(|| anyhow!("{name} has no HTTP server: start the cluster with http = true"))
     }
 
+    /// The fault proxy on `name`'s link to the monitor (with
+    /// [`ClusterOptions::monitor_link_proxies`]).
+    pub fn monitor_link(&self, name: &str) -> Result<&Proxy> {
+        self.node(name)?.monitor_link.as_ref().ok_or_else(|| {
+            anyhow!("{name} has no monitor-link proxy: start the cluster with monitor_link_proxies")
+        })
+    }
+
     /// Every log file of this cluster: the monitor's, its database's, and
     /// each node's keeper and PostgreSQL logs.
     pub fn log_files(&self) -> Vec<PathBuf> {
@@ -662,6 +704,32 @@ impl Cluster {
             ),
         );
         Ok(gone_at)
+    }
+
+    /// SIGKILL the monitor (its process group); returns when it is gone.
+    /// [`Cluster::restart_monitor`] starts it again.
+    pub fn kill_monitor(&self) -> Result<Instant> {
+        let mut child = lock(&self.monitor)
+            .take()
+            .ok_or_else(|| anyhow!("the monitor is not running"))?;
+        let pid = child.id();
+        process::kill_child_group(&mut child);
+        let gone_at = Instant::now();
+        self.mark_log(
+            &self.monitor_log,
+            &format!("monitor pid {pid} killed (SIGKILL)"),
+        );
+        Ok(gone_at)
+    }
+
+    /// Start the monitor again with the same configuration and wait until
+    /// it answers.
+    pub async fn restart_monitor(&self) -> Result<()> {
+        if lock(&self.monitor).is_some() {
+            bail!("the monitor is already running");
+        }
+        self.spawn_monitor()?;
+        self.wait_monitor_answers().await
     }
 
     /// Start the keeper of `name` again, with the same configuration.
@@ -999,6 +1067,9 @@ impl Cluster {
                 node.port,
                 describe(&node.keeper)
             ));
+            if let Some(proxy) = &node.monitor_link {
+                out.push_str(&format!("{} link to the monitor: {proxy}\n", node.name));
+            }
         }
         out
     }

@@ -1,0 +1,320 @@
+//! Network and process faults that must change nothing: the primary's keeper
+//! cut from the monitor (while it still streams to its standby), and the
+//! monitor down for a minute. Writes go on through the multi-host URI and no
+//! node changes role.
+//!
+//! Needs `cargo build --workspace` first (the tests run the built
+//! `pgpilot-monitor` and `pgpilot-keeper`) and PostgreSQL's server programs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use pgpilot_tests::operator::cli_json;
+use pgpilot_tests::{
+    Cluster, ClusterOptions, FormationState, FormationStateExt, NodeStatusExt, ReplicationState,
+    WriteReport, Writer,
+};
+use serde_json::Value;
+
+const PRIMARY: ReplicationState = ReplicationState::Primary;
+const SECONDARY: ReplicationState = ReplicationState::Secondary;
+
+/// Two nodes cloned and settled on a loaded two-core machine.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Keepers heartbeat again after a fault ends.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Acknowledged writes to see before a fault, so the writer is in full swing.
+const WARM_UP_ACKS: usize = 25;
+/// The longest pause between two acknowledged writes a fault may cause when
+/// it must not touch the write path (the writer writes every 20 ms; this
+/// leaves room for a loaded two-core machine, and is far below a failover).
+const MAX_WRITE_GAP: Duration = Duration::from_secs(3);
+/// A heartbeat at most this old counts as current (keepers beat every 0.5 s).
+const FRESH_HEARTBEAT_MS: i64 = 2_000;
+
+async fn warm_writer(cluster: &Cluster) -> Result<Writer> {
+    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
+    cluster
+        .wait_for(Duration::from_secs(30), "the writer to warm up", || {
+            let ready = writer.ack_count() >= WARM_UP_ACKS;
+            async move { Ok(ready.then_some(())) }
+        })
+        .await?;
+    Ok(writer)
+}
+
+/// The formation's events (oldest first), from `show-events --json`.
+async fn events(cluster: &Cluster) -> Result<Vec<Value>> {
+    let doc = cli_json(cluster, &["show-events", "--json", "--count", "10000"]).await?;
+    let mut list = doc
+        .as_array()
+        .cloned()
+        .ok_or_else(|| anyhow!("show-events --json is not an array:\n{doc:#}"))?;
+    list.sort_by_key(|e| e["event_id"].as_i64().unwrap_or(0));
+    Ok(list)
+}
+
+fn last_event_id(events: &[Value]) -> i64 {
+    events
+        .iter()
+        .filter_map(|e| e["event_id"].as_i64())
+        .max()
+        .unwrap_or(0)
+}
+
+fn event_line(e: &Value) -> String {
+    format!(
+        "{} {} reported {}: goal {} -> {} ({})",
+        e["at"].as_str().unwrap_or("?"),
+        e["node_name"].as_str().unwrap_or("?"),
+        e["reported_state"].as_str().unwrap_or("?"),
+        e["goal_from"].as_str().unwrap_or("?"),
+        e["goal_to"].as_str().unwrap_or("?"),
+        e["reason"].as_str().unwrap_or("")
+    )
+}
+
+/// Fail if any node's goal changed in an event after `baseline`.
+async fn expect_no_goal_change(cluster: &Cluster, baseline: i64, during: &str) -> Result<()> {
+    let changes: Vec<String> = events(cluster)
+        .await?
+        .iter()
+        .filter(|e| e["event_id"].as_i64().unwrap_or(0) > baseline)
+        .filter(|e| e["goal_from"] != e["goal_to"])
+        .map(event_line)
+        .collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(cluster
+        .failure(format!(
+            "no goal should change {during}, but the monitor recorded:\n{}",
+            changes.join("\n")
+        ))
+        .await)
+}
+
+/// Every node heartbeats again, `primary` settled in primary and every
+/// other node in secondary.
+async fn wait_all_heartbeating(cluster: &Cluster, primary: &str) -> Result<FormationState> {
+    let n = cluster.node_names().len();
+    cluster
+        .wait_state(
+            RECOVERY_TIMEOUT,
+            &format!(
+                "every keeper to heartbeat again (age < {FRESH_HEARTBEAT_MS} ms) with \
+                 {primary} still the settled primary"
+            ),
+            |s| {
+                s.nodes.len() == n
+                    && s.nodes
+                        .iter()
+                        .all(|node| (0..FRESH_HEARTBEAT_MS).contains(&node.heartbeat_age_ms))
+                    && s.nodes.iter().all(|node| {
+                        if node.name == primary {
+                            node.settled_in(PRIMARY)
+                        } else {
+                            node.settled_in(SECONDARY)
+                        }
+                    })
+            },
+        )
+        .await
+}
+
+/// The writes went on during the fault: acknowledged writes well after it
+/// began, and no pause between two of them longer than [`MAX_WRITE_GAP`].
+async fn expect_writes_continued(
+    cluster: &Cluster,
+    report: &WriteReport,
+    fault_at: Instant,
+    fault_end: Instant,
+) -> Result<()> {
+    let gap = report.longest_gap_after(fault_at).unwrap_or(Duration::MAX);
+    let acked_late = report.acks.iter().any(|ack| {
+        ack.at
+            > fault_end
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or(fault_at)
+            && ack.at <= fault_end
+    });
+    eprintln!(
+        "writer: {} writes acknowledged, {} errors, longest pause after the fault began {:.3} s",
+        report.acks.len(),
+        report.error_count,
+        gap.as_secs_f64()
+    );
+    if gap > MAX_WRITE_GAP || !acked_late {
+        return Err(cluster
+            .failure(format!(
+                "writes should go on during the fault: longest pause between acknowledged \
+                 writes {gap:?} (allowed {MAX_WRITE_GAP:?}); a write acknowledged in the \
+                 fault's last second: {acked_late}\nwriter errors:\n{}",
+                report.recent_errors(15)
+            ))
+            .await);
+    }
+    Ok(())
+}
+
+/// The primary's keeper loses the monitor (a black-holed link) for longer
+/// than node_timeout plus the fence bound, while its PostgreSQL still answers
+/// the monitor's health check and still streams to the standby. The keeper
+/// must not fence (its standby streams) and the monitor must not promote
+/// (the primary is silent but healthy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_cut_from_monitor_only_keeps_serving() -> Result<()> {
+    /// How long the link is cut: the monitor's node_timeout (2 s) plus the
+    /// keeper's fence timeout (1.5 s) plus the fence margin, twice over.
+    /// This sleep IS the scenario.
+    const CUT: Duration = Duration::from_secs(8);
+
+    let cluster = Cluster::start(ClusterOptions::nodes(2).monitor_link_proxies()).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let primary = cluster.primary_name().await?;
+    let standby = cluster.other_node(&primary)?;
+    let writer = warm_writer(&cluster).await?;
+    let baseline = last_event_id(&events(&cluster).await?);
+
+    let link = cluster.monitor_link(&primary)?;
+    link.blackhole();
+    let cut_at = Instant::now();
+    eprintln!("cut {primary}'s link to the monitor: {link}");
+    tokio::time::sleep(CUT).await;
+
+    // The cut was real: the monitor has not heard from the primary's keeper
+    // for most of it, while the standby's keeper kept beating.
+    let state = cluster.state().await?;
+    let silent_ms = state.node(&primary).map_or(-1, |n| n.heartbeat_age_ms);
+    let standby_ms = state.node(&standby).map_or(-1, |n| n.heartbeat_age_ms);
+    link.heal();
+    let healed_at = Instant::now();
+    eprintln!("healed after {:?}:\n{}", cut_at.elapsed(), state.table());
+    if silent_ms < (CUT - Duration::from_secs(2)).as_millis() as i64
+        || !(0..FRESH_HEARTBEAT_MS).contains(&standby_ms)
+    {
+        return Err(cluster
+            .failure(format!(
+                "at the end of the cut the monitor should have last heard from {primary} \
+                 about {CUT:?} ago and from {standby} just now; heartbeat ages: \
+                 {primary} {silent_ms} ms, {standby} {standby_ms} ms\n{}",
+                state.table()
+            ))
+            .await);
+    }
+    if !state.node(&primary).is_some_and(|n| n.settled_in(PRIMARY))
+        || !state
+            .node(&standby)
+            .is_some_and(|n| n.settled_in(SECONDARY))
+    {
+        return Err(cluster
+            .failure(format!(
+                "{primary} should still be the settled primary and {standby} the settled \
+                 secondary at the end of the cut"
+            ))
+            .await);
+    }
+
+    wait_all_heartbeating(&cluster, &primary).await?;
+    let report = writer.stop().await;
+    expect_writes_continued(&cluster, &report, cut_at, healed_at).await?;
+    expect_no_goal_change(&cluster, baseline, "while the primary's keeper was cut off").await?;
+    if !cluster.is_in_recovery(&standby).await? || cluster.is_in_recovery(&primary).await? {
+        return Err(cluster
+            .failure(format!(
+                "after the cut {primary} should take writes and {standby} be in recovery"
+            ))
+            .await);
+    }
+    let missing = report.missing_ids(&cluster, &primary).await?;
+    if !missing.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "{} acknowledged writes are missing on {primary}",
+                missing.len()
+            ))
+            .await);
+    }
+    cluster.shutdown().await
+}
+
+/// The monitor is killed for a minute. Nothing decides anything meanwhile:
+/// the primary keeps taking writes (its standby streams, so it does not
+/// fence), the standby keeps serving reads, and once the monitor is back
+/// every keeper heartbeats again with the same roles and no goal changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_down_for_a_minute_changes_nothing() -> Result<()> {
+    /// How long the monitor stays down. This is the scenario's length.
+    const DOWN: Duration = Duration::from_secs(60);
+    /// How often the standby is read while the monitor is down.
+    const READ_EVERY: Duration = Duration::from_secs(5);
+
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let primary = cluster.primary_name().await?;
+    let standby = cluster.other_node(&primary)?;
+    let writer = warm_writer(&cluster).await?;
+    let baseline = last_event_id(&events(&cluster).await?);
+
+    let killed_at = cluster.kill_monitor()?;
+    eprintln!("monitor killed; down for {DOWN:?}");
+    let mut reads = Vec::new();
+    while killed_at.elapsed() < DOWN {
+        // The interval between reads is part of the measured minute.
+        tokio::time::sleep(READ_EVERY.min(DOWN.saturating_sub(killed_at.elapsed()))).await;
+        let rows = cluster
+            .psql(&standby, "SELECT count(*) FROM pgpilot_writes")
+            .await
+            .and_then(|text| text.parse::<u64>().context("parsing a count"));
+        let in_recovery = cluster.is_in_recovery(&standby).await;
+        let primary_writable = cluster.is_in_recovery(&primary).await.map(|r| !r);
+        match (rows, in_recovery, primary_writable) {
+            (Ok(rows), Ok(true), Ok(true)) => reads.push(rows),
+            (rows, in_recovery, primary_writable) => {
+                return Err(cluster
+                    .failure(format!(
+                        "{:.1} s after the monitor was killed: reading on the standby \
+                         {standby}: {rows:?}; {standby} in recovery: {in_recovery:?}; \
+                         {primary} writable: {primary_writable:?}\nwriter errors:\n{}",
+                        killed_at.elapsed().as_secs_f64(),
+                        writer.recent_errors(10)
+                    ))
+                    .await);
+            }
+        }
+    }
+    let restarted_at = Instant::now();
+    cluster.restart_monitor().await?;
+    eprintln!(
+        "monitor restarted after {:?}; rows read on {standby} meanwhile: {reads:?}",
+        restarted_at.duration_since(killed_at)
+    );
+    if reads.len() < 2 || reads.first() >= reads.last() {
+        return Err(cluster
+            .failure(format!(
+                "the standby {standby} should keep receiving the writes while the monitor \
+                 is down; row counts read there: {reads:?}"
+            ))
+            .await);
+    }
+
+    wait_all_heartbeating(&cluster, &primary).await?;
+    let report = writer.stop().await;
+    expect_writes_continued(&cluster, &report, killed_at, restarted_at).await?;
+    expect_no_goal_change(
+        &cluster,
+        baseline,
+        "while the monitor was down or restarting",
+    )
+    .await?;
+    let missing = report.missing_ids(&cluster, &primary).await?;
+    if !missing.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "{} acknowledged writes are missing on {primary}",
+                missing.len()
+            ))
+            .await);
+    }
+    cluster.shutdown().await
+}

@@ -185,6 +185,8 @@ pub struct Cluster {
     started: Instant,
     monitor_db_pgdata: PathBuf,
     monitor_db_port: u16,
+    /// The `-c name=value` settings the monitor database starts with.
+    monitor_db_settings: Vec<String>,
     monitor_url: String,
     monitor_port: u16,
     monitor_config: PathBuf,
@@ -222,6 +224,7 @@ impl Cluster {
         let mut cluster = Cluster {
             monitor_db_pgdata: root.join("monitor-db").join("data"),
             monitor_db_port: 0,
+            monitor_db_settings: opts.monitor_db_settings.clone(),
             monitor_url: String::new(),
             monitor_port: 0,
             monitor_config: root.join("monitor.toml"),
@@ -250,11 +253,8 @@ impl Cluster {
     }
 
     async fn boot(&mut self, opts: &ClusterOptions) -> Result<()> {
-        self.start_monitor_db(
-            &opts.monitor_db_settings,
-            opts.monitor_db_password.as_deref(),
-        )
-        .await?;
+        self.init_monitor_db(opts.monitor_db_password.as_deref())
+            .await?;
         self.start_monitor(opts).await?;
         for i in 1..=opts.nodes {
             self.add_node(i, opts)?;
@@ -281,11 +281,7 @@ impl Cluster {
 
     // ---- the monitor's own PostgreSQL -------------------------------------
 
-    async fn start_monitor_db(
-        &mut self,
-        settings: &[String],
-        password: Option<&str>,
-    ) -> Result<()> {
+    async fn init_monitor_db(&mut self, password: Option<&str>) -> Result<()> {
         let dir = self.root.join("monitor-db");
         self.tools.make_dir(&dir)?;
         let pgdata = self.monitor_db_pgdata.clone();
@@ -311,28 +307,8 @@ impl Cluster {
         let mut last_error = None;
         for _attempt in 0..3 {
             let port = free_port()?;
-            let mut pg_ctl = self
-                .tools
-                .command_as_pg_user(self.tools.pg_program("pg_ctl"), &dir);
-            pg_ctl
-                .arg("-D")
-                .arg(&pgdata)
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "60", "-o"])
-                .arg(format!(
-                    "-c listen_addresses=127.0.0.1 -c port={port} \
-                     -c unix_socket_directories='{}' -c fsync=off -c full_page_writes=off{}",
-                    dir.display(),
-                    settings
-                        .iter()
-                        .map(|setting| format!(" -c {setting}"))
-                        .collect::<String>()
-                ))
-                .arg("start")
-                .stdin(Stdio::null());
-            match run_checked(pg_ctl, "pg_ctl start of the monitor database").await {
-                Ok(_) => {
+            match self.pg_ctl_start_monitor_db(port).await {
+                Ok(()) => {
                     self.monitor_db_port = port;
                     last_error = None;
                     break;
@@ -391,6 +367,35 @@ impl Cluster {
         }
         drop(client);
         let _ = connection.await;
+        Ok(())
+    }
+
+    /// `pg_ctl start` of the monitor database on `port` (waits until it
+    /// has started).
+    async fn pg_ctl_start_monitor_db(&self, port: u16) -> Result<()> {
+        let dir = self.root.join("monitor-db");
+        let pgdata = &self.monitor_db_pgdata;
+        let mut pg_ctl = self
+            .tools
+            .command_as_pg_user(self.tools.pg_program("pg_ctl"), &dir);
+        pg_ctl
+            .arg("-D")
+            .arg(pgdata)
+            .arg("-l")
+            .arg(with_suffix(pgdata, ".log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -c port={port} \
+                 -c unix_socket_directories='{}' -c fsync=off -c full_page_writes=off{}",
+                dir.display(),
+                self.monitor_db_settings
+                    .iter()
+                    .map(|setting| format!(" -c {setting}"))
+                    .collect::<String>()
+            ))
+            .arg("start")
+            .stdin(Stdio::null());
+        run_checked(pg_ctl, "pg_ctl start of the monitor database").await?;
         Ok(())
     }
 
@@ -732,6 +737,60 @@ impl Cluster {
         self.wait_monitor_answers().await
     }
 
+    /// Stop the monitor's own PostgreSQL (`pg_ctl stop -m fast`); returns
+    /// when it has stopped. The monitor keeps running without its database.
+    /// [`Cluster::start_monitor_db`] starts it again.
+    pub async fn stop_monitor_db(&self) -> Result<Instant> {
+        let mut pg_ctl = self
+            .tools
+            .command_as_pg_user(self.tools.pg_program("pg_ctl"), &self.root);
+        pg_ctl
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.monitor_db_pgdata)
+            .args(["-m", "fast", "-w", "-t", "30"])
+            .stdin(Stdio::null());
+        run_checked(pg_ctl, "pg_ctl stop of the monitor database").await?;
+        let stopped_at = Instant::now();
+        self.mark_log(
+            &self.monitor_log,
+            "monitor database stopped (pg_ctl stop -m fast)",
+        );
+        Ok(stopped_at)
+    }
+
+    /// Start the monitor's own PostgreSQL again, on the same port and data
+    /// directory, and wait until it accepts connections.
+    pub async fn start_monitor_db(&self) -> Result<()> {
+        if self.monitor_db_pgdata.join("postmaster.pid").exists() {
+            bail!("the monitor database is already running");
+        }
+        self.pg_ctl_start_monitor_db(self.monitor_db_port).await?;
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=pgpilot connect_timeout=2",
+            self.monitor_db_port
+        );
+        poll_until(
+            MONITOR_START_TIMEOUT,
+            "the monitor database to accept connections",
+            || {
+                let conninfo = conninfo.clone();
+                async move {
+                    let (client, connection) =
+                        tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await?;
+                    let connection = tokio::spawn(connection);
+                    client.simple_query("SELECT 1").await?;
+                    drop(client);
+                    let _ = connection.await;
+                    Ok(Some(()))
+                }
+            },
+        )
+        .await?;
+        self.mark_log(&self.monitor_log, "monitor database started again");
+        Ok(())
+    }
+
     /// Start the keeper of `name` again, with the same configuration.
     pub fn start_keeper(&self, name: &str) -> Result<()> {
         self.spawn_keeper_of(name)
@@ -1055,6 +1114,15 @@ impl Cluster {
             },
         };
         let mut out = format!("monitor: {}\n", describe(&self.monitor));
+        let monitor_db = match postmaster_pid(&self.monitor_db_pgdata) {
+            Some(pid) if process::is_alive(pid) => format!("postmaster pid {pid} alive"),
+            Some(pid) => format!("postmaster.pid names {pid}, not alive"),
+            None => "no postmaster.pid (stopped)".to_string(),
+        };
+        out.push_str(&format!(
+            "monitor database (port {}): {monitor_db}\n",
+            self.monitor_db_port
+        ));
         for node in &self.nodes {
             let postmaster = match postmaster_pid(&node.pgdata) {
                 Some(pid) if process::is_alive(pid) => format!("postmaster pid {pid} alive"),

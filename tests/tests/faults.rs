@@ -1,7 +1,9 @@
 //! Network and process faults that must change nothing: the primary's keeper
-//! cut from the monitor (while it still streams to its standby), and the
-//! monitor down for a minute. Writes go on through the multi-host URI and no
-//! node changes role.
+//! cut from the monitor (while it still streams to its standby), the monitor
+//! down for a minute, and the monitor's own database restarted. Writes go on
+//! through the multi-host URI and no node changes role. And the monitor's
+//! database restarted in the middle of an unplanned failover, which must
+//! still complete without losing an acknowledged write.
 //!
 //! Needs `cargo build --workspace` first (the tests run the built
 //! `pgpilot-monitor` and `pgpilot-keeper`) and PostgreSQL's server programs.
@@ -305,6 +307,78 @@ async fn monitor_down_for_a_minute_changes_nothing() -> Result<()> {
         &cluster,
         baseline,
         "while the monitor was down or restarting",
+    )
+    .await?;
+    let missing = report.missing_ids(&cluster, &primary).await?;
+    if !missing.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "{} acknowledged writes are missing on {primary}",
+                missing.len()
+            ))
+            .await);
+    }
+    cluster.shutdown().await
+}
+
+/// The monitor is still the process the harness started, and answers: it
+/// outlived its database going away instead of exiting. (Every wait of the
+/// harness also fails at once if the monitor exits.)
+async fn expect_same_monitor(cluster: &Cluster, pid: Option<u32>, during: &str) -> Result<()> {
+    let now = cluster.monitor_pid();
+    let answers = cluster.state().await;
+    if pid.is_none() || now != pid || answers.is_err() {
+        return Err(cluster
+            .failure(format!(
+                "the monitor should outlive {during} and answer: pid before {pid:?}, \
+                 now {now:?}; GetFormationState: {:?}",
+                answers.err()
+            ))
+            .await);
+    }
+    Ok(())
+}
+
+/// The monitor's own PostgreSQL is stopped (`pg_ctl stop -m fast`) for 5 s
+/// and started again. The monitor cannot record anything meanwhile, but it
+/// must not exit nor decide anything: the primary keeps taking writes, no
+/// goal changes, and once its database is back the monitor (the same
+/// process) hears every keeper again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_database_restart_in_steady_state() -> Result<()> {
+    /// How long the monitor's database stays down. This is the scenario.
+    const DOWN: Duration = Duration::from_secs(5);
+
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let primary = cluster.primary_name().await?;
+    let writer = warm_writer(&cluster).await?;
+    let baseline = last_event_id(&events(&cluster).await?);
+    let monitor_pid = cluster.monitor_pid();
+
+    let stopped_at = cluster.stop_monitor_db().await?;
+    eprintln!("monitor database stopped; down for {DOWN:?}");
+    tokio::time::sleep(DOWN).await;
+    let restart_began = Instant::now();
+    cluster.start_monitor_db().await?;
+    eprintln!(
+        "monitor database started again after {:?} (start took {:?})",
+        restart_began.duration_since(stopped_at),
+        restart_began.elapsed()
+    );
+
+    wait_all_heartbeating(&cluster, &primary).await?;
+    eprintln!(
+        "every keeper heartbeats again {:.1} s after the database stopped",
+        stopped_at.elapsed().as_secs_f64()
+    );
+    expect_same_monitor(&cluster, monitor_pid, "its database restarting").await?;
+    let report = writer.stop().await;
+    expect_writes_continued(&cluster, &report, stopped_at, restart_began).await?;
+    expect_no_goal_change(
+        &cluster,
+        baseline,
+        "while the monitor's database was down or restarting",
     )
     .await?;
     let missing = report.missing_ids(&cluster, &primary).await?;

@@ -392,3 +392,126 @@ async fn monitor_database_restart_in_steady_state() -> Result<()> {
     }
     cluster.shutdown().await
 }
+
+/// The primary is killed hard and, once the monitor has begun the failover
+/// (the standby's goal left secondary), the monitor's database is stopped
+/// for 3 s and started again. The failover must still complete: the standby
+/// becomes the writable primary, no acknowledged write is lost (two nodes
+/// run synchronous replication, `ANY 1`, so every acknowledged commit
+/// reached the standby), and every goal change recorded has a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_database_restart_during_failover() -> Result<()> {
+    /// How long the monitor's database stays down. This is the scenario.
+    const DOWN: Duration = Duration::from_secs(3);
+    /// The monitor notices the dead primary (node_timeout 2 s by default).
+    const FAILOVER_BEGINS: Duration = Duration::from_secs(30);
+    /// The failover completes after the database is back.
+    const FAILOVER_ENDS: Duration = Duration::from_secs(90);
+
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let old = cluster.primary_name().await?;
+    let new = cluster.other_node(&old)?;
+    let writer = warm_writer(&cluster).await?;
+    let baseline = last_event_id(&events(&cluster).await?);
+    let monitor_pid = cluster.monitor_pid();
+
+    let killed_at = cluster.kill_node_hard(&old)?;
+    let begun = cluster
+        .wait_state(
+            FAILOVER_BEGINS,
+            &format!("the monitor to begin the failover ({new}'s goal leaves secondary)"),
+            |s| s.node(&new).is_some_and(|n| n.goal() != Some(SECONDARY)),
+        )
+        .await?;
+    let begun_at = Instant::now();
+    let stopped_at = cluster.stop_monitor_db().await?;
+    eprintln!(
+        "failover begun {:.1} s after the kill; monitor database stopped {:.1} s after the \
+         kill; state when the failover was seen to begin:\n{}",
+        begun_at.duration_since(killed_at).as_secs_f64(),
+        stopped_at.duration_since(killed_at).as_secs_f64(),
+        begun.table()
+    );
+    tokio::time::sleep(DOWN).await;
+    cluster.start_monitor_db().await?;
+    let restarted_at = Instant::now();
+    eprintln!(
+        "monitor database started again {:.1} s after it stopped",
+        restarted_at.duration_since(stopped_at).as_secs_f64()
+    );
+
+    cluster
+        .wait_state(
+            FAILOVER_ENDS,
+            &format!("{new} to become the writable primary after {old} was killed"),
+            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
+        )
+        .await?;
+    let promoted_at = Instant::now();
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "the writer (same multi-host URI) to get a write acknowledged after the kill",
+            || {
+                let done = writer.has_ack_after(killed_at);
+                async move { Ok(done.then_some(())) }
+            },
+        )
+        .await
+        .map_err(|err| err.context(format!("writer errors:\n{}", writer.recent_errors(15))))?;
+    if cluster.is_in_recovery(&new).await? {
+        return Err(cluster
+            .failure(format!("{new} reports a primary state but is in recovery"))
+            .await);
+    }
+    expect_same_monitor(&cluster, monitor_pid, "its database restarting").await?;
+
+    let report = writer.stop().await;
+    let missing = report.missing_ids(&cluster, &new).await?;
+    if !missing.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "{} of {} acknowledged writes are missing on the new primary {new}: {:?}",
+                missing.len(),
+                report.acks.len(),
+                &missing[..missing.len().min(20)]
+            ))
+            .await);
+    }
+
+    let changes: Vec<Value> = events(&cluster)
+        .await?
+        .into_iter()
+        .filter(|e| e["event_id"].as_i64().unwrap_or(0) > baseline)
+        .filter(|e| e["goal_from"] != e["goal_to"])
+        .collect();
+    let unexplained: Vec<String> = changes
+        .iter()
+        .filter(|e| e["reason"].as_str().is_none_or(|r| r.trim().is_empty()))
+        .map(event_line)
+        .collect();
+    if changes.is_empty() || !unexplained.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "every goal change of the failover should be an event with a reason; \
+                 {} goal changes, without a reason:\n{}",
+                changes.len(),
+                unexplained.join("\n")
+            ))
+            .await);
+    }
+    eprintln!(
+        "{new} reported a writable primary {:.1} s after the kill ({:.1} s after the \
+         database was back); {} writes acknowledged, 0 lost; goal changes:\n{}",
+        promoted_at.duration_since(killed_at).as_secs_f64(),
+        promoted_at.duration_since(restarted_at).as_secs_f64(),
+        report.acks.len(),
+        changes
+            .iter()
+            .map(event_line)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    cluster.shutdown().await
+}

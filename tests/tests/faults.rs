@@ -228,15 +228,7 @@ async fn primary_cut_from_monitor_only_keeps_serving() -> Result<()> {
             ))
             .await);
     }
-    let missing = report.missing_ids(&cluster, &primary).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "{} acknowledged writes are missing on {primary}",
-                missing.len()
-            ))
-            .await);
-    }
+    report.expect_all_on(&cluster, &primary).await?;
     cluster.shutdown().await
 }
 
@@ -309,15 +301,7 @@ async fn monitor_down_for_a_minute_changes_nothing() -> Result<()> {
         "while the monitor was down or restarting",
     )
     .await?;
-    let missing = report.missing_ids(&cluster, &primary).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "{} acknowledged writes are missing on {primary}",
-                missing.len()
-            ))
-            .await);
-    }
+    report.expect_all_on(&cluster, &primary).await?;
     cluster.shutdown().await
 }
 
@@ -381,15 +365,7 @@ async fn monitor_database_restart_in_steady_state() -> Result<()> {
         "while the monitor's database was down or restarting",
     )
     .await?;
-    let missing = report.missing_ids(&cluster, &primary).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "{} acknowledged writes are missing on {primary}",
-                missing.len()
-            ))
-            .await);
-    }
+    report.expect_all_on(&cluster, &primary).await?;
     cluster.shutdown().await
 }
 
@@ -468,17 +444,7 @@ async fn monitor_database_restart_during_failover() -> Result<()> {
     expect_same_monitor(&cluster, monitor_pid, "its database restarting").await?;
 
     let report = writer.stop().await;
-    let missing = report.missing_ids(&cluster, &new).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "{} of {} acknowledged writes are missing on the new primary {new}: {:?}",
-                missing.len(),
-                report.acks.len(),
-                &missing[..missing.len().min(20)]
-            ))
-            .await);
-    }
+    report.expect_all_on(&cluster, &new).await?;
 
     let changes: Vec<Value> = events(&cluster)
         .await?

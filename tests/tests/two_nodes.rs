@@ -150,15 +150,7 @@ async fn unplanned_failover_and_rejoin() -> Result<()> {
         .await?;
 
     let report = writer.stop().await;
-    let missing = report.missing_ids(&cluster, &new).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "acknowledged writes missing on {new} at the end: {:?}",
-                &missing[..missing.len().min(20)]
-            ))
-            .await);
-    }
+    report.expect_all_on(&cluster, &new).await?;
     let outage = report
         .outage_around(killed_at)
         .expect("the writer acknowledged writes after the kill");
@@ -249,16 +241,7 @@ async fn planned_failover() -> Result<()> {
         .map_err(|err| err.context(format!("writer errors:\n{}", writer.recent_errors(15))))?;
 
     let report = writer.stop().await;
-    let missing = report.missing_ids(&cluster, &new).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "{} acknowledged writes are missing on the new primary {new}: {:?}",
-                missing.len(),
-                &missing[..missing.len().min(20)]
-            ))
-            .await);
-    }
+    report.expect_all_on(&cluster, &new).await?;
     if let Some(outage) = report.outage_around(started) {
         eprintln!(
             "PLANNED FAILOVER: perform-failover took {:.3} s; write outage {:.3} s (last ack on \

@@ -104,6 +104,31 @@ impl Writer {
         self.shared.acks.lock().unwrap().len()
     }
 
+    /// Wait (up to `timeout`) until some write is acknowledged after
+    /// `instant`; on time-out the error carries the writer's recent errors
+    /// and the cluster's state.
+    pub async fn wait_ack_after(
+        &self,
+        cluster: &Cluster,
+        instant: Instant,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<()> {
+        cluster
+            .wait_for(timeout, what, || {
+                let done = self.has_ack_after(instant);
+                async move { Ok(done.then_some(())) }
+            })
+            .await
+            .map_err(|err| {
+                err.context(format!(
+                    "writer errors:
+{}",
+                    self.recent_errors(15)
+                ))
+            })
+    }
+
     /// Whether some write was acknowledged after `instant`.
     pub fn has_ack_after(&self, instant: Instant) -> bool {
         self.shared

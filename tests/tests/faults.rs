@@ -427,17 +427,14 @@ async fn monitor_database_restart_during_failover() -> Result<()> {
         )
         .await?;
     let promoted_at = Instant::now();
-    cluster
-        .wait_for(
+    writer
+        .wait_ack_after(
+            &cluster,
+            killed_at,
             Duration::from_secs(60),
             "the writer (same multi-host URI) to get a write acknowledged after the kill",
-            || {
-                let done = writer.has_ack_after(killed_at);
-                async move { Ok(done.then_some(())) }
-            },
         )
-        .await
-        .map_err(|err| err.context(format!("writer errors:\n{}", writer.recent_errors(15))))?;
+        .await?;
     if cluster.is_in_recovery(&new).await? {
         return Err(cluster
             .failure(format!("{new} reports a primary state but is in recovery"))
@@ -509,11 +506,13 @@ async fn primary_postgres_crash_is_restarted_without_failover() -> Result<()> {
     reap(&tree, Duration::from_secs(10));
     eprintln!("killed {primary}'s PostgreSQL (postmaster {pid} and its children)");
 
-    cluster
-        .wait_for(RESTART_TIMEOUT, "writes to resume after the crash", || {
-            let resumed = writer.has_ack_after(crashed_at);
-            async move { Ok(resumed.then_some(())) }
-        })
+    writer
+        .wait_ack_after(
+            &cluster,
+            crashed_at,
+            RESTART_TIMEOUT,
+            "writes to resume after the crash",
+        )
         .await?;
     wait_all_heartbeating(&cluster, &primary).await?;
     if cluster.is_in_recovery(&primary).await? {

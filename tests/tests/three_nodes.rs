@@ -57,13 +57,9 @@ async fn wait_ack_after(
     instant: Instant,
     what: &str,
 ) -> Result<()> {
-    cluster
-        .wait_for(FAILOVER_TIMEOUT, what, || {
-            let done = writer.has_ack_after(instant);
-            async move { Ok(done.then_some(())) }
-        })
+    writer
+        .wait_ack_after(cluster, instant, FAILOVER_TIMEOUT, what)
         .await
-        .map_err(|err| err.context(format!("writer errors:\n{}", writer.recent_errors(15))))
 }
 
 /// `pgpilot-monitor <args> --monitor <this cluster's monitor>`, any exit status.

@@ -93,17 +93,14 @@ async fn unplanned_failover_and_rejoin() -> Result<()> {
         )
         .await?;
     let promoted_at = Instant::now();
-    cluster
-        .wait_for(
+    writer
+        .wait_ack_after(
+            &cluster,
+            killed_at,
             Duration::from_secs(60),
             "the writer (same multi-host URI) to get a write acknowledged after the kill",
-            || {
-                let done = writer.has_ack_after(killed_at);
-                async move { Ok(done.then_some(())) }
-            },
         )
-        .await
-        .map_err(|err| err.context(format!("writer errors:\n{}", writer.recent_errors(15))))?;
+        .await?;
 
     // Invariant 2: nothing acknowledged before the kill is lost.
     let acked = writer.acked_ids();
@@ -228,17 +225,14 @@ async fn planned_failover() -> Result<()> {
             },
         )
         .await?;
-    cluster
-        .wait_for(
+    writer
+        .wait_ack_after(
+            &cluster,
+            finished,
             Duration::from_secs(60),
             "the writer to get a write acknowledged after the failover",
-            || {
-                let done = writer.has_ack_after(finished);
-                async move { Ok(done.then_some(())) }
-            },
         )
-        .await
-        .map_err(|err| err.context(format!("writer errors:\n{}", writer.recent_errors(15))))?;
+        .await?;
 
     let report = writer.stop().await;
     report.expect_all_on(&cluster, &new).await?;

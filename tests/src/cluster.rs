@@ -1144,16 +1144,8 @@ impl Cluster {
 
     /// The last lines of every log file the cluster has.
     pub fn log_tails(&self) -> String {
-        let mut files = vec![
-            self.monitor_log.clone(),
-            with_suffix(&self.monitor_db_pgdata, ".log"),
-        ];
-        for node in &self.nodes {
-            files.push(node.keeper_log.clone());
-            files.push(node.pg_log());
-        }
         let mut out = String::new();
-        for file in files {
+        for file in self.log_files() {
             if !file.exists() {
                 continue;
             }

@@ -154,7 +154,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             formation: self.config.formation.clone(),
             name: self.config.name.clone(),
             host: self.config.host.clone(),
-            port: u32::from(self.config.port),
+            port: u32::from(self.config.advertised_port()),
             system_identifier: sysid,
             candidate_priority: self.config.candidate_priority,
             replication_quorum: self.config.replication_quorum,

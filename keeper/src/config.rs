@@ -36,6 +36,11 @@ pub struct KeeperConfig {
     pub host: String,
     /// PostgreSQL port.
     pub port: u16,
+    /// Port the monitor, the other nodes and clients are told to use for
+    /// this PostgreSQL (default: `port`). Set it when a proxy or a port
+    /// forward stands in front of PostgreSQL.
+    #[serde(default)]
+    pub advertise_port: Option<u16>,
     /// PostgreSQL data directory.
     pub pgdata: PathBuf,
     /// Monitor gRPC URL, e.g. http://127.0.0.1:7430.
@@ -175,6 +180,12 @@ impl KeeperConfig {
         if self.port == 0 {
             return bad("port must be between 1 and 65535".into());
         }
+        if self.advertise_port == Some(0) {
+            return bad(
+                "advertise_port must be between 1 and 65535 (leave it out to advertise port)"
+                    .into(),
+            );
+        }
         if self.candidate_priority > 100 {
             return bad(format!(
                 "candidate_priority {} is not between 0 and 100",
@@ -233,6 +244,11 @@ impl KeeperConfig {
         })
     }
 
+    /// The port registered with the monitor: `advertise_port`, else `port`.
+    pub fn advertised_port(&self) -> u16 {
+        self.advertise_port.unwrap_or(self.port)
+    }
+
     pub fn listen_addresses(&self) -> String {
         self.listen_addresses
             .clone()
@@ -264,6 +280,18 @@ mod tests {
         assert_eq!(c.socket_dir(), PathBuf::from("/tmp/x"));
         assert_eq!(c.listen_addresses(), "127.0.0.1");
         assert_eq!(c.http_listen, None);
+        assert_eq!(c.advertised_port(), 6001);
+    }
+
+    #[test]
+    fn advertise_port_is_what_the_monitor_is_told() {
+        let c = KeeperConfig::parse(&format!("{MINIMAL}\nadvertise_port = 7001\n")).unwrap();
+        assert_eq!((c.port, c.advertised_port()), (6001, 7001));
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\nadvertise_port = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("advertise_port"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

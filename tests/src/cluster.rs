@@ -74,6 +74,13 @@ pub struct ClusterOptions {
     /// [`Proxy`] (the keeper's `monitor` URL names the proxy); see
     /// [`Cluster::monitor_link`].
     pub monitor_link_proxies: bool,
+    /// Put a fault [`Proxy`] in front of each node's PostgreSQL and have its
+    /// keeper advertise the proxy's port (`advertise_port`): the monitor's
+    /// health checks, the standbys' streams and [`Cluster::advertised_uri`]
+    /// clients all reach the node through it; see [`Cluster::ingress`].
+    pub ingress_proxies: bool,
+    /// `replication_quorum` per node (node1 first); missing → the keeper's default.
+    pub replication_quorums: Vec<bool>,
 }
 
 impl Default for ClusterOptions {
@@ -90,6 +97,8 @@ impl Default for ClusterOptions {
             http: false,
             monitor_db_password: None,
             monitor_link_proxies: false,
+            ingress_proxies: false,
+            replication_quorums: Vec::new(),
         }
     }
 }
@@ -117,6 +126,18 @@ impl ClusterOptions {
         self.monitor_link_proxies = true;
         self
     }
+
+    /// See [`ClusterOptions::ingress_proxies`].
+    pub fn ingress_proxies(mut self) -> Self {
+        self.ingress_proxies = true;
+        self
+    }
+
+    /// See [`ClusterOptions::replication_quorums`].
+    pub fn replication_quorums(mut self, quorums: &[bool]) -> Self {
+        self.replication_quorums = quorums.to_vec();
+        self
+    }
 }
 
 #[derive(Serialize)]
@@ -138,6 +159,8 @@ pub struct KeeperToml {
     pub formation: String,
     pub host: String,
     pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_port: Option<u16>,
     pub pgdata: String,
     pub monitor: String,
     pub pg_bin_dir: String,
@@ -168,11 +191,18 @@ struct Node {
     http_port: Option<u16>,
     /// The fault proxy on this keeper's link to the monitor, if any.
     monitor_link: Option<Proxy>,
+    /// The fault proxy in front of this node's PostgreSQL, if any.
+    ingress: Option<Proxy>,
 }
 
 impl Node {
     fn pg_log(&self) -> PathBuf {
         with_suffix(&self.pgdata, ".log")
+    }
+
+    /// The port the node's keeper advertises (its ingress proxy's, if any).
+    fn advertised_port(&self) -> u16 {
+        self.ingress.as_ref().map_or(self.port, Proxy::port)
     }
 }
 
@@ -507,11 +537,17 @@ impl Cluster {
         } else {
             None
         };
+        let ingress = if opts.ingress_proxies {
+            Some(Proxy::start(port)?)
+        } else {
+            None
+        };
         let keeper = KeeperToml {
             name: name.clone(),
             formation: self.formation.clone(),
             host: "127.0.0.1".to_string(),
             port,
+            advertise_port: ingress.as_ref().map(Proxy::port),
             pgdata: pgdata.display().to_string(),
             monitor: match &monitor_link {
                 Some(proxy) => format!("http://127.0.0.1:{}", proxy.port()),
@@ -520,7 +556,7 @@ impl Cluster {
             pg_bin_dir: self.tools.pg_bin_dir.display().to_string(),
             pg_user: "postgres".to_string(),
             candidate_priority: opts.candidate_priorities.get(i - 1).copied(),
-            replication_quorum: None,
+            replication_quorum: opts.replication_quorums.get(i - 1).copied(),
             register_timeout: None,
         };
         let mut text = keeper.render()?;
@@ -538,6 +574,7 @@ impl Cluster {
             keeper: Mutex::new(None),
             http_port,
             monitor_link,
+            ingress,
         });
         Ok(())
     }
@@ -594,6 +631,11 @@ impl Cluster {
         Ok(self.node(name)?.pgdata.clone())
     }
 
+    /// The keeper's log file (its stdout and stderr).
+    pub fn keeper_log(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.node(name)?.keeper_log.clone())
+    }
+
     pub fn keeper_config_path(&self, name: &str) -> Result<PathBuf> {
         Ok(self.node(name)?.config.clone())
     }
@@ -639,6 +681,17 @@ impl Cluster {
         })
     }
 
+    /// The fault proxy in front of `name`'s PostgreSQL (with
+    /// [`ClusterOptions::ingress_proxies`]): the monitor's health checks,
+    /// standbys streaming from `name` and [`Cluster::advertised_uri`]
+    /// clients pass through it; [`Cluster::psql`] and
+    /// [`Cluster::local_uri`] do not.
+    pub fn ingress(&self, name: &str) -> Result<&Proxy> {
+        self.node(name)?.ingress.as_ref().ok_or_else(|| {
+            anyhow!("{name} has no ingress proxy: start the cluster with ingress_proxies")
+        })
+    }
+
     /// Every log file of this cluster: the monitor's, its database's, and
     /// each node's keeper and PostgreSQL logs.
     pub fn log_files(&self) -> Vec<PathBuf> {
@@ -663,16 +716,22 @@ impl Cluster {
     }
 
     /// `postgresql://postgres@127.0.0.1:p1,127.0.0.1:p2/postgres?target_session_attrs=read-write&connect_timeout=2`
+    /// on each node's own PostgreSQL port (past any ingress proxy).
     pub fn multi_host_uri(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        format!(
-            "postgresql://postgres@{}/postgres?target_session_attrs=read-write&connect_timeout=2",
-            hosts.join(",")
-        )
+        uri_of_ports(self.nodes.iter().map(|n| n.port))
+    }
+
+    /// The multi-host URI on the ports the nodes advertise: through their
+    /// ingress proxies when the cluster has them, like a client on the
+    /// network (and like `show-uri`).
+    pub fn advertised_uri(&self) -> String {
+        uri_of_ports(self.nodes.iter().map(Node::advertised_port))
+    }
+
+    /// A URI for `name`'s own PostgreSQL port only, past any proxy: a
+    /// client on the same host as the node.
+    pub fn local_uri(&self, name: &str) -> Result<String> {
+        Ok(uri_of_ports([self.node(name)?.port]))
     }
 
     // ---- faults and restarts ----------------------------------------------
@@ -1138,6 +1197,9 @@ impl Cluster {
             if let Some(proxy) = &node.monitor_link {
                 out.push_str(&format!("{} link to the monitor: {proxy}\n", node.name));
             }
+            if let Some(proxy) = &node.ingress {
+                out.push_str(&format!("{} ingress: {proxy}\n", node.name));
+            }
         }
         out
     }
@@ -1249,6 +1311,17 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+fn uri_of_ports(ports: impl IntoIterator<Item = u16>) -> String {
+    let hosts: Vec<String> = ports
+        .into_iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    format!(
+        "postgresql://postgres@{}/postgres?target_session_attrs=read-write&connect_timeout=2",
+        hosts.join(",")
+    )
 }
 
 async fn stop_gracefully(mut child: Child) {

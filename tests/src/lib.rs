@@ -22,6 +22,7 @@
 mod cluster;
 pub mod http;
 pub mod operator;
+pub mod probe;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
@@ -33,7 +34,8 @@ pub mod writer;
 pub use cluster::{Cluster, ClusterOptions, KeeperToml};
 pub use pgpilot_proto::pb::{FormationState, NodeStatus};
 pub use pgpilot_proto::ReplicationState;
+pub use probe::{ProbeReport, WritableProbe};
 pub use state::{FormationStateExt, NodeStatusExt};
 pub use tools::{PostgresNotInstalled, Tools};
 pub use wait::{poll_until, GiveUp, TimedOut};
-pub use writer::{Ack, Connection, Outage, WriteReport, Writer};
+pub use writer::{Ack, Connection, Outage, WriteReport, Writer, WriterOptions};

@@ -83,3 +83,47 @@ pub async fn cli_refused(
     );
     Ok(stderr)
 }
+
+/// The formation's events (oldest first), from `show-events --json`.
+pub async fn events(cluster: &Cluster) -> Result<Vec<Value>> {
+    let doc = cli_json(cluster, &["show-events", "--json", "--count", "10000"]).await?;
+    let mut list = doc
+        .as_array()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("show-events --json is not an array:\n{doc:#}"))?;
+    list.sort_by_key(|e| e["event_id"].as_i64().unwrap_or(0));
+    Ok(list)
+}
+
+/// The newest event's id (0 without events): a baseline for
+/// [`goal_changes_after`].
+pub fn last_event_id(events: &[Value]) -> i64 {
+    events
+        .iter()
+        .filter_map(|e| e["event_id"].as_i64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The events after `baseline` that changed a node's goal.
+pub async fn goal_changes_after(cluster: &Cluster, baseline: i64) -> Result<Vec<Value>> {
+    Ok(events(cluster)
+        .await?
+        .into_iter()
+        .filter(|e| e["event_id"].as_i64().unwrap_or(0) > baseline)
+        .filter(|e| e["goal_from"] != e["goal_to"])
+        .collect())
+}
+
+/// One event on one line: time, node, reported state, goal change, reason.
+pub fn event_line(e: &Value) -> String {
+    format!(
+        "{} {} reported {}: goal {} -> {} ({})",
+        e["at"].as_str().unwrap_or("?"),
+        e["node_name"].as_str().unwrap_or("?"),
+        e["reported_state"].as_str().unwrap_or("?"),
+        e["goal_from"].as_str().unwrap_or("?"),
+        e["goal_to"].as_str().unwrap_or("?"),
+        e["reason"].as_str().unwrap_or("")
+    )
+}

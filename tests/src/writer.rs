@@ -1,6 +1,14 @@
 //! A client that writes all the time, the way an application would: through
 //! the multi-host URI with `target_session_attrs=read-write`, reconnecting on
 //! any error, remembering which writes were acknowledged and when.
+//!
+//! Several writers can write into one table at once, each with its own id
+//! range ([`WriterOptions::first_id`]). A writer can also behave like an
+//! application with a client-side timeout that cancels a slow statement
+//! ([`WriterOptions::cancel_after`]): PostgreSQL answers a cancelled commit
+//! that was waiting for a synchronous standby with success and a warning
+//! that it "committed locally"; such acknowledgements are kept apart
+//! ([`Ack::local_only`]).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -22,11 +30,34 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed connection attempt.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// Acknowledged writes [`Writer::start_warm`] waits for.
+pub const WARM_UP_ACKS: usize = 25;
+/// How long [`Writer::start_warm`] waits for them.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many recent errors are kept.
 const KEPT_ERRORS: usize = 200;
 
 pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS pgpilot_writes \
      (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())";
+
+/// How a writer writes.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// The first id it writes; writers sharing a table need disjoint ranges.
+    pub first_id: i64,
+    /// Cancel an insert (a cancel request, as a client-side timeout does)
+    /// that has no answer after this long, then wait for its outcome.
+    pub cancel_after: Option<Duration>,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            first_id: 1,
+            cancel_after: None,
+        }
+    }
+}
 
 /// One acknowledged write.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +67,10 @@ pub struct Ack {
     pub at: Instant,
     /// Index into [`WriteReport::connections`].
     pub connection: usize,
+    /// Acknowledged with PostgreSQL's warning that the commit, cancelled
+    /// while it waited for a synchronous standby, "committed locally, but
+    /// might not have been replicated": no durability was promised.
+    pub local_only: bool,
 }
 
 /// One connection the writer opened through the multi-host URI.
@@ -77,9 +112,18 @@ impl Writer {
     /// Start writing through `uri`; returns once the first write is
     /// acknowledged (or fails after `first_ack_timeout`).
     pub async fn start(uri: &str, first_ack_timeout: Duration) -> Result<Writer> {
+        Writer::start_with(uri, first_ack_timeout, WriterOptions::default()).await
+    }
+
+    /// [`Writer::start`] with options.
+    pub async fn start_with(
+        uri: &str,
+        first_ack_timeout: Duration,
+        options: WriterOptions,
+    ) -> Result<Writer> {
         let shared = Arc::new(Shared::default());
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(uri.to_string(), shared.clone(), stopped));
+        let task = tokio::spawn(run(uri.to_string(), shared.clone(), stopped, options));
         let writer = Writer {
             shared,
             stop,
@@ -97,6 +141,23 @@ impl Writer {
             }
             tokio::time::sleep(WRITE_INTERVAL).await;
         }
+        Ok(writer)
+    }
+
+    /// Start writing through `uri` and return once [`WARM_UP_ACKS`] writes
+    /// are acknowledged, so the writer is in full swing before a fault.
+    pub async fn start_warm(
+        cluster: &Cluster,
+        uri: &str,
+        options: WriterOptions,
+    ) -> Result<Writer> {
+        let writer = Writer::start_with(uri, WARM_UP_TIMEOUT, options).await?;
+        cluster
+            .wait_for(WARM_UP_TIMEOUT, "the writer to warm up", || {
+                let ready = writer.ack_count() >= WARM_UP_ACKS;
+                async move { Ok(ready.then_some(())) }
+            })
+            .await?;
         Ok(writer)
     }
 
@@ -139,15 +200,9 @@ impl Writer {
             .is_some_and(|ack| ack.at > instant)
     }
 
-    /// Acknowledged ids so far.
+    /// Acknowledged ids so far (without [`Ack::local_only`] ones).
     pub fn acked_ids(&self) -> Vec<i64> {
-        self.shared
-            .acks
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|ack| ack.id)
-            .collect()
+        durable_ids(&self.shared.acks.lock().unwrap())
     }
 
     /// The last `n` errors, one per line, with their time since the start.
@@ -184,99 +239,214 @@ impl Drop for Writer {
     }
 }
 
-async fn run(uri: String, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
-    let mut next_id: i64 = 1;
+async fn run(
+    uri: String,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+    options: WriterOptions,
+) {
+    let mut next_id: i64 = options.first_id;
     while !*stopped.borrow() {
-        let (client, connection) =
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(&uri, NoTls)).await
-            {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(err)) => {
-                    shared.error(format!("connect: {}", error_chain(&err)));
-                    pause(&mut stopped, RECONNECT_PAUSE).await;
-                    continue;
-                }
-                Err(_) => {
-                    shared.error(format!("connect: no answer within {CONNECT_TIMEOUT:?}"));
-                    continue;
-                }
-            };
+        let (client, connection) = match connect(&uri).await {
+            Ok(pair) => pair,
+            Err(message) => {
+                shared.error(format!("connect: {message}"));
+                pause(&mut stopped, RECONNECT_PAUSE).await;
+                continue;
+            }
+        };
         let opened = Instant::now();
-        let connection = tokio::spawn(connection);
-        session(&client, &shared, &mut stopped, &mut next_id, opened).await;
+        // Drive the connection and keep the server's notices (warnings).
+        let (notice_tx, mut notices) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let connection = tokio::spawn(async move {
+            let mut connection = connection;
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
+                        let text = format!(
+                            "{} {}",
+                            notice.message(),
+                            notice.detail().unwrap_or_default()
+                        );
+                        let _ = notice_tx.send(text);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        let mut session_state = Session {
+            client: &client,
+            shared: &shared,
+            notices: &mut notices,
+            options,
+            opened,
+        };
+        session_state.run(&mut stopped, &mut next_id).await;
         drop(client);
         connection.abort();
     }
 }
 
-/// Write on one connection until an error or a stop.
-async fn session(
-    client: &tokio_postgres::Client,
-    shared: &Shared,
-    stopped: &mut watch::Receiver<bool>,
-    next_id: &mut i64,
+type PgConnection =
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+
+/// Connect the way libpq does with a multi-host URI: one host after the
+/// other, each attempt — TCP connect, start-up and the
+/// `target_session_attrs` check — bounded by the URI's `connect_timeout`
+/// (else [`CONNECT_TIMEOUT`]). (tokio-postgres bounds only the TCP connect,
+/// so a host that accepts the connection and then never answers would
+/// hold the client for ever.)
+async fn connect(uri: &str) -> Result<(tokio_postgres::Client, PgConnection), String> {
+    let config: tokio_postgres::Config = uri
+        .parse()
+        .map_err(|e: tokio_postgres::Error| format!("bad URI {uri}: {e}"))?;
+    let per_host = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(CONNECT_TIMEOUT);
+    let ports = config.get_ports();
+    let mut errors = Vec::new();
+    for (i, host) in config.get_hosts().iter().enumerate() {
+        let tokio_postgres::config::Host::Tcp(host) = host else {
+            errors.push("unix-socket hosts are not supported".to_string());
+            continue;
+        };
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let mut one = tokio_postgres::Config::new();
+        one.host(host.as_str())
+            .port(port)
+            .target_session_attrs(config.get_target_session_attrs())
+            .connect_timeout(per_host);
+        if let Some(user) = config.get_user() {
+            one.user(user);
+        }
+        if let Some(dbname) = config.get_dbname() {
+            one.dbname(dbname);
+        }
+        match tokio::time::timeout(per_host, one.connect(NoTls)).await {
+            Ok(Ok(pair)) => return Ok(pair),
+            Ok(Err(err)) => errors.push(format!("{host}:{port}: {}", error_chain(&err))),
+            Err(_) => errors.push(format!("{host}:{port}: no answer within {per_host:?}")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// One connection of the writer.
+struct Session<'a> {
+    client: &'a tokio_postgres::Client,
+    shared: &'a Shared,
+    notices: &'a mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    options: WriterOptions,
     opened: Instant,
-) {
-    let setup = async {
-        client.batch_execute(CREATE_TABLE).await?;
-        let port: Option<i32> = client
-            .query_one("SELECT inet_server_port()", &[])
-            .await?
-            .get(0);
-        let insert = client
-            .prepare("INSERT INTO pgpilot_writes (id) VALUES ($1)")
-            .await?;
-        Ok::<_, tokio_postgres::Error>((insert, port))
-    };
-    let (insert, connection) = match tokio::time::timeout(STATEMENT_TIMEOUT, setup).await {
-        Ok(Ok((statement, port))) => {
-            let mut connections = shared.connections.lock().unwrap();
-            connections.push(Connection {
-                opened,
-                server_port: port.and_then(|p| u16::try_from(p).ok()),
-            });
-            (statement, connections.len() - 1)
-        }
-        Ok(Err(err)) => {
-            shared.error(format!("setup: {}", error_chain(&err)));
-            pause(stopped, RECONNECT_PAUSE).await;
-            return;
-        }
-        Err(_) => {
-            shared.error(format!("setup: no answer within {STATEMENT_TIMEOUT:?}"));
-            return;
-        }
-    };
-    let mut ticker = tokio::time::interval(WRITE_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stopped.changed() => return,
-            _ = ticker.tick() => {}
-        }
-        if *stopped.borrow() {
-            return;
-        }
-        // Every attempt gets a fresh id: an attempt whose answer was lost may
-        // or may not have committed, and only acknowledged ids are checked.
-        let id = *next_id;
-        *next_id += 1;
-        match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(&insert, &[&id])).await {
-            Ok(Ok(_)) => shared.acks.lock().unwrap().push(Ack {
-                id,
-                at: Instant::now(),
-                connection,
-            }),
+}
+
+/// The outcome of one insert.
+enum Outcome {
+    Acked { local_only: bool },
+    Failed(String),
+}
+
+impl Session<'_> {
+    /// Write on this connection until an error or a stop.
+    async fn run(&mut self, stopped: &mut watch::Receiver<bool>, next_id: &mut i64) {
+        let client = self.client;
+        let setup = async {
+            client.batch_execute(CREATE_TABLE).await?;
+            let port: Option<i32> = client
+                .query_one("SELECT inet_server_port()", &[])
+                .await?
+                .get(0);
+            let insert = client
+                .prepare("INSERT INTO pgpilot_writes (id) VALUES ($1)")
+                .await?;
+            Ok::<_, tokio_postgres::Error>((insert, port))
+        };
+        let (insert, connection) = match tokio::time::timeout(STATEMENT_TIMEOUT, setup).await {
+            Ok(Ok((statement, port))) => {
+                let mut connections = self.shared.connections.lock().unwrap();
+                connections.push(Connection {
+                    opened: self.opened,
+                    server_port: port.and_then(|p| u16::try_from(p).ok()),
+                });
+                (statement, connections.len() - 1)
+            }
             Ok(Err(err)) => {
-                shared.error(format!("insert {id}: {}", error_chain(&err)));
+                self.shared.error(format!("setup: {}", error_chain(&err)));
+                pause(stopped, RECONNECT_PAUSE).await;
                 return;
             }
             Err(_) => {
-                shared.error(format!(
-                    "insert {id}: no answer within {STATEMENT_TIMEOUT:?}"
-                ));
+                self.shared
+                    .error(format!("setup: no answer within {STATEMENT_TIMEOUT:?}"));
                 return;
             }
+        };
+        let mut ticker = tokio::time::interval(WRITE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = ticker.tick() => {}
+            }
+            if *stopped.borrow() {
+                return;
+            }
+            // Every attempt gets a fresh id: an attempt whose answer was lost
+            // may or may not have committed, and only acknowledged ids are
+            // checked.
+            let id = *next_id;
+            *next_id += 1;
+            match self.insert(&insert, id).await {
+                Outcome::Acked { local_only } => self.shared.acks.lock().unwrap().push(Ack {
+                    id,
+                    at: Instant::now(),
+                    connection,
+                    local_only,
+                }),
+                Outcome::Failed(message) => {
+                    self.shared.error(format!("insert {id}: {message}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn insert(&mut self, insert: &tokio_postgres::Statement, id: i64) -> Outcome {
+        while self.notices.try_recv().is_ok() {}
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let execute = self.client.execute(insert, &params);
+        tokio::pin!(execute);
+        let first_wait = self.options.cancel_after.unwrap_or(STATEMENT_TIMEOUT);
+        let result = match tokio::time::timeout(first_wait, &mut execute).await {
+            Ok(result) => result,
+            Err(_) if self.options.cancel_after.is_some() => {
+                // What an application with a client-side timeout does.
+                if let Err(err) = self.client.cancel_token().cancel_query(NoTls).await {
+                    return Outcome::Failed(format!("cancel: {}", error_chain(&err)));
+                }
+                match tokio::time::timeout(STATEMENT_TIMEOUT, &mut execute).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        return Outcome::Failed(format!(
+                            "no answer within {STATEMENT_TIMEOUT:?} after the cancel"
+                        ))
+                    }
+                }
+            }
+            Err(_) => return Outcome::Failed(format!("no answer within {STATEMENT_TIMEOUT:?}")),
+        };
+        match result {
+            Ok(_) => {
+                // The server sends its warning before the command's answer.
+                let mut local_only = false;
+                while let Ok(notice) = self.notices.try_recv() {
+                    local_only |= notice.contains("committed locally");
+                }
+                Outcome::Acked { local_only }
+            }
+            Err(err) => Outcome::Failed(error_chain(&err)),
         }
     }
 }
@@ -332,16 +502,31 @@ pub struct WriteReport {
     pub started: Instant,
 }
 
+/// Ids of the acknowledgements that promised durability (not
+/// [`Ack::local_only`]).
+fn durable_ids(acks: &[Ack]) -> Vec<i64> {
+    acks.iter()
+        .filter(|ack| !ack.local_only)
+        .map(|ack| ack.id)
+        .collect()
+}
+
 impl WriteReport {
+    /// Acknowledged ids, without [`Ack::local_only`] ones.
     pub fn acked_ids(&self) -> Vec<i64> {
-        self.acks.iter().map(|ack| ack.id).collect()
+        durable_ids(&self.acks)
     }
 
-    /// Ids acknowledged before `instant`.
+    /// Acknowledgements that came with the "committed locally" warning.
+    pub fn local_only(&self) -> Vec<Ack> {
+        self.acks.iter().copied().filter(|a| a.local_only).collect()
+    }
+
+    /// Ids acknowledged before `instant` (without [`Ack::local_only`] ones).
     pub fn acked_before(&self, instant: Instant) -> Vec<i64> {
         self.acks
             .iter()
-            .filter(|ack| ack.at < instant)
+            .filter(|ack| ack.at < instant && !ack.local_only)
             .map(|ack| ack.id)
             .collect()
     }
@@ -394,7 +579,7 @@ impl WriteReport {
             .failure(format!(
                 "{} of {} acknowledged writes are missing on {node}: {:?}",
                 missing.len(),
-                self.acks.len(),
+                self.acked_ids().len(),
                 &missing[..missing.len().min(20)]
             ))
             .await)

@@ -42,6 +42,7 @@ fn keeper_config(tools: &Tools, dir: &Path, monitor: &str) -> Result<KeeperToml>
         formation: "default".to_string(),
         host: "127.0.0.1".to_string(),
         port: free_port()?,
+        advertise_port: None,
         pgdata: dir.join("data").display().to_string(),
         monitor: monitor.to_string(),
         pg_bin_dir: tools.pg_bin_dir.display().to_string(),

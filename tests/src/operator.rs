@@ -127,3 +127,37 @@ pub fn event_line(e: &Value) -> String {
         e["reason"].as_str().unwrap_or("")
     )
 }
+
+/// Events one per line ([`event_line`]).
+pub fn event_lines(events: &[Value]) -> String {
+    events.iter().map(event_line).collect::<Vec<_>>().join("\n")
+}
+
+/// The goal changes after `baseline` (invariant 5 of the design): there is
+/// at least one, and every one carries a reason. Returns them.
+pub async fn expect_explained_goal_changes(
+    cluster: &Cluster,
+    baseline: i64,
+    during: &str,
+) -> Result<Vec<Value>> {
+    let changes = goal_changes_after(cluster, baseline).await?;
+    let unexplained: Vec<&Value> = changes
+        .iter()
+        .filter(|e| e["reason"].as_str().is_none_or(|r| r.trim().is_empty()))
+        .collect();
+    if changes.is_empty() || !unexplained.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "every goal change of {during} should be an event with a reason; {} goal \
+                 changes, without a reason:\n{}",
+                changes.len(),
+                unexplained
+                    .iter()
+                    .map(|e| event_line(e))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))
+            .await);
+    }
+    Ok(changes)
+}

@@ -161,6 +161,11 @@ impl Writer {
         Ok(writer)
     }
 
+    /// [`Writer::start_warm`] through the cluster's multi-host URI.
+    pub async fn warm(cluster: &Cluster) -> Result<Writer> {
+        Writer::start_warm(cluster, &cluster.multi_host_uri(), WriterOptions::default()).await
+    }
+
     pub fn ack_count(&self) -> usize {
         self.shared.acks.lock().unwrap().len()
     }

@@ -12,13 +12,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use pgpilot_tests::operator::cli_json;
+use pgpilot_tests::operator::{
+    event_line, event_lines, events, expect_explained_goal_changes, goal_changes_after,
+    last_event_id,
+};
 use pgpilot_tests::process::{kill_postmaster_tree, postmaster_pid, reap};
 use pgpilot_tests::{
     Cluster, ClusterOptions, FormationState, FormationStateExt, NodeStatusExt, ReplicationState,
     WriteReport, Writer,
 };
-use serde_json::Value;
 
 const PRIMARY: ReplicationState = ReplicationState::Primary;
 const SECONDARY: ReplicationState = ReplicationState::Secondary;
@@ -27,8 +29,6 @@ const SECONDARY: ReplicationState = ReplicationState::Secondary;
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Keepers heartbeat again after a fault ends.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Acknowledged writes to see before a fault, so the writer is in full swing.
-const WARM_UP_ACKS: usize = 25;
 /// The longest pause between two acknowledged writes a fault may cause when
 /// it must not touch the write path (the writer writes every 20 ms; this
 /// leaves room for a loaded two-core machine, and is far below a failover).
@@ -36,55 +36,11 @@ const MAX_WRITE_GAP: Duration = Duration::from_secs(3);
 /// A heartbeat at most this old counts as current (keepers beat every 0.5 s).
 const FRESH_HEARTBEAT_MS: i64 = 2_000;
 
-async fn warm_writer(cluster: &Cluster) -> Result<Writer> {
-    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
-    cluster
-        .wait_for(Duration::from_secs(30), "the writer to warm up", || {
-            let ready = writer.ack_count() >= WARM_UP_ACKS;
-            async move { Ok(ready.then_some(())) }
-        })
-        .await?;
-    Ok(writer)
-}
-
-/// The formation's events (oldest first), from `show-events --json`.
-async fn events(cluster: &Cluster) -> Result<Vec<Value>> {
-    let doc = cli_json(cluster, &["show-events", "--json", "--count", "10000"]).await?;
-    let mut list = doc
-        .as_array()
-        .cloned()
-        .ok_or_else(|| anyhow!("show-events --json is not an array:\n{doc:#}"))?;
-    list.sort_by_key(|e| e["event_id"].as_i64().unwrap_or(0));
-    Ok(list)
-}
-
-fn last_event_id(events: &[Value]) -> i64 {
-    events
-        .iter()
-        .filter_map(|e| e["event_id"].as_i64())
-        .max()
-        .unwrap_or(0)
-}
-
-fn event_line(e: &Value) -> String {
-    format!(
-        "{} {} reported {}: goal {} -> {} ({})",
-        e["at"].as_str().unwrap_or("?"),
-        e["node_name"].as_str().unwrap_or("?"),
-        e["reported_state"].as_str().unwrap_or("?"),
-        e["goal_from"].as_str().unwrap_or("?"),
-        e["goal_to"].as_str().unwrap_or("?"),
-        e["reason"].as_str().unwrap_or("")
-    )
-}
-
 /// Fail if any node's goal changed in an event after `baseline`.
 async fn expect_no_goal_change(cluster: &Cluster, baseline: i64, during: &str) -> Result<()> {
-    let changes: Vec<String> = events(cluster)
+    let changes: Vec<String> = goal_changes_after(cluster, baseline)
         .await?
         .iter()
-        .filter(|e| e["event_id"].as_i64().unwrap_or(0) > baseline)
-        .filter(|e| e["goal_from"] != e["goal_to"])
         .map(event_line)
         .collect();
     if changes.is_empty() {
@@ -177,7 +133,7 @@ async fn primary_cut_from_monitor_only_keeps_serving() -> Result<()> {
     cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
     let primary = cluster.primary_name().await?;
     let standby = cluster.other_node(&primary)?;
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
     let baseline = last_event_id(&events(&cluster).await?);
 
     let link = cluster.monitor_link(&primary)?;
@@ -249,7 +205,7 @@ async fn monitor_down_for_a_minute_changes_nothing() -> Result<()> {
     cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
     let primary = cluster.primary_name().await?;
     let standby = cluster.other_node(&primary)?;
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
     let baseline = last_event_id(&events(&cluster).await?);
 
     let killed_at = cluster.kill_monitor()?;
@@ -338,7 +294,7 @@ async fn monitor_database_restart_in_steady_state() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
     cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
     let primary = cluster.primary_name().await?;
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
     let baseline = last_event_id(&events(&cluster).await?);
     let monitor_pid = cluster.monitor_pid();
 
@@ -390,7 +346,7 @@ async fn monitor_database_restart_during_failover() -> Result<()> {
     cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
     let old = cluster.primary_name().await?;
     let new = cluster.other_node(&old)?;
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
     let baseline = last_event_id(&events(&cluster).await?);
     let monitor_pid = cluster.monitor_pid();
 
@@ -445,38 +401,14 @@ async fn monitor_database_restart_during_failover() -> Result<()> {
     let report = writer.stop().await;
     report.expect_all_on(&cluster, &new).await?;
 
-    let changes: Vec<Value> = events(&cluster)
-        .await?
-        .into_iter()
-        .filter(|e| e["event_id"].as_i64().unwrap_or(0) > baseline)
-        .filter(|e| e["goal_from"] != e["goal_to"])
-        .collect();
-    let unexplained: Vec<String> = changes
-        .iter()
-        .filter(|e| e["reason"].as_str().is_none_or(|r| r.trim().is_empty()))
-        .map(event_line)
-        .collect();
-    if changes.is_empty() || !unexplained.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "every goal change of the failover should be an event with a reason; \
-                 {} goal changes, without a reason:\n{}",
-                changes.len(),
-                unexplained.join("\n")
-            ))
-            .await);
-    }
+    let changes = expect_explained_goal_changes(&cluster, baseline, "the failover").await?;
     eprintln!(
         "{new} reported a writable primary {:.1} s after the kill ({:.1} s after the \
          database was back); {} writes acknowledged, 0 lost; goal changes:\n{}",
         promoted_at.duration_since(killed_at).as_secs_f64(),
         promoted_at.duration_since(restarted_at).as_secs_f64(),
         report.acks.len(),
-        changes
-            .iter()
-            .map(event_line)
-            .collect::<Vec<_>>()
-            .join("\n")
+        event_lines(&changes)
     );
     cluster.shutdown().await
 }
@@ -496,7 +428,7 @@ async fn primary_postgres_crash_is_restarted_without_failover() -> Result<()> {
     cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
     let primary = cluster.primary_name().await?;
     let standby = cluster.other_node(&primary)?;
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
     let baseline = last_event_id(&events(&cluster).await?);
 
     let pid = postmaster_pid(&cluster.pgdata(&primary)?)

@@ -22,12 +22,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use pgpilot_tests::operator::{event_line, events, goal_changes_after, last_event_id};
+use pgpilot_tests::operator::{event_lines, events, expect_explained_goal_changes, last_event_id};
 use pgpilot_tests::{
     Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, WritableProbe,
     Writer, WriterOptions,
 };
-use serde_json::Value;
 
 const PRIMARY: ReplicationState = ReplicationState::Primary;
 const SECONDARY: ReplicationState = ReplicationState::Secondary;
@@ -86,33 +85,6 @@ fn keeper_fenced(cluster: &Cluster, name: &str) -> Result<bool> {
 /// `SHOW synchronous_standby_names` on `node`.
 async fn sync_names(cluster: &Cluster, node: &str) -> Result<String> {
     cluster.psql(node, "SHOW synchronous_standby_names").await
-}
-
-/// Every goal change after `baseline` has a reason; returns them.
-async fn expect_reasons(cluster: &Cluster, baseline: i64) -> Result<Vec<Value>> {
-    let changes = goal_changes_after(cluster, baseline).await?;
-    let unexplained: Vec<String> = changes
-        .iter()
-        .filter(|e| e["reason"].as_str().is_none_or(|r| r.trim().is_empty()))
-        .map(event_line)
-        .collect();
-    if !unexplained.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "every goal change should carry a reason; without one:\n{}",
-                unexplained.join("\n")
-            ))
-            .await);
-    }
-    Ok(changes)
-}
-
-fn lines(changes: &[Value]) -> String {
-    changes
-        .iter()
-        .map(event_line)
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The primary is cut off from the monitor and its standby (and network
@@ -335,8 +307,8 @@ async fn isolated_primary(synchronous: bool) -> Result<()> {
             },
         )
         .await?;
-    let changes = expect_reasons(&cluster, baseline).await?;
-    eprintln!("goal changes:\n{}", lines(&changes));
+    let changes = expect_explained_goal_changes(&cluster, baseline, "the partition").await?;
+    eprintln!("goal changes:\n{}", event_lines(&changes));
     cluster.shutdown().await
 }
 
@@ -427,7 +399,7 @@ async fn standby_cut_off_primary_keeps_writing() -> Result<()> {
             ))
             .await);
     }
-    let changes = expect_reasons(&cluster, baseline).await?;
+    let changes = expect_explained_goal_changes(&cluster, baseline, "the partition").await?;
     let demoted = changes.iter().any(|e| {
         e["node_name"] == primary.as_str()
             && !matches!(e["goal_to"].as_str(), Some("primary" | "wait_primary"))
@@ -436,7 +408,7 @@ async fn standby_cut_off_primary_keeps_writing() -> Result<()> {
         return Err(cluster
             .failure(format!(
                 "{primary}'s goal should only move between primary and wait_primary:\n{}",
-                lines(&changes)
+                event_lines(&changes)
             ))
             .await);
     }
@@ -459,6 +431,6 @@ async fn standby_cut_off_primary_keeps_writing() -> Result<()> {
             },
         )
         .await?;
-    eprintln!("goal changes:\n{}", lines(&changes));
+    eprintln!("goal changes:\n{}", event_lines(&changes));
     cluster.shutdown().await
 }

@@ -29,16 +29,8 @@ const HEALTHY_TIMEOUT: Duration = Duration::from_secs(180);
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(180);
 const SHORT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Acknowledged writes to see before a fault, so the writer is in full swing.
-const WARM_UP_ACKS: usize = 25;
 
 // ---- helpers -----------------------------------------------------------------
-
-async fn warm_writer(cluster: &Cluster) -> Result<Writer> {
-    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
-    wait_acks(cluster, &writer, WARM_UP_ACKS, "the writer to warm up").await?;
-    Ok(writer)
-}
 
 /// Wait until the writer has `count` acknowledged writes in all.
 async fn wait_acks(cluster: &Cluster, writer: &Writer, count: usize, what: &str) -> Result<()> {
@@ -273,7 +265,7 @@ async fn quorum_failover_highest_priority_wins() -> Result<()> {
     check_settings_match(&cluster, &applied, 1).await?;
     eprintln!("node1 applies synchronous_standby_names = '{applied}'");
 
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
     let killed_at = cluster.kill_node_hard("node1")?;
 
     cluster
@@ -386,7 +378,7 @@ async fn lagging_high_priority_standby_fast_forwards() -> Result<()> {
     let applied = wait_sync_names(&cluster, "node1", 1, &[app2.clone(), app3]).await?;
     eprintln!("node1 applies synchronous_standby_names = '{applied}'");
 
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
     let c = &cluster;
     let receiver = cluster
         .wait_for(
@@ -644,7 +636,7 @@ async fn maintenance_of_standby_and_primary() -> Result<()> {
     let standby = cluster.other_node(&primary)?;
 
     // -- a standby --
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
     let started = Instant::now();
     cli_ok(
         &cluster,
@@ -713,7 +705,7 @@ async fn maintenance_of_standby_and_primary() -> Result<()> {
     }
 
     // -- the primary --
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
     let started = Instant::now();
     cli_ok(
         &cluster,

@@ -13,20 +13,6 @@ use pgpilot_tests::{
 const PRIMARY: ReplicationState = ReplicationState::Primary;
 const SECONDARY: ReplicationState = ReplicationState::Secondary;
 
-/// Acknowledged writes to see before a fault, so the writer is in full swing.
-const WARM_UP_ACKS: usize = 25;
-
-async fn warm_writer(cluster: &Cluster) -> Result<Writer> {
-    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
-    cluster
-        .wait_for(Duration::from_secs(30), "the writer to warm up", || {
-            let ready = writer.ack_count() >= WARM_UP_ACKS;
-            async move { Ok(ready.then_some(())) }
-        })
-        .await?;
-    Ok(writer)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
@@ -81,7 +67,7 @@ async fn unplanned_failover_and_rejoin() -> Result<()> {
     cluster.wait_healthy_pair().await?;
     let old = cluster.primary_name().await?;
     let new = cluster.other_node(&old)?;
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
 
     let killed_at = cluster.kill_node_hard(&old)?;
 
@@ -174,7 +160,7 @@ async fn planned_failover() -> Result<()> {
     cluster.wait_healthy_pair().await?;
     let old = cluster.primary_name().await?;
     let new = cluster.other_node(&old)?;
-    let writer = warm_writer(&cluster).await?;
+    let writer = Writer::warm(&cluster).await?;
 
     let started = Instant::now();
     let output = cluster

@@ -1,8 +1,11 @@
 //! `pgpilot-bench failover`: builds real clusters on this machine and
 //! measures what a client writing through the multi-host URI feels —
 //! the write outage of unplanned failovers, PostgreSQL crashes with the
-//! keeper alive, and planned failovers — plus the time from nothing to a
-//! healthy group. Prints a table with min / median / p95 / max.
+//! keeper alive, planned failovers, and a primary cut off by a network
+//! partition (in synchronous and asynchronous replication) with a second
+//! client on its own host, whose writes acknowledged after the cut the
+//! fence bounds — plus the time from nothing to a healthy group. Prints a
+//! table with min / median / p95 / max.
 //!
 //! Example: cargo run --release -p pgpilot-tests --bin pgpilot-bench -- failover --runs 5
 
@@ -11,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use pgpilot_tests::process::{kill_postmaster_tree, postmaster_pid, reap};
-use pgpilot_tests::{Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, Writer};
+use pgpilot_tests::{
+    Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, Writer, WriterOptions,
+};
 
 #[derive(Parser)]
 #[command(name = "pgpilot-bench")]
@@ -44,6 +49,12 @@ enum Scenario {
     PgCrash,
     /// `perform-failover` while the client writes.
     Planned,
+    /// The primary cut off from the monitor, its standbys and network
+    /// clients (fault proxies), synchronous replication; a second client
+    /// writes on the primary's own host.
+    PartitionSync,
+    /// The same with asynchronous standbys (`replication_quorum = false`).
+    PartitionAsync,
 }
 
 impl Scenario {
@@ -52,13 +63,22 @@ impl Scenario {
             Scenario::Unplanned => "unplanned failover (keeper + postmaster SIGKILLed)",
             Scenario::PgCrash => "primary PostgreSQL crash, keeper alive",
             Scenario::Planned => "planned perform-failover",
+            Scenario::PartitionSync => "primary partitioned away, synchronous",
+            Scenario::PartitionAsync => "primary partitioned away, asynchronous",
         }
+    }
+
+    fn is_partition(self) -> bool {
+        matches!(self, Scenario::PartitionSync | Scenario::PartitionAsync)
     }
 }
 
 struct Sample {
     outage: Duration,
     lost: usize,
+    /// Partitions: how long after the cut the isolated primary acknowledged
+    /// its last write to the client on its host, and how many it did.
+    isolated: Option<(Duration, usize)>,
 }
 
 #[tokio::main]
@@ -69,7 +89,13 @@ async fn main() -> Result<()> {
         scenario,
     } = Args::parse().command;
     let scenarios = if scenario.is_empty() {
-        vec![Scenario::Unplanned, Scenario::PgCrash, Scenario::Planned]
+        vec![
+            Scenario::Unplanned,
+            Scenario::PgCrash,
+            Scenario::Planned,
+            Scenario::PartitionSync,
+            Scenario::PartitionAsync,
+        ]
     } else {
         scenario
     };
@@ -77,12 +103,18 @@ async fn main() -> Result<()> {
     let mut startups = Vec::new();
     for &s in &scenarios {
         let started = Instant::now();
-        let cluster = Cluster::start(ClusterOptions {
+        let mut options = ClusterOptions {
             first_node_alone: false,
             ..ClusterOptions::nodes(nodes)
-        })
-        .await?;
-        cluster.wait_healthy(Duration::from_secs(120)).await?;
+        };
+        if s.is_partition() {
+            options = options.monitor_link_proxies().ingress_proxies();
+        }
+        if s == Scenario::PartitionAsync {
+            options = options.replication_quorums(&vec![false; nodes]);
+        }
+        let cluster = Cluster::start(options).await?;
+        settled(&cluster).await?;
         startups.push(started.elapsed());
         let mut samples = Vec::new();
         for run in 1..=runs {
@@ -90,6 +122,7 @@ async fn main() -> Result<()> {
                 Scenario::Unplanned => unplanned(&cluster).await,
                 Scenario::PgCrash => pg_crash(&cluster).await,
                 Scenario::Planned => planned(&cluster).await,
+                Scenario::PartitionSync | Scenario::PartitionAsync => partition(&cluster).await,
             }
             .with_context(|| format!("{} run {run}", s.label()))?;
             eprintln!(
@@ -126,6 +159,46 @@ async fn main() -> Result<()> {
             secs[secs.len() - 1],
             lost
         );
+    }
+    let partitions: Vec<_> = rows.iter().filter(|(s, _)| s.is_partition()).collect();
+    if !partitions.is_empty() {
+        println!();
+        println!(
+            "partitions: the isolated primary's writes to a client on its own host after the cut (lost in asynchronous mode; in synchronous mode only those \"committed locally\" after a cancel)"
+        );
+        println!(
+            "{:<52} {:>4} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            "last acknowledged after the cut (s)", "runs", "min", "median", "p95", "max", "writes"
+        );
+        for (s, samples) in partitions {
+            let mut secs: Vec<f64> = samples
+                .iter()
+                .filter_map(|x| x.isolated.map(|(d, _)| d.as_secs_f64()))
+                .collect();
+            secs.sort_by(f64::total_cmp);
+            let writes: usize = samples
+                .iter()
+                .filter_map(|x| x.isolated.map(|(_, n)| n))
+                .sum();
+            if secs.is_empty() {
+                println!(
+                    "{:<52} {:>4} (no write acknowledged after the cut)",
+                    s.label(),
+                    0
+                );
+                continue;
+            }
+            println!(
+                "{:<52} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10}",
+                s.label(),
+                secs.len(),
+                secs[0],
+                percentile(&secs, 0.5),
+                percentile(&secs, 0.95),
+                secs[secs.len() - 1],
+                writes
+            );
+        }
     }
     let mut startup: Vec<f64> = startups.iter().map(Duration::as_secs_f64).collect();
     startup.sort_by(f64::total_cmp);
@@ -174,7 +247,32 @@ async fn finish(cluster: &Cluster, w: Writer, event: Instant) -> Result<Sample> 
     Ok(Sample {
         outage: outage.first_ack_after - outage.last_ack_before.unwrap_or(event),
         lost,
+        isolated: None,
     })
+}
+
+/// Every node settled (reported == goal), one writable primary, the others
+/// secondaries. (With only asynchronous standbys the primary stays in
+/// `wait_primary`.)
+async fn settled(cluster: &Cluster) -> Result<()> {
+    let n = cluster.node_names().len();
+    cluster
+        .wait_state(
+            Duration::from_secs(180),
+            "a settled group: one writable primary, the others secondaries",
+            |s| {
+                s.nodes.len() == n
+                    && s.nodes.iter().all(|x| x.reported() == x.goal())
+                    && s.writable_primaries().len() == 1
+                    && s.nodes
+                        .iter()
+                        .filter(|x| x.settled_in(pgpilot_tests::ReplicationState::Secondary))
+                        .count()
+                        == n - 1
+            },
+        )
+        .await
+        .map(|_| ())
 }
 
 /// The node that both reports and is assigned a primary-side state (a dead
@@ -205,7 +303,7 @@ async fn current_primary(cluster: &Cluster) -> Result<String> {
 }
 
 async fn unplanned(cluster: &Cluster) -> Result<Sample> {
-    cluster.wait_healthy(Duration::from_secs(120)).await?;
+    settled(cluster).await?;
     let old = current_primary(cluster).await?;
     let w = writer(cluster).await?;
     let killed = cluster.kill_node_hard(&old)?;
@@ -219,12 +317,12 @@ async fn unplanned(cluster: &Cluster) -> Result<Sample> {
     wait_for_writes(cluster, &w, killed).await?;
     let sample = finish(cluster, w, killed).await?;
     cluster.start_keeper(&old)?;
-    cluster.wait_healthy(Duration::from_secs(180)).await?;
+    settled(cluster).await?;
     Ok(sample)
 }
 
 async fn pg_crash(cluster: &Cluster) -> Result<Sample> {
-    cluster.wait_healthy(Duration::from_secs(120)).await?;
+    settled(cluster).await?;
     let old = current_primary(cluster).await?;
     let w = writer(cluster).await?;
     let pgdata = cluster.pgdata(&old)?;
@@ -236,12 +334,12 @@ async fn pg_crash(cluster: &Cluster) -> Result<Sample> {
     reap(&tree, Duration::from_secs(10));
     wait_for_writes(cluster, &w, crashed).await?;
     let sample = finish(cluster, w, crashed).await?;
-    cluster.wait_healthy(Duration::from_secs(180)).await?;
+    settled(cluster).await?;
     Ok(sample)
 }
 
 async fn planned(cluster: &Cluster) -> Result<Sample> {
-    cluster.wait_healthy(Duration::from_secs(120)).await?;
+    settled(cluster).await?;
     let w = writer(cluster).await?;
     let url = cluster.monitor_url().to_string();
     let started = Instant::now();
@@ -262,5 +360,63 @@ async fn planned(cluster: &Cluster) -> Result<Sample> {
         .context("no writes during the failover")?;
     let primary = current_primary(cluster).await?;
     let lost = report.missing_ids(cluster, &primary).await?.len();
-    Ok(Sample { outage, lost })
+    Ok(Sample {
+        outage,
+        lost,
+        isolated: None,
+    })
+}
+
+/// Cut the primary's links to the monitor and of its ingress (standbys,
+/// health checks, network clients) while one client writes through the
+/// advertised multi-host URI and one on the primary's host (cancelling a
+/// statement after 1 s, as a client-side timeout does). The outage is the
+/// network client's; rows lost are the network client's plus the host
+/// client's durably acknowledged ones.
+async fn partition(cluster: &Cluster) -> Result<Sample> {
+    let old = current_primary(cluster).await?;
+    let network =
+        Writer::start_warm(cluster, &cluster.advertised_uri(), WriterOptions::default()).await?;
+    let local = Writer::start_warm(
+        cluster,
+        &cluster.local_uri(&old)?,
+        WriterOptions {
+            first_id: 1_000_000_000,
+            cancel_after: Some(Duration::from_secs(1)),
+        },
+    )
+    .await?;
+    cluster.monitor_link(&old)?.blackhole();
+    cluster.ingress(&old)?.blackhole();
+    let cut = Instant::now();
+    cluster
+        .wait_state(Duration::from_secs(120), "another writable primary", |s| {
+            s.writable_primaries()
+                .iter()
+                .any(|p| p.name != old && p.reports_writable_primary())
+        })
+        .await?;
+    wait_for_writes(cluster, &network, Instant::now()).await?;
+    cluster.monitor_link(&old)?.heal();
+    cluster.ingress(&old)?.heal();
+    let local = local.stop().await;
+    let after_cut: Vec<_> = local.acks.iter().filter(|a| a.at > cut).collect();
+    let isolated = after_cut
+        .last()
+        .map(|a| (a.at.duration_since(cut), after_cut.len()));
+    let mut sample = finish(cluster, network, cut).await?;
+    let primary = current_primary(cluster).await?;
+    sample.lost += local.missing_ids(cluster, &primary).await?.len();
+    sample.isolated = isolated;
+    cluster
+        .wait_state(
+            Duration::from_secs(180),
+            &format!("{old} back as a settled secondary"),
+            |s| {
+                s.node(&old)
+                    .is_some_and(|n| n.settled_in(pgpilot_tests::ReplicationState::Secondary))
+            },
+        )
+        .await?;
+    Ok(sample)
 }

@@ -1,4 +1,5 @@
 //! Two nodes: replication, unplanned failover with rejoin, planned failover.
+//! The failovers run with the writable-node probe: never two writable nodes.
 //!
 //! Needs `cargo build --workspace` first (the tests run the built
 //! `pgpilot-monitor` and `pgpilot-keeper`) and PostgreSQL's server programs.
@@ -7,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pgpilot_tests::{
-    Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, Writer,
+    Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, WritableProbe,
+    Writer,
 };
 
 const PRIMARY: ReplicationState = ReplicationState::Primary;
@@ -68,6 +70,7 @@ async fn unplanned_failover_and_rejoin() -> Result<()> {
     let old = cluster.primary_name().await?;
     let new = cluster.other_node(&old)?;
     let writer = Writer::warm(&cluster).await?;
+    let probe = WritableProbe::of_cluster(&cluster)?;
 
     let killed_at = cluster.kill_node_hard(&old)?;
 
@@ -134,6 +137,7 @@ async fn unplanned_failover_and_rejoin() -> Result<()> {
 
     let report = writer.stop().await;
     report.expect_all_on(&cluster, &new).await?;
+    probe.stop().await.expect_one_writer(&cluster).await?;
     let outage = report
         .outage_around(killed_at)
         .expect("the writer acknowledged writes after the kill");
@@ -161,6 +165,7 @@ async fn planned_failover() -> Result<()> {
     let old = cluster.primary_name().await?;
     let new = cluster.other_node(&old)?;
     let writer = Writer::warm(&cluster).await?;
+    let probe = WritableProbe::of_cluster(&cluster)?;
 
     let started = Instant::now();
     let output = cluster
@@ -222,6 +227,7 @@ async fn planned_failover() -> Result<()> {
 
     let report = writer.stop().await;
     report.expect_all_on(&cluster, &new).await?;
+    probe.stop().await.expect_one_writer(&cluster).await?;
     if let Some(outage) = report.outage_around(started) {
         eprintln!(
             "PLANNED FAILOVER: perform-failover took {:.3} s; write outage {:.3} s (last ack on \

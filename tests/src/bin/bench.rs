@@ -77,8 +77,9 @@ struct Sample {
     outage: Duration,
     lost: usize,
     /// Partitions: how long after the cut the isolated primary acknowledged
-    /// its last write to the client on its host, and how many it did.
-    isolated: Option<(Duration, usize)>,
+    /// its last write to the client on its host, how many it did, and how
+    /// many of those came with the "committed locally" warning.
+    isolated: Option<(Duration, usize, usize)>,
 }
 
 #[tokio::main]
@@ -167,18 +168,29 @@ async fn main() -> Result<()> {
             "partitions: the isolated primary's writes to a client on its own host after the cut (lost in asynchronous mode; in synchronous mode only those \"committed locally\" after a cancel)"
         );
         println!(
-            "{:<52} {:>4} {:>8} {:>8} {:>8} {:>8} {:>10}",
-            "last acknowledged after the cut (s)", "runs", "min", "median", "p95", "max", "writes"
+            "{:<52} {:>4} {:>8} {:>8} {:>8} {:>8} {:>10} {:>11}",
+            "last acknowledged after the cut (s)",
+            "runs",
+            "min",
+            "median",
+            "p95",
+            "max",
+            "writes",
+            "local only"
         );
         for (s, samples) in partitions {
             let mut secs: Vec<f64> = samples
                 .iter()
-                .filter_map(|x| x.isolated.map(|(d, _)| d.as_secs_f64()))
+                .filter_map(|x| x.isolated.map(|(d, _, _)| d.as_secs_f64()))
                 .collect();
             secs.sort_by(f64::total_cmp);
             let writes: usize = samples
                 .iter()
-                .filter_map(|x| x.isolated.map(|(_, n)| n))
+                .filter_map(|x| x.isolated.map(|(_, n, _)| n))
+                .sum();
+            let local_only: usize = samples
+                .iter()
+                .filter_map(|x| x.isolated.map(|(_, _, l)| l))
                 .sum();
             if secs.is_empty() {
                 println!(
@@ -189,14 +201,15 @@ async fn main() -> Result<()> {
                 continue;
             }
             println!(
-                "{:<52} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10}",
+                "{:<52} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10} {:>11}",
                 s.label(),
                 secs.len(),
                 secs[0],
                 percentile(&secs, 0.5),
                 percentile(&secs, 0.95),
                 secs[secs.len() - 1],
-                writes
+                writes,
+                local_only
             );
         }
     }
@@ -401,9 +414,10 @@ async fn partition(cluster: &Cluster) -> Result<Sample> {
     cluster.ingress(&old)?.heal();
     let local = local.stop().await;
     let after_cut: Vec<_> = local.acks.iter().filter(|a| a.at > cut).collect();
+    let local_only = after_cut.iter().filter(|a| a.local_only).count();
     let isolated = after_cut
         .last()
-        .map(|a| (a.at.duration_since(cut), after_cut.len()));
+        .map(|a| (a.at.duration_since(cut), after_cut.len(), local_only));
     let mut sample = finish(cluster, network, cut).await?;
     let primary = current_primary(cluster).await?;
     sample.lost += local.missing_ids(cluster, &primary).await?.len();

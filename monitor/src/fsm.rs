@@ -45,6 +45,11 @@
 //! advanced. For `wait_primary` (synchronous replication off) `F` is every
 //! other node and `r` is 1: the monitor must hear from all of them.
 //! `single` has `r` = 0 and never fences: it has no standby to promote.
+//!
+//! When `F` changes, an election keeps counting what earlier sets held
+//! until the new set holds the primary's commits ([`fence_update`],
+//! [`NodeSnapshot::election_fence`]): `F` and `r` above are then
+//! `F ∪ pending` and the smallest `r` in force since the change.
 
 use std::fmt;
 use std::time::Duration;
@@ -110,6 +115,42 @@ pub struct NodeSnapshot {
     /// many of them must stream for it to keep serving while isolated.
     pub fence_set: Vec<String>,
     pub fence_required: u32,
+    /// Primary only: what an election must still count beyond the fence
+    /// set, from before its last change (see [`fence_update`]).
+    pub fence_pending: FencePending,
+}
+
+/// Members and quorum of earlier fence sets that an election still counts
+/// until the current set holds the commits acknowledged under them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FencePending {
+    /// Names that left the fence set (and the primary's own, for a primary
+    /// whose commits may so far be on no member of its fence set).
+    pub names: Vec<String>,
+    /// The smallest `r` in force since the change.
+    pub required: u32,
+    /// The primary's LSN at the latest change; `None` when nothing is
+    /// pending. The pending part is dropped once `r` members of the fence
+    /// set stream and report an LSN at least this far.
+    pub cover_lsn: Option<u64>,
+}
+
+impl NodeSnapshot {
+    /// The fence set and quorum an election about this (old) primary
+    /// counts: its fence set and what is still pending from earlier ones.
+    pub fn election_fence(&self) -> (Vec<String>, u32) {
+        let pending = &self.fence_pending;
+        if pending.cover_lsn.is_none() {
+            return (self.fence_set.clone(), self.fence_required);
+        }
+        let mut names = self.fence_set.clone();
+        for name in &pending.names {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        (names, self.fence_required.min(pending.required))
+    }
 }
 
 /// What one heartbeat tells the state machine about its node.
@@ -674,8 +715,9 @@ impl Eval<'_> {
                         && self.nodes[i].reported.is_following()
                         && !self.nodes[i].wal_receiver_streaming))
         };
-        let fence_set = &self.nodes[p].fence_set;
-        let required = self.nodes[p].fence_required as usize;
+        let (fence_set, required) = self.nodes[p].election_fence();
+        let fence_set = &fence_set;
+        let required = required as usize;
         // Members of the fence set whose stream is gone and whose LSN is
         // known: a commit acknowledged under ANY r (F) is on one of any
         // |F| − r + 1 of them, whether the old primary stopped or fenced.
@@ -957,9 +999,10 @@ impl Eval<'_> {
                     );
                 }
                 S::WaitMaintenance => {
-                    // The primary no longer counts it: safe to stop.
+                    // Neither the primary nor an election about it counts
+                    // it any more: safe to stop.
                     let app = application_name(self.nodes[i].id);
-                    if !self.nodes[p].fence_set.contains(&app) || !self.alive(p) {
+                    if !self.nodes[p].election_fence().0.contains(&app) || !self.alive(p) {
                         self.assign(i, S::Maintenance, Reason::MaintenanceReady);
                     }
                 }
@@ -1144,6 +1187,128 @@ pub fn replication_plan(
             fence_set: Vec::new(),
             fence_required: 0,
         },
+    }
+}
+
+/// What the monitor stores for the primary at `index` after computing its
+/// `plan`: the fence set and `r` it sends (the plan's), and what elections
+/// must still count from earlier sets.
+///
+/// The fence set may change at once — `synchronous_standby_names` follows
+/// the group, so writes go on when a standby fails — but a commit
+/// acknowledged under the old `ANY r (F)` may be on members that left `F`
+/// only. Until it is also on the new set, an election keeps counting them:
+/// it uses `F ∪ pending` and the smallest `r` in force meanwhile, so any
+/// `|F ∪ pending| − r + 1` reporters still include a holder of every
+/// acknowledged commit, old or new. Likewise a primary whose set was empty
+/// (just promoted, or its first standby) may hold commits none of its
+/// standbys has: its own name is pending, so an election cannot finish
+/// without it (a double fault, which an operator can force). The pending
+/// part is dropped once `r` members of the new set stream and report an
+/// LSN at least the primary's at the latest change: they then hold every
+/// commit made before it, as if it had been acknowledged under the new set.
+/// That LSN is the one the primary reports in the heartbeat after the one
+/// that changed the set: the keeper applies a new set (reloads) right after
+/// the reply, so commits made under the old set are all before it.
+/// Growing the set without raising `r` needs no such wait.
+pub fn fence_update(nodes: &[NodeSnapshot], index: usize, plan: &ReplicationPlan) -> NodeFence {
+    let me = &nodes[index];
+    if plan.fence_set.is_empty() {
+        // No standby to count, and none to promote.
+        return NodeFence::from_plan(plan);
+    }
+    let mut pending = me.fence_pending.clone();
+    let changed = me.fence_set != plan.fence_set || me.fence_required != plan.fence_required;
+    if changed {
+        let grows_only = !me.fence_set.is_empty()
+            && me.fence_set.iter().all(|n| plan.fence_set.contains(n))
+            && plan.fence_required <= me.fence_required;
+        if !grows_only || pending.cover_lsn.is_some() {
+            let was_pending = pending.cover_lsn.is_some();
+            let mut left: Vec<String> = me
+                .fence_set
+                .iter()
+                .filter(|n| !plan.fence_set.contains(n))
+                .cloned()
+                .collect();
+            if me.fence_set.is_empty() {
+                left.push(application_name(me.id));
+            }
+            for name in left {
+                if !pending.names.contains(&name) {
+                    pending.names.push(name);
+                }
+            }
+            let before = if me.fence_set.is_empty() {
+                plan.fence_required
+            } else {
+                me.fence_required
+            };
+            pending.required = if was_pending {
+                pending.required.min(before)
+            } else {
+                before
+            }
+            .min(plan.fence_required);
+            pending.cover_lsn = Some(COVER_AT_NEXT_HEARTBEAT);
+        }
+    } else if pending.cover_lsn == Some(COVER_AT_NEXT_HEARTBEAT) {
+        pending.cover_lsn = Some(me.lsn);
+    }
+    if let Some(lsn) = pending.cover_lsn.filter(|&l| l != COVER_AT_NEXT_HEARTBEAT) {
+        let holders = nodes
+            .iter()
+            .filter(|n| {
+                plan.fence_set.contains(&application_name(n.id))
+                    && n.reported.is_following()
+                    && n.wal_receiver_streaming
+                    && n.lsn >= lsn
+            })
+            .count() as u32;
+        if holders >= plan.fence_required {
+            pending = FencePending::default();
+        }
+    }
+    NodeFence {
+        fence_set: plan.fence_set.clone(),
+        fence_required: plan.fence_required,
+        pending,
+    }
+}
+
+/// [`FencePending::cover_lsn`] right after a change: no LSN is known yet
+/// that every commit made under the old set precedes (never reached).
+pub const COVER_AT_NEXT_HEARTBEAT: u64 = i64::MAX as u64;
+
+/// A primary's fence as the monitor stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFence {
+    pub fence_set: Vec<String>,
+    pub fence_required: u32,
+    pub pending: FencePending,
+}
+
+impl NodeFence {
+    fn from_plan(plan: &ReplicationPlan) -> NodeFence {
+        NodeFence {
+            fence_set: plan.fence_set.clone(),
+            fence_required: plan.fence_required,
+            pending: FencePending::default(),
+        }
+    }
+
+    /// Whether `node` stores this fence already.
+    pub fn stored_in(&self, node: &NodeSnapshot) -> bool {
+        node.fence_set == self.fence_set
+            && node.fence_required == self.fence_required
+            && node.fence_pending == self.pending
+    }
+
+    /// Store it in `node` (the simulation's copy of the store).
+    pub fn store_in(&self, node: &mut NodeSnapshot) {
+        node.fence_set = self.fence_set.clone();
+        node.fence_required = self.fence_required;
+        node.fence_pending = self.pending.clone();
     }
 }
 

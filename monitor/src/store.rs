@@ -322,16 +322,21 @@ impl Store {
         let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
         let plan = fsm::replication_plan(&snaps, index, nss.number_sync_standbys);
         let me = &nodes[index];
-        if me.snap.goal.is_writable_primary()
-            && (me.snap.fence_set != plan.fence_set
-                || me.snap.fence_required != plan.fence_required)
-        {
-            sqlx::query("UPDATE node SET fence_set = $2, fence_required = $3 WHERE node_id = $1")
-                .bind(hb.node_id)
-                .bind(&plan.fence_set)
-                .bind(plan.fence_required as i32)
-                .execute(&mut *tx)
-                .await?;
+        let fence = fsm::fence_update(&snaps, index, &plan);
+        if me.snap.goal.is_writable_primary() && !fence.stored_in(&me.snap) {
+            sqlx::query(
+                "UPDATE node SET fence_set = $2, fence_required = $3, fence_pending = $4,
+                    fence_pending_required = $5, fence_cover_lsn = $6
+                 WHERE node_id = $1",
+            )
+            .bind(hb.node_id)
+            .bind(&fence.fence_set)
+            .bind(fence.fence_required as i32)
+            .bind(&fence.pending.names)
+            .bind(fence.pending.required as i32)
+            .bind(fence.pending.cover_lsn.map(|l| l as i64))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         let primary = upstream_of(&nodes, index).cloned();
@@ -1233,6 +1238,13 @@ fn node_from_row(row: &PgRow) -> Result<StoredNode> {
             },
             fence_set: row.get("fence_set"),
             fence_required: row.get::<i32, _>("fence_required") as u32,
+            fence_pending: fsm::FencePending {
+                names: row.get("fence_pending"),
+                required: row.get::<i32, _>("fence_pending_required") as u32,
+                cover_lsn: row
+                    .get::<Option<i64>, _>("fence_cover_lsn")
+                    .map(|l| l as u64),
+            },
         },
         formation: row.get("formation"),
         group_id: row.get("group_id"),

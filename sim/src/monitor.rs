@@ -178,6 +178,7 @@ impl Monitor {
             timings,
             fence_set: Vec::new(),
             fence_required: 0,
+            fence_pending: Default::default(),
         });
         self.evaluate(now);
         id
@@ -202,12 +203,10 @@ impl Monitor {
         );
         self.evaluate(now);
         let plan = fsm::replication_plan(&self.nodes, i, self.number_sync_standbys);
+        let fence = fsm::fence_update(&self.nodes, i, &plan);
         let me = &mut self.nodes[i];
-        if me.goal.is_writable_primary()
-            && (me.fence_set != plan.fence_set || me.fence_required != plan.fence_required)
-        {
-            me.fence_set = plan.fence_set.clone();
-            me.fence_required = plan.fence_required;
+        if me.goal.is_writable_primary() && !fence.stored_in(me) {
+            fence.store_in(me);
         }
         Ok(Reply {
             goal: self.nodes[i].goal,

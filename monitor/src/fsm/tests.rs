@@ -30,6 +30,7 @@ const TIMINGS: KeeperTimings = KeeperTimings {
 };
 
 /// A group under construction: `group().primary("a").secondary("b")`.
+#[derive(Clone)]
 struct Group {
     nodes: Vec<NodeSnapshot>,
     now: DateTime<Utc>,
@@ -62,6 +63,7 @@ impl Group {
             timings: TIMINGS,
             fence_set: Vec::new(),
             fence_required: 0,
+            fence_pending: Default::default(),
         });
         self
     }
@@ -479,6 +481,169 @@ fn a_quorum_standby_gone_earlier_stops_blocking_elections() {
         &g.decide(),
         &[("b", S::PreparePromotion), ("a", S::Demoted)],
     );
+}
+
+// The fence set's history: what an election still counts after a change.
+
+impl Group {
+    /// A heartbeat of the primary at `index`: the monitor computes its plan
+    /// and stores the fence as the store does.
+    fn primary_heartbeat(mut self, index: usize, nss: u32) -> Self {
+        let plan = replication_plan(&self.nodes, index, nss);
+        fence_update(&self.nodes, index, &plan).store_in(&mut self.nodes[index]);
+        self
+    }
+    fn lsn(self, name: &str, lsn: u64) -> Self {
+        self.with(name, |n| n.lsn = lsn)
+    }
+    /// The primary dies and `reporters` report their stream gone.
+    fn primary_dies(self, reporters: &[&str]) -> Self {
+        let mut g = self.dead("a", 10);
+        for r in reporters {
+            g = g
+                .with(r, |n| {
+                    n.goal = S::ReportLsn;
+                    n.reported = S::ReportLsn;
+                })
+                .stream_lost(r, 10);
+        }
+        g
+    }
+}
+
+#[test]
+fn a_departed_fence_member_counts_until_the_set_holds_its_commits() {
+    // ANY 1 (b, c): a commit may be on c alone. c fails and leaves the set.
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .secondary("c")
+        .fence_for(0)
+        .lsn("b", 0x100)
+        .lsn("c", 0x100)
+        .with("c", |n| n.goal = S::Catchingup)
+        .primary_heartbeat(0, 0);
+    let a = &g.nodes[0];
+    assert_eq!(a.fence_set, vec!["pgpilot_2".to_string()]);
+    assert_eq!(a.fence_required, 1);
+    assert_eq!(a.fence_pending.names, vec!["pgpilot_3".to_string()]);
+    assert_eq!(a.fence_pending.cover_lsn, Some(COVER_AT_NEXT_HEARTBEAT));
+    assert_eq!(a.election_fence().0.len(), 2);
+    // The next heartbeat gives the LSN the set must reach (after the
+    // primary applied the new set).
+    let g = g.lsn("a", 0x500).primary_heartbeat(0, 0);
+    assert_eq!(g.nodes[0].fence_pending.cover_lsn, Some(0x500));
+    // The primary dies before b has it: b alone is not enough.
+    let dying = g.clone().primary_dies(&["b"]);
+    let o = dying.decide();
+    expect(&dying, &o, &[]);
+    assert!(o.waiting[0].contains("1 of the 2"), "{:?}", o.waiting);
+    // Once b streams past it, c no longer counts, and b alone can finish.
+    let g = g.lsn("b", 0x500).primary_heartbeat(0, 0);
+    assert_eq!(g.nodes[0].fence_pending, FencePending::default());
+    let g = g.primary_dies(&["b"]);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+}
+
+#[test]
+fn a_new_primary_counts_itself_until_a_standby_holds_its_commits() {
+    // a was just promoted (no fence set stored yet); b lags behind it and
+    // lacks commits of the old term that only a has.
+    let g = group()
+        .at("a", S::WaitPrimary)
+        .secondary("b")
+        .lsn("a", 0x900)
+        .lsn("b", 0x100)
+        .primary_heartbeat(0, 0)
+        .primary_heartbeat(0, 0);
+    let a = &g.nodes[0];
+    assert_eq!(a.fence_pending.names, vec!["pgpilot_1".to_string()]);
+    assert_eq!(a.fence_pending.cover_lsn, Some(0x900));
+    let dying = g.clone().primary_dies(&["b"]);
+    expect(&dying, &dying.decide(), &[]);
+    let g = g.lsn("b", 0x900).primary_heartbeat(0, 0);
+    assert_eq!(g.nodes[0].fence_pending, FencePending::default());
+    let g = g.primary_dies(&["b"]);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+}
+
+#[test]
+fn a_member_that_is_not_streaming_does_not_cover() {
+    // A node assigned to the set but still reporting an old timeline's LSN
+    // (not yet following) holds none of this primary's commits.
+    let g = group()
+        .at("a", S::WaitPrimary)
+        .node("b", S::Demoted, S::Catchingup)
+        .lsn("a", 0x500)
+        .lsn("b", 0x900)
+        .primary_heartbeat(0, 0)
+        .primary_heartbeat(0, 0);
+    assert_eq!(g.nodes[0].fence_set, vec!["pgpilot_2".to_string()]);
+    assert_eq!(g.nodes[0].fence_pending.cover_lsn, Some(0x500));
+}
+
+#[test]
+fn growing_the_fence_set_needs_no_wait_and_raising_r_does() {
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .at("c", S::Catchingup)
+        .primary_heartbeat(0, 0);
+    // The first set of a primary (empty before) is pending on itself.
+    let g = g.with("a", |n| n.fence_pending = FencePending::default());
+    let g = g
+        .with("c", |n| n.goal = S::Secondary)
+        .primary_heartbeat(0, 0);
+    assert_eq!(g.nodes[0].fence_set.len(), 2);
+    assert_eq!(g.nodes[0].fence_pending, FencePending::default());
+    // number_sync_standbys 2 -> ANY 2: the election keeps r = 1 until two
+    // members hold the primary's commits.
+    let g = g.primary_heartbeat(0, 2);
+    let a = &g.nodes[0];
+    assert_eq!(a.fence_required, 2);
+    assert_eq!(a.fence_pending.cover_lsn, Some(COVER_AT_NEXT_HEARTBEAT));
+    assert_eq!(a.election_fence().1, 1);
+    let g = g
+        .lsn("a", 0x400_0000)
+        .primary_heartbeat(0, 2)
+        .lsn("b", 0x400_0000);
+    assert_eq!(
+        g.clone().primary_heartbeat(0, 2).nodes[0]
+            .election_fence()
+            .1,
+        1
+    );
+    let g = g.lsn("c", 0x400_0000).primary_heartbeat(0, 2);
+    assert_eq!(g.nodes[0].fence_pending, FencePending::default());
+    assert_eq!(g.nodes[0].election_fence().1, 2);
+    // Lowering r is safe at once.
+    let g = g.primary_heartbeat(0, 1);
+    assert_eq!(g.nodes[0].fence_required, 1);
+    assert_eq!(g.nodes[0].fence_pending, FencePending::default());
+}
+
+#[test]
+fn a_primary_without_standbys_keeps_no_fence() {
+    let g = group()
+        .at("a", S::WaitPrimary)
+        .with("a", |n| {
+            n.fence_set = vec!["pgpilot_9".into()];
+            n.fence_required = 1;
+            n.fence_pending.cover_lsn = Some(5);
+        })
+        .primary_heartbeat(0, 0);
+    let a = &g.nodes[0];
+    assert!(a.fence_set.is_empty());
+    assert_eq!(a.fence_required, 0);
+    assert_eq!(a.fence_pending, FencePending::default());
 }
 
 #[test]
@@ -1045,6 +1210,7 @@ fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
                 timings: TIMINGS,
                 fence_set: Vec::new(),
                 fence_required: 0,
+                fence_pending: Default::default(),
             }
         })
         .collect()

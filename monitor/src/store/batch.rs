@@ -273,9 +273,7 @@ fn settled_assignment(
     }
     let plan = fsm::replication_plan(&snaps, index, formation.number_sync_standbys);
     let me = &nodes[index].snap;
-    if me.goal.is_writable_primary()
-        && (me.fence_set != plan.fence_set || me.fence_required != plan.fence_required)
-    {
+    if me.goal.is_writable_primary() && !fsm::fence_update(&snaps, index, &plan).stored_in(me) {
         return None;
     }
     Some(Assignment {

@@ -355,6 +355,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             system_identifier: o.system_identifier,
             timings: Some(timings(&self.config)),
             streaming_standbys: o.streaming_standbys.clone(),
+            synchronous_standby_names: o.synchronous_standby_names.clone(),
         };
         let url = self.config.monitor.clone();
         match self.client().await?.node_active(request).await {

@@ -65,6 +65,9 @@ pub struct Observation {
     /// application_name of every pg_stat_replication row in state 'streaming'.
     pub streaming_standbys: Vec<String>,
     pub system_identifier: u64,
+    /// `synchronous_standby_names` as the server runs with it (None while
+    /// it does not answer).
+    pub synchronous_standby_names: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +267,7 @@ type ObserveRow = (
     bool,
     Vec<String>,
     Option<String>,
+    String,
 );
 
 /// Everything [`Observation`] holds, in one round trip. `in_recovery` is
@@ -282,7 +286,8 @@ SELECT r.in_recovery,
        EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'),
        ARRAY(SELECT application_name::text FROM pg_stat_replication
              WHERE state = 'streaming' ORDER BY 1),
-       (SELECT system_identifier FROM pg_control_system())::text
+       (SELECT system_identifier FROM pg_control_system())::text,
+       current_setting('synchronous_standby_names')
   FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r";
 
 impl PgController {
@@ -1090,6 +1095,7 @@ impl LocalPostgres for PgController {
             streaming,
             standbys,
             sysid,
+            sync_names,
         ) = row;
         let timeline = if in_recovery {
             received_tli
@@ -1115,6 +1121,7 @@ impl LocalPostgres for PgController {
                 .and_then(|s| s.parse::<i64>().ok())
                 .map(|id| id as u64)
                 .unwrap_or(0),
+            synchronous_standby_names: Some(sync_names),
         }
     }
 

@@ -1207,11 +1207,18 @@ pub fn replication_plan(
 /// part is dropped once `r` members of the new set stream and report an
 /// LSN at least the primary's at the latest change: they then hold every
 /// commit made before it, as if it had been acknowledged under the new set.
-/// That LSN is the one the primary reports in the heartbeat after the one
-/// that changed the set: the keeper applies a new set (reloads) right after
-/// the reply, so commits made under the old set are all before it.
+/// That LSN is the one the primary reports in the first heartbeat in which
+/// its PostgreSQL runs with the new `synchronous_standby_names`
+/// (`applied_sync_names`), so commits made under the old set are all
+/// before it. From a keeper that does not report it (`None`), the heartbeat
+/// after the change: the keeper applies a new set right after the reply.
 /// Growing the set without raising `r` needs no such wait.
-pub fn fence_update(nodes: &[NodeSnapshot], index: usize, plan: &ReplicationPlan) -> NodeFence {
+pub fn fence_update(
+    nodes: &[NodeSnapshot],
+    index: usize,
+    plan: &ReplicationPlan,
+    applied_sync_names: Option<&str>,
+) -> NodeFence {
     let me = &nodes[index];
     if plan.fence_set.is_empty() {
         // No standby to count, and none to promote.
@@ -1252,7 +1259,9 @@ pub fn fence_update(nodes: &[NodeSnapshot], index: usize, plan: &ReplicationPlan
             .min(plan.fence_required);
             pending.cover_lsn = Some(COVER_AT_NEXT_HEARTBEAT);
         }
-    } else if pending.cover_lsn == Some(COVER_AT_NEXT_HEARTBEAT) {
+    } else if pending.cover_lsn == Some(COVER_AT_NEXT_HEARTBEAT)
+        && applied_sync_names.is_none_or(|names| names == plan.synchronous_standby_names)
+    {
         pending.cover_lsn = Some(me.lsn);
     }
     if let Some(lsn) = pending.cover_lsn.filter(|&l| l != COVER_AT_NEXT_HEARTBEAT) {

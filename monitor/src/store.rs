@@ -77,6 +77,9 @@ pub struct Heartbeat {
     pub wal_receiver_streaming: bool,
     pub system_identifier: u64,
     pub timings: KeeperTimings,
+    /// Primary: the `synchronous_standby_names` its PostgreSQL runs with,
+    /// if the keeper reported it (see [`fsm::fence_update`]).
+    pub synchronous_standby_names: Option<String>,
 }
 
 /// What a heartbeat's reply carries.
@@ -322,7 +325,12 @@ impl Store {
         let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
         let plan = fsm::replication_plan(&snaps, index, nss.number_sync_standbys);
         let me = &nodes[index];
-        let fence = fsm::fence_update(&snaps, index, &plan);
+        let fence = fsm::fence_update(
+            &snaps,
+            index,
+            &plan,
+            hb.synchronous_standby_names.as_deref(),
+        );
         if me.snap.goal.is_writable_primary() && !fence.stored_in(&me.snap) {
             sqlx::query(
                 "UPDATE node SET fence_set = $2, fence_required = $3, fence_pending = $4,

@@ -56,6 +56,9 @@ pub struct Heartbeat {
     pub lsn: u64,
     pub wal_receiver_streaming: bool,
     pub timings: KeeperTimings,
+    /// The `synchronous_standby_names` its PostgreSQL runs with (None while
+    /// it does not run).
+    pub synchronous_standby_names: Option<String>,
 }
 
 /// What the reply to a heartbeat carries.
@@ -203,7 +206,12 @@ impl Monitor {
         );
         self.evaluate(now);
         let plan = fsm::replication_plan(&self.nodes, i, self.number_sync_standbys);
-        let fence = fsm::fence_update(&self.nodes, i, &plan);
+        let fence = fsm::fence_update(
+            &self.nodes,
+            i,
+            &plan,
+            hb.synchronous_standby_names.as_deref(),
+        );
         let me = &mut self.nodes[i];
         if me.goal.is_writable_primary() && !fence.stored_in(me) {
             fence.store_in(me);

@@ -224,6 +224,14 @@ struct SyncRep {
     names: Vec<String>,
 }
 
+/// `synchronous_standby_names` as PostgreSQL shows it for `sync` (the
+/// monitor's format).
+fn sync_text(sync: Option<&SyncRep>) -> String {
+    sync.map_or_else(String::new, |s| {
+        format!("ANY {} ({})", s.n, s.names.join(", "))
+    })
+}
+
 /// Parse `synchronous_standby_names` as the monitor writes it.
 fn parse_sync(text: &str) -> Option<SyncRep> {
     let rest = text.trim().strip_prefix("ANY ")?;
@@ -873,6 +881,7 @@ impl World {
 
     fn keeper_step(&mut self, i: usize) {
         let (running, lsn, streaming, _) = self.observe(i);
+        let applied = running.then(|| sync_text(self.pgs[i].sync.as_ref()));
         let k = &mut self.keepers[i];
         k.step += 1;
         let (step, inc) = (k.step, k.incarnation);
@@ -887,6 +896,7 @@ impl World {
             lsn,
             wal_receiver_streaming: streaming,
             timings: self.t.keeper,
+            synchronous_standby_names: applied,
         };
         if self.link(Peer::Node(i), Peer::Monitor) && !self.rng.chance(self.loss) {
             let d = self.net_delay();

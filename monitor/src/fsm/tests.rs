@@ -490,7 +490,7 @@ impl Group {
     /// and stores the fence as the store does.
     fn primary_heartbeat(mut self, index: usize, nss: u32) -> Self {
         let plan = replication_plan(&self.nodes, index, nss);
-        fence_update(&self.nodes, index, &plan).store_in(&mut self.nodes[index]);
+        fence_update(&self.nodes, index, &plan, None).store_in(&mut self.nodes[index]);
         self
     }
     fn lsn(self, name: &str, lsn: u64) -> Self {

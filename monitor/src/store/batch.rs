@@ -240,7 +240,10 @@ async fn write(
             }
         }
         for id in beat {
-            if let Some(a) = settled_assignment(settings, &nodes, id, now, formation) {
+            let applied = by_id
+                .get(&id)
+                .and_then(|h| h.synchronous_standby_names.as_deref());
+            if let Some(a) = settled_assignment(settings, &nodes, id, now, formation, applied) {
                 answers.insert(id, a);
             }
         }
@@ -258,6 +261,7 @@ fn settled_assignment(
     id: i64,
     now: DateTime<Utc>,
     formation: super::FormationSettings,
+    applied_sync_names: Option<&str>,
 ) -> Option<Assignment> {
     let index = nodes.iter().position(|n| n.snap.id == id)?;
     let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
@@ -273,7 +277,9 @@ fn settled_assignment(
     }
     let plan = fsm::replication_plan(&snaps, index, formation.number_sync_standbys);
     let me = &nodes[index].snap;
-    if me.goal.is_writable_primary() && !fsm::fence_update(&snaps, index, &plan).stored_in(me) {
+    if me.goal.is_writable_primary()
+        && !fsm::fence_update(&snaps, index, &plan, applied_sync_names).stored_in(me)
+    {
         return None;
     }
     Some(Assignment {

@@ -300,6 +300,8 @@ impl SimNode {
             },
             timings: Some(sim.timings),
             streaming_standbys: Vec::new(),
+            // Not reported: the monitor takes the next heartbeat instead.
+            synchronous_standby_names: None,
         }
     }
 }

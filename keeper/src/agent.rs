@@ -1,7 +1,13 @@
 //! The keeper's loop: observe PostgreSQL, heartbeat, walk towards the goal,
 //! keep the steady state; and beside it the fence task, which stops a
 //! primary that lost the monitor and its standbys (DESIGN §4).
+//!
+//! While the loop carries out actions (a `pg_ctl start` through crash
+//! recovery, a clone, a rewind) it keeps heartbeating with *keepalives*
+//! (see [`Keepalive`]), so the monitor hears a keeper at work rather than a
+//! silent one; a keepalive never changes what the loop is doing.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +75,9 @@ pub struct Keeper<P: LocalPostgres> {
     last_error: Option<String>,
     /// What the HTTP server reports (state, goal, fence, heartbeat age).
     status: SharedStatus,
+    /// Failed starts of PostgreSQL in a row since it last ran (reported in
+    /// every heartbeat; shared with the keepalive).
+    start_failures: Arc<AtomicU32>,
 }
 
 fn application_name(node_id: i64) -> String {
@@ -107,6 +116,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             instructions: Instructions::default(),
             last_error: None,
             status: Arc::new(std::sync::Mutex::new(status)),
+            start_failures: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -282,14 +292,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                         .map(|n| (application_name(n.node_id), n.lsn))
                         .collect(),
                 };
-                {
-                    let mut lease = self.lease.lock().await;
-                    lease.last_ok_sent = sent;
-                    lease.confirmed = true;
-                    lease.fence_set = replication.quorum_standby_names;
-                    lease.required = replication.required_streaming_standbys;
-                    lease.fenced = false;
-                }
+                renew_lease(
+                    &self.lease,
+                    sent,
+                    replication.quorum_standby_names,
+                    replication.required_streaming_standbys,
+                )
+                .await;
                 if goal != self.state.goal {
                     tracing::info!(from = %self.state.current, goal = %goal, "new goal from the monitor");
                     self.state.goal = goal;
@@ -317,12 +326,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             if !self.may_run_primary().await && from.is_writable_primary() {
                 return Ok(false);
             }
-            self.execute(&plan::steady(from)).await?;
+            self.execute_with_keepalive(&plan::steady(from)).await?;
             return Ok(false);
         }
         let actions = plan::plan(from, to)?;
         let started = Instant::now();
-        self.execute(&actions).await?;
+        self.execute_with_keepalive(&actions).await?;
         self.state.current = to;
         state_file::save(&self.config.state_file(), &mut self.state)?;
         self.lease.lock().await.current = to;
@@ -345,17 +354,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     }
 
     async fn heartbeat(&mut self, o: &Observation) -> Result<pb::NodeActiveReply, KeeperError> {
-        let request = pb::NodeActiveRequest {
-            node_id: self.state.node_id.unwrap_or_default(),
-            reported_state: self.state.current.to_wire(),
-            pg_running: o.running,
-            lsn: o.lsn,
-            timeline: o.timeline,
-            wal_receiver_streaming: o.wal_receiver_streaming,
-            system_identifier: o.system_identifier,
-            timings: Some(timings(&self.config)),
-            streaming_standbys: o.streaming_standbys.clone(),
-        };
+        let request = node_active_request(
+            self.state.node_id.unwrap_or_default(),
+            self.state.current,
+            &timings(&self.config),
+            o,
+            &self.start_failures,
+        );
         let url = self.config.monitor.clone();
         match self.client().await?.node_active(request).await {
             Ok(reply) => Ok(reply.into_inner()),
@@ -406,6 +411,50 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         }
     }
 
+    /// [`Self::execute`], with keepalives sent every heartbeat interval
+    /// while it runs (the first one interval after the step's heartbeat).
+    async fn execute_with_keepalive(&mut self, actions: &[Action]) -> Result<(), KeeperError> {
+        let keepalive = Keepalive {
+            client: self.client().await?.clone(),
+            pg: self.pg.clone(),
+            lease: self.lease.clone(),
+            status: self.status.clone(),
+            start_failures: self.start_failures.clone(),
+            node_id: self.state.node_id.unwrap_or_default(),
+            current: self.state.current,
+            timings: timings(&self.config),
+            interval: self.config.heartbeat_interval,
+        };
+        let beats = keepalive.run();
+        tokio::pin!(beats);
+        tokio::select! {
+            biased;
+            result = self.execute(actions) => result,
+            never = &mut beats => match never {},
+        }
+    }
+
+    /// Start PostgreSQL, counting a start that failed with no postmaster
+    /// left (one that only ran out of time is still starting: not a failure).
+    async fn start_postgres(&self) -> Result<(), KeeperError> {
+        match self.pg.start().await {
+            Ok(()) => {
+                self.start_failures.store(0, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                if !self.pg.postmaster_alive() {
+                    let n = self.start_failures.fetch_add(1, Ordering::SeqCst) + 1;
+                    tracing::warn!(
+                        failed_starts = n,
+                        "PostgreSQL did not start; the monitor is told"
+                    );
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     async fn execute(&mut self, actions: &[Action]) -> Result<(), KeeperError> {
         let pg = self.pg.clone();
         let mut config_changed = false;
@@ -421,7 +470,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                         .write_config(&self.managed_config(Some(upstream)))
                         .await?;
                 }
-                Action::Start => pg.start().await?,
+                Action::Start => self.start_postgres().await?,
                 Action::Reload => {
                     if config_changed {
                         pg.reload().await?;
@@ -470,6 +519,117 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             .await?;
         self.pg.start().await?;
         Ok(())
+    }
+}
+
+/// The heartbeat request for what the loop or a keepalive observed. A
+/// running PostgreSQL clears the count of failed starts.
+fn node_active_request(
+    node_id: i64,
+    current: S,
+    timings: &pb::KeeperTimings,
+    o: &Observation,
+    start_failures: &AtomicU32,
+) -> pb::NodeActiveRequest {
+    if o.running {
+        start_failures.store(0, Ordering::SeqCst);
+    }
+    pb::NodeActiveRequest {
+        node_id,
+        reported_state: current.to_wire(),
+        pg_running: o.running,
+        lsn: o.lsn,
+        timeline: o.timeline,
+        wal_receiver_streaming: o.wal_receiver_streaming,
+        system_identifier: o.system_identifier,
+        timings: Some(*timings),
+        streaming_standbys: o.streaming_standbys.clone(),
+        pg_start_failures: if o.running {
+            0
+        } else {
+            start_failures.load(Ordering::SeqCst)
+        },
+    }
+}
+
+/// A heartbeat sent at `sent` got an answer: the fence clock restarts from
+/// `sent` (never from the answer: the monitor's fence deadline counts from
+/// when it heard the heartbeat, which is later), and the fence set is the
+/// one the monitor just sent and stored.
+async fn renew_lease(lease: &Mutex<Lease>, sent: Instant, fence_set: Vec<String>, required: u32) {
+    let mut lease = lease.lock().await;
+    lease.last_ok_sent = lease.last_ok_sent.max(sent);
+    lease.confirmed = true;
+    lease.fence_set = fence_set;
+    lease.required = required;
+    lease.fenced = false;
+}
+
+/// Heartbeats sent while the loop carries out a plan (a `pg_ctl start`
+/// through crash recovery can take many seconds), so the monitor hears the
+/// keeper instead of a silence: it then gives a PostgreSQL being restarted
+/// its `postgres_restart_timeout`, and the node's liveness and observed
+/// facts stay current.
+///
+/// A keepalive reports the state the keeper is in (it only changes when
+/// the plan is done) and what it observes of PostgreSQL right now; it is an
+/// ordinary `NodeActive` heartbeat to the monitor. Of the answer it uses
+/// only what keeps the fence rule true: an answered keepalive renews the
+/// lease exactly as an answered heartbeat of the loop does (the fence clock
+/// from its send time, the fence set the monitor stored as sent — ignoring
+/// that set would let the keeper count standbys the monitor no longer
+/// assumes). A keepalive that got no answer renews nothing, so the fence
+/// still arms `fence_timeout` after the last answered heartbeat. The goal,
+/// the primary to follow and the replication settings of the answer are
+/// left to the loop's next heartbeat, once the plan is done: a keeper never
+/// changes goal in the middle of a plan. The monitor sends the current
+/// goal in every answer, so nothing is lost by not reading it here.
+struct Keepalive<P> {
+    client: MonitorClient<Channel>,
+    pg: Arc<P>,
+    lease: Arc<Mutex<Lease>>,
+    status: SharedStatus,
+    start_failures: Arc<AtomicU32>,
+    node_id: i64,
+    current: S,
+    timings: pb::KeeperTimings,
+    interval: Duration,
+}
+
+impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
+    /// Send a keepalive every interval; never returns (dropped when the
+    /// plan is done, which abandons a keepalive in flight unanswered).
+    async fn run(mut self) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            let o = self.pg.observe().await;
+            let request = node_active_request(
+                self.node_id,
+                self.current,
+                &self.timings,
+                &o,
+                &self.start_failures,
+            );
+            let sent = Instant::now();
+            match self.client.node_active(request).await {
+                Ok(reply) => {
+                    let replication = reply.into_inner().replication.unwrap_or_default();
+                    renew_lease(
+                        &self.lease,
+                        sent,
+                        replication.quorum_standby_names,
+                        replication.required_streaming_standbys,
+                    )
+                    .await;
+                    let mut status = http::lock(&self.status);
+                    status.last_heartbeat_ok = Some(sent);
+                    status.fenced = false;
+                }
+                Err(status) => {
+                    tracing::debug!(error = %status.message(), "keepalive not answered");
+                }
+            }
+        }
     }
 }
 

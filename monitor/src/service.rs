@@ -145,6 +145,7 @@ impl Monitor for MonitorService {
             wal_receiver_streaming: r.wal_receiver_streaming,
             system_identifier: r.system_identifier,
             timings: timings(r.timings)?,
+            pg_start_failures: r.pg_start_failures,
         };
         // Over capacity: say so at once; the keeper retries on its next loop.
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {

@@ -205,6 +205,7 @@ impl Timings {
             machine: MachineSettings {
                 node_timeout: monitor_config::DEFAULT_NODE_TIMEOUT,
                 fence_margin: monitor_config::DEFAULT_FENCE_MARGIN,
+                postgres_restart_timeout: monitor_config::DEFAULT_POSTGRES_RESTART_TIMEOUT,
             },
         }
     }
@@ -886,6 +887,7 @@ impl World {
             pg_running: running,
             lsn,
             wal_receiver_streaming: streaming,
+            pg_start_failures: 0,
             timings: self.t.keeper,
         };
         if self.link(Peer::Node(i), Peer::Monitor) && !self.rng.chance(self.loss) {

@@ -300,6 +300,7 @@ impl SimNode {
             },
             timings: Some(sim.timings),
             streaming_standbys: Vec::new(),
+            pg_start_failures: 0,
         }
     }
 }

@@ -104,6 +104,9 @@ pub struct NodeSnapshot {
     pub stream_lost_at: Option<DateTime<Utc>>,
     /// When the keeper first reported PostgreSQL not running (None while running).
     pub pg_down_since: Option<DateTime<Utc>>,
+    /// When the keeper first reported PostgreSQL running, while it has been
+    /// so since (None while down, or not known).
+    pub pg_running_since: Option<DateTime<Utc>>,
     /// Failed attempts in a row to start PostgreSQL, as the keeper last
     /// reported them (0 while it runs, or from a keeper that does not count).
     pub pg_start_failures: u32,
@@ -146,6 +149,11 @@ impl NodeSnapshot {
             None
         } else {
             self.pg_down_since.or(Some(now))
+        };
+        self.pg_running_since = if r.pg_running {
+            self.pg_running_since.or(Some(now))
+        } else {
+            None
         };
         self.pg_start_failures = if r.pg_running { 0 } else { r.pg_start_failures };
         self.last_heartbeat = Some(now);
@@ -1025,6 +1033,10 @@ impl Eval<'_> {
         let primary_name = self.name(p);
         let primary_lsn = self.nodes[p].lsn;
         let primary_ok = self.alive(p) && self.nodes[p].pg_running;
+        // A standby's stream counts as lost only from when the primary's
+        // PostgreSQL last came up: while a crashed primary was restarted
+        // (see `postgres_restart_timeout`) no standby could stream.
+        let primary_up_since = self.nodes[p].pg_running_since;
         for i in 0..self.nodes.len() {
             if i == p || !self.reached(i) {
                 continue;
@@ -1066,7 +1078,11 @@ impl Eval<'_> {
                         Some(why)
                     } else if primary_ok
                         && self
-                            .since(self.nodes[i].stream_lost_at)
+                            .since(
+                                self.nodes[i]
+                                    .stream_lost_at
+                                    .map(|lost| primary_up_since.map_or(lost, |up| lost.max(up))),
+                            )
                             .is_some_and(|d| d > self.settings.node_timeout)
                     {
                         Some(format!("not streaming from {primary_name}"))

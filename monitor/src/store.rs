@@ -298,7 +298,8 @@ impl Store {
             "UPDATE node SET reported_state = $2, pg_running = $3, lsn = $4, timeline = $5,
                 wal_receiver_streaming = $6, stream_lost_at = $7, pg_down_since = $8,
                 last_heartbeat = $9, system_identifier = $10, heartbeat_interval_ms = $11,
-                fence_timeout_ms = $12, wal_sender_timeout_ms = $13, pg_start_failures = $14
+                fence_timeout_ms = $12, wal_sender_timeout_ms = $13, pg_start_failures = $14,
+                pg_running_since = $15
              WHERE node_id = $1",
         )
         .bind(hb.node_id)
@@ -315,6 +316,7 @@ impl Store {
         .bind(millis(hb.timings.fence_timeout))
         .bind(millis(hb.timings.wal_sender_timeout))
         .bind(me.snap.pg_start_failures as i32)
+        .bind(me.snap.pg_running_since)
         .execute(&mut *tx)
         .await?;
 
@@ -1228,6 +1230,7 @@ fn node_from_row(row: &PgRow) -> Result<StoredNode> {
             wal_receiver_streaming: row.get("wal_receiver_streaming"),
             stream_lost_at: row.get("stream_lost_at"),
             pg_down_since: row.get("pg_down_since"),
+            pg_running_since: row.get("pg_running_since"),
             pg_start_failures: row.get::<i32, _>("pg_start_failures").max(0) as u32,
             last_heartbeat: row.get("last_heartbeat"),
             health: Health::parse(row.get("health")),

@@ -174,6 +174,7 @@ impl Monitor {
             wal_receiver_streaming: false,
             stream_lost_at: None,
             pg_down_since: None,
+            pg_running_since: None,
             pg_start_failures: 0,
             last_heartbeat: None,
             health: Health::Unknown,

@@ -486,7 +486,6 @@ async fn monitor_database_restart_during_failover() -> Result<()> {
 /// standby's goal never changes, the same node is the writable primary
 /// afterwards, and every acknowledged write is on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on a loaded machine until the monitor allows a restart longer than node_timeout (README, Limitations)"]
 async fn primary_postgres_crash_is_restarted_without_failover() -> Result<()> {
     /// Writes resume once the keeper restarted PostgreSQL (a loaded machine
     /// takes seconds; a failover would take longer and is checked apart).

@@ -59,6 +59,7 @@ impl Group {
             wal_receiver_streaming: !reported.is_writable_primary(),
             stream_lost_at: None,
             pg_down_since: None,
+            pg_running_since: None,
             pg_start_failures: 0,
             last_heartbeat: Some(self.now),
             health: Health::Good,
@@ -221,6 +222,31 @@ fn secondary_that_stops_streaming_goes_back_to_catchingup() {
     // Briefly not streaming: tolerated.
     let g = group().primary("a").secondary("b").stream_lost("b", 1);
     expect(&g, &g.decide(), &[]);
+}
+
+/// Found by the end-to-end crash test: the primary's PostgreSQL was
+/// restarted within the allowance (4.5 s on a loaded machine), and its
+/// standby, whose stream had been gone since the crash, was sent back to
+/// `catchingup` before it reconnected. The stream counts as lost only from
+/// when the primary's PostgreSQL came back.
+#[test]
+fn a_restarted_primary_gives_its_standbys_time_to_reconnect() {
+    let now = group().now;
+    let restarted = |ago: i64| {
+        group()
+            .primary("a")
+            .secondary("b")
+            .stream_lost("b", 6)
+            .with("a", |n| n.pg_running_since = Some(now - secs(ago)))
+    };
+    let g = restarted(1);
+    expect(&g, &g.decide(), &[]);
+    let g = restarted(3);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::Catchingup), ("a", S::WaitPrimary)],
+    );
 }
 
 #[test]
@@ -1164,6 +1190,7 @@ fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
                 wal_receiver_streaming: streaming,
                 stream_lost_at: (!streaming).then(|| now - secs(60)),
                 pg_down_since: (!n.up).then(|| now - secs(60)),
+                pg_running_since: n.up.then(|| now - secs(60)),
                 pg_start_failures: 0,
                 last_heartbeat: Some(if n.up { now } else { now - secs(60) }),
                 health: if n.up { Health::Good } else { Health::Bad },

@@ -435,7 +435,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     }
 
     /// Start PostgreSQL, counting a start that failed with no postmaster
-    /// left (one that only ran out of time is still starting: not a failure).
+    /// left (one that only ran out of time is still starting: not a
+    /// failure; nor is a start the fence cut short).
     async fn start_postgres(&self) -> Result<(), KeeperError> {
         match self.pg.start().await {
             Ok(()) => {
@@ -443,7 +444,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 Ok(())
             }
             Err(e) => {
-                if !self.pg.postmaster_alive() {
+                if !self.pg.postmaster_alive() && !self.lease.lock().await.fenced {
                     let n = self.start_failures.fetch_add(1, Ordering::SeqCst) + 1;
                     tracing::warn!(
                         failed_starts = n,
@@ -647,7 +648,7 @@ fn is_refusal(status: &tonic::Status) -> bool {
 /// What one tick of the fence task does, once it looked at PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FenceStep {
-    /// PostgreSQL is not running: the node counts as fenced already.
+    /// No postmaster is alive: the node counts as fenced already.
     AlreadyStopped,
     /// Enough standbys of the fence set stream: keep serving.
     KeepServing,
@@ -665,19 +666,20 @@ pub enum FenceStep {
 pub const FENCE_REQUIRED_UNTIL_ANSWERED: u32 = 1;
 
 /// Whether the fence task must look at PostgreSQL: the node is on the
-/// primary side, not fenced yet, and no heartbeat sent in the last
-/// `fence_timeout` got an answer (DESIGN §4).
-pub fn fence_armed(
-    current: S,
-    fenced: bool,
-    since_last_answer: Duration,
-    fence_timeout: Duration,
-) -> bool {
-    since_last_answer >= fence_timeout && !fenced && current.must_fence_when_isolated()
+/// primary side and no heartbeat sent in the last `fence_timeout` got an
+/// answer (DESIGN §4). Also once fenced: an action already under way when
+/// the keeper lost the monitor (a `pg_ctl start` through a long crash
+/// recovery) can bring PostgreSQL up after the fence found it stopped, so
+/// the fence keeps looking, and stops it again, until the monitor answers.
+pub fn fence_armed(current: S, since_last_answer: Duration, fence_timeout: Duration) -> bool {
+    since_last_answer >= fence_timeout && current.must_fence_when_isolated()
 }
 
 /// The fence rule itself: an armed primary keeps serving only while at
-/// least `required` members of `fence_set` stream from it.
+/// least `required` members of `fence_set` stream from it. `running` is
+/// whether a postmaster is alive at all — accepting connections, or still
+/// starting (crash recovery), which would take writes once done: a
+/// starting primary has no standby streaming from it, so it is stopped.
 pub fn fence_step(
     running: bool,
     streaming_standbys: &[String],
@@ -714,7 +716,7 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
         let (must_check, fence_set, required) = {
             let l = lease.lock().await;
             (
-                fence_armed(l.current, l.fenced, l.last_ok_sent.elapsed(), fence_timeout),
+                fence_armed(l.current, l.last_ok_sent.elapsed(), fence_timeout),
                 l.fence_set.clone(),
                 l.required,
             )
@@ -723,7 +725,8 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
             continue;
         }
         let o = pg.observe().await;
-        match fence_step(o.running, &o.streaming_standbys, &fence_set, required) {
+        let alive = o.running || pg.postmaster_alive();
+        match fence_step(alive, &o.streaming_standbys, &fence_set, required) {
             FenceStep::AlreadyStopped => {
                 lease.lock().await.fenced = true;
                 http::lock(&status).fenced = true;
@@ -735,6 +738,7 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
         tracing::warn!(
             streaming = ?o.streaming_standbys,
             required,
+            accepting_connections = o.running,
             "monitor unreachable and too few standbys streaming: fencing (stopping PostgreSQL)"
         );
         match pg.stop_immediate().await {
@@ -762,19 +766,24 @@ mod fence_tests {
         let t = Duration::from_millis(1500);
         for state in S::ALL {
             assert_eq!(
-                fence_armed(state, false, t, t),
+                fence_armed(state, t, t),
                 state.must_fence_when_isolated(),
                 "{state}"
             );
-            assert!(!fence_armed(state, true, t * 2, t), "{state} fenced");
+            // Still armed once fenced: an action in flight may start it again.
+            assert_eq!(
+                fence_armed(state, t * 2, t),
+                state.must_fence_when_isolated(),
+                "{state} fenced"
+            );
             assert!(
-                !fence_armed(state, false, t - Duration::from_millis(1), t),
+                !fence_armed(state, t - Duration::from_millis(1), t),
                 "{state} early"
             );
         }
-        assert!(fence_armed(S::WaitPrimary, false, t, t));
-        assert!(!fence_armed(S::Single, false, t * 10, t));
-        assert!(!fence_armed(S::StopReplication, false, t * 10, t));
+        assert!(fence_armed(S::WaitPrimary, t, t));
+        assert!(!fence_armed(S::Single, t * 10, t));
+        assert!(!fence_armed(S::StopReplication, t * 10, t));
     }
 
     #[test]

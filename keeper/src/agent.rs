@@ -757,6 +757,30 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
 mod fence_tests {
     use super::*;
 
+    #[test]
+    fn heartbeats_report_failed_starts_until_postgres_runs() {
+        let failures = AtomicU32::new(2);
+        let t = pb::KeeperTimings::default();
+        let down = Observation::default();
+        let r = node_active_request(7, S::Primary, &t, &down, &failures);
+        assert_eq!(
+            (r.node_id, r.pg_running, r.pg_start_failures),
+            (7, false, 2)
+        );
+        assert_eq!(r.reported_state, S::Primary.to_wire());
+        let up = Observation {
+            running: true,
+            ..Observation::default()
+        };
+        let r = node_active_request(7, S::Primary, &t, &up, &failures);
+        assert_eq!((r.pg_running, r.pg_start_failures), (true, 0));
+        assert_eq!(
+            failures.load(Ordering::SeqCst),
+            0,
+            "a running server resets the count"
+        );
+    }
+
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }

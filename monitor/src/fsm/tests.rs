@@ -426,6 +426,38 @@ fn primary_postgres_down_with_live_keeper_gets_the_restart_allowance() {
     }
 }
 
+/// Heartbeats folded in: the failed starts are kept only while PostgreSQL
+/// is down, and `pg_running_since` / `pg_down_since` mark the last change.
+#[test]
+fn heartbeats_track_restarts_and_failed_starts() {
+    let mut n = group().primary("a").nodes.remove(0);
+    let t = t0();
+    let report = |running: bool, failures: u32| Report {
+        reported: S::Primary,
+        pg_running: running,
+        lsn: 0,
+        wal_receiver_streaming: false,
+        pg_start_failures: failures,
+        timings: TIMINGS,
+    };
+    n.heard(&report(true, 0), t);
+    assert_eq!((n.pg_running_since, n.pg_down_since), (Some(t), None));
+    n.heard(&report(true, 0), t + secs(1));
+    assert_eq!(n.pg_running_since, Some(t), "kept while it runs");
+    n.heard(&report(false, 0), t + secs(2));
+    assert_eq!(
+        (n.pg_running_since, n.pg_down_since),
+        (None, Some(t + secs(2)))
+    );
+    n.heard(&report(false, 2), t + secs(3));
+    assert_eq!(n.pg_start_failures, 2);
+    assert_eq!(n.pg_down_since, Some(t + secs(2)), "kept while it is down");
+    // A running server has no failed starts, whatever a keeper says.
+    n.heard(&report(true, 2), t + secs(4));
+    assert_eq!(n.pg_start_failures, 0);
+    assert_eq!(n.pg_running_since, Some(t + secs(4)));
+}
+
 /// The allowance is for a keeper that is heard: a silent keeper whose
 /// PostgreSQL fails the health check is unhealthy after node_timeout, as
 /// before, whatever it last reported.

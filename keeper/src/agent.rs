@@ -1,7 +1,13 @@
 //! The keeper's loop: observe PostgreSQL, heartbeat, walk towards the goal,
 //! keep the steady state; and beside it the fence task, which stops a
 //! primary that lost the monitor and its standbys (DESIGN §4).
+//!
+//! While the loop carries out actions (a `pg_ctl start` through crash
+//! recovery, a clone, a rewind) it keeps heartbeating with *keepalives*
+//! (see [`Keepalive`]), so the monitor hears a keeper at work rather than a
+//! silent one; a keepalive never changes what the loop is doing.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +75,9 @@ pub struct Keeper<P: LocalPostgres> {
     last_error: Option<String>,
     /// What the HTTP server reports (state, goal, fence, heartbeat age).
     status: SharedStatus,
+    /// Failed starts of PostgreSQL in a row since it last ran (reported in
+    /// every heartbeat; shared with the keepalive).
+    start_failures: Arc<AtomicU32>,
 }
 
 fn application_name(node_id: i64) -> String {
@@ -107,6 +116,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             instructions: Instructions::default(),
             last_error: None,
             status: Arc::new(std::sync::Mutex::new(status)),
+            start_failures: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -282,14 +292,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                         .map(|n| (application_name(n.node_id), n.lsn))
                         .collect(),
                 };
-                {
-                    let mut lease = self.lease.lock().await;
-                    lease.last_ok_sent = sent;
-                    lease.confirmed = true;
-                    lease.fence_set = replication.quorum_standby_names;
-                    lease.required = replication.required_streaming_standbys;
-                    lease.fenced = false;
-                }
+                renew_lease(
+                    &self.lease,
+                    sent,
+                    replication.quorum_standby_names,
+                    replication.required_streaming_standbys,
+                )
+                .await;
                 if goal != self.state.goal {
                     tracing::info!(from = %self.state.current, goal = %goal, "new goal from the monitor");
                     self.state.goal = goal;
@@ -317,12 +326,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             if !self.may_run_primary().await && from.is_writable_primary() {
                 return Ok(false);
             }
-            self.execute(&plan::steady(from)).await?;
+            self.execute_with_keepalive(&plan::steady(from)).await?;
             return Ok(false);
         }
         let actions = plan::plan(from, to)?;
         let started = Instant::now();
-        self.execute(&actions).await?;
+        self.execute_with_keepalive(&actions).await?;
         self.state.current = to;
         state_file::save(&self.config.state_file(), &mut self.state)?;
         self.lease.lock().await.current = to;
@@ -345,18 +354,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     }
 
     async fn heartbeat(&mut self, o: &Observation) -> Result<pb::NodeActiveReply, KeeperError> {
-        let request = pb::NodeActiveRequest {
-            node_id: self.state.node_id.unwrap_or_default(),
-            reported_state: self.state.current.to_wire(),
-            pg_running: o.running,
-            lsn: o.lsn,
-            timeline: o.timeline,
-            wal_receiver_streaming: o.wal_receiver_streaming,
-            system_identifier: o.system_identifier,
-            timings: Some(timings(&self.config)),
-            streaming_standbys: o.streaming_standbys.clone(),
-            synchronous_standby_names: o.synchronous_standby_names.clone(),
-        };
+        let request = node_active_request(
+            self.state.node_id.unwrap_or_default(),
+            self.state.current,
+            &timings(&self.config),
+            o,
+            &self.start_failures,
+        );
         let url = self.config.monitor.clone();
         match self.client().await?.node_active(request).await {
             Ok(reply) => Ok(reply.into_inner()),
@@ -407,6 +411,51 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         }
     }
 
+    /// [`Self::execute`], with keepalives sent every heartbeat interval
+    /// while it runs (the first one interval after the step's heartbeat).
+    async fn execute_with_keepalive(&mut self, actions: &[Action]) -> Result<(), KeeperError> {
+        let keepalive = Keepalive {
+            client: self.client().await?.clone(),
+            pg: self.pg.clone(),
+            lease: self.lease.clone(),
+            status: self.status.clone(),
+            start_failures: self.start_failures.clone(),
+            node_id: self.state.node_id.unwrap_or_default(),
+            current: self.state.current,
+            timings: timings(&self.config),
+            interval: self.config.heartbeat_interval,
+        };
+        let beats = keepalive.run();
+        tokio::pin!(beats);
+        tokio::select! {
+            biased;
+            result = self.execute(actions) => result,
+            never = &mut beats => match never {},
+        }
+    }
+
+    /// Start PostgreSQL, counting a start that failed with no postmaster
+    /// left (one that only ran out of time is still starting: not a
+    /// failure; nor is a start the fence cut short).
+    async fn start_postgres(&self) -> Result<(), KeeperError> {
+        match self.pg.start().await {
+            Ok(()) => {
+                self.start_failures.store(0, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                if !self.pg.postmaster_alive() && !self.lease.lock().await.fenced {
+                    let n = self.start_failures.fetch_add(1, Ordering::SeqCst) + 1;
+                    tracing::warn!(
+                        failed_starts = n,
+                        "PostgreSQL did not start; the monitor is told"
+                    );
+                }
+                Err(e.into())
+            }
+        }
+    }
+
     async fn execute(&mut self, actions: &[Action]) -> Result<(), KeeperError> {
         let pg = self.pg.clone();
         let mut config_changed = false;
@@ -422,7 +471,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                         .write_config(&self.managed_config(Some(upstream)))
                         .await?;
                 }
-                Action::Start => pg.start().await?,
+                Action::Start => self.start_postgres().await?,
                 Action::Reload => {
                     if config_changed {
                         pg.reload().await?;
@@ -474,6 +523,118 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     }
 }
 
+/// The heartbeat request for what the loop or a keepalive observed. A
+/// running PostgreSQL clears the count of failed starts.
+fn node_active_request(
+    node_id: i64,
+    current: S,
+    timings: &pb::KeeperTimings,
+    o: &Observation,
+    start_failures: &AtomicU32,
+) -> pb::NodeActiveRequest {
+    if o.running {
+        start_failures.store(0, Ordering::SeqCst);
+    }
+    pb::NodeActiveRequest {
+        node_id,
+        reported_state: current.to_wire(),
+        pg_running: o.running,
+        lsn: o.lsn,
+        timeline: o.timeline,
+        wal_receiver_streaming: o.wal_receiver_streaming,
+        system_identifier: o.system_identifier,
+        timings: Some(*timings),
+        streaming_standbys: o.streaming_standbys.clone(),
+        pg_start_failures: if o.running {
+            0
+        } else {
+            start_failures.load(Ordering::SeqCst)
+        },
+        synchronous_standby_names: o.synchronous_standby_names.clone(),
+    }
+}
+
+/// A heartbeat sent at `sent` got an answer: the fence clock restarts from
+/// `sent` (never from the answer: the monitor's fence deadline counts from
+/// when it heard the heartbeat, which is later), and the fence set is the
+/// one the monitor just sent and stored.
+async fn renew_lease(lease: &Mutex<Lease>, sent: Instant, fence_set: Vec<String>, required: u32) {
+    let mut lease = lease.lock().await;
+    lease.last_ok_sent = lease.last_ok_sent.max(sent);
+    lease.confirmed = true;
+    lease.fence_set = fence_set;
+    lease.required = required;
+    lease.fenced = false;
+}
+
+/// Heartbeats sent while the loop carries out a plan (a `pg_ctl start`
+/// through crash recovery can take many seconds), so the monitor hears the
+/// keeper instead of a silence: it then gives a PostgreSQL being restarted
+/// its `postgres_restart_timeout`, and the node's liveness and observed
+/// facts stay current.
+///
+/// A keepalive reports the state the keeper is in (it only changes when
+/// the plan is done) and what it observes of PostgreSQL right now; it is an
+/// ordinary `NodeActive` heartbeat to the monitor. Of the answer it uses
+/// only what keeps the fence rule true: an answered keepalive renews the
+/// lease exactly as an answered heartbeat of the loop does (the fence clock
+/// from its send time, the fence set the monitor stored as sent — ignoring
+/// that set would let the keeper count standbys the monitor no longer
+/// assumes). A keepalive that got no answer renews nothing, so the fence
+/// still arms `fence_timeout` after the last answered heartbeat. The goal,
+/// the primary to follow and the replication settings of the answer are
+/// left to the loop's next heartbeat, once the plan is done: a keeper never
+/// changes goal in the middle of a plan. The monitor sends the current
+/// goal in every answer, so nothing is lost by not reading it here.
+struct Keepalive<P> {
+    client: MonitorClient<Channel>,
+    pg: Arc<P>,
+    lease: Arc<Mutex<Lease>>,
+    status: SharedStatus,
+    start_failures: Arc<AtomicU32>,
+    node_id: i64,
+    current: S,
+    timings: pb::KeeperTimings,
+    interval: Duration,
+}
+
+impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
+    /// Send a keepalive every interval; never returns (dropped when the
+    /// plan is done, which abandons a keepalive in flight unanswered).
+    async fn run(mut self) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            let o = self.pg.observe().await;
+            let request = node_active_request(
+                self.node_id,
+                self.current,
+                &self.timings,
+                &o,
+                &self.start_failures,
+            );
+            let sent = Instant::now();
+            match self.client.node_active(request).await {
+                Ok(reply) => {
+                    let replication = reply.into_inner().replication.unwrap_or_default();
+                    renew_lease(
+                        &self.lease,
+                        sent,
+                        replication.quorum_standby_names,
+                        replication.required_streaming_standbys,
+                    )
+                    .await;
+                    let mut status = http::lock(&self.status);
+                    status.last_heartbeat_ok = Some(sent);
+                    status.fenced = false;
+                }
+                Err(status) => {
+                    tracing::debug!(error = %status.message(), "keepalive not answered");
+                }
+            }
+        }
+    }
+}
+
 /// Refusals end the keeper; anything else is retried.
 fn is_refusal(status: &tonic::Status) -> bool {
     matches!(
@@ -488,7 +649,7 @@ fn is_refusal(status: &tonic::Status) -> bool {
 /// What one tick of the fence task does, once it looked at PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FenceStep {
-    /// PostgreSQL is not running: the node counts as fenced already.
+    /// No postmaster is alive: the node counts as fenced already.
     AlreadyStopped,
     /// Enough standbys of the fence set stream: keep serving.
     KeepServing,
@@ -506,19 +667,20 @@ pub enum FenceStep {
 pub const FENCE_REQUIRED_UNTIL_ANSWERED: u32 = 1;
 
 /// Whether the fence task must look at PostgreSQL: the node is on the
-/// primary side, not fenced yet, and no heartbeat sent in the last
-/// `fence_timeout` got an answer (DESIGN §4).
-pub fn fence_armed(
-    current: S,
-    fenced: bool,
-    since_last_answer: Duration,
-    fence_timeout: Duration,
-) -> bool {
-    since_last_answer >= fence_timeout && !fenced && current.must_fence_when_isolated()
+/// primary side and no heartbeat sent in the last `fence_timeout` got an
+/// answer (DESIGN §4). Also once fenced: an action already under way when
+/// the keeper lost the monitor (a `pg_ctl start` through a long crash
+/// recovery) can bring PostgreSQL up after the fence found it stopped, so
+/// the fence keeps looking, and stops it again, until the monitor answers.
+pub fn fence_armed(current: S, since_last_answer: Duration, fence_timeout: Duration) -> bool {
+    since_last_answer >= fence_timeout && current.must_fence_when_isolated()
 }
 
 /// The fence rule itself: an armed primary keeps serving only while at
-/// least `required` members of `fence_set` stream from it.
+/// least `required` members of `fence_set` stream from it. `running` is
+/// whether a postmaster is alive at all — accepting connections, or still
+/// starting (crash recovery), which would take writes once done: a
+/// starting primary has no standby streaming from it, so it is stopped.
 pub fn fence_step(
     running: bool,
     streaming_standbys: &[String],
@@ -555,7 +717,7 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
         let (must_check, fence_set, required) = {
             let l = lease.lock().await;
             (
-                fence_armed(l.current, l.fenced, l.last_ok_sent.elapsed(), fence_timeout),
+                fence_armed(l.current, l.last_ok_sent.elapsed(), fence_timeout),
                 l.fence_set.clone(),
                 l.required,
             )
@@ -564,7 +726,8 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
             continue;
         }
         let o = pg.observe().await;
-        match fence_step(o.running, &o.streaming_standbys, &fence_set, required) {
+        let alive = o.running || pg.postmaster_alive();
+        match fence_step(alive, &o.streaming_standbys, &fence_set, required) {
             FenceStep::AlreadyStopped => {
                 lease.lock().await.fenced = true;
                 http::lock(&status).fenced = true;
@@ -576,6 +739,7 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
         tracing::warn!(
             streaming = ?o.streaming_standbys,
             required,
+            accepting_connections = o.running,
             "monitor unreachable and too few standbys streaming: fencing (stopping PostgreSQL)"
         );
         match pg.stop_immediate().await {
@@ -594,6 +758,30 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
 mod fence_tests {
     use super::*;
 
+    #[test]
+    fn heartbeats_report_failed_starts_until_postgres_runs() {
+        let failures = AtomicU32::new(2);
+        let t = pb::KeeperTimings::default();
+        let down = Observation::default();
+        let r = node_active_request(7, S::Primary, &t, &down, &failures);
+        assert_eq!(
+            (r.node_id, r.pg_running, r.pg_start_failures),
+            (7, false, 2)
+        );
+        assert_eq!(r.reported_state, S::Primary.to_wire());
+        let up = Observation {
+            running: true,
+            ..Observation::default()
+        };
+        let r = node_active_request(7, S::Primary, &t, &up, &failures);
+        assert_eq!((r.pg_running, r.pg_start_failures), (true, 0));
+        assert_eq!(
+            failures.load(Ordering::SeqCst),
+            0,
+            "a running server resets the count"
+        );
+    }
+
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
@@ -603,19 +791,24 @@ mod fence_tests {
         let t = Duration::from_millis(1500);
         for state in S::ALL {
             assert_eq!(
-                fence_armed(state, false, t, t),
+                fence_armed(state, t, t),
                 state.must_fence_when_isolated(),
                 "{state}"
             );
-            assert!(!fence_armed(state, true, t * 2, t), "{state} fenced");
+            // Still armed once fenced: an action in flight may start it again.
+            assert_eq!(
+                fence_armed(state, t * 2, t),
+                state.must_fence_when_isolated(),
+                "{state} fenced"
+            );
             assert!(
-                !fence_armed(state, false, t - Duration::from_millis(1), t),
+                !fence_armed(state, t - Duration::from_millis(1), t),
                 "{state} early"
             );
         }
-        assert!(fence_armed(S::WaitPrimary, false, t, t));
-        assert!(!fence_armed(S::Single, false, t * 10, t));
-        assert!(!fence_armed(S::StopReplication, false, t * 10, t));
+        assert!(fence_armed(S::WaitPrimary, t, t));
+        assert!(!fence_armed(S::Single, t * 10, t));
+        assert!(!fence_armed(S::StopReplication, t * 10, t));
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub trait LocalPostgres {
     ) -> impl Future<Output = Result<bool, PgError>> + Send;
     /// Start the postmaster when it is not running; done when it accepts connections.
     fn start(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Whether a postmaster of PGDATA is alive (it may still be starting, in
+    /// crash recovery, or stopping): after a failed [`Self::start`], false
+    /// means the start really failed rather than ran out of time.
+    fn postmaster_alive(&self) -> bool;
     /// Stop (fast mode) when running.
     fn stop(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     /// Stop at once (immediate mode): fencing.
@@ -608,6 +612,10 @@ impl PgController {
 impl LocalPostgres for PgController {
     fn has_data_directory(&self) -> bool {
         self.settings.pgdata.join("PG_VERSION").is_file()
+    }
+
+    fn postmaster_alive(&self) -> bool {
+        self.postmaster_running()
     }
 
     /// Runs initdb into `<pgdata>.initdb-tmp` and renames it into place, so

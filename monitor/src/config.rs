@@ -12,6 +12,17 @@ use serde::Deserialize;
 /// detects a dead primary sooner; too short risks failing over on a
 /// keeper that merely stalled, which the health check guards against.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a keeper that heartbeats but reports its PostgreSQL down (it
+/// crashed and is being restarted, or crash recovery is still running) gets
+/// to bring it back before the standbys are sent to an election. A restart
+/// takes well under a second on a quiet machine, crash recovery of a busy
+/// server or a loaded host several seconds; a failover instead costs every
+/// client its connections and the old primary a rewind. Longer avoids
+/// needless failovers; shorter bounds the write outage when PostgreSQL
+/// hangs while starting. A server that cannot start at all is not waited
+/// for: the keeper reports each failed start and the election begins after
+/// a few (`fsm::START_FAILURES_BEFORE_FAILOVER`). At least `node_timeout`.
+pub const DEFAULT_POSTGRES_RESTART_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the monitor checks each node's PostgreSQL itself.
 pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Connection timeout of one health check.
@@ -35,6 +46,10 @@ pub struct MonitorConfig {
     pub listen: SocketAddr,
     #[serde(default = "d_node_timeout", with = "humantime_serde")]
     pub node_timeout: Duration,
+    /// Time a live keeper gets to restart its crashed PostgreSQL before
+    /// the election starts.
+    #[serde(default = "d_postgres_restart_timeout", with = "humantime_serde")]
+    pub postgres_restart_timeout: Duration,
     #[serde(default = "d_hc_interval", with = "humantime_serde")]
     pub health_check_interval: Duration,
     #[serde(default = "d_hc_timeout", with = "humantime_serde")]
@@ -70,6 +85,9 @@ fn default_listen() -> SocketAddr {
 }
 fn d_node_timeout() -> Duration {
     DEFAULT_NODE_TIMEOUT
+}
+fn d_postgres_restart_timeout() -> Duration {
+    DEFAULT_POSTGRES_RESTART_TIMEOUT
 }
 fn d_hc_interval() -> Duration {
     DEFAULT_HEALTH_CHECK_INTERVAL
@@ -157,6 +175,13 @@ impl MonitorConfig {
                 "node_timeout and health_check_interval must be greater than zero".into(),
             ));
         }
+        if self.postgres_restart_timeout < self.node_timeout {
+            return Err(ConfigError::Invalid(format!(
+                "postgres_restart_timeout ({}) must be at least node_timeout ({}): a keeper restarting its PostgreSQL must not get less time than a silent one",
+                humantime::format_duration(self.postgres_restart_timeout),
+                humantime::format_duration(self.node_timeout)
+            )));
+        }
         Ok(())
     }
 
@@ -197,6 +222,27 @@ mod tests {
             .unwrap();
         assert_eq!(c.node_timeout, Duration::from_secs(3));
         assert_eq!(c.health_check_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn postgres_restart_timeout_is_at_least_node_timeout() {
+        let c = MonitorConfig::parse("").unwrap();
+        assert_eq!(c.postgres_restart_timeout, DEFAULT_POSTGRES_RESTART_TIMEOUT);
+        assert!(DEFAULT_POSTGRES_RESTART_TIMEOUT >= DEFAULT_NODE_TIMEOUT);
+        let c = MonitorConfig::parse("postgres_restart_timeout = \"1m\"").unwrap();
+        assert_eq!(c.postgres_restart_timeout, Duration::from_secs(60));
+        let err = MonitorConfig::parse("postgres_restart_timeout = \"1s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("postgres_restart_timeout (1s) must be at least node_timeout (2s)"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        let err = MonitorConfig::parse("node_timeout = \"30s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgres_restart_timeout"), "{err}");
     }
 
     #[test]

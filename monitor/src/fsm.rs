@@ -13,7 +13,10 @@
 //!    `join_secondary`, then `secondary`.
 //! 3. Failover start: the primary is unhealthy → its secondaries go
 //!    `report_lsn` (an election); a primary whose keeper lives but whose
-//!    PostgreSQL stays down is also assigned `draining` at once.
+//!    PostgreSQL stays down — past `postgres_restart_timeout`, or after
+//!    [`START_FAILURES_BEFORE_FAILOVER`] failed starts in a row — is also
+//!    assigned `draining` at once. Within that allowance the group waits
+//!    for the keeper to restart it.
 //! 4. Failover cancelled: the primary is healthy again before anyone was
 //!    promoted → the `report_lsn` nodes go back to `secondary`.
 //! 5. Election (see [promotion rule](#the-promotion-rule)).
@@ -106,6 +109,12 @@ pub struct NodeSnapshot {
     pub stream_lost_at: Option<DateTime<Utc>>,
     /// When the keeper first reported PostgreSQL not running (None while running).
     pub pg_down_since: Option<DateTime<Utc>>,
+    /// When the keeper first reported PostgreSQL running, while it has been
+    /// so since (None while down, or not known).
+    pub pg_running_since: Option<DateTime<Utc>>,
+    /// Failed attempts in a row to start PostgreSQL, as the keeper last
+    /// reported them (0 while it runs, or from a keeper that does not count).
+    pub pg_start_failures: u32,
     pub last_heartbeat: Option<DateTime<Utc>>,
     pub health: Health,
     pub candidate_priority: u32,
@@ -160,6 +169,7 @@ pub struct Report {
     pub pg_running: bool,
     pub lsn: u64,
     pub wal_receiver_streaming: bool,
+    pub pg_start_failures: u32,
     pub timings: KeeperTimings,
 }
 
@@ -181,6 +191,12 @@ impl NodeSnapshot {
         } else {
             self.pg_down_since.or(Some(now))
         };
+        self.pg_running_since = if r.pg_running {
+            self.pg_running_since.or(Some(now))
+        } else {
+            None
+        };
+        self.pg_start_failures = if r.pg_running { 0 } else { r.pg_start_failures };
         self.last_heartbeat = Some(now);
         self.timings = r.timings;
     }
@@ -191,6 +207,11 @@ impl NodeSnapshot {
 pub struct Settings {
     /// A keeper silent this long (and failing the health check) is unhealthy.
     pub node_timeout: Duration,
+    /// A keeper that heartbeats and reports its PostgreSQL down (stopped,
+    /// or still starting: crash recovery) gets this long to bring it back
+    /// before the election starts; see the config's
+    /// `DEFAULT_POSTGRES_RESTART_TIMEOUT` for the trade-off.
+    pub postgres_restart_timeout: Duration,
     /// Added to the fence deadline for clock rate differences and stop time.
     pub fence_margin: Duration,
     /// A `catchingup` standby this close (bytes) to its primary becomes `secondary`.
@@ -202,6 +223,16 @@ pub struct Settings {
 }
 
 pub const DEFAULT_CATCHUP_LAG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Failed starts in a row after which a live keeper's PostgreSQL counts as
+/// unable to start, and the election begins without waiting out
+/// `postgres_restart_timeout`. Not 1: right after a crash a first start can
+/// fail for a passing reason (backends of the dead postmaster still hold
+/// its shared memory for a moment), and the keeper retries every heartbeat
+/// interval, so three failures take about two seconds — a server that
+/// fails that often does not come back by itself (bad configuration, full
+/// disk, damaged data directory).
+pub const START_FAILURES_BEFORE_FAILOVER: u32 = 3;
 
 /// Why a goal changed. Stored (as text) with every event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +263,7 @@ pub enum Reason {
     },
     PrimaryPostgresDown {
         primary: String,
+        why: String,
     },
     PrimaryBack {
         primary: String,
@@ -325,9 +357,9 @@ impl fmt::Display for Reason {
                 f,
                 "primary {primary} is unhealthy ({why}): election started, report your LSN"
             ),
-            Reason::PrimaryPostgresDown { primary } => write!(
+            Reason::PrimaryPostgresDown { primary, why } => write!(
                 f,
-                "PostgreSQL on primary {primary} stays down while its keeper runs: failing over"
+                "PostgreSQL on primary {primary} stays down while its keeper runs ({why}): failing over"
             ),
             Reason::PrimaryBack { primary } => write!(
                 f,
@@ -488,12 +520,57 @@ impl Eval<'_> {
         None
     }
 
-    fn pg_down_too_long(&self, i: usize) -> bool {
-        self.alive(i)
-            && !self.nodes[i].pg_running
-            && self
-                .since(self.nodes[i].pg_down_since)
-                .is_some_and(|d| d > self.settings.node_timeout)
+    /// Why the live keeper of node `i` no longer gets time to restart its
+    /// PostgreSQL: down past `postgres_restart_timeout`, or too many failed
+    /// starts in a row. None while it runs, while its keeper is silent
+    /// (that is [`Self::unhealthy`]'s case), or within the allowance.
+    fn pg_down_too_long(&self, i: usize) -> Option<String> {
+        let node = &self.nodes[i];
+        if !self.alive(i) || node.pg_running {
+            return None;
+        }
+        let down = self.since(node.pg_down_since).unwrap_or(Duration::ZERO);
+        let allowance = self.settings.postgres_restart_timeout;
+        if node.pg_start_failures >= START_FAILURES_BEFORE_FAILOVER {
+            Some(format!(
+                "{} attempts to start it failed in a row",
+                node.pg_start_failures
+            ))
+        } else if down > allowance {
+            Some(format!(
+                "down for {} ms, longer than postgres_restart_timeout {} ms",
+                down.as_millis(),
+                allowance.as_millis()
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The group waits while the live keeper of primary `p` restarts its
+    /// PostgreSQL (the allowance of [`Self::pg_down_too_long`]).
+    fn wait_for_restart(&mut self, p: usize) {
+        let node = &self.nodes[p];
+        if !self.alive(p) || node.pg_running {
+            return;
+        }
+        let down = self.since(node.pg_down_since).unwrap_or(Duration::ZERO);
+        let left = self.settings.postgres_restart_timeout.saturating_sub(down);
+        let failures = if node.pg_start_failures > 0 {
+            format!(
+                ", {} of {START_FAILURES_BEFORE_FAILOVER} start attempts failed",
+                node.pg_start_failures
+            )
+        } else {
+            String::new()
+        };
+        let why = format!(
+            "PostgreSQL on primary {} is down for {} ms{failures}: its keeper restarts it; failover in {} ms unless it comes back",
+            node.name,
+            down.as_millis(),
+            left.as_millis()
+        );
+        self.wait(why);
     }
 
     fn reached(&self, i: usize) -> bool {
@@ -604,7 +681,8 @@ impl Eval<'_> {
         let pg_down = self.pg_down_too_long(p);
 
         if electing.is_empty() {
-            if why_unhealthy.is_none() && !pg_down {
+            if why_unhealthy.is_none() && pg_down.is_none() {
+                self.wait_for_restart(p);
                 return;
             }
             let candidates: Vec<usize> = (0..self.nodes.len())
@@ -621,19 +699,20 @@ impl Eval<'_> {
                 ));
                 return;
             }
-            let reason = match &why_unhealthy {
-                Some(why) => Reason::PrimaryUnhealthy {
+            let reason = match (&why_unhealthy, &pg_down) {
+                (Some(why), _) => Reason::PrimaryUnhealthy {
                     primary: primary.clone(),
                     why: why.clone(),
                 },
-                None => Reason::PrimaryPostgresDown {
+                (None, why) => Reason::PrimaryPostgresDown {
                     primary: primary.clone(),
+                    why: why.clone().unwrap_or_default(),
                 },
             };
             for &i in &candidates {
                 self.assign(i, S::ReportLsn, reason.clone());
             }
-            if pg_down && why_unhealthy.is_none() {
+            if pg_down.is_some() && why_unhealthy.is_none() {
                 // The keeper lives: it stops PostgreSQL and confirms, which
                 // lets the election finish by rule (a). `draining`, as in a
                 // planned failover, so that it stays the group's primary
@@ -645,7 +724,10 @@ impl Eval<'_> {
 
         // An election is under way. It is cancelled only while the primary
         // keeps its role: once it was told to demote, it must go on.
-        if why_unhealthy.is_none() && !pg_down && self.alive(p) && self.nodes[p].goal != S::Demoted
+        if why_unhealthy.is_none()
+            && pg_down.is_none()
+            && self.alive(p)
+            && self.nodes[p].goal != S::Demoted
         {
             for &i in &electing {
                 self.assign(
@@ -657,6 +739,20 @@ impl Eval<'_> {
                 );
             }
             return;
+        }
+        if let (None, Some(why)) = (&why_unhealthy, &pg_down) {
+            // The election began while the keeper was silent; now it is
+            // heard, with PostgreSQL still down past the allowance. Its
+            // heartbeats keep moving the fence deadline, so rule (b) would
+            // never be met: have it stop and confirm, as when the election
+            // starts this way.
+            if self.nodes[p].goal.is_writable_primary() {
+                let reason = Reason::PrimaryPostgresDown {
+                    primary: primary.clone(),
+                    why: why.clone(),
+                };
+                self.assign(p, S::Draining, reason);
+            }
         }
         self.elect(p, &electing, "the fence deadline passed");
     }
@@ -979,6 +1075,10 @@ impl Eval<'_> {
         let primary_name = self.name(p);
         let primary_lsn = self.nodes[p].lsn;
         let primary_ok = self.alive(p) && self.nodes[p].pg_running;
+        // A standby's stream counts as lost only from when the primary's
+        // PostgreSQL last came up: while a crashed primary was restarted
+        // (see `postgres_restart_timeout`) no standby could stream.
+        let primary_up_since = self.nodes[p].pg_running_since;
         for i in 0..self.nodes.len() {
             if i == p || !self.reached(i) {
                 continue;
@@ -1021,7 +1121,11 @@ impl Eval<'_> {
                         Some(why)
                     } else if primary_ok
                         && self
-                            .since(self.nodes[i].stream_lost_at)
+                            .since(
+                                self.nodes[i]
+                                    .stream_lost_at
+                                    .map(|lost| primary_up_since.map_or(lost, |up| lost.max(up))),
+                            )
                             .is_some_and(|d| d > self.settings.node_timeout)
                     {
                         Some(format!("not streaming from {primary_name}"))

@@ -33,6 +33,7 @@ pub async fn run(
         MachineSettings {
             node_timeout: config.node_timeout,
             fence_margin: config.fence_margin,
+            postgres_restart_timeout: config.postgres_restart_timeout,
         },
     )
     .await

@@ -320,8 +320,13 @@ pub fn classify(goal_from: S, goal_to: S, reason: &str) -> Option<Handover> {
     }
     let postgres_down = Reason::PrimaryPostgresDown {
         primary: MARK.into(),
+        why: MARK.into(),
     };
-    if matches!(goal_to, S::Draining | S::Demoted) && displays_as(reason, &postgres_down) {
+    // The second form is the text monitors wrote before the reason said why.
+    if matches!(goal_to, S::Draining | S::Demoted)
+        && (displays_as(reason, &postgres_down)
+            || reason.ends_with(" stays down while its keeper runs: failing over"))
+    {
         return Some(Handover::Failover("postgres_down"));
     }
     match goal_to {
@@ -694,6 +699,7 @@ mod tests {
     fn failovers_and_switchovers_are_told_apart() {
         let down = Reason::PrimaryPostgresDown {
             primary: "node1".into(),
+            why: "3 attempts to start it failed in a row".into(),
         }
         .to_string();
         let replaced = Reason::OldPrimaryReplaced {
@@ -718,6 +724,15 @@ mod tests {
             // election runs; a failover, not a switchover.
             assert_eq!(
                 classify(from, S::Draining, &down),
+                Some(Handover::Failover("postgres_down"))
+            );
+            // As older monitors wrote it.
+            assert_eq!(
+                classify(
+                    from,
+                    S::Draining,
+                    "PostgreSQL on primary node1 stays down while its keeper runs: failing over"
+                ),
                 Some(Handover::Failover("postgres_down"))
             );
             assert_eq!(
@@ -764,10 +779,12 @@ mod tests {
     fn templates_match_only_their_own_text() {
         let down = Reason::PrimaryPostgresDown {
             primary: MARK.into(),
+            why: MARK.into(),
         };
         assert!(displays_as(
             &Reason::PrimaryPostgresDown {
-                primary: "a.b-c".into()
+                primary: "a.b-c".into(),
+                why: "down for 20001 ms, longer than postgres_restart_timeout 20000 ms".into(),
             }
             .to_string(),
             &down

@@ -146,6 +146,7 @@ impl Monitor for MonitorService {
             system_identifier: r.system_identifier,
             timings: timings(r.timings)?,
             synchronous_standby_names: r.synchronous_standby_names,
+            pg_start_failures: r.pg_start_failures,
         };
         // Over capacity: say so at once; the keeper retries on its next loop.
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {

@@ -80,6 +80,8 @@ pub struct Heartbeat {
     /// Primary: the `synchronous_standby_names` its PostgreSQL runs with,
     /// if the keeper reported it (see [`fsm::fence_update`]).
     pub synchronous_standby_names: Option<String>,
+    /// Failed starts of PostgreSQL in a row (0 from keepers that do not count).
+    pub pg_start_failures: u32,
 }
 
 /// What a heartbeat's reply carries.
@@ -98,6 +100,7 @@ pub struct Assignment {
 pub struct MachineSettings {
     pub node_timeout: Duration,
     pub fence_margin: Duration,
+    pub postgres_restart_timeout: Duration,
 }
 
 impl MachineSettings {
@@ -298,7 +301,8 @@ impl Store {
             "UPDATE node SET reported_state = $2, pg_running = $3, lsn = $4, timeline = $5,
                 wal_receiver_streaming = $6, stream_lost_at = $7, pg_down_since = $8,
                 last_heartbeat = $9, system_identifier = $10, heartbeat_interval_ms = $11,
-                fence_timeout_ms = $12, wal_sender_timeout_ms = $13
+                fence_timeout_ms = $12, wal_sender_timeout_ms = $13, pg_start_failures = $14,
+                pg_running_since = $15
              WHERE node_id = $1",
         )
         .bind(hb.node_id)
@@ -314,6 +318,8 @@ impl Store {
         .bind(millis(hb.timings.heartbeat_interval))
         .bind(millis(hb.timings.fence_timeout))
         .bind(millis(hb.timings.wal_sender_timeout))
+        .bind(me.snap.pg_start_failures as i32)
+        .bind(me.snap.pg_running_since)
         .execute(&mut *tx)
         .await?;
 
@@ -1049,6 +1055,7 @@ impl Store {
     fn fsm_settings_for(settings: &MachineSettings, formation: FormationSettings) -> fsm::Settings {
         fsm::Settings {
             node_timeout: settings.node_timeout,
+            postgres_restart_timeout: settings.postgres_restart_timeout,
             fence_margin: settings.fence_margin,
             catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
             number_sync_standbys: formation.number_sync_standbys,
@@ -1162,6 +1169,7 @@ fn apply_heartbeat(node: &mut StoredNode, hb: &Heartbeat, now: DateTime<Utc>) {
             pg_running: hb.pg_running,
             lsn: hb.lsn,
             wal_receiver_streaming: hb.wal_receiver_streaming,
+            pg_start_failures: hb.pg_start_failures,
             timings: hb.timings,
         },
         now,
@@ -1235,6 +1243,8 @@ fn node_from_row(row: &PgRow) -> Result<StoredNode> {
             wal_receiver_streaming: row.get("wal_receiver_streaming"),
             stream_lost_at: row.get("stream_lost_at"),
             pg_down_since: row.get("pg_down_since"),
+            pg_running_since: row.get("pg_running_since"),
+            pg_start_failures: row.get::<i32, _>("pg_start_failures").max(0) as u32,
             last_heartbeat: row.get("last_heartbeat"),
             health: Health::parse(row.get("health")),
             candidate_priority: row.get::<i32, _>("candidate_priority") as u32,

@@ -55,6 +55,8 @@ pub struct Heartbeat {
     pub pg_running: bool,
     pub lsn: u64,
     pub wal_receiver_streaming: bool,
+    /// Failed starts of PostgreSQL in a row.
+    pub pg_start_failures: u32,
     pub timings: KeeperTimings,
     /// The `synchronous_standby_names` its PostgreSQL runs with (None while
     /// it does not run).
@@ -117,6 +119,7 @@ impl Monitor {
     fn fsm_settings(&self) -> fsm::Settings {
         fsm::Settings {
             node_timeout: self.settings.node_timeout,
+            postgres_restart_timeout: self.settings.postgres_restart_timeout,
             fence_margin: match self.flaw {
                 MonitorFlaw::None => self.settings.fence_margin,
                 MonitorFlaw::SkipFenceRule => Duration::ZERO,
@@ -174,6 +177,8 @@ impl Monitor {
             wal_receiver_streaming: false,
             stream_lost_at: None,
             pg_down_since: None,
+            pg_running_since: None,
+            pg_start_failures: 0,
             last_heartbeat: None,
             health: Health::Unknown,
             candidate_priority,
@@ -200,6 +205,7 @@ impl Monitor {
                 pg_running: hb.pg_running,
                 lsn: hb.lsn,
                 wal_receiver_streaming: hb.wal_receiver_streaming,
+                pg_start_failures: hb.pg_start_failures,
                 timings: hb.timings,
             },
             t,

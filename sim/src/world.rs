@@ -205,6 +205,7 @@ impl Timings {
             machine: MachineSettings {
                 node_timeout: monitor_config::DEFAULT_NODE_TIMEOUT,
                 fence_margin: monitor_config::DEFAULT_FENCE_MARGIN,
+                postgres_restart_timeout: monitor_config::DEFAULT_POSTGRES_RESTART_TIMEOUT,
             },
         }
     }
@@ -276,6 +277,13 @@ struct Pg {
     /// Its keeper was killed while it ran as a primary, and it has not
     /// stopped since: nothing fenced it meanwhile.
     outlived_keeper: bool,
+    /// Extra time the next start takes (crash recovery after a crash).
+    recovery_ms: Ms,
+    /// A start is under way: the postmaster is alive but does not accept
+    /// connections yet (the fence stops it all the same).
+    starting: bool,
+    /// Starts that will fail before one succeeds (the postmaster exits).
+    failing_starts: u32,
 }
 
 impl Pg {
@@ -342,6 +350,8 @@ struct Keeper {
     step: u64,
     seq: u64,
     last_error: Option<String>,
+    /// Failed starts of PostgreSQL in a row (agent.rs `start_failures`).
+    start_failures: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +380,22 @@ enum Ev {
         reply: Reply,
     },
     HbTimeout(usize, u64, u64),
+    /// A keepalive is due while the keeper acts (node, incarnation, plan seq).
+    Keepalive(usize, u64, u64),
+    KeepaliveArrive {
+        node: usize,
+        inc: u64,
+        seq: u64,
+        sent: Ms,
+        hb: Heartbeat,
+    },
+    KeepaliveReply {
+        node: usize,
+        inc: u64,
+        seq: u64,
+        sent: Ms,
+        reply: Reply,
+    },
     ActionDone(usize, u64, u64),
     FenceTick(usize, u64),
     Pump,
@@ -554,6 +580,7 @@ impl World {
             step: 0,
             seq: 0,
             last_error: None,
+            start_failures: 0,
         };
         let mut monitor = Monitor::new(t.machine, opts.monitor_flaw);
         monitor.as_shipped = opts.as_shipped;
@@ -691,6 +718,21 @@ impl World {
                     self.heartbeat_failed(i);
                 }
             }
+            Ev::Keepalive(i, inc, seq) => self.keepalive(i, inc, seq),
+            Ev::KeepaliveArrive {
+                node,
+                inc,
+                seq,
+                sent,
+                hb,
+            } => self.keepalive_arrive(node, inc, seq, sent, hb),
+            Ev::KeepaliveReply {
+                node,
+                inc,
+                seq,
+                sent,
+                reply,
+            } => self.keepalive_reply(node, inc, seq, sent, reply),
             Ev::ActionDone(i, inc, seq) => {
                 let k = &self.keepers[i];
                 if k.alive
@@ -879,24 +921,35 @@ impl World {
         }
     }
 
-    fn keeper_step(&mut self, i: usize) {
+    /// The heartbeat the keeper sends with what it observes now (the loop's
+    /// and a keepalive's alike: agent.rs `node_active_request`).
+    fn heartbeat_now(&mut self, i: usize) -> Heartbeat {
         let (running, lsn, streaming, _) = self.observe(i);
         let applied = running.then(|| sync_text(self.pgs[i].sync.as_ref()));
+        let k = &mut self.keepers[i];
+        if running {
+            k.start_failures = 0;
+        }
+        Heartbeat {
+            node_id: k.node_id,
+            reported: k.current,
+            pg_running: running,
+            lsn,
+            wal_receiver_streaming: streaming,
+            pg_start_failures: k.start_failures,
+            timings: self.t.keeper,
+            synchronous_standby_names: applied,
+        }
+    }
+
+    fn keeper_step(&mut self, i: usize) {
+        let hb = self.heartbeat_now(i);
         let k = &mut self.keepers[i];
         k.step += 1;
         let (step, inc) = (k.step, k.incarnation);
         k.phase = Phase::Awaiting {
             step,
             sent: self.now,
-        };
-        let hb = Heartbeat {
-            node_id: k.node_id,
-            reported: k.current,
-            pg_running: running,
-            lsn,
-            wal_receiver_streaming: streaming,
-            timings: self.t.keeper,
-            synchronous_standby_names: applied,
         };
         if self.link(Peer::Node(i), Peer::Monitor) && !self.rng.chance(self.loss) {
             let d = self.net_delay();
@@ -994,6 +1047,89 @@ impl World {
         }
     }
 
+    /// A keepalive while the keeper acts (agent.rs `Keepalive`): the
+    /// current state and what it observes now, sent every heartbeat
+    /// interval until the plan is done.
+    fn keepalive(&mut self, i: usize, inc: u64, seq: u64) {
+        let k = &self.keepers[i];
+        if !k.alive
+            || k.incarnation != inc
+            || !matches!(k.phase, Phase::Acting { seq: s, .. } if s == seq)
+        {
+            return;
+        }
+        let hb = self.heartbeat_now(i);
+        let sent = self.now;
+        if self.link(Peer::Node(i), Peer::Monitor) && !self.rng.chance(self.loss) {
+            let d = self.net_delay();
+            self.after(
+                d,
+                Ev::KeepaliveArrive {
+                    node: i,
+                    inc,
+                    seq,
+                    sent,
+                    hb,
+                },
+            );
+        }
+        let interval = self.t.heartbeat;
+        self.after(interval, Ev::Keepalive(i, inc, seq));
+    }
+
+    fn keepalive_arrive(&mut self, i: usize, inc: u64, seq: u64, sent: Ms, hb: Heartbeat) {
+        if !self.link(Peer::Node(i), Peer::Monitor) {
+            return;
+        }
+        let reply = match self.monitor_op(|m, now| m.node_active(&hb, now)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(
+                    0,
+                    format!("the monitor refused a keepalive of {}: {e}", name(i)),
+                );
+                return;
+            }
+        };
+        if !self.rng.chance(self.loss) {
+            let d = self.net_delay();
+            self.after(
+                d,
+                Ev::KeepaliveReply {
+                    node: i,
+                    inc,
+                    seq,
+                    sent,
+                    reply,
+                },
+            );
+        }
+    }
+
+    /// An answered keepalive renews the lease only, as agent.rs
+    /// `renew_lease` does; the goal waits for the loop's next heartbeat.
+    /// One answered after its plan ended was abandoned by the keeper (and
+    /// one not answered within the RPC timeout, by tonic).
+    fn keepalive_reply(&mut self, i: usize, inc: u64, seq: u64, sent: Ms, reply: Reply) {
+        if !self.link(Peer::Node(i), Peer::Monitor)
+            || self.now.saturating_sub(sent) > self.t.rpc_timeout
+        {
+            return;
+        }
+        let k = &mut self.keepers[i];
+        if !k.alive
+            || k.incarnation != inc
+            || !matches!(k.phase, Phase::Acting { seq: s, .. } if s == seq)
+        {
+            return;
+        }
+        k.last_ok_sent = k.last_ok_sent.max(sent);
+        k.confirmed = true;
+        k.fence_set = reply.plan.fence_set.clone();
+        k.required = reply.plan.fence_required;
+        k.fenced = false;
+    }
+
     fn heartbeat_failed(&mut self, i: usize) {
         let k = &self.keepers[i];
         if !k.current.is_writable_primary() && k.current == k.goal {
@@ -1022,6 +1158,8 @@ impl World {
             config_changed: false,
             seq: k.seq,
         };
+        let (inc, seq, interval) = (k.incarnation, k.seq, self.t.heartbeat);
+        self.after(interval, Ev::Keepalive(i, inc, seq));
         self.next_action(i);
     }
 
@@ -1055,6 +1193,9 @@ impl World {
         }
         let action = actions[next];
         let d = self.action_duration(i, action);
+        if action == Action::Start && !self.pgs[i].running && self.pgs[i].has_data {
+            self.pgs[i].starting = true;
+        }
         let inc = self.keepers[i].incarnation;
         self.after(d, Ev::ActionDone(i, inc, seq));
     }
@@ -1064,7 +1205,7 @@ impl World {
         let (lo, hi) = match action {
             Action::InitDb => (300, 700),
             Action::ConfigurePrimary | Action::ConfigureStandby | Action::SyncSlots => (1, 5),
-            Action::Start if !pg.running => (150, 500),
+            Action::Start if !pg.running => (150 + pg.recovery_ms, 500 + pg.recovery_ms),
             Action::Stop if pg.running => (100, 400),
             Action::Start | Action::Stop => (1, 3),
             Action::Reload => (2, 10),
@@ -1147,8 +1288,25 @@ impl World {
                 Ok(changed)
             }
             Action::Start => {
-                self.pg_start(i)?;
-                Ok(false)
+                let pg = &self.pgs[i];
+                let result = if !pg.running && !pg.starting && pg.has_data {
+                    // Stopped while it started (the fence, a crash).
+                    Err("PostgreSQL exited before accepting connections".to_string())
+                } else {
+                    self.pg_start(i)
+                };
+                match result {
+                    Ok(()) => {
+                        self.keepers[i].start_failures = 0;
+                        Ok(false)
+                    }
+                    Err(e) => {
+                        if !self.pgs[i].running && !self.keepers[i].fenced {
+                            self.keepers[i].start_failures += 1;
+                        }
+                        Err(e)
+                    }
+                }
             }
             Action::Reload => {
                 if config_changed {
@@ -1218,6 +1376,13 @@ impl World {
                         name(i),
                         fsm::format_lsn(lsn)
                     ));
+                    // The group's primary from now on, even if it fails
+                    // before the monitor hears it reached its goal: a
+                    // commit lost with it is matched against its fence set.
+                    if self.current_primary != Some(i) {
+                        self.previous_primary = self.current_primary;
+                        self.current_primary = Some(i);
+                    }
                 }
                 Ok(false)
             }
@@ -1250,6 +1415,17 @@ impl World {
         }
         if pg.running {
             return Ok(());
+        }
+        pg.recovery_ms = 0;
+        pg.starting = false;
+        if pg.failing_starts > 0 {
+            pg.failing_starts -= 1;
+            let left = pg.failing_starts;
+            self.log(format!(
+                "{}: PostgreSQL exited before accepting connections ({left} more starts fail)",
+                name(i)
+            ));
+            return Err("PostgreSQL exited before accepting connections".into());
         }
         let standby = pg.conf_upstream.is_some();
         if pg.in_recovery && !standby {
@@ -1297,6 +1473,12 @@ impl World {
     /// standbys; an immediate one (a crash, the fence) does not.
     fn pg_stop(&mut self, i: usize, fast: bool) {
         if !self.pgs[i].running {
+            if self.pgs[i].starting {
+                let pg = &mut self.pgs[i];
+                pg.starting = false;
+                pg.incarnation += 1;
+                self.log(format!("{}: PostgreSQL stopped while starting", name(i)));
+            }
             return;
         }
         if fast && !self.pgs[i].in_recovery {
@@ -1330,14 +1512,14 @@ impl World {
         let since = Duration::from_millis(self.now.saturating_sub(k.last_ok_sent));
         if !fence_armed(
             k.lease_current,
-            k.fenced,
             since,
             Duration::from_millis(self.t.fence_timeout),
         ) {
             return;
         }
         let (running, _, _, streaming) = self.observe(i);
-        match fence_step(running, &streaming, &k.fence_set, k.required) {
+        let alive = running || self.pgs[i].starting;
+        match fence_step(alive, &streaming, &k.fence_set, k.required) {
             FenceStep::AlreadyStopped => self.keepers[i].fenced = true,
             FenceStep::KeepServing => {}
             FenceStep::Stop => {
@@ -1373,6 +1555,8 @@ impl World {
                 let _ = self.apply_action(i, action, config_changed);
             }
         }
+        // A start not done above never happened.
+        self.pgs[i].starting = false;
         if self.pgs[i].running && !self.pgs[i].in_recovery {
             self.pgs[i].outlived_keeper = true;
         }
@@ -1407,6 +1591,7 @@ impl World {
         k.sync_names.clear();
         k.phase = Phase::Sleeping;
         k.last_error = None;
+        k.start_failures = 0;
         let inc = k.incarnation;
         self.log(format!("{}: keeper restarted", name(i)));
         self.after(1, Ev::Step(i, inc));
@@ -1612,8 +1797,20 @@ impl World {
         let roll = self.rng.below(100);
         match roll {
             0..=11 => {
-                self.log(format!("fault: PostgreSQL on {} crashes", name(x)));
+                // The next start may take long (crash recovery; sometimes
+                // past postgres_restart_timeout) or fail a few times.
+                let (recovery, failing) = match self.rng.below(10) {
+                    0..=2 => (self.rng.range(1_000, 25_000), 0),
+                    3 => (0, self.rng.range(1, 6) as u32),
+                    _ => (0, 0),
+                };
+                self.log(format!(
+                    "fault: PostgreSQL on {} crashes (recovery {recovery} ms, {failing} failing starts)",
+                    name(x)
+                ));
                 self.pg_stop(x, false);
+                self.pgs[x].recovery_ms = recovery;
+                self.pgs[x].failing_starts = failing;
             }
             12..=21 => {
                 self.keeper_crash(x);

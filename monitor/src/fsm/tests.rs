@@ -16,12 +16,16 @@ fn secs(s: i64) -> chrono::Duration {
 fn settings() -> Settings {
     Settings {
         node_timeout: Duration::from_secs(2),
+        postgres_restart_timeout: RESTART_TIMEOUT,
         fence_margin: Duration::from_millis(500),
         catchup_lag_bytes: DEFAULT_CATCHUP_LAG_BYTES,
         number_sync_standbys: 0,
         election_forced_at: None,
     }
 }
+
+/// `postgres_restart_timeout` of these tests.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(10);
 
 const TIMINGS: KeeperTimings = KeeperTimings {
     heartbeat_interval: Duration::from_millis(500),
@@ -56,6 +60,8 @@ impl Group {
             wal_receiver_streaming: !reported.is_writable_primary(),
             stream_lost_at: None,
             pg_down_since: None,
+            pg_running_since: None,
+            pg_start_failures: 0,
             last_heartbeat: Some(self.now),
             health: Health::Good,
             candidate_priority: 50,
@@ -220,6 +226,31 @@ fn secondary_that_stops_streaming_goes_back_to_catchingup() {
     expect(&g, &g.decide(), &[]);
 }
 
+/// Found by the end-to-end crash test: the primary's PostgreSQL was
+/// restarted within the allowance (4.5 s on a loaded machine), and its
+/// standby, whose stream had been gone since the crash, was sent back to
+/// `catchingup` before it reconnected. The stream counts as lost only from
+/// when the primary's PostgreSQL came back.
+#[test]
+fn a_restarted_primary_gives_its_standbys_time_to_reconnect() {
+    let now = group().now;
+    let restarted = |ago: i64| {
+        group()
+            .primary("a")
+            .secondary("b")
+            .stream_lost("b", 6)
+            .with("a", |n| n.pg_running_since = Some(now - secs(ago)))
+    };
+    let g = restarted(1);
+    expect(&g, &g.decide(), &[]);
+    let g = restarted(3);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::Catchingup), ("a", S::WaitPrimary)],
+    );
+}
+
 #[test]
 fn unhealthy_secondary_turns_synchronous_replication_off_when_allowed() {
     let g = group().primary("a").secondary("b").dead("b", 5);
@@ -312,20 +343,173 @@ fn no_candidate_means_wait_and_say_why() {
     );
 }
 
+/// A primary whose keeper heartbeats and reports its PostgreSQL down
+/// (crashed, being restarted, or still in crash recovery) gets
+/// `postgres_restart_timeout` to bring it back; the election starts when
+/// the allowance is exceeded, or at once when the keeper reports that
+/// PostgreSQL failed to start too many times in a row.
 #[test]
-fn primary_postgres_down_with_live_keeper_fails_over() {
+fn primary_postgres_down_with_live_keeper_gets_the_restart_allowance() {
+    let allowance = RESTART_TIMEOUT.as_millis() as i64;
+    let elect: &[(&str, S)] = &[("b", S::ReportLsn), ("a", S::Draining)];
+    /// (case, down for ms, failed starts, expected goals, reason or waiting text)
+    type Case<'a> = (&'a str, i64, u32, &'a [(&'a str, S)], &'a str);
+    let cases: &[Case] = &[
+        (
+            "just crashed",
+            0,
+            0,
+            &[],
+            "its keeper restarts it; failover in 10000 ms",
+        ),
+        (
+            "restart longer than node_timeout, within the allowance",
+            3_000,
+            0,
+            &[],
+            "is down for 3000 ms",
+        ),
+        (
+            "one failed start, within the allowance",
+            3_000,
+            1,
+            &[],
+            "1 of 3 start attempts failed",
+        ),
+        (
+            "at the allowance exactly",
+            allowance,
+            2,
+            &[],
+            "failover in 0 ms",
+        ),
+        (
+            "allowance exceeded",
+            allowance + 1,
+            0,
+            elect,
+            "stays down while its keeper runs (down for 10001 ms, longer than postgres_restart_timeout 10000 ms)",
+        ),
+        (
+            "start failures reported",
+            1_500,
+            START_FAILURES_BEFORE_FAILOVER,
+            elect,
+            "stays down while its keeper runs (3 attempts to start it failed in a row)",
+        ),
+    ];
+    for &(case, down_ms, failures, want, text) in cases {
+        let now = group().now;
+        let g = group().primary("a").secondary("b").with("a", |n| {
+            n.pg_running = false;
+            n.pg_down_since = Some(now - chrono::Duration::milliseconds(down_ms));
+            n.pg_start_failures = failures;
+        });
+        let o = g.decide();
+        let got = goals(&g, &o);
+        let want: Vec<(String, S)> = want.iter().map(|(n, s)| (n.to_string(), *s)).collect();
+        assert_eq!(got, want, "{case}: waiting {:?}", o.waiting);
+        if want.is_empty() {
+            assert!(
+                o.waiting.iter().any(|w| w.contains(text)),
+                "{case}: {:?}",
+                o.waiting
+            );
+        } else {
+            for d in &o.decisions {
+                assert!(
+                    matches!(d.reason, Reason::PrimaryPostgresDown { .. }),
+                    "{case}: {:?}",
+                    d.reason
+                );
+                assert!(d.reason.to_string().contains(text), "{case}: {}", d.reason);
+            }
+        }
+    }
+}
+
+/// Heartbeats folded in: the failed starts are kept only while PostgreSQL
+/// is down, and `pg_running_since` / `pg_down_since` mark the last change.
+#[test]
+fn heartbeats_track_restarts_and_failed_starts() {
+    let mut n = group().primary("a").nodes.remove(0);
+    let t = t0();
+    let report = |running: bool, failures: u32| Report {
+        reported: S::Primary,
+        pg_running: running,
+        lsn: 0,
+        wal_receiver_streaming: false,
+        pg_start_failures: failures,
+        timings: TIMINGS,
+    };
+    n.heard(&report(true, 0), t);
+    assert_eq!((n.pg_running_since, n.pg_down_since), (Some(t), None));
+    n.heard(&report(true, 0), t + secs(1));
+    assert_eq!(n.pg_running_since, Some(t), "kept while it runs");
+    n.heard(&report(false, 0), t + secs(2));
+    assert_eq!(
+        (n.pg_running_since, n.pg_down_since),
+        (None, Some(t + secs(2)))
+    );
+    n.heard(&report(false, 2), t + secs(3));
+    assert_eq!(n.pg_start_failures, 2);
+    assert_eq!(n.pg_down_since, Some(t + secs(2)), "kept while it is down");
+    // A running server has no failed starts, whatever a keeper says.
+    n.heard(&report(true, 2), t + secs(4));
+    assert_eq!(n.pg_start_failures, 0);
+    assert_eq!(n.pg_running_since, Some(t + secs(4)));
+}
+
+/// The allowance is for a keeper that is heard: a silent keeper whose
+/// PostgreSQL fails the health check is unhealthy after node_timeout, as
+/// before, whatever it last reported.
+#[test]
+fn primary_postgres_down_with_silent_keeper_is_not_given_the_allowance() {
     let now = group().now;
-    let g = group().primary("a").secondary("b").with("a", |n| {
-        n.pg_running = false;
-        n.pg_down_since = Some(now - secs(3));
-    });
-    expect(&g, &g.decide(), &[("b", S::ReportLsn), ("a", S::Draining)]);
-    // Down only briefly: the keeper restarts it.
-    let g = group().primary("a").secondary("b").with("a", |n| {
-        n.pg_running = false;
-        n.pg_down_since = Some(now - secs(1));
-    });
-    expect(&g, &g.decide(), &[]);
+    let g = group()
+        .primary("a")
+        .secondary("b")
+        .with("a", |n| {
+            n.pg_running = false;
+            n.pg_down_since = Some(now - secs(3));
+        })
+        .dead("a", 3);
+    let o = g.decide();
+    expect(&g, &o, &[("b", S::ReportLsn)]);
+    assert!(
+        matches!(o.decisions[0].reason, Reason::PrimaryUnhealthy { .. }),
+        "{:?}",
+        o.decisions[0].reason
+    );
+}
+
+/// An election started while the primary's keeper was silent is cancelled
+/// when the keeper is heard again restarting PostgreSQL within the
+/// allowance: it gets the time a keeper heard all along gets.
+#[test]
+fn election_is_cancelled_when_the_keeper_is_heard_restarting_postgres() {
+    let now = group().now;
+    let g = group()
+        .primary("a")
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .with("a", |n| {
+            n.pg_running = false;
+            n.pg_down_since = Some(now - secs(3));
+        })
+        .stream_lost("b", 3);
+    let o = g.decide();
+    expect(&g, &o, &[("b", S::Secondary)]);
+    // Past the allowance the election goes on, and since the keeper's
+    // heartbeats keep moving the fence deadline, the primary is told to
+    // stop and confirm (rule a).
+    let g = g.with("a", |n| n.pg_down_since = Some(now - secs(11)));
+    let o = g.decide();
+    expect(&g, &o, &[("a", S::Draining)]);
+    assert!(
+        matches!(o.decisions[0].reason, Reason::PrimaryPostgresDown { .. }),
+        "{:?}",
+        o.decisions[0].reason
+    );
 }
 
 // Rule 3: cancel.
@@ -803,7 +987,7 @@ fn election_of_a_demoted_primary_finishes() {
     let now = group().now;
     let down = |n: &mut NodeSnapshot| {
         n.pg_running = false;
-        n.pg_down_since = Some(now - secs(3));
+        n.pg_down_since = Some(now - secs(11));
     };
     // The old primary is now told to drain, so it stays the node the
     // standbys follow (a standby whose PostgreSQL stops can restart).
@@ -1203,6 +1387,8 @@ fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
                 wal_receiver_streaming: streaming,
                 stream_lost_at: (!streaming).then(|| now - secs(60)),
                 pg_down_since: (!n.up).then(|| now - secs(60)),
+                pg_running_since: n.up.then(|| now - secs(60)),
+                pg_start_failures: 0,
                 last_heartbeat: Some(if n.up { now } else { now - secs(60) }),
                 health: if n.up { Health::Good } else { Health::Bad },
                 candidate_priority: n.priority,

@@ -2,7 +2,8 @@
 //!
 //! A heartbeat that changes nothing the state machine reads from its node
 //! (same reported state, PostgreSQL running or not, streaming or not, same
-//! timings, keeper not coming back from silence), in a group where the
+//! count of failed starts, same timings, keeper not coming back from
+//! silence), in a group where the
 //! state machine has nothing to decide, only moves liveness and the LSN
 //! forward. That is every heartbeat of a healthy fleet, and most of them
 //! while a node works towards its goal (a clone, a catch-up). Such heartbeats are
@@ -150,9 +151,10 @@ async fn write(
     let rows = sqlx::query(
         "WITH hb AS (
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::text[], $5::bool[],
-                                  $6::bool[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])
+                                  $6::bool[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+                                  $12::int4[])
                  AS h(node_id, lsn, timeline, reported, pg_running, streaming, sysid,
-                      hb_ms, fence_ms, wal_ms)
+                      hb_ms, fence_ms, wal_ms, start_failures)
          ), mine AS (
              SELECT n.node_id, hb.lsn, hb.timeline
                FROM node n JOIN hb ON hb.node_id = n.node_id
@@ -161,6 +163,7 @@ async fn write(
                 AND (n.system_identifier = hb.sysid OR hb.sysid = 0)
                 AND n.heartbeat_interval_ms = hb.hb_ms AND n.fence_timeout_ms = hb.fence_ms
                 AND n.wal_sender_timeout_ms = hb.wal_ms
+                AND n.pg_start_failures = hb.start_failures
                 AND n.last_heartbeat > clock_timestamp() - make_interval(secs => $11)
                                        - make_interval(secs => n.heartbeat_interval_ms / 1000.0)
               ORDER BY n.node_id
@@ -204,6 +207,19 @@ async fn write(
     .bind(col(|h| millis(h.timings.fence_timeout)))
     .bind(col(|h| millis(h.timings.wal_sender_timeout)))
     .bind(settings.heartbeat_grace().as_secs_f64())
+    .bind(
+        heartbeats
+            .iter()
+            // As stored: a running server has no failed starts.
+            .map(|h| {
+                if h.pg_running {
+                    0
+                } else {
+                    h.pg_start_failures as i32
+                }
+            })
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(pool)
     .await?;
 

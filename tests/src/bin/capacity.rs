@@ -302,6 +302,7 @@ impl SimNode {
             streaming_standbys: Vec::new(),
             // Not reported: the monitor takes the next heartbeat instead.
             synchronous_standby_names: None,
+            pg_start_failures: 0,
         }
     }
 }

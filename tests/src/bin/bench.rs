@@ -147,19 +147,9 @@ async fn main() -> Result<()> {
         "write outage (s)", "runs", "min", "median", "p95", "max", "rows lost"
     );
     for (s, samples) in &rows {
-        let mut secs: Vec<f64> = samples.iter().map(|x| x.outage.as_secs_f64()).collect();
-        secs.sort_by(f64::total_cmp);
         let lost: usize = samples.iter().map(|x| x.lost).sum();
-        println!(
-            "{:<52} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10}",
-            s.label(),
-            secs.len(),
-            secs[0],
-            percentile(&secs, 0.5),
-            percentile(&secs, 0.95),
-            secs[secs.len() - 1],
-            lost
-        );
+        let secs = samples.iter().map(|x| x.outage.as_secs_f64()).collect();
+        print_row(s.label(), secs, &[lost.to_string()]);
     }
     let partitions: Vec<_> = rows.iter().filter(|(s, _)| s.is_partition()).collect();
     if !partitions.is_empty() {
@@ -179,11 +169,10 @@ async fn main() -> Result<()> {
             "local only"
         );
         for (s, samples) in partitions {
-            let mut secs: Vec<f64> = samples
+            let secs: Vec<f64> = samples
                 .iter()
                 .filter_map(|x| x.isolated.map(|(d, _, _)| d.as_secs_f64()))
                 .collect();
-            secs.sort_by(f64::total_cmp);
             let writes: usize = samples
                 .iter()
                 .filter_map(|x| x.isolated.map(|(_, n, _)| n))
@@ -200,32 +189,39 @@ async fn main() -> Result<()> {
                 );
                 continue;
             }
-            println!(
-                "{:<52} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10} {:>11}",
+            print_row(
                 s.label(),
-                secs.len(),
-                secs[0],
-                percentile(&secs, 0.5),
-                percentile(&secs, 0.95),
-                secs[secs.len() - 1],
-                writes,
-                local_only
+                secs,
+                &[format!("{writes:>10}"), format!("{local_only:>11}")],
             );
         }
     }
-    let mut startup: Vec<f64> = startups.iter().map(Duration::as_secs_f64).collect();
-    startup.sort_by(f64::total_cmp);
-    println!(
-        "{:<52} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10}",
-        format!("nothing to a healthy {nodes}-node group (s)"),
-        startup.len(),
-        startup[0],
-        percentile(&startup, 0.5),
-        percentile(&startup, 0.95),
-        startup[startup.len() - 1],
-        "-"
+    print_row(
+        &format!("nothing to a healthy {nodes}-node group (s)"),
+        startups.iter().map(Duration::as_secs_f64).collect(),
+        &["-".to_string()],
     );
     Ok(())
+}
+
+/// One table row: label, count, min / median / p95 / max of `values`
+/// (seconds, at least one), then the `extra` columns.
+fn print_row(label: &str, mut values: Vec<f64>, extra: &[String]) {
+    values.sort_by(f64::total_cmp);
+    println!(
+        "{:<52} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {}",
+        label,
+        values.len(),
+        values[0],
+        percentile(&values, 0.5),
+        percentile(&values, 0.95),
+        values[values.len() - 1],
+        extra
+            .iter()
+            .map(|e| format!("{e:>10}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 }
 
 /// Nearest-rank percentile of sorted values.

@@ -1157,6 +1157,7 @@ async fn run_program(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    die_with_keeper(&mut command);
     debug!(
         program = label,
         ?args,
@@ -1208,6 +1209,31 @@ async fn run_program(
         status: output.status.to_string(),
         stderr: said.to_string(),
     })
+}
+
+/// Make the program `command` starts die with the keeper. `kill_on_drop`
+/// covers a timeout or a cancelled action, but a keeper that is killed
+/// (SIGKILL, OOM killer, a crash) runs no destructor: without this its
+/// pg_rewind or pg_basebackup would go on, and the restarted keeper, redoing
+/// the same action, would run a second one on the same directory. The
+/// kernel sends the child SIGKILL when the thread that spawned it ends; the
+/// keeper spawns from its runtime's threads, which live as long as the
+/// process. Not inherited across fork: the postmaster that `pg_ctl start`
+/// forks outlives the keeper, as it must.
+fn die_with_keeper(command: &mut Command) {
+    let keeper = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes two system calls; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The keeper died between fork and prctl: go too.
+            if nix::unistd::getppid() != keeper {
+                return Err(Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Where to find the PostgreSQL server programs: `configured` when given
@@ -1998,6 +2024,38 @@ mod tests {
         for bad in ["", "1", "/1", "1/", "g/1", "+1/1", "1/2/3", "123456789/0"] {
             assert_eq!(parse_lsn(bad), None, "{bad:?}");
         }
+    }
+
+    /// A program the keeper runs is SIGKILLed when the keeper goes: here
+    /// the thread that spawned it ends without reaping it (a killed keeper
+    /// reaps nothing either).
+    #[test]
+    fn programs_die_with_the_keeper() {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let spawner = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut command = Command::new("sleep");
+                command.arg("30");
+                die_with_keeper(&mut command);
+                let child = command.spawn().unwrap();
+                let pid = child.id().unwrap() as i32;
+                // Neither killed on drop nor reaped: as after a SIGKILL.
+                std::mem::forget(child);
+                pid
+            })
+        });
+        let pid = spawner.join().unwrap();
+        let started = Instant::now();
+        let status = waitpid(Pid::from_raw(pid), None).unwrap();
+        assert_eq!(
+            status,
+            WaitStatus::Signaled(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL, false)
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

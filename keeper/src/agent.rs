@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::KeeperConfig;
+use crate::failpoint::Failpoints;
 use crate::http::{self, KeeperStatus, SharedStatus};
 use crate::pg::{LocalPostgres, ManagedConfig, Observation, PgError, Upstream};
 use crate::plan::{self, Action};
@@ -69,6 +70,8 @@ pub struct Keeper<P: LocalPostgres> {
     last_error: Option<String>,
     /// What the HTTP server reports (state, goal, fence, heartbeat age).
     status: SharedStatus,
+    /// Testing only: where to SIGKILL this process (none in production).
+    failpoints: Failpoints,
 }
 
 fn application_name(node_id: i64) -> String {
@@ -107,7 +110,15 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             instructions: Instructions::default(),
             last_error: None,
             status: Arc::new(std::sync::Mutex::new(status)),
+            failpoints: Failpoints::default(),
         })
+    }
+
+    /// SIGKILL this process at these points of its transitions (a testing
+    /// facility, see [`crate::failpoint`]).
+    pub fn with_failpoints(mut self, failpoints: Failpoints) -> Self {
+        self.failpoints = failpoints;
+        self
     }
 
     /// The status the loop keeps up to date, for the HTTP server.
@@ -303,7 +314,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 if !self.state.current.is_writable_primary()
                     && self.state.current == self.state.goal
                 {
-                    self.execute(&plan::steady(self.state.current)).await?;
+                    self.execute(&plan::steady(self.state.current), None)
+                        .await?;
                 }
                 return Err(e);
             }
@@ -317,12 +329,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             if !self.may_run_primary().await && from.is_writable_primary() {
                 return Ok(false);
             }
-            self.execute(&plan::steady(from)).await?;
+            self.execute(&plan::steady(from), None).await?;
             return Ok(false);
         }
         let actions = plan::plan(from, to)?;
         let started = Instant::now();
-        self.execute(&actions).await?;
+        self.execute(&actions, Some((from, to))).await?;
+        self.failpoints.before_action(from, to, actions.len());
         self.state.current = to;
         state_file::save(&self.config.state_file(), &mut self.state)?;
         self.lease.lock().await.current = to;
@@ -406,10 +419,19 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         }
     }
 
-    async fn execute(&mut self, actions: &[Action]) -> Result<(), KeeperError> {
+    /// Run `actions` in order; `transition` names the plan they are (none
+    /// for a steady state's).
+    async fn execute(
+        &mut self,
+        actions: &[Action],
+        transition: Option<(S, S)>,
+    ) -> Result<(), KeeperError> {
         let pg = self.pg.clone();
         let mut config_changed = false;
-        for action in actions {
+        for (k, action) in actions.iter().enumerate() {
+            if let Some((from, to)) = transition {
+                self.failpoints.before_action(from, to, k);
+            }
             match action {
                 Action::InitDb => pg.initdb().await?,
                 Action::ConfigurePrimary => {
@@ -451,6 +473,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                     let slots = self.instructions.slots.clone();
                     pg.sync_slots(&slots).await?
                 }
+            }
+            if let Some((from, to)) = transition {
+                self.failpoints.after_action(from, to, k);
             }
         }
         Ok(())

@@ -75,6 +75,8 @@ async fn main() -> ExitCode {
     });
     let span = tracing::info_span!("keeper", node = %config.name, formation = %config.formation);
     let _enter = span.enter();
+    // A keeper that was killed may have left a clone's WAL streamer running.
+    pg.kill_leftover_programs().await;
     // The HTTP server observes PostgreSQL through its own connection.
     let http_pg = std::sync::Arc::new(PgController::new(pg.settings().clone()));
     let http_listen = config.http_listen;

@@ -187,6 +187,9 @@ const BASE_BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
 /// first run crash recovery in single-user mode.
 const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
 const CONTROLDATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long programs left running by an earlier keeper process get to go
+/// once SIGKILLed.
+const LEFTOVER_KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The CHECKPOINT on the rewind source before pg_rewind (immediate, but it
 /// writes every dirty buffer).
 const SOURCE_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -347,6 +350,33 @@ impl PgController {
                 }
             }
             Err(_) => PidState::Alive(pid),
+        }
+    }
+
+    /// Kill what an earlier life of this keeper left running on this
+    /// node's directories. A killed keeper's pg_basebackup and pg_rewind die
+    /// with it (see `die_with_keeper`), but the WAL streamer that
+    /// pg_basebackup forks (`-X stream`) does not: it goes on writing into
+    /// `<pgdata>.clone-tmp/pg_wal` — also into the directory of the next
+    /// clone, which uses the same path — and holds a replication connection
+    /// to the primary. Called at start and before every clone or rewind.
+    pub async fn kill_leftover_programs(&self) {
+        let pgdata = &self.settings.pgdata;
+        let clone_tmp = sibling_path(pgdata, ".clone-tmp");
+        let mut target = OsString::from("--target-pgdata=");
+        target.push(pgdata.as_os_str());
+        for (program, arg) in [
+            ("pg_basebackup", clone_tmp.as_os_str()),
+            ("pg_rewind", target.as_os_str()),
+        ] {
+            let killed = kill_programs_naming(program, arg, LEFTOVER_KILL_TIMEOUT).await;
+            if !killed.is_empty() {
+                warn!(
+                    program,
+                    pids = ?killed,
+                    "postgres: killed {program} left running by an earlier keeper process"
+                );
+            }
         }
     }
 
@@ -780,6 +810,7 @@ impl LocalPostgres for PgController {
         let pgdata = &self.settings.pgdata;
         let tmp = sibling_path(pgdata, ".clone-tmp");
         let old = sibling_path(pgdata, ".old");
+        self.kill_leftover_programs().await;
         prepare_tmp_dir(&tmp)?;
         let args = os_args([
             "-h".into(),
@@ -847,6 +878,7 @@ impl LocalPostgres for PgController {
     /// its standby.signal, or removes ours when the source has none.
     async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
         self.require_cluster("rewind")?;
+        self.kill_leftover_programs().await;
         self.stop().await?;
         let pgdata = &self.settings.pgdata;
         let signal = pgdata.join(STANDBY_SIGNAL);
@@ -1234,6 +1266,46 @@ fn die_with_keeper(command: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// SIGKILL every process called `program` (its `comm`) that has `arg` among
+/// its arguments, other than this one, and wait (up to `timeout`) until they
+/// are gone. Returns their pids. Linux only (`/proc`); elsewhere none.
+async fn kill_programs_naming(program: &str, arg: &std::ffi::OsStr, timeout: Duration) -> Vec<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pids: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.strip_suffix(b"\n").unwrap_or(&comm) == program.as_bytes())
+        })
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .collect();
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    // Gone, or a zombie (its files are closed) that its parent reaps.
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .is_none_or(|state| state == "Z" || state == "X")
+        })
+    };
+    let deadline = Instant::now() + timeout;
+    while !pids.iter().all(|&pid| gone(pid)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pids
 }
 
 /// Where to find the PostgreSQL server programs: `configured` when given
@@ -2056,6 +2128,35 @@ mod tests {
             WaitStatus::Signaled(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL, false)
         );
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn leftover_programs_naming_a_directory_are_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("data.clone-tmp");
+        let spawn = |arg: &Path| {
+            std::process::Command::new("sh")
+                // `; :` keeps sh itself running (no exec of the last command).
+                .args(["-c", "sleep 30; :", "sh", "-D"])
+                .arg(arg)
+                .spawn()
+                .unwrap()
+        };
+        let mut ours = spawn(&target);
+        let mut other = spawn(&dir.path().join("elsewhere"));
+        let killed = kill_programs_naming("sh", target.as_os_str(), Duration::from_secs(10)).await;
+        assert_eq!(killed, vec![ours.id() as i32]);
+        let status = ours.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another directory's program lives"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[test]

@@ -159,6 +159,8 @@ pub const INCLUDE_LINE: &str = "include_if_exists = 'pgpilot.conf'";
 pub const SLOT_PREFIX: &str = "pgpilot_";
 
 const STANDBY_SIGNAL: &str = "standby.signal";
+/// Written by pg_basebackup; renamed to backup_label.old by the first start.
+const BACKUP_LABEL: &str = "backup_label";
 const POSTMASTER_PID: &str = "postmaster.pid";
 /// Parameters that postgresql.auto.conf must not set: it is read after
 /// postgresql.conf (and so after pgpilot.conf) and would override ours.
@@ -882,20 +884,27 @@ impl LocalPostgres for PgController {
         self.stop().await?;
         let pgdata = &self.settings.pgdata;
         let signal = pgdata.join(STANDBY_SIGNAL);
-        if signal.exists() {
-            let state = self.cluster_state().await?;
-            match state.as_str() {
-                "shut down" | "shut down in recovery" => {}
-                "in archive recovery" => {
-                    info!("postgres: crashed standby: starting and stopping it as a standby before pg_rewind");
-                    self.start().await?;
-                    self.stop().await?;
-                }
-                _ => {
-                    info!(%state, "postgres: removing standby.signal so that pg_rewind can run crash recovery");
-                    std::fs::remove_file(&signal).map_err(|e| io_error(&signal, e))?;
-                    fsync_dir(pgdata)?;
-                }
+        let fresh_clone = pgdata.join(BACKUP_LABEL).exists();
+        let state = if signal.exists() && !fresh_clone {
+            Some(self.cluster_state().await?)
+        } else {
+            None
+        };
+        match before_rewind(fresh_clone, state.as_deref()) {
+            BeforeRewind::NothingToRewind => {
+                info!("postgres: PGDATA is a clone that never started (backup_label): nothing to rewind");
+                return Ok(());
+            }
+            BeforeRewind::Rewind => {}
+            BeforeRewind::RecoverAsStandby => {
+                info!("postgres: crashed standby: starting and stopping it as a standby before pg_rewind");
+                self.start().await?;
+                self.stop().await?;
+            }
+            BeforeRewind::DropStandbySignal => {
+                info!(state = ?state, "postgres: removing standby.signal so that pg_rewind can run crash recovery");
+                std::fs::remove_file(&signal).map_err(|e| io_error(&signal, e))?;
+                fsync_dir(pgdata)?;
             }
         }
         self.checkpoint_source(upstream).await?;
@@ -1265,6 +1274,43 @@ fn die_with_keeper(command: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+/// What [`LocalPostgres::rewind`] does before running pg_rewind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BeforeRewind {
+    /// PGDATA is a clone that never started (it still has `backup_label`,
+    /// which the first start renames): it has not diverged from anything,
+    /// and must not be rewound — pg_rewind would first run crash recovery
+    /// in single-user mode, as a primary, writing WAL (checkpoints) that the
+    /// upstream does not have on the same timeline; it then says "no rewind
+    /// required" and the standby never streams ("record with incorrect
+    /// prev-link"). Starting it as a standby is all it needs. (A keeper
+    /// killed between the clone and the start leaves one.)
+    NothingToRewind,
+    /// Shut down cleanly, or without standby.signal (pg_rewind runs crash
+    /// recovery itself).
+    Rewind,
+    /// A crashed standby: start and stop it as a standby first (crash
+    /// recovery without standby mode would end recovery and write WAL its
+    /// upstream does not have).
+    RecoverAsStandby,
+    /// Any other unclean state with standby.signal (a crashed primary):
+    /// remove standby.signal, which single-user mode refuses.
+    DropStandbySignal,
+}
+
+/// `state` is pg_controldata's "Database cluster state", read only when
+/// standby.signal exists (None otherwise).
+fn before_rewind(fresh_clone: bool, state: Option<&str>) -> BeforeRewind {
+    if fresh_clone {
+        return BeforeRewind::NothingToRewind;
+    }
+    match state {
+        None | Some("shut down" | "shut down in recovery") => BeforeRewind::Rewind,
+        Some("in archive recovery") => BeforeRewind::RecoverAsStandby,
+        Some(_) => BeforeRewind::DropStandbySignal,
     }
 }
 
@@ -2128,6 +2174,27 @@ mod tests {
             WaitStatus::Signaled(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL, false)
         );
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_clone_that_never_started_is_not_rewound() {
+        use BeforeRewind::*;
+        // A keeper killed after the clone fell back from a failed rewind,
+        // before the start: backup_label, standby.signal, "in production"
+        // (the upstream's state, copied). Rewinding it made it diverge.
+        assert_eq!(before_rewind(true, Some("in production")), NothingToRewind);
+        assert_eq!(before_rewind(true, None), NothingToRewind);
+        assert_eq!(before_rewind(false, None), Rewind);
+        assert_eq!(before_rewind(false, Some("shut down")), Rewind);
+        assert_eq!(before_rewind(false, Some("shut down in recovery")), Rewind);
+        assert_eq!(
+            before_rewind(false, Some("in archive recovery")),
+            RecoverAsStandby
+        );
+        assert_eq!(
+            before_rewind(false, Some("in production")),
+            DropStandbySignal
+        );
     }
 
     #[tokio::test]

@@ -29,11 +29,12 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use pgpilot_tests::operator::{cli_json, cli_ok};
+use pgpilot_tests::process::free_port;
 use pgpilot_tests::{
-    Cluster, ClusterOptions, FormationState, FormationStateExt, NodeStatusExt, ReplicationState,
-    Writer,
+    Cluster, ClusterOptions, FormationState, FormationStateExt, KeeperToml, NodeStatusExt,
+    ReplicationState, Tools, Writer,
 };
 use serde_json::Value;
 
@@ -602,4 +603,60 @@ async fn keepers_killed_along_failover_and_rejoin_converge() -> Result<()> {
         );
     }
     cluster.shutdown().await
+}
+
+/// A failpoint list that does not parse stops the keeper at start, before
+/// it does anything, with one sentence naming the point and exit code 2.
+#[tokio::test]
+async fn a_bad_failpoint_list_stops_the_keeper_at_start() -> Result<()> {
+    let tools = Tools::locate()?;
+    let dir = tools.scratch_dir("pgpilot-failpoints-")?;
+    let config = dir.path().join("keeper.toml");
+    let toml = KeeperToml {
+        name: "node1".to_string(),
+        formation: "default".to_string(),
+        host: "127.0.0.1".to_string(),
+        port: free_port()?,
+        pgdata: dir.path().join("data").display().to_string(),
+        monitor: format!("http://127.0.0.1:{}", free_port()?),
+        pg_bin_dir: tools.pg_bin_dir.display().to_string(),
+        pg_user: "postgres".to_string(),
+        candidate_priority: None,
+        replication_quorum: None,
+        register_timeout: Some("5s".to_string()),
+    };
+    std::fs::write(&config, toml.render()?)?;
+    for (list, says) in [
+        (
+            "secondary->report_lsn:0,prepare_promotion->stop_replication:9",
+            "has 4 action(s), so K is 0 to 4",
+        ),
+        ("demoted->catchingup", "has no \":K\""),
+    ] {
+        let mut cmd = tokio::process::Command::from(tools.keeper_command(&config, dir.path()));
+        cmd.env("PGPILOT_KEEPER_FAILPOINTS", list)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .context("the keeper with a bad failpoint list did not exit within 30 s")??;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        if output.status.code() != Some(2)
+            || lines.len() != 1
+            || !lines[0].contains("PGPILOT_KEEPER_FAILPOINTS")
+            || !lines[0].contains(says)
+        {
+            bail!(
+                "PGPILOT_KEEPER_FAILPOINTS={list:?}: expected exit 2 and one line saying \
+                 {says:?}; got {}, stderr:\n{stderr}",
+                output.status
+            );
+        }
+        if dir.path().join("data").exists() {
+            bail!("the keeper with a bad failpoint list created PGDATA");
+        }
+        eprintln!("refused as expected: {}", lines[0]);
+    }
+    Ok(())
 }

@@ -561,6 +561,21 @@ async fn keepers_killed_along_failover_and_rejoin_converge() -> Result<()> {
     let mut distinct: Vec<&str> = fired.iter().map(|f| f.point.as_str()).collect();
     distinct.sort_unstable();
     distinct.dedup();
+    let listed = PROMOTION_PATH.len()
+        + REJOIN_PATH.len()
+        + DEMOTION_UNPLANNED.len()
+        + DEMOTION_PLANNED.len()
+        + REINIT_PATH.len();
+    if distinct.len() != listed || fired.len() != listed {
+        return Err(cluster
+            .failure(format!(
+                "each of the {listed} listed points should have fired exactly once; {} fired, \
+                 {} distinct: {distinct:?}",
+                fired.len(),
+                distinct.len()
+            ))
+            .await);
+    }
     eprintln!(
         "keeper kills: seed {seed}: {} failpoints fired ({} distinct) in {} failovers and a \
          rebuild, \

@@ -10,9 +10,13 @@
 //! points of the rejoin path (→ demoted → catchingup → secondary, through
 //! draining in a planned failover), as `PGPILOT_KEEPER_FAILPOINTS`. The
 //! harness restarts a keeper each time a point kills it, without that point
-//! (see `Cluster::start_keeper_with_failpoints`). The points are drawn
-//! without repetition from fixed lists, shuffled by a seed that is printed
-//! (`PGPILOT_KEEPER_KILLS_SEED=N` replays a run).
+//! (see `Cluster::start_keeper_with_failpoints`). Every point of fixed
+//! lists is dealt to one failover, in an order shuffled by a seed that is
+//! printed (`PGPILOT_KEEPER_KILLS_SEED=N` replays a run). Then one more
+//! unplanned failover whose old primary cannot be rewound (its pg_control
+//! removed), so that its keeper is killed on the clone branch of the
+//! rejoin, and a `reinit` of the standby, killed in the middle of its
+//! pg_basebackup.
 //!
 //! After each failover: the group is healthy again (one settled primary, one
 //! settled secondary, synchronous replication `ANY 1` applied), every point
@@ -130,6 +134,18 @@ const REINIT_PATH: &[&str] = &[
     "wait_standby->catchingup:3",
 ];
 
+/// After the six failovers, one more unplanned one whose old primary
+/// cannot be rewound (its `global/pg_control` is removed while it is down),
+/// so that its keeper takes the clone branch of `demoted → catchingup`: it
+/// is killed while that runs (the failed rewind or the pg_basebackup, as
+/// the machine's speed has it), and after the clone, before its start. The
+/// restarted keeper must start that clone as a standby, not rewind it.
+const CLONE_PATH: &[&str] = &["demoted->catchingup:1+700ms", "demoted->catchingup:3"];
+/// What the keeper logs when it takes the clone branch, and when it finds
+/// an unstarted clone where it would rewind.
+const CLONED_INSTEAD: &str = "cloning the primary instead";
+const UNSTARTED_CLONE: &str = "PGDATA is a clone that never started";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failover {
     /// The primary's keeper and PostgreSQL SIGKILLed, the keeper restarted
@@ -137,6 +153,9 @@ enum Failover {
     Unplanned,
     /// `perform-failover`.
     Planned,
+    /// Unplanned, and the old primary's pg_control removed before its
+    /// keeper restarts: pg_rewind fails, the keeper clones instead.
+    UnplannedRewindFails,
 }
 
 /// splitmix64: a small, fixed generator, so a seed replays a run.
@@ -355,8 +374,13 @@ async fn failover(
         .restart_keeper_with_failpoints(new, promoted_points)
         .await?;
     let fault_at = match kind {
-        Failover::Unplanned => {
+        Failover::Unplanned | Failover::UnplannedRewindFails => {
             let killed_at = cluster.kill_node_hard(old)?;
+            if kind == Failover::UnplannedRewindFails {
+                let control = cluster.pgdata(old)?.join("global").join("pg_control");
+                std::fs::remove_file(&control)
+                    .with_context(|| format!("removing {}", control.display()))?;
+            }
             wait_checked(
                 cluster,
                 one,
@@ -500,6 +524,51 @@ async fn keepers_killed_along_failover_and_rejoin_converge() -> Result<()> {
         old = new;
     }
 
+    let new = cluster.other_node(&old)?;
+    let keeper_log = cluster.root().join(&old).join("keeper.log");
+    let count = |needle: &str| {
+        std::fs::read_to_string(&keeper_log).map_or(0, |text| text.matches(needle).count())
+    };
+    let (cloned_before, unstarted_before) = (count(CLONED_INSTEAD), count(UNSTARTED_CLONE));
+    let started = Instant::now();
+    eprintln!(
+        "failover {} (UnplannedRewindFails): {old} -> {new}; {old}'s pg_control removed, it \
+         gets {CLONE_PATH:?}",
+        cycles.len() + 1
+    );
+    failover(
+        &cluster,
+        &writer,
+        &one,
+        Failover::UnplannedRewindFails,
+        &old,
+        &new,
+        &[],
+        CLONE_PATH,
+    )
+    .await?;
+    let (cloned, unstarted) = (
+        count(CLONED_INSTEAD) - cloned_before,
+        count(UNSTARTED_CLONE) - unstarted_before,
+    );
+    if cloned == 0 || unstarted == 0 {
+        return Err(cluster
+            .failure(format!(
+                "{old}, which could not be rewound, should have been cloned ({cloned} times \
+                 {CLONED_INSTEAD:?}) and its unstarted clone started as it is ({unstarted} \
+                 times {UNSTARTED_CLONE:?}) in {}",
+                keeper_log.display()
+            ))
+            .await);
+    }
+    eprintln!(
+        "failover {} done in {:.1} s: {old} cloned {cloned} time(s), an unstarted clone found \
+         {unstarted} time(s); {new} primary, {old} secondary, none lost",
+        cycles.len() + 1,
+        started.elapsed().as_secs_f64()
+    );
+    old = new;
+
     let primary = old;
     let standby = cluster.other_node(&primary)?;
     eprintln!("reinit of {standby}: it gets {REINIT_PATH:?}");
@@ -558,24 +627,28 @@ async fn keepers_killed_along_failover_and_rejoin_converge() -> Result<()> {
     }
 
     let fired = cluster.fired_failpoints();
-    let mut distinct: Vec<&str> = fired.iter().map(|f| f.point.as_str()).collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let listed = PROMOTION_PATH.len()
-        + REJOIN_PATH.len()
-        + DEMOTION_UNPLANNED.len()
-        + DEMOTION_PLANNED.len()
-        + REINIT_PATH.len();
-    if distinct.len() != listed || fired.len() != listed {
+    let mut fired_points: Vec<&str> = fired.iter().map(|f| f.point.as_str()).collect();
+    fired_points.sort_unstable();
+    let mut listed: Vec<&str> = [
+        PROMOTION_PATH,
+        REJOIN_PATH,
+        DEMOTION_UNPLANNED,
+        DEMOTION_PLANNED,
+        CLONE_PATH,
+        REINIT_PATH,
+    ]
+    .concat();
+    listed.sort_unstable();
+    if fired_points != listed {
         return Err(cluster
             .failure(format!(
-                "each of the {listed} listed points should have fired exactly once; {} fired, \
-                 {} distinct: {distinct:?}",
-                fired.len(),
-                distinct.len()
+                "each listed point should have fired once (as often as it is listed); \
+                 listed {listed:?}, fired {fired_points:?}"
             ))
             .await);
     }
+    let mut distinct = fired_points.clone();
+    distinct.dedup();
     eprintln!(
         "keeper kills: seed {seed}: {} failpoints fired ({} distinct) in {} failovers and a \
          rebuild, \
@@ -583,7 +656,7 @@ async fn keepers_killed_along_failover_and_rejoin_converge() -> Result<()> {
          samples with at most one writable node; {:.1} s in all. In order:",
         fired.len(),
         distinct.len(),
-        CYCLES.len(),
+        CYCLES.len() + 1,
         report.acks.len(),
         changes.len(),
         *one.samples.lock().unwrap(),

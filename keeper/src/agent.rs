@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::KeeperConfig;
+use crate::failpoint::Failpoints;
 use crate::http::{self, KeeperStatus, SharedStatus};
 use crate::pg::{LocalPostgres, ManagedConfig, Observation, PgError, Upstream};
 use crate::plan::{self, Action};
@@ -78,6 +79,8 @@ pub struct Keeper<P: LocalPostgres> {
     /// Failed starts of PostgreSQL in a row since it last ran (reported in
     /// every heartbeat; shared with the keepalive).
     start_failures: Arc<AtomicU32>,
+    /// Testing only: where to SIGKILL this process (none in production).
+    failpoints: Failpoints,
 }
 
 fn application_name(node_id: i64) -> String {
@@ -117,7 +120,15 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             last_error: None,
             status: Arc::new(std::sync::Mutex::new(status)),
             start_failures: Arc::new(AtomicU32::new(0)),
+            failpoints: Failpoints::default(),
         })
+    }
+
+    /// SIGKILL this process at these points of its transitions (a testing
+    /// facility, see [`crate::failpoint`]).
+    pub fn with_failpoints(mut self, failpoints: Failpoints) -> Self {
+        self.failpoints = failpoints;
+        self
     }
 
     /// The status the loop keeps up to date, for the HTTP server.
@@ -312,7 +323,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 if !self.state.current.is_writable_primary()
                     && self.state.current == self.state.goal
                 {
-                    self.execute(&plan::steady(self.state.current)).await?;
+                    self.execute(&plan::steady(self.state.current), None)
+                        .await?;
                 }
                 return Err(e);
             }
@@ -326,12 +338,15 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             if !self.may_run_primary().await && from.is_writable_primary() {
                 return Ok(false);
             }
-            self.execute_with_keepalive(&plan::steady(from)).await?;
+            self.execute_with_keepalive(&plan::steady(from), None)
+                .await?;
             return Ok(false);
         }
         let actions = plan::plan(from, to)?;
         let started = Instant::now();
-        self.execute_with_keepalive(&actions).await?;
+        self.execute_with_keepalive(&actions, Some((from, to)))
+            .await?;
+        self.failpoints.before_action(from, to, actions.len());
         self.state.current = to;
         state_file::save(&self.config.state_file(), &mut self.state)?;
         self.lease.lock().await.current = to;
@@ -413,7 +428,11 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
 
     /// [`Self::execute`], with keepalives sent every heartbeat interval
     /// while it runs (the first one interval after the step's heartbeat).
-    async fn execute_with_keepalive(&mut self, actions: &[Action]) -> Result<(), KeeperError> {
+    async fn execute_with_keepalive(
+        &mut self,
+        actions: &[Action],
+        transition: Option<(S, S)>,
+    ) -> Result<(), KeeperError> {
         let keepalive = Keepalive {
             client: self.client().await?.clone(),
             pg: self.pg.clone(),
@@ -429,7 +448,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         tokio::pin!(beats);
         tokio::select! {
             biased;
-            result = self.execute(actions) => result,
+            result = self.execute(actions, transition) => result,
             never = &mut beats => match never {},
         }
     }
@@ -456,10 +475,19 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         }
     }
 
-    async fn execute(&mut self, actions: &[Action]) -> Result<(), KeeperError> {
+    /// Run `actions` in order; `transition` names the plan they are (none
+    /// for a steady state's).
+    async fn execute(
+        &mut self,
+        actions: &[Action],
+        transition: Option<(S, S)>,
+    ) -> Result<(), KeeperError> {
         let pg = self.pg.clone();
         let mut config_changed = false;
-        for action in actions {
+        for (k, action) in actions.iter().enumerate() {
+            if let Some((from, to)) = transition {
+                self.failpoints.before_action(from, to, k);
+            }
             match action {
                 Action::InitDb => pg.initdb().await?,
                 Action::ConfigurePrimary => {
@@ -501,6 +529,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                     let slots = self.instructions.slots.clone();
                     pg.sync_slots(&slots).await?
                 }
+            }
+            if let Some((from, to)) = transition {
+                self.failpoints.after_action(from, to, k);
             }
         }
         Ok(())

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pgpilot_keeper::agent::Keeper;
 use pgpilot_keeper::config::KeeperConfig;
+use pgpilot_keeper::failpoint::{self, Failpoints};
 use pgpilot_keeper::pg::{find_bin_dir, PgController, PgSettings};
 use pgpilot_keeper::{http, metrics};
 use pgpilot_proto::logs::LogFormat;
@@ -50,6 +51,13 @@ async fn main() -> ExitCode {
         eprintln!("error: PostgreSQL refuses to run as root: run pgpilot-keeper as the user that owns PGDATA (e.g. postgres)");
         return ExitCode::from(2);
     }
+    let failpoints = match Failpoints::from_env() {
+        Ok(points) => points,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let bin_dir = match find_bin_dir(config.pg_bin_dir.as_deref()) {
         Ok(d) => d,
         Err(e) => {
@@ -67,11 +75,21 @@ async fn main() -> ExitCode {
     });
     let span = tracing::info_span!("keeper", node = %config.name, formation = %config.formation);
     let _enter = span.enter();
+    // A keeper that was killed may have left a clone's WAL streamer running.
+    pg.kill_leftover_programs().await;
     // The HTTP server observes PostgreSQL through its own connection.
     let http_pg = std::sync::Arc::new(PgController::new(pg.settings().clone()));
     let http_listen = config.http_listen;
+    if !failpoints.is_empty() {
+        let points: Vec<String> = failpoints.points().iter().map(|p| p.to_string()).collect();
+        tracing::warn!(
+            failpoints = %points.join(","),
+            "{} is set: this keeper SIGKILLs itself at these points (testing only)",
+            failpoint::ENV
+        );
+    }
     let keeper = match Keeper::new(config, pg) {
-        Ok(k) => k,
+        Ok(k) => k.with_failpoints(failpoints),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);

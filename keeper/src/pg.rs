@@ -166,6 +166,8 @@ pub const INCLUDE_LINE: &str = "include_if_exists = 'pgpilot.conf'";
 pub const SLOT_PREFIX: &str = "pgpilot_";
 
 const STANDBY_SIGNAL: &str = "standby.signal";
+/// Written by pg_basebackup; renamed to backup_label.old by the first start.
+const BACKUP_LABEL: &str = "backup_label";
 const POSTMASTER_PID: &str = "postmaster.pid";
 /// Parameters that postgresql.auto.conf must not set: it is read after
 /// postgresql.conf (and so after pgpilot.conf) and would override ours.
@@ -194,6 +196,9 @@ const BASE_BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
 /// first run crash recovery in single-user mode.
 const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
 const CONTROLDATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long programs left running by an earlier keeper process get to go
+/// once SIGKILLed.
+const LEFTOVER_KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The CHECKPOINT on the rewind source before pg_rewind (immediate, but it
 /// writes every dirty buffer).
 const SOURCE_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -356,6 +361,33 @@ impl PgController {
                 }
             }
             Err(_) => PidState::Alive(pid),
+        }
+    }
+
+    /// Kill what an earlier life of this keeper left running on this
+    /// node's directories. A killed keeper's pg_basebackup and pg_rewind die
+    /// with it (see `die_with_keeper`), but the WAL streamer that
+    /// pg_basebackup forks (`-X stream`) does not: it goes on writing into
+    /// `<pgdata>.clone-tmp/pg_wal` — also into the directory of the next
+    /// clone, which uses the same path — and holds a replication connection
+    /// to the primary. Called at start and before every clone or rewind.
+    pub async fn kill_leftover_programs(&self) {
+        let pgdata = &self.settings.pgdata;
+        let clone_tmp = sibling_path(pgdata, ".clone-tmp");
+        let mut target = OsString::from("--target-pgdata=");
+        target.push(pgdata.as_os_str());
+        for (program, arg) in [
+            ("pg_basebackup", clone_tmp.as_os_str()),
+            ("pg_rewind", target.as_os_str()),
+        ] {
+            let killed = kill_programs_naming(program, arg, LEFTOVER_KILL_TIMEOUT).await;
+            if !killed.is_empty() {
+                warn!(
+                    program,
+                    pids = ?killed,
+                    "postgres: killed {program} left running by an earlier keeper process"
+                );
+            }
         }
     }
 
@@ -793,6 +825,7 @@ impl LocalPostgres for PgController {
         let pgdata = &self.settings.pgdata;
         let tmp = sibling_path(pgdata, ".clone-tmp");
         let old = sibling_path(pgdata, ".old");
+        self.kill_leftover_programs().await;
         prepare_tmp_dir(&tmp)?;
         let args = os_args([
             "-h".into(),
@@ -860,23 +893,31 @@ impl LocalPostgres for PgController {
     /// its standby.signal, or removes ours when the source has none.
     async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
         self.require_cluster("rewind")?;
+        self.kill_leftover_programs().await;
         self.stop().await?;
         let pgdata = &self.settings.pgdata;
         let signal = pgdata.join(STANDBY_SIGNAL);
-        if signal.exists() {
-            let state = self.cluster_state().await?;
-            match state.as_str() {
-                "shut down" | "shut down in recovery" => {}
-                "in archive recovery" => {
-                    info!("postgres: crashed standby: starting and stopping it as a standby before pg_rewind");
-                    self.start().await?;
-                    self.stop().await?;
-                }
-                _ => {
-                    info!(%state, "postgres: removing standby.signal so that pg_rewind can run crash recovery");
-                    std::fs::remove_file(&signal).map_err(|e| io_error(&signal, e))?;
-                    fsync_dir(pgdata)?;
-                }
+        let fresh_clone = pgdata.join(BACKUP_LABEL).exists();
+        let state = if signal.exists() && !fresh_clone {
+            Some(self.cluster_state().await?)
+        } else {
+            None
+        };
+        match before_rewind(fresh_clone, state.as_deref()) {
+            BeforeRewind::NothingToRewind => {
+                info!("postgres: PGDATA is a clone that never started (backup_label): nothing to rewind");
+                return Ok(());
+            }
+            BeforeRewind::Rewind => {}
+            BeforeRewind::RecoverAsStandby => {
+                info!("postgres: crashed standby: starting and stopping it as a standby before pg_rewind");
+                self.start().await?;
+                self.stop().await?;
+            }
+            BeforeRewind::DropStandbySignal => {
+                info!(state = ?state, "postgres: removing standby.signal so that pg_rewind can run crash recovery");
+                std::fs::remove_file(&signal).map_err(|e| io_error(&signal, e))?;
+                fsync_dir(pgdata)?;
             }
         }
         self.checkpoint_source(upstream).await?;
@@ -1172,6 +1213,7 @@ async fn run_program(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    die_with_keeper(&mut command);
     debug!(
         program = label,
         ?args,
@@ -1223,6 +1265,108 @@ async fn run_program(
         status: output.status.to_string(),
         stderr: said.to_string(),
     })
+}
+
+/// Make the program `command` starts die with the keeper. `kill_on_drop`
+/// covers a timeout or a cancelled action, but a keeper that is killed
+/// (SIGKILL, OOM killer, a crash) runs no destructor: without this its
+/// pg_rewind or pg_basebackup would go on, and the restarted keeper, redoing
+/// the same action, would run a second one on the same directory. The
+/// kernel sends the child SIGKILL when the thread that spawned it ends; the
+/// keeper spawns from its runtime's threads, which live as long as the
+/// process. Not inherited across fork: the postmaster that `pg_ctl start`
+/// forks outlives the keeper, as it must.
+fn die_with_keeper(command: &mut Command) {
+    let keeper = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes two system calls; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The keeper died between fork and prctl: go too.
+            if nix::unistd::getppid() != keeper {
+                return Err(Errno::ESRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// What [`LocalPostgres::rewind`] does before running pg_rewind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BeforeRewind {
+    /// PGDATA is a clone that never started (it still has `backup_label`,
+    /// which the first start renames): it has not diverged from anything,
+    /// and must not be rewound — pg_rewind would first run crash recovery
+    /// in single-user mode, as a primary, writing WAL (checkpoints) that the
+    /// upstream does not have on the same timeline; it then says "no rewind
+    /// required" and the standby never streams ("record with incorrect
+    /// prev-link"). Starting it as a standby is all it needs. (A keeper
+    /// killed between the clone and the start leaves one.)
+    NothingToRewind,
+    /// Shut down cleanly, or without standby.signal (pg_rewind runs crash
+    /// recovery itself).
+    Rewind,
+    /// A crashed standby: start and stop it as a standby first (crash
+    /// recovery without standby mode would end recovery and write WAL its
+    /// upstream does not have).
+    RecoverAsStandby,
+    /// Any other unclean state with standby.signal (a crashed primary):
+    /// remove standby.signal, which single-user mode refuses.
+    DropStandbySignal,
+}
+
+/// `state` is pg_controldata's "Database cluster state", read only when
+/// standby.signal exists (None otherwise).
+fn before_rewind(fresh_clone: bool, state: Option<&str>) -> BeforeRewind {
+    if fresh_clone {
+        return BeforeRewind::NothingToRewind;
+    }
+    match state {
+        None | Some("shut down" | "shut down in recovery") => BeforeRewind::Rewind,
+        Some("in archive recovery") => BeforeRewind::RecoverAsStandby,
+        Some(_) => BeforeRewind::DropStandbySignal,
+    }
+}
+
+/// SIGKILL every process called `program` (its `comm`) that has `arg` among
+/// its arguments, other than this one, and wait (up to `timeout`) until they
+/// are gone. Returns their pids. Linux only (`/proc`); elsewhere none.
+async fn kill_programs_naming(program: &str, arg: &std::ffi::OsStr, timeout: Duration) -> Vec<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pids: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.strip_suffix(b"\n").unwrap_or(&comm) == program.as_bytes())
+        })
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .collect();
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    // Gone, or a zombie (its files are closed) that its parent reaps.
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                .is_none_or(|state| state == "Z" || state == "X")
+        })
+    };
+    let deadline = Instant::now() + timeout;
+    while !pids.iter().all(|&pid| gone(pid)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pids
 }
 
 /// Where to find the PostgreSQL server programs: `configured` when given
@@ -2013,6 +2157,88 @@ mod tests {
         for bad in ["", "1", "/1", "1/", "g/1", "+1/1", "1/2/3", "123456789/0"] {
             assert_eq!(parse_lsn(bad), None, "{bad:?}");
         }
+    }
+
+    /// A program the keeper runs is SIGKILLed when the keeper goes: here
+    /// the thread that spawned it ends without reaping it (a killed keeper
+    /// reaps nothing either).
+    #[test]
+    fn programs_die_with_the_keeper() {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let spawner = std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut command = Command::new("sleep");
+                command.arg("30");
+                die_with_keeper(&mut command);
+                let child = command.spawn().unwrap();
+                let pid = child.id().unwrap() as i32;
+                // Neither killed on drop nor reaped: as after a SIGKILL.
+                std::mem::forget(child);
+                pid
+            })
+        });
+        let pid = spawner.join().unwrap();
+        let started = Instant::now();
+        let status = waitpid(Pid::from_raw(pid), None).unwrap();
+        assert_eq!(
+            status,
+            WaitStatus::Signaled(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL, false)
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_clone_that_never_started_is_not_rewound() {
+        use BeforeRewind::*;
+        // A keeper killed after the clone fell back from a failed rewind,
+        // before the start: backup_label, standby.signal, "in production"
+        // (the upstream's state, copied). Rewinding it made it diverge.
+        assert_eq!(before_rewind(true, Some("in production")), NothingToRewind);
+        assert_eq!(before_rewind(true, None), NothingToRewind);
+        assert_eq!(before_rewind(false, None), Rewind);
+        assert_eq!(before_rewind(false, Some("shut down")), Rewind);
+        assert_eq!(before_rewind(false, Some("shut down in recovery")), Rewind);
+        assert_eq!(
+            before_rewind(false, Some("in archive recovery")),
+            RecoverAsStandby
+        );
+        assert_eq!(
+            before_rewind(false, Some("in production")),
+            DropStandbySignal
+        );
+    }
+
+    #[tokio::test]
+    async fn leftover_programs_naming_a_directory_are_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("data.clone-tmp");
+        let spawn = |arg: &Path| {
+            std::process::Command::new("sh")
+                // `; :` keeps sh itself running (no exec of the last command).
+                .args(["-c", "sleep 30; :", "sh", "-D"])
+                .arg(arg)
+                .spawn()
+                .unwrap()
+        };
+        let mut ours = spawn(&target);
+        let mut other = spawn(&dir.path().join("elsewhere"));
+        let killed = kill_programs_naming("sh", target.as_os_str(), Duration::from_secs(10)).await;
+        assert_eq!(killed, vec![ours.id() as i32]);
+        let status = ours.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another directory's program lives"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[test]

@@ -32,6 +32,9 @@ use crate::state::{events_table, FormationStateExt, NodeStatusExt};
 use crate::tools::{Tools, KEEP_DIRS_ENV};
 use crate::wait::{poll_until, GiveUp, TimedOut, POLL_INTERVAL};
 
+mod supervise;
+pub use supervise::FiredFailpoint;
+
 /// Lines of each log shown when a test fails.
 const LOG_TAIL_LINES: usize = 40;
 /// How long the harness waits for the monitor to answer after its start.
@@ -226,6 +229,8 @@ pub struct Cluster {
     monitor_db_password: Option<String>,
     channel: Option<Channel>,
     nodes: Vec<Node>,
+    /// Keepers started with failpoints, restarted when one fires.
+    supervision: Mutex<supervise::Supervision>,
 }
 
 impl Cluster {
@@ -264,6 +269,7 @@ impl Cluster {
             monitor_db_password: None,
             channel: None,
             nodes: Vec::new(),
+            supervision: Mutex::default(),
             tools,
             root,
             tempdir,
@@ -1110,7 +1116,9 @@ impl Cluster {
     }
 
     /// The monitor or a keeper that should be running has exited.
+    /// (Supervised keepers a failpoint killed are started again first.)
     fn check_processes(&self) -> Result<()> {
+        self.restart_killed_keepers()?;
         if let Some(child) = lock(&self.monitor).as_mut() {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(GiveUp(format!("the monitor exited ({status})")).into());

@@ -31,7 +31,7 @@ pub mod tools;
 pub mod wait;
 pub mod writer;
 
-pub use cluster::{Cluster, ClusterOptions, KeeperToml};
+pub use cluster::{Cluster, ClusterOptions, FiredFailpoint, KeeperToml};
 pub use pgpilot_proto::pb::{FormationState, NodeStatus};
 pub use pgpilot_proto::ReplicationState;
 pub use probe::{ProbeReport, WritableProbe};

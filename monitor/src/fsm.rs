@@ -146,10 +146,17 @@ pub struct FencePending {
 
 impl NodeSnapshot {
     /// The fence set and quorum an election about this (old) primary
-    /// counts: its fence set and what is still pending from earlier ones.
-    pub fn election_fence(&self) -> (Vec<String>, u32) {
+    /// counts, given the group as it is now: its fence set, and what is
+    /// still pending from earlier ones unless `r` members of the set now
+    /// hold the primary's commits up to the pending LSN (the primary, once
+    /// stopped, no longer heartbeats to drop it).
+    pub fn election_fence(&self, nodes: &[NodeSnapshot]) -> (Vec<String>, u32) {
         let pending = &self.fence_pending;
-        if pending.cover_lsn.is_none() {
+        let covered = pending
+            .cover_lsn
+            .filter(|&l| l != COVER_AT_NEXT_HEARTBEAT)
+            .is_some_and(|l| fence_covered(nodes, &self.fence_set, self.fence_required, l));
+        if pending.cover_lsn.is_none() || covered {
             return (self.fence_set.clone(), self.fence_required);
         }
         let mut names = self.fence_set.clone();
@@ -811,7 +818,7 @@ impl Eval<'_> {
                         && self.nodes[i].reported.is_following()
                         && !self.nodes[i].wal_receiver_streaming))
         };
-        let (fence_set, required) = self.nodes[p].election_fence();
+        let (fence_set, required) = self.nodes[p].election_fence(&self.nodes);
         let fence_set = &fence_set;
         let required = required as usize;
         // Members of the fence set whose stream is gone and whose LSN is
@@ -1102,7 +1109,8 @@ impl Eval<'_> {
                     // Neither the primary nor an election about it counts
                     // it any more: safe to stop.
                     let app = application_name(self.nodes[i].id);
-                    if !self.nodes[p].election_fence().0.contains(&app) || !self.alive(p) {
+                    if !self.nodes[p].election_fence(&self.nodes).0.contains(&app) || !self.alive(p)
+                    {
                         self.assign(i, S::Maintenance, Reason::MaintenanceReady);
                     }
                 }
@@ -1316,6 +1324,7 @@ pub fn replication_plan(
 /// (`applied_sync_names`), so commits made under the old set are all
 /// before it. From a keeper that does not report it (`None`), the heartbeat
 /// after the change: the keeper applies a new set right after the reply.
+/// Never from a heartbeat with PostgreSQL down, whose LSN says nothing.
 /// Growing the set without raising `r` needs no such wait.
 pub fn fence_update(
     nodes: &[NodeSnapshot],
@@ -1331,10 +1340,13 @@ pub fn fence_update(
     let mut pending = me.fence_pending.clone();
     let changed = me.fence_set != plan.fence_set || me.fence_required != plan.fence_required;
     if changed {
+        // Growing the set without raising r keeps every earlier commit
+        // counted (any |F| − r + 1 reporters still meet its holders), and
+        // keeps the LSN a pending part already waits for.
         let grows_only = !me.fence_set.is_empty()
             && me.fence_set.iter().all(|n| plan.fence_set.contains(n))
             && plan.fence_required <= me.fence_required;
-        if !grows_only || pending.cover_lsn.is_some() {
+        if !grows_only {
             let was_pending = pending.cover_lsn.is_some();
             let mut left: Vec<String> = me
                 .fence_set
@@ -1364,21 +1376,14 @@ pub fn fence_update(
             pending.cover_lsn = Some(COVER_AT_NEXT_HEARTBEAT);
         }
     } else if pending.cover_lsn == Some(COVER_AT_NEXT_HEARTBEAT)
+        && me.pg_running
+        && me.lsn > 0
         && applied_sync_names.is_none_or(|names| names == plan.synchronous_standby_names)
     {
         pending.cover_lsn = Some(me.lsn);
     }
     if let Some(lsn) = pending.cover_lsn.filter(|&l| l != COVER_AT_NEXT_HEARTBEAT) {
-        let holders = nodes
-            .iter()
-            .filter(|n| {
-                plan.fence_set.contains(&application_name(n.id))
-                    && n.reported.is_following()
-                    && n.wal_receiver_streaming
-                    && n.lsn >= lsn
-            })
-            .count() as u32;
-        if holders >= plan.fence_required {
+        if fence_covered(nodes, &plan.fence_set, plan.fence_required, lsn) {
             pending = FencePending::default();
         }
     }
@@ -1392,6 +1397,20 @@ pub fn fence_update(
 /// [`FencePending::cover_lsn`] right after a change: no LSN is known yet
 /// that every commit made under the old set precedes (never reached).
 pub const COVER_AT_NEXT_HEARTBEAT: u64 = i64::MAX as u64;
+
+/// Whether `required` members of `fence_set` follow the primary and report
+/// an LSN at least `lsn`: they hold every commit before it. (A node not
+/// following yet, e.g. an old primary before its rewind, may report an LSN
+/// of another timeline.)
+fn fence_covered(nodes: &[NodeSnapshot], fence_set: &[String], required: u32, lsn: u64) -> bool {
+    let holders = nodes
+        .iter()
+        .filter(|n| {
+            fence_set.contains(&application_name(n.id)) && n.reported.is_following() && n.lsn >= lsn
+        })
+        .count() as u32;
+    holders >= required
+}
 
 /// A primary's fence as the monitor stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]

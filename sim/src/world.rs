@@ -2102,7 +2102,7 @@ impl World {
                     // The primary before this one: did any member of its
                     // fence set hold the commit?
                     let q = self.previous_primary.unwrap_or(by);
-                    let fence_set = self.monitor.nodes[q].election_fence().0;
+                    let fence_set = self.monitor.nodes[q].election_fence(&self.monitor.nodes).0;
                     let left = (0..self.pgs.len()).all(|h| {
                         self.pgs[h].history.binary_search(&id).is_err()
                             || !fence_set.contains(&fsm::application_name(self.keepers[h].node_id))

@@ -712,7 +712,7 @@ fn a_departed_fence_member_counts_until_the_set_holds_its_commits() {
     assert_eq!(a.fence_required, 1);
     assert_eq!(a.fence_pending.names, vec!["pgpilot_3".to_string()]);
     assert_eq!(a.fence_pending.cover_lsn, Some(COVER_AT_NEXT_HEARTBEAT));
-    assert_eq!(a.election_fence().0.len(), 2);
+    assert_eq!(a.election_fence(&g.nodes).0.len(), 2);
     // The next heartbeat gives the LSN the set must reach (after the
     // primary applied the new set).
     let g = g.lsn("a", 0x500).primary_heartbeat(0, 0);
@@ -794,20 +794,20 @@ fn growing_the_fence_set_needs_no_wait_and_raising_r_does() {
     let a = &g.nodes[0];
     assert_eq!(a.fence_required, 2);
     assert_eq!(a.fence_pending.cover_lsn, Some(COVER_AT_NEXT_HEARTBEAT));
-    assert_eq!(a.election_fence().1, 1);
+    assert_eq!(a.election_fence(&g.nodes).1, 1);
     let g = g
         .lsn("a", 0x400_0000)
         .primary_heartbeat(0, 2)
         .lsn("b", 0x400_0000);
     assert_eq!(
         g.clone().primary_heartbeat(0, 2).nodes[0]
-            .election_fence()
+            .election_fence(&g.nodes)
             .1,
         1
     );
     let g = g.lsn("c", 0x400_0000).primary_heartbeat(0, 2);
     assert_eq!(g.nodes[0].fence_pending, FencePending::default());
-    assert_eq!(g.nodes[0].election_fence().1, 2);
+    assert_eq!(g.nodes[0].election_fence(&g.nodes).1, 2);
     // Lowering r is safe at once.
     let g = g.primary_heartbeat(0, 1);
     assert_eq!(g.nodes[0].fence_required, 1);

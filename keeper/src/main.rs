@@ -70,13 +70,17 @@ async fn main() -> ExitCode {
     // The HTTP server observes PostgreSQL through its own connection.
     let http_pg = std::sync::Arc::new(PgController::new(pg.settings().clone()));
     let http_listen = config.http_listen;
-    let keeper = match Keeper::new(config, pg) {
+    let mut keeper = match Keeper::new(config, pg) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = keeper.connect() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = match http_listen {
         None => None,

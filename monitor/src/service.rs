@@ -1,5 +1,6 @@
-//! gRPC handlers: validate input, call the store, map errors. No SQL and no
-//! state-machine logic here.
+//! gRPC handlers: authenticate and authorize the caller (`auth`), validate
+//! input, call the store, map errors. No SQL and no state-machine logic
+//! here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use pgpilot_proto::pb::{self, monitor_server::Monitor};
 use pgpilot_proto::ReplicationState as S;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Authenticator, Caller};
 use crate::error::Error;
 use crate::fsm::{self, KeeperTimings};
 use crate::store::{Heartbeat, Registration, Store, StoredNode};
@@ -18,6 +20,10 @@ pub struct MonitorService {
     store: Store,
     /// Heartbeats being handled at once; beyond it the monitor sheds load.
     in_flight: Arc<Semaphore>,
+    auth: Authenticator,
+    /// Node id → (formation, name), to check that a keeper heartbeats as
+    /// itself without a query per heartbeat (ids are never reused).
+    identities: std::sync::Mutex<std::collections::HashMap<i64, (String, String)>>,
 }
 
 /// Heartbeats handled at once. Steady-state heartbeats are written in
@@ -27,13 +33,71 @@ pub struct MonitorService {
 const MAX_HEARTBEATS_IN_FLIGHT: usize = 2048;
 
 impl MonitorService {
+    /// A service that lets every caller do everything (plaintext).
     pub fn new(store: Store) -> Self {
+        MonitorService::with_auth(store, Authenticator::open())
+    }
+
+    pub fn with_auth(store: Store, auth: Authenticator) -> Self {
         MonitorService {
             store,
             in_flight: Arc::new(Semaphore::new(MAX_HEARTBEATS_IN_FLIGHT)),
+            auth,
+            identities: Default::default(),
         }
     }
+
+    /// The authenticated caller of `request`; a refusal is logged (without
+    /// any secret) and answered.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.auth.caller(request).map_err(refused)
+    }
+
+    /// Refuse everyone but operators (and trusted callers).
+    fn operator<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        self.caller(request)?
+            .require_operator(what)
+            .map_err(refused)
+    }
+
+    /// Refuse a keeper heartbeating as a node other than its own, and an
+    /// operator heartbeating at all.
+    async fn check_heartbeat_caller(&self, caller: &Caller, node_id: i64) -> Result<(), Status> {
+        if *caller == Caller::Trusted {
+            return Ok(());
+        }
+        let cached = self
+            .identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node_id)
+            .cloned();
+        let (formation, name) = match cached {
+            Some(known) => known,
+            None => {
+                let found = self.store.node_identity(node_id).await?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "node id {node_id} is not registered with this monitor: remove the keeper's state file to register again"
+                    ))
+                })?;
+                self.identities
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node_id, found.clone());
+                found
+            }
+        };
+        caller.require_node(&formation, &name).map_err(refused)
+    }
 }
+
+fn refused(e: Error) -> Status {
+    tracing::warn!(error = %e, "request refused");
+    e.into()
+}
+
+/// Longest keeper timing the monitor accepts (one hour); zero is refused.
+const MAX_TIMING_MS: u64 = 3_600_000;
 
 const MAX_NAME: usize = 63;
 
@@ -62,6 +126,17 @@ fn formation_or_default(f: &str) -> &str {
 
 fn timings(t: Option<pb::KeeperTimings>) -> Result<KeeperTimings, Error> {
     let t = t.ok_or_else(|| Error::InvalidArgument("timings are missing".into()))?;
+    for (what, ms) in [
+        ("heartbeat_interval", t.heartbeat_interval_ms),
+        ("fence_timeout", t.fence_timeout_ms),
+        ("wal_sender_timeout", t.wal_sender_timeout_ms),
+    ] {
+        if ms == 0 || ms > MAX_TIMING_MS {
+            return Err(Error::InvalidArgument(format!(
+                "{what} of {ms} ms is not between 1 ms and one hour: check the keeper's configuration"
+            )));
+        }
+    }
     Ok(KeeperTimings {
         heartbeat_interval: Duration::from_millis(t.heartbeat_interval_ms),
         fence_timeout: Duration::from_millis(t.fence_timeout_ms),
@@ -89,10 +164,12 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeReply>, Status> {
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
         valid_name("node name", &r.name)?;
+        caller.require_node(&formation, &r.name).map_err(refused)?;
         if r.host.is_empty() || r.host.len() > 255 {
             return Err(Error::InvalidArgument("host must be 1 to 255 characters".into()).into());
         }
@@ -123,6 +200,13 @@ impl Monitor for MonitorService {
             })
             .await?;
         tracing::info!(node = %node.snap.name, node_id = node.snap.id, goal = %node.snap.goal, "node registered");
+        self.identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                node.snap.id,
+                (node.formation.clone(), node.snap.name.clone()),
+            );
         Ok(Response::new(pb::RegisterNodeReply {
             node_id: node.snap.id,
             group_id: node.group_id as u32,
@@ -135,7 +219,15 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::NodeActiveRequest>,
     ) -> Result<Response<pb::NodeActiveReply>, Status> {
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
+        if r.node_id <= 0 {
+            return Err(Error::InvalidArgument(format!(
+                "node id {} is not valid: a keeper heartbeats with the id RegisterNode gave it",
+                r.node_id
+            ))
+            .into());
+        }
         let hb = Heartbeat {
             node_id: r.node_id,
             reported: state(r.reported_state, "reported_state")?,
@@ -146,6 +238,7 @@ impl Monitor for MonitorService {
             system_identifier: r.system_identifier,
             timings: timings(r.timings)?,
         };
+        self.check_heartbeat_caller(&caller, hb.node_id).await?;
         // Over capacity: say so at once; the keeper retries on its next loop.
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             return Err(Status::unavailable(
@@ -184,6 +277,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::GetFormationStateRequest>,
     ) -> Result<Response<pb::FormationState>, Status> {
+        self.operator(&request, "show-state")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -245,6 +339,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsReply>, Status> {
+        self.operator(&request, "show-events")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -278,6 +373,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::PerformFailoverRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "perform-failover")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -308,6 +404,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::SetNumberSyncStandbysRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "set-number-sync-standbys")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -330,6 +427,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::SetNodeSettingsRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "set-candidate-priority / set-replication-quorum")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -363,6 +461,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::SetMaintenanceRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "enable-maintenance / disable-maintenance")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -379,6 +478,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::DropNodeRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "drop-node")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -392,6 +492,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::ReinitNodeRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "reinit")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;

@@ -116,6 +116,24 @@ fn valid_name(what: &str, value: &str) -> Result<(), Error> {
     }
 }
 
+/// A node's host as other nodes' `primary_conninfo` and the health check
+/// use it: a DNS name or an IP address, nothing that could smuggle another
+/// connection parameter in.
+fn valid_host(host: &str) -> Result<(), Error> {
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "host {host:?} is not a host name or IP address: use 1 to 255 letters, digits, '.', '-', '_' or ':'"
+        )))
+    }
+}
+
 fn formation_or_default(f: &str) -> &str {
     if f.is_empty() {
         "default"
@@ -170,9 +188,7 @@ impl Monitor for MonitorService {
         valid_name("formation", &formation)?;
         valid_name("node name", &r.name)?;
         caller.require_node(&formation, &r.name).map_err(refused)?;
-        if r.host.is_empty() || r.host.len() > 255 {
-            return Err(Error::InvalidArgument("host must be 1 to 255 characters".into()).into());
-        }
+        valid_host(&r.host)?;
         let port = u16::try_from(r.port)
             .ok()
             .filter(|p| *p > 0)
@@ -500,5 +516,37 @@ impl Monitor for MonitorService {
         let message = self.store.reinit_node(&formation, &r.node).await?;
         tracing::info!(%formation, node = %r.node, "{message}");
         Ok(Response::new(pb::OperationReply { message }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_names_or_addresses() {
+        for ok in ["127.0.0.1", "node1", "db-1.example.com", "fd00::1"] {
+            assert!(valid_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "x' password=y", "h\nhost=evil", &"a".repeat(256)] {
+            let err = valid_host(bad).unwrap_err().to_string();
+            assert!(err.contains("host"), "{err}");
+        }
+    }
+
+    #[test]
+    fn timings_are_bounded() {
+        let t = |hb, fence, wst| {
+            timings(Some(pb::KeeperTimings {
+                heartbeat_interval_ms: hb,
+                fence_timeout_ms: fence,
+                wal_sender_timeout_ms: wst,
+            }))
+        };
+        assert!(t(500, 1500, 2000).is_ok());
+        let err = t(0, 1500, 2000).unwrap_err().to_string();
+        assert!(err.contains("heartbeat_interval"), "{err}");
+        assert!(t(500, u64::MAX, 2000).is_err());
+        assert!(timings(None).is_err());
     }
 }

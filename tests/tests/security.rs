@@ -331,6 +331,25 @@ async fn mutual_tls_identities_and_failover() -> Result<()> {
         &["only as itself"],
         "node1's certificate registering as node2",
     )?;
+    // Its own registration with a host that would smuggle connection
+    // parameters into the other nodes' primary_conninfo.
+    expect_code(
+        keeper1
+            .register_node(pb::RegisterNodeRequest {
+                formation: "default".into(),
+                name: "node1".into(),
+                host: "127.0.0.1 sslmode=disable".into(),
+                port: u32::from(cluster.node_port("node1")?),
+                candidate_priority: 50,
+                replication_quorum: true,
+                timings: Some(timings()),
+                ..Default::default()
+            })
+            .await,
+        tonic::Code::InvalidArgument,
+        &["is not a host name or IP address"],
+        "a registration with a bad host",
+    )?;
     expect_code(
         keeper1.node_active(beat(0)).await,
         tonic::Code::InvalidArgument,

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgpilot_proto::pb::{self, monitor_client::MonitorClient};
+use pgpilot_proto::pb;
+use pgpilot_proto::security;
 use pgpilot_proto::ReplicationState as S;
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::config::KeeperConfig;
 use crate::failpoint::Failpoints;
@@ -39,6 +39,8 @@ pub enum KeeperError {
     Waiting(String),
     #[error("this node was dropped from its formation")]
     Dropped,
+    #[error("{0}")]
+    Security(String),
 }
 
 /// What the fence task needs to know, shared with the main loop.
@@ -71,7 +73,7 @@ pub struct Keeper<P: LocalPostgres> {
     pg: Arc<P>,
     state: KeeperState,
     lease: Arc<Mutex<Lease>>,
-    client: Option<MonitorClient<Channel>>,
+    client: Option<security::Client>,
     instructions: Instructions,
     last_error: Option<String>,
     /// What the HTTP server reports (state, goal, fence, heartbeat age).
@@ -136,18 +138,30 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         self.status.clone()
     }
 
-    async fn client(&mut self) -> Result<&mut MonitorClient<Channel>, KeeperError> {
+    /// Build the monitor client: reads the TLS files and the token (a
+    /// world-readable key or token file is refused). Lazy: it connects on
+    /// first use and reconnects by itself.
+    pub fn connect(&mut self) -> Result<(), KeeperError> {
+        let url = self.config.monitor.clone();
+        if security::url_uses_tls(&url) == Some(false) {
+            tracing::warn!(monitor = %url, "talking to the monitor in plaintext (http://): anyone on the network can read and forge this node's heartbeats; use https://");
+        }
+        let rpc_timeout = self.rpc_timeout();
+        let client = self
+            .config
+            .client_security()
+            .lazy_client(&url, &security::CONFIG_NAMES, |e| {
+                e.connect_timeout(Duration::from_secs(1))
+                    .timeout(rpc_timeout)
+            })
+            .map_err(|e| KeeperError::Security(e.to_string()))?;
+        self.client = Some(client);
+        Ok(())
+    }
+
+    async fn client(&mut self) -> Result<&mut security::Client, KeeperError> {
         if self.client.is_none() {
-            let url = self.config.monitor.clone();
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| KeeperError::MonitorUnreachable {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(self.rpc_timeout());
-            // Lazy: connects on first use and reconnects by itself.
-            self.client = Some(MonitorClient::new(endpoint.connect_lazy()));
+            self.connect()?;
         }
         Ok(self.client.as_mut().expect("just set"))
     }
@@ -379,6 +393,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         let url = self.config.monitor.clone();
         match self.client().await?.node_active(request).await {
             Ok(reply) => Ok(reply.into_inner()),
+            // The monitor does not accept this keeper's credentials: keep
+            // trying (an operator may be rotating them) and let the fence
+            // task stop a primary meanwhile, as for an unreachable monitor.
+            Err(status) if is_auth_refusal(&status) => Err(KeeperError::MonitorUnreachable {
+                url,
+                reason: format!("the monitor refused this keeper: {}", status.message()),
+            }),
             Err(status) if is_refusal(&status) => {
                 Err(KeeperError::Refused(status.message().to_string()))
             }
@@ -618,7 +639,7 @@ async fn renew_lease(lease: &Mutex<Lease>, sent: Instant, fence_set: Vec<String>
 /// changes goal in the middle of a plan. The monitor sends the current
 /// goal in every answer, so nothing is lost by not reading it here.
 struct Keepalive<P> {
-    client: MonitorClient<Channel>,
+    client: security::Client,
     pg: Arc<P>,
     lease: Arc<Mutex<Lease>>,
     status: SharedStatus,
@@ -667,6 +688,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
 }
 
 /// Refusals end the keeper; anything else is retried.
+fn is_auth_refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
+}
+
 fn is_refusal(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
@@ -674,6 +702,7 @@ fn is_refusal(status: &tonic::Status) -> bool {
             | tonic::Code::NotFound
             | tonic::Code::FailedPrecondition
             | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
     )
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgpilot_proto::config_file;
+use pgpilot_proto::security;
 use serde::Deserialize;
 
 /// How often the keeper observes PostgreSQL and heartbeats. Shorter
@@ -43,8 +44,25 @@ pub struct KeeperConfig {
     pub advertise_port: Option<u16>,
     /// PostgreSQL data directory.
     pub pgdata: PathBuf,
-    /// Monitor gRPC URL, e.g. http://127.0.0.1:7430.
+    /// Monitor gRPC URL: https://HOST:7430 (TLS), or http:// for a monitor
+    /// that runs with plaintext = true.
     pub monitor: String,
+    /// CA certificate that signed the monitor's certificate (https:// only).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This keeper's certificate (CN keeper:FORMATION/NAME) and key, for a
+    /// monitor that requires mutual TLS; the key must not be world-readable.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Name the monitor's certificate must carry (default: the URL's host).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// File holding the monitor's shared token (not world-readable); else
+    /// PGPILOT_TOKEN when set.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     /// Directory of pg_ctl, initdb, … (found on PATH or under /usr/lib/postgresql when unset).
     #[serde(default)]
     pub pg_bin_dir: Option<PathBuf>,
@@ -200,10 +218,13 @@ impl KeeperConfig {
         }
         if !(self.monitor.starts_with("http://") || self.monitor.starts_with("https://")) {
             return bad(format!(
-                "monitor {:?} must be a URL like http://127.0.0.1:7430",
+                "monitor {:?} must be a URL like https://127.0.0.1:7430",
                 self.monitor
             ));
         }
+        self.client_security()
+            .check(&self.monitor, &security::CONFIG_NAMES)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.heartbeat_interval < Duration::from_millis(50) {
             return bad("heartbeat_interval must be at least 50ms".into());
         }
@@ -225,6 +246,17 @@ impl KeeperConfig {
             ));
         }
         Ok(())
+    }
+
+    /// How the keeper reaches the monitor (TLS settings and token file).
+    pub fn client_security(&self) -> security::ClientSecurity {
+        security::ClientSecurity {
+            ca_file: self.tls_ca_file.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+            server_name: self.tls_server_name.clone(),
+            token_file: self.token_file.clone(),
+        }
     }
 
     pub fn state_file(&self) -> PathBuf {
@@ -350,7 +382,28 @@ mod tests {
 
     #[test]
     fn shipped_example_parses() {
-        KeeperConfig::parse(include_str!("../../compose/keeper.toml")).unwrap();
+        let c = KeeperConfig::parse(include_str!("../../compose/keeper.toml")).unwrap();
+        assert!(c.monitor.starts_with("https://") && c.tls_ca_file.is_some());
+    }
+
+    #[test]
+    fn tls_settings_must_fit_the_monitor_url() {
+        let https = MINIMAL.replace("http://", "https://");
+        let err = KeeperConfig::parse(&https).unwrap_err().to_string();
+        assert!(err.contains("tls_ca_file"), "{err}");
+        let c = KeeperConfig::parse(&format!("{https}\ntls_ca_file = \"/ca.crt\"\n")).unwrap();
+        assert_eq!(c.client_security().ca_file, Some(PathBuf::from("/ca.crt")));
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\ntls_ca_file = \"/ca.crt\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https://"), "{err}");
+        let err = KeeperConfig::parse(&format!(
+            "{https}\ntls_ca_file = \"/ca\"\ntls_cert_file = \"/c\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls_key_file"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

@@ -88,13 +88,17 @@ async fn main() -> ExitCode {
             failpoint::ENV
         );
     }
-    let keeper = match Keeper::new(config, pg) {
+    let mut keeper = match Keeper::new(config, pg) {
         Ok(k) => k.with_failpoints(failpoints),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = keeper.connect() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = match http_listen {
         None => None,

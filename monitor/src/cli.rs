@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use pgpilot_proto::pb::{self, monitor_client::MonitorClient};
+use pgpilot_proto::pb;
+use pgpilot_proto::security::{self, ClientSecurity};
 use pgpilot_proto::ReplicationState as S;
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
 
 use crate::fsm::format_lsn;
 
@@ -38,12 +38,28 @@ impl CliError {
     fn from_status(status: tonic::Status, monitor: &str) -> CliError {
         use tonic::Code;
         let msg = status.message().to_string();
+        // A status with a source error was made by the client's own
+        // transport: the monitor never answered (refused TLS, plaintext
+        // against TLS, connection cut).
+        if let Some(source) = std::error::Error::source(&status) {
+            let chain = format!("{msg}: {}", error_chain(source));
+            return CliError::Unreachable(format!(
+                "the monitor at {monitor} is unreachable ({chain}): {}",
+                connect_hint(monitor, &chain)
+            ));
+        }
         match status.code() {
             Code::InvalidArgument | Code::NotFound => CliError::Usage(msg),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
-                if msg.contains("transport") || msg.contains("connect") || msg.contains("dns") =>
+            Code::Unauthenticated | Code::PermissionDenied => {
+                CliError::Usage(format!("the monitor at {monitor} refused: {msg}"))
+            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
+                if is_transport_error(&msg) =>
             {
-                CliError::Unreachable(format!("the monitor at {monitor} is unreachable: {msg}"))
+                CliError::Unreachable(format!(
+                    "the monitor at {monitor} is unreachable: {msg}: {}",
+                    connect_hint(monitor, &msg)
+                ))
             }
             Code::Unavailable | Code::DeadlineExceeded => {
                 CliError::Unreachable(format!("the monitor at {monitor} did not answer: {msg}"))
@@ -54,28 +70,30 @@ impl CliError {
 }
 
 pub struct Client {
-    inner: MonitorClient<Channel>,
+    inner: security::Client,
     url: String,
 }
 
 impl Client {
-    pub async fn connect(url: &str) -> Result<Client, CliError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| {
-                CliError::Usage(format!(
-                    "{url:?} is not a valid monitor URL ({e}): use e.g. http://127.0.0.1:7430"
-                ))
-            })?
+    /// Connect to the monitor at `url` with the TLS settings and token of
+    /// `sec` (checked against the URL first: exit 2 when they do not fit).
+    pub async fn connect(url: &str, sec: &ClientSecurity) -> Result<Client, CliError> {
+        let usage = |e: security::SecurityError| CliError::Usage(e.to_string());
+        let endpoint = sec
+            .endpoint(url, &security::CLI_NAMES)
+            .map_err(usage)?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(15));
+        let credentials = sec.credentials(url).map_err(usage)?;
         let channel = endpoint.connect().await.map_err(|e| {
+            let chain = error_chain(&e);
             CliError::Unreachable(format!(
-                "the monitor at {url} is unreachable ({}): check that it runs and that --monitor / PGPILOT_MONITOR points at it",
-                error_chain(&e)
+                "the monitor at {url} is unreachable ({chain}): {}",
+                connect_hint(url, &chain)
             ))
         })?;
         Ok(Client {
-            inner: MonitorClient::new(channel),
+            inner: security::client(channel, credentials),
             url: url.to_string(),
         })
     }
@@ -214,6 +232,49 @@ impl Client {
         reply
             .map(|r| r.into_inner().message)
             .map_err(|s| CliError::from_status(s, &self.url))
+    }
+}
+
+/// A status made by the client's transport (no answer from the service).
+fn is_transport_error(msg: &str) -> bool {
+    let lower = msg.to_ascii_lowercase();
+    [
+        "transport",
+        "connect",
+        "dns",
+        "h2 protocol",
+        "http2",
+        "tls",
+        "certificate",
+        "broken pipe",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+}
+
+/// What to check when the monitor cannot be reached, from the error.
+fn connect_hint(url: &str, chain: &str) -> &'static str {
+    let tls = security::url_uses_tls(url) == Some(true);
+    let lower = chain.to_ascii_lowercase();
+    if tls && (lower.contains("certificate") || lower.contains("invalid peer")) {
+        "the monitor's certificate is not signed by the --tls-ca given, or does not name this host (see --tls-server-name)"
+    } else if tls
+        && (lower.contains("handshake")
+            || lower.contains("tls")
+            || lower.contains("corrupt message")
+            || lower.contains("invalid content type"))
+    {
+        "TLS failed: if the monitor runs with plaintext = true use an http:// URL; if it requires client certificates give --tls-cert and --tls-key"
+    } else if !tls
+        && (lower.contains("reset")
+            || lower.contains("broken pipe")
+            || lower.contains("frame")
+            || lower.contains("h2 protocol")
+            || lower.contains("http2"))
+    {
+        "the connection was cut: if the monitor serves TLS (the default) use an https:// URL with --tls-ca"
+    } else {
+        "check that it runs and that --monitor / PGPILOT_MONITOR points at it"
     }
 }
 
@@ -581,22 +642,6 @@ pub fn find_node<'a>(
 /// "No node named X", with the closest of the `known` names.
 pub fn unknown_node(formation: &str, name: &str, known: &[&str]) -> CliError {
     CliError::Usage(crate::names::unknown_node(formation, name, known))
-}
-
-/// The TLS options and the monitor URL they go with. This version talks
-/// plain gRPC only: the flags exist so scripts need not change when TLS
-/// arrives, and every combination that would need TLS is refused (exit 2).
-pub fn check_tls(url: &str, tls_options_given: bool) -> Result<(), CliError> {
-    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    match scheme.as_deref() {
-        Some("https") => Err(CliError::Usage(
-            "TLS is not supported by this monitor version yet".into(),
-        )),
-        _ if tls_options_given => Err(CliError::Usage(
-            "TLS options need an https:// monitor URL".into(),
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// `show-settings`: the formation's and every node's replication settings.
@@ -1134,20 +1179,31 @@ mod tests {
         assert!(e.ends_with("its nodes are node1, node2, node3"), "{e}");
     }
 
-    #[test]
-    fn tls_options_are_refused_for_now() {
-        assert!(check_tls("http://127.0.0.1:7430", false).is_ok());
-        let e = check_tls("http://127.0.0.1:7430", true).unwrap_err();
+    #[tokio::test]
+    async fn tls_settings_that_do_not_fit_the_url_are_usage_errors() {
+        let none = ClientSecurity::default();
+        let e = Client::connect("https://127.0.0.1:1", &none)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e.exit_code(), 2);
-        assert_eq!(e.to_string(), "TLS options need an https:// monitor URL");
-        for tls in [false, true] {
-            let e = check_tls("HTTPS://monitor:7430", tls).unwrap_err();
-            assert_eq!(e.exit_code(), 2);
-            assert_eq!(
-                e.to_string(),
-                "TLS is not supported by this monitor version yet"
-            );
-        }
+        assert!(e.to_string().contains("--tls-ca"), "{e}");
+        let ca = ClientSecurity {
+            ca_file: Some("/nonexistent/ca.crt".into()),
+            ..Default::default()
+        };
+        let e = Client::connect("http://127.0.0.1:1", &ca)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("https://"), "{e}");
+        let e = Client::connect("https://127.0.0.1:1", &ca)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("/nonexistent/ca.crt"), "{e}");
     }
 
     /// Check `value` against the subset of JSON Schema the documented

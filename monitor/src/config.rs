@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgpilot_proto::config_file;
+use pgpilot_proto::security;
 use serde::Deserialize;
 
 /// How long a keeper may stay silent before its node can be declared
@@ -31,6 +32,15 @@ pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_FENCE_MARGIN: Duration = Duration::from_millis(500);
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7430";
 pub const DATABASE_URL_ENV: &str = "PGPILOT_DATABASE_URL";
+/// The largest gRPC request the monitor decodes. The largest real request
+/// (a heartbeat naming every streaming standby) is well under 4 KiB; a
+/// bigger one is refused before it costs memory.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Bounds of `max_message_bytes`.
+pub const MIN_MAX_MESSAGE_BYTES: usize = 4096;
+pub const MAX_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// A TLS handshake that takes longer than this is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +73,71 @@ pub struct MonitorConfig {
     /// absent: no metrics server.
     #[serde(default, deserialize_with = "d_metrics_listen")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve gRPC without TLS and without client authentication. Only on a
+    /// network where everyone who can reach the port may run every
+    /// operator command; the monitor warns at start.
+    #[serde(default)]
+    pub plaintext: bool,
+    /// The monitor's certificate (PEM) and its private key (not
+    /// world-readable).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Mutual TLS: accept only clients whose certificate this CA signed;
+    /// the certificate's common name says who they are
+    /// (`keeper:FORMATION/NODE` or `operator:NAME`).
+    #[serde(default)]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Shared-token mode: every client must send this token (the file is
+    /// not world-readable); else `PGPILOT_TOKEN` when set.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Larger gRPC requests are refused.
+    #[serde(default = "d_max_message")]
+    pub max_message_bytes: usize,
+}
+
+/// How the monitor serves gRPC, checked without reading a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportMode {
+    /// No TLS, no client authentication (`plaintext = true`).
+    Plaintext,
+    /// TLS; `client_certs`: mutual TLS with identities; `token`: a shared token.
+    Tls { client_certs: bool, token: bool },
+}
+
+/// The monitor's transport security, files read.
+#[derive(Clone)]
+pub struct Transport {
+    pub mode: TransportMode,
+    /// Certificate and key (PEM), with TLS.
+    pub identity: Option<(String, String)>,
+    /// The CA that signs client certificates, with mutual TLS.
+    pub client_ca: Option<String>,
+    /// The shared token, in token mode.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("mode", &self.mode)
+            .field("token", &self.token.as_ref().map(|_| "****"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// No TLS, no authentication (in-process tests).
+    pub fn plaintext() -> Transport {
+        Transport {
+            mode: TransportMode::Plaintext,
+            identity: None,
+            client_ca: None,
+            token: None,
+        }
+    }
 }
 
 /// `metrics_listen` as IP:PORT, refused in one sentence otherwise.
@@ -101,8 +176,15 @@ fn d_fence_margin() -> Duration {
 fn d_hc_user() -> String {
     "postgres".into()
 }
+fn d_max_message() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
 
 pub use pgpilot_proto::config_file::ConfigError;
+
+fn security_error(e: security::SecurityError) -> ConfigError {
+    ConfigError::Invalid(e.to_string())
+}
 
 /// The password of a `postgres://user:password@host/db` URL, if it has one.
 fn url_password(url: &str) -> Option<&str> {
@@ -155,6 +237,14 @@ impl MonitorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let config: MonitorConfig = config_file::load(path)?;
         config.validate()?;
+        if config
+            .database_url
+            .as_deref()
+            .is_some_and(|u| url_password(u).is_some())
+        {
+            // The file holds the database password.
+            security::check_not_world_readable(path).map_err(security_error)?;
+        }
         Ok(config)
     }
 
@@ -182,7 +272,84 @@ impl MonitorConfig {
                 humantime::format_duration(self.node_timeout)
             )));
         }
+        if !(MIN_MAX_MESSAGE_BYTES..=MAX_MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "max_message_bytes {} is not between {MIN_MAX_MESSAGE_BYTES} and {MAX_MAX_MESSAGE_BYTES}",
+                self.max_message_bytes
+            )));
+        }
         Ok(())
+    }
+
+    /// How the monitor serves gRPC: TLS unless `plaintext = true`; checked
+    /// without reading a file (the shipped examples are checked with it).
+    pub fn transport_mode(&self) -> Result<TransportMode, ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let tls_keys = self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some()
+            || self.tls_client_ca_file.is_some();
+        if self.plaintext {
+            if tls_keys {
+                return bad("plaintext = true cannot go with tls_cert_file, tls_key_file or tls_client_ca_file: remove one or the other");
+            }
+            if self.token_file.is_some() {
+                return bad("token_file needs TLS (a token sent in plaintext can be read on the network): set tls_cert_file and tls_key_file instead of plaintext = true");
+            }
+            return Ok(TransportMode::Plaintext);
+        }
+        if self.tls_cert_file.is_none() || self.tls_key_file.is_none() {
+            return bad("the monitor serves gRPC over TLS: set tls_cert_file and tls_key_file (`pgpilot-monitor gen-certs` makes a throw-away set), or plaintext = true on a network you trust");
+        }
+        Ok(TransportMode::Tls {
+            client_certs: self.tls_client_ca_file.is_some(),
+            token: self.token_file.is_some(),
+        })
+    }
+
+    /// [`MonitorConfig::transport_mode`] with its files read: the key and
+    /// token files must not be world-readable. A token in `PGPILOT_TOKEN`
+    /// turns the token mode on when no `token_file` is set.
+    pub fn transport(&self) -> Result<Transport, ConfigError> {
+        let mut mode = self.transport_mode()?;
+        let token = match mode {
+            TransportMode::Plaintext => {
+                if std::env::var_os(security::TOKEN_ENV).is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{} is set but the monitor runs with plaintext = true: a token needs TLS; unset it or configure tls_cert_file and tls_key_file",
+                        security::TOKEN_ENV
+                    )));
+                }
+                None
+            }
+            TransportMode::Tls { .. } => {
+                security::load_token(self.token_file.as_deref()).map_err(security_error)?
+            }
+        };
+        if let TransportMode::Tls { client_certs, .. } = mode {
+            mode = TransportMode::Tls {
+                client_certs,
+                token: token.is_some(),
+            };
+        }
+        let identity = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some((
+                security::read(cert).map_err(security_error)?,
+                security::read_secret(key).map_err(security_error)?,
+            )),
+            _ => None,
+        };
+        let client_ca = self
+            .tls_client_ca_file
+            .as_deref()
+            .map(security::read)
+            .transpose()
+            .map_err(security_error)?;
+        Ok(Transport {
+            mode,
+            identity,
+            client_ca,
+            token,
+        })
     }
 
     /// The database URL from the config, its file, or the environment.
@@ -191,10 +358,7 @@ impl MonitorConfig {
             return Ok(url.clone());
         }
         if let Some(path) = &self.database_url_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text = security::read_secret(path).map_err(security_error)?;
             return Ok(text.trim().to_string());
         }
         std::env::var(DATABASE_URL_ENV).map_err(|_| {
@@ -273,6 +437,11 @@ mod tests {
         let f = dir.path().join("url");
         std::fs::write(&f, "postgres://a@127.0.0.1/m\n").unwrap();
         let c = MonitorConfig::parse(&format!("database_url_file = {:?}", f)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = c.resolve_database_url().unwrap_err().to_string();
+        assert!(err.contains("chmod"), "{err}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(
             c.resolve_database_url().unwrap(),
             "postgres://a@127.0.0.1/m"
@@ -312,6 +481,82 @@ mod tests {
     #[test]
     fn shipped_example_parses() {
         let text = include_str!("../../compose/monitor.toml");
-        MonitorConfig::parse(text).unwrap();
+        let c = MonitorConfig::parse(text).unwrap();
+        assert_eq!(
+            c.transport_mode().unwrap(),
+            TransportMode::Tls {
+                client_certs: true,
+                token: false
+            }
+        );
+        let lab = MonitorConfig::parse(include_str!("../../compose/lab/monitor.toml")).unwrap();
+        lab.transport_mode().unwrap();
+    }
+
+    #[test]
+    fn tls_is_required_unless_plaintext_is_explicit() {
+        let err = MonitorConfig::parse("")
+            .unwrap()
+            .transport_mode()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plaintext = true") && err.contains("tls_cert_file"),
+            "{err}"
+        );
+        let c = MonitorConfig::parse("plaintext = true").unwrap();
+        assert_eq!(c.transport_mode().unwrap(), TransportMode::Plaintext);
+        for text in [
+            "plaintext = true\ntls_cert_file = \"/c\"",
+            "plaintext = true\ntoken_file = \"/t\"",
+            "tls_cert_file = \"/c\"",
+        ] {
+            let err = MonitorConfig::parse(text)
+                .unwrap()
+                .transport_mode()
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let c = MonitorConfig::parse(
+            "tls_cert_file = \"/c\"\ntls_key_file = \"/k\"\ntoken_file = \"/t\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.transport_mode().unwrap(),
+            TransportMode::Tls {
+                client_certs: false,
+                token: true
+            }
+        );
+    }
+
+    #[test]
+    fn max_message_bytes_is_bounded() {
+        assert_eq!(
+            MonitorConfig::parse("").unwrap().max_message_bytes,
+            DEFAULT_MAX_MESSAGE_BYTES
+        );
+        let err = MonitorConfig::parse("max_message_bytes = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_message_bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_world_readable_config_with_a_password_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("monitor.toml");
+        std::fs::write(&f, "database_url = \"postgres://u:s3cret@h/d\"\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = MonitorConfig::load(&f).unwrap_err().to_string();
+        assert!(err.contains("chmod o-rwx"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        MonitorConfig::load(&f).unwrap();
+        std::fs::write(&f, "database_url = \"postgres://u@h/d\"\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        MonitorConfig::load(&f).unwrap();
     }
 }

@@ -19,6 +19,14 @@ pub enum Error {
     /// The monitor cannot take the request now; the caller retries.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller did not prove who it is (no or a wrong token, no client
+    /// certificate).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this (a keeper running an
+    /// operator command, or acting as another node).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<Error> for tonic::Status {
@@ -28,6 +36,8 @@ impl From<Error> for tonic::Status {
             Error::NotFound(m) => tonic::Status::not_found(m),
             Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             Error::Unavailable(m) => tonic::Status::unavailable(m),
+            Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+            Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
             other => {
                 tracing::error!(error = %other, "request failed");
                 tonic::Status::unavailable(other.to_string())

@@ -1,6 +1,8 @@
 //! The pgpilot monitor: owns the truth about every node, runs the group
 //! state machine, and serves keepers and operators over gRPC.
 
+pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -16,14 +18,16 @@ use std::future::Future;
 use pgpilot_proto::pb::monitor_server::MonitorServer;
 use tokio::net::TcpListener;
 
-use crate::config::MonitorConfig;
+use crate::config::{MonitorConfig, Transport, TransportMode};
 use crate::store::{MachineSettings, Store};
 
-/// Run the monitor on `listener` until `shutdown` resolves; with
-/// `metrics`, also serve `/metrics` on its listener.
+/// Run the monitor on `listener` until `shutdown` resolves, serving gRPC
+/// as `transport` says; with `metrics`, also serve `/metrics` on its
+/// listener.
 pub async fn run(
     config: MonitorConfig,
     database_url: &str,
+    transport: Transport,
     listener: TcpListener,
     metrics: Option<(TcpListener, metrics_exporter_prometheus::PrometheusHandle)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -61,9 +65,60 @@ pub async fn run(
             }))
         }
     };
+    let mut server = tonic::transport::Server::builder();
+    match transport.mode {
+        TransportMode::Plaintext => tracing::warn!(
+            "plaintext = true: gRPC is served without TLS and without client authentication; \
+             everyone who can reach the listen address can read the cluster state and promote \
+             or demote nodes"
+        ),
+        TransportMode::Tls {
+            client_certs: false,
+            token: false,
+        } => tracing::warn!(
+            "TLS without client authentication: everyone who can reach the listen address can \
+             run operator commands; set tls_client_ca_file (mutual TLS) or token_file"
+        ),
+        TransportMode::Tls { .. } => {}
+    }
+    if let Some((cert, key)) = &transport.identity {
+        let mut tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key))
+            .timeout(config::TLS_HANDSHAKE_TIMEOUT);
+        if let Some(ca) = &transport.client_ca {
+            // A certificate not signed by this CA fails the handshake; a
+            // client without one reaches the service, which answers
+            // Unauthenticated with a sentence (see `auth`).
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        server = server.tls_config(tls).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot use the TLS certificate and key (tls_cert_file, tls_key_file, tls_client_ca_file): {e}"
+            )
+        })?;
+    }
+    let mode = match transport.mode {
+        TransportMode::Plaintext => "plaintext",
+        TransportMode::Tls {
+            client_certs: true,
+            token: true,
+        } => "mutual TLS and token",
+        TransportMode::Tls {
+            client_certs: true,
+            token: false,
+        } => "mutual TLS",
+        TransportMode::Tls {
+            client_certs: false,
+            token: true,
+        } => "TLS and token",
+        TransportMode::Tls { .. } => "TLS",
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
         database = %config::redact_url(database_url),
+        transport = mode,
         "monitor ready"
     );
     let health = tokio::spawn(health::run(
@@ -72,9 +127,12 @@ pub async fn run(
         config.health_check_timeout,
         config.health_check_user.clone(),
     ));
-    let result = tonic::transport::Server::builder()
+    let service = service::MonitorService::with_auth(store, auth::Authenticator::new(&transport));
+    let result = server
         .layer(metrics::GrpcMetricsLayer)
-        .add_service(MonitorServer::new(service::MonitorService::new(store)))
+        .add_service(
+            MonitorServer::new(service).max_decoding_message_size(config.max_message_bytes),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use pgpilot_monitor::cli::{self, CliError, Client};
 use pgpilot_monitor::config::MonitorConfig;
 use pgpilot_proto::logs::LogFormat;
+use pgpilot_proto::security::ClientSecurity;
 use pgpilot_proto::ReplicationState as S;
 
 /// pgpilot monitor: keeps every node's state and assigns goal states; its
@@ -14,33 +15,45 @@ use pgpilot_proto::ReplicationState as S;
 /// Exit codes: 0 ok, 1 operation failed or timed out, 2 usage or invalid
 /// input, 3 monitor unreachable.
 ///
-/// Example: pgpilot-monitor show-state --monitor http://10.0.0.5:7430
+/// Example: pgpilot-monitor show-state --monitor https://10.0.0.5:7430 --tls-ca ca.crt --tls-cert operator-ann.crt --tls-key operator-ann.key
 #[derive(Parser)]
 #[command(name = "pgpilot-monitor", version)]
 struct Args {
-    /// Monitor to talk to (operator subcommands).
+    /// Monitor to talk to (operator subcommands): https:// (TLS, the
+    /// default) or http:// for a monitor that runs with plaintext = true.
     #[arg(
         long,
         global = true,
         env = "PGPILOT_MONITOR",
-        default_value = "http://127.0.0.1:7430"
+        default_value = "https://127.0.0.1:7430"
     )]
     monitor: String,
     /// Formation to act on.
     #[arg(long, global = true, default_value = "default")]
     formation: String,
-    /// CA certificate to verify the monitor with (needs an https:// URL; not
-    /// supported by this version yet).
+    /// CA certificate that signed the monitor's certificate (needed with an
+    /// https:// URL).
     #[arg(long, global = true, env = "PGPILOT_TLS_CA", value_name = "FILE")]
     tls_ca: Option<PathBuf>,
-    /// Client certificate to present to the monitor (needs an https:// URL;
-    /// not supported by this version yet).
+    /// Client certificate (CN operator:NAME) for a monitor that requires
+    /// mutual TLS.
     #[arg(long, global = true, env = "PGPILOT_TLS_CERT", value_name = "FILE")]
     tls_cert: Option<PathBuf>,
-    /// Private key of --tls-cert (needs an https:// URL; not supported by this
-    /// version yet).
+    /// Private key of --tls-cert (a file others cannot read).
     #[arg(long, global = true, env = "PGPILOT_TLS_KEY", value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// Name to check the monitor's certificate for (default: the URL's host).
+    #[arg(
+        long,
+        global = true,
+        env = "PGPILOT_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    tls_server_name: Option<String>,
+    /// File holding the monitor's shared token (a file others cannot read);
+    /// else the token in PGPILOT_TOKEN, if set. Never on the command line.
+    #[arg(long, global = true, env = "PGPILOT_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +70,38 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+    },
+    /// Make a throw-away CA and the certificates of a cluster (and a token)
+    /// for a lab or tests.
+    ///
+    /// Writes into DIR: ca.crt and ca.key (made on the first run, reused
+    /// after to sign more), monitor.crt/.key for the --monitor-host names
+    /// (localhost and 127.0.0.1 on the first run), keeper-FORMATION-NODE.crt/.key
+    /// per --keeper (CN keeper:FORMATION/NODE), operator-NAME.crt/.key per
+    /// --operator (CN operator:NAME), and with --token a random token.
+    /// Keys and the token are written 0600.
+    ///
+    /// Example: pgpilot-monitor gen-certs --dir /etc/pgpilot/tls --monitor-host monitor --keeper default/node1 --operator ann
+    GenCerts {
+        /// Directory to write into (created when missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A host name or IP address keepers and operators reach the monitor
+        /// by (repeat for several).
+        #[arg(long = "monitor-host", value_name = "NAME")]
+        monitor_hosts: Vec<String>,
+        /// A keeper certificate for FORMATION/NODE (repeat for several).
+        #[arg(long = "keeper", value_name = "FORMATION/NODE")]
+        keepers: Vec<String>,
+        /// An operator certificate for NAME (repeat for several).
+        #[arg(long = "operator", value_name = "NAME")]
+        operators: Vec<String>,
+        /// Also write a random shared token to DIR/token.
+        #[arg(long)]
+        token: bool,
+        /// Days the certificates are valid (the CA: ten years).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
     /// Show every node: address, timeline:LSN, connection, lag, reported and
     /// goal state, PostgreSQL, health, heartbeat age.
@@ -264,12 +309,30 @@ async fn main() -> ExitCode {
             pgpilot_proto::logs::init(log_format);
             return run(config).await;
         }
+        Command::GenCerts {
+            dir,
+            monitor_hosts,
+            keepers,
+            operators,
+            token,
+            days,
+        } => gen_certs(pgpilot_monitor::certs::Request {
+            dir,
+            monitor_hosts,
+            keepers,
+            operators,
+            token,
+            days,
+        }),
         command => {
-            let tls = args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_key.is_some();
-            match cli::check_tls(&args.monitor, tls) {
-                Ok(()) => operator(&args.monitor, &args.formation, command).await,
-                Err(e) => Err(e),
-            }
+            let sec = ClientSecurity {
+                ca_file: args.tls_ca,
+                cert_file: args.tls_cert,
+                key_file: args.tls_key,
+                server_name: args.tls_server_name,
+                token_file: args.token_file,
+            };
+            operator(&args.monitor, &sec, &args.formation, command).await
         }
     };
     match result {
@@ -291,6 +354,13 @@ async fn run(config_path: PathBuf) -> ExitCode {
     };
     let url = match config.resolve_database_url() {
         Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let transport = match config.transport() {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -331,7 +401,7 @@ async fn run(config_path: PathBuf) -> ExitCode {
         }
         tracing::info!("shutting down");
     };
-    match pgpilot_monitor::run(config, &url, listener, metrics, shutdown).await {
+    match pgpilot_monitor::run(config, &url, transport, listener, metrics, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -340,10 +410,26 @@ async fn run(config_path: PathBuf) -> ExitCode {
     }
 }
 
-async fn operator(monitor: &str, formation: &str, command: Command) -> Result<(), CliError> {
-    let mut client = Client::connect(monitor).await?;
+fn gen_certs(request: pgpilot_monitor::certs::Request) -> Result<(), CliError> {
+    let written = pgpilot_monitor::certs::generate(&request).map_err(|e| match e {
+        pgpilot_monitor::certs::CertError::Invalid(m) => CliError::Usage(m),
+        other => CliError::Failed(other.to_string()),
+    })?;
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn operator(
+    monitor: &str,
+    sec: &ClientSecurity,
+    formation: &str,
+    command: Command,
+) -> Result<(), CliError> {
+    let mut client = Client::connect(monitor, sec).await?;
     match command {
-        Command::Run { .. } => unreachable!("handled in main"),
+        Command::Run { .. } | Command::GenCerts { .. } => unreachable!("handled in main"),
         Command::ShowState { json, watch } => {
             if let Some(interval) = watch {
                 cli::until_interrupted(cli::watch_state(&mut client, formation, interval)).await?;

@@ -1,5 +1,6 @@
-//! gRPC handlers: validate input, call the store, map errors. No SQL and no
-//! state-machine logic here.
+//! gRPC handlers: authenticate and authorize the caller (`auth`), validate
+//! input, call the store, map errors. No SQL and no state-machine logic
+//! here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use pgpilot_proto::pb::{self, monitor_server::Monitor};
 use pgpilot_proto::ReplicationState as S;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Authenticator, Caller};
 use crate::error::Error;
 use crate::fsm::{self, KeeperTimings};
 use crate::store::{Heartbeat, Registration, Store, StoredNode};
@@ -18,6 +20,10 @@ pub struct MonitorService {
     store: Store,
     /// Heartbeats being handled at once; beyond it the monitor sheds load.
     in_flight: Arc<Semaphore>,
+    auth: Authenticator,
+    /// Node id → (formation, name), to check that a keeper heartbeats as
+    /// itself without a query per heartbeat (ids are never reused).
+    identities: std::sync::Mutex<std::collections::HashMap<i64, (String, String)>>,
 }
 
 /// Heartbeats handled at once. Steady-state heartbeats are written in
@@ -27,13 +33,71 @@ pub struct MonitorService {
 const MAX_HEARTBEATS_IN_FLIGHT: usize = 2048;
 
 impl MonitorService {
+    /// A service that lets every caller do everything (plaintext).
     pub fn new(store: Store) -> Self {
+        MonitorService::with_auth(store, Authenticator::open())
+    }
+
+    pub fn with_auth(store: Store, auth: Authenticator) -> Self {
         MonitorService {
             store,
             in_flight: Arc::new(Semaphore::new(MAX_HEARTBEATS_IN_FLIGHT)),
+            auth,
+            identities: Default::default(),
         }
     }
+
+    /// The authenticated caller of `request`; a refusal is logged (without
+    /// any secret) and answered.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.auth.caller(request).map_err(refused)
+    }
+
+    /// Refuse everyone but operators (and trusted callers).
+    fn operator<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        self.caller(request)?
+            .require_operator(what)
+            .map_err(refused)
+    }
+
+    /// Refuse a keeper heartbeating as a node other than its own, and an
+    /// operator heartbeating at all.
+    async fn check_heartbeat_caller(&self, caller: &Caller, node_id: i64) -> Result<(), Status> {
+        if *caller == Caller::Trusted {
+            return Ok(());
+        }
+        let cached = self
+            .identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node_id)
+            .cloned();
+        let (formation, name) = match cached {
+            Some(known) => known,
+            None => {
+                let found = self.store.node_identity(node_id).await?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "node id {node_id} is not registered with this monitor: remove the keeper's state file to register again"
+                    ))
+                })?;
+                self.identities
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node_id, found.clone());
+                found
+            }
+        };
+        caller.require_node(&formation, &name).map_err(refused)
+    }
 }
+
+fn refused(e: Error) -> Status {
+    tracing::warn!(error = %e, "request refused");
+    e.into()
+}
+
+/// Longest keeper timing the monitor accepts (one hour); zero is refused.
+const MAX_TIMING_MS: u64 = 3_600_000;
 
 const MAX_NAME: usize = 63;
 
@@ -52,6 +116,24 @@ fn valid_name(what: &str, value: &str) -> Result<(), Error> {
     }
 }
 
+/// A node's host as other nodes' `primary_conninfo` and the health check
+/// use it: a DNS name or an IP address, nothing that could smuggle another
+/// connection parameter in.
+fn valid_host(host: &str) -> Result<(), Error> {
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "host {host:?} is not a host name or IP address: use 1 to 255 letters, digits, '.', '-', '_' or ':'"
+        )))
+    }
+}
+
 fn formation_or_default(f: &str) -> &str {
     if f.is_empty() {
         "default"
@@ -62,6 +144,17 @@ fn formation_or_default(f: &str) -> &str {
 
 fn timings(t: Option<pb::KeeperTimings>) -> Result<KeeperTimings, Error> {
     let t = t.ok_or_else(|| Error::InvalidArgument("timings are missing".into()))?;
+    for (what, ms) in [
+        ("heartbeat_interval", t.heartbeat_interval_ms),
+        ("fence_timeout", t.fence_timeout_ms),
+        ("wal_sender_timeout", t.wal_sender_timeout_ms),
+    ] {
+        if ms == 0 || ms > MAX_TIMING_MS {
+            return Err(Error::InvalidArgument(format!(
+                "{what} of {ms} ms is not between 1 ms and one hour: check the keeper's configuration"
+            )));
+        }
+    }
     Ok(KeeperTimings {
         heartbeat_interval: Duration::from_millis(t.heartbeat_interval_ms),
         fence_timeout: Duration::from_millis(t.fence_timeout_ms),
@@ -89,13 +182,13 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeReply>, Status> {
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
         valid_name("node name", &r.name)?;
-        if r.host.is_empty() || r.host.len() > 255 {
-            return Err(Error::InvalidArgument("host must be 1 to 255 characters".into()).into());
-        }
+        caller.require_node(&formation, &r.name).map_err(refused)?;
+        valid_host(&r.host)?;
         let port = u16::try_from(r.port)
             .ok()
             .filter(|p| *p > 0)
@@ -123,6 +216,13 @@ impl Monitor for MonitorService {
             })
             .await?;
         tracing::info!(node = %node.snap.name, node_id = node.snap.id, goal = %node.snap.goal, "node registered");
+        self.identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                node.snap.id,
+                (node.formation.clone(), node.snap.name.clone()),
+            );
         Ok(Response::new(pb::RegisterNodeReply {
             node_id: node.snap.id,
             group_id: node.group_id as u32,
@@ -135,7 +235,15 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::NodeActiveRequest>,
     ) -> Result<Response<pb::NodeActiveReply>, Status> {
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
+        if r.node_id <= 0 {
+            return Err(Error::InvalidArgument(format!(
+                "node id {} is not valid: a keeper heartbeats with the id RegisterNode gave it",
+                r.node_id
+            ))
+            .into());
+        }
         let hb = Heartbeat {
             node_id: r.node_id,
             reported: state(r.reported_state, "reported_state")?,
@@ -148,6 +256,7 @@ impl Monitor for MonitorService {
             synchronous_standby_names: r.synchronous_standby_names,
             pg_start_failures: r.pg_start_failures,
         };
+        self.check_heartbeat_caller(&caller, hb.node_id).await?;
         // Over capacity: say so at once; the keeper retries on its next loop.
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             return Err(Status::unavailable(
@@ -186,6 +295,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::GetFormationStateRequest>,
     ) -> Result<Response<pb::FormationState>, Status> {
+        self.operator(&request, "show-state")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -247,6 +357,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsReply>, Status> {
+        self.operator(&request, "show-events")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -280,6 +391,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::PerformFailoverRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "perform-failover")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -310,6 +422,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::SetNumberSyncStandbysRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "set-number-sync-standbys")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -332,6 +445,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::SetNodeSettingsRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "set-candidate-priority / set-replication-quorum")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -365,6 +479,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::SetMaintenanceRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "enable-maintenance / disable-maintenance")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -381,6 +496,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::DropNodeRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "drop-node")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -394,6 +510,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::ReinitNodeRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "reinit")?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -401,5 +518,37 @@ impl Monitor for MonitorService {
         let message = self.store.reinit_node(&formation, &r.node).await?;
         tracing::info!(%formation, node = %r.node, "{message}");
         Ok(Response::new(pb::OperationReply { message }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_names_or_addresses() {
+        for ok in ["127.0.0.1", "node1", "db-1.example.com", "fd00::1"] {
+            assert!(valid_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "x' password=y", "h\nhost=evil", &"a".repeat(256)] {
+            let err = valid_host(bad).unwrap_err().to_string();
+            assert!(err.contains("host"), "{err}");
+        }
+    }
+
+    #[test]
+    fn timings_are_bounded() {
+        let t = |hb, fence, wst| {
+            timings(Some(pb::KeeperTimings {
+                heartbeat_interval_ms: hb,
+                fence_timeout_ms: fence,
+                wal_sender_timeout_ms: wst,
+            }))
+        };
+        assert!(t(500, 1500, 2000).is_ok());
+        let err = t(0, 1500, 2000).unwrap_err().to_string();
+        assert!(err.contains("heartbeat_interval"), "{err}");
+        assert!(t(500, u64::MAX, 2000).is_err());
+        assert!(timings(None).is_err());
     }
 }

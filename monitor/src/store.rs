@@ -475,6 +475,17 @@ impl Store {
         Ok((nodes, f.get("now"), formation_settings(&f)))
     }
 
+    /// The formation and name of node `node_id`, for checking that a
+    /// keeper heartbeats as itself; `None` when no such node exists. Node
+    /// ids are never reused, so the answer can be cached.
+    pub async fn node_identity(&self, node_id: i64) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT formation, name FROM node WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get("formation"), r.get("name"))))
+    }
+
     pub async fn events(&self, formation: &str, count: u32) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(
             "SELECT * FROM (SELECT * FROM event WHERE formation = $1 ORDER BY event_id DESC LIMIT $2) e

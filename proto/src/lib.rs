@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 pub mod config_file;
 pub mod logs;
+pub mod security;
 
 /// Generated gRPC code.
 pub mod pb {

@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::Signal;
-use pgpilot_proto::pb::monitor_client::MonitorClient;
 use pgpilot_proto::pb::{FormationState, GetFormationStateRequest, ListEventsRequest};
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::process::{self, free_port, postmaster_pid};
 use crate::proxy::Proxy;
+use crate::security::{Security, TlsFiles};
 use crate::state::{events_table, FormationStateExt, NodeStatusExt};
 use crate::tools::{Tools, KEEP_DIRS_ENV};
 use crate::wait::{poll_until, GiveUp, TimedOut, POLL_INTERVAL};
@@ -84,6 +84,9 @@ pub struct ClusterOptions {
     pub ingress_proxies: bool,
     /// `replication_quorum` per node (node1 first); missing → the keeper's default.
     pub replication_quorums: Vec<bool>,
+    /// How the monitor serves gRPC; the default is plaintext (written as
+    /// `plaintext = true`), see [`Security`].
+    pub security: Security,
 }
 
 impl Default for ClusterOptions {
@@ -102,6 +105,7 @@ impl Default for ClusterOptions {
             monitor_link_proxies: false,
             ingress_proxies: false,
             replication_quorums: Vec::new(),
+            security: Security::Plaintext,
         }
     }
 }
@@ -139,6 +143,12 @@ impl ClusterOptions {
     /// See [`ClusterOptions::replication_quorums`].
     pub fn replication_quorums(mut self, quorums: &[bool]) -> Self {
         self.replication_quorums = quorums.to_vec();
+        self
+    }
+
+    /// See [`ClusterOptions::security`].
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
         self
     }
 }
@@ -231,6 +241,8 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// Keepers started with failpoints, restarted when one fires.
     supervision: Mutex<supervise::Supervision>,
+    /// Certificates and token when the monitor serves TLS.
+    tls: Option<TlsFiles>,
 }
 
 impl Cluster {
@@ -270,6 +282,7 @@ impl Cluster {
             channel: None,
             nodes: Vec::new(),
             supervision: Mutex::default(),
+            tls: None,
             tools,
             root,
             tempdir,
@@ -441,6 +454,7 @@ impl Cluster {
         let port = free_port()?;
         self.monitor_port = port;
         self.monitor_url = format!("http://127.0.0.1:{port}");
+        self.set_up_security(opts).await?;
         if opts.http {
             self.monitor_metrics_port = Some(free_port()?);
         }
@@ -461,12 +475,14 @@ impl Cluster {
             node_timeout: opts.node_timeout.clone(),
             health_check_interval: opts.health_check_interval.clone(),
         };
-        fs::write(&self.monitor_config, toml::to_string(&config)?)
+        let text = toml::to_string(&config)? + &self.monitor_security_toml();
+        fs::write(&self.monitor_config, text)
             .with_context(|| format!("writing {}", self.monitor_config.display()))?;
+        self.restrict_monitor_config()?;
         self.spawn_monitor()?;
 
         self.channel = Some(
-            Endpoint::from_shared(self.monitor_url.clone())?
+            self.endpoint()?
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(10))
                 .connect_lazy(),
@@ -514,12 +530,15 @@ impl Cluster {
         .await
     }
 
-    fn client(&self) -> Result<MonitorClient<Channel>> {
+    fn client(&self) -> Result<pgpilot_proto::security::Client> {
         let channel = self
             .channel
             .clone()
             .ok_or_else(|| anyhow!("the monitor is not started"))?;
-        Ok(MonitorClient::new(channel))
+        Ok(pgpilot_proto::security::client(
+            channel,
+            self.credentials()?,
+        ))
     }
 
     fn state_request(&self) -> GetFormationStateRequest {
@@ -566,6 +585,7 @@ impl Cluster {
             register_timeout: None,
         };
         let mut text = keeper.render()?;
+        text.push_str(&self.keeper_security_toml(&name));
         if let Some(p) = http_port {
             text.push_str(&format!("http_listen = \"127.0.0.1:{p}\"\n"));
         }
@@ -938,6 +958,7 @@ impl Cluster {
     pub async fn run_cli(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = tokio::process::Command::from(self.tools.monitor_command());
         cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+        cmd.envs(self.cli_env()?);
         tokio::time::timeout(CLI_TIMEOUT, cmd.output())
             .await
             .map_err(|_| anyhow!("pgpilot-monitor {args:?} did not finish within {CLI_TIMEOUT:?}"))?
@@ -1267,6 +1288,87 @@ impl Cluster {
         let mut all: Vec<PathBuf> = self.nodes.iter().map(|n| n.pgdata.clone()).collect();
         all.push(self.monitor_db_pgdata.clone());
         all
+    }
+}
+
+// ---- transport security (see `crate::security`) ----------------------------
+
+impl Cluster {
+    /// Make the certificates and token the chosen [`Security`] needs and
+    /// point the monitor URL at https:// when it serves TLS.
+    async fn set_up_security(&mut self, opts: &ClusterOptions) -> Result<()> {
+        self.tls = TlsFiles::generate(
+            &self.tools,
+            &self.root,
+            opts.security,
+            &self.formation,
+            opts.nodes,
+        )
+        .await?;
+        if self.tls.is_some() {
+            self.monitor_url = format!("https://127.0.0.1:{}", self.monitor_port);
+        }
+        Ok(())
+    }
+
+    /// The security lines of `monitor.toml`.
+    fn monitor_security_toml(&self) -> String {
+        match &self.tls {
+            None => "plaintext = true\n".to_string(),
+            Some(tls) => tls.monitor_toml(),
+        }
+    }
+
+    /// The security lines of the keeper of `node`.
+    fn keeper_security_toml(&self, node: &str) -> String {
+        self.tls
+            .as_ref()
+            .map(|tls| tls.keeper_toml(node))
+            .unwrap_or_default()
+    }
+
+    /// `monitor.toml` may hold the database password: only its owner reads it.
+    fn restrict_monitor_config(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&self.monitor_config, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", self.monitor_config.display()))
+    }
+
+    /// How the harness reaches the monitor: as the operator `harness`.
+    pub fn operator_security(&self) -> pgpilot_proto::security::ClientSecurity {
+        self.tls
+            .as_ref()
+            .map(TlsFiles::operator_security)
+            .unwrap_or_default()
+    }
+
+    fn endpoint(&self) -> Result<Endpoint> {
+        Ok(self
+            .operator_security()
+            .endpoint(&self.monitor_url, &pgpilot_proto::security::CLI_NAMES)?)
+    }
+
+    fn credentials(&self) -> Result<pgpilot_proto::security::Credentials> {
+        Ok(self.operator_security().credentials(&self.monitor_url)?)
+    }
+
+    /// Environment that lets `pgpilot-monitor` operator commands reach
+    /// this monitor as the operator `harness` (empty in plaintext).
+    pub fn cli_env(&self) -> Result<Vec<(&'static str, String)>> {
+        match &self.tls {
+            None => Ok(Vec::new()),
+            Some(tls) => tls.cli_env(),
+        }
+    }
+
+    /// The certificates and token of this cluster (None in plaintext).
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// The security mode this cluster runs in.
+    pub fn security(&self) -> Security {
+        self.tls.as_ref().map_or(Security::Plaintext, |t| t.mode)
     }
 }
 

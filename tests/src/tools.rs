@@ -150,10 +150,21 @@ impl Tools {
     }
 
     /// `pgpilot-monitor <args>` as the current user, without a
-    /// `PGPILOT_MONITOR` inherited from the environment.
+    /// `PGPILOT_MONITOR`, TLS settings or token inherited from the
+    /// environment.
     pub fn monitor_command(&self) -> Command {
         let mut cmd = Command::new(&self.monitor);
-        cmd.env_remove("PGPILOT_MONITOR");
+        for var in [
+            "PGPILOT_MONITOR",
+            "PGPILOT_TLS_CA",
+            "PGPILOT_TLS_CERT",
+            "PGPILOT_TLS_KEY",
+            "PGPILOT_TLS_SERVER_NAME",
+            "PGPILOT_TOKEN",
+            "PGPILOT_TOKEN_FILE",
+        ] {
+            cmd.env_remove(var);
+        }
         set_default_log_filter(&mut cmd);
         cmd
     }

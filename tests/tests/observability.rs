@@ -600,6 +600,11 @@ async fn no_secret_in_any_log() -> Result<()> {
             .await);
     }
     std::fs::write(&bad_toml, bad)?;
+    // It holds a password: the monitor refuses it when others can read it.
+    std::fs::set_permissions(
+        &bad_toml,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let mut cmd = tokio::process::Command::from(tools.monitor_command());
     cmd.args(["run", "--config"])
         .arg(&bad_toml)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use pgpilot_tests::{Cluster, ClusterOptions, PostgresNotInstalled, Tools};
+use pgpilot_tests::{Cluster, ClusterOptions, PostgresNotInstalled, Security, Tools};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Run a pgpilot monitor and a group of PostgreSQL nodes on 127.0.0.1 until Ctrl-C.
@@ -24,6 +24,30 @@ struct Args {
     /// after exit). Default: a temporary directory removed on exit.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// How the monitor serves gRPC: mutual-tls (default: a throw-away CA
+    /// from `pgpilot-monitor gen-certs`, a certificate per keeper and one
+    /// for the operator), tls, token, or plaintext.
+    #[arg(long, value_enum, default_value = "mutual-tls")]
+    security: LabSecurity,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LabSecurity {
+    MutualTls,
+    Tls,
+    Token,
+    Plaintext,
+}
+
+impl From<LabSecurity> for Security {
+    fn from(s: LabSecurity) -> Security {
+        match s {
+            LabSecurity::MutualTls => Security::MutualTls,
+            LabSecurity::Tls => Security::Tls,
+            LabSecurity::Token => Security::Token,
+            LabSecurity::Plaintext => Security::Plaintext,
+        }
+    }
 }
 
 /// How long the lab waits for the group to become healthy.
@@ -52,6 +76,7 @@ async fn run(args: Args) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut opts = ClusterOptions::nodes(args.nodes as usize);
     opts.dir = args.dir.clone();
+    opts.security = args.security.into();
     let kept = args.dir.is_some();
     // Fail early, before saying anything, when PostgreSQL or our binaries are missing.
     Tools::locate()?;
@@ -104,6 +129,17 @@ async fn run(args: Args) -> Result<()> {
     println!();
     println!("Watch and drive the group:");
     println!("  export PGPILOT_MONITOR={monitor}");
+    for (key, value) in cluster.cli_env()? {
+        if key == "PGPILOT_TOKEN" {
+            let file = cluster
+                .tls_files()
+                .map(|t| t.token_file().display().to_string())
+                .unwrap_or_default();
+            println!("  export PGPILOT_TOKEN_FILE={file}");
+        } else {
+            println!("  export {key}={value}");
+        }
+    }
     println!("  {cli} show-state");
     println!("  {cli} show-events");
     println!("  {cli} perform-failover");

@@ -1,0 +1,608 @@
+//! Transport security end to end, on real processes: mutual TLS with
+//! keeper and operator identities, the shared token, plaintext clients
+//! against a TLS monitor, secret files others can read, oversized
+//! requests, and the two-node failover with TLS on.
+//!
+//! Needs `cargo build --workspace` first and PostgreSQL's server programs.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use pgpilot_proto::pb;
+use pgpilot_proto::security::{self, ClientSecurity, Credentials};
+use pgpilot_tests::process::free_port;
+use pgpilot_tests::{
+    Cluster, ClusterOptions, FormationStateExt, KeeperToml, NodeStatusExt, Security, Tools, Writer,
+};
+
+/// Bound on one program run by these tests.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn run(mut cmd: std::process::Command, what: &str) -> Result<Output> {
+    cmd.stdin(Stdio::null());
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    tokio::time::timeout(RUN_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| anyhow!("{what} did not finish within {RUN_TIMEOUT:?}"))?
+        .with_context(|| format!("running {what}"))
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit status: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `pgpilot-monitor ARGS --monitor URL` with exactly the environment given
+/// (no TLS settings inherited).
+async fn cli(
+    cluster: &Cluster,
+    url: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> Result<Output> {
+    let mut cmd = cluster.tools().monitor_command();
+    cmd.args(args).args(["--monitor", url]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(cmd, &format!("pgpilot-monitor {}", args.join(" "))).await
+}
+
+/// Expect exit `code` and every word of `words` on stderr.
+fn expect_exit(output: &Output, code: i32, words: &[&str], what: &str) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() != Some(code) || !words.iter().all(|w| stderr.contains(w)) {
+        bail!(
+            "{what}: expected exit {code} and {words:?} on stderr\n{}",
+            describe(output)
+        );
+    }
+    if stderr.trim().lines().count() != 1 {
+        bail!("{what}: expected one line on stderr\n{}", describe(output));
+    }
+    Ok(())
+}
+
+/// A gRPC client of the cluster's monitor with `sec` and `credentials`.
+async fn grpc(
+    cluster: &Cluster,
+    sec: &ClientSecurity,
+    credentials: Credentials,
+) -> Result<security::Client> {
+    let channel = sec
+        .endpoint(cluster.monitor_url(), &security::CLI_NAMES)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .context("connecting to the monitor")?;
+    Ok(security::client(channel, credentials))
+}
+
+fn timings() -> pb::KeeperTimings {
+    pb::KeeperTimings {
+        heartbeat_interval_ms: 500,
+        fence_timeout_ms: 1500,
+        wal_sender_timeout_ms: 2000,
+    }
+}
+
+fn expect_code<T: std::fmt::Debug>(
+    result: std::result::Result<T, tonic::Status>,
+    code: tonic::Code,
+    words: &[&str],
+    what: &str,
+) -> Result<()> {
+    match result {
+        Err(status)
+            if status.code() == code && words.iter().all(|w| status.message().contains(w)) =>
+        {
+            eprintln!("{what}: {:?}: {}", status.code(), status.message());
+            Ok(())
+        }
+        other => bail!("{what}: expected {code:?} with {words:?}, got {other:?}"),
+    }
+}
+
+/// A keeper config for a node the cluster does not run, pointing at its
+/// monitor, with `extra` TOML lines; written with mode 0600 and handed to
+/// the PostgreSQL user.
+fn stray_keeper(
+    cluster: &Cluster,
+    dir: &Path,
+    name: &str,
+    extra: &str,
+) -> Result<std::path::PathBuf> {
+    let tools = cluster.tools();
+    let node_dir = dir.join(name);
+    tools.make_dir(&node_dir)?;
+    let config = KeeperToml {
+        name: name.to_string(),
+        formation: "default".to_string(),
+        host: "127.0.0.1".to_string(),
+        port: free_port()?,
+        advertise_port: None,
+        pgdata: node_dir.join("data").display().to_string(),
+        monitor: cluster.monitor_url().to_string(),
+        pg_bin_dir: tools.pg_bin_dir.display().to_string(),
+        pg_user: "postgres".to_string(),
+        candidate_priority: None,
+        replication_quorum: None,
+        register_timeout: Some("3s".to_string()),
+    };
+    let path = node_dir.join("keeper.toml");
+    std::fs::write(&path, config.render()? + extra)?;
+    tools.hand_over(&path)?;
+    Ok(path)
+}
+
+/// A keeper that exits with `code` and `words` in its output (it also logs
+/// to stderr, so that is more than one line).
+fn expect_keeper_exit(output: &Output, code: i32, words: &[&str], what: &str) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() != Some(code) || !words.iter().all(|w| stderr.contains(w)) {
+        bail!(
+            "{what}: expected exit {code} and {words:?} on stderr\n{}",
+            describe(output)
+        );
+    }
+    Ok(())
+}
+
+async fn run_keeper(cluster: &Cluster, config: &Path) -> Result<Output> {
+    let dir = config.parent().expect("config in a directory");
+    run(
+        cluster.tools().keeper_command(config, dir),
+        "pgpilot-keeper",
+    )
+    .await
+}
+
+/// Mutual TLS: the failover works; a client without a certificate, with a
+/// certificate of another CA, or in plaintext is refused; a keeper
+/// certificate runs no operator command and cannot act as another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_identities_and_failover() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2).security(Security::MutualTls)).await?;
+    let state = cluster.wait_healthy_pair().await?;
+    let url = cluster.monitor_url().to_string();
+    assert!(url.starts_with("https://"), "{url}");
+    let tls = cluster.tls_files().expect("TLS files").clone();
+    let ca = tls.ca().display().to_string();
+
+    // The operator (what run_cli passes) may look.
+    let ok = cluster.run_cli(&["show-state", "--monitor", &url]).await?;
+    if !ok.status.success() || !String::from_utf8_lossy(&ok.stdout).contains("node1") {
+        bail!("show-state as the operator failed\n{}", describe(&ok));
+    }
+
+    // Only the CA: the monitor wants a client certificate.
+    let out = cli(
+        &cluster,
+        &url,
+        &["show-state"],
+        &[("PGPILOT_TLS_CA", ca.clone())],
+    )
+    .await?;
+    expect_exit(
+        &out,
+        2,
+        &["refused", "certificate", "--tls-cert"],
+        "show-state without a client certificate",
+    )?;
+
+    // A keeper's certificate runs no operator command.
+    let keeper_env = [
+        ("PGPILOT_TLS_CA", ca.clone()),
+        (
+            "PGPILOT_TLS_CERT",
+            tls.keeper_cert("node1").display().to_string(),
+        ),
+        (
+            "PGPILOT_TLS_KEY",
+            tls.keeper_key("node1").display().to_string(),
+        ),
+    ];
+    for args in [
+        &["show-state"][..],
+        &["perform-failover", "--no-wait"][..],
+        &["drop-node", "node2", "--force", "--no-wait"][..],
+    ] {
+        let out = cli(&cluster, &url, args, &keeper_env).await?;
+        expect_exit(
+            &out,
+            2,
+            &["operator command", "keeper of default/node1"],
+            &args.join(" "),
+        )?;
+    }
+
+    // No TLS at all against the TLS monitor.
+    let plain = url.replace("https://", "http://");
+    let out = cli(&cluster, &plain, &["show-state"], &[]).await?;
+    expect_exit(
+        &out,
+        3,
+        &["unreachable"],
+        "show-state in plaintext against a TLS monitor",
+    )?;
+    let plaintext = tonic::transport::Endpoint::from_shared(plain.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        let mut client = pb::monitor_client::MonitorClient::new(channel);
+        let reply = client
+            .get_formation_state(pb::GetFormationStateRequest {
+                formation: "default".into(),
+            })
+            .await;
+        if reply.is_ok() {
+            bail!("a plaintext gRPC client read the formation state of a TLS monitor");
+        }
+    }
+
+    // A certificate from another CA, with an operator identity: the
+    // handshake fails (and the CLI says what to check).
+    let other = cluster.root().join("other-ca");
+    let mut gen = cluster.tools().monitor_command();
+    gen.arg("gen-certs")
+        .arg("--dir")
+        .arg(&other)
+        .args(["--operator", "mallory"]);
+    let out = run(gen, "gen-certs for another CA").await?;
+    if !out.status.success() {
+        bail!("gen-certs failed\n{}", describe(&out));
+    }
+    let foreign = [
+        ("PGPILOT_TLS_CA", ca.clone()),
+        (
+            "PGPILOT_TLS_CERT",
+            other.join("operator-mallory.crt").display().to_string(),
+        ),
+        (
+            "PGPILOT_TLS_KEY",
+            other.join("operator-mallory.key").display().to_string(),
+        ),
+    ];
+    let out = cli(&cluster, &url, &["show-state"], &foreign).await?;
+    expect_exit(
+        &out,
+        3,
+        &["unreachable"],
+        "show-state with a certificate of another CA",
+    )?;
+    // The monitor's certificate is checked too: another CA does not verify it.
+    let wrong_ca = [("PGPILOT_TLS_CA", other.join("ca.crt").display().to_string())];
+    let out = cli(&cluster, &url, &["show-state"], &wrong_ca).await?;
+    expect_exit(&out, 3, &["certificate"], "show-state trusting another CA")?;
+
+    // node1's certificate cannot register or heartbeat as node2.
+    let node2 = state
+        .node("node2")
+        .ok_or_else(|| anyhow!("no node2"))?
+        .node_id;
+    let node1 = state
+        .node("node1")
+        .ok_or_else(|| anyhow!("no node1"))?
+        .node_id;
+    let as_node1 = ClientSecurity {
+        ca_file: Some(tls.ca()),
+        cert_file: Some(tls.keeper_cert("node1")),
+        key_file: Some(tls.keeper_key("node1")),
+        ..Default::default()
+    };
+    let mut keeper1 = grpc(&cluster, &as_node1, Credentials::none()).await?;
+    let beat = |node_id| pb::NodeActiveRequest {
+        node_id,
+        reported_state: pgpilot_proto::ReplicationState::Secondary.to_wire(),
+        pg_running: true,
+        timings: Some(timings()),
+        ..Default::default()
+    };
+    expect_code(
+        keeper1.node_active(beat(node2)).await,
+        tonic::Code::PermissionDenied,
+        &["keeper of default/node1", "not of default/node2"],
+        "node1's certificate heartbeating as node2",
+    )?;
+    expect_code(
+        keeper1
+            .register_node(pb::RegisterNodeRequest {
+                formation: "default".into(),
+                name: "node2".into(),
+                host: "127.0.0.1".into(),
+                port: u32::from(cluster.node_port("node2")?),
+                candidate_priority: 50,
+                replication_quorum: true,
+                timings: Some(timings()),
+                ..Default::default()
+            })
+            .await,
+        tonic::Code::PermissionDenied,
+        &["only as itself"],
+        "node1's certificate registering as node2",
+    )?;
+    // Its own registration with a host that would smuggle connection
+    // parameters into the other nodes' primary_conninfo.
+    expect_code(
+        keeper1
+            .register_node(pb::RegisterNodeRequest {
+                formation: "default".into(),
+                name: "node1".into(),
+                host: "127.0.0.1 sslmode=disable".into(),
+                port: u32::from(cluster.node_port("node1")?),
+                candidate_priority: 50,
+                replication_quorum: true,
+                timings: Some(timings()),
+                ..Default::default()
+            })
+            .await,
+        tonic::Code::InvalidArgument,
+        &["is not a host name or IP address"],
+        "a registration with a bad host",
+    )?;
+    expect_code(
+        keeper1.node_active(beat(0)).await,
+        tonic::Code::InvalidArgument,
+        &["node id 0"],
+        "a heartbeat without a node id",
+    )?;
+    expect_code(
+        keeper1.node_active(beat(node1 + 1000)).await,
+        tonic::Code::NotFound,
+        &["not registered"],
+        "a heartbeat for a node that does not exist",
+    )?;
+    // An operator does not heartbeat.
+    let mut operator = grpc(&cluster, &cluster.operator_security(), Credentials::none()).await?;
+    expect_code(
+        operator.node_active(beat(node1)).await,
+        tonic::Code::PermissionDenied,
+        &["operator harness cannot"],
+        "the operator heartbeating",
+    )?;
+    // A request over the configured size is refused before it is read.
+    expect_code(
+        operator
+            .get_formation_state(pb::GetFormationStateRequest {
+                formation: "x".repeat(2 * 1024 * 1024),
+            })
+            .await,
+        tonic::Code::OutOfRange,
+        &[],
+        "a 2 MiB request",
+    )?;
+
+    // A keeper without a client certificate is refused at registration.
+    let scratch = cluster.tools().scratch_dir("pgpilot-security-")?;
+    let config = stray_keeper(
+        &cluster,
+        scratch.path(),
+        "node7",
+        &format!("tls_ca_file = {:?}\n", tls.ca()),
+    )?;
+    let out = run_keeper(&cluster, &config).await?;
+    expect_keeper_exit(
+        &out,
+        1,
+        &["refused", "certificate"],
+        "a keeper without a certificate",
+    )?;
+
+    // The failover works with mutual TLS, and nothing acknowledged is lost.
+    let old = cluster.primary_name().await?;
+    let new = cluster.other_node(&old)?;
+    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
+    cluster
+        .wait_for(Duration::from_secs(30), "the writer to warm up", || {
+            let ready = writer.ack_count() >= 10;
+            async move { Ok(ready.then_some(())) }
+        })
+        .await?;
+    let killed_at = cluster.kill_node_hard(&old)?;
+    cluster
+        .wait_state(
+            Duration::from_secs(90),
+            &format!("{new} to become the writable primary after {old} was killed"),
+            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
+        )
+        .await?;
+    let promoted = killed_at.elapsed();
+    writer
+        .wait_ack_after(
+            &cluster,
+            killed_at,
+            Duration::from_secs(60),
+            "a write acknowledged after the kill",
+        )
+        .await?;
+    let report = writer.stop().await;
+    report.expect_all_on(&cluster, &new).await?;
+    eprintln!(
+        "MUTUAL TLS FAILOVER: {new} primary {:.2} s after {old} was killed; {} writes acknowledged, none lost",
+        promoted.as_secs_f64(),
+        report.acks.len()
+    );
+    Ok(())
+}
+
+/// Token mode: keepers with the token file form a group; the CLI with the
+/// token in PGPILOT_TOKEN works, without it or with another it is refused;
+/// a keeper with a wrong token is refused; the token is in no log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2).security(Security::Token)).await?;
+    cluster.wait_healthy_pair().await?;
+    let url = cluster.monitor_url().to_string();
+    let tls = cluster.tls_files().expect("TLS files").clone();
+    let token = tls.token()?;
+    let ca = ("PGPILOT_TLS_CA", tls.ca().display().to_string());
+
+    let out = cli(
+        &cluster,
+        &url,
+        &["show-nodes"],
+        &[ca.clone(), ("PGPILOT_TOKEN", token.clone())],
+    )
+    .await?;
+    if !out.status.success() {
+        bail!("show-nodes with the token failed\n{}", describe(&out));
+    }
+    let out = cli(&cluster, &url, &["show-nodes"], std::slice::from_ref(&ca)).await?;
+    expect_exit(
+        &out,
+        2,
+        &["needs its token"],
+        "show-nodes without the token",
+    )?;
+    let wrong = "0123456789abcdef-not-the-token".to_string();
+    let out = cli(
+        &cluster,
+        &url,
+        &["show-nodes"],
+        &[ca.clone(), ("PGPILOT_TOKEN", wrong.clone())],
+    )
+    .await?;
+    expect_exit(
+        &out,
+        2,
+        &["not this monitor's"],
+        "show-nodes with a wrong token",
+    )?;
+    // A token is never sent in clear.
+    let plain = url.replace("https://", "http://");
+    let out = cli(
+        &cluster,
+        &plain,
+        &["show-nodes"],
+        &[("PGPILOT_TOKEN", token.clone())],
+    )
+    .await?;
+    expect_exit(
+        &out,
+        2,
+        &["only sent over TLS"],
+        "a token with an http:// URL",
+    )?;
+
+    // A keeper with a wrong token is refused at registration.
+    let scratch = cluster.tools().scratch_dir("pgpilot-security-")?;
+    let bad_token = scratch.path().join("bad-token");
+    std::fs::write(&bad_token, &wrong)?;
+    std::fs::set_permissions(&bad_token, std::fs::Permissions::from_mode(0o600))?;
+    cluster.tools().hand_over(&bad_token)?;
+    let config = stray_keeper(
+        &cluster,
+        scratch.path(),
+        "node7",
+        &format!(
+            "tls_ca_file = {:?}\ntoken_file = {:?}\n",
+            tls.ca(),
+            bad_token
+        ),
+    )?;
+    let out = run_keeper(&cluster, &config).await?;
+    expect_keeper_exit(
+        &out,
+        1,
+        &["refused", "token"],
+        "a keeper with a wrong token",
+    )?;
+    // A token file others can read is refused before anything is sent.
+    std::fs::set_permissions(&bad_token, std::fs::Permissions::from_mode(0o644))?;
+    let out = run_keeper(&cluster, &config).await?;
+    expect_keeper_exit(
+        &out,
+        2,
+        &["chmod o-rwx", &bad_token.display().to_string()],
+        "a world-readable token file",
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains(&wrong) {
+        bail!("the keeper printed its token\n{}", describe(&out));
+    }
+
+    // Operator commands through the harness (PGPILOT_TOKEN) drive a switchover.
+    let old = cluster.primary_name().await?;
+    let out = cluster
+        .run_cli(&["perform-failover", "--monitor", &url, "--timeout", "120s"])
+        .await?;
+    if !out.status.success() {
+        return Err(cluster
+            .failure(format!(
+                "perform-failover with the token failed\n{}",
+                describe(&out)
+            ))
+            .await);
+    }
+    let new = cluster.primary_name().await?;
+    if new == old {
+        bail!("perform-failover returned but {old} is still the primary");
+    }
+
+    // The token is in no log line.
+    for file in cluster.log_files() {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains(&token) {
+            bail!("the token appears in {}", file.display());
+        }
+    }
+    Ok(())
+}
+
+/// A monitor whose key file others can read refuses to start (exit 2, one
+/// sentence naming the file and the chmod); one with neither TLS nor
+/// `plaintext = true` refuses too.
+#[tokio::test]
+async fn monitor_refuses_unsafe_settings() -> Result<()> {
+    let tools = Tools::locate()?;
+    let dir = tempfile::tempdir()?;
+    let mut gen = tools.monitor_command();
+    gen.arg("gen-certs").arg("--dir").arg(dir.path());
+    let out = run(gen, "gen-certs").await?;
+    if !out.status.success() {
+        bail!("gen-certs failed\n{}", describe(&out));
+    }
+    let key = dir.path().join("monitor.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    let config = dir.path().join("monitor.toml");
+    let base = format!(
+        "database_url = \"postgres://postgres@127.0.0.1:{}/pgpilot\"\nlisten = \"127.0.0.1:{}\"\n",
+        free_port()?,
+        free_port()?
+    );
+    let started = Instant::now();
+    for (extra, words) in [
+        (
+            format!(
+                "tls_cert_file = {:?}\ntls_key_file = {:?}\n",
+                dir.path().join("monitor.crt"),
+                key
+            ),
+            vec!["chmod o-rwx".to_string(), key.display().to_string()],
+        ),
+        (
+            String::new(),
+            vec!["plaintext = true".to_string(), "tls_cert_file".to_string()],
+        ),
+    ] {
+        std::fs::write(&config, format!("{base}{extra}"))?;
+        let mut cmd = tools.monitor_command();
+        cmd.arg("run").arg("--config").arg(&config);
+        let out = run(cmd, "pgpilot-monitor run").await?;
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        expect_exit(&out, 2, &words, "pgpilot-monitor run with unsafe settings")?;
+    }
+    eprintln!("refusals took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -142,7 +142,10 @@ fn formation_or_default(f: &str) -> &str {
     }
 }
 
-fn timings(t: Option<pb::KeeperTimings>) -> Result<KeeperTimings, Error> {
+/// The keeper's timings, bounded, and its fence timeout no longer than
+/// `node_timeout`: an isolated primary must fence by the time the monitor
+/// gives up on it, or every failover waits for the longer fence.
+fn timings(t: Option<pb::KeeperTimings>, node_timeout: Duration) -> Result<KeeperTimings, Error> {
     let t = t.ok_or_else(|| Error::InvalidArgument("timings are missing".into()))?;
     for (what, ms) in [
         ("heartbeat_interval", t.heartbeat_interval_ms),
@@ -154,6 +157,14 @@ fn timings(t: Option<pb::KeeperTimings>) -> Result<KeeperTimings, Error> {
                 "{what} of {ms} ms is not between 1 ms and one hour: check the keeper's configuration"
             )));
         }
+    }
+    let fence_timeout = Duration::from_millis(t.fence_timeout_ms);
+    if fence_timeout > node_timeout {
+        return Err(Error::FailedPrecondition(format!(
+            "the keeper's fence_timeout ({}) must not be longer than the monitor's node_timeout ({}): lower fence_timeout in the keeper's configuration or raise node_timeout in the monitor's",
+            humantime::format_duration(fence_timeout),
+            humantime::format_duration(node_timeout)
+        )));
     }
     Ok(KeeperTimings {
         heartbeat_interval: Duration::from_millis(t.heartbeat_interval_ms),
@@ -212,7 +223,7 @@ impl Monitor for MonitorService {
                 system_identifier: r.system_identifier,
                 candidate_priority: r.candidate_priority,
                 replication_quorum: r.replication_quorum,
-                timings: timings(r.timings)?,
+                timings: timings(r.timings, self.store.node_timeout())?,
             })
             .await?;
         tracing::info!(node = %node.snap.name, node_id = node.snap.id, goal = %node.snap.goal, "node registered");
@@ -252,7 +263,7 @@ impl Monitor for MonitorService {
             timeline: r.timeline,
             wal_receiver_streaming: r.wal_receiver_streaming,
             system_identifier: r.system_identifier,
-            timings: timings(r.timings)?,
+            timings: timings(r.timings, self.store.node_timeout())?,
             synchronous_standby_names: r.synchronous_standby_names,
             pg_start_failures: r.pg_start_failures,
         };
@@ -539,16 +550,27 @@ mod tests {
     #[test]
     fn timings_are_bounded() {
         let t = |hb, fence, wst| {
-            timings(Some(pb::KeeperTimings {
-                heartbeat_interval_ms: hb,
-                fence_timeout_ms: fence,
-                wal_sender_timeout_ms: wst,
-            }))
+            timings(
+                Some(pb::KeeperTimings {
+                    heartbeat_interval_ms: hb,
+                    fence_timeout_ms: fence,
+                    wal_sender_timeout_ms: wst,
+                }),
+                Duration::from_secs(2),
+            )
         };
         assert!(t(500, 1500, 2000).is_ok());
         let err = t(0, 1500, 2000).unwrap_err().to_string();
         assert!(err.contains("heartbeat_interval"), "{err}");
         assert!(t(500, u64::MAX, 2000).is_err());
-        assert!(timings(None).is_err());
+        assert!(timings(None, Duration::from_secs(2)).is_err());
+        // The fence must act before the monitor gives up on the primary.
+        assert!(t(500, 2000, 2000).is_ok());
+        let err = t(500, 2500, 2000).unwrap_err().to_string();
+        assert!(
+            err.contains("fence_timeout (2s 500ms)") && err.contains("node_timeout (2s)"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
     }
 }

@@ -1059,6 +1059,11 @@ impl Store {
         Ok(nodes)
     }
 
+    /// The monitor's node_timeout: keepers' fence timeouts must be shorter.
+    pub fn node_timeout(&self) -> Duration {
+        self.settings.node_timeout
+    }
+
     pub fn fsm_settings(&self, formation: FormationSettings) -> fsm::Settings {
         Store::fsm_settings_for(&self.settings, formation)
     }

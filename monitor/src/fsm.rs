@@ -1325,6 +1325,7 @@ pub fn replication_plan(
 /// before it. From a keeper that does not report it (`None`), the heartbeat
 /// after the change: the keeper applies a new set right after the reply.
 /// Never from a heartbeat with PostgreSQL down, whose LSN says nothing.
+/// For a first set (none before) it is the primary's LSN at once.
 /// Growing the set without raising `r` needs no such wait.
 pub fn fence_update(
     nodes: &[NodeSnapshot],
@@ -1346,7 +1347,11 @@ pub fn fence_update(
         let grows_only = !me.fence_set.is_empty()
             && me.fence_set.iter().all(|n| plan.fence_set.contains(n))
             && plan.fence_required <= me.fence_required;
-        if !grows_only {
+        // A primary that ran without synchronous replication (single,
+        // wait_primary) acknowledged nothing under its old set: members
+        // leaving it hold nothing an election must wait for.
+        let old_set_synchronous = !matches!(me.reported, S::Single | S::WaitPrimary);
+        if !grows_only && (old_set_synchronous || me.fence_set.is_empty()) {
             let was_pending = pending.cover_lsn.is_some();
             let mut left: Vec<String> = me
                 .fence_set
@@ -1373,7 +1378,13 @@ pub fn fence_update(
                 before
             }
             .min(plan.fence_required);
-            pending.cover_lsn = Some(COVER_AT_NEXT_HEARTBEAT);
+            // A first set has no earlier set to be applied after: what
+            // must be covered is what the primary holds now.
+            pending.cover_lsn = if me.fence_set.is_empty() && me.pg_running && me.lsn > 0 {
+                Some(me.lsn)
+            } else {
+                Some(COVER_AT_NEXT_HEARTBEAT)
+            };
         }
     } else if pending.cover_lsn == Some(COVER_AT_NEXT_HEARTBEAT)
         && me.pg_running

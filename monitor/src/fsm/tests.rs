@@ -760,6 +760,35 @@ fn a_new_primary_counts_itself_until_a_standby_holds_its_commits() {
 }
 
 #[test]
+fn leaving_a_set_without_synchronous_replication_leaves_nothing_pending() {
+    // wait_primary -> primary: the old set (every standby, synchronous
+    // replication off) acknowledged no commit, so c leaving it for the
+    // first quorum set {b} adds nothing to wait for.
+    let g = group()
+        .node("a", S::WaitPrimary, S::Primary)
+        .secondary("b")
+        .at("c", S::Catchingup)
+        .with("a", |n| {
+            n.fence_set = vec!["pgpilot_2".into(), "pgpilot_3".into()];
+            n.fence_required = 1;
+        })
+        .primary_heartbeat(0, 0);
+    assert_eq!(g.nodes[0].fence_set, vec!["pgpilot_2".to_string()]);
+    assert_eq!(g.nodes[0].fence_pending, FencePending::default());
+    // The same change from a primary running ANY 1 (b, c) waits.
+    let g = g
+        .with("a", |n| {
+            n.reported = S::Primary;
+            n.fence_set = vec!["pgpilot_2".into(), "pgpilot_3".into()];
+        })
+        .primary_heartbeat(0, 0);
+    assert_eq!(
+        g.nodes[0].fence_pending.names,
+        vec!["pgpilot_3".to_string()]
+    );
+}
+
+#[test]
 fn a_member_that_is_not_streaming_does_not_cover() {
     // A node assigned to the set but still reporting an old timeline's LSN
     // (not yet following) holds none of this primary's commits.

@@ -34,7 +34,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use pgpilot_tests::operator::{cli_json, cli_ok};
+use pgpilot_tests::operator::{cli_ok, event_line, events};
 use pgpilot_tests::process::free_port;
 use pgpilot_tests::{
     Cluster, ClusterOptions, FormationState, FormationStateExt, KeeperToml, NodeStatusExt,
@@ -303,29 +303,6 @@ fn settled_pair(s: &FormationState, primary: &str, secondary: &str) -> bool {
         && s.node(primary).is_some_and(|n| n.settled_in(PRIMARY))
         && s.node(secondary).is_some_and(|n| n.settled_in(SECONDARY))
         && s.synchronous_standby_names.starts_with("ANY 1")
-}
-
-/// The formation's events (oldest first), from `show-events --json`.
-async fn events(cluster: &Cluster) -> Result<Vec<Value>> {
-    let doc = cli_json(cluster, &["show-events", "--json", "--count", "10000"]).await?;
-    let mut list = doc
-        .as_array()
-        .cloned()
-        .ok_or_else(|| anyhow!("show-events --json is not an array:\n{doc:#}"))?;
-    list.sort_by_key(|e| e["event_id"].as_i64().unwrap_or(0));
-    Ok(list)
-}
-
-fn event_line(e: &Value) -> String {
-    format!(
-        "{} {} reported {}: goal {} -> {} ({})",
-        e["at"].as_str().unwrap_or("?"),
-        e["node_name"].as_str().unwrap_or("?"),
-        e["reported_state"].as_str().unwrap_or("?"),
-        e["goal_from"].as_str().unwrap_or("?"),
-        e["goal_to"].as_str().unwrap_or("?"),
-        e["reason"].as_str().unwrap_or("")
-    )
 }
 
 /// The keepers of `points` (node, points) have fired all their points, and

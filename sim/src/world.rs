@@ -967,19 +967,28 @@ impl World {
         self.after(timeout, Ev::HbTimeout(i, inc, step));
     }
 
-    fn hb_arrive(&mut self, i: usize, inc: u64, step: u64, hb: Heartbeat) {
+    /// The monitor handles a heartbeat or keepalive (`what`) of node `i`
+    /// that reached it; the reply, unless the link is cut or the monitor
+    /// refused it (an invariant failure).
+    fn monitor_handles(&mut self, i: usize, hb: &Heartbeat, what: &str) -> Option<Reply> {
         if !self.link(Peer::Node(i), Peer::Monitor) {
-            return;
+            return None;
         }
-        let reply = match self.monitor_op(|m, now| m.node_active(&hb, now)) {
-            Ok(r) => r,
+        match self.monitor_op(|m, now| m.node_active(hb, now)) {
+            Ok(r) => Some(r),
             Err(e) => {
                 self.fail(
                     0,
-                    format!("the monitor refused a heartbeat of {}: {e}", name(i)),
+                    format!("the monitor refused a {what} of {}: {e}", name(i)),
                 );
-                return;
+                None
             }
+        }
+    }
+
+    fn hb_arrive(&mut self, i: usize, inc: u64, step: u64, hb: Heartbeat) {
+        let Some(reply) = self.monitor_handles(i, &hb, "heartbeat") else {
+            return;
         };
         if !self.rng.chance(self.loss) {
             let d = self.net_delay();
@@ -1078,18 +1087,8 @@ impl World {
     }
 
     fn keepalive_arrive(&mut self, i: usize, inc: u64, seq: u64, sent: Ms, hb: Heartbeat) {
-        if !self.link(Peer::Node(i), Peer::Monitor) {
+        let Some(reply) = self.monitor_handles(i, &hb, "keepalive") else {
             return;
-        }
-        let reply = match self.monitor_op(|m, now| m.node_active(&hb, now)) {
-            Ok(r) => r,
-            Err(e) => {
-                self.fail(
-                    0,
-                    format!("the monitor refused a keepalive of {}: {e}", name(i)),
-                );
-                return;
-            }
         };
         if !self.rng.chance(self.loss) {
             let d = self.net_delay();

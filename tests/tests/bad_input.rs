@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use pgpilot_tests::operator::describe;
 use pgpilot_tests::process::free_port;
 use pgpilot_tests::KeeperToml;
 use pgpilot_tests::Tools;
@@ -24,15 +25,6 @@ async fn run_within(cmd: Command, timeout: Duration, what: &str) -> Result<Outpu
         .await
         .map_err(|_| anyhow!("{what} was still running after {timeout:?}"))?
         .with_context(|| format!("waiting for {what}"))
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit status: {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// A keeper config pointing at `monitor`, with its data under `dir`.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use pgpilot_proto::pb;
 use pgpilot_proto::security::{self, ClientSecurity, Credentials};
+use pgpilot_tests::operator::describe;
 use pgpilot_tests::process::free_port;
 use pgpilot_tests::{
     Cluster, ClusterOptions, FormationStateExt, KeeperToml, NodeStatusExt, Security, Tools, Writer,
@@ -29,15 +30,6 @@ async fn run(mut cmd: std::process::Command, what: &str) -> Result<Output> {
         .await
         .map_err(|_| anyhow!("{what} did not finish within {RUN_TIMEOUT:?}"))?
         .with_context(|| format!("running {what}"))
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit status: {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// `pgpilot-monitor ARGS --monitor URL` with exactly the environment given

@@ -66,6 +66,9 @@ struct Instructions {
     synchronous_standby_names: String,
     /// A slot for every other node of the group, with that node's LSN.
     slots: Vec<(String, u64)>,
+    /// Hosts of the other nodes of the group; `None` until the monitor
+    /// first answered.
+    peer_hosts: Option<Vec<String>>,
 }
 
 pub struct Keeper<P: LocalPostgres> {
@@ -316,6 +319,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                         .iter()
                         .map(|n| (application_name(n.node_id), n.lsn))
                         .collect(),
+                    peer_hosts: Some(
+                        replication
+                            .standbys
+                            .iter()
+                            .map(|n| n.host.clone())
+                            .collect(),
+                    ),
                 };
                 renew_lease(
                     &self.lease,
@@ -444,6 +454,11 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             standby_of,
             wal_sender_timeout: self.config.wal_sender_timeout,
             wal_receiver_timeout: self.config.wal_receiver_timeout,
+            group_hosts: self.instructions.peer_hosts.as_ref().map(|peers| {
+                std::iter::once(self.config.host.clone())
+                    .chain(peers.iter().cloned())
+                    .collect()
+            }),
         }
     }
 
@@ -548,7 +563,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 Action::Promote => pg.promote().await?,
                 Action::SyncSlots => {
                     let slots = self.instructions.slots.clone();
-                    pg.sync_slots(&slots).await?
+                    pg.sync_slots(&slots).await?;
+                    pg.ensure_replication_role().await?;
                 }
             }
             if let Some((from, to)) = transition {

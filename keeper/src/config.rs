@@ -25,6 +25,7 @@ pub const DEFAULT_WAL_RECEIVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// it gives up (a registered keeper retries forever).
 pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CANDIDATE_PRIORITY: u32 = 50;
+pub const DEFAULT_REPLICATION_USER: &str = "pgpilot_replication";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,9 +67,22 @@ pub struct KeeperConfig {
     /// Directory of pg_ctl, initdb, … (found on PATH or under /usr/lib/postgresql when unset).
     #[serde(default)]
     pub pg_bin_dir: Option<PathBuf>,
-    /// PostgreSQL superuser name, also used for replication.
+    /// PostgreSQL superuser name, which the keeper connects as over the
+    /// local socket.
     #[serde(default = "d_pg_user")]
     pub pg_user: String,
+    /// Role the other nodes of the group stream, clone and rewind as. The
+    /// primary's keeper creates it (LOGIN REPLICATION, pg_checkpoint and
+    /// the file functions pg_rewind needs) and pg_hba.conf lets it in from
+    /// the group's hosts only.
+    #[serde(default = "d_replication_user")]
+    pub replication_user: String,
+    /// File holding the replication role's password (SCRAM-SHA-256; not
+    /// world-readable; read again on each use, so a rotation needs no
+    /// restart); else PGPILOT_REPLICATION_PASSWORD when set. Neither: the
+    /// group's hosts replicate without a password (trust).
+    #[serde(default)]
+    pub replication_password_file: Option<PathBuf>,
     /// listen_addresses of PostgreSQL (default: the host).
     #[serde(default)]
     pub listen_addresses: Option<String>,
@@ -110,6 +124,9 @@ fn d_formation() -> String {
 fn d_pg_user() -> String {
     "postgres".into()
 }
+fn d_replication_user() -> String {
+    DEFAULT_REPLICATION_USER.into()
+}
 fn d_priority() -> u32 {
     DEFAULT_CANDIDATE_PRIORITY
 }
@@ -148,6 +165,16 @@ fn d_http_listen<'de, D: serde::Deserializer<'de>>(
 }
 
 pub use pgpilot_proto::config_file::ConfigError;
+
+/// A PostgreSQL role name that needs no quoting anywhere (and is not one
+/// of the reserved `pg_` roles).
+fn is_role_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+        && !name.starts_with("pg_")
+}
 
 /// A pg_hba.conf address the keeper may write: `samenet`, `samehost`, or an
 /// IPv4/IPv6 address with a prefix length that fits it.
@@ -194,6 +221,16 @@ impl KeeperConfig {
                 "name {:?} is not valid: use 1 to 63 letters, digits, '_', '-' or '.'",
                 self.name
             ));
+        }
+        for (key, role) in [
+            ("pg_user", &self.pg_user),
+            ("replication_user", &self.replication_user),
+        ] {
+            if !is_role_name(role) {
+                return bad(format!(
+                    "{key} {role:?} is not a role name pgpilot can use: 1 to 63 lower-case letters, digits or '_', starting with a letter or '_', and not starting with \"pg_\""
+                ));
+            }
         }
         if self.port == 0 {
             return bad("port must be between 1 and 65535".into());
@@ -417,6 +454,35 @@ mod tests {
             assert_eq!((c.name.as_str(), c.host.as_str()), (name, name));
             assert_eq!(c.trust_networks, ["samenet"]);
             assert!(c.http_listen.is_some());
+        }
+    }
+
+    #[test]
+    fn role_names_are_checked() {
+        let c = KeeperConfig::parse(MINIMAL).unwrap();
+        assert_eq!(c.replication_user, DEFAULT_REPLICATION_USER);
+        assert_eq!(c.replication_password_file, None);
+        let c = KeeperConfig::parse(&format!(
+            "{MINIMAL}\nreplication_user = \"repl_2\"\nreplication_password_file = \"/etc/pgpilot/repl\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.replication_user, "repl_2");
+        for bad in [
+            "",
+            "Repl",
+            "pg_repl",
+            "2repl",
+            "a b",
+            "a\\\"b",
+            &"r".repeat(64),
+        ] {
+            let err = KeeperConfig::parse(&format!("{MINIMAL}\nreplication_user = {bad:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("replication_user") && err.contains("role name"),
+                "{err}"
+            );
         }
     }
 

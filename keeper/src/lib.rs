@@ -2,6 +2,7 @@
 //! the monitor assigns, heartbeats, and fences a primary that lost the
 //! monitor and its standbys.
 
+pub mod access;
 pub mod agent;
 pub mod config;
 pub mod failpoint;

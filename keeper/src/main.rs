@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pgpilot_keeper::access::PasswordSource;
 use pgpilot_keeper::agent::Keeper;
 use pgpilot_keeper::config::KeeperConfig;
 use pgpilot_keeper::failpoint::{self, Failpoints};
@@ -65,6 +66,31 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let replication_password =
+        match PasswordSource::configured(config.replication_password_file.clone()) {
+            Ok(source) => source,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    if replication_password.is_some() {
+        // initdb then writes `local all all peer`: the keeper's own socket
+        // connection as pg_user must come from that operating-system user.
+        let os_user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        if os_user.as_deref() != Some(config.pg_user.as_str()) {
+            eprintln!(
+                "error: with a replication password PostgreSQL authenticates local connections by operating-system user (peer), so pg_user {:?} must be the user pgpilot-keeper runs as ({}): run the keeper as {:?} or set pg_user",
+                config.pg_user,
+                os_user.as_deref().unwrap_or("unknown"),
+                config.pg_user
+            );
+            return ExitCode::from(2);
+        }
+    }
     let pg = PgController::new(PgSettings {
         pgdata: config.pgdata.clone(),
         bin_dir,
@@ -72,9 +98,23 @@ async fn main() -> ExitCode {
         superuser: config.pg_user.clone(),
         port: config.port,
         trust_networks: config.trust_networks.clone(),
+        replication_user: config.replication_user.clone(),
+        replication_password,
     });
     let span = tracing::info_span!("keeper", node = %config.name, formation = %config.formation);
     let _enter = span.enter();
+    match &pg.settings().replication_password {
+        Some(source) => tracing::info!(
+            role = %config.replication_user,
+            password = %source.origin(),
+            "replication: SCRAM-SHA-256 from the group's hosts only"
+        ),
+        None => tracing::warn!(
+            role = %config.replication_user,
+            "replication without a password: the group's hosts are trusted; set replication_password_file (or {}) for SCRAM-SHA-256",
+            pgpilot_keeper::access::PASSWORD_ENV
+        ),
+    }
     // A keeper that was killed may have left a clone's WAL streamer running.
     pg.kill_leftover_programs().await;
     // The HTTP server observes PostgreSQL through its own connection.

@@ -23,6 +23,8 @@ use tokio::process::Command;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
+use crate::access::{self, HbaRules, Method, PasswordSource, Secret};
+
 /// Where a standby streams from (or clones / rewinds from).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -48,6 +50,10 @@ pub struct ManagedConfig {
     pub synchronous_standby_names: String,
     pub wal_sender_timeout: Duration,
     pub wal_receiver_timeout: Duration,
+    /// Hosts of the group's nodes (this one included): the only hosts the
+    /// replication role may connect from (pg_hba.conf). `None` (the
+    /// monitor has not answered yet): keep the block pg_hba.conf has.
+    pub group_hosts: Option<Vec<String>>,
 }
 
 /// What the keeper observes of its PostgreSQL on each loop.
@@ -139,6 +145,10 @@ pub trait LocalPostgres {
     ) -> impl Future<Output = Result<(), PgError>> + Send;
     /// pg_promote() when still in recovery; done when writes are accepted.
     fn promote(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// On a primary, make the replication role exist with its grants and
+    /// the configured password (once per keeper run and password: it
+    /// writes WAL); nothing on a standby.
+    fn ensure_replication_role(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     /// Keep a physical replication slot for each (name, LSN) and drop other
     /// inactive `pgpilot_` slots. On a standby the slots are advanced to the
     /// named node's LSN (never past this node's replay), so a promoted
@@ -230,12 +240,25 @@ pub struct PgSettings {
     pub bin_dir: PathBuf,
     /// `unix_socket_directories`; the keeper connects through it.
     pub socket_dir: PathBuf,
-    /// Superuser created by initdb, used locally and for replication.
+    /// Superuser created by initdb, used by the keeper over the local socket.
     pub superuser: String,
     pub port: u16,
     /// Networks (CIDRs or `samenet`) trusted for clients and replication,
-    /// kept in a block of pg_hba.conf ([`render_hba`]).
+    /// kept in the keeper's block of pg_hba.conf ([`access::render_hba`]).
     pub trust_networks: Vec<String>,
+    /// Role the other nodes stream, clone and rewind as.
+    pub replication_user: String,
+    /// The replication role's password; `None`: the group's hosts are
+    /// trusted (no password).
+    pub replication_password: Option<PasswordSource>,
+}
+
+impl PgSettings {
+    /// The libpq password file the keeper writes (beside PGDATA, mode
+    /// 0600) for primary_conninfo, pg_basebackup and pg_rewind.
+    pub fn passfile(&self) -> PathBuf {
+        sibling_path(&self.pgdata, ".pgpass")
+    }
 }
 
 /// Drives one local PostgreSQL through its programs and a cached
@@ -245,6 +268,9 @@ pub struct PgController {
     /// One connection reused across calls; dropped on a connection error or
     /// timeout and re-opened by the next query.
     conn: Mutex<Option<PgConnection>>,
+    /// The password [`LocalPostgres::ensure_replication_role`] last applied
+    /// (`Some(None)`: the role was made without one).
+    role_applied: std::sync::Mutex<Option<Option<Secret>>>,
 }
 
 /// What `postmaster.pid` says.
@@ -304,11 +330,70 @@ impl PgController {
         PgController {
             settings,
             conn: Mutex::new(None),
+            role_applied: std::sync::Mutex::new(None),
         }
     }
 
     pub fn settings(&self) -> &PgSettings {
         &self.settings
+    }
+
+    /// The replication password now, when one is configured (the file is
+    /// read again: a rotated password is used at once).
+    fn replication_password(&self) -> Result<Option<Secret>, PgError> {
+        self.settings
+            .replication_password
+            .as_ref()
+            .map(|source| source.password().map_err(PgError::Other))
+            .transpose()
+    }
+
+    /// Keep the password file in line with the password (when one is
+    /// configured). Returns whether it changed.
+    fn refresh_passfile(&self) -> Result<bool, PgError> {
+        match self.replication_password()? {
+            Some(password) => write_if_changed(
+                &self.settings.passfile(),
+                &access::passfile(&self.settings.replication_user, &password),
+            ),
+            None => Ok(false),
+        }
+    }
+
+    /// The environment of pg_basebackup and pg_rewind: C messages, the
+    /// upstream connect timeout, and the password file when there is one
+    /// (the password never goes on a command line).
+    fn upstream_env(&self) -> Result<Vec<(&'static str, String)>, PgError> {
+        let mut env = vec![
+            ("LC_ALL", "C".to_string()),
+            (
+                "PGCONNECT_TIMEOUT",
+                UPSTREAM_CONNECT_TIMEOUT_SECS.to_string(),
+            ),
+        ];
+        if self.settings.replication_password.is_some() {
+            self.refresh_passfile()?;
+            env.push((
+                "PGPASSFILE",
+                self.settings.passfile().to_string_lossy().into_owned(),
+            ));
+        }
+        Ok(env)
+    }
+
+    /// The keeper's block of pg_hba.conf for `group_hosts`.
+    fn hba_rules(&self, group_hosts: &[String]) -> HbaRules {
+        HbaRules {
+            replication_user: self.settings.replication_user.clone(),
+            superuser: self.settings.superuser.clone(),
+            method: if self.settings.replication_password.is_some() {
+                Method::ScramSha256
+            } else {
+                Method::Trust
+            },
+            group_hosts: group_hosts.to_vec(),
+            trust_networks: self.settings.trust_networks.clone(),
+        }
     }
 
     /// The server log, beside PGDATA (`<pgdata>.log`) so that replacing
@@ -472,6 +557,36 @@ impl PgController {
             .ok_or(PgError::Query(sqlx::Error::RowNotFound))
     }
 
+    /// Run `sql` (several statements, no result) on the cached connection.
+    async fn execute_batch(&self, sql: &str) -> Result<(), PgError> {
+        let mut guard = self.conn.lock().await;
+        let conn = match guard.take() {
+            Some(conn) => guard.insert(conn),
+            None => guard.insert(self.connect().await?),
+        };
+        match tokio::time::timeout(
+            QUERY_TIMEOUT,
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut *conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => {
+                if connection_broken(&err) {
+                    *guard = None;
+                }
+                Err(err.into())
+            }
+            Err(_) => {
+                *guard = None;
+                Err(PgError::Timeout {
+                    program: "setting up the replication role".to_string(),
+                    timeout: QUERY_TIMEOUT,
+                })
+            }
+        }
+    }
+
     async fn in_recovery(&self) -> Result<bool, PgError> {
         let (in_recovery,): (bool,) = self.fetch_one("SELECT pg_is_in_recovery()", &[]).await?;
         Ok(in_recovery)
@@ -564,12 +679,15 @@ impl PgController {
     /// pg_rewind wrongly answers "source and target cluster are on the same
     /// timeline / no rewind required" (fixed in PostgreSQL 16).
     async fn checkpoint_source(&self, upstream: &Upstream) -> Result<(), PgError> {
-        let options = PgConnectOptions::new()
+        let mut options = PgConnectOptions::new()
             .host(&upstream.host)
             .port(upstream.port)
-            .username(&self.settings.superuser)
+            .username(&self.settings.replication_user)
             .database("postgres")
             .application_name("pgpilot-keeper");
+        if let Some(password) = self.replication_password()? {
+            options = options.password(password.expose());
+        }
         let upstream_timeout = Duration::from_secs(5);
         let mut conn = match tokio::time::timeout(
             upstream_timeout,
@@ -680,16 +798,24 @@ impl LocalPostgres for PgController {
         }
         let tmp = sibling_path(pgdata, ".initdb-tmp");
         prepare_tmp_dir(&tmp)?;
-        let args = os_args([
+        // With a replication password: the keeper (the superuser) over the
+        // local socket as the same operating-system user, every TCP client
+        // with a SCRAM password. Without: trust, as before.
+        let auth: &[&str] = if self.settings.replication_password.is_some() {
+            &["--auth-local=peer", "--auth-host=scram-sha-256"]
+        } else {
+            &["--auth=trust"]
+        };
+        let mut args = os_args([
             "-D".into(),
             tmp.clone().into_os_string(),
             "-U".into(),
             self.settings.superuser.clone().into(),
-            "--auth=trust".into(),
             "--data-checksums".into(),
             "--encoding=UTF8".into(),
             "--no-instructions".into(),
         ]);
+        args.extend(auth.iter().map(OsString::from));
         // initdb takes the cluster's locale from the environment: no LC_ALL=C here.
         if let Err(err) =
             run_program("initdb", &self.bin("initdb"), &args, &[], INITDB_TIMEOUT).await
@@ -707,11 +833,26 @@ impl LocalPostgres for PgController {
     async fn write_config(&self, config: &ManagedConfig) -> Result<bool, PgError> {
         self.require_cluster("write pgpilot.conf")?;
         let pgdata = &self.settings.pgdata;
-        let rendered = render_config(config, &self.settings.socket_dir, &self.settings.superuser);
-        let mut changed = write_if_changed(&pgdata.join(PGPILOT_CONF), &rendered)?;
+        let passfile = self.settings.passfile();
+        let replication = ReplicationLogin {
+            user: &self.settings.replication_user,
+            passfile: self
+                .settings
+                .replication_password
+                .as_ref()
+                .map(|_| passfile.as_path()),
+        };
+        let rendered = render_config(config, &self.settings.socket_dir, &replication);
+        // The password file first: primary_conninfo names it.
+        let mut changed = self.refresh_passfile()?;
+        changed |= write_if_changed(&pgdata.join(PGPILOT_CONF), &rendered)?;
         changed |= ensure_include_line(&pgdata.join("postgresql.conf"))?;
         changed |= strip_auto_conf(&pgdata.join("postgresql.auto.conf"))?;
-        changed |= ensure_hba(&pgdata.join("pg_hba.conf"), &self.settings.trust_networks)?;
+        changed |= ensure_hba(
+            &pgdata.join("pg_hba.conf"),
+            &self.hba_rules(config.group_hosts.as_deref().unwrap_or_default()),
+            config.group_hosts.is_some(),
+        )?;
         let signal = pgdata.join(STANDBY_SIGNAL);
         match (&config.standby_of, signal.exists()) {
             (Some(_), false) => {
@@ -833,7 +974,7 @@ impl LocalPostgres for PgController {
             "-p".into(),
             upstream.port.to_string().into(),
             "-U".into(),
-            self.settings.superuser.clone().into(),
+            self.settings.replication_user.clone().into(),
             "-D".into(),
             tmp.clone().into_os_string(),
             "-X".into(),
@@ -841,10 +982,8 @@ impl LocalPostgres for PgController {
             "--checkpoint=fast".into(),
             "--no-password".into(),
         ]);
-        let envs = [
-            ("LC_ALL", "C"),
-            ("PGCONNECT_TIMEOUT", UPSTREAM_CONNECT_TIMEOUT_SECS),
-        ];
+        let env = self.upstream_env()?;
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let started = Instant::now();
         if let Err(err) = run_program(
             "pg_basebackup",
@@ -925,18 +1064,20 @@ impl LocalPostgres for PgController {
             "host={} port={} user={} dbname=postgres connect_timeout={}",
             conninfo_value(&upstream.host),
             upstream.port,
-            conninfo_value(&self.settings.superuser),
+            conninfo_value(&self.settings.replication_user),
             UPSTREAM_CONNECT_TIMEOUT_SECS,
         );
         let mut target = OsString::from("--target-pgdata=");
         target.push(pgdata.as_os_str());
         let args = os_args([target, format!("--source-server={source}").into()]);
+        let env = self.upstream_env()?;
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let started = Instant::now();
         let output = run_program(
             "pg_rewind",
             &self.bin("pg_rewind"),
             &args,
-            C_LOCALE,
+            &envs,
             REWIND_TIMEOUT,
         )
         .await?;
@@ -1115,6 +1256,45 @@ impl LocalPostgres for PgController {
             .await?;
             info!(slot = %slot, "postgres: dropped replication slot");
         }
+        Ok(())
+    }
+
+    async fn ensure_replication_role(&self) -> Result<(), PgError> {
+        let password = self.replication_password()?;
+        if self
+            .role_applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            == Some(&password)
+        {
+            return Ok(());
+        }
+        if self.in_recovery().await? {
+            return Ok(());
+        }
+        // A salted SCRAM verifier: the password itself never reaches the
+        // server, its logs or its statistics.
+        let verifier = password
+            .as_ref()
+            .map(|p| postgres_protocol::password::scram_sha_256(p.expose().as_bytes()));
+        let sql = access::replication_role_sql(
+            &self.settings.replication_user,
+            &self.settings.superuser,
+            verifier.as_deref(),
+        );
+        if !sql.is_empty() {
+            self.execute_batch(&sql).await?;
+        }
+        info!(
+            role = %self.settings.replication_user,
+            password = match &self.settings.replication_password {
+                Some(source) => format!("SCRAM-SHA-256 from {}", source.origin()),
+                None => "none (trust)".to_string(),
+            },
+            "postgres: replication role ready"
+        );
+        *self.role_applied.lock().unwrap_or_else(|e| e.into_inner()) = Some(password);
         Ok(())
     }
 
@@ -1448,8 +1628,15 @@ fn parse_version(name: &str) -> Option<Vec<u32>> {
 // Configuration files
 // ---------------------------------------------------------------------------
 
+/// How a standby logs in to its upstream: the replication role, and the
+/// password file when there is a password.
+struct ReplicationLogin<'a> {
+    user: &'a str,
+    passfile: Option<&'a Path>,
+}
+
 /// The content of `pgpilot.conf`.
-fn render_config(config: &ManagedConfig, socket_dir: &Path, superuser: &str) -> String {
+fn render_config(config: &ManagedConfig, socket_dir: &Path, login: &ReplicationLogin) -> String {
     let mut out = String::from(
         "# Written by the pgpilot keeper before every start; do not edit.\n\
          # Included from postgresql.conf; postgresql.auto.conf must not override it.\n",
@@ -1491,14 +1678,18 @@ fn render_config(config: &ManagedConfig, socket_dir: &Path, superuser: &str) -> 
     );
     match &config.standby_of {
         Some(upstream) => {
-            let conninfo = format!(
+            let mut conninfo = format!(
                 "host={} port={} user={} application_name={} connect_timeout=2 \
                  keepalives=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=2",
                 conninfo_value(&upstream.host),
                 upstream.port,
-                conninfo_value(superuser),
+                conninfo_value(login.user),
                 conninfo_value(&config.application_name),
             );
+            if let Some(passfile) = login.passfile {
+                conninfo.push_str(" passfile=");
+                conninfo.push_str(&conninfo_value(&passfile.to_string_lossy()));
+            }
             set("primary_conninfo", quote_conf(&conninfo));
             set("primary_slot_name", quote_conf(&upstream.slot_name));
         }
@@ -1615,59 +1806,31 @@ fn strip_auto_conf(path: &Path) -> Result<bool, PgError> {
     Ok(true)
 }
 
-/// First and last line of the block of pg_hba.conf the keeper owns.
-const HBA_BEGIN: &str = "# pgpilot trust_networks: rewritten by the keeper before every start";
-const HBA_END: &str = "# end of pgpilot trust_networks";
-
-/// `existing` pg_hba.conf with the keeper's block replaced by one trusting
-/// `networks` for every database and for replication (appended at the end,
-/// so the lines before it still match first); no block when `networks` is
-/// empty.
-fn render_hba(existing: &str, networks: &[String]) -> String {
-    let mut out = String::with_capacity(existing.len() + 200);
-    let mut inside = false;
-    for line in existing.split_inclusive('\n') {
-        match line.trim_end() {
-            HBA_BEGIN => inside = true,
-            HBA_END if inside => inside = false,
-            _ if !inside => out.push_str(line),
-            _ => {}
-        }
-    }
-    if networks.is_empty() {
-        return out;
-    }
-    if !out.is_empty() && !out.ends_with('\n') {
-        out.push('\n');
-    }
-    out.push_str(HBA_BEGIN);
-    out.push('\n');
-    for network in networks {
-        out.push_str(&format!("host all all {network} trust\n"));
-        out.push_str(&format!("host replication all {network} trust\n"));
-    }
-    out.push_str(HBA_END);
-    out.push('\n');
-    out
-}
-
-/// Keep pg_hba.conf's trust_networks block in line with the configuration.
-/// Returns whether the file changed.
-fn ensure_hba(path: &Path, networks: &[String]) -> Result<bool, PgError> {
+/// Keep the keeper's block of pg_hba.conf in line with `rules`. Returns
+/// whether the file changed.
+/// When the group's hosts are not `known` yet, a block already there is
+/// kept (one is written for `rules`' hosts otherwise).
+fn ensure_hba(path: &Path, rules: &HbaRules, known: bool) -> Result<bool, PgError> {
     let content = match std::fs::read_to_string(path) {
         Ok(content) => content,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound && networks.is_empty() => {
-            return Ok(false)
-        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(err) => return Err(io_error(path, err)),
     };
-    let out = render_hba(&content, networks);
+    if !known && access::has_block(&content) {
+        return Ok(false);
+    }
+    let out = access::render_hba(&content, rules);
     if out == content {
         return Ok(false);
     }
     write_atomic(path, out.as_bytes())?;
-    info!(trust_networks = ?networks, "postgres: pg_hba.conf trust_networks written");
+    info!(
+        replication_user = %rules.replication_user,
+        method = ?rules.method,
+        group_hosts = ?rules.group_hosts,
+        trust_networks = ?rules.trust_networks,
+        "postgres: pg_hba.conf block written"
+    );
     Ok(true)
 }
 
@@ -1867,6 +2030,7 @@ mod tests {
             synchronous_standby_names: "ANY 1 (node_1, node_3)".into(),
             wal_sender_timeout: Duration::from_secs(5),
             wal_receiver_timeout: Duration::from_millis(4500),
+            group_hosts: Some(vec!["10.0.0.2".into(), "10.0.0.1".into()]),
         }
     }
 
@@ -1894,7 +2058,11 @@ mod tests {
 
     #[test]
     fn renders_a_standby_config() {
-        let rendered = render_config(&config(Some(upstream())), Path::new("/run/pg"), "postgres");
+        let rendered = render_config(
+            &config(Some(upstream())),
+            Path::new("/run/pg"),
+            &login("pgpilot_replication", None),
+        );
         let l = lines(&rendered);
         for expected in [
             "port = 5432",
@@ -1914,7 +2082,7 @@ mod tests {
             "hot_standby_feedback = on",
             "recovery_target_timeline = 'latest'",
             "synchronous_standby_names = 'ANY 1 (node_1, node_3)'",
-            "primary_conninfo = 'host=10.0.0.1 port=5433 user=postgres application_name=node_2 \
+            "primary_conninfo = 'host=10.0.0.1 port=5433 user=pgpilot_replication application_name=node_2 \
              connect_timeout=2 keepalives=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=2'",
             "primary_slot_name = 'pgpilot_node_2'",
         ] {
@@ -1930,13 +2098,32 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(names.len(), unique.len());
+        assert!(!rendered.contains("passfile"), "no password, no passfile");
+    }
+
+    fn login<'a>(user: &'a str, passfile: Option<&'a Path>) -> ReplicationLogin<'a> {
+        ReplicationLogin { user, passfile }
+    }
+
+    #[test]
+    fn a_standby_with_a_password_names_the_passfile_never_the_password() {
+        let rendered = render_config(
+            &config(Some(upstream())),
+            Path::new("/run/pg"),
+            &login("repl", Some(Path::new("/var/lib/pg/my data.pgpass"))),
+        );
+        assert!(
+            rendered.contains("keepalives_count=2 passfile=''/var/lib/pg/my data.pgpass'''\n"),
+            "{rendered}"
+        );
+        assert!(!rendered.contains("password="), "{rendered}");
     }
 
     #[test]
     fn renders_a_primary_config_and_quotes_both_layers() {
         let mut cfg = config(None);
         cfg.synchronous_standby_names = "\"it's\"".into();
-        let rendered = render_config(&cfg, Path::new("/tmp/o'dd"), "postgres");
+        let rendered = render_config(&cfg, Path::new("/tmp/o'dd"), &login("postgres", None));
         let l = lines(&rendered);
         assert!(l.contains(&"primary_conninfo = ''"));
         assert!(l.contains(&"primary_slot_name = ''"));
@@ -1947,7 +2134,7 @@ mod tests {
         // postgresql.conf string: `'` → `\'` (conninfo) → `\\''` (conf).
         let mut cfg = config(Some(upstream()));
         cfg.application_name = "it's".into();
-        let rendered = render_config(&cfg, Path::new("/run/pg"), "super user");
+        let rendered = render_config(&cfg, Path::new("/run/pg"), &login("super user", None));
         assert!(
             rendered
                 .contains(r"user=''super user'' application_name=''it\\''s'' connect_timeout=2"),
@@ -2027,6 +2214,8 @@ mod tests {
             superuser: "postgres".into(),
             port: 5432,
             trust_networks: Vec::new(),
+            replication_user: "pgpilot_replication".into(),
+            replication_password: None,
         });
         assert!(
             pg.write_config(&config(None)).await.is_err(),
@@ -2047,7 +2236,7 @@ mod tests {
         assert!(pgdata.join("standby.signal").is_file());
         assert_eq!(
             std::fs::read_to_string(pgdata.join(PGPILOT_CONF)).unwrap(),
-            render_config(&standby, dir.path(), "postgres")
+            render_config(&standby, dir.path(), &login("pgpilot_replication", None))
         );
         assert_eq!(
             std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap(),
@@ -2062,59 +2251,50 @@ mod tests {
         assert_eq!(conf.matches(INCLUDE_LINE).count(), 1);
     }
 
-    #[test]
-    fn hba_block_is_appended_replaced_and_removed() {
-        let initdb = "local all all trust\nhost all all 127.0.0.1/32 trust\n";
-        let nets = vec!["samenet".to_string(), "10.1.0.0/16".to_string()];
-        let with = render_hba(initdb, &nets);
-        assert_eq!(
-            with,
-            format!(
-                "{initdb}{HBA_BEGIN}\n\
-                 host all all samenet trust\n\
-                 host replication all samenet trust\n\
-                 host all all 10.1.0.0/16 trust\n\
-                 host replication all 10.1.0.0/16 trust\n\
-                 {HBA_END}\n"
-            )
-        );
-        assert_eq!(render_hba(&with, &nets), with, "idempotent");
-        let one = render_hba(&with, &nets[..1]);
-        assert!(
-            !one.contains("10.1.0.0/16") && one.contains("samenet"),
-            "{one}"
-        );
-        assert_eq!(render_hba(&with, &[]), initdb, "removed");
-        assert_eq!(render_hba(initdb, &[]), initdb, "untouched");
-        // Lines an operator added after the block stay.
-        let later = format!("{with}host all all 192.168.0.0/24 md5\n");
-        assert!(render_hba(&later, &nets[..1]).ends_with(&format!("{HBA_END}\n")));
-        assert!(render_hba(&later, &nets[..1]).contains("192.168.0.0/24 md5"));
-        // No trailing newline before the block.
-        assert!(render_hba("local all all trust", &nets[..1]).starts_with("local all all trust\n#"));
+    fn hba_rules(hosts: &[&str], trust: &[&str]) -> HbaRules {
+        HbaRules {
+            replication_user: "pgpilot_replication".into(),
+            superuser: "postgres".into(),
+            method: Method::ScramSha256,
+            group_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            trust_networks: trust.iter().map(|h| h.to_string()).collect(),
+        }
     }
 
     #[test]
-    fn ensure_hba_writes_only_changes() {
+    fn ensure_hba_writes_only_changes_and_keeps_a_block_while_hosts_are_unknown() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pg_hba.conf");
+        let initdb = "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n";
+        std::fs::write(&path, initdb).unwrap();
+        let read = || std::fs::read_to_string(&path).unwrap();
+        // Unknown hosts and no block yet: a block for this node only.
+        assert!(ensure_hba(&path, &hba_rules(&["10.0.0.1"], &[]), false).unwrap());
         assert!(
-            !ensure_hba(&path, &[]).unwrap(),
-            "no file, nothing to trust"
+            read().contains("host replication \"pgpilot_replication\" 10.0.0.1/32 scram-sha-256")
         );
-        assert!(!path.exists());
-        std::fs::write(&path, "local all all trust\n").unwrap();
-        let nets = vec!["samenet".to_string()];
-        assert!(ensure_hba(&path, &nets).unwrap());
-        assert!(!ensure_hba(&path, &nets).unwrap());
-        assert!(std::fs::read_to_string(&path)
-            .unwrap()
-            .contains("host replication all samenet trust"));
-        assert!(ensure_hba(&path, &[]).unwrap());
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "local all all trust\n"
+        assert!(
+            read().ends_with(initdb),
+            "initdb's lines stay after the block"
         );
+        let two = hba_rules(&["10.0.0.1", "10.0.0.2"], &["samenet"]);
+        assert!(ensure_hba(&path, &two, true).unwrap());
+        assert!(!ensure_hba(&path, &two, true).unwrap(), "nothing changed");
+        let written = read();
+        assert!(written.contains("10.0.0.2/32 scram-sha-256"));
+        assert!(written.contains("host replication all samenet trust"));
+        // A keeper restarted without the monitor keeps the hosts it had.
+        assert!(!ensure_hba(&path, &hba_rules(&["10.0.0.1"], &[]), false).unwrap());
+        assert_eq!(read(), written);
+        // Lines an operator added stay.
+        std::fs::write(
+            &path,
+            format!("{written}host all all 192.168.0.0/24 scram-sha-256\n"),
+        )
+        .unwrap();
+        assert!(ensure_hba(&path, &hba_rules(&["10.0.0.1"], &[]), true).unwrap());
+        assert!(read().contains("192.168.0.0/24 scram-sha-256"));
+        assert!(!read().contains("10.0.0.2/32"));
     }
 
     #[test]
@@ -2360,6 +2540,7 @@ mod tests {
             synchronous_standby_names: String::new(),
             wal_sender_timeout: Duration::from_secs(5),
             wal_receiver_timeout: Duration::from_secs(5),
+            group_hosts: Some(vec!["127.0.0.1".into()]),
         }
     }
 
@@ -2396,6 +2577,8 @@ mod tests {
             superuser: "pgpilot".into(),
             port,
             trust_networks: Vec::new(),
+            replication_user: "pgpilot_replication".into(),
+            replication_password: None,
         };
         let (port_a, port_b) = (free_port(), free_port());
         let a = PgController::new(settings("a", port_a));
@@ -2465,6 +2648,9 @@ mod tests {
         assert_eq!(slots(a).await?, ["pgpilot_b", "pgpilot_gone"]);
         a.sync_slots(&[("pgpilot_b".into(), 0)]).await?;
         a.sync_slots(&[("pgpilot_b".into(), 0)]).await?;
+        // The role b clones, streams and (later) rewinds as: no superuser.
+        a.ensure_replication_role().await?;
+        a.ensure_replication_role().await?;
         assert_eq!(slots(a).await?, ["pgpilot_b"]);
 
         // Clone and stream.

@@ -87,6 +87,13 @@ pub struct ClusterOptions {
     /// How the monitor serves gRPC; the default is plaintext (written as
     /// `plaintext = true`), see [`Security`].
     pub security: Security,
+    /// Give the keepers a random replication password (a file, mode 0600):
+    /// the nodes replicate, clone and rewind as the replication role with
+    /// SCRAM-SHA-256, initdb sets scram-sha-256 for TCP clients, and the
+    /// harness's own TCP clients (psql, writers, probes, as postgres) are
+    /// let in by `trust_networks = ["127.0.0.1/32"]`, which matches after
+    /// the replication role's lines.
+    pub replication_password: bool,
 }
 
 impl Default for ClusterOptions {
@@ -106,6 +113,7 @@ impl Default for ClusterOptions {
             ingress_proxies: false,
             replication_quorums: Vec::new(),
             security: Security::Plaintext,
+            replication_password: false,
         }
     }
 }
@@ -149,6 +157,12 @@ impl ClusterOptions {
     /// See [`ClusterOptions::security`].
     pub fn security(mut self, security: Security) -> Self {
         self.security = security;
+        self
+    }
+
+    /// See [`ClusterOptions::replication_password`].
+    pub fn replication_password(mut self) -> Self {
+        self.replication_password = true;
         self
     }
 }
@@ -243,6 +257,8 @@ pub struct Cluster {
     supervision: Mutex<supervise::Supervision>,
     /// Certificates and token when the monitor serves TLS.
     tls: Option<TlsFiles>,
+    /// The keepers' replication password and its file, when configured.
+    replication_password: Option<(String, PathBuf)>,
 }
 
 impl Cluster {
@@ -283,6 +299,7 @@ impl Cluster {
             nodes: Vec::new(),
             supervision: Mutex::default(),
             tls: None,
+            replication_password: None,
             tools,
             root,
             tempdir,
@@ -302,6 +319,13 @@ impl Cluster {
     }
 
     async fn boot(&mut self, opts: &ClusterOptions) -> Result<()> {
+        if opts.replication_password {
+            let password = random_secret()?;
+            let path = self.root.join("replication.password");
+            write_secret_file(&path, &format!("{password}\n"))?;
+            self.tools.hand_over(&path)?;
+            self.replication_password = Some((password, path));
+        }
         self.init_monitor_db(opts.monitor_db_password.as_deref())
             .await?;
         self.start_monitor(opts).await?;
@@ -586,6 +610,12 @@ impl Cluster {
         };
         let mut text = keeper.render()?;
         text.push_str(&self.keeper_security_toml(&name));
+        if let Some((_, path)) = &self.replication_password {
+            text.push_str(&format!(
+                "replication_password_file = {:?}\ntrust_networks = [\"127.0.0.1/32\"]\n",
+                path.display().to_string()
+            ));
+        }
         if let Some(p) = http_port {
             text.push_str(&format!("http_listen = \"127.0.0.1:{p}\"\n"));
         }
@@ -1327,6 +1357,16 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The keepers' replication password, when the cluster has one.
+    pub fn replication_password(&self) -> Option<&str> {
+        self.replication_password.as_ref().map(|(p, _)| p.as_str())
+    }
+
+    /// The monitor database's password, when the cluster has one.
+    pub fn monitor_db_password(&self) -> Option<&str> {
+        self.monitor_db_password.as_deref()
+    }
+
     /// `monitor.toml` may hold the database password: only its owner reads it.
     fn restrict_monitor_config(&self) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
@@ -1497,4 +1537,27 @@ impl std::fmt::Debug for Cluster {
             .field("nodes", &self.node_names())
             .finish()
     }
+}
+
+/// 32 random hexadecimal characters from the kernel's generator.
+pub fn random_secret() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Write a secret file only its owner can read.
+fn write_secret_file(path: &Path, content: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, content.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

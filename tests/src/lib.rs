@@ -20,6 +20,7 @@
 //! directory), `RUST_LOG` (log filter of monitor and keepers, default `info`).
 
 mod cluster;
+pub mod drills;
 pub mod http;
 pub mod operator;
 pub mod probe;
@@ -32,7 +33,7 @@ pub mod tools;
 pub mod wait;
 pub mod writer;
 
-pub use cluster::{Cluster, ClusterOptions, FiredFailpoint, KeeperToml};
+pub use cluster::{random_secret, Cluster, ClusterOptions, FiredFailpoint, KeeperToml};
 pub use pgpilot_proto::pb::{FormationState, NodeStatus};
 pub use pgpilot_proto::ReplicationState;
 pub use probe::{ProbeReport, WritableProbe};

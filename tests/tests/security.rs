@@ -598,3 +598,188 @@ async fn monitor_refuses_unsafe_settings() -> Result<()> {
     eprintln!("refusals took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
+
+/// The two-node failover drill with mutual TLS, SCRAM-SHA-256 replication
+/// and a monitor database password: the replication role is no superuser
+/// and needs its password (a wrong one is refused), standbys name a
+/// password file, and no secret shows in `ps` (sampled all along), in any
+/// log of the run or in `show-state` / `show-events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_scram_failover_without_secrets_in_ps_or_logs() -> Result<()> {
+    let mut opts = ClusterOptions::nodes(2)
+        .security(Security::MutualTls)
+        .replication_password();
+    let db_password = pgpilot_tests::random_secret()?;
+    opts.monitor_db_password = Some(db_password.clone());
+    let ps = PsSampler::start();
+    let cluster = Cluster::start(opts).await?;
+    let password = cluster
+        .replication_password()
+        .ok_or_else(|| anyhow!("the cluster has no replication password"))?
+        .to_string();
+    let secrets = [password.clone(), db_password];
+    let state = cluster.wait_healthy_pair().await?;
+    let primary = cluster.primary_name().await?;
+    let standby = cluster.other_node(&primary)?;
+
+    let role = cluster
+        .psql(
+            &primary,
+            "SELECT rolpassword LIKE 'SCRAM-SHA-256$%', rolsuper, rolreplication \
+               FROM pg_authid WHERE rolname = 'pgpilot_replication'",
+        )
+        .await?;
+    if role != "t|f|t" {
+        return Err(cluster
+            .failure(format!(
+                "the replication role should have a SCRAM password, no superuser and REPLICATION; pg_authid says {role:?}"
+            ))
+            .await);
+    }
+    let streaming_as = cluster
+        .psql(&primary, "SELECT usename FROM pg_stat_replication")
+        .await?;
+    let conninfo = cluster.psql(&standby, "SHOW primary_conninfo").await?;
+    if streaming_as != "pgpilot_replication"
+        || !conninfo.contains("user=pgpilot_replication")
+        || !conninfo.contains("passfile=")
+        || conninfo.contains("password=")
+    {
+        return Err(cluster
+            .failure(format!(
+                "{standby} should stream as pgpilot_replication with a passfile: pg_stat_replication says {streaming_as:?}, primary_conninfo is {conninfo:?}"
+            ))
+            .await);
+    }
+    let port = cluster.node_port(&primary)?;
+    let wrong = replication_login(&cluster, port, "not the password at all").await?;
+    if wrong.status.success()
+        || !String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed")
+    {
+        return Err(cluster
+            .failure(format!(
+                "a replication connection with a wrong password was not refused by password authentication\n{}",
+                describe(&wrong)
+            ))
+            .await);
+    }
+    let right = replication_login(&cluster, port, &password).await?;
+    if !right.status.success()
+        || !String::from_utf8_lossy(&right.stdout)
+            .contains(&state.nodes[0].system_identifier.to_string())
+    {
+        return Err(cluster
+            .failure(format!(
+                "IDENTIFY_SYSTEM as pgpilot_replication with the password failed\n{}",
+                describe(&right)
+            ))
+            .await);
+    }
+
+    pgpilot_tests::drills::unplanned_failover_and_rejoin(&cluster).await?;
+    // The old primary came back by pg_rewind as the replication role (the
+    // fallback, a fresh clone, would hide a missing grant).
+    let rejoined = std::fs::read_to_string(cluster.keeper_log(&primary)?)?;
+    if !rejoined.contains("postgres: pg_rewind") || rejoined.contains("cloning the primary instead")
+    {
+        return Err(cluster
+            .failure(format!(
+                "{primary} did not rejoin by pg_rewind as the replication role"
+            ))
+            .await);
+    }
+
+    let mut shown = String::new();
+    for args in [&["show-state"][..], &["show-events", "--count", "200"][..]] {
+        let out = cluster.run_cli(args).await?;
+        shown.push_str(&String::from_utf8_lossy(&out.stdout));
+        shown.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let (samples, ps_lines) = ps.stop().await?;
+    let mut leaks = Vec::new();
+    for secret in &secrets {
+        for line in ps_lines.iter().filter(|l| l.contains(secret.as_str())) {
+            leaks.push(format!("ps: {line}"));
+        }
+        if shown.contains(secret.as_str()) {
+            leaks.push("show-state or show-events output".to_string());
+        }
+        for file in cluster.log_files() {
+            let text = std::fs::read(&file).unwrap_or_default();
+            if String::from_utf8_lossy(&text).contains(secret.as_str()) {
+                leaks.push(format!("log {}", file.display()));
+            }
+        }
+    }
+    if !leaks.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "a configured secret is visible: {}",
+                leaks.join("; ")
+            ))
+            .await);
+    }
+    eprintln!(
+        "no secret in {samples} ps samples ({} distinct command lines), {} log files or the show-* output",
+        ps_lines.len(),
+        cluster.log_files().len()
+    );
+    cluster.shutdown().await
+}
+
+/// `psql` as the replication role in replication mode (IDENTIFY_SYSTEM),
+/// the password in the environment (which `ps` does not show).
+async fn replication_login(cluster: &Cluster, port: u16, password: &str) -> Result<Output> {
+    let mut cmd = std::process::Command::new(cluster.tools().pg_program("psql"));
+    cmd.args(["-X", "-A", "-t", "-w"])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=pgpilot_replication dbname=postgres replication=true connect_timeout=5"
+        ))
+        .args(["-c", "IDENTIFY_SYSTEM"])
+        .env("PGPASSWORD", password);
+    run(cmd, "psql as pgpilot_replication").await
+}
+
+/// Samples every process's command line (`ps -eww -o args=`) five times a
+/// second until stopped.
+struct PsSampler {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl PsSampler {
+    fn start() -> PsSampler {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut samples = 0;
+            let mut lines = std::collections::BTreeSet::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let out = tokio::process::Command::new("ps")
+                    .args(["-eww", "-o", "args="])
+                    .output()
+                    .await;
+                if let Ok(out) = out {
+                    samples += 1;
+                    lines.extend(
+                        String::from_utf8_lossy(&out.stdout)
+                            .lines()
+                            .map(str::to_string),
+                    );
+                }
+            }
+            (samples, lines.into_iter().collect())
+        });
+        PsSampler { stop, task }
+    }
+
+    /// How many samples were taken, and every distinct command line seen.
+    async fn stop(self) -> Result<(usize, Vec<String>)> {
+        let _ = self.stop.send(true);
+        self.task.await.context("the ps sampler failed")
+    }
+}

@@ -1,0 +1,108 @@
+//! Failover drills shared by tests that run them under different settings
+//! (plaintext, TLS with SCRAM replication, ...).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::{Cluster, FormationStateExt, NodeStatusExt, ReplicationState, WritableProbe, Writer};
+
+const PRIMARY: ReplicationState = ReplicationState::Primary;
+const SECONDARY: ReplicationState = ReplicationState::Secondary;
+
+/// On a healthy pair: SIGKILL the primary's host while a writer and the
+/// writable-node probe run; the standby is promoted, no acknowledged write
+/// is lost, the old primary's keeper is restarted and the node rejoins
+/// (pg_rewind) as a streaming standby; never two writable nodes.
+pub async fn unplanned_failover_and_rejoin(cluster: &Cluster) -> Result<()> {
+    cluster.wait_healthy_pair().await?;
+    let old = cluster.primary_name().await?;
+    let new = cluster.other_node(&old)?;
+    let writer = Writer::warm(cluster).await?;
+    let probe = WritableProbe::of_cluster(cluster)?;
+
+    let killed_at = cluster.kill_node_hard(&old)?;
+
+    cluster
+        .wait_state(
+            Duration::from_secs(90),
+            &format!("{new} to become the writable primary after {old} was killed"),
+            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
+        )
+        .await?;
+    let promoted_at = Instant::now();
+    writer
+        .wait_ack_after(
+            cluster,
+            killed_at,
+            Duration::from_secs(60),
+            "the writer (same multi-host URI) to get a write acknowledged after the kill",
+        )
+        .await?;
+
+    // Invariant 2: nothing acknowledged before the kill is lost.
+    let acked = writer.acked_ids();
+    let missing = cluster.missing_ids(&new, &acked).await?;
+    if !missing.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "{} of {} acknowledged writes are missing on the new primary {new}: {:?}",
+                missing.len(),
+                acked.len(),
+                &missing[..missing.len().min(20)]
+            ))
+            .await);
+    }
+
+    // The old node comes back as a standby of the new primary.
+    cluster.start_keeper(&old)?;
+    cluster
+        .wait_state(
+            Duration::from_secs(120),
+            &format!("{old} to rejoin as secondary with {new} primary"),
+            |s| {
+                s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
+                    && s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
+            },
+        )
+        .await?;
+    cluster
+        .psql(&new, "INSERT INTO pgpilot_writes (id) VALUES (-1)")
+        .await?;
+    let c = cluster;
+    let old_ref = old.as_str();
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            &format!("a row written on {new} to be readable on the rejoined {old}"),
+            || async move {
+                let n = c
+                    .psql(old_ref, "SELECT count(*) FROM pgpilot_writes WHERE id = -1")
+                    .await?;
+                Ok((n == "1").then_some(()))
+            },
+        )
+        .await?;
+
+    let report = writer.stop().await;
+    report.expect_all_on(cluster, &new).await?;
+    probe.stop().await.expect_one_writer(cluster).await?;
+    let outage = report
+        .outage_around(killed_at)
+        .expect("the writer acknowledged writes after the kill");
+    eprintln!(
+        "UNPLANNED FAILOVER WRITE OUTAGE: {:.3} s = last write acked before the SIGKILL of {old} \
+         (port {}) -> first write acked by the new primary (port {}), same multi-host URI; \
+         first new ack {:.3} s after the kill; {new} reported a writable primary state {:.3} s \
+         after the kill; {} writes acked, {} connections, {} client errors",
+        outage.gap().as_secs_f64(),
+        outage.port_before.map_or(0, u32::from),
+        outage.port_after.map_or(0, u32::from),
+        outage.since_event().as_secs_f64(),
+        promoted_at.duration_since(killed_at).as_secs_f64(),
+        report.acks.len(),
+        report.connections.len(),
+        report.error_count,
+    );
+    Ok(())
+}

@@ -689,6 +689,58 @@ async fn tls_and_scram_failover_without_secrets_in_ps_or_logs() -> Result<()> {
             .await);
     }
 
+    // Rotation: a new password in the file is applied by the primary's
+    // keeper (no restart); the old one stops working; the standby's
+    // password file follows, so a reconnecting standby streams again.
+    let rotated = pgpilot_tests::random_secret()?;
+    let file = cluster.root().join("replication.password");
+    std::fs::write(&file, format!("{rotated}\n"))?;
+    let new_primary = cluster.primary_name().await?;
+    let new_port = cluster.node_port(&new_primary)?;
+    let c = &cluster;
+    let (rotated_ref, old_ref) = (rotated.as_str(), password.as_str());
+    let primary_ref = new_primary.as_str();
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "the rotated replication password to be accepted and the old one refused",
+            || async move {
+                let new_ok = replication_login(c, new_port, rotated_ref)
+                    .await?
+                    .status
+                    .success();
+                let old_ok = replication_login(c, new_port, old_ref)
+                    .await?
+                    .status
+                    .success();
+                Ok((new_ok && !old_ok).then_some(()))
+            },
+        )
+        .await?;
+    // Cut the standby's stream: it reconnects with the new password.
+    cluster
+        .psql(
+            &new_primary,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_replication",
+        )
+        .await?;
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "the standby to stream again after the rotation",
+            || async move {
+                let n = c
+                    .psql(
+                        primary_ref,
+                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                    )
+                    .await?;
+                Ok((n == "1").then_some(()))
+            },
+        )
+        .await?;
+    let secrets = [secrets[0].clone(), secrets[1].clone(), rotated];
+
     let mut shown = String::new();
     for args in [&["show-state"][..], &["show-events", "--count", "200"][..]] {
         let out = cluster.run_cli(args).await?;

@@ -212,6 +212,10 @@ const LEFTOVER_KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The CHECKPOINT on the rewind source before pg_rewind (immediate, but it
 /// writes every dirty buffer).
 const SOURCE_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long replay may stand still, short of the received WAL and with no
+/// upstream streaming, before [`LocalPostgres::wait_replay_caught_up`]
+/// takes the rest for an incomplete record.
+const REPLAY_STALL: Duration = Duration::from_secs(3);
 /// libpq connect_timeout (seconds) for pg_basebackup and pg_rewind.
 const UPSTREAM_CONNECT_TIMEOUT_SECS: &str = "5";
 /// Connecting over the local unix socket is immediate when the server is up.
@@ -1112,12 +1116,15 @@ impl LocalPostgres for PgController {
         if resumed {
             info!("postgres: WAL replay was paused; resumed it before promotion");
         }
+        let mut last_replay: Option<String> = None;
+        let mut replay_moved = Instant::now();
         loop {
-            let (in_recovery, caught_up, receive, replay): (
+            let (in_recovery, caught_up, receive, replay, streaming): (
                 bool,
                 bool,
                 Option<String>,
                 Option<String>,
+                bool,
             ) = self
                 .fetch_one(
                     "SELECT pg_is_in_recovery(),
@@ -1125,11 +1132,29 @@ impl LocalPostgres for PgController {
                                      OR pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn(),
                                      false),
                             pg_last_wal_receive_lsn()::text,
-                            pg_last_wal_replay_lsn()::text",
+                            pg_last_wal_replay_lsn()::text,
+                            EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')",
                     &[],
                 )
                 .await?;
             if !in_recovery || caught_up {
+                return Ok(());
+            }
+            if replay != last_replay {
+                last_replay = replay.clone();
+                replay_moved = Instant::now();
+            }
+            // The upstream is gone and replay stands still short of what was
+            // received: the rest is the first part of a record the upstream
+            // never finished sending (it flushes WAL mid-record). Nothing
+            // more can be replayed; promotion replays every complete record
+            // left in pg_wal and discards the torn one.
+            if !streaming && replay_moved.elapsed() >= REPLAY_STALL {
+                warn!(
+                    received = receive.as_deref().unwrap_or("none"),
+                    replayed = replay.as_deref().unwrap_or("none"),
+                    "postgres: replay stopped short of the received WAL with no upstream (an incomplete last record): going on"
+                );
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -2407,7 +2432,10 @@ mod tests {
         let mut ours = spawn(&target);
         let mut other = spawn(&dir.path().join("elsewhere"));
         let killed = kill_programs_naming("sh", target.as_os_str(), Duration::from_secs(10)).await;
-        assert_eq!(killed, vec![ours.id() as i32]);
+        // sh's own child may be caught between fork and exec, still `sh`
+        // with our arguments: a copy of the program, rightly killed too.
+        assert!(killed.contains(&(ours.id() as i32)), "{killed:?}");
+        assert!(!killed.contains(&(other.id() as i32)), "{killed:?}");
         let status = ours.wait().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),

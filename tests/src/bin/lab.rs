@@ -29,6 +29,10 @@ struct Args {
     /// for the operator), tls, token, or plaintext.
     #[arg(long, value_enum, default_value = "mutual-tls")]
     security: LabSecurity,
+    /// Replicate without a password (trust) instead of as the replication
+    /// role with a random SCRAM-SHA-256 password (`<dir>/replication.password`).
+    #[arg(long)]
+    no_replication_password: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -77,6 +81,7 @@ async fn run(args: Args) -> Result<()> {
     let mut opts = ClusterOptions::nodes(args.nodes as usize);
     opts.dir = args.dir.clone();
     opts.security = args.security.into();
+    opts.replication_password = !args.no_replication_password;
     let kept = args.dir.is_some();
     // Fail early, before saying anything, when PostgreSQL or our binaries are missing.
     Tools::locate()?;
@@ -150,6 +155,12 @@ async fn run(args: Args) -> Result<()> {
         cluster.root().display(),
         cluster.root().display()
     );
+    if cluster.replication_password().is_some() {
+        println!(
+            "Replication: role pgpilot_replication, SCRAM-SHA-256, password in {}/replication.password",
+            cluster.root().display()
+        );
+    }
     println!("Press Ctrl-C to stop everything.");
 
     tokio::select! {

@@ -130,6 +130,18 @@ impl Caller {
         }
     }
 
+    /// Acting as some keeper (register, heartbeat): refused to an operator
+    /// before the request is looked at, so that the answer is the same
+    /// whatever the request names.
+    pub fn require_keeper(&self) -> Result<(), Error> {
+        match self {
+            Caller::Trusted | Caller::Keeper { .. } => Ok(()),
+            Caller::Operator { name } => Err(Error::PermissionDenied(format!(
+                "operator {name} cannot register or heartbeat as a node: keepers use a certificate with CN keeper:FORMATION/NODE"
+            ))),
+        }
+    }
+
     /// Acting as the keeper of `formation`/`node` (register, heartbeat).
     pub fn require_node(&self, formation: &str, node: &str) -> Result<(), Error> {
         match self {
@@ -221,5 +233,11 @@ mod tests {
         assert!(operator.require_operator("x").is_ok());
         assert!(operator.require_node("default", "node1").is_err());
         assert!(Caller::Trusted.require_node("a", "b").is_ok());
+        // An operator is refused before anything the request names is read.
+        let err = operator.require_keeper().unwrap_err();
+        assert!(matches!(err, Error::PermissionDenied(_)), "{err}");
+        assert!(err.to_string().contains("operator ann cannot"), "{err}");
+        assert!(keeper.require_keeper().is_ok());
+        assert!(Caller::Trusted.require_keeper().is_ok());
     }
 }

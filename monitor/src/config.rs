@@ -39,6 +39,11 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Bounds of `max_message_bytes`.
 pub const MIN_MAX_MESSAGE_BYTES: usize = 4096;
 pub const MAX_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The longest duration any setting may have. The monitor adds its
+/// durations to timestamps and timers; a year-long value would overflow
+/// them (a panic in the state machine or the health check), and nothing
+/// useful waits longer than a day.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// A TLS handshake that takes longer than this is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -259,6 +264,21 @@ impl MonitorConfig {
             return Err(ConfigError::Invalid(
                 "set only one of database_url and database_url_file".into(),
             ));
+        }
+        for (key, value) in [
+            ("node_timeout", self.node_timeout),
+            ("postgres_restart_timeout", self.postgres_restart_timeout),
+            ("health_check_interval", self.health_check_interval),
+            ("health_check_timeout", self.health_check_timeout),
+            ("fence_margin", self.fence_margin),
+        ] {
+            if value > MAX_DURATION {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} ({}) is longer than {}: give a shorter duration",
+                    humantime::format_duration(value),
+                    humantime::format_duration(MAX_DURATION)
+                )));
+            }
         }
         if self.health_check_interval.is_zero() || self.node_timeout.is_zero() {
             return Err(ConfigError::Invalid(
@@ -529,6 +549,24 @@ mod tests {
                 token: true
             }
         );
+    }
+
+    #[test]
+    fn durations_are_at_most_a_day() {
+        MonitorConfig::parse("postgres_restart_timeout = \"1d\"").unwrap();
+        // 300,000 years overflows a timestamp once added to one.
+        let err = MonitorConfig::parse("fence_margin = \"300000y\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("fence_margin (300000years) is longer than 1day"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        let err = MonitorConfig::parse("health_check_interval = \"25h\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health_check_interval"), "{err}");
     }
 
     #[test]

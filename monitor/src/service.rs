@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Authenticator, Caller};
 use crate::error::Error;
 use crate::fsm::{self, KeeperTimings};
+use crate::names::quote;
 use crate::store::{Heartbeat, Registration, Store, StoredNode};
 
 pub struct MonitorService {
@@ -111,7 +112,8 @@ fn valid_name(what: &str, value: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "{what} {value:?} is not valid: use 1 to {MAX_NAME} letters, digits, '_', '-' or '.'"
+            "{what} {} is not valid: use 1 to {MAX_NAME} letters, digits, '_', '-' or '.'",
+            quote(value)
         )))
     }
 }
@@ -129,7 +131,8 @@ fn valid_host(host: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "host {host:?} is not a host name or IP address: use 1 to 255 letters, digits, '.', '-', '_' or ':'"
+            "host {} is not a host name or IP address: use 1 to 255 letters, digits, '.', '-', '_' or ':'",
+            quote(host)
         )))
     }
 }
@@ -174,7 +177,27 @@ fn timings(t: Option<pb::KeeperTimings>, node_timeout: Duration) -> Result<Keepe
 }
 
 fn state(value: i32, what: &str) -> Result<S, Error> {
-    S::from_wire(value).map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))
+    S::from_wire(value).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{what} {value} is not a replication state: send one of the NodeState values {} to {} ({} to {})",
+            S::Init.to_wire(),
+            S::Dropped.to_wire(),
+            S::Init,
+            S::Dropped
+        ))
+    })
+}
+
+/// Most failed starts in a row the monitor stores (a database integer).
+const MAX_START_FAILURES: u32 = i32::MAX as u32;
+
+fn start_failures(value: u32) -> Result<u32, Error> {
+    if value > MAX_START_FAILURES {
+        return Err(Error::InvalidArgument(format!(
+            "pg_start_failures {value} is not a count of failed starts in a row: send at most {MAX_START_FAILURES}"
+        )));
+    }
+    Ok(value)
 }
 
 fn address(n: &StoredNode) -> pb::NodeAddress {
@@ -194,6 +217,7 @@ impl Monitor for MonitorService {
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeReply>, Status> {
         let caller = self.caller(&request)?;
+        caller.require_keeper().map_err(refused)?;
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
@@ -247,6 +271,7 @@ impl Monitor for MonitorService {
         request: Request<pb::NodeActiveRequest>,
     ) -> Result<Response<pb::NodeActiveReply>, Status> {
         let caller = self.caller(&request)?;
+        caller.require_keeper().map_err(refused)?;
         let r = request.into_inner();
         if r.node_id <= 0 {
             return Err(Error::InvalidArgument(format!(
@@ -265,7 +290,7 @@ impl Monitor for MonitorService {
             system_identifier: r.system_identifier,
             timings: timings(r.timings, self.store.node_timeout())?,
             synchronous_standby_names: r.synchronous_standby_names,
-            pg_start_failures: r.pg_start_failures,
+            pg_start_failures: start_failures(r.pg_start_failures)?,
         };
         self.check_heartbeat_caller(&caller, hb.node_id).await?;
         // Over capacity: say so at once; the keeper retries on its next loop.
@@ -545,6 +570,55 @@ mod tests {
             let err = valid_host(bad).unwrap_err().to_string();
             assert!(err.contains("host"), "{err}");
         }
+    }
+
+    #[test]
+    fn names_are_refused_in_a_short_sentence() {
+        for ok in ["node1", "a", "db-1.x_y", &"n".repeat(MAX_NAME)] {
+            assert!(valid_name("node name", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a\0b", "nœud", "x'y", &"n".repeat(MAX_NAME + 1)] {
+            let err = valid_name("node name", bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().starts_with("node name "), "{err}");
+        }
+        // A huge value is not echoed back whole: the answer travels in a
+        // header clients bound.
+        let err = valid_name("formation", &"x".repeat(200_000))
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 200, "{err}");
+        assert!(err.contains("(200000 characters) is not valid"), "{err}");
+        let err = valid_host(&"h".repeat(100_000)).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
+    }
+
+    #[test]
+    fn states_and_counts_are_checked() {
+        assert_eq!(
+            state(S::Primary.to_wire(), "reported_state").unwrap(),
+            S::Primary
+        );
+        for bad in [0, 22, -1, i32::MAX] {
+            let err = state(bad, "reported_state").unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("reported_state {bad} is not a replication state")),
+                "{err}"
+            );
+            assert!(err.contains("1 to 21 (init to dropped)"), "{err}");
+        }
+        assert_eq!(start_failures(3).unwrap(), 3);
+        assert_eq!(
+            start_failures(MAX_START_FAILURES).unwrap(),
+            MAX_START_FAILURES
+        );
+        // Stored as a database integer: more would fail the write.
+        let err = start_failures(u32::MAX).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(
+            err.to_string().contains("pg_start_failures 4294967295"),
+            "{err}"
+        );
     }
 
     #[test]

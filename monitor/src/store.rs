@@ -173,7 +173,14 @@ impl Store {
     /// Register a node (idempotent for the same name, host and port) and
     /// evaluate its group.
     pub async fn register_node(&self, reg: &Registration) -> Result<StoredNode> {
-        retry(|| self.register_once(reg)).await
+        // Two registrations of one host and port in different formations
+        // do not wait for each other's formation lock: the later insert
+        // hits the unique key. Run it again, and it sees the winner's row
+        // and is refused in a sentence.
+        retry_on(&[DEADLOCK, SERIALIZATION_FAILURE, UNIQUE_VIOLATION], || {
+            self.register_once(reg)
+        })
+        .await
     }
 
     async fn register_once(&self, reg: &Registration) -> Result<StoredNode> {
@@ -184,10 +191,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         if formation.is_none() {
-            return Err(Error::NotFound(format!(
-                "formation {:?} does not exist: use the formation \"default\" or create it first",
-                reg.formation
-            )));
+            return Err(no_formation(&reg.formation));
         }
         let existing =
             sqlx::query("SELECT node_id, host, port FROM node WHERE formation = $1 AND name = $2")
@@ -289,12 +293,7 @@ impl Store {
                 .await?;
             tx.commit().await?;
             tracing::info!(node = %node.snap.name, "dropped node removed");
-            return Ok(Assignment {
-                node,
-                primary: None,
-                others: Vec::new(),
-                plan: fsm::replication_plan(&[], 0, 0),
-            });
+            return Ok(dropped_reply(node));
         }
         apply_heartbeat(me, hb, now);
         sqlx::query(
@@ -465,7 +464,7 @@ impl Store {
         .bind(formation)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("formation {formation:?} does not exist")))?;
+        .ok_or_else(|| no_formation(formation))?;
         let rows =
             sqlx::query("SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id")
                 .bind(formation)
@@ -486,6 +485,9 @@ impl Store {
         Ok(row.map(|r| (r.get("formation"), r.get("name"))))
     }
 
+    /// The last `count` events of a formation, oldest first; NotFound when
+    /// the formation does not exist (a typo must not read as "nothing
+    /// happened").
     pub async fn events(&self, formation: &str, count: u32) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(
             "SELECT * FROM (SELECT * FROM event WHERE formation = $1 ORDER BY event_id DESC LIMIT $2) e
@@ -495,6 +497,16 @@ impl Store {
         .bind(i64::from(count))
         .fetch_all(&self.pool)
         .await?;
+        if rows.is_empty() {
+            let exists = sqlx::query("SELECT 1 FROM formation WHERE name = $1")
+                .bind(formation)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some();
+            if !exists {
+                return Err(no_formation(formation));
+            }
+        }
         Ok(rows.iter().map(event_from_row).collect())
     }
 
@@ -634,9 +646,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if found.is_none() {
-                return Err(Error::NotFound(format!(
-                    "formation {formation:?} does not exist"
-                )));
+                return Err(no_formation(formation));
             }
             let (nodes, _, _) = self.lock_group(&mut tx, formation, 0).await?;
             let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
@@ -973,11 +983,22 @@ impl Store {
             .map(|r| r.get::<i32, _>("group_id"));
         match group {
             Some(g) => self.lock_group(tx, formation, g).await,
+            None if rows.is_empty() && !self.formation_exists(tx, formation).await? => {
+                Err(no_formation(formation))
+            }
             None => {
                 let names: Vec<String> = rows.iter().map(|r| r.get("name")).collect();
                 Err(unknown_node(formation, name, &names))
             }
         }
+    }
+
+    async fn formation_exists(&self, tx: &mut Tx<'_>, formation: &str) -> Result<bool> {
+        Ok(sqlx::query("SELECT 1 FROM formation WHERE name = $1")
+            .bind(formation)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some())
     }
 
     /// Lock the group's rows and read them with the database's time.
@@ -1003,8 +1024,9 @@ impl Store {
                 "SELECT number_sync_standbys, election_forced_at, clock_timestamp() AS now FROM formation WHERE name = $1",
             )
             .bind(formation)
-            .fetch_one(&mut **tx)
-            .await?;
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| no_formation(formation))?;
             return Ok((Vec::new(), f.get("now"), formation_settings(&f)));
         }
         grouped(&rows)
@@ -1170,10 +1192,31 @@ fn find_by_name<'a>(nodes: &'a [StoredNode], name: &str) -> Result<&'a StoredNod
     })
 }
 
+/// A request names a formation that does not exist.
+fn no_formation(formation: &str) -> Error {
+    Error::NotFound(format!(
+        "formation {} does not exist: use the formation \"default\" or create it first",
+        crate::names::quote(formation)
+    ))
+}
+
 /// "No node named X", with the closest known names.
 fn unknown_node(formation: &str, name: &str, known: &[String]) -> Error {
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
     Error::NotFound(crate::names::unknown_node(formation, name, &known))
+}
+
+/// The last reply to the keeper of a dropped node whose row is gone: its
+/// goal, and nobody to follow or replicate to.
+fn dropped_reply(node: StoredNode) -> Assignment {
+    // The plan of the node alone (an empty group has no node to plan for).
+    let plan = fsm::replication_plan(std::slice::from_ref(&node.snap), 0, 0);
+    Assignment {
+        node,
+        primary: None,
+        others: Vec::new(),
+        plan,
+    }
 }
 
 /// Fold a heartbeat into the stored node, tracking since when the WAL
@@ -1293,8 +1336,22 @@ fn millis(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
+const SERIALIZATION_FAILURE: &str = "40001";
+const DEADLOCK: &str = "40P01";
+const UNIQUE_VIOLATION: &str = "23505";
+
 /// Retry an operation on deadlock / serialization failure, a bounded number of times.
-async fn retry<T, F, Fut>(mut op: F) -> Result<T>
+async fn retry<T, F, Fut>(op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    retry_on(&[DEADLOCK, SERIALIZATION_FAILURE], op).await
+}
+
+/// Retry an operation that fails with one of the SQLSTATEs `codes`, a
+/// bounded number of times.
+async fn retry_on<T, F, Fut>(codes: &[&str], mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -1303,8 +1360,7 @@ where
     loop {
         match op().await {
             Err(Error::Database(sqlx::Error::Database(db)))
-                if attempt < MAX_ATTEMPTS
-                    && matches!(db.code().as_deref(), Some("40001") | Some("40P01")) =>
+                if attempt < MAX_ATTEMPTS && db.code().is_some_and(|c| codes.contains(&&*c)) =>
             {
                 attempt += 1;
             }
@@ -1355,5 +1411,69 @@ impl Store {
             .iter()
             .map(|r| (event_from_row(r), r.get::<bool, _>("settled")))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(goal: S) -> StoredNode {
+        StoredNode {
+            snap: NodeSnapshot {
+                id: 7,
+                name: "node7".into(),
+                reported: goal,
+                goal,
+                pg_running: false,
+                lsn: 0,
+                wal_receiver_streaming: false,
+                stream_lost_at: None,
+                pg_down_since: None,
+                pg_running_since: None,
+                pg_start_failures: 0,
+                last_heartbeat: None,
+                health: Health::Unknown,
+                candidate_priority: 50,
+                replication_quorum: true,
+                timings: KeeperTimings {
+                    heartbeat_interval: Duration::from_millis(500),
+                    fence_timeout: Duration::from_millis(1500),
+                    wal_sender_timeout: Duration::from_secs(2),
+                },
+                fence_set: Vec::new(),
+                fence_required: 0,
+                fence_pending: Default::default(),
+            },
+            formation: "default".into(),
+            group_id: 0,
+            host: "127.0.0.1".into(),
+            port: 5432,
+            system_identifier: 0,
+            timeline: 1,
+        }
+    }
+
+    /// The reply to a dropped node's last heartbeat (its row deleted) once
+    /// indexed an empty group and panicked.
+    #[test]
+    fn a_dropped_node_is_answered_its_goal_and_no_replication() {
+        let reply = dropped_reply(stored(S::Dropped));
+        assert_eq!(reply.node.snap.goal, S::Dropped);
+        assert!(reply.primary.is_none() && reply.others.is_empty());
+        assert_eq!(reply.plan.synchronous_standby_names, "");
+        assert!(reply.plan.fence_set.is_empty());
+        assert_eq!(reply.plan.fence_required, 0);
+    }
+
+    #[test]
+    fn refusals_name_a_missing_formation_briefly() {
+        let err = no_formation("nosuch");
+        assert!(matches!(err, Error::NotFound(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "formation \"nosuch\" does not exist: use the formation \"default\" or create it first"
+        );
+        assert!(no_formation(&"f".repeat(10_000)).to_string().len() < 200);
     }
 }

@@ -27,6 +27,7 @@ pub mod probe;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod raw_grpc;
 pub mod security;
 pub mod state;
 pub mod tools;

@@ -26,6 +26,8 @@ pub const DEFAULT_WAL_RECEIVER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CANDIDATE_PRIORITY: u32 = 50;
 pub const DEFAULT_REPLICATION_USER: &str = "pgpilot_replication";
+/// Longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,8 +251,8 @@ impl KeeperConfig {
         }
         if !self.pgdata.is_absolute() {
             return bad(format!(
-                "pgdata {} must be an absolute path",
-                self.pgdata.display()
+                "pgdata {:?} must be an absolute path",
+                self.pgdata
             ));
         }
         if !(self.monitor.starts_with("http://") || self.monitor.starts_with("https://")) {
@@ -262,6 +264,21 @@ impl KeeperConfig {
         self.client_security()
             .check(&self.monitor, &security::CONFIG_NAMES)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (key, value) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("fence_timeout", self.fence_timeout),
+            ("wal_sender_timeout", self.wal_sender_timeout),
+            ("wal_receiver_timeout", self.wal_receiver_timeout),
+            ("register_timeout", self.register_timeout),
+        ] {
+            if value > MAX_DURATION {
+                return bad(format!(
+                    "{key} ({}) is longer than {}: give a shorter duration",
+                    humantime::format_duration(value),
+                    humantime::format_duration(MAX_DURATION)
+                ));
+            }
+        }
         if self.heartbeat_interval < Duration::from_millis(50) {
             return bad("heartbeat_interval must be at least 50ms".into());
         }

@@ -190,15 +190,15 @@ impl ClientSecurity {
                 "{url:?} is not a monitor URL: use https://HOST:PORT (or http:// for a monitor that runs with plaintext = true)"
             )),
             Some(false) if self.has_tls_settings() => bad(format!(
-                "{} and the other TLS settings need an https:// monitor URL, and {url} is http://",
+                "{} and the other TLS settings need an https:// monitor URL, and {url:?} is http://",
                 names.ca
             )),
             Some(false) if self.token_file.is_some() => bad(format!(
-                "{} would send the token in clear over {url}: use an https:// monitor URL",
+                "{} would send the token in clear over {url:?}: use an https:// monitor URL",
                 names.token_file
             )),
             Some(true) if self.ca_file.is_none() => bad(format!(
-                "the https:// monitor {url} needs {} FILE: the CA certificate that signed the monitor's certificate",
+                "the https:// monitor {url:?} needs {} FILE: the CA certificate that signed the monitor's certificate",
                 names.ca
             )),
             Some(true) if self.cert_file.is_some() != self.key_file.is_some() => bad(format!(
@@ -234,7 +234,7 @@ impl ClientSecurity {
         }
         endpoint.tls_config(tls).map_err(|e| {
             SecurityError::Invalid(format!(
-                "cannot set up TLS to {url}: {e}: check {} and the certificate files",
+                "cannot set up TLS to {url:?}: {e}: check {} and the certificate files",
                 names.ca
             ))
         })
@@ -247,7 +247,7 @@ impl ClientSecurity {
         match token {
             None => Ok(Credentials::none()),
             Some(_) if url_uses_tls(url) != Some(true) => Err(SecurityError::Invalid(format!(
-                "{TOKEN_ENV} is set but {url} is http://: a token is only sent over TLS; use an https:// monitor URL or unset {TOKEN_ENV}"
+                "{TOKEN_ENV} is set but {url:?} is http://: a token is only sent over TLS; use an https:// monitor URL or unset {TOKEN_ENV}"
             ))),
             Some(token) => Credentials::token(&token),
         }

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The compose lab's failover drill. For each variant it brings the lab up,
-# waits for a primary and two secondaries, runs two writing clients (one
-# through the multi-host URI, one through HAProxy's port 5000), takes the
-# primary away, waits for a new primary, checks that every acknowledged row
-# is on it, brings the old node back, waits until it is a secondary again
-# holding every acknowledged row, and tears the lab down (also on failure).
+# waits for a primary and two secondaries, checks that the monitor speaks
+# mutual TLS only (a plaintext client, a client without a certificate and a
+# keeper's certificate running an operator command are refused; the CLI on
+# this host reaches it through the published port with the lab's operator
+# certificate), runs two writing clients (one through the multi-host URI,
+# one through HAProxy's port 5000), takes the primary away, waits for a new
+# primary, checks that every acknowledged row is on it, brings the old node
+# back, waits until it is a secondary again holding every acknowledged row,
+# and tears the lab down (also on failure).
 #
 #   compose/drill.sh [--local] [--release] [--variant stop|partition]...
 #
@@ -37,7 +41,7 @@ while [ $# -gt 0 ]; do
         *) echo "error: --variant takes stop or partition, not '${2:-}'" >&2; exit 2 ;;
       esac
       shift ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument '$1': see compose/drill.sh --help" >&2; exit 2 ;;
   esac
   shift
@@ -149,13 +153,14 @@ if [ "$local_build" -eq 1 ]; then
   cargo_flags=()
   [ "$profile" = release ] && cargo_flags=(--release)
   cargo build "${cargo_flags[@]}" -p pgpilot-monitor -p pgpilot-keeper --bins
+  target_dir=${CARGO_TARGET_DIR:-target}
   mkdir -p compose/.bin
   for b in pgpilot-monitor pgpilot-keeper; do
     # Debug information is most of a debug build's size.
     if command -v strip >/dev/null 2>&1; then
-      strip -o "compose/.bin/$b.tmp" "target/$profile/$b"
+      strip -o "compose/.bin/$b.tmp" "$target_dir/$profile/$b"
     else
-      cp "target/$profile/$b" "compose/.bin/$b.tmp"
+      cp "$target_dir/$profile/$b" "compose/.bin/$b.tmp"
     fi
     mv "compose/.bin/$b.tmp" "compose/.bin/$b"
   done
@@ -228,6 +233,76 @@ old_is_secondary() {
   states | grep "^$old secondary secondary read-only$" >/dev/null
 }
 
+# run_status VAR COMMAND...: run COMMAND, its output to $work/out, its exit
+# status into VAR (also when it fails: set -e stays quiet).
+run_status() {
+  local var=$1
+  shift
+  if "$@" >"$work/out" 2>&1; then printf -v "$var" 0; else printf -v "$var" %s $?; fi
+}
+
+# expect_refused STATUS TEXT WHAT COMMAND...: COMMAND (a CLI call) must exit
+# with STATUS and print TEXT: 2 and "refused:" when the monitor refused the
+# credentials, 3 and "unreachable" when it did not talk to the client at all.
+expect_refused() {
+  local want=$1 text=$2 what=$3 rc
+  shift 3
+  run_status rc "$@"
+  if [ "$rc" != "$want" ] || ! grep -q -- "$text" "$work/out"; then
+    cat "$work/out" >&2
+    fail "$what was not refused as expected: exit status $rc (expected $want and \"$text\")"
+  fi
+}
+
+# The lab's transport security: mutual TLS with the certificates of the
+# certs service, and nothing else accepted.
+tls_checks() {
+  local svc rc
+  for svc in monitor node1 node2 node3; do
+    "${C[@]}" exec -T "$svc" bash -c 'cd /etc/pgpilot/tls && stat -c "%a %U %n" *' >"$work/tls-files" 2>&1 ||
+      { cat "$work/tls-files" >&2; fail "listing /etc/pgpilot/tls in $svc failed"; }
+    if grep -q ' ca\.key$' "$work/tls-files" || grep '\.key$' "$work/tls-files" | grep -qv '^600 postgres '; then
+      cat "$work/tls-files" >&2
+      fail "$svc holds the CA's key, or a key that is not 0600 and owned by postgres"
+    fi
+  done
+  log "check: each service holds its own certificate, keys 0600 owned by postgres, no CA key"
+
+  local no_tls=(env -u PGPILOT_TLS_CA -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY)
+  expect_refused 3 unreachable "a plaintext (http://) client of the monitor" \
+    "${C[@]}" exec -T monitor "${no_tls[@]}" pgpilot-monitor --monitor http://127.0.0.1:7430 show-nodes
+  expect_refused 2 refused: "a TLS client without a client certificate" \
+    "${C[@]}" exec -T monitor env -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY pgpilot-monitor show-nodes
+  expect_refused 2 refused: "node1's keeper certificate running an operator command" \
+    "${C[@]}" exec -T node1 pgpilot-monitor --monitor https://monitor:7430 --tls-ca /etc/pgpilot/tls/ca.crt \
+    --tls-cert /etc/pgpilot/tls/keeper-default-node1.crt --tls-key /etc/pgpilot/tls/keeper-default-node1.key show-nodes
+  log "check: the monitor refuses plaintext, a client without a certificate, and a keeper's certificate for operator commands"
+
+  # The CLI on this host, through the published port, with the operator
+  # certificate copied out of the monitor's container (as README shows).
+  local cli=""
+  if [ "$local_build" -eq 1 ]; then
+    cli=$PWD/compose/.bin/pgpilot-monitor
+  elif command -v pgpilot-monitor >/dev/null 2>&1; then
+    cli=$(command -v pgpilot-monitor)
+  fi
+  if [ -z "$cli" ]; then
+    log "no pgpilot-monitor on this host (--local builds one): the CLI from the host is not checked"
+    return
+  fi
+  rm -rf "$work/tls"
+  mkdir -p "$work/tls"
+  "${C[@]}" exec -T monitor tar -C /etc/pgpilot/tls -c ca.crt operator-lab.crt operator-lab.key |
+    tar -C "$work/tls" -x --no-same-owner || fail "copying the operator certificate out of the monitor's container failed"
+  local host_tls=(--tls-ca "$work/tls/ca.crt" --tls-cert "$work/tls/operator-lab.crt" --tls-key "$work/tls/operator-lab.key")
+  run_status rc env -u PGPILOT_MONITOR -u PGPILOT_TLS_CA -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY \
+    "$cli" --monitor https://127.0.0.1:7430 "${host_tls[@]}" show-nodes
+  [ "$rc" = 0 ] || { cat "$work/out" >&2; fail "the CLI on this host cannot reach the monitor at https://127.0.0.1:7430 (exit status $rc)"; }
+  expect_refused 3 unreachable "a plaintext (http://) client on this host" \
+    env -u PGPILOT_MONITOR -u PGPILOT_TLS_CA -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY "$cli" --monitor http://127.0.0.1:7430 show-nodes
+  log "check: the CLI on this host reaches https://127.0.0.1:7430 with the operator certificate; http:// is refused"
+}
+
 acked_after() { # FILE TIME: acknowledged inserts after TIME
   awk -v t="$2" '$2 > t' "$1" 2>/dev/null | wc -l
 }
@@ -280,6 +355,7 @@ drill() {
   http_has http://127.0.0.1:8001/metrics pgpilot_keeper || fail "node1's /metrics (127.0.0.1:8001) does not answer with keeper metrics"
   http_has "http://127.0.0.1:7000/;csv" primary,node1 || fail "HAProxy's statistics page (127.0.0.1:7000) does not answer"
   log "check: monitor and keeper /metrics and the HAProxy statistics page answer"
+  tls_checks
 
   node_sql "$old" "CREATE TABLE drill (id bigint PRIMARY KEY, via text NOT NULL, at timestamptz NOT NULL DEFAULT now())" >/dev/null ||
     fail "creating the drill's table on $old failed"

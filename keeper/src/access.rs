@@ -182,8 +182,11 @@ fn quoted(name: &str) -> String {
 /// matches first:
 /// - the replication role may connect, with `rules.method`, for
 ///   replication and to database postgres (pg_rewind), from the group's
-///   hosts only, and is rejected from everywhere else;
-/// - `trust_networks` are trusted for everything.
+///   hosts only;
+/// - then `trust_networks` are trusted for everything (the replication
+///   role too: whoever is there may already be any role), so a group host
+///   that is also in a trusted network still replicates with `method`;
+/// - the replication role is rejected from everywhere else.
 pub fn render_hba(existing: &str, rules: &HbaRules) -> String {
     let mut kept = String::with_capacity(existing.len());
     let mut inside = false;
@@ -211,13 +214,13 @@ pub fn render_hba(existing: &str, rules: &HbaRules) -> String {
         out.push_str(&format!("host replication {user} {address} {method}\n"));
         out.push_str(&format!("host postgres {user} {address} {method}\n"));
     }
-    out.push_str(&format!("host replication {user} all reject\n"));
-    if rules.replication_user != rules.superuser {
-        out.push_str(&format!("host all {user} all reject\n"));
-    }
     for network in &rules.trust_networks {
         out.push_str(&format!("host all all {network} trust\n"));
         out.push_str(&format!("host replication all {network} trust\n"));
+    }
+    out.push_str(&format!("host replication {user} all reject\n"));
+    if rules.replication_user != rules.superuser {
+        out.push_str(&format!("host all {user} all reject\n"));
     }
     out.push_str(HBA_END);
     out.push('\n');
@@ -402,10 +405,10 @@ mod tests {
                 "{HBA_BEGIN}\n\
                  host replication \"pgpilot_replication\" 172.20.0.5/32 trust\n\
                  host postgres \"pgpilot_replication\" 172.20.0.5/32 trust\n\
-                 host replication \"pgpilot_replication\" all reject\n\
-                 host all \"pgpilot_replication\" all reject\n\
                  host all all samenet trust\n\
                  host replication all samenet trust\n\
+                 host replication \"pgpilot_replication\" all reject\n\
+                 host all \"pgpilot_replication\" all reject\n\
                  {HBA_END}\n\
                  local all all trust\n"
             )

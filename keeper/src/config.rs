@@ -250,10 +250,7 @@ impl KeeperConfig {
             ));
         }
         if !self.pgdata.is_absolute() {
-            return bad(format!(
-                "pgdata {:?} must be an absolute path",
-                self.pgdata
-            ));
+            return bad(format!("pgdata {:?} must be an absolute path", self.pgdata));
         }
         if !(self.monitor.starts_with("http://") || self.monitor.starts_with("https://")) {
             return bad(format!(
@@ -471,6 +468,8 @@ mod tests {
             assert_eq!((c.name.as_str(), c.host.as_str()), (name, name));
             assert_eq!(c.trust_networks, ["samenet"]);
             assert!(c.http_listen.is_some());
+            assert_eq!(c.monitor, "https://monitor:7430");
+            assert!(c.tls_cert_file.is_some() && c.tls_key_file.is_some());
         }
     }
 

@@ -510,7 +510,13 @@ mod tests {
             }
         );
         let lab = MonitorConfig::parse(include_str!("../../compose/lab/monitor.toml")).unwrap();
-        lab.transport_mode().unwrap();
+        assert_eq!(
+            lab.transport_mode().unwrap(),
+            TransportMode::Tls {
+                client_certs: true,
+                token: false
+            }
+        );
     }
 
     #[test]

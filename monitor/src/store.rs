@@ -368,21 +368,37 @@ impl Store {
 
     /// Record a health-check result; when it changed, evaluate the group.
     pub async fn set_health(&self, node_id: i64, health: Health) -> Result<()> {
+        // Most results repeat the last one: no lock for those.
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT health FROM node WHERE node_id = $1")
+                .bind(node_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if stored.as_deref().is_none_or(|h| h == health.as_str()) {
+            return Ok(());
+        }
         retry(|| async {
             let mut tx = self.pool.begin().await?;
-            let row = sqlx::query(
+            // The group's rows first, in node-id order like every other
+            // locked path: locking this node's row alone first could
+            // deadlock with a heartbeat or command that locks the group.
+            if self.lock_group_of(&mut tx, node_id).await?.is_none() {
+                return Ok(());
+            }
+            let changed = sqlx::query(
                 "UPDATE node SET health = $2, health_changed_at = clock_timestamp()
-                 WHERE node_id = $1 AND health <> $2 RETURNING formation, group_id",
+                 WHERE node_id = $1 AND health <> $2",
             )
             .bind(node_id)
             .bind(health.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                let formation: String = row.get("formation");
-                let group_id: i32 = row.get("group_id");
-                let (nodes, now, nss) = self.lock_group(&mut tx, &formation, group_id).await?;
-                self.evaluate(&mut tx, nodes, now, nss).await?;
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed > 0 {
+                // Read again (rows already held) so the machine sees it.
+                if let Some((nodes, now, nss)) = self.lock_group_of(&mut tx, node_id).await? {
+                    self.evaluate(&mut tx, nodes, now, nss).await?;
+                }
             }
             tx.commit().await?;
             Ok(())

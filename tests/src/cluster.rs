@@ -1382,6 +1382,26 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// A gRPC client of this monitor as whoever `sec` and `credentials`
+    /// make it (another identity, none, the wrong one), each call bounded
+    /// by `call_timeout`; replies may exceed tonic's 4 MiB default.
+    pub async fn grpc_as(
+        &self,
+        sec: &pgpilot_proto::security::ClientSecurity,
+        credentials: pgpilot_proto::security::Credentials,
+        call_timeout: Duration,
+    ) -> Result<pgpilot_proto::security::Client> {
+        let channel = sec
+            .endpoint(&self.monitor_url, &pgpilot_proto::security::CLI_NAMES)?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(call_timeout)
+            .connect()
+            .await
+            .context("connecting to the monitor")?;
+        Ok(pgpilot_proto::security::client(channel, credentials)
+            .max_decoding_message_size(64 * 1024 * 1024))
+    }
+
     fn endpoint(&self) -> Result<Endpoint> {
         Ok(self
             .operator_security()

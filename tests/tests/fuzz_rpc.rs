@@ -1135,22 +1135,6 @@ async fn fuzz(
 
 // ---- the cluster --------------------------------------------------------------------
 
-async fn grpc(
-    cluster: &Cluster,
-    sec: &ClientSecurity,
-    credentials: Credentials,
-) -> Result<security::Client> {
-    let channel = sec
-        .endpoint(cluster.monitor_url(), &security::CLI_NAMES)?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(CALL_TIMEOUT)
-        .connect()
-        .await
-        .context("connecting to the monitor")?;
-    // Replies may be larger than tonic's default 4 MiB (10,000 events).
-    Ok(security::client(channel, credentials).max_decoding_message_size(64 * 1024 * 1024))
-}
-
 /// Run SQL on the monitor's own database.
 async fn monitor_db(cluster: &Cluster) -> Result<tokio_postgres::Client> {
     let (client, connection) =
@@ -1720,7 +1704,13 @@ async fn every_rpc_refuses_malformed_input_in_a_sentence() -> Result<()> {
     eprintln!("rpc fuzz: seed {seed} (replay with {SEED_ENV}={seed}), {cases} requests");
     let cluster = monitor_only(Security::Plaintext).await?;
     let started = Instant::now();
-    let mut client = grpc(&cluster, &ClientSecurity::default(), Credentials::none()).await?;
+    let mut client = cluster
+        .grpc_as(
+            &ClientSecurity::default(),
+            Credentials::none(),
+            CALL_TIMEOUT,
+        )
+        .await?;
     let registry = Shared::default();
     let generator = Arc::new(Generator::new(&mut Rng(seed)));
 
@@ -1805,7 +1795,13 @@ async fn every_rpc_refuses_the_wrong_caller_under_mutual_tls() -> Result<()> {
     if !out.status.success() {
         bail!("gen-certs failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let mut operator = grpc(&cluster, &cluster.operator_security(), Credentials::none()).await?;
+    let mut operator = cluster
+        .grpc_as(
+            &cluster.operator_security(),
+            Credentials::none(),
+            CALL_TIMEOUT,
+        )
+        .await?;
     let mut clients = vec![Client {
         who: Who::Operator,
         client: operator.clone(),
@@ -1822,7 +1818,9 @@ async fn every_rpc_refuses_the_wrong_caller_under_mutual_tls() -> Result<()> {
                 formation: f.to_string(),
                 name: KEEPER_NAME.to_string(),
             },
-            client: grpc(&cluster, &sec, Credentials::none()).await?,
+            client: cluster
+                .grpc_as(&sec, Credentials::none(), CALL_TIMEOUT)
+                .await?,
         });
     }
     let ca_only = ClientSecurity {
@@ -1831,7 +1829,9 @@ async fn every_rpc_refuses_the_wrong_caller_under_mutual_tls() -> Result<()> {
     };
     clients.push(Client {
         who: Who::NoCertificate,
-        client: grpc(&cluster, &ca_only, Credentials::none()).await?,
+        client: cluster
+            .grpc_as(&ca_only, Credentials::none(), CALL_TIMEOUT)
+            .await?,
     });
 
     let registry = Shared::default();

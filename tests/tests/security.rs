@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use pgpilot_proto::pb;
-use pgpilot_proto::security::{self, ClientSecurity, Credentials};
+use pgpilot_proto::security::{ClientSecurity, Credentials};
 use pgpilot_tests::operator::describe;
 use pgpilot_tests::process::free_port;
 use pgpilot_tests::{
@@ -61,22 +61,6 @@ fn expect_exit(output: &Output, code: i32, words: &[&str], what: &str) -> Result
         bail!("{what}: expected one line on stderr\n{}", describe(output));
     }
     Ok(())
-}
-
-/// A gRPC client of the cluster's monitor with `sec` and `credentials`.
-async fn grpc(
-    cluster: &Cluster,
-    sec: &ClientSecurity,
-    credentials: Credentials,
-) -> Result<security::Client> {
-    let channel = sec
-        .endpoint(cluster.monitor_url(), &security::CLI_NAMES)?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .context("connecting to the monitor")?;
-    Ok(security::client(channel, credentials))
 }
 
 fn timings() -> pb::KeeperTimings {
@@ -293,7 +277,9 @@ async fn mutual_tls_identities_and_failover() -> Result<()> {
         key_file: Some(tls.keeper_key("node1")),
         ..Default::default()
     };
-    let mut keeper1 = grpc(&cluster, &as_node1, Credentials::none()).await?;
+    let mut keeper1 = cluster
+        .grpc_as(&as_node1, Credentials::none(), Duration::from_secs(10))
+        .await?;
     let beat = |node_id| pb::NodeActiveRequest {
         node_id,
         reported_state: pgpilot_proto::ReplicationState::Secondary.to_wire(),
@@ -356,7 +342,13 @@ async fn mutual_tls_identities_and_failover() -> Result<()> {
         "a heartbeat for a node that does not exist",
     )?;
     // An operator does not heartbeat.
-    let mut operator = grpc(&cluster, &cluster.operator_security(), Credentials::none()).await?;
+    let mut operator = cluster
+        .grpc_as(
+            &cluster.operator_security(),
+            Credentials::none(),
+            Duration::from_secs(10),
+        )
+        .await?;
     expect_code(
         operator.node_active(beat(node1)).await,
         tonic::Code::PermissionDenied,

@@ -137,6 +137,8 @@ pub struct HbaRules {
     pub group_hosts: Vec<String>,
     /// Networks trusted for every role and for replication.
     pub trust_networks: Vec<String>,
+    /// The replication role comes in over TLS only (`hostssl`).
+    pub tls_only: bool,
 }
 
 /// First and last line of the block of pg_hba.conf the keeper owns.
@@ -210,9 +212,10 @@ pub fn render_hba(existing: &str, rules: &HbaRules) -> String {
         .collect();
     addresses.sort();
     addresses.dedup();
+    let kind = if rules.tls_only { "hostssl" } else { "host" };
     for address in &addresses {
-        out.push_str(&format!("host replication {user} {address} {method}\n"));
-        out.push_str(&format!("host postgres {user} {address} {method}\n"));
+        out.push_str(&format!("{kind} replication {user} {address} {method}\n"));
+        out.push_str(&format!("{kind} postgres {user} {address} {method}\n"));
     }
     for network in &rules.trust_networks {
         out.push_str(&format!("host all all {network} trust\n"));
@@ -270,6 +273,7 @@ mod tests {
             method,
             group_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             trust_networks: trust.iter().map(|h| h.to_string()).collect(),
+            tls_only: false,
         }
     }
 
@@ -411,6 +415,26 @@ mod tests {
                  host all \"pgpilot_replication\" all reject\n\
                  {HBA_END}\n\
                  local all all trust\n"
+            )
+        );
+    }
+
+    #[test]
+    fn hba_with_tls_between_the_nodes_lets_the_role_in_over_tls_only() {
+        let mut r = rules(Method::ScramSha256, &["10.0.0.1"], &["samenet"]);
+        r.tls_only = true;
+        let out = render_hba("", &r);
+        assert_eq!(
+            out,
+            format!(
+                "{HBA_BEGIN}\n\
+                 hostssl replication \"pgpilot_replication\" 10.0.0.1/32 scram-sha-256\n\
+                 hostssl postgres \"pgpilot_replication\" 10.0.0.1/32 scram-sha-256\n\
+                 host all all samenet trust\n\
+                 host replication all samenet trust\n\
+                 host replication \"pgpilot_replication\" all reject\n\
+                 host all \"pgpilot_replication\" all reject\n\
+                 {HBA_END}\n"
             )
         );
     }

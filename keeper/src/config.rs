@@ -85,6 +85,19 @@ pub struct KeeperConfig {
     /// group's hosts replicate without a password (trust).
     #[serde(default)]
     pub replication_password_file: Option<PathBuf>,
+    /// PostgreSQL's own TLS between the nodes: this server's certificate
+    /// (naming the host other nodes reach it by) and key (owned by the
+    /// PostgreSQL user, not readable by others), and the CA the other
+    /// nodes' certificates are checked against. All three or none: with
+    /// them PostgreSQL runs with ssl = on, the replication role is let in
+    /// over TLS only (hostssl), and standbys, pg_basebackup, pg_rewind and
+    /// the keeper connect to their upstream with sslmode=verify-full.
+    #[serde(default)]
+    pub postgres_tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub postgres_tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub postgres_tls_ca_file: Option<PathBuf>,
     /// listen_addresses of PostgreSQL (default: the host).
     #[serde(default)]
     pub listen_addresses: Option<String>,
@@ -291,6 +304,28 @@ impl KeeperConfig {
         {
             return bad("wal_sender_timeout and wal_receiver_timeout must be at least 1s (standbys reply once a second)".into());
         }
+        match (
+            &self.postgres_tls_cert_file,
+            &self.postgres_tls_key_file,
+            &self.postgres_tls_ca_file,
+        ) {
+            (None, None, None) => {}
+            (Some(cert), Some(key), Some(ca)) => {
+                if let Some((name, path)) = [
+                    ("postgres_tls_cert_file", cert),
+                    ("postgres_tls_key_file", key),
+                    ("postgres_tls_ca_file", ca),
+                ]
+                .into_iter()
+                .find(|(_, p)| !p.is_absolute())
+                {
+                    return bad(format!("{name} {path:?} must be an absolute path (PostgreSQL reads it from PGDATA)"));
+                }
+            }
+            _ => {
+                return bad("postgres_tls_cert_file, postgres_tls_key_file and postgres_tls_ca_file go together: set all three for TLS between the nodes, or none".into());
+            }
+        }
         if let Some(entry) = self.trust_networks.iter().find(|n| !is_trust_network(n)) {
             return bad(format!(
                 "trust_networks entry {entry:?} is not a network: write a CIDR like \"172.20.0.0/16\" or \"samenet\""
@@ -308,6 +343,15 @@ impl KeeperConfig {
             server_name: self.tls_server_name.clone(),
             token_file: self.token_file.clone(),
         }
+    }
+
+    /// PostgreSQL's TLS between the nodes, when configured.
+    pub fn postgres_tls(&self) -> Option<crate::pg::PostgresTls> {
+        Some(crate::pg::PostgresTls {
+            cert_file: self.postgres_tls_cert_file.clone()?,
+            key_file: self.postgres_tls_key_file.clone()?,
+            ca_file: self.postgres_tls_ca_file.clone()?,
+        })
     }
 
     pub fn state_file(&self) -> PathBuf {
@@ -500,6 +544,29 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn postgres_tls_files_go_together_and_are_absolute() {
+        let all = "postgres_tls_cert_file = \"/tls/pg.crt\"\npostgres_tls_key_file = \"/tls/pg.key\"\npostgres_tls_ca_file = \"/tls/ca.crt\"\n";
+        let c = KeeperConfig::parse(&format!("{MINIMAL}\n{all}")).unwrap();
+        let tls = c.postgres_tls().unwrap();
+        assert_eq!(tls.ca_file, Path::new("/tls/ca.crt"));
+        assert_eq!(KeeperConfig::parse(MINIMAL).unwrap().postgres_tls(), None);
+        for line in all.lines() {
+            let err = KeeperConfig::parse(&format!("{MINIMAL}\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("go together"), "{err}");
+        }
+        let relative = all.replace("/tls/pg.key", "tls/pg.key");
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\n{relative}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("postgres_tls_key_file") && err.contains("absolute"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -91,6 +91,32 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let postgres_tls = config.postgres_tls();
+    if let Some(tls) = &postgres_tls {
+        // PostgreSQL refuses to start with a key others may read; say so
+        // before it is asked to.
+        use std::os::unix::fs::MetadataExt;
+        let problem = [&tls.cert_file, &tls.ca_file, &tls.key_file]
+            .into_iter()
+            .find_map(|f| {
+                pgpilot_proto::security::read(f)
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .or_else(|| {
+                let meta = std::fs::metadata(&tls.key_file).ok()?;
+                pgpilot_keeper::pg::postgres_key_problem(
+                    &tls.key_file,
+                    meta.uid(),
+                    meta.mode(),
+                    nix::unistd::geteuid().as_raw(),
+                )
+            });
+        if let Some(problem) = problem {
+            eprintln!("error: {problem}");
+            return ExitCode::from(2);
+        }
+    }
     let pg = PgController::new(PgSettings {
         pgdata: config.pgdata.clone(),
         bin_dir,
@@ -100,9 +126,13 @@ async fn main() -> ExitCode {
         trust_networks: config.trust_networks.clone(),
         replication_user: config.replication_user.clone(),
         replication_password,
+        postgres_tls,
     });
     let span = tracing::info_span!("keeper", node = %config.name, formation = %config.formation);
     let _enter = span.enter();
+    if pg.settings().postgres_tls.is_some() {
+        tracing::info!("replication over TLS: ssl = on, hostssl for the replication role, sslmode=verify-full to the upstream");
+    }
     match &pg.settings().replication_password {
         Some(source) => tracing::info!(
             role = %config.replication_user,

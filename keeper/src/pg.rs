@@ -255,6 +255,50 @@ pub struct PgSettings {
     /// The replication role's password; `None`: the group's hosts are
     /// trusted (no password).
     pub replication_password: Option<PasswordSource>,
+    /// PostgreSQL's TLS between the nodes; `None`: the nodes talk without.
+    pub postgres_tls: Option<PostgresTls>,
+}
+
+/// PostgreSQL's TLS between the nodes (`postgres_tls_*_file`): the server
+/// runs with `ssl = on` and this certificate; connections to an upstream
+/// check the upstream's certificate against `ca_file` and its host name
+/// (`sslmode=verify-full`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+/// Why PostgreSQL would refuse `key_file` as its `ssl_key_file` (it
+/// checks the same when it starts, and says so only in its log), if it
+/// would: owned by the user it runs as (`server_uid`) with no access for
+/// group and others, or by root with no access for others and no write for
+/// the group.
+pub fn postgres_key_problem(
+    key_file: &Path,
+    owner: u32,
+    mode: u32,
+    server_uid: u32,
+) -> Option<String> {
+    let shown = key_file.display();
+    if owner != server_uid && owner != 0 {
+        return Some(format!("postgres_tls_key_file {shown} must be owned by the user PostgreSQL runs as (uid {server_uid}) or by root: run `chown` on it"));
+    }
+    let forbidden = if owner == server_uid { 0o077 } else { 0o037 };
+    (mode & forbidden != 0).then(|| {
+        format!("postgres_tls_key_file {shown} is open to other users (mode {:o}) and PostgreSQL refuses it: run `chmod 600 {shown}`", mode & 0o777)
+    })
+}
+
+impl PostgresTls {
+    /// The libpq connection options for an upstream.
+    fn conninfo(&self) -> String {
+        format!(
+            " sslmode=verify-full sslrootcert={}",
+            conninfo_value(&self.ca_file.to_string_lossy())
+        )
+    }
 }
 
 impl PgSettings {
@@ -382,6 +426,10 @@ impl PgController {
                 self.settings.passfile().to_string_lossy().into_owned(),
             ));
         }
+        if let Some(tls) = &self.settings.postgres_tls {
+            env.push(("PGSSLMODE", "verify-full".to_string()));
+            env.push(("PGSSLROOTCERT", tls.ca_file.to_string_lossy().into_owned()));
+        }
         Ok(env)
     }
 
@@ -397,6 +445,7 @@ impl PgController {
             },
             group_hosts: group_hosts.to_vec(),
             trust_networks: self.settings.trust_networks.clone(),
+            tls_only: self.settings.postgres_tls.is_some(),
         }
     }
 
@@ -692,6 +741,11 @@ impl PgController {
         if let Some(password) = self.replication_password()? {
             options = options.password(password.expose());
         }
+        if let Some(tls) = &self.settings.postgres_tls {
+            options = options
+                .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
+                .ssl_root_cert(&tls.ca_file);
+        }
         let upstream_timeout = Duration::from_secs(5);
         let mut conn = match tokio::time::timeout(
             upstream_timeout,
@@ -845,6 +899,7 @@ impl LocalPostgres for PgController {
                 .replication_password
                 .as_ref()
                 .map(|_| passfile.as_path()),
+            tls: self.settings.postgres_tls.as_ref(),
         };
         let rendered = render_config(config, &self.settings.socket_dir, &replication);
         // The password file first: primary_conninfo names it.
@@ -1064,13 +1119,16 @@ impl LocalPostgres for PgController {
             }
         }
         self.checkpoint_source(upstream).await?;
-        let source = format!(
+        let mut source = format!(
             "host={} port={} user={} dbname=postgres connect_timeout={}",
             conninfo_value(&upstream.host),
             upstream.port,
             conninfo_value(&self.settings.replication_user),
             UPSTREAM_CONNECT_TIMEOUT_SECS,
         );
+        if let Some(tls) = &self.settings.postgres_tls {
+            source.push_str(&tls.conninfo());
+        }
         let mut target = OsString::from("--target-pgdata=");
         target.push(pgdata.as_os_str());
         let args = os_args([target, format!("--source-server={source}").into()]);
@@ -1653,11 +1711,13 @@ fn parse_version(name: &str) -> Option<Vec<u32>> {
 // Configuration files
 // ---------------------------------------------------------------------------
 
-/// How a standby logs in to its upstream: the replication role, and the
-/// password file when there is a password.
+/// How the nodes talk: the replication role a standby logs in as, the
+/// password file when there is a password, and PostgreSQL's TLS when
+/// configured (this server's certificate, the upstream checked).
 struct ReplicationLogin<'a> {
     user: &'a str,
     passfile: Option<&'a Path>,
+    tls: Option<&'a PostgresTls>,
 }
 
 /// The content of `pgpilot.conf`.
@@ -1697,6 +1757,16 @@ fn render_config(config: &ManagedConfig, socket_dir: &Path, login: &ReplicationL
     set("wal_retrieve_retry_interval", quote_conf("500ms"));
     set("hot_standby_feedback", "on".into());
     set("recovery_target_timeline", quote_conf("latest"));
+    // Without TLS between the nodes, ssl is left to postgresql.conf (an
+    // operator's TLS for clients).
+    if let Some(tls) = login.tls {
+        set("ssl", "on".into());
+        set(
+            "ssl_cert_file",
+            quote_conf(&tls.cert_file.to_string_lossy()),
+        );
+        set("ssl_key_file", quote_conf(&tls.key_file.to_string_lossy()));
+    }
     set(
         "synchronous_standby_names",
         quote_conf(&config.synchronous_standby_names),
@@ -1714,6 +1784,9 @@ fn render_config(config: &ManagedConfig, socket_dir: &Path, login: &ReplicationL
             if let Some(passfile) = login.passfile {
                 conninfo.push_str(" passfile=");
                 conninfo.push_str(&conninfo_value(&passfile.to_string_lossy()));
+            }
+            if let Some(tls) = login.tls {
+                conninfo.push_str(&tls.conninfo());
             }
             set("primary_conninfo", quote_conf(&conninfo));
             set("primary_slot_name", quote_conf(&upstream.slot_name));
@@ -2126,8 +2199,60 @@ mod tests {
         assert!(!rendered.contains("passfile"), "no password, no passfile");
     }
 
+    #[test]
+    fn postgres_key_permissions_as_postgresql_checks_them() {
+        let key = Path::new("/k.key");
+        assert_eq!(postgres_key_problem(key, 100, 0o600, 100), None);
+        assert_eq!(postgres_key_problem(key, 100, 0o400, 100), None);
+        assert_eq!(postgres_key_problem(key, 0, 0o640, 100), None);
+        for (owner, mode) in [(100, 0o640), (100, 0o604), (0, 0o644), (0, 0o660)] {
+            let problem = postgres_key_problem(key, owner, mode, 100).unwrap();
+            assert!(problem.contains("chmod 600"), "{problem}");
+        }
+        let problem = postgres_key_problem(key, 7, 0o600, 100).unwrap();
+        assert!(problem.contains("chown"), "{problem}");
+    }
+
+    #[test]
+    fn tls_between_the_nodes_in_pgpilot_conf() {
+        let tls = PostgresTls {
+            cert_file: "/tls/pg.crt".into(),
+            key_file: "/tls/pg.key".into(),
+            ca_file: "/tls/ca.crt".into(),
+        };
+        let plain = render_config(
+            &config(Some(upstream())),
+            Path::new("/run/pg"),
+            &login("pgpilot_replication", None),
+        );
+        assert!(!plain.contains("ssl"), "no TLS, ssl left alone:\n{plain}");
+        let cfg = config(Some(upstream()));
+        let mut l = login("pgpilot_replication", None);
+        l.tls = Some(&tls);
+        let rendered = render_config(&cfg, Path::new("/run/pg"), &l);
+        let lines = lines(&rendered);
+        for expected in [
+            "ssl = on",
+            "ssl_cert_file = '/tls/pg.crt'",
+            "ssl_key_file = '/tls/pg.key'",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "missing {expected:?} in\n{rendered}"
+            );
+        }
+        assert!(
+            rendered.contains(" sslmode=verify-full sslrootcert=/tls/ca.crt'"),
+            "{rendered}"
+        );
+    }
+
     fn login<'a>(user: &'a str, passfile: Option<&'a Path>) -> ReplicationLogin<'a> {
-        ReplicationLogin { user, passfile }
+        ReplicationLogin {
+            user,
+            passfile,
+            tls: None,
+        }
     }
 
     #[test]
@@ -2241,6 +2366,7 @@ mod tests {
             trust_networks: Vec::new(),
             replication_user: "pgpilot_replication".into(),
             replication_password: None,
+            postgres_tls: None,
         });
         assert!(
             pg.write_config(&config(None)).await.is_err(),
@@ -2283,6 +2409,7 @@ mod tests {
             method: Method::ScramSha256,
             group_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             trust_networks: trust.iter().map(|h| h.to_string()).collect(),
+            tls_only: false,
         }
     }
 
@@ -2607,6 +2734,7 @@ mod tests {
             trust_networks: Vec::new(),
             replication_user: "pgpilot_replication".into(),
             replication_password: None,
+            postgres_tls: None,
         };
         let (port_a, port_b) = (free_port(), free_port());
         let a = PgController::new(settings("a", port_a));

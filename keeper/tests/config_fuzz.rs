@@ -62,7 +62,7 @@ http_listen = "[::1]:8008"
 "#,
 ];
 
-const KEYS: [&str; 28] = [
+const KEYS: [&str; 33] = [
     "name",
     "formation",
     "host",
@@ -77,6 +77,11 @@ const KEYS: [&str; 28] = [
     "token_file",
     "pg_bin_dir",
     "pg_user",
+    "replication_user",
+    "replication_password_file",
+    "postgres_tls_cert_file",
+    "postgres_tls_key_file",
+    "postgres_tls_ca_file",
     "listen_addresses",
     "trust_networks",
     "socket_dir",
@@ -93,9 +98,7 @@ const KEYS: [&str; 28] = [
     "colour",
 ];
 
-/// TOML values of every type, valid and not, for any key. No duration
-/// above half of u64::MAX seconds and no line break (see the module
-/// comment).
+/// TOML values of every type, valid and not, for any key.
 fn value() -> impl Strategy<Value = String> {
     let fixed = prop::sample::select(vec![
         "\"0s\"",
@@ -168,6 +171,17 @@ fn check(text: &str) -> Result<(), TestCaseError> {
                 .is_some_and(|twice| c.fence_timeout >= twice));
             prop_assert!(c.wal_sender_timeout >= Duration::from_secs(1));
             prop_assert!(c.wal_receiver_timeout >= Duration::from_secs(1));
+            let tls_files = [
+                &c.postgres_tls_cert_file,
+                &c.postgres_tls_key_file,
+                &c.postgres_tls_ca_file,
+            ];
+            match c.postgres_tls() {
+                Some(tls) => prop_assert!([tls.cert_file, tls.key_file, tls.ca_file]
+                    .iter()
+                    .all(|p| p.is_absolute())),
+                None => prop_assert!(tls_files.iter().all(|f| f.is_none())),
+            }
             // What the keeper derives from it does not panic either.
             let _ = (
                 c.state_file(),

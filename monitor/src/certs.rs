@@ -31,6 +31,10 @@ pub struct Request {
     /// `FORMATION/NODE` of each keeper.
     pub keepers: Vec<String>,
     pub operators: Vec<String>,
+    /// `NODE=HOST[,HOST…]`: a server certificate for a node's PostgreSQL
+    /// (`postgres_tls_cert_file`), naming the hosts the other nodes reach
+    /// it by.
+    pub postgres_servers: Vec<String>,
     /// Also write a random shared token to `token`.
     pub token: bool,
     /// Validity of the certificates (the CA's is ten years).
@@ -76,6 +80,25 @@ pub fn generate(req: &Request) -> Result<Vec<PathBuf>, CertError> {
             return Err(CertError::Invalid(format!(
                 "--operator {o:?} is not a name: use letters, digits, '-', '_' or '.'"
             )));
+        }
+    }
+    let mut postgres_servers = Vec::new();
+    for p in &req.postgres_servers {
+        let parsed = p.split_once('=').and_then(|(node, hosts)| {
+            let hosts: Vec<String> = hosts.split(',').map(str::to_string).collect();
+            let name_ok = !node.is_empty()
+                && node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            (name_ok && hosts.iter().all(|h| !h.is_empty())).then(|| (node.to_string(), hosts))
+        });
+        match parsed {
+            Some(server) => postgres_servers.push(server),
+            None => {
+                return Err(CertError::Invalid(format!(
+                    "--postgres {p:?} is not NODE=HOST[,HOST...], e.g. node1=10.0.0.5"
+                )))
+            }
         }
     }
     if req.days == 0 {
@@ -128,6 +151,20 @@ pub fn generate(req: &Request) -> Result<Vec<PathBuf>, CertError> {
             &req.dir,
             &format!("keeper-{formation}-{node}"),
             &identity,
+            req.days,
+            &issuer,
+        )?);
+    }
+    for (node, hosts) in postgres_servers {
+        let mut params = CertificateParams::new(hosts)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("pgpilot postgres {node}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        written.extend(leaf(
+            &req.dir,
+            &format!("postgres-{node}"),
+            params,
             req.days,
             &issuer,
         )?);
@@ -243,6 +280,14 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn mode_of(dir: &Path, name: &str) -> u32 {
+        std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
     #[test]
     fn makes_a_ca_and_certificates_with_identities() {
         let dir = tempfile::tempdir().unwrap();
@@ -251,11 +296,13 @@ mod tests {
             monitor_hosts: vec![],
             keepers: vec!["default/node1".into()],
             operators: vec!["ann".into()],
+            postgres_servers: vec!["node1=127.0.0.1,node1.example".into()],
             token: true,
             days: 30,
         };
         let files = generate(&req).unwrap();
-        assert_eq!(files.len(), 2 + 2 + 2 + 2 + 1, "{files:?}");
+        assert_eq!(files.len(), 2 + 2 + 2 + 2 + 2 + 1, "{files:?}");
+        assert_eq!(mode_of(dir.path(), "postgres-node1.key"), 0o600);
         let mode = |name: &str| {
             std::fs::metadata(dir.path().join(name))
                 .unwrap()
@@ -287,6 +334,7 @@ mod tests {
         let again = Request {
             keepers: vec!["default/node2".into()],
             operators: vec![],
+            postgres_servers: vec![],
             token: false,
             ..req
         };
@@ -306,11 +354,21 @@ mod tests {
             monitor_hosts: vec![],
             keepers: vec!["node1".into()],
             operators: vec![],
+            postgres_servers: vec![],
             token: false,
             days: 30,
         };
         let err = generate(&req).unwrap_err().to_string();
         assert!(err.contains("FORMATION/NODE"), "{err}");
+        for bad in ["node1", "=10.0.0.1", "node1=", "node1=a,,b", "a b=h"] {
+            let req = Request {
+                keepers: vec![],
+                postgres_servers: vec![bad.into()],
+                ..req.clone()
+            };
+            let err = generate(&req).unwrap_err().to_string();
+            assert!(err.contains("NODE=HOST"), "{bad}: {err}");
+        }
     }
 
     /// Standard base64 decoding (test helper).

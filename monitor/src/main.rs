@@ -78,7 +78,8 @@ enum Command {
     /// after to sign more), monitor.crt/.key for the --monitor-host names
     /// (localhost and 127.0.0.1 on the first run), keeper-FORMATION-NODE.crt/.key
     /// per --keeper (CN keeper:FORMATION/NODE), operator-NAME.crt/.key per
-    /// --operator (CN operator:NAME), and with --token a random token.
+    /// --operator (CN operator:NAME), postgres-NODE.crt/.key per --postgres
+    /// (PostgreSQL's TLS between the nodes), and with --token a random token.
     /// Keys and the token are written 0600.
     ///
     /// Example: pgpilot-monitor gen-certs --dir /etc/pgpilot/tls --monitor-host monitor --keeper default/node1 --operator ann
@@ -96,6 +97,11 @@ enum Command {
         /// An operator certificate for NAME (repeat for several).
         #[arg(long = "operator", value_name = "NAME")]
         operators: Vec<String>,
+        /// A server certificate for NODE's PostgreSQL naming the hosts the
+        /// other nodes reach it by: postgres-NODE.crt/.key, for the keeper's
+        /// postgres_tls_cert_file/key_file (repeat for several).
+        #[arg(long = "postgres", value_name = "NODE=HOST[,HOST...]")]
+        postgres_servers: Vec<String>,
         /// Also write a random shared token to DIR/token.
         #[arg(long)]
         token: bool,
@@ -314,6 +320,7 @@ async fn main() -> ExitCode {
             monitor_hosts,
             keepers,
             operators,
+            postgres_servers,
             token,
             days,
         } => gen_certs(pgpilot_monitor::certs::Request {
@@ -321,6 +328,7 @@ async fn main() -> ExitCode {
             monitor_hosts,
             keepers,
             operators,
+            postgres_servers,
             token,
             days,
         }),

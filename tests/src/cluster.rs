@@ -94,6 +94,11 @@ pub struct ClusterOptions {
     /// let in by `trust_networks = ["127.0.0.1/32"]`, which matches after
     /// the replication role's lines.
     pub replication_password: bool,
+    /// PostgreSQL's TLS between the nodes (`postgres_tls_*_file`, the
+    /// certificates `gen-certs --postgres nodeN=127.0.0.1` makes): ssl = on,
+    /// the replication role over TLS only, upstreams verified. Needs a
+    /// `security` other than plaintext (the certificates come with it).
+    pub postgres_tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -114,6 +119,7 @@ impl Default for ClusterOptions {
             replication_quorums: Vec::new(),
             security: Security::Plaintext,
             replication_password: false,
+            postgres_tls: false,
         }
     }
 }
@@ -163,6 +169,12 @@ impl ClusterOptions {
     /// See [`ClusterOptions::replication_password`].
     pub fn replication_password(mut self) -> Self {
         self.replication_password = true;
+        self
+    }
+
+    /// See [`ClusterOptions::postgres_tls`].
+    pub fn postgres_tls(mut self) -> Self {
+        self.postgres_tls = true;
         self
     }
 }
@@ -610,6 +622,13 @@ impl Cluster {
         };
         let mut text = keeper.render()?;
         text.push_str(&self.keeper_security_toml(&name));
+        if opts.postgres_tls {
+            let tls = self
+                .tls
+                .as_ref()
+                .context("postgres_tls needs a security mode other than plaintext")?;
+            text.push_str(&tls.postgres_toml(&name));
+        }
         if let Some((_, path)) = &self.replication_password {
             text.push_str(&format!(
                 "replication_password_file = {:?}\ntrust_networks = [\"127.0.0.1/32\"]\n",

@@ -67,6 +67,7 @@ impl TlsFiles {
         cmd.arg("gen-certs").arg("--dir").arg(&dir);
         for i in 1..=nodes {
             cmd.arg("--keeper").arg(format!("{formation}/node{i}"));
+            cmd.arg("--postgres").arg(format!("node{i}=127.0.0.1"));
         }
         cmd.args(["--operator", HARNESS_OPERATOR, "--token"])
             .stdin(Stdio::null())
@@ -91,6 +92,7 @@ impl TlsFiles {
         // theirs (still 0600: no other user can read them).
         for i in 1..=nodes {
             tools.hand_over(&files.keeper_key(&format!("node{i}")))?;
+            tools.hand_over(&files.dir.join(format!("postgres-node{i}.key")))?;
         }
         tools.hand_over(&files.token_file())?;
         Ok(Some(files))
@@ -164,6 +166,16 @@ impl TlsFiles {
             Security::Tls | Security::Plaintext => {}
         }
         text
+    }
+
+    /// Lines for the keeper of `node`: PostgreSQL's TLS between the nodes.
+    pub fn postgres_toml(&self, node: &str) -> String {
+        format!(
+            "postgres_tls_cert_file = {:?}\npostgres_tls_key_file = {:?}\npostgres_tls_ca_file = {:?}\n",
+            self.dir.join(format!("postgres-{node}.crt")),
+            self.dir.join(format!("postgres-{node}.key")),
+            self.ca()
+        )
     }
 
     /// How the harness's own client reaches the monitor (as the operator).

@@ -160,3 +160,48 @@ async fn show_state_with_unreachable_monitor() -> Result<()> {
     }
     Ok(())
 }
+
+/// A PostgreSQL TLS key that others may read is refused before PostgreSQL
+/// is asked to start (it would refuse it too, but only in its own log).
+#[tokio::test]
+async fn keeper_refuses_a_postgres_tls_key_others_can_read() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tools = Tools::locate()?;
+    let dir = tools.scratch_dir("pgpilot-bad-input-")?;
+    let monitor = format!("http://127.0.0.1:{}", free_port()?);
+    let config = dir.path().join("keeper.toml");
+    let (cert, key, ca) = (
+        dir.path().join("pg.crt"),
+        dir.path().join("pg.key"),
+        dir.path().join("ca.crt"),
+    );
+    for file in [&cert, &key, &ca] {
+        std::fs::write(file, "not used: the keeper stops first\n")?;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644))?;
+    }
+    let mut text = keeper_config(&tools, dir.path(), &monitor)?.render()?;
+    text.push_str(&format!(
+        "postgres_tls_cert_file = {cert:?}\npostgres_tls_key_file = {key:?}\npostgres_tls_ca_file = {ca:?}\n"
+    ));
+    std::fs::write(&config, text)?;
+
+    let output = run_within(
+        tools.keeper_command(&config, dir.path()),
+        Duration::from_secs(30),
+        "pgpilot-keeper with a world-readable PostgreSQL key",
+    )
+    .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() != Some(2)
+        || !stderr.contains("postgres_tls_key_file")
+        || !stderr.contains(&format!("chmod 600 {}", key.display()))
+        || stderr.trim().lines().count() != 1
+    {
+        bail!(
+            "expected exit 2 and one sentence saying to chmod 600 {}\n{}",
+            key.display(),
+            describe(&output)
+        );
+    }
+    Ok(())
+}

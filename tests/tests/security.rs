@@ -592,15 +592,17 @@ async fn monitor_refuses_unsafe_settings() -> Result<()> {
 }
 
 /// The two-node failover drill with mutual TLS, SCRAM-SHA-256 replication
-/// and a monitor database password: the replication role is no superuser
-/// and needs its password (a wrong one is refused), standbys name a
-/// password file, and no secret shows in `ps` (sampled all along), in any
+/// over PostgreSQL's TLS (verify-full) and a monitor database password: the
+/// replication role is no superuser and needs its password (a wrong one is
+/// refused), standbys name a password file and stream over TLS (also after
+/// the old primary is rewound over TLS), and no secret shows in `ps` (sampled all along), in any
 /// log of the run or in `show-state` / `show-events`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_scram_failover_without_secrets_in_ps_or_logs() -> Result<()> {
     let mut opts = ClusterOptions::nodes(2)
         .security(Security::MutualTls)
-        .replication_password();
+        .replication_password()
+        .postgres_tls();
     let db_password = pgpilot_tests::random_secret()?;
     opts.monitor_db_password = Some(db_password.clone());
     let ps = PsSampler::start();
@@ -629,17 +631,21 @@ async fn tls_and_scram_failover_without_secrets_in_ps_or_logs() -> Result<()> {
             .await);
     }
     let streaming_as = cluster
-        .psql(&primary, "SELECT usename FROM pg_stat_replication")
+        .psql(
+            &primary,
+            "SELECT r.usename, s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
+        )
         .await?;
     let conninfo = cluster.psql(&standby, "SHOW primary_conninfo").await?;
-    if streaming_as != "pgpilot_replication"
+    if streaming_as != "pgpilot_replication|t"
         || !conninfo.contains("user=pgpilot_replication")
         || !conninfo.contains("passfile=")
+        || !conninfo.contains("sslmode=verify-full")
         || conninfo.contains("password=")
     {
         return Err(cluster
             .failure(format!(
-                "{standby} should stream as pgpilot_replication with a passfile: pg_stat_replication says {streaming_as:?}, primary_conninfo is {conninfo:?}"
+                "{standby} should stream over TLS (verify-full) as pgpilot_replication with a passfile: pg_stat_replication/pg_stat_ssl say {streaming_as:?}, primary_conninfo is {conninfo:?}"
             ))
             .await);
     }
@@ -719,12 +725,13 @@ async fn tls_and_scram_failover_without_secrets_in_ps_or_logs() -> Result<()> {
     cluster
         .wait_for(
             Duration::from_secs(60),
-            "the standby to stream again after the rotation",
+            "the standby (the old primary, rewound over TLS) to stream again, over TLS, after the rotation",
             || async move {
                 let n = c
                     .psql(
                         primary_ref,
-                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                        "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+                          WHERE r.state = 'streaming' AND s.ssl",
                     )
                     .await?;
                 Ok((n == "1").then_some(()))
@@ -772,12 +779,14 @@ async fn tls_and_scram_failover_without_secrets_in_ps_or_logs() -> Result<()> {
 }
 
 /// `psql` as the replication role in replication mode (IDENTIFY_SYSTEM),
-/// the password in the environment (which `ps` does not show).
+/// the password in the environment (which `ps` does not show), over TLS
+/// only: with libpq's default `prefer`, a refused TLS login is tried again
+/// without TLS, which the harness's `trust_networks` let in.
 async fn replication_login(cluster: &Cluster, port: u16, password: &str) -> Result<Output> {
     let mut cmd = std::process::Command::new(cluster.tools().pg_program("psql"));
     cmd.args(["-X", "-A", "-t", "-w"])
         .arg(format!(
-            "host=127.0.0.1 port={port} user=pgpilot_replication dbname=postgres replication=true connect_timeout=5"
+            "host=127.0.0.1 port={port} user=pgpilot_replication dbname=postgres replication=true connect_timeout=5 sslmode=require"
         ))
         .args(["-c", "IDENTIFY_SYSTEM"])
         .env("PGPASSWORD", password);

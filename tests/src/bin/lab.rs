@@ -33,6 +33,12 @@ struct Args {
     /// role with a random SCRAM-SHA-256 password (`<dir>/replication.password`).
     #[arg(long)]
     no_replication_password: bool,
+    /// Replicate without PostgreSQL's TLS between the nodes (by default,
+    /// except with --security plaintext, each node has a certificate from
+    /// the lab's CA, `<dir>/tls/postgres-nodeN.crt`, and the nodes
+    /// replicate over TLS with sslmode=verify-full).
+    #[arg(long)]
+    no_postgres_tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -82,7 +88,9 @@ async fn run(args: Args) -> Result<()> {
     opts.dir = args.dir.clone();
     opts.security = args.security.into();
     opts.replication_password = !args.no_replication_password;
+    opts.postgres_tls = !args.no_postgres_tls && opts.security != Security::Plaintext;
     let kept = args.dir.is_some();
+    let postgres_tls = opts.postgres_tls;
     // Fail early, before saying anything, when PostgreSQL or our binaries are missing.
     Tools::locate()?;
 
@@ -158,6 +166,12 @@ async fn run(args: Args) -> Result<()> {
     if cluster.replication_password().is_some() {
         println!(
             "Replication: role pgpilot_replication, SCRAM-SHA-256, password in {}/replication.password",
+            cluster.root().display()
+        );
+    }
+    if postgres_tls {
+        println!(
+            "Replication over TLS (sslmode=verify-full): certificates in {}/tls/postgres-node*.crt",
             cluster.root().display()
         );
     }

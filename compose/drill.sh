@@ -256,6 +256,10 @@ expect_refused() {
 
 # The lab's transport security: mutual TLS with the certificates of the
 # certs service, and nothing else accepted.
+standbys_over_tls() {
+  [ "$(node_sql "$old" "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE s.ssl AND r.state = 'streaming'" 2>/dev/null)" = 2 ]
+}
+
 tls_checks() {
   local svc rc
   for svc in monitor node1 node2 node3; do
@@ -267,6 +271,9 @@ tls_checks() {
     fi
   done
   log "check: each service holds its own certificate, keys 0600 owned by postgres, no CA key"
+
+  wait_for 30 "both standbys streaming from $old over TLS (pg_stat_ssl)" standbys_over_tls
+  log "check: both standbys stream from $old over TLS (verify-full)"
 
   local no_tls=(env -u PGPILOT_TLS_CA -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY)
   expect_refused 3 unreachable "a plaintext (http://) client of the monitor" \

@@ -514,6 +514,7 @@ mod tests {
             assert!(c.http_listen.is_some());
             assert_eq!(c.monitor, "https://monitor:7430");
             assert!(c.tls_cert_file.is_some() && c.tls_key_file.is_some());
+            assert!(c.postgres_tls().is_some());
         }
     }
 

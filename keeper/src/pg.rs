@@ -409,8 +409,8 @@ impl PgController {
     }
 
     /// The environment of pg_basebackup and pg_rewind: C messages, the
-    /// upstream connect timeout, and the password file when there is one
-    /// (the password never goes on a command line).
+    /// upstream connect timeout, the password file when there is one (the
+    /// password never goes on a command line), and TLS when configured.
     fn upstream_env(&self) -> Result<Vec<(&'static str, String)>, PgError> {
         let mut env = vec![
             ("LC_ALL", "C".to_string()),
@@ -426,6 +426,8 @@ impl PgController {
                 self.settings.passfile().to_string_lossy().into_owned(),
             ));
         }
+        // pg_basebackup and pg_rewind: the upstream's certificate and name
+        // checked, as primary_conninfo does.
         if let Some(tls) = &self.settings.postgres_tls {
             env.push(("PGSSLMODE", "verify-full".to_string()));
             env.push(("PGSSLROOTCERT", tls.ca_file.to_string_lossy().into_owned()));
@@ -1119,16 +1121,14 @@ impl LocalPostgres for PgController {
             }
         }
         self.checkpoint_source(upstream).await?;
-        let mut source = format!(
+        // TLS to the source, like the password file, comes from upstream_env.
+        let source = format!(
             "host={} port={} user={} dbname=postgres connect_timeout={}",
             conninfo_value(&upstream.host),
             upstream.port,
             conninfo_value(&self.settings.replication_user),
             UPSTREAM_CONNECT_TIMEOUT_SECS,
         );
-        if let Some(tls) = &self.settings.postgres_tls {
-            source.push_str(&tls.conninfo());
-        }
         let mut target = OsString::from("--target-pgdata=");
         target.push(pgdata.as_os_str());
         let args = os_args([target, format!("--source-server={source}").into()]);

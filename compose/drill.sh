@@ -150,9 +150,14 @@ if [ "$local_build" -eq 1 ]; then
   compose/base-image.sh
   log "base image ready ($((SECONDS - phase))s)"
   phase=$SECONDS
-  cargo_flags=()
-  [ "$profile" = release ] && cargo_flags=(--release)
-  cargo build "${cargo_flags[@]}" -p pgpilot-monitor -p pgpilot-keeper --bins
+  if [ "$profile" = release ]; then
+    cargo build --release -p pgpilot-monitor -p pgpilot-keeper --bins
+  else
+    # The selection scripts/test.sh builds: after the tests nothing is
+    # rebuilt (another selection unifies other dependency features and
+    # recompiles sqlx, tonic's build and both binaries, about 3 min).
+    cargo build --workspace --all-targets
+  fi
   target_dir=${CARGO_TARGET_DIR:-target}
   mkdir -p compose/.bin
   for b in pgpilot-monitor pgpilot-keeper; do

@@ -382,24 +382,25 @@ impl Store {
             // The group's rows first, in node-id order like every other
             // locked path: locking this node's row alone first could
             // deadlock with a heartbeat or command that locks the group.
-            if self.lock_group_of(&mut tx, node_id).await?.is_none() {
+            let Some((mut nodes, now, nss)) = self.lock_group_of(&mut tx, node_id).await? else {
+                return Ok(());
+            };
+            let Some(node) = nodes.iter_mut().find(|n| n.snap.id == node_id) else {
+                return Ok(());
+            };
+            if node.snap.health == health {
                 return Ok(());
             }
-            let changed = sqlx::query(
+            sqlx::query(
                 "UPDATE node SET health = $2, health_changed_at = clock_timestamp()
-                 WHERE node_id = $1 AND health <> $2",
+                 WHERE node_id = $1",
             )
             .bind(node_id)
             .bind(health.as_str())
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed > 0 {
-                // Read again (rows already held) so the machine sees it.
-                if let Some((nodes, now, nss)) = self.lock_group_of(&mut tx, node_id).await? {
-                    self.evaluate(&mut tx, nodes, now, nss).await?;
-                }
-            }
+            .await?;
+            node.snap.health = health;
+            self.evaluate(&mut tx, nodes, now, nss).await?;
             tx.commit().await?;
             Ok(())
         })

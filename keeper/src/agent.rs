@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgpilot_proto::lsn::{application_name, slot_name};
 use pgpilot_proto::pb;
 use pgpilot_proto::security;
 use pgpilot_proto::ReplicationState as S;
@@ -86,10 +87,6 @@ pub struct Keeper<P: LocalPostgres> {
     start_failures: Arc<AtomicU32>,
     /// Testing only: where to SIGKILL this process (none in production).
     failpoints: Failpoints,
-}
-
-fn application_name(node_id: i64) -> String {
-    format!("pgpilot_{node_id}")
 }
 
 fn timings(c: &KeeperConfig) -> pb::KeeperTimings {
@@ -432,7 +429,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 slot_name: if self.state.goal == S::FastForward {
                     String::new()
                 } else {
-                    application_name(node_id)
+                    slot_name(node_id)
                 },
             })
             .ok_or_else(|| {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use pgpilot_proto::lsn::{format_lsn, parse_lsn};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow, PgSslMode};
 use sqlx::{Connection, FromRow};
 use tokio::process::Command;
@@ -2090,23 +2091,6 @@ fn missing_controldata_field(label: &str) -> PgError {
     PgError::Other(format!("pg_controldata printed no \"{label}\" line"))
 }
 
-/// Parse an LSN as PostgreSQL prints it (`16/B374D848`).
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    let part = |p: &str| -> Option<u64> {
-        if p.is_empty() || p.len() > 8 || !p.chars().all(|c| c.is_ascii_hexdigit()) {
-            return None;
-        }
-        u64::from_str_radix(p, 16).ok()
-    };
-    Some((part(hi)? << 32) | part(lo)?)
-}
-
-/// Format an LSN as PostgreSQL does (`16/B374D848`).
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2467,28 +2451,6 @@ mod tests {
             controldata_field("garbage", CONTROLDATA_CLUSTER_STATE),
             None
         );
-    }
-
-    #[test]
-    fn lsn_round_trip() {
-        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
-        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
-        assert_eq!(parse_lsn("0/0"), Some(0));
-        assert_eq!(format_lsn(0), "0/0");
-        assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
-        assert_eq!(parse_lsn(" 1/a \n"), Some((1 << 32) | 0xA));
-        for lsn in [
-            1,
-            0xFFFF_FFFF,
-            0x1_0000_0000,
-            u64::MAX,
-            0x1234_5678_9ABC_DEF0,
-        ] {
-            assert_eq!(parse_lsn(&format_lsn(lsn)), Some(lsn));
-        }
-        for bad in ["", "1", "/1", "1/", "g/1", "+1/1", "1/2/3", "123456789/0"] {
-            assert_eq!(parse_lsn(bad), None, "{bad:?}");
-        }
     }
 
     /// A program the keeper runs is SIGKILLed when the keeper goes: here

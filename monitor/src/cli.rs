@@ -10,7 +10,7 @@ use pgpilot_proto::security::{self, ClientSecurity};
 use pgpilot_proto::ReplicationState as S;
 use serde::{Deserialize, Serialize};
 
-use crate::fsm::format_lsn;
+use pgpilot_proto::lsn::format_lsn;
 
 /// An operator command's failure, with its exit code.
 #[derive(Debug, thiserror::Error)]

@@ -58,6 +58,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use pgpilot_proto::lsn::{application_name, format_lsn};
 use pgpilot_proto::ReplicationState as S;
 
 /// The monitor's own connection check of a node's PostgreSQL.
@@ -443,10 +444,6 @@ pub struct Decision {
 pub struct Outcome {
     pub decisions: Vec<Decision>,
     pub waiting: Vec<String>,
-}
-
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 struct Eval<'a> {
@@ -1252,11 +1249,6 @@ pub struct ReplicationPlan {
     /// The fence set F and r of the promotion rule.
     pub fence_set: Vec<String>,
     pub fence_required: u32,
-}
-
-/// The application name a node streams with (and its replication slot name).
-pub fn application_name(node_id: i64) -> String {
-    format!("pgpilot_{node_id}")
 }
 
 /// What the node at `index` (a primary) must apply, given the group.

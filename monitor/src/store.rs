@@ -801,7 +801,7 @@ impl Store {
                         nss = nss.number_sync_standbys
                     )));
                 }
-                let app = fsm::application_name(node.snap.id);
+                let app = pgpilot_proto::lsn::application_name(node.snap.id);
                 let counted = nodes.iter().any(|n| n.snap.goal.is_writable_primary() && n.snap.fence_set.contains(&app));
                 let (to, reason) = if counted {
                     (S::WaitMaintenance, fsm::Reason::MaintenanceRequested)

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 pub mod config_file;
 pub mod logs;
+pub mod lsn;
 pub mod security;
 
 /// Generated gRPC code.

@@ -561,7 +561,7 @@ impl Monitor {
             if self.number_sync_standbys > quorum_left {
                 return Err(format!("maintenance of {name} would stop writes"));
             }
-            let app = fsm::application_name(node.id);
+            let app = pgpilot_proto::lsn::application_name(node.id);
             let counted = self
                 .nodes
                 .iter()

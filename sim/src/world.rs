@@ -13,7 +13,7 @@ use pgpilot_keeper::agent::{fence_armed, fence_step, FenceStep, FENCE_REQUIRED_U
 use pgpilot_keeper::config as keeper_config;
 use pgpilot_keeper::plan::{self, Action};
 use pgpilot_monitor::config as monitor_config;
-use pgpilot_monitor::fsm::{self, Health, KeeperTimings};
+use pgpilot_monitor::fsm::{Health, KeeperTimings};
 use pgpilot_monitor::store::MachineSettings;
 use pgpilot_proto::ReplicationState as S;
 
@@ -908,7 +908,7 @@ impl World {
         let streaming = pg
             .senders
             .keys()
-            .map(|&s| fsm::application_name(self.keepers[s].node_id))
+            .map(|&s| pgpilot_proto::lsn::application_name(self.keepers[s].node_id))
             .collect();
         (true, pg.lsn(), pg.in_recovery && pg.receiving, streaming)
     }
@@ -1373,7 +1373,7 @@ impl World {
                     self.log(format!(
                         "{}: PostgreSQL promoted at {} on timeline {tl}",
                         name(i),
-                        fsm::format_lsn(lsn)
+                        pgpilot_proto::lsn::format_lsn(lsn)
                     ));
                     // The group's primary from now on, even if it fails
                     // before the monitor hears it reached its goal: a
@@ -1685,9 +1685,9 @@ impl World {
                         .iter()
                         .filter(|(&s, v)| {
                             v.flushed > p.index
-                                && sync
-                                    .names
-                                    .contains(&fsm::application_name(self.keepers[s].node_id))
+                                && sync.names.contains(&pgpilot_proto::lsn::application_name(
+                                    self.keepers[s].node_id,
+                                ))
                         })
                         .count() as u32;
                     acks >= sync.n
@@ -1705,9 +1705,9 @@ impl World {
                     .iter()
                     .filter(|(&s, v)| {
                         v.flushed > p.index
-                            && rep
-                                .names
-                                .contains(&fsm::application_name(self.keepers[s].node_id))
+                            && rep.names.contains(&pgpilot_proto::lsn::application_name(
+                                self.keepers[s].node_id,
+                            ))
                     })
                     .map(|(&s, _)| s)
                     .collect(),
@@ -1989,9 +1989,9 @@ impl World {
                 self.link(Peer::Node(u), Peer::Node(s))
                     && self.pgs[s].running
                     && self.pgs[s].upstream == Some(u)
-                    && sync
-                        .names
-                        .contains(&fsm::application_name(self.keepers[s].node_id))
+                    && sync.names.contains(&pgpilot_proto::lsn::application_name(
+                        self.keepers[s].node_id,
+                    ))
             })
             .count() as u32;
         streaming >= sync.n
@@ -2104,7 +2104,9 @@ impl World {
                     let fence_set = self.monitor.nodes[q].election_fence(&self.monitor.nodes).0;
                     let left = (0..self.pgs.len()).all(|h| {
                         self.pgs[h].history.binary_search(&id).is_err()
-                            || !fence_set.contains(&fsm::application_name(self.keepers[h].node_id))
+                            || !fence_set.contains(&pgpilot_proto::lsn::application_name(
+                                self.keepers[h].node_id,
+                            ))
                     });
                     let what = format!(
                         "write {id}, acknowledged by {} under synchronous replication (confirmed by {}), is missing on the primary {}{}",
@@ -2285,7 +2287,7 @@ impl World {
                 if pg.running { "running" } else { "stopped" },
                 if pg.in_recovery { "standby" } else { "primary" },
                 pg.timeline,
-                fsm::format_lsn(pg.lsn()),
+                pgpilot_proto::lsn::format_lsn(pg.lsn()),
                 pg.upstream.map(name),
                 pg.receiving,
                 pg.senders.keys().map(|&s| name(s)).collect::<Vec<_>>(),

@@ -151,10 +151,7 @@ pub fn state_name(wire: i32) -> String {
     }
 }
 
-/// PostgreSQL's `X/X` notation.
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
+pub use pgpilot_proto::lsn::format_lsn;
 
 fn yes_no(value: bool) -> String {
     if value { "yes" } else { "no" }.to_string()

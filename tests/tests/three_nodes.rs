@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::Signal;
+use pgpilot_proto::lsn::Lsn;
 use pgpilot_tests::operator::{cli_json, cli_ok, cli_refused};
 use pgpilot_tests::process::{self, children_of, postmaster_pid};
 use pgpilot_tests::wait::POLL_INTERVAL;
@@ -168,15 +169,6 @@ async fn check_report(
     when: &str,
 ) -> Result<()> {
     check_no_loss(cluster, node, &report.acked_ids(), when).await
-}
-
-/// PostgreSQL's `X/Y` LSN notation as a number.
-fn parse_lsn(text: &str) -> Result<u64> {
-    let (hi, lo) = text
-        .trim()
-        .split_once('/')
-        .ok_or_else(|| anyhow!("not an LSN: {text:?}"))?;
-    Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
 }
 
 /// The pid of `node`'s WAL receiver (a child of its postmaster whose
@@ -422,7 +414,7 @@ async fn lagging_high_priority_standby_fast_forwards() -> Result<()> {
         "before the kill: node1 at {primary_lsn}, node2 received {node2_lsn}, node3 received \
          {node3_lsn}"
     );
-    if parse_lsn(&node2_lsn)? >= parse_lsn(&node3_lsn)? {
+    if node2_lsn.parse::<Lsn>()? >= node3_lsn.parse::<Lsn>()? {
         return Err(cluster
             .failure(format!(
                 "node2 does not lag behind node3 (received {node2_lsn} vs {node3_lsn}): freezing \

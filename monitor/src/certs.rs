@@ -62,8 +62,14 @@ pub enum CertError {
 /// Days the CA is valid.
 const CA_DAYS: u32 = 3650;
 
-/// Make what `req` asks for; returns the files written, for printing.
-pub fn generate(req: &Request) -> Result<Vec<PathBuf>, CertError> {
+/// The names of a request, checked.
+struct Checked {
+    keepers: Vec<(String, String)>,
+    postgres_servers: Vec<(String, Vec<String>)>,
+}
+
+/// Check every name of `req` before anything is written.
+fn check(req: &Request) -> Result<Checked, CertError> {
     let mut keepers = Vec::new();
     for k in &req.keepers {
         match PeerIdentity::parse(&format!("keeper:{k}")) {
@@ -104,32 +110,51 @@ pub fn generate(req: &Request) -> Result<Vec<PathBuf>, CertError> {
     if req.days == 0 {
         return Err(CertError::Invalid("--days must be at least 1".into()));
     }
+    Ok(Checked {
+        keepers,
+        postgres_servers,
+    })
+}
+
+/// The CA of `dir`: the existing one (its key reused, never overwritten),
+/// or a new one written there. True when it is new.
+fn ca(
+    dir: &Path,
+    written: &mut Vec<PathBuf>,
+) -> Result<(Issuer<'static, KeyPair>, bool), CertError> {
+    let ca_cert = dir.join("ca.crt");
+    let ca_key = dir.join("ca.key");
+    if ca_key.exists() {
+        let key = KeyPair::from_pem(&read(&ca_key)?)?;
+        return Ok((Issuer::from_ca_cert_pem(&read(&ca_cert)?, key)?, false));
+    }
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "pgpilot cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut params, CA_DAYS);
+    let cert = params.self_signed(&key)?;
+    write(&ca_key, &key.serialize_pem(), 0o600)?;
+    write(&ca_cert, &cert.pem(), 0o644)?;
+    written.extend([ca_cert, ca_key]);
+    Ok((Issuer::new(params, key), true))
+}
+
+/// Make what `req` asks for; returns the files written, for printing.
+pub fn generate(req: &Request) -> Result<Vec<PathBuf>, CertError> {
+    let Checked {
+        keepers,
+        postgres_servers,
+    } = check(req)?;
     std::fs::create_dir_all(&req.dir).map_err(|source| CertError::Write {
         path: req.dir.clone(),
         source,
     })?;
     let mut written = Vec::new();
-    let ca_cert = req.dir.join("ca.crt");
-    let ca_key = req.dir.join("ca.key");
-    let (issuer, new_ca) = if ca_key.exists() {
-        let key_pem = read(&ca_key)?;
-        let key = KeyPair::from_pem(&key_pem)?;
-        (Issuer::from_ca_cert_pem(&read(&ca_cert)?, key)?, false)
-    } else {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "pgpilot cluster CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        validity(&mut params, CA_DAYS);
-        let cert = params.self_signed(&key)?;
-        write(&ca_key, &key.serialize_pem(), 0o600)?;
-        write(&ca_cert, &cert.pem(), 0o644)?;
-        written.extend([ca_cert.clone(), ca_key.clone()]);
-        (Issuer::new(params, key), true)
-    };
+    let (issuer, new_ca) = ca(&req.dir, &mut written)?;
     let mut hosts = req.monitor_hosts.clone();
     if hosts.is_empty() && (new_ca || !req.dir.join("monitor.crt").exists()) {
         hosts = vec!["localhost".into(), "127.0.0.1".into()];

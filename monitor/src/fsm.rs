@@ -54,11 +54,10 @@
 //! [`NodeSnapshot::election_fence`]): `F` and `r` above are then
 //! `F ∪ pending` and the smallest `r` in force since the change.
 
-use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pgpilot_proto::lsn::{application_name, format_lsn};
+use pgpilot_proto::lsn::application_name;
 use pgpilot_proto::ReplicationState as S;
 
 /// The monitor's own connection check of a node's PostgreSQL.
@@ -242,80 +241,8 @@ pub const DEFAULT_CATCHUP_LAG_BYTES: u64 = 16 * 1024 * 1024;
 /// disk, damaged data directory).
 pub const START_FAILURES_BEFORE_FAILOVER: u32 = 3;
 
-/// Why a goal changed. Stored (as text) with every event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reason {
-    FirstNode,
-    JoinAsStandby {
-        primary: String,
-    },
-    AcceptStandby {
-        standby: String,
-    },
-    CloneFromPrimary {
-        primary: String,
-    },
-    CaughtUp {
-        lag_bytes: u64,
-    },
-    SyncReplicationOn {
-        standby: String,
-    },
-    NoQuorumStandby,
-    StandbyLost {
-        why: String,
-    },
-    PrimaryUnhealthy {
-        primary: String,
-        why: String,
-    },
-    PrimaryPostgresDown {
-        primary: String,
-        why: String,
-    },
-    PrimaryBack {
-        primary: String,
-    },
-    Elected {
-        lsn: u64,
-        reporters: usize,
-        rule: &'static str,
-    },
-    OldPrimaryReplaced {
-        new_primary: String,
-    },
-    Promotion {
-        step: &'static str,
-    },
-    NewPrimary {
-        primary: String,
-    },
-    FollowingNewPrimary,
-    Rejoin {
-        primary: String,
-    },
-    PlannedFailover,
-    PlannedSwitchover {
-        to: String,
-    },
-    FastForward {
-        from: String,
-        lsn: u64,
-    },
-    SettingsApplied,
-    SettingsChanged {
-        what: String,
-    },
-    MaintenanceRequested,
-    MaintenanceReady,
-    MaintenanceOfPrimary,
-    MaintenanceOver,
-    Dropped,
-    Reinit,
-}
-
 /// A planned hand-over of the primary: it stops, then a standby is promoted.
-fn is_handing_over(state: S) -> bool {
+pub fn is_handing_over(state: S) -> bool {
     matches!(state, S::Draining | S::PrepareMaintenance)
 }
 
@@ -334,102 +261,6 @@ pub fn fast_forward_source(nodes: &[NodeSnapshot], i: usize) -> Option<usize> {
         .max_by_key(|&j| (nodes[j].lsn, -nodes[j].id))
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::FirstNode => write!(f, "first node of the group: it becomes the primary"),
-            Reason::JoinAsStandby { primary } => {
-                write!(f, "joining as a standby of {primary}")
-            }
-            Reason::AcceptStandby { standby } => write!(
-                f,
-                "standby {standby} is joining: keep writing without synchronous replication until it catches up"
-            ),
-            Reason::CloneFromPrimary { primary } => {
-                write!(f, "primary {primary} is ready: clone it and stream from it")
-            }
-            Reason::CaughtUp { lag_bytes } => write!(
-                f,
-                "streaming and {lag_bytes} bytes behind the primary: a healthy standby"
-            ),
-            Reason::SyncReplicationOn { standby } => write!(
-                f,
-                "standby {standby} is secondary: synchronous replication on"
-            ),
-            Reason::NoQuorumStandby => write!(
-                f,
-                "no quorum standby is secondary and number_sync_standbys is 0: synchronous replication off so writes go on"
-            ),
-            Reason::StandbyLost { why } => write!(f, "standby no longer healthy: {why}"),
-            Reason::PrimaryUnhealthy { primary, why } => write!(
-                f,
-                "primary {primary} is unhealthy ({why}): election started, report your LSN"
-            ),
-            Reason::PrimaryPostgresDown { primary, why } => write!(
-                f,
-                "PostgreSQL on primary {primary} stays down while its keeper runs ({why}): failing over"
-            ),
-            Reason::PrimaryBack { primary } => write!(
-                f,
-                "primary {primary} is reachable again before any promotion: failover cancelled"
-            ),
-            Reason::Elected {
-                lsn,
-                reporters,
-                rule,
-            } => write!(
-                f,
-                "elected with LSN {} among {reporters} reporting standbys ({rule})",
-                format_lsn(*lsn)
-            ),
-            Reason::OldPrimaryReplaced { new_primary } => {
-                write!(f, "{new_primary} is being promoted: stay stopped")
-            }
-            Reason::Promotion { step } => write!(f, "promotion: {step}"),
-            Reason::NewPrimary { primary } => {
-                write!(f, "{primary} is the new primary: follow it")
-            }
-            Reason::FollowingNewPrimary => write!(f, "streaming from the new primary"),
-            Reason::Rejoin { primary } => write!(
-                f,
-                "old primary rejoins as a standby of {primary} (pg_rewind, or a fresh clone)"
-            ),
-            Reason::PlannedFailover => {
-                write!(f, "planned failover: stop taking writes, then hand over")
-            }
-            Reason::PlannedSwitchover { to } => {
-                write!(f, "planned switchover to {to}: stop taking writes, then hand over")
-            }
-            Reason::FastForward { from, lsn } => write!(
-                f,
-                "elected, but behind: fetch the WAL up to {} from {from} first",
-                format_lsn(*lsn)
-            ),
-            Reason::SettingsApplied => write!(f, "new replication settings applied"),
-            Reason::SettingsChanged { what } => {
-                write!(f, "{what}: apply the new synchronous_standby_names")
-            }
-            Reason::MaintenanceRequested => write!(
-                f,
-                "maintenance requested: wait until the primary no longer waits for this node"
-            ),
-            Reason::MaintenanceReady => write!(f, "maintenance: stop PostgreSQL"),
-            Reason::MaintenanceOfPrimary => write!(
-                f,
-                "maintenance of the primary requested: stop taking writes and hand over first"
-            ),
-            Reason::MaintenanceOver => {
-                write!(f, "maintenance over: catch up with the primary again")
-            }
-            Reason::Dropped => write!(f, "dropped by the operator"),
-            Reason::Reinit => write!(
-                f,
-                "reinit requested: stop, then rebuild from a fresh clone of the primary"
-            ),
-        }
-    }
-}
-
 /// One goal change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -443,7 +274,7 @@ pub struct Decision {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub decisions: Vec<Decision>,
-    pub waiting: Vec<String>,
+    pub waiting: Vec<Wait>,
 }
 
 struct Eval<'a> {
@@ -493,7 +324,7 @@ impl Eval<'_> {
         self.changed[i] = true;
     }
 
-    fn wait(&mut self, why: String) {
+    fn wait(&mut self, why: Wait) {
         self.out.waiting.push(why);
     }
 
@@ -560,20 +391,12 @@ impl Eval<'_> {
         }
         let down = self.since(node.pg_down_since).unwrap_or(Duration::ZERO);
         let left = self.settings.postgres_restart_timeout.saturating_sub(down);
-        let failures = if node.pg_start_failures > 0 {
-            format!(
-                ", {} of {START_FAILURES_BEFORE_FAILOVER} start attempts failed",
-                node.pg_start_failures
-            )
-        } else {
-            String::new()
+        let why = Wait::PrimaryRestarting {
+            primary: node.name.clone(),
+            down_ms: down.as_millis(),
+            start_failures: node.pg_start_failures,
+            left_ms: left.as_millis(),
         };
-        let why = format!(
-            "PostgreSQL on primary {} is down for {} ms{failures}: its keeper restarts it; failover in {} ms unless it comes back",
-            node.name,
-            down.as_millis(),
-            left.as_millis()
-        );
         self.wait(why);
     }
 
@@ -647,10 +470,8 @@ impl Eval<'_> {
                 let primary = self.name(p);
                 self.assign(i, S::WaitStandby, Reason::JoinAsStandby { primary });
             } else {
-                let name = self.name(i);
-                self.wait(format!(
-                    "{name} waits for the group to have a running primary"
-                ));
+                let node = self.name(i);
+                self.wait(Wait::NoPrimaryToJoin { node });
             }
         }
     }
@@ -676,7 +497,7 @@ impl Eval<'_> {
             if self.reached(p) {
                 self.elect(p, &electing, "the old primary stopped cleanly");
             } else {
-                self.wait(format!("waiting for {primary} to stop taking writes"));
+                self.wait(Wait::PrimaryStopping { primary });
             }
             return;
         }
@@ -698,9 +519,7 @@ impl Eval<'_> {
                 .iter()
                 .any(|&i| self.nodes[i].candidate_priority > 0)
             {
-                self.wait(format!(
-                    "primary {primary} is unhealthy but no standby can be promoted: none is a healthy secondary with candidate priority above 0"
-                ));
+                self.wait(Wait::NoCandidate { primary });
                 return;
             }
             let reason = match (&why_unhealthy, &pg_down) {
@@ -783,9 +602,7 @@ impl Eval<'_> {
             .collect();
         if electing.is_empty() {
             if confirmed {
-                self.wait(format!(
-                    "{primary} stopped but no standby is taking part in the election"
-                ));
+                self.wait(Wait::NoStandbyInElection { primary });
             }
             return;
         }
@@ -797,10 +614,7 @@ impl Eval<'_> {
             .map(|&i| self.name(i))
             .collect();
         if reporters.is_empty() || !late.is_empty() {
-            self.wait(format!(
-                "election: waiting for {} to report their LSN with their stream from {primary} gone",
-                if late.is_empty() { "the standbys".to_string() } else { late.join(", ") }
-            ));
+            self.wait(Wait::AwaitingReports { late, primary });
             return;
         }
 
@@ -858,18 +672,18 @@ impl Eval<'_> {
                 .map(|&i| self.name(i))
                 .collect();
             if !stale.is_empty() {
-                self.wait(format!(
-                    "election: waiting for {} to report their LSN again now that {primary} stopped",
-                    stale.join(", ")
-                ));
+                self.wait(Wait::AwaitingReportsAfterStop { stale, primary });
                 return;
             }
         }
         let rule: &'static str = if confirmed {
             if required > 0 && short && !forced {
-                self.wait(format!(
-                    "election stuck: {primary} stopped, but only {reporting_in_set} of the {needed} standbys needed have reported their LSN, so an acknowledged commit may be only on the others; bring them back, or run perform-failover --allow-data-loss to accept losing acknowledged commits"
-                ));
+                self.wait(Wait::ElectionStuck {
+                    primary,
+                    primary_stopped: true,
+                    reporting: reporting_in_set,
+                    needed,
+                });
                 return;
             }
             if required > 0 && short {
@@ -879,17 +693,18 @@ impl Eval<'_> {
             }
         } else {
             if (required == 0 || short) && !forced {
-                self.wait(format!(
-                    "election stuck: only {reporting_in_set} of the {needed} standbys needed have reported their stream from {primary} gone, so {primary} may still be serving; bring them back, or run perform-failover --allow-data-loss to accept losing acknowledged commits"
-                ));
+                self.wait(Wait::ElectionStuck {
+                    primary,
+                    primary_stopped: false,
+                    reporting: reporting_in_set,
+                    needed,
+                });
                 return;
             }
             let deadline = self.fence_deadline(p, &reporters, &in_set);
             if self.now < deadline {
                 let ms = (deadline - self.now).num_milliseconds();
-                self.wait(format!(
-                    "election: {primary} may still accept writes for {ms} ms before it has fenced itself"
-                ));
+                self.wait(Wait::FenceDeadline { primary, ms });
                 return;
             }
             if short {
@@ -919,10 +734,7 @@ impl Eval<'_> {
                 )
             });
         let Some(w) = winner else {
-            self.wait(format!(
-                "election: no reporting standby has a candidate priority above 0 (most advanced LSN {})",
-                format_lsn(max_lsn)
-            ));
+            self.wait(Wait::NoEligibleReporter { max_lsn });
             return;
         };
         let new_primary = self.name(w);
@@ -991,15 +803,11 @@ impl Eval<'_> {
                         .map(|j| self.name(j))
                         .collect();
                     if source.is_none() || !unknown.is_empty() {
-                        let name = self.name(i);
-                        self.wait(format!(
-                            "{name} waits to fetch the missing WAL: {}",
-                            if unknown.is_empty() {
-                                "no standby to fetch it from is running".to_string()
-                            } else {
-                                format!("PostgreSQL of {} is down", unknown.join(", "))
-                            }
-                        ));
+                        let node = self.name(i);
+                        self.wait(Wait::FastForwardBlocked {
+                            node,
+                            down: unknown,
+                        });
                         continue;
                     }
                     let target = self.fast_forward_target(i);
@@ -1012,11 +820,8 @@ impl Eval<'_> {
                             },
                         );
                     } else {
-                        let name = self.name(i);
-                        self.wait(format!(
-                            "{name} is fetching WAL up to {} before its promotion",
-                            format_lsn(target)
-                        ));
+                        let node = self.name(i);
+                        self.wait(Wait::FastForwarding { node, target });
                     }
                 }
                 S::PreparePromotion => self.assign(
@@ -1465,6 +1270,10 @@ fn wait_primary_plan<'a>(others: impl Iterator<Item = &'a NodeSnapshot>) -> Repl
         fence_set,
     }
 }
+
+mod reasons;
+
+pub use reasons::{Reason, Wait};
 
 #[cfg(test)]
 mod tests;

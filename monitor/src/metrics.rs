@@ -895,6 +895,7 @@ mod tests {
             reported: "primary".into(),
             goal_from: "primary".into(),
             goal_to: "draining".into(),
+            kind: None,
             reason: String::new(),
         }
     }
@@ -950,4 +951,11 @@ mod tests {
             "another monitor replaced the goal"
         );
     }
+}
+
+/// A node reached its goal `to` from `from`, `took` after the goal was
+/// assigned (measured on the database's clock, so across monitors).
+pub fn goal_reached(from: S, to: S, took: Duration) {
+    histogram!(TRANSITION_SECONDS, "from" => from.as_str(), "to" => to.as_str())
+        .record(took.as_secs_f64());
 }

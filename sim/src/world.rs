@@ -57,9 +57,6 @@ pub struct Options {
     pub full_trace: bool,
     /// Virtual length of the fault phase (0: the default).
     pub fault_ms: Ms,
-    /// Operator commands exactly as the store runs them today (see
-    /// [`Monitor::as_shipped`]).
-    pub as_shipped: bool,
 }
 
 /// A broken invariant.
@@ -582,8 +579,7 @@ impl World {
             last_error: None,
             start_failures: 0,
         };
-        let mut monitor = Monitor::new(t.machine, opts.monitor_flaw);
-        monitor.as_shipped = opts.as_shipped;
+        let monitor = Monitor::new(t.machine, opts.monitor_flaw);
         World {
             opts,
             rng,
@@ -2160,11 +2156,7 @@ impl World {
         let Some(over) = self.faults_over_at else {
             return;
         };
-        let stuck = self
-            .monitor
-            .waiting
-            .iter()
-            .any(|w| w.starts_with("election stuck"));
+        let stuck = self.monitor.waiting.iter().any(|w| w.is_election_stuck());
         if stuck && !self.forced_after_faults && self.now > over + STUCK_FORCE_MS {
             // What an operator does with an election that says it is stuck
             // (the documented double-fault case): accept the data loss.

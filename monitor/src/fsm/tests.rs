@@ -155,7 +155,7 @@ fn expect(g: &Group, o: &Outcome, want: &[(&str, S)]) {
     assert_eq!(got, want, "waiting: {:?}", o.waiting);
 }
 
-// Rule 1: init.
+// The init rule.
 
 #[test]
 fn first_node_becomes_single() {
@@ -187,7 +187,7 @@ fn second_node_joins_as_standby_and_primary_accepts_it() {
     );
 }
 
-// Rule 7: standbys.
+// The standby rules.
 
 #[test]
 fn standby_clones_once_primary_allows_it() {
@@ -272,7 +272,7 @@ fn unhealthy_secondary_turns_synchronous_replication_off_when_allowed() {
     expect(&g, &o, &[("b", S::Catchingup)]);
 }
 
-// Rule 8: the primary.
+// The primary rules.
 
 #[test]
 fn wait_primary_turns_synchronous_replication_on_for_a_quorum_secondary() {
@@ -293,7 +293,7 @@ fn healthy_group_is_stable() {
     assert!(o.waiting.is_empty(), "{:?}", o.waiting);
 }
 
-// Rule 2: failover start.
+// Failover start.
 
 #[test]
 fn unhealthy_primary_starts_an_election() {
@@ -518,7 +518,7 @@ fn election_is_cancelled_when_the_keeper_is_heard_restarting_postgres() {
     );
 }
 
-// Rule 3: cancel.
+// Failover cancelled.
 
 #[test]
 fn election_is_cancelled_when_the_primary_returns() {
@@ -528,7 +528,7 @@ fn election_is_cancelled_when_the_primary_returns() {
     assert!(o.decisions[0].reason.to_string().contains("cancelled"));
 }
 
-// Rule 4: the election and the promotion rule.
+// The election and the promotion rule.
 
 fn election(dead_for: i64, lost_for: i64) -> Group {
     group()
@@ -1318,7 +1318,7 @@ fn draining_primary_is_awaited() {
     assert!(o.waiting[0].to_string().contains("stop taking writes"));
 }
 
-// Rule 5: promotion steps; rule 6: rejoin.
+// Promotion steps; rejoin.
 
 #[test]
 fn promotion_walks_its_steps() {

@@ -170,6 +170,13 @@ pub fn heartbeat_answered(node_id: i64, reported: S, goal: S) {
     }
 }
 
+/// A node reached its goal `to` from `from`, `took` after the goal was
+/// assigned (measured on the database's clock, so across monitors).
+pub fn goal_reached(from: S, to: S, took: Duration) {
+    histogram!(TRANSITION_SECONDS, "from" => from.as_str(), "to" => to.as_str())
+        .record(took.as_secs_f64());
+}
+
 // ---- gRPC requests: a tower layer ------------------------------------------
 
 /// Counts and times every gRPC request by method and status code.
@@ -951,11 +958,4 @@ mod tests {
             "another monitor replaced the goal"
         );
     }
-}
-
-/// A node reached its goal `to` from `from`, `took` after the goal was
-/// assigned (measured on the database's clock, so across monitors).
-pub fn goal_reached(from: S, to: S, took: Duration) {
-    histogram!(TRANSITION_SECONDS, "from" => from.as_str(), "to" => to.as_str())
-        .record(took.as_secs_f64());
 }

@@ -192,14 +192,12 @@ impl Monitor {
                     plan: heartbeat::dropped_reply(&node).plan,
                 })
             }
-            Folded::Answer {
-                evaluation, reply, ..
-            } => {
-                self.record(&evaluation, now);
+            Folded::Answer(answer) => {
+                self.record(&answer.evaluation, now);
                 Ok(Reply {
                     goal: self.nodes[i].goal,
-                    primary: reply.upstream.map(|u| self.nodes[u].id),
-                    plan: reply.plan,
+                    primary: answer.reply.upstream.map(|u| self.nodes[u].id),
+                    plan: answer.reply.plan,
                 })
             }
         }

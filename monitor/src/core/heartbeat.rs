@@ -50,11 +50,15 @@ pub struct Reply {
 pub enum Folded {
     /// The node was dropped and its keeper confirms it stopped: forget it.
     Forget,
-    Answer {
-        evaluation: Evaluation,
-        reply: Reply,
-        reached: Option<GoalReached>,
-    },
+    Answer(Box<Answer>),
+}
+
+/// The group evaluated with the heartbeat, and the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub evaluation: Evaluation,
+    pub reply: Reply,
+    pub reached: Option<GoalReached>,
 }
 
 /// Fold the heartbeat of node `index` into `nodes`, evaluate the group,
@@ -82,11 +86,11 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
         env.settings.number_sync_standbys,
         beat.synchronous_standby_names.as_deref(),
     );
-    Folded::Answer {
+    Folded::Answer(Box::new(Answer {
         evaluation,
         reply,
         reached,
-    }
+    }))
 }
 
 /// The reply to node `index` of a group already evaluated; a changed fence

@@ -210,7 +210,7 @@ type Tx<'a> = Transaction<'a, Postgres>;
 
 /// A locked group: its nodes ordered by node id, the database's time, and
 /// its formation's settings.
-type Locked = (Vec<StoredNode>, DateTime<Utc>, FormationSettings);
+pub(crate) type Locked = (Vec<StoredNode>, DateTime<Utc>, FormationSettings);
 
 /// The snapshots of `nodes`, for the decision core.
 fn snaps(nodes: &[StoredNode]) -> Vec<NodeSnapshot> {
@@ -407,11 +407,7 @@ impl Store {
                     let reply = heartbeat::dropped_reply(&node.snap);
                     return Ok(Assignment::new(&[node], 0, reply));
                 }
-                Folded::Answer {
-                    evaluation,
-                    reply,
-                    reached,
-                } => (evaluation, reply, reached),
+                Folded::Answer(answer) => (answer.evaluation, answer.reply, answer.reached),
             };
         take_back(&mut nodes, group);
         let me = &mut nodes[index];

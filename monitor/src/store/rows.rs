@@ -154,9 +154,7 @@ impl TryFrom<NodeRow> for StoredNode {
 }
 
 /// The rows of one locked group: its nodes, the time, its settings.
-pub(super) fn grouped(
-    rows: Vec<GroupRow>,
-) -> Result<Option<(Vec<StoredNode>, DateTime<Utc>, FormationSettings)>> {
+pub(super) fn grouped(rows: Vec<GroupRow>) -> Result<Option<super::Locked>> {
     let Some(first) = rows.first() else {
         return Ok(None);
     };

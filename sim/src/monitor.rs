@@ -57,13 +57,7 @@ pub struct EventRow {
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
     pub node_id: i64,
-    pub reported: S,
-    pub pg_running: bool,
-    pub lsn: u64,
-    pub wal_receiver_streaming: bool,
-    /// Failed starts of PostgreSQL in a row.
-    pub pg_start_failures: u32,
-    pub timings: KeeperTimings,
+    pub report: fsm::Report,
     /// The `synchronous_standby_names` its PostgreSQL runs with (None while
     /// it does not run).
     pub synchronous_standby_names: Option<String>,
@@ -139,27 +133,13 @@ impl Monitor {
     ) -> i64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.nodes.push(NodeSnapshot {
+        self.nodes.push(NodeSnapshot::registered(
             id,
-            name: name.to_string(),
-            reported: S::Init,
-            goal: S::Init,
-            pg_running: false,
-            lsn: 0,
-            wal_receiver_streaming: false,
-            stream_lost_at: None,
-            pg_down_since: None,
-            pg_running_since: None,
-            pg_start_failures: 0,
-            last_heartbeat: None,
-            health: Health::Unknown,
+            name,
             candidate_priority,
             replication_quorum,
             timings,
-            fence_set: Vec::new(),
-            fence_required: 0,
-            fence_pending: Default::default(),
-        });
+        ));
         self.evaluate(now);
         id
     }
@@ -171,14 +151,7 @@ impl Monitor {
             .index(hb.node_id)
             .ok_or_else(|| format!("node id {} is not registered with this monitor", hb.node_id))?;
         let beat = Beat {
-            report: fsm::Report {
-                reported: hb.reported,
-                pg_running: hb.pg_running,
-                lsn: hb.lsn,
-                wal_receiver_streaming: hb.wal_receiver_streaming,
-                pg_start_failures: hb.pg_start_failures,
-                timings: hb.timings,
-            },
+            report: hb.report,
             synchronous_standby_names: hb.synchronous_standby_names.clone(),
             goal_changed_at: None,
         };

@@ -13,7 +13,7 @@ use pgpilot_keeper::agent::{fence_armed, fence_step, FenceStep, FENCE_REQUIRED_U
 use pgpilot_keeper::config as keeper_config;
 use pgpilot_keeper::plan::{self, Action};
 use pgpilot_monitor::config as monitor_config;
-use pgpilot_monitor::fsm::{Health, KeeperTimings};
+use pgpilot_monitor::fsm::{Health, KeeperTimings, Report};
 use pgpilot_monitor::store::MachineSettings;
 use pgpilot_proto::ReplicationState as S;
 
@@ -928,12 +928,14 @@ impl World {
         }
         Heartbeat {
             node_id: k.node_id,
-            reported: k.current,
-            pg_running: running,
-            lsn,
-            wal_receiver_streaming: streaming,
-            pg_start_failures: k.start_failures,
-            timings: self.t.keeper,
+            report: Report {
+                reported: k.current,
+                pg_running: running,
+                lsn,
+                wal_receiver_streaming: streaming,
+                pg_start_failures: k.start_failures,
+                timings: self.t.keeper,
+            },
             synchronous_standby_names: applied,
         }
     }

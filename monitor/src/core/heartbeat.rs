@@ -147,36 +147,21 @@ pub fn dropped_reply(node: &NodeSnapshot) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsm::{Health, KeeperTimings};
+    use crate::fsm::KeeperTimings;
 
     /// The reply to a dropped node's last heartbeat (its row deleted) once
     /// indexed an empty group and panicked.
     #[test]
     fn a_dropped_node_is_answered_its_goal_and_no_replication() {
+        let timings = KeeperTimings {
+            heartbeat_interval: Duration::from_millis(500),
+            fence_timeout: Duration::from_millis(1500),
+            wal_sender_timeout: Duration::from_secs(2),
+        };
         let node = NodeSnapshot {
-            id: 7,
-            name: "node7".into(),
             reported: S::Dropped,
             goal: S::Dropped,
-            pg_running: false,
-            lsn: 0,
-            wal_receiver_streaming: false,
-            stream_lost_at: None,
-            pg_down_since: None,
-            pg_running_since: None,
-            pg_start_failures: 0,
-            last_heartbeat: None,
-            health: Health::Unknown,
-            candidate_priority: 50,
-            replication_quorum: true,
-            timings: KeeperTimings {
-                heartbeat_interval: Duration::from_millis(500),
-                fence_timeout: Duration::from_millis(1500),
-                wal_sender_timeout: Duration::from_secs(2),
-            },
-            fence_set: Vec::new(),
-            fence_required: 0,
-            fence_pending: Default::default(),
+            ..NodeSnapshot::registered(7, "node7", 50, true, timings)
         };
         let reply = dropped_reply(&node);
         assert!(reply.upstream.is_none() && reply.fence.is_none());

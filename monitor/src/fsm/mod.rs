@@ -148,6 +148,37 @@ pub struct Report {
 }
 
 impl NodeSnapshot {
+    /// A node just registered: in `init`, nothing heard from it yet.
+    pub fn registered(
+        id: i64,
+        name: &str,
+        candidate_priority: u32,
+        replication_quorum: bool,
+        timings: KeeperTimings,
+    ) -> NodeSnapshot {
+        NodeSnapshot {
+            id,
+            name: name.to_string(),
+            reported: S::Init,
+            goal: S::Init,
+            pg_running: false,
+            lsn: 0,
+            wal_receiver_streaming: false,
+            stream_lost_at: None,
+            pg_down_since: None,
+            pg_running_since: None,
+            pg_start_failures: 0,
+            last_heartbeat: None,
+            health: Health::Unknown,
+            candidate_priority,
+            replication_quorum,
+            timings,
+            fence_set: Vec::new(),
+            fence_required: 0,
+            fence_pending: FencePending::default(),
+        }
+    }
+
     /// Fold a heartbeat heard at `now` in, tracking since when the WAL
     /// receiver and PostgreSQL have been down.
     pub fn heard(&mut self, r: &Report, now: DateTime<Utc>) {

@@ -228,7 +228,16 @@ async fn write(
     )
     .fetch_all(pool)
     .await?;
+    answers(settings, heartbeats, rows)
+}
 
+/// The assignments of the heartbeats of a written batch that need no
+/// decision, from the rows of their groups (ordered by group).
+fn answers(
+    settings: &MachineSettings,
+    heartbeats: &[&Heartbeat],
+    rows: Vec<BatchRow>,
+) -> Result<BTreeMap<i64, Assignment>> {
     let by_id: BTreeMap<i64, &Heartbeat> = heartbeats.iter().map(|h| (h.node_id, *h)).collect();
     let mut answers = BTreeMap::new();
     let mut rows = rows.into_iter().peekable();

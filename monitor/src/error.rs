@@ -27,6 +27,10 @@ pub enum Error {
     /// operator command, or acting as another node).
     #[error("{0}")]
     PermissionDenied(String),
+    /// The monitor itself is at fault (a stored row it cannot read): no
+    /// retry or change of the request helps.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<Error> for tonic::Status {
@@ -38,6 +42,10 @@ impl From<Error> for tonic::Status {
             Error::Unavailable(m) => tonic::Status::unavailable(m),
             Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
             Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            Error::Internal(m) => {
+                tracing::error!(error = %m, "request failed");
+                tonic::Status::internal(m)
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 tonic::Status::unavailable(other.to_string())

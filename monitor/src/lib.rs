@@ -5,6 +5,7 @@ pub mod auth;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod error;
 pub mod fsm;
 pub mod health;

@@ -312,7 +312,10 @@ impl Monitor for MonitorService {
         })
         .await
         .map_err(|e| Status::internal(format!("heartbeat task failed: {e}")))??;
-        crate::metrics::heartbeat_answered(a.node.snap.id, a.node.snap.reported, a.node.snap.goal);
+        // After the commit: the transition is durable, whoever assigned it.
+        if let Some(r) = a.reached {
+            crate::metrics::goal_reached(r.from, r.to, r.took);
+        }
         Ok(Response::new(pb::NodeActiveReply {
             goal_state: a.node.snap.goal.to_wire(),
             primary: a.primary.as_ref().map(address),
@@ -348,7 +351,7 @@ impl Monitor for MonitorService {
                 .map(|n| n.snap.clone())
                 .collect();
             let outcome = fsm::decide(&snaps, now, &self.store.fsm_settings(nss));
-            waiting.insert(g, outcome.waiting.join("; "));
+            waiting.insert(g, outcome.waiting);
             if let Some(p) = snaps.iter().position(|n| n.goal.is_writable_primary()) {
                 synchronous_standby_names =
                     fsm::replication_plan(&snaps, p, nss.number_sync_standbys)
@@ -378,7 +381,19 @@ impl Monitor for MonitorService {
                 replication_quorum: n.snap.replication_quorum,
                 wal_receiver_streaming: n.snap.wal_receiver_streaming,
                 system_identifier: n.system_identifier,
-                waiting_reason: waiting.get(&n.group_id).cloned().unwrap_or_default(),
+                waiting_reason: waiting
+                    .get(&n.group_id)
+                    .map(|w| {
+                        w.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
+                    .unwrap_or_default(),
+                waiting_kinds: waiting
+                    .get(&n.group_id)
+                    .map(|w| w.iter().map(|w| w.kind().to_string()).collect())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::FormationState {
@@ -418,6 +433,7 @@ impl Monitor for MonitorService {
                     goal_from: wire(&e.goal_from),
                     goal_to: wire(&e.goal_to),
                     reason: e.reason,
+                    kind: e.kind.unwrap_or_default(),
                 })
                 .collect(),
         }))

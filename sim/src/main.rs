@@ -30,10 +30,6 @@ struct Args {
     /// Run with a deliberately broken rule, to see the checks fail.
     #[arg(long, value_enum, default_value_t = Flaw::None)]
     flaw: Flaw,
-    /// Run the operator commands exactly as the monitor's store does today,
-    /// without the refusal of goals a keeper has no edge to.
-    #[arg(long)]
-    as_shipped: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -49,7 +45,6 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mut opts = Options {
         fault_ms: args.fault_ms,
-        as_shipped: args.as_shipped,
         ..Options::default()
     };
     match args.flaw {

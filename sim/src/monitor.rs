@@ -1,9 +1,9 @@
-//! The monitor as the simulation runs it: the real state machine
-//! ([`pgpilot_monitor::fsm`]) over a group held in memory, with the store's
-//! way of applying a heartbeat, an outcome and each operator command
-//! (`monitor/src/store.rs`) reproduced step by step — the stored fence set
-//! and required count, one event with its reason per goal change, the
-//! stuck-election event, the election override, and the refusals.
+//! The monitor as the simulation runs it: an in-memory store. It holds one
+//! group and calls the monitor's own decision core
+//! ([`pgpilot_monitor::core`]) exactly as the monitor's store does — the
+//! heartbeat fold, every operator command and its refusals, the stored
+//! fence set, the stuck-election event and the election override — and
+//! keeps the events the core's decisions produce.
 //!
 //! The store's unlocked heartbeat fast path is not modelled: it writes
 //! nothing the state machine reads and falls back to the locked path
@@ -12,10 +12,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use pgpilot_monitor::core::commands::{self, Command};
+use pgpilot_monitor::core::group::{self, Evaluation};
+use pgpilot_monitor::core::heartbeat::{self, Beat, Folded};
+use pgpilot_monitor::core::{Env, Refusal};
 use pgpilot_monitor::fsm::{
-    self, Decision, Health, KeeperTimings, NodeSnapshot, Reason, ReplicationPlan,
+    self, Decision, Health, KeeperTimings, NodeSnapshot, ReplicationPlan, Wait,
 };
-use pgpilot_monitor::store::MachineSettings;
+use pgpilot_monitor::store::{FormationSettings, MachineSettings};
 use pgpilot_proto::ReplicationState as S;
 
 use crate::Ms;
@@ -44,6 +48,8 @@ pub struct EventRow {
     pub reported: S,
     pub from: S,
     pub to: S,
+    /// The stable kind of the reason.
+    pub kind: &'static str,
     pub reason: String,
 }
 
@@ -51,13 +57,7 @@ pub struct EventRow {
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
     pub node_id: i64,
-    pub reported: S,
-    pub pg_running: bool,
-    pub lsn: u64,
-    pub wal_receiver_streaming: bool,
-    /// Failed starts of PostgreSQL in a row.
-    pub pg_start_failures: u32,
-    pub timings: KeeperTimings,
+    pub report: fsm::Report,
     /// The `synchronous_standby_names` its PostgreSQL runs with (None while
     /// it does not run).
     pub synchronous_standby_names: Option<String>,
@@ -80,17 +80,9 @@ pub struct Monitor {
     pub settings: MachineSettings,
     pub events: Vec<EventRow>,
     pub flaw: MonitorFlaw,
-    /// Run the operator commands exactly as `store.rs` has them. Off, they
-    /// also refuse a goal the node's keeper has no edge to from the state
-    /// it reported (the fix proposed for the store; see the README).
-    pub as_shipped: bool,
     /// Why the group waited at the last evaluation.
-    pub waiting: Vec<String>,
+    pub waiting: Vec<Wait>,
     next_id: i64,
-}
-
-fn is_handing_over(state: S) -> bool {
-    matches!(state, S::Draining | S::PrepareMaintenance)
 }
 
 impl Monitor {
@@ -102,7 +94,6 @@ impl Monitor {
             settings,
             events: Vec::new(),
             flaw,
-            as_shipped: false,
             waiting: Vec::new(),
             next_id: 1,
         }
@@ -116,43 +107,18 @@ impl Monitor {
         self.nodes.iter().position(|n| n.name == name)
     }
 
-    fn fsm_settings(&self) -> fsm::Settings {
-        fsm::Settings {
-            node_timeout: self.settings.node_timeout,
-            postgres_restart_timeout: self.settings.postgres_restart_timeout,
-            fence_margin: match self.flaw {
-                MonitorFlaw::None => self.settings.fence_margin,
-                MonitorFlaw::SkipFenceRule => Duration::ZERO,
-            },
-            catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
+    /// What the decision core reads besides the group, at `now`.
+    fn env(&self, now: Ms) -> Env {
+        let settings = self.settings.fsm(FormationSettings {
             number_sync_standbys: self.number_sync_standbys,
             election_forced_at: self.election_forced_at,
-        }
-    }
-
-    fn decide(&self, now: Ms) -> fsm::Outcome {
-        match self.flaw {
-            MonitorFlaw::None => fsm::decide(&self.nodes, at(now), &self.fsm_settings()),
-            MonitorFlaw::SkipFenceRule => {
-                let zero = KeeperTimings {
-                    heartbeat_interval: Duration::ZERO,
-                    fence_timeout: Duration::ZERO,
-                    wal_sender_timeout: Duration::ZERO,
-                };
-                let nodes: Vec<NodeSnapshot> = self
-                    .nodes
-                    .iter()
-                    .map(|n| NodeSnapshot {
-                        timings: zero,
-                        ..n.clone()
-                    })
-                    .collect();
-                let settings = fsm::Settings {
-                    election_forced_at: Some(at(now)),
-                    ..self.fsm_settings()
-                };
-                fsm::decide(&nodes, at(now), &settings)
-            }
+        });
+        Env {
+            decide: match self.flaw {
+                MonitorFlaw::None => fsm::decide,
+                MonitorFlaw::SkipFenceRule => decide_without_fence_rule,
+            },
+            ..Env::new(at(now), settings)
         }
     }
 
@@ -167,27 +133,13 @@ impl Monitor {
     ) -> i64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.nodes.push(NodeSnapshot {
+        self.nodes.push(NodeSnapshot::registered(
             id,
-            name: name.to_string(),
-            reported: S::Init,
-            goal: S::Init,
-            pg_running: false,
-            lsn: 0,
-            wal_receiver_streaming: false,
-            stream_lost_at: None,
-            pg_down_since: None,
-            pg_running_since: None,
-            pg_start_failures: 0,
-            last_heartbeat: None,
-            health: Health::Unknown,
+            name,
             candidate_priority,
             replication_quorum,
             timings,
-            fence_set: Vec::new(),
-            fence_required: 0,
-            fence_pending: Default::default(),
-        });
+        ));
         self.evaluate(now);
         id
     }
@@ -198,52 +150,30 @@ impl Monitor {
         let i = self
             .index(hb.node_id)
             .ok_or_else(|| format!("node id {} is not registered with this monitor", hb.node_id))?;
-        let t = at(now);
-        self.nodes[i].heard(
-            &fsm::Report {
-                reported: hb.reported,
-                pg_running: hb.pg_running,
-                lsn: hb.lsn,
-                wal_receiver_streaming: hb.wal_receiver_streaming,
-                pg_start_failures: hb.pg_start_failures,
-                timings: hb.timings,
-            },
-            t,
-        );
-        self.evaluate(now);
-        let plan = fsm::replication_plan(&self.nodes, i, self.number_sync_standbys);
-        let fence = fsm::fence_update(
-            &self.nodes,
-            i,
-            &plan,
-            hb.synchronous_standby_names.as_deref(),
-        );
-        let me = &mut self.nodes[i];
-        if me.goal.is_writable_primary() && !fence.stored_in(me) {
-            fence.store_in(me);
+        let beat = Beat {
+            report: hb.report,
+            synchronous_standby_names: hb.synchronous_standby_names.clone(),
+            goal_changed_at: None,
+        };
+        let env = self.env(now);
+        match heartbeat::fold(&mut self.nodes, i, &beat, &env) {
+            Folded::Forget => {
+                let node = self.nodes.remove(i);
+                Ok(Reply {
+                    goal: node.goal,
+                    primary: None,
+                    plan: heartbeat::dropped_reply(&node).plan,
+                })
+            }
+            Folded::Answer(answer) => {
+                self.record(&answer.evaluation, now);
+                Ok(Reply {
+                    goal: self.nodes[i].goal,
+                    primary: answer.reply.upstream.map(|u| self.nodes[u].id),
+                    plan: answer.reply.plan,
+                })
+            }
         }
-        Ok(Reply {
-            goal: self.nodes[i].goal,
-            primary: self.upstream_of(i).map(|u| self.nodes[u].id),
-            plan,
-        })
-    }
-
-    /// Which node `index` follows (the store's `upstream_of`).
-    fn upstream_of(&self, index: usize) -> Option<usize> {
-        let me = &self.nodes[index];
-        if me.goal.is_writable_primary() || is_handing_over(me.goal) {
-            return None;
-        }
-        if me.goal == S::FastForward {
-            return fsm::fast_forward_source(&self.nodes, index);
-        }
-        (0..self.nodes.len())
-            .filter(|&j| j != index)
-            .find(|&j| self.nodes[j].goal.is_writable_primary())
-            .or_else(|| {
-                (0..self.nodes.len()).find(|&j| j != index && is_handing_over(self.nodes[j].goal))
-            })
     }
 
     /// `set_health`: store a changed result and evaluate the group.
@@ -290,46 +220,36 @@ impl Monitor {
             .collect()
     }
 
-    /// `evaluate`: run the state machine and apply its outcome.
+    /// `evaluate`: run the state machine and keep its outcome.
     fn evaluate(&mut self, now: Ms) {
-        let outcome = self.decide(now);
-        self.apply(&outcome.decisions, now);
-        self.waiting = outcome.waiting.clone();
-        if let Some(stuck) = outcome
-            .waiting
-            .iter()
-            .find(|w| w.starts_with("election stuck"))
-        {
-            self.record_once(stuck, now);
-        }
+        let env = self.env(now);
+        let evaluation = group::evaluate(&mut self.nodes, &env);
+        self.record(&evaluation, now);
     }
 
-    /// An operator command's goal changes: refused, unless run as shipped,
-    /// when a keeper has no edge to its new goal from its reported state.
-    fn apply_command(&mut self, decisions: &[Decision], now: Ms) -> Result<(), String> {
-        if !self.as_shipped {
-            for d in decisions {
-                if let Some(i) = self.index(d.node_id) {
-                    let n = &self.nodes[i];
-                    // The keeper is at its reported state or, having
-                    // finished the transition, at its goal.
-                    if !pgpilot_proto::keeper_has_edge(n.reported, d.to)
-                        || !pgpilot_proto::keeper_has_edge(n.goal, d.to)
-                    {
-                        return Err(format!(
-                            "{} is still {} (goal {}): wait until it settles",
-                            n.name, n.reported, n.goal
-                        ));
-                    }
-                }
+    /// Keep the events of an evaluation (the goals are already applied).
+    fn record(&mut self, evaluation: &Evaluation, now: Ms) {
+        self.record_decisions(&evaluation.decisions, now);
+        self.waiting = evaluation.waiting.clone();
+        if let Some(note) = &evaluation.note {
+            let latest = self.events.last().map(|e| (e.kind, e.reason.as_str()));
+            if group::record_note(note, latest) {
+                let p = &self.nodes[note.index];
+                self.events.push(EventRow {
+                    at: now,
+                    node: p.name.clone(),
+                    reported: p.reported,
+                    from: note.goal,
+                    to: note.goal,
+                    kind: note.wait.kind(),
+                    reason: note.wait.to_string(),
+                });
             }
         }
-        self.apply(decisions, now);
-        Ok(())
     }
 
-    /// `apply`: write each goal change with its event.
-    fn apply(&mut self, decisions: &[Decision], now: Ms) {
+    /// One event per goal change.
+    fn record_decisions(&mut self, decisions: &[Decision], now: Ms) {
         for d in decisions {
             let Some(i) = self.index(d.node_id) else {
                 continue;
@@ -340,119 +260,43 @@ impl Monitor {
                 reported: self.nodes[i].reported,
                 from: d.from,
                 to: d.to,
+                kind: d.reason.kind(),
                 reason: d.reason.to_string(),
             });
-            self.nodes[i].goal = d.to;
         }
     }
 
-    fn record_once(&mut self, reason: &str, now: Ms) {
-        let Some(p) = self.nodes.iter().find(|n| n.goal.is_writable_primary()) else {
-            return;
-        };
-        if self.events.last().map(|e| e.reason.as_str()) == Some(reason) {
-            return;
-        }
-        self.events.push(EventRow {
-            at: now,
-            node: p.name.clone(),
-            reported: p.reported,
-            from: p.goal,
-            to: p.goal,
-            reason: reason.to_string(),
-        });
-    }
-
-    fn alive(&self, i: usize, now: Ms) -> bool {
-        self.nodes[i].last_heartbeat.is_some_and(|t| {
-            (at(now) - t).to_std().unwrap_or_default() <= self.settings.node_timeout
-        })
-    }
-
-    fn decision(&self, i: usize, to: S, reason: Reason) -> Decision {
-        Decision {
-            node_id: self.nodes[i].id,
-            from: self.nodes[i].goal,
-            to,
-            reason,
-        }
+    /// Keep the events of a command, or say why it was refused.
+    fn command(&mut self, result: Result<Command, Refusal>, now: Ms) -> Result<String, String> {
+        let command = result.map_err(|r| r.to_string())?;
+        self.record_decisions(&command.decisions, now);
+        Ok(command.message)
     }
 
     /// `perform_failover` (and `perform-switchover --to`).
     pub fn perform_failover(&mut self, target: Option<&str>, now: Ms) -> Result<String, String> {
-        let primary = (0..self.nodes.len())
-            .find(|&i| self.nodes[i].goal.is_writable_primary())
-            .ok_or("the group has no primary right now")?;
-        let p = &self.nodes[primary];
-        if p.reported != p.goal || !self.alive(primary, now) {
-            return Err(format!("primary {} is not settled and healthy", p.name));
-        }
-        let candidates: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                self.nodes[i].goal == S::Secondary
-                    && self.nodes[i].reported == S::Secondary
-                    && self.alive(i, now)
-            })
-            .collect();
-        let (candidates, reason) = match target {
-            None => (candidates, Reason::PlannedFailover),
-            Some(name) => {
-                let i = self.by_name(name).ok_or("unknown node")?;
-                if i == primary {
-                    return Err(format!("{name} is already the primary"));
-                }
-                if self.nodes[i].candidate_priority == 0 {
-                    return Err(format!("{name} has candidate priority 0"));
-                }
-                if !candidates.contains(&i) {
-                    return Err(format!("{name} is not a healthy secondary"));
-                }
-                (
-                    vec![i],
-                    Reason::PlannedSwitchover {
-                        to: name.to_string(),
-                    },
-                )
-            }
-        };
-        if !candidates
-            .iter()
-            .any(|&i| self.nodes[i].candidate_priority > 0)
-        {
-            return Err("no healthy secondary with candidate priority above 0".into());
-        }
-        let mut decisions = vec![self.decision(primary, S::Draining, reason.clone())];
-        decisions.extend(
-            candidates
-                .iter()
-                .map(|&i| self.decision(i, S::ReportLsn, reason.clone())),
-        );
-        self.apply_command(&decisions, now)?;
-        Ok("planned failover started".into())
+        let env = self.env(now);
+        let r = commands::perform_failover(&mut self.nodes, FORMATION, target, &env);
+        self.command(r, now)
     }
 
     /// `force_election` (`perform-failover --allow-data-loss`).
     pub fn force_election(&mut self, now: Ms) -> Result<String, String> {
-        let outcome = self.decide(now);
-        if !outcome
-            .waiting
-            .iter()
-            .any(|w| w.starts_with("election stuck"))
-        {
-            return Err("no election is stuck".into());
-        }
+        let env = self.env(now);
+        let evaluation =
+            commands::force_election(&mut self.nodes, &env).map_err(|r| r.to_string())?;
         self.election_forced_at = Some(at(now));
-        self.evaluate(now);
-        Ok("election forced".into())
+        self.record(&evaluation, now);
+        Ok(commands::ELECTION_FORCED.to_string())
     }
 
     /// `set_number_sync_standbys`.
     pub fn set_number_sync_standbys(&mut self, value: u32, now: Ms) -> Result<String, String> {
-        fsm::check_settings(&self.nodes, value)?;
-        self.number_sync_standbys = value;
-        let what = format!("number_sync_standbys set to {value}");
-        self.apply_settings_on_primary(&what, now);
-        Ok(what)
+        let r = commands::set_number_sync_standbys(&mut self.nodes, FORMATION, value);
+        if r.is_ok() {
+            self.number_sync_standbys = value;
+        }
+        self.command(r, now)
     }
 
     /// `set_node_settings`.
@@ -463,43 +307,15 @@ impl Monitor {
         replication_quorum: Option<bool>,
         now: Ms,
     ) -> Result<String, String> {
-        let i = self.by_name(name).ok_or("unknown node")?;
-        let mut hypothetical = self.nodes.clone();
-        if let Some(p) = candidate_priority {
-            hypothetical[i].candidate_priority = p;
-        }
-        if let Some(q) = replication_quorum {
-            hypothetical[i].replication_quorum = q;
-        }
-        fsm::check_settings(&hypothetical, self.number_sync_standbys)?;
-        let quorum_changed =
-            replication_quorum.is_some_and(|q| q != self.nodes[i].replication_quorum);
-        self.nodes[i].candidate_priority = hypothetical[i].candidate_priority;
-        self.nodes[i].replication_quorum = hypothetical[i].replication_quorum;
-        let what = format!("settings of {name} changed");
-        if quorum_changed {
-            self.apply_settings_on_primary(&what, now);
-        }
-        Ok(what)
-    }
-
-    fn apply_settings_decision(&self, what: &str) -> Option<Decision> {
-        let p = (0..self.nodes.len())
-            .find(|&i| self.nodes[i].goal == S::Primary && self.nodes[i].reported == S::Primary)?;
-        Some(self.decision(
-            p,
-            S::ApplySettings,
-            Reason::SettingsChanged {
-                what: what.to_string(),
-            },
-        ))
-    }
-
-    fn apply_settings_on_primary(&mut self, what: &str, now: Ms) {
-        if let Some(d) = self.apply_settings_decision(what) {
-            // A settled primary always has this edge.
-            self.apply(&[d], now);
-        }
+        let r = commands::set_node_settings(
+            &mut self.nodes,
+            FORMATION,
+            name,
+            candidate_priority,
+            replication_quorum,
+            self.number_sync_standbys,
+        );
+        self.command(r, now)
     }
 
     /// `set_maintenance`.
@@ -509,105 +325,45 @@ impl Monitor {
         enabled: bool,
         now: Ms,
     ) -> Result<String, String> {
-        let i = self.by_name(name).ok_or("unknown node")?;
-        let healthy_candidates = |exclude: usize| -> Vec<usize> {
-            (0..self.nodes.len())
-                .filter(|&j| {
-                    j != exclude
-                        && self.nodes[j].goal == S::Secondary
-                        && self.nodes[j].reported == S::Secondary
-                        && self.nodes[j].candidate_priority > 0
-                        && self.alive(j, now)
-                })
-                .collect()
-        };
-        let node = &self.nodes[i];
-        let mut decisions = Vec::new();
-        if !enabled {
-            if node.goal != S::Maintenance {
-                return Err(format!("{name} is not in maintenance"));
-            }
-            decisions.push(self.decision(i, S::Catchingup, Reason::MaintenanceOver));
-        } else if matches!(
-            node.goal,
-            S::Maintenance | S::WaitMaintenance | S::PrepareMaintenance
-        ) {
-            return Ok(format!("{name} is already in maintenance"));
-        } else if node.goal.is_writable_primary() {
-            let candidates = healthy_candidates(i);
-            if candidates.is_empty() || node.reported != node.goal || !self.alive(i, now) {
-                return Err(format!(
-                    "maintenance of primary {name} needs a switchover first"
-                ));
-            }
-            decisions.push(self.decision(i, S::PrepareMaintenance, Reason::MaintenanceOfPrimary));
-            decisions.extend(
-                candidates
-                    .iter()
-                    .map(|&c| self.decision(c, S::ReportLsn, Reason::MaintenanceOfPrimary)),
-            );
-        } else if matches!(node.goal, S::Secondary | S::Catchingup) {
-            if node.goal == S::Secondary
-                && node.candidate_priority > 0
-                && healthy_candidates(i).is_empty()
-            {
-                return Err(format!("{name} is the only standby that could be promoted"));
-            }
-            let quorum_left = (0..self.nodes.len())
-                .filter(|&j| {
-                    j != i && self.nodes[j].goal == S::Secondary && self.nodes[j].replication_quorum
-                })
-                .count() as u32;
-            if self.number_sync_standbys > quorum_left {
-                return Err(format!("maintenance of {name} would stop writes"));
-            }
-            let app = pgpilot_proto::lsn::application_name(node.id);
-            let counted = self
-                .nodes
-                .iter()
-                .any(|n| n.goal.is_writable_primary() && n.fence_set.contains(&app));
-            decisions.push(if counted {
-                self.decision(i, S::WaitMaintenance, Reason::MaintenanceRequested)
-            } else {
-                self.decision(i, S::Maintenance, Reason::MaintenanceReady)
-            });
-        } else {
-            return Err(format!("{name} is not primary, secondary or catchingup"));
-        }
-        self.apply_command(&decisions, now)?;
-        Ok(format!("maintenance of {name}: {enabled}"))
+        let env = self.env(now);
+        let r = commands::set_maintenance(&mut self.nodes, FORMATION, name, enabled, &env);
+        self.command(r, now)
     }
 
     /// `reinit_node`.
     pub fn reinit_node(&mut self, name: &str, now: Ms) -> Result<String, String> {
-        let i = self.by_name(name).ok_or("unknown node")?;
-        let node = &self.nodes[i];
-        if node.goal.is_writable_primary() || is_handing_over(node.goal) {
-            return Err(format!("{name} is the primary"));
-        }
-        if !matches!(
-            node.goal,
-            S::Secondary | S::Catchingup | S::Maintenance | S::Demoted
-        ) {
-            return Err(format!("{name} is {}", node.goal));
-        }
-        if !self
-            .nodes
-            .iter()
-            .any(|n| n.goal.is_writable_primary() && n.reported == n.goal)
-        {
-            return Err("the group has no settled primary to clone from".into());
-        }
-        let quorum_left = (0..self.nodes.len())
-            .filter(|&j| {
-                j != i && self.nodes[j].goal == S::Secondary && self.nodes[j].replication_quorum
-            })
-            .count() as u32;
-        if self.number_sync_standbys > quorum_left {
-            return Err(format!("reinit of {name} would stop writes"));
-        }
-        let d = self.decision(i, S::WaitStandby, Reason::Reinit);
-        self.apply_command(&[d], now)?;
-        Ok(format!("{name} is being rebuilt"))
+        let r = commands::reinit_node(&mut self.nodes, FORMATION, name, self.number_sync_standbys);
+        self.command(r, now)
     }
+}
+
+/// The formation the simulated group belongs to.
+const FORMATION: &str = "default";
+
+/// [`MonitorFlaw::SkipFenceRule`]: promote as soon as one standby reports —
+/// no fence deadline (the timings and the margin read as zero) and no
+/// quorum of fence-set reports (as if every election were forced).
+fn decide_without_fence_rule(
+    nodes: &[NodeSnapshot],
+    now: DateTime<Utc>,
+    settings: &fsm::Settings,
+) -> fsm::Outcome {
+    let zero = KeeperTimings {
+        heartbeat_interval: Duration::ZERO,
+        fence_timeout: Duration::ZERO,
+        wal_sender_timeout: Duration::ZERO,
+    };
+    let nodes: Vec<NodeSnapshot> = nodes
+        .iter()
+        .map(|n| NodeSnapshot {
+            timings: zero,
+            ..n.clone()
+        })
+        .collect();
+    let settings = fsm::Settings {
+        fence_margin: Duration::ZERO,
+        election_forced_at: Some(now),
+        ..*settings
+    };
+    fsm::decide(&nodes, now, &settings)
 }

@@ -13,7 +13,7 @@ use pgpilot_keeper::agent::{fence_armed, fence_step, FenceStep, FENCE_REQUIRED_U
 use pgpilot_keeper::config as keeper_config;
 use pgpilot_keeper::plan::{self, Action};
 use pgpilot_monitor::config as monitor_config;
-use pgpilot_monitor::fsm::{Health, KeeperTimings};
+use pgpilot_monitor::fsm::{Health, KeeperTimings, Report};
 use pgpilot_monitor::store::MachineSettings;
 use pgpilot_proto::ReplicationState as S;
 
@@ -57,9 +57,6 @@ pub struct Options {
     pub full_trace: bool,
     /// Virtual length of the fault phase (0: the default).
     pub fault_ms: Ms,
-    /// Operator commands exactly as the store runs them today (see
-    /// [`Monitor::as_shipped`]).
-    pub as_shipped: bool,
 }
 
 /// A broken invariant.
@@ -582,8 +579,7 @@ impl World {
             last_error: None,
             start_failures: 0,
         };
-        let mut monitor = Monitor::new(t.machine, opts.monitor_flaw);
-        monitor.as_shipped = opts.as_shipped;
+        let monitor = Monitor::new(t.machine, opts.monitor_flaw);
         World {
             opts,
             rng,
@@ -932,12 +928,14 @@ impl World {
         }
         Heartbeat {
             node_id: k.node_id,
-            reported: k.current,
-            pg_running: running,
-            lsn,
-            wal_receiver_streaming: streaming,
-            pg_start_failures: k.start_failures,
-            timings: self.t.keeper,
+            report: Report {
+                reported: k.current,
+                pg_running: running,
+                lsn,
+                wal_receiver_streaming: streaming,
+                pg_start_failures: k.start_failures,
+                timings: self.t.keeper,
+            },
             synchronous_standby_names: applied,
         }
     }
@@ -2160,11 +2158,7 @@ impl World {
         let Some(over) = self.faults_over_at else {
             return;
         };
-        let stuck = self
-            .monitor
-            .waiting
-            .iter()
-            .any(|w| w.starts_with("election stuck"));
+        let stuck = self.monitor.waiting.iter().any(|w| w.is_election_stuck());
         if stuck && !self.forced_after_faults && self.now > over + STUCK_FORCE_MS {
             // What an operator does with an election that says it is stuck
             // (the documented double-fault case): accept the data loss.

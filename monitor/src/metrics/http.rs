@@ -188,7 +188,7 @@ mod tests {
             formation: formation.into(),
             goal_from: from.as_str().into(),
             goal_to: to.as_str().into(),
-            reason: reason.to_string(),
+            kind: Some(reason.kind().to_string()),
             settled: true,
         }
     }

@@ -8,7 +8,8 @@
 //!   monitor shows the same values, and a dropped node's series disappear.
 //! - **Failovers, switchovers and goal changes** are counted from the event
 //!   table, which only holds committed decisions: each scrape reads the
-//!   events written since the previous one ([`classify`], pure). Every
+//!   events written since the previous one (classified by
+//!   [`crate::core::handover::Handover::of`], pure). Every
 //!   monitor process counts every event (from its own start), so aggregate
 //!   them with `max`, not `sum`.
 //! - **Requests, heartbeats, health checks and transition durations** are
@@ -19,11 +20,12 @@
 //!
 //! - `source`: the narrow read trait [`MetricsSource`] and its
 //!   implementation for the store (the only part that knows the store);
-//! - `events`: hand-over classification and event counting with a cursor;
+//! - `events`: event counting with a cursor;
 //! - `render`: node views and the gauges' Prometheus text;
 //! - `http`: binding, serving and answering `GET /metrics`;
 //! - `grpc`: the tower layer counting gRPC requests;
-//! - `transitions`: goal-assigned → goal-reached durations.
+//! - `transitions`: goal-assigned → goal-reached durations, from the stored
+//!   `goal_changed_at`.
 
 mod events;
 mod grpc;
@@ -39,12 +41,11 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 
 use crate::fsm::Health;
 
-pub use events::{classify, Handover};
 pub use grpc::{grpc_code_name, grpc_method, GrpcMetrics, GrpcMetricsLayer};
 pub use http::{bind, serve};
 pub use render::{render_nodes, NodeView};
 pub use source::{GoalChange, MetricsSource};
-pub use transitions::{goal_assigned, heartbeat_answered};
+pub use transitions::goal_reached;
 
 pub const FAILOVERS: &str = "pgpilot_failovers_total";
 pub const SWITCHOVERS: &str = "pgpilot_switchovers_total";
@@ -56,8 +57,6 @@ pub const GRPC_SECONDS: &str = "pgpilot_grpc_request_duration_seconds";
 pub const HEARTBEAT_SECONDS: &str = "pgpilot_heartbeat_duration_seconds";
 pub const TRANSITION_SECONDS: &str = "pgpilot_transition_duration_seconds";
 
-/// Reasons of `pgpilot_failovers_total`.
-pub const FAILOVER_REASONS: [&str; 2] = ["primary_unhealthy", "postgres_down"];
 /// Reasons of `pgpilot_switchovers_total`.
 pub const SWITCHOVER_REASONS: [&str; 4] = [
     "perform_failover",

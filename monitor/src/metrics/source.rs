@@ -18,7 +18,9 @@ pub struct GoalChange {
     pub formation: String,
     pub goal_from: String,
     pub goal_to: String,
-    pub reason: String,
+    /// The kind of the event's reason (None for events recorded before
+    /// kinds were stored).
+    pub kind: Option<String>,
     /// Recorded long enough ago that no event with a smaller id can still
     /// appear (ids are taken at insert but become visible at commit, which
     /// can be out of order).
@@ -74,14 +76,14 @@ impl GoalChange {
             formation: e.formation,
             goal_from: e.goal_from,
             goal_to: e.goal_to,
-            reason: e.reason,
+            kind: e.kind,
             settled,
         }
     }
 }
 
 impl MetricsSource for Store {
-    type Error = crate::error::Error;
+    type Error = crate::store::Error;
 
     async fn snapshot(&self) -> Result<Vec<NodeView>, Self::Error> {
         let (nodes, now) = self.metrics_snapshot().await?;

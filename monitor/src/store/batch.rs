@@ -35,15 +35,21 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use pgpilot_proto::ReplicationState as S;
 use sqlx::postgres::PgPool;
-use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{
-    formation_settings, millis, node_from_row, upstream_of, Assignment, Heartbeat, MachineSettings,
-    Store, StoredNode,
-};
-use crate::error::{Error, Result};
-use crate::fsm::{self, NodeSnapshot};
+use super::error::{Error, Result};
+use super::rows::GroupRow;
+use super::{millis, snaps, Assignment, FormationSettings, Heartbeat, MachineSettings, StoredNode};
+use crate::core::{heartbeat, Env};
+
+/// A row of a group one of the batch's heartbeats belongs to.
+#[derive(Debug, sqlx::FromRow)]
+struct BatchRow {
+    #[sqlx(flatten)]
+    group: GroupRow,
+    /// The row is one this batch updated.
+    beat: bool,
+}
 
 /// Heartbeats written by one statement at most.
 pub const MAX_BATCH: usize = 512;
@@ -148,7 +154,7 @@ async fn write(
     heartbeats: &[&Heartbeat],
 ) -> Result<BTreeMap<i64, Assignment>> {
     let col = |f: fn(&Heartbeat) -> i64| heartbeats.iter().map(|h| f(h)).collect::<Vec<i64>>();
-    let rows = sqlx::query(
+    let rows: Vec<BatchRow> = sqlx::query_as(
         "WITH hb AS (
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::text[], $5::bool[],
                                   $6::bool[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
@@ -222,27 +228,37 @@ async fn write(
     )
     .fetch_all(pool)
     .await?;
+    answers(settings, heartbeats, rows)
+}
 
+/// The assignments of the heartbeats of a written batch that need no
+/// decision, from the rows of their groups (ordered by group).
+fn answers(
+    settings: &MachineSettings,
+    heartbeats: &[&Heartbeat],
+    rows: Vec<BatchRow>,
+) -> Result<BTreeMap<i64, Assignment>> {
     let by_id: BTreeMap<i64, &Heartbeat> = heartbeats.iter().map(|h| (h.node_id, *h)).collect();
     let mut answers = BTreeMap::new();
-    let mut start = 0;
-    while start < rows.len() {
-        let key =
-            |i: usize| -> (String, i32) { (rows[i].get("formation"), rows[i].get("group_id")) };
-        let group = key(start);
-        let mut end = start + 1;
-        while end < rows.len() && key(end) == group {
-            end += 1;
+    let mut rows = rows.into_iter().peekable();
+    while let Some(first) = rows.next() {
+        let key = (
+            first.group.node.formation().to_string(),
+            first.group.node.group_id(),
+        );
+        let mut group = vec![first];
+        while let Some(next) =
+            rows.next_if(|r| r.group.node.formation() == key.0 && r.group.node.group_id() == key.1)
+        {
+            group.push(next);
         }
-        let rows = &rows[start..end];
-        start = end;
-        let now: DateTime<Utc> = rows[0].get("now");
-        let formation = formation_settings(&rows[0]);
-        let mut nodes = Vec::with_capacity(rows.len());
+        let now: DateTime<Utc> = group[0].group.formation.now;
+        let formation = group[0].group.formation.settings()?;
+        let mut nodes = Vec::with_capacity(group.len());
         let mut beat = Vec::new();
-        for row in rows {
-            let mut node = node_from_row(row)?;
-            if row.get::<bool, _>("beat") {
+        for row in group {
+            let mut node = StoredNode::try_from(row.group.node)?;
+            if row.beat {
                 // The row read is the one before the update: fold it in.
                 if let Some(hb) = by_id.get(&node.snap.id) {
                     node.snap.last_heartbeat = Some(now);
@@ -276,32 +292,11 @@ fn settled_assignment(
     nodes: &[StoredNode],
     id: i64,
     now: DateTime<Utc>,
-    formation: super::FormationSettings,
+    formation: FormationSettings,
     applied_sync_names: Option<&str>,
 ) -> Option<Assignment> {
     let index = nodes.iter().position(|n| n.snap.id == id)?;
-    let snaps: Vec<NodeSnapshot> = nodes.iter().map(|n| n.snap.clone()).collect();
-    let outcome = fsm::decide(&snaps, now, &Store::fsm_settings_for(settings, formation));
-    // A stuck election is recorded as an event by the locked path.
-    if !outcome.decisions.is_empty()
-        || outcome
-            .waiting
-            .iter()
-            .any(|w| w.starts_with("election stuck"))
-    {
-        return None;
-    }
-    let plan = fsm::replication_plan(&snaps, index, formation.number_sync_standbys);
-    let me = &nodes[index].snap;
-    if me.goal.is_writable_primary()
-        && !fsm::fence_update(&snaps, index, &plan, applied_sync_names).stored_in(me)
-    {
-        return None;
-    }
-    Some(Assignment {
-        node: nodes[index].clone(),
-        primary: upstream_of(nodes, index).cloned(),
-        others: nodes.iter().filter(|n| n.snap.id != id).cloned().collect(),
-        plan,
-    })
+    let env = Env::new(now, settings.fsm(formation));
+    let reply = heartbeat::settled(&snaps(nodes), index, &env, applied_sync_names)?;
+    Some(Assignment::new(nodes, index, reply))
 }

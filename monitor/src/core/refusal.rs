@@ -1,0 +1,208 @@
+//! Why the monitor refuses an operator command or a registration: one
+//! variant per case, displayed as the one sentence the person sees.
+
+use std::fmt;
+
+use pgpilot_proto::ReplicationState as S;
+
+/// How a refusal reaches the caller (the gRPC service maps it to a code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// It names something that does not exist.
+    NotFound,
+    /// Well-formed, but the group is not in a state that allows it.
+    FailedPrecondition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownNode {
+        formation: String,
+        name: String,
+        known: Vec<String>,
+    },
+    NameTaken {
+        name: String,
+        host: String,
+        port: i32,
+    },
+    AddressTaken {
+        host: String,
+        port: u16,
+        other: String,
+    },
+    NoPrimary,
+    PrimaryNotSettled {
+        name: String,
+        reported: S,
+        goal: S,
+    },
+    AlreadyPrimary {
+        name: String,
+    },
+    PriorityZero {
+        name: String,
+    },
+    NotHealthySecondary {
+        name: String,
+        reported: S,
+        goal: S,
+    },
+    NoCandidate,
+    NotStuck,
+    /// Settings the group could not live with (the sentence of
+    /// [`crate::fsm::check_settings`]).
+    Settings(String),
+    DropRefused {
+        name: String,
+        why: String,
+    },
+    DropPrimary {
+        name: String,
+    },
+    NotInMaintenance {
+        name: String,
+        goal: S,
+    },
+    PrimaryMaintenanceNoCandidate {
+        name: String,
+    },
+    OnlyCandidate {
+        name: String,
+    },
+    WouldStopWrites {
+        what: &'static str,
+        name: String,
+        quorum_left: u32,
+        number_sync_standbys: u32,
+    },
+    MaintenanceFrom {
+        name: String,
+        reported: S,
+        goal: S,
+    },
+    ReinitPrimary {
+        name: String,
+    },
+    ReinitFrom {
+        name: String,
+        reported: S,
+        goal: S,
+    },
+    NoSettledPrimary,
+    Unreachable {
+        name: String,
+        reported: S,
+        goal: S,
+        to: S,
+    },
+}
+
+impl Refusal {
+    pub fn code(&self) -> RefusalCode {
+        match self {
+            Refusal::UnknownNode { .. } => RefusalCode::NotFound,
+            _ => RefusalCode::FailedPrecondition,
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::UnknownNode {
+                formation,
+                name,
+                known,
+            } => {
+                let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                f.write_str(&crate::names::unknown_node(formation, name, &known))
+            }
+            Refusal::NameTaken { name, host, port } => write!(
+                f,
+                "a node named {name:?} is already registered at {host}:{port}: choose another name, or drop that node first"
+            ),
+            Refusal::AddressTaken { host, port, other } => write!(
+                f,
+                "{host}:{port} is already registered as node {other:?}: a node's host and port must be unique"
+            ),
+            Refusal::NoPrimary => f.write_str(
+                "the group has no primary right now (a failover may be under way): wait until show-state shows one",
+            ),
+            Refusal::PrimaryNotSettled { name, reported, goal } => write!(
+                f,
+                "primary {name} is not settled and healthy (reported {reported}, goal {goal}): wait until it is, or let automatic failover act"
+            ),
+            Refusal::AlreadyPrimary { name } => {
+                write!(f, "{name} is already the primary: name a standby to promote")
+            }
+            Refusal::PriorityZero { name } => write!(
+                f,
+                "{name} has candidate priority 0 and is never promoted: raise it with set-candidate-priority first"
+            ),
+            Refusal::NotHealthySecondary { name, reported, goal } => write!(
+                f,
+                "{name} is not a healthy secondary (reported {reported}, goal {goal}): wait until show-state shows it secondary"
+            ),
+            Refusal::NoCandidate => f.write_str(
+                "no healthy secondary with candidate priority above 0 can take over: add a standby or wait until one is secondary",
+            ),
+            Refusal::NotStuck => f.write_str(
+                "no election is stuck: --allow-data-loss only unblocks an election that waits for standbys that cannot report (see show-state)",
+            ),
+            Refusal::Settings(why) => f.write_str(why),
+            Refusal::DropRefused { name, why } => write!(f, "dropping {name} is refused: {why}"),
+            Refusal::DropPrimary { name } => write!(
+                f,
+                "{name} is the primary: run perform-failover first, then drop it as a standby"
+            ),
+            Refusal::NotInMaintenance { name, goal } => write!(
+                f,
+                "{name} is not in maintenance (goal {goal}): nothing to disable"
+            ),
+            Refusal::PrimaryMaintenanceNoCandidate { name } => write!(
+                f,
+                "maintenance of primary {name} needs a switchover first, and no healthy secondary with candidate priority above 0 can take over: add or repair a standby first"
+            ),
+            Refusal::OnlyCandidate { name } => write!(
+                f,
+                "{name} is the only standby that could be promoted: maintenance would leave no failover candidate; add a standby or raise another's candidate priority first"
+            ),
+            Refusal::WouldStopWrites {
+                what,
+                name,
+                quorum_left,
+                number_sync_standbys,
+            } => write!(
+                f,
+                "{what} of {name} would leave {quorum_left} quorum standbys for number_sync_standbys = {number_sync_standbys}: writes would stop; lower number_sync_standbys first"
+            ),
+            Refusal::MaintenanceFrom { name, reported, goal } => write!(
+                f,
+                "{name} is {reported} (goal {goal}): maintenance starts only from primary, secondary or catchingup; wait until the group settles"
+            ),
+            Refusal::ReinitPrimary { name } => write!(
+                f,
+                "{name} is the primary: run perform-failover first, then reinit it as a standby"
+            ),
+            Refusal::ReinitFrom { name, reported, goal } => write!(
+                f,
+                "{name} is {reported} (goal {goal}): reinit applies to a secondary, catchingup, demoted or maintenance node; wait until the group settles"
+            ),
+            Refusal::NoSettledPrimary => f.write_str(
+                "the group has no settled primary to clone from: wait until show-state shows one",
+            ),
+            Refusal::Unreachable {
+                name,
+                reported,
+                goal,
+                to,
+            } => write!(
+                f,
+                "{name} is still {reported} (goal {goal}) and cannot go to {to} from there: wait until show-state shows it settled, then retry"
+            ),
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The failover and election rules of the state machine: starting an
+//! election when the primary is lost, cancelling it when it comes back,
+//! electing under the promotion rule, and the promotion steps.
+
+use chrono::{DateTime, Utc};
+use pgpilot_proto::lsn::application_name;
+use pgpilot_proto::ReplicationState as S;
+
+use super::{fast_forward_source, is_handing_over, Eval, Reason, Wait};
+
+impl Eval<'_> {
+    pub(super) fn failover_rules(&mut self) {
+        if self.nodes.iter().any(|n| {
+            matches!(
+                n.goal,
+                S::FastForward | S::PreparePromotion | S::StopReplication
+            )
+        }) {
+            // An election was decided; the promotion rules carry it out.
+            return;
+        }
+        let Some(p) = self.primary() else { return };
+        let primary = self.name(p);
+        let electing: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].goal == S::ReportLsn)
+            .collect();
+
+        if is_handing_over(self.nodes[p].goal) {
+            // Planned failover: the election completes once the primary stopped.
+            if self.reached(p) {
+                self.elect(p, &electing, "the old primary stopped cleanly");
+            } else {
+                self.wait(Wait::PrimaryStopping { primary });
+            }
+            return;
+        }
+
+        let why_unhealthy = self.unhealthy(p);
+        let pg_down = self.pg_down_too_long(p);
+
+        if electing.is_empty() {
+            if why_unhealthy.is_none() && pg_down.is_none() {
+                self.wait_for_restart(p);
+                return;
+            }
+            let candidates: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| {
+                    i != p && self.nodes[i].goal == S::Secondary && self.reached(i) && self.alive(i)
+                })
+                .collect();
+            if !candidates
+                .iter()
+                .any(|&i| self.nodes[i].candidate_priority > 0)
+            {
+                self.wait(Wait::NoCandidate { primary });
+                return;
+            }
+            let reason = match (&why_unhealthy, &pg_down) {
+                (Some(why), _) => Reason::PrimaryUnhealthy {
+                    primary: primary.clone(),
+                    why: why.clone(),
+                },
+                (None, why) => Reason::PrimaryPostgresDown {
+                    primary: primary.clone(),
+                    why: why.clone().unwrap_or_default(),
+                },
+            };
+            for &i in &candidates {
+                self.assign(i, S::ReportLsn, reason.clone());
+            }
+            if pg_down.is_some() && why_unhealthy.is_none() {
+                // The keeper lives: it stops PostgreSQL and confirms, which
+                // lets the election finish by rule (a). `draining`, as in a
+                // planned failover, so that it stays the group's primary
+                // (the node the standbys are told to follow) until then.
+                self.assign(p, S::Draining, reason);
+            }
+            return;
+        }
+
+        // An election is under way. It is cancelled only while the primary
+        // keeps its role: once it was told to demote, it must go on.
+        if why_unhealthy.is_none()
+            && pg_down.is_none()
+            && self.alive(p)
+            && self.nodes[p].goal != S::Demoted
+        {
+            for &i in &electing {
+                self.assign(
+                    i,
+                    S::Secondary,
+                    Reason::PrimaryBack {
+                        primary: primary.clone(),
+                    },
+                );
+            }
+            return;
+        }
+        if let (None, Some(why)) = (&why_unhealthy, &pg_down) {
+            // The election began while the keeper was silent; now it is
+            // heard, with PostgreSQL still down past the allowance. Its
+            // heartbeats keep moving the fence deadline, so rule (b) would
+            // never be met: have it stop and confirm, as when the election
+            // starts this way.
+            if self.nodes[p].goal.is_writable_primary() {
+                let reason = Reason::PrimaryPostgresDown {
+                    primary: primary.clone(),
+                    why: why.clone(),
+                };
+                self.assign(p, S::Draining, reason);
+            }
+        }
+        self.elect(p, &electing, "the fence deadline passed");
+    }
+
+    /// The election: promote one of the `report_lsn` nodes when the
+    /// promotion rule allows it.
+    fn elect(&mut self, p: usize, electing: &[usize], rule_b: &'static str) {
+        let primary = self.name(p);
+        let confirmed = self.reached(p)
+            && matches!(
+                self.nodes[p].goal,
+                S::Draining | S::PrepareMaintenance | S::Demoted
+            );
+        // Reporters: in report_lsn, alive, and not streaming.
+        let reporters: Vec<usize> = electing
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.nodes[i].reported == S::ReportLsn
+                    && self.alive(i)
+                    && self.nodes[i].pg_running
+                    && !self.nodes[i].wal_receiver_streaming
+            })
+            .collect();
+        if electing.is_empty() {
+            if confirmed {
+                self.wait(Wait::NoStandbyInElection { primary });
+            }
+            return;
+        }
+        // Every live candidate takes part: the highest priority must not
+        // lose for being a heartbeat late.
+        let late: Vec<String> = electing
+            .iter()
+            .filter(|&&i| !reporters.contains(&i) && self.alive(i) && self.nodes[i].pg_running)
+            .map(|&i| self.name(i))
+            .collect();
+        if reporters.is_empty() || !late.is_empty() {
+            self.wait(Wait::AwaitingReports { late, primary });
+            return;
+        }
+        let Some(rule) = self.promotion_rule(p, confirmed, &reporters, rule_b) else {
+            return;
+        };
+        self.promote(p, &reporters, rule);
+    }
+
+    /// Whether the LSN of node `i` counts in the election about primary
+    /// `p`: every reporter's, and any other live standby's whose PostgreSQL
+    /// runs and no longer streams.
+    fn considered(&self, p: usize, reporters: &[usize], i: usize) -> bool {
+        i != p
+            && (reporters.contains(&i)
+                || (self.alive(i)
+                    && self.nodes[i].pg_running
+                    && self.nodes[i].reported.is_following()
+                    && !self.nodes[i].wal_receiver_streaming))
+    }
+
+    /// Which part of the promotion rule allows the election about primary
+    /// `p` to promote now; None while the group waits (and says why).
+    fn promotion_rule(
+        &mut self,
+        p: usize,
+        confirmed: bool,
+        reporters: &[usize],
+        rule_b: &'static str,
+    ) -> Option<&'static str> {
+        let primary = self.name(p);
+        let (fence_set, required) = self.nodes[p].election_fence(&self.nodes);
+        let fence_set = &fence_set;
+        let required = required as usize;
+        // Members of the fence set whose stream is gone and whose LSN is
+        // known: a commit acknowledged under ANY r (F) is on one of any
+        // |F| − r + 1 of them, whether the old primary stopped or fenced.
+        // A member still reporting `demoted` (an older primary that has not
+        // rejoined yet) or `init` never received this primary's WAL: it
+        // counts without an LSN. (Not `wait_standby`: a standby being
+        // rebuilt keeps its old data until the clone replaces it.)
+        let in_set: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                let n = &self.nodes[i];
+                i != p
+                    && fence_set.contains(&application_name(n.id))
+                    && n.stream_lost_at.is_some()
+                    && (self.considered(p, reporters, i)
+                        || (self.alive(i)
+                            && !n.wal_receiver_streaming
+                            && matches!(n.reported, S::Demoted | S::Init)))
+            })
+            .collect();
+        let reporting_in_set = in_set.len();
+        let needed = (fence_set.len() + 1).saturating_sub(required);
+        // The operator's override counts only for this outage.
+        let forced = self
+            .settings
+            .election_forced_at
+            .is_some_and(|at| self.nodes[p].last_heartbeat.is_none_or(|hb| at > hb));
+        let short = reporting_in_set < needed;
+        if confirmed {
+            // A reporter may have streamed again from the old primary
+            // (restarted by its keeper before it heard it must stop) after
+            // it reported: only reports made after the stop count.
+            let stopped = self.nodes[p].pg_down_since.or(self.nodes[p].last_heartbeat);
+            let stale: Vec<String> = reporters
+                .iter()
+                .filter(|&&i| {
+                    stopped.is_some_and(|t| self.nodes[i].last_heartbeat.is_none_or(|hb| hb < t))
+                })
+                .map(|&i| self.name(i))
+                .collect();
+            if !stale.is_empty() {
+                self.wait(Wait::AwaitingReportsAfterStop { stale, primary });
+                return None;
+            }
+        }
+        let rule: &'static str = if confirmed {
+            if required > 0 && short && !forced {
+                self.wait(Wait::ElectionStuck {
+                    primary,
+                    primary_stopped: true,
+                    reporting: reporting_in_set,
+                    needed,
+                });
+                return None;
+            }
+            if required > 0 && short {
+                "forced by the operator: acknowledged commits may be lost"
+            } else {
+                "the old primary confirmed it stopped"
+            }
+        } else {
+            if (required == 0 || short) && !forced {
+                self.wait(Wait::ElectionStuck {
+                    primary,
+                    primary_stopped: false,
+                    reporting: reporting_in_set,
+                    needed,
+                });
+                return None;
+            }
+            let deadline = self.fence_deadline(p, reporters, &in_set);
+            if self.now < deadline {
+                let ms = (deadline - self.now).num_milliseconds();
+                self.wait(Wait::FenceDeadline { primary, ms });
+                return None;
+            }
+            if short {
+                "forced by the operator: acknowledged commits may be lost"
+            } else {
+                rule_b
+            }
+        };
+        Some(rule)
+    }
+
+    /// Promote the winner among `reporters` (fetching the WAL it misses
+    /// first), and replace the old primary `p`.
+    fn promote(&mut self, p: usize, reporters: &[usize], rule: &'static str) {
+        // The most advanced standby whose stream is gone: every reporter,
+        // and any other running standby that is no longer streaming.
+        let Some(most_advanced) = (0..self.nodes.len())
+            .filter(|&i| self.considered(p, reporters, i))
+            .max_by_key(|&i| (self.nodes[i].lsn, -self.nodes[i].id))
+        else {
+            // Never: every reporter is considered, and there is one.
+            return;
+        };
+        let max_lsn = self.nodes[most_advanced].lsn;
+        // Highest candidate priority, then most advanced, then lowest id.
+        let winner = reporters
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].candidate_priority > 0)
+            .max_by_key(|&i| {
+                (
+                    self.nodes[i].candidate_priority,
+                    self.nodes[i].lsn,
+                    -self.nodes[i].id,
+                )
+            });
+        let Some(w) = winner else {
+            self.wait(Wait::NoEligibleReporter { max_lsn });
+            return;
+        };
+        let new_primary = self.name(w);
+        let elected = Reason::Elected {
+            lsn: self.nodes[w].lsn,
+            reporters: reporters.len(),
+            rule,
+        };
+        if self.nodes[w].lsn < max_lsn {
+            let from = self.name(most_advanced);
+            self.assign(
+                w,
+                S::FastForward,
+                Reason::FastForward { from, lsn: max_lsn },
+            );
+        } else {
+            self.assign(w, S::PreparePromotion, elected);
+        }
+        match self.nodes[p].goal {
+            S::PrepareMaintenance => self.assign(
+                p,
+                S::Maintenance,
+                Reason::OldPrimaryReplaced { new_primary },
+            ),
+            S::Demoted => {}
+            _ => self.assign(p, S::Demoted, Reason::OldPrimaryReplaced { new_primary }),
+        }
+    }
+
+    /// The latest moment the old primary can still accept writes: its last
+    /// heartbeat plus its fence timeout, or the loss of the reporters'
+    /// streams plus wal_sender_timeout, whichever is later, plus one keeper
+    /// loop and a margin.
+    fn fence_deadline(&self, p: usize, reporters: &[usize], in_set: &[usize]) -> DateTime<Utc> {
+        let node = &self.nodes[p];
+        let t = node.timings;
+        let from_heartbeat = node.last_heartbeat.unwrap_or(self.now) + t.fence_timeout;
+        let from_stream = reporters
+            .iter()
+            .chain(in_set)
+            .filter_map(|&i| self.nodes[i].stream_lost_at)
+            .max()
+            .map(|lost| lost + t.wal_sender_timeout)
+            .unwrap_or(from_heartbeat);
+        from_heartbeat.max(from_stream) + t.heartbeat_interval + self.settings.fence_margin
+    }
+
+    pub(super) fn promotion_rules(&mut self) {
+        for i in 0..self.nodes.len() {
+            if !self.reached(i) {
+                continue;
+            }
+            match self.nodes[i].goal {
+                S::FastForward => {
+                    // The target is only known while every other standby of
+                    // the election runs (a stopped one reports no LSN) and
+                    // the source is there: otherwise wait, lest the winner
+                    // be promoted without WAL only the source had.
+                    let source = fast_forward_source(&self.nodes, i);
+                    let unknown: Vec<String> = (0..self.nodes.len())
+                        .filter(|&j| {
+                            j != i
+                                && self.nodes[j].goal == S::ReportLsn
+                                && !self.nodes[j].pg_running
+                        })
+                        .map(|j| self.name(j))
+                        .collect();
+                    if source.is_none() || !unknown.is_empty() {
+                        let node = self.name(i);
+                        self.wait(Wait::FastForwardBlocked {
+                            node,
+                            down: unknown,
+                        });
+                        continue;
+                    }
+                    let target = self.fast_forward_target(i);
+                    if self.nodes[i].lsn >= target {
+                        self.assign(
+                            i,
+                            S::PreparePromotion,
+                            Reason::Promotion {
+                                step: "fetched the missing WAL: replay it",
+                            },
+                        );
+                    } else {
+                        let node = self.name(i);
+                        self.wait(Wait::FastForwarding { node, target });
+                    }
+                }
+                S::PreparePromotion => self.assign(
+                    i,
+                    S::StopReplication,
+                    Reason::Promotion {
+                        step: "all received WAL replayed: promote",
+                    },
+                ),
+                S::StopReplication => self.assign(
+                    i,
+                    S::WaitPrimary,
+                    Reason::Promotion {
+                        step: "promoted and writable",
+                    },
+                ),
+                _ => {}
+            }
+        }
+        // The winner has been promoted once it reports stop_replication.
+        let new_primary = (0..self.nodes.len()).find(|&i| {
+            self.nodes[i].reported == S::StopReplication
+                && matches!(self.nodes[i].goal, S::StopReplication | S::WaitPrimary)
+        });
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
+            if node.goal == S::ReportLsn {
+                if let Some(np) = new_primary {
+                    let primary = self.name(np);
+                    self.assign(i, S::JoinSecondary, Reason::NewPrimary { primary });
+                }
+            } else if node.goal == S::JoinSecondary
+                && self.reached(i)
+                && node.wal_receiver_streaming
+            {
+                self.assign(i, S::Secondary, Reason::FollowingNewPrimary);
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The SQL shell of each operator command: lock the group, let the
+//! decision core decide (`crate::core::commands`), persist what it returns.
+
+use super::{no_formation, retry, snaps, take_back, Error, Result, Store, StoredNode, Tx};
+use crate::core::commands::{self, Command};
+use crate::fsm::NodeSnapshot;
+
+impl Store {
+    /// Run a command on the locked `nodes`: decide, then write its goal
+    /// changes with their events. The command's answer.
+    async fn run(
+        &self,
+        tx: &mut Tx<'_>,
+        nodes: &mut [StoredNode],
+        decide: impl FnOnce(&mut [NodeSnapshot]) -> std::result::Result<Command, crate::core::Refusal>,
+    ) -> Result<String> {
+        let mut group = snaps(nodes);
+        let command = decide(&mut group)?;
+        take_back(nodes, group);
+        self.apply(tx, nodes, &command.decisions).await?;
+        Ok(command.message)
+    }
+
+    /// Planned failover: the primary drains, the secondaries report their
+    /// LSN (to `target` only: a switchover).
+    pub async fn perform_failover(
+        &self,
+        formation: &str,
+        group_id: i32,
+        target: Option<&str>,
+    ) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (mut nodes, now, f) = self.lock_group(&mut tx, formation, group_id).await?;
+            if nodes.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "formation {formation:?} has no group {group_id}"
+                )));
+            }
+            let env = self.env(now, f);
+            let message = self
+                .run(&mut tx, &mut nodes, |g| {
+                    commands::perform_failover(g, formation, target, &env)
+                })
+                .await?;
+            tx.commit().await?;
+            Ok(message)
+        })
+        .await
+    }
+
+    /// Allow the election that waits in `formation` to finish without the
+    /// promotion rule's quorum of reports (a double fault).
+    pub async fn force_election(&self, formation: &str, group_id: i32) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (mut nodes, now, f) = self.lock_group(&mut tx, formation, group_id).await?;
+            let mut group = snaps(&nodes);
+            let evaluation = commands::force_election(&mut group, &self.env(now, f))?;
+            sqlx::query(
+                "UPDATE formation SET election_forced_at = clock_timestamp() WHERE name = $1",
+            )
+            .bind(formation)
+            .execute(&mut *tx)
+            .await?;
+            take_back(&mut nodes, group);
+            self.persist(&mut tx, &nodes, &evaluation).await?;
+            tx.commit().await?;
+            tracing::warn!(
+                formation,
+                "election forced by the operator: acknowledged commits may be lost"
+            );
+            Ok(commands::ELECTION_FORCED.to_string())
+        })
+        .await
+    }
+
+    /// Change number_sync_standbys; the primary applies it.
+    pub async fn set_number_sync_standbys(&self, formation: &str, value: u32) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let found: Option<String> =
+                sqlx::query_scalar("SELECT name FROM formation WHERE name = $1 FOR UPDATE")
+                    .bind(formation)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if found.is_none() {
+                return Err(no_formation(formation));
+            }
+            let (mut nodes, _, _) = self.lock_group(&mut tx, formation, 0).await?;
+            let mut group = snaps(&nodes);
+            let command = commands::set_number_sync_standbys(&mut group, formation, value)?;
+            sqlx::query("UPDATE formation SET number_sync_standbys = $2 WHERE name = $1")
+                .bind(formation)
+                .bind(value as i32)
+                .execute(&mut *tx)
+                .await?;
+            take_back(&mut nodes, group);
+            self.apply(&mut tx, &nodes, &command.decisions).await?;
+            tx.commit().await?;
+            Ok(command.message)
+        })
+        .await
+    }
+
+    /// Change a node's candidate priority and/or replication quorum.
+    pub async fn set_node_settings(
+        &self,
+        formation: &str,
+        name: &str,
+        candidate_priority: Option<u32>,
+        replication_quorum: Option<bool>,
+    ) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (mut nodes, _, f) = self.lock_named_group(&mut tx, formation, name).await?;
+            let mut group = snaps(&nodes);
+            let command = commands::set_node_settings(
+                &mut group,
+                formation,
+                name,
+                candidate_priority,
+                replication_quorum,
+                f.number_sync_standbys,
+            )?;
+            let id = group[commands::find(&group, formation, name)?].id;
+            sqlx::query(
+                "UPDATE node SET candidate_priority = COALESCE($2, candidate_priority),
+                    replication_quorum = COALESCE($3, replication_quorum) WHERE node_id = $1",
+            )
+            .bind(id)
+            .bind(candidate_priority.map(|p| p as i32))
+            .bind(replication_quorum)
+            .execute(&mut *tx)
+            .await?;
+            take_back(&mut nodes, group);
+            self.apply(&mut tx, &nodes, &command.decisions).await?;
+            tx.commit().await?;
+            tracing::info!(formation, node = name, "{}", command.message);
+            Ok(command.message)
+        })
+        .await
+    }
+
+    /// Put a node into maintenance, or bring it back.
+    pub async fn set_maintenance(
+        &self,
+        formation: &str,
+        name: &str,
+        enabled: bool,
+    ) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (mut nodes, now, f) = self.lock_named_group(&mut tx, formation, name).await?;
+            let env = self.env(now, f);
+            let message = self
+                .run(&mut tx, &mut nodes, |g| {
+                    commands::set_maintenance(g, formation, name, enabled, &env)
+                })
+                .await?;
+            tx.commit().await?;
+            Ok(message)
+        })
+        .await
+    }
+
+    /// Rebuild a standby from a fresh clone of the primary (its data
+    /// directory is lost or diverged).
+    pub async fn reinit_node(&self, formation: &str, name: &str) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (mut nodes, _, f) = self.lock_named_group(&mut tx, formation, name).await?;
+            let message = self
+                .run(&mut tx, &mut nodes, |g| {
+                    commands::reinit_node(g, formation, name, f.number_sync_standbys)
+                })
+                .await?;
+            tx.commit().await?;
+            Ok(message)
+        })
+        .await
+    }
+
+    /// Remove a node: its keeper stops PostgreSQL and the row is deleted
+    /// when it reports so (at once with `force`).
+    pub async fn drop_node(&self, formation: &str, name: &str, force: bool) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (mut nodes, _, f) = self.lock_named_group(&mut tx, formation, name).await?;
+            let mut group = snaps(&nodes);
+            let command =
+                commands::drop_node(&mut group, formation, name, force, f.number_sync_standbys)?;
+            take_back(&mut nodes, group);
+            self.apply(&mut tx, &nodes, &command.decisions).await?;
+            if force {
+                for d in &command.decisions {
+                    sqlx::query("DELETE FROM node WHERE node_id = $1")
+                        .bind(d.node_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(command.message)
+        })
+        .await
+    }
+}

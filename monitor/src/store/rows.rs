@@ -1,0 +1,181 @@
+//! Rows as the database returns them, decoded by name with
+//! `sqlx::FromRow` (a missing column or a wrong type is an error, never a
+//! panic), and turned into the monitor's types; a value that does not fit
+//! (an unknown state, a port out of range) is a corrupt row.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pgpilot_proto::ReplicationState as S;
+
+use super::error::{Error, Result};
+use super::{FormationSettings, StoredNode};
+use crate::fsm::{FencePending, Health, KeeperTimings, NodeSnapshot};
+
+/// One `node` row.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct NodeRow {
+    node_id: i64,
+    formation: String,
+    group_id: i32,
+    name: String,
+    host: String,
+    port: i32,
+    system_identifier: i64,
+    candidate_priority: i32,
+    replication_quorum: bool,
+    reported_state: String,
+    goal_state: String,
+    pg_running: bool,
+    lsn: i64,
+    timeline: i32,
+    wal_receiver_streaming: bool,
+    stream_lost_at: Option<DateTime<Utc>>,
+    pg_down_since: Option<DateTime<Utc>>,
+    pg_running_since: Option<DateTime<Utc>>,
+    pg_start_failures: i32,
+    last_heartbeat: Option<DateTime<Utc>>,
+    health: String,
+    heartbeat_interval_ms: i64,
+    fence_timeout_ms: i64,
+    wal_sender_timeout_ms: i64,
+    fence_set: Vec<String>,
+    fence_required: i32,
+    fence_pending: Vec<String>,
+    fence_pending_required: i32,
+    fence_cover_lsn: Option<i64>,
+    goal_changed_at: DateTime<Utc>,
+}
+
+/// A formation's settings and the database's time.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct FormationRow {
+    number_sync_standbys: i32,
+    election_forced_at: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+}
+
+/// A node row of a locked group, with its formation's settings and the
+/// database's time.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct GroupRow {
+    #[sqlx(flatten)]
+    pub node: NodeRow,
+    #[sqlx(flatten)]
+    pub formation: FormationRow,
+}
+
+impl NodeRow {
+    pub fn formation(&self) -> &str {
+        &self.formation
+    }
+
+    pub fn group_id(&self) -> i32 {
+        self.group_id
+    }
+}
+
+fn corrupt(what: String) -> Error {
+    Error::Corrupt(what)
+}
+
+fn count(value: i32, column: &str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| corrupt(format!("node.{column} is {value}")))
+}
+
+fn ms(value: i64) -> Duration {
+    Duration::from_millis(value.max(0) as u64)
+}
+
+impl FormationRow {
+    pub fn settings(&self) -> Result<FormationSettings> {
+        Ok(FormationSettings {
+            number_sync_standbys: u32::try_from(self.number_sync_standbys).map_err(|_| {
+                corrupt(format!(
+                    "formation.number_sync_standbys is {}",
+                    self.number_sync_standbys
+                ))
+            })?,
+            election_forced_at: self.election_forced_at,
+        })
+    }
+}
+
+impl TryFrom<NodeRow> for StoredNode {
+    type Error = Error;
+
+    fn try_from(r: NodeRow) -> Result<StoredNode> {
+        let state = |text: &str, column: &str| -> Result<S> {
+            text.parse()
+                .map_err(|e| corrupt(format!("node.{column} of node {}: {e}", r.node_id)))
+        };
+        let port = u16::try_from(r.port)
+            .map_err(|_| corrupt(format!("node.port of node {} is {}", r.node_id, r.port)))?;
+        Ok(StoredNode {
+            snap: NodeSnapshot {
+                id: r.node_id,
+                reported: state(&r.reported_state, "reported_state")?,
+                goal: state(&r.goal_state, "goal_state")?,
+                pg_running: r.pg_running,
+                // Stored as the bits of the unsigned value.
+                lsn: r.lsn as u64,
+                wal_receiver_streaming: r.wal_receiver_streaming,
+                stream_lost_at: r.stream_lost_at,
+                pg_down_since: r.pg_down_since,
+                pg_running_since: r.pg_running_since,
+                pg_start_failures: r.pg_start_failures.max(0) as u32,
+                last_heartbeat: r.last_heartbeat,
+                health: Health::parse(&r.health),
+                candidate_priority: count(r.candidate_priority, "candidate_priority")?,
+                replication_quorum: r.replication_quorum,
+                timings: KeeperTimings {
+                    heartbeat_interval: ms(r.heartbeat_interval_ms),
+                    fence_timeout: ms(r.fence_timeout_ms),
+                    wal_sender_timeout: ms(r.wal_sender_timeout_ms),
+                },
+                fence_set: r.fence_set,
+                fence_required: count(r.fence_required, "fence_required")?,
+                fence_pending: FencePending {
+                    names: r.fence_pending,
+                    required: count(r.fence_pending_required, "fence_pending_required")?,
+                    cover_lsn: r.fence_cover_lsn.map(|l| l as u64),
+                },
+                name: r.name,
+            },
+            formation: r.formation,
+            group_id: r.group_id,
+            host: r.host,
+            port,
+            system_identifier: r.system_identifier as u64,
+            timeline: r.timeline as u32,
+            goal_changed_at: r.goal_changed_at,
+        })
+    }
+}
+
+/// The rows of one locked group: its nodes, the time, its settings.
+pub(super) fn grouped(rows: Vec<GroupRow>) -> Result<Option<super::Locked>> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let now = first.formation.now;
+    let settings = first.formation.settings()?;
+    let nodes = rows
+        .into_iter()
+        .map(|r| StoredNode::try_from(r.node))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some((nodes, now, settings)))
+}
+
+/// Every node row decoded.
+pub(super) fn nodes(rows: Vec<NodeRow>) -> Result<Vec<StoredNode>> {
+    rows.into_iter().map(StoredNode::try_from).collect()
+}
+
+/// An event row with whether it is settled (see `Store::events_after`).
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct SettledEvent {
+    #[sqlx(flatten)]
+    pub event: super::EventRow,
+    pub settled: bool,
+}

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod agent;
 pub mod config;
+pub mod durable;
 pub mod failpoint;
 pub mod http;
 pub mod metrics;

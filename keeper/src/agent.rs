@@ -19,10 +19,10 @@ use tokio::sync::Mutex;
 
 use crate::config::KeeperConfig;
 use crate::failpoint::Failpoints;
-use crate::http::{self, KeeperStatus, SharedStatus};
 use crate::pg::{LocalPostgres, ManagedConfig, Observation, PgError, Upstream};
 use crate::plan::{self, Action};
 use crate::state_file::{self, KeeperState};
+use crate::status::{self, KeeperStatus, SharedStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeeperError {
@@ -209,7 +209,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                     self.state.goal = goal;
                     state_file::save(&self.config.state_file(), &mut self.state)?;
                     {
-                        let mut status = http::lock(&self.status);
+                        let mut status = status::lock(&self.status);
                         status.node_id = Some(reply.node_id);
                         status.formation = self.state.formation.clone();
                         status.set_goal(goal, Instant::now());
@@ -298,7 +298,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 let replication = reply.replication.unwrap_or_default();
                 {
                     let own_id = self.state.node_id;
-                    let mut status = http::lock(&self.status);
+                    let mut status = status::lock(&self.status);
                     status.last_heartbeat_ok = Some(sent);
                     status.fenced = false;
                     status.primary_lsn = reply
@@ -371,7 +371,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         self.state.current = to;
         state_file::save(&self.config.state_file(), &mut self.state)?;
         self.lease.lock().await.current = to;
-        http::lock(&self.status).set_state(to, Instant::now());
+        status::lock(&self.status).set_state(to, Instant::now());
         crate::metrics::transition_done(from, to, started.elapsed());
         self.last_error = None;
         tracing::info!(
@@ -688,7 +688,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
                         replication.required_streaming_standbys,
                     )
                     .await;
-                    let mut status = http::lock(&self.status);
+                    let mut status = status::lock(&self.status);
                     status.last_heartbeat_ok = Some(sent);
                     status.fenced = false;
                 }
@@ -803,7 +803,7 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
         match fence_step(alive, &o.streaming_standbys, &fence_set, required) {
             FenceStep::AlreadyStopped => {
                 lease.lock().await.fenced = true;
-                http::lock(&status).fenced = true;
+                status::lock(&status).fenced = true;
                 continue;
             }
             FenceStep::KeepServing => continue,
@@ -818,7 +818,7 @@ async fn fence_task<P: LocalPostgres + Send + Sync + 'static>(
         match pg.stop_immediate().await {
             Ok(()) => {
                 lease.lock().await.fenced = true;
-                http::lock(&status).fenced = true;
+                status::lock(&status).fenced = true;
                 crate::metrics::fenced();
                 tracing::warn!("fenced: PostgreSQL stopped; it restarts only when the monitor says this node is still the primary");
             }

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod pg;
 pub mod plan;
 pub mod state_file;
+pub mod status;

@@ -4,9 +4,13 @@
 
 pub mod access;
 pub mod agent;
+pub mod client;
 pub mod config;
 pub mod durable;
+pub mod error;
+pub mod executor;
 pub mod failpoint;
+pub mod fence;
 pub mod http;
 pub mod metrics;
 pub mod pg;

@@ -158,7 +158,10 @@ async fn main() -> ExitCode {
             failpoint::ENV
         );
     }
-    let mut keeper = match Keeper::new(config, pg) {
+    // The fence task has its own handle too: a query stuck on the loop's
+    // connection must never delay a fence.
+    let fence_pg = PgController::new(pg.settings().clone());
+    let mut keeper = match Keeper::new(config, pg, fence_pg) {
         Ok(k) => k.with_failpoints(failpoints),
         Err(e) => {
             eprintln!("error: {e}");

@@ -15,5 +15,6 @@ pub mod http;
 pub mod metrics;
 pub mod pg;
 pub mod plan;
+pub mod run;
 pub mod state_file;
 pub mod status;

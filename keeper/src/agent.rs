@@ -318,13 +318,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             self.state.node_id.unwrap_or_default(),
             self.state.current,
         )?;
-        let target = Target {
-            node_id: self.state.node_id.unwrap_or_default(),
-            goal: self.state.goal,
-            instructions: &self.instructions,
-        };
         self.executor
-            .execute_with_keepalive(actions, transition, target, keepalive)
+            .execute_with_keepalive(actions, transition, self.target(), keepalive)
             .await
     }
 }

@@ -206,7 +206,97 @@ impl<P: LocalPostgres + Send + Sync + 'static> Fence<P> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
+    use crate::pg::{ManagedConfig, Observation, PgError, Upstream};
+    use crate::status::KeeperStatus;
+
+    /// A primary no standby streams from; it records the fence's stop.
+    #[derive(Default)]
+    struct Isolated {
+        stopped: AtomicBool,
+    }
+
+    impl LocalPostgres for Isolated {
+        fn has_data_directory(&self) -> bool {
+            true
+        }
+        async fn initdb(&self) -> Result<(), PgError> {
+            Ok(())
+        }
+        async fn write_config(&self, _: &ManagedConfig) -> Result<bool, PgError> {
+            Ok(false)
+        }
+        async fn start(&self) -> Result<(), PgError> {
+            Ok(())
+        }
+        fn postmaster_alive(&self) -> bool {
+            !self.stopped.load(Ordering::SeqCst)
+        }
+        async fn stop(&self) -> Result<(), PgError> {
+            self.stop_immediate().await
+        }
+        async fn stop_immediate(&self) -> Result<(), PgError> {
+            self.stopped.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn reload(&self) -> Result<(), PgError> {
+            Ok(())
+        }
+        async fn base_backup(&self, _: &Upstream) -> Result<(), PgError> {
+            Ok(())
+        }
+        async fn rewind(&self, _: &Upstream) -> Result<(), PgError> {
+            Ok(())
+        }
+        async fn wait_replay_caught_up(&self, _: Duration) -> Result<(), PgError> {
+            Ok(())
+        }
+        async fn promote(&self) -> Result<(), PgError> {
+            Ok(())
+        }
+        async fn ensure_replication_role(&self) -> Result<(), PgError> {
+            Ok(())
+        }
+        async fn sync_slots(&self, _: &[(String, u64)]) -> Result<(), PgError> {
+            Ok(())
+        }
+        async fn observe(&self) -> Observation {
+            Observation {
+                running: self.postmaster_alive(),
+                ..Observation::default()
+            }
+        }
+        async fn system_identifier(&self) -> Result<Option<u64>, PgError> {
+            Ok(None)
+        }
+    }
+
+    fn fence(fence_timeout: Duration) -> Fence<Isolated> {
+        let status = KeeperStatus::new("n", "default", S::Primary, S::Primary);
+        Fence {
+            pg: Isolated::default(),
+            lease: Lease::new(S::Primary),
+            fence_timeout,
+            status: Arc::new(std::sync::Mutex::new(status)),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_isolated_primary_is_stopped_once_the_lease_ran_out() {
+        let live = fence(Duration::from_secs(3600));
+        live.tick().await;
+        assert!(!live.pg.stopped.load(Ordering::SeqCst), "lease still valid");
+        assert!(!live.lease.lock().await.fenced);
+
+        let expired = fence(Duration::ZERO);
+        expired.tick().await;
+        assert!(expired.pg.stopped.load(Ordering::SeqCst));
+        assert!(expired.lease.lock().await.fenced);
+        assert!(status::lock(&expired.status).fenced);
+        assert!(!expired.lease.lock().await.may_run_primary());
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

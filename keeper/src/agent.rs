@@ -242,14 +242,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     ) -> Result<(), KeeperError> {
         let goal = S::from_wire(reply.goal_state).unwrap_or(self.state.goal);
         let replication = reply.replication.unwrap_or_default();
-        fence::renew(
-            &self.lease,
-            &self.status,
-            sent,
-            replication.quorum_standby_names,
-            replication.required_streaming_standbys,
-        )
-        .await;
+        fence::renew(&self.lease, &self.status, sent, &replication).await;
         {
             let own_id = self.state.node_id;
             let mut status = status::lock(&self.status);

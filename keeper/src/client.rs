@@ -253,14 +253,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
             match self.client.node_active(request).await {
                 Ok(reply) => {
                     let replication = reply.into_inner().replication.unwrap_or_default();
-                    fence::renew(
-                        &self.lease,
-                        &self.status,
-                        sent,
-                        replication.quorum_standby_names,
-                        replication.required_streaming_standbys,
-                    )
-                    .await;
+                    fence::renew(&self.lease, &self.status, sent, &replication).await;
                 }
                 Err(status) => {
                     tracing::debug!(error = %status.message(), "keepalive not answered");

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgpilot_proto::pb;
 use pgpilot_proto::ReplicationState as S;
 use tokio::sync::Mutex;
 
@@ -55,23 +56,23 @@ impl Lease {
     }
 }
 
-/// A heartbeat sent at `sent` got an answer: the fence clock restarts from
-/// `sent` (never from the answer: the monitor's fence deadline counts from
-/// when it heard the heartbeat, which is later), and the fence set is the
-/// one the monitor just sent and stored. The shared status says so too.
+/// A heartbeat sent at `sent` got an answer with these `replication`
+/// settings: the fence clock restarts from `sent` (never from the answer:
+/// the monitor's fence deadline counts from when it heard the heartbeat,
+/// which is later), and the fence set is the one the monitor just sent and
+/// stored. The shared status says so too.
 pub async fn renew(
     lease: &Mutex<Lease>,
     status: &SharedStatus,
     sent: Instant,
-    fence_set: Vec<String>,
-    required: u32,
+    replication: &pb::ReplicationSettings,
 ) {
     {
         let mut lease = lease.lock().await;
         lease.last_ok_sent = lease.last_ok_sent.max(sent);
         lease.confirmed = true;
-        lease.fence_set = fence_set;
-        lease.required = required;
+        lease.fence_set = replication.quorum_standby_names.clone();
+        lease.required = replication.required_streaming_standbys;
         lease.fenced = false;
     }
     let mut status = status::lock(status);

@@ -215,9 +215,10 @@ impl PgController {
     /// end recovery and write WAL its upstream does not have); any other
     /// unclean state (a crashed primary) loses standby.signal.
     ///
-    /// Call [`LocalPostgres::write_config`] afterwards in any case: pg_rewind
-    /// copies the source's configuration files (pgpilot.conf included) and
-    /// its standby.signal, or removes ours when the source has none.
+    /// Call [`write_config`](super::LocalPostgres::write_config) afterwards
+    /// in any case: pg_rewind copies the source's configuration files
+    /// (pgpilot.conf included) and its standby.signal, or removes ours when
+    /// the source has none.
     pub(super) async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
         self.require_cluster("rewind")?;
         self.kill_leftover_programs().await;
@@ -283,7 +284,8 @@ impl PgController {
     }
 }
 
-/// What [`LocalPostgres::rewind`] does before running pg_rewind.
+/// What [`rewind`](super::LocalPostgres::rewind) does before running
+/// pg_rewind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BeforeRewind {
     /// PGDATA is a clone that never started (it still has `backup_label`,

@@ -27,7 +27,8 @@ pub(super) const PG_CTL_TIMEOUT: Duration = Duration::from_secs(PG_CTL_WAIT_SECS
 pub(super) const PG_CTL_RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const CONTROLDATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long replay may stand still, short of the received WAL and with no
-/// upstream streaming, before [`LocalPostgres::wait_replay_caught_up`]
+/// upstream streaming, before
+/// [`wait_replay_caught_up`](super::LocalPostgres::wait_replay_caught_up)
 /// takes the rest for an incomplete record.
 pub(super) const REPLAY_STALL: Duration = Duration::from_secs(3);
 /// After pg_ctl said the server is ready, how long it may take to accept us.

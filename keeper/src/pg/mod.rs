@@ -254,7 +254,9 @@ impl PgSettings {
 }
 
 /// Drives one local PostgreSQL through its programs and a cached
-/// connection over the unix socket.
+/// connection over the unix socket. Each controller has its own
+/// connection and locks: the loop, the fence task and the HTTP server each
+/// get one, so none waits for another's query.
 pub struct PgController {
     settings: PgSettings,
     /// One connection reused across calls; dropped on a connection error or

@@ -17,7 +17,7 @@ use pgpilot_proto::lsn::application_name;
 use pgpilot_proto::pb;
 use pgpilot_proto::ReplicationState as S;
 
-use crate::client::{self, MonitorClient};
+use crate::client::{self, Keepalive, MonitorClient};
 use crate::config::KeeperConfig;
 use crate::executor::{Executor, Instructions, Target};
 use crate::failpoint::Failpoints;
@@ -303,14 +303,17 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         actions: &[Action],
         transition: Option<(S, S)>,
     ) -> Result<(), KeeperError> {
-        let keepalive = self.client.keepalive(
-            self.pg.clone(),
-            self.lease.clone(),
-            self.status.clone(),
-            self.start_failures.clone(),
-            self.state.node_id.unwrap_or_default(),
-            self.state.current,
-        )?;
+        let keepalive = Keepalive {
+            client: self.client.handle()?,
+            pg: self.pg.clone(),
+            lease: self.lease.clone(),
+            status: self.status.clone(),
+            start_failures: self.start_failures.clone(),
+            node_id: self.state.node_id.unwrap_or_default(),
+            current: self.state.current,
+            timings: client::timings(&self.config),
+            interval: self.config.heartbeat_interval,
+        };
         self.executor
             .execute_with_keepalive(actions, transition, self.target(), keepalive)
             .await

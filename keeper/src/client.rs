@@ -149,27 +149,9 @@ impl MonitorClient {
         }
     }
 
-    /// The keepalives of a node in state `current` while a plan runs.
-    pub fn keepalive<P>(
-        &mut self,
-        pg: Arc<P>,
-        lease: SharedLease,
-        status: SharedStatus,
-        start_failures: Arc<AtomicU32>,
-        node_id: i64,
-        current: S,
-    ) -> Result<Keepalive<P>, KeeperError> {
-        Ok(Keepalive {
-            client: self.client()?.clone(),
-            pg,
-            lease,
-            status,
-            start_failures,
-            node_id,
-            current,
-            timings: timings(&self.config),
-            interval: self.config.heartbeat_interval,
-        })
+    /// A handle on the same connection, for the keepalives.
+    pub fn handle(&mut self) -> Result<security::Client, KeeperError> {
+        Ok(self.client()?.clone())
     }
 }
 
@@ -224,15 +206,17 @@ pub fn node_active_request(
 /// changes goal in the middle of a plan. The monitor sends the current
 /// goal in every answer, so nothing is lost by not reading it here.
 pub struct Keepalive<P> {
-    client: security::Client,
-    pg: Arc<P>,
-    lease: SharedLease,
-    status: SharedStatus,
-    start_failures: Arc<AtomicU32>,
-    node_id: i64,
-    current: S,
-    timings: pb::KeeperTimings,
-    interval: Duration,
+    pub client: security::Client,
+    pub pg: Arc<P>,
+    pub lease: SharedLease,
+    pub status: SharedStatus,
+    /// Failed starts of PostgreSQL in a row, as the loop reports them.
+    pub start_failures: Arc<AtomicU32>,
+    pub node_id: i64,
+    /// The state the keeper is in until the plan is done.
+    pub current: S,
+    pub timings: pb::KeeperTimings,
+    pub interval: Duration,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {

@@ -4,10 +4,17 @@
 
 pub mod access;
 pub mod agent;
+pub mod client;
 pub mod config;
+pub mod durable;
+pub mod error;
+pub mod executor;
 pub mod failpoint;
+pub mod fence;
 pub mod http;
 pub mod metrics;
 pub mod pg;
 pub mod plan;
+pub mod run;
 pub mod state_file;
+pub mod status;

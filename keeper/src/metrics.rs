@@ -11,8 +11,8 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use pgpilot_proto::ReplicationState as S;
 
-use crate::http::{Facts, KeeperStatus};
 use crate::pg::Observation;
+use crate::status::{Facts, KeeperStatus};
 
 pub const POSTGRES_UP: &str = "pgpilot_keeper_postgres_up";
 pub const IN_RECOVERY: &str = "pgpilot_keeper_postgres_in_recovery";
@@ -163,7 +163,7 @@ mod tests {
             wal_receiver_streaming: true,
             ..Observation::default()
         };
-        let f = crate::http::facts(&status, &o);
+        let f = crate::status::facts(&status, &o);
         transition_done(S::Catchingup, S::Secondary, Duration::from_millis(300));
         let text = render(&handle, &status, &f, &o, Instant::now());
         for line in [

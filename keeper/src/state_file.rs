@@ -1,12 +1,13 @@
 //! The keeper's local ledger: node id, current state and goal, written
-//! atomically (tmp + fsync + rename + directory fsync) with a generation
-//! number, so a restart never moves backwards.
+//! atomically ([`crate::durable`]) with a generation number, so a restart
+//! never moves backwards.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pgpilot_proto::ReplicationState;
 use serde::{Deserialize, Serialize};
+
+use crate::durable;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeeperState {
@@ -68,24 +69,11 @@ pub fn load(path: &Path) -> Result<Option<KeeperState>, StateFileError> {
 /// Write `state` with the next generation number.
 pub fn save(path: &Path, state: &mut KeeperState) -> Result<(), StateFileError> {
     state.generation += 1;
-    let io = |source| StateFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    durable::write_atomic(path, &bytes).map_err(|e| StateFileError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 #[cfg(test)]
@@ -104,7 +92,7 @@ mod tests {
         let back = load(&path).unwrap().unwrap();
         assert_eq!(back.generation, 2);
         assert_eq!(back, s);
-        assert!(!path.with_extension("json.tmp").exists());
+        assert!(!durable::sibling_path(&path, ".pgpilot-tmp").exists());
     }
 
     #[test]

@@ -1,0 +1,243 @@
+//! The executor: carries out a plan's actions (see [`crate::plan`])
+//! against the local PostgreSQL, in order, with the configuration the
+//! monitor's instructions call for. Every action is idempotent, so a plan
+//! cut short is simply run again.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgpilot_proto::lsn::{application_name, slot_name};
+use pgpilot_proto::pb;
+use pgpilot_proto::ReplicationState as S;
+
+use crate::client::Keepalive;
+use crate::config::KeeperConfig;
+use crate::error::KeeperError;
+use crate::failpoint::Failpoints;
+use crate::fence::SharedLease;
+use crate::pg::{LocalPostgres, ManagedConfig, Upstream};
+use crate::plan::Action;
+
+/// How long a standby about to be promoted may take to replay the WAL it
+/// already received.
+const REPLAY_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The latest reply of the monitor, with what the executor needs from it.
+#[derive(Debug, Clone, Default)]
+pub struct Instructions {
+    pub primary: Option<pb::NodeAddress>,
+    pub synchronous_standby_names: String,
+    /// A slot for every other node of the group, with that node's LSN.
+    pub slots: Vec<(String, u64)>,
+    /// Hosts of the other nodes of the group; `None` until the monitor
+    /// first answered.
+    pub peer_hosts: Option<Vec<String>>,
+}
+
+/// Where the node is headed: what a plan's actions configure.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub node_id: i64,
+    pub goal: S,
+    pub instructions: &'a Instructions,
+}
+
+/// Runs actions against `pg`.
+pub struct Executor<P> {
+    pg: Arc<P>,
+    config: KeeperConfig,
+    lease: SharedLease,
+    /// Failed starts of PostgreSQL in a row since it last ran (reported in
+    /// every heartbeat; shared with the keepalive).
+    start_failures: Arc<AtomicU32>,
+    /// Testing only: where to SIGKILL this process (none in production).
+    failpoints: Failpoints,
+}
+
+impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
+    pub fn new(
+        pg: Arc<P>,
+        config: KeeperConfig,
+        lease: SharedLease,
+        start_failures: Arc<AtomicU32>,
+    ) -> Self {
+        Executor {
+            pg,
+            config,
+            lease,
+            start_failures,
+            failpoints: Failpoints::default(),
+        }
+    }
+
+    pub fn set_failpoints(&mut self, failpoints: Failpoints) {
+        self.failpoints = failpoints;
+    }
+
+    pub fn failpoints(&self) -> &Failpoints {
+        &self.failpoints
+    }
+
+    /// [`Self::execute`], with `keepalive` sending heartbeats every
+    /// heartbeat interval while it runs.
+    pub async fn execute_with_keepalive(
+        &self,
+        actions: &[Action],
+        transition: Option<(S, S)>,
+        target: Target<'_>,
+        keepalive: Keepalive<P>,
+    ) -> Result<(), KeeperError> {
+        let beats = keepalive.run();
+        tokio::pin!(beats);
+        tokio::select! {
+            biased;
+            result = self.execute(actions, transition, target) => result,
+            never = &mut beats => match never {},
+        }
+    }
+
+    /// Run `actions` in order; `transition` names the plan they are (none
+    /// for a steady state's).
+    pub async fn execute(
+        &self,
+        actions: &[Action],
+        transition: Option<(S, S)>,
+        target: Target<'_>,
+    ) -> Result<(), KeeperError> {
+        let pg = &self.pg;
+        let mut config_changed = false;
+        for (k, action) in actions.iter().enumerate() {
+            if let Some((from, to)) = transition {
+                self.failpoints.before_action(from, to, k);
+            }
+            match action {
+                Action::InitDb => pg.initdb().await?,
+                Action::ConfigurePrimary => {
+                    config_changed |= pg.write_config(&self.managed_config(target, None)).await?;
+                }
+                Action::ConfigureStandby => {
+                    let upstream = upstream(target)?;
+                    config_changed |= pg
+                        .write_config(&self.managed_config(target, Some(upstream)))
+                        .await?;
+                }
+                Action::Start => self.start_postgres().await?,
+                Action::Reload => {
+                    if config_changed {
+                        pg.reload().await?;
+                    }
+                }
+                Action::Stop => pg.stop().await?,
+                Action::Clone => {
+                    let upstream = upstream(target)?;
+                    tracing::info!(from = %format!("{}:{}", upstream.host, upstream.port), "cloning the primary with pg_basebackup");
+                    pg.base_backup(&upstream).await?;
+                    config_changed = true;
+                }
+                Action::RewindOrClone => {
+                    let upstream = upstream(target)?;
+                    if let Err(e) = self.rewind_and_start(target, &upstream).await {
+                        tracing::warn!(error = %e, "rewinding did not give a standby that starts; cloning the primary instead");
+                        pg.stop().await?;
+                        pg.base_backup(&upstream).await?;
+                    }
+                    config_changed = true;
+                }
+                Action::WaitReplayCaughtUp => {
+                    pg.wait_replay_caught_up(REPLAY_CATCH_UP_TIMEOUT).await?
+                }
+                Action::Promote => pg.promote().await?,
+                Action::SyncSlots => {
+                    pg.sync_slots(&target.instructions.slots).await?;
+                    pg.ensure_replication_role().await?;
+                }
+            }
+            if let Some((from, to)) = transition {
+                self.failpoints.after_action(from, to, k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Start PostgreSQL, counting a start that failed with no postmaster
+    /// left (one that only ran out of time is still starting: not a
+    /// failure; nor is a start the fence cut short).
+    async fn start_postgres(&self) -> Result<(), KeeperError> {
+        match self.pg.start().await {
+            Ok(()) => {
+                self.start_failures.store(0, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                if !self.pg.postmaster_alive() && !self.lease.lock().await.fenced {
+                    let n = self.start_failures.fetch_add(1, Ordering::SeqCst) + 1;
+                    tracing::warn!(
+                        failed_starts = n,
+                        "PostgreSQL did not start; the monitor is told"
+                    );
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// pg_rewind, then start as a standby of `upstream`: a rewound data
+    /// directory is only good once PostgreSQL accepts it.
+    async fn rewind_and_start(
+        &self,
+        target: Target<'_>,
+        upstream: &Upstream,
+    ) -> Result<(), KeeperError> {
+        if !self.pg.has_data_directory() {
+            return Err(KeeperError::Waiting("no data directory to rewind".into()));
+        }
+        self.pg.rewind(upstream).await?;
+        self.pg
+            .write_config(&self.managed_config(target, Some(upstream.clone())))
+            .await?;
+        self.pg.start().await?;
+        Ok(())
+    }
+
+    fn managed_config(&self, target: Target<'_>, standby_of: Option<Upstream>) -> ManagedConfig {
+        let config = &self.config;
+        ManagedConfig {
+            port: config.port,
+            listen_addresses: config.listen_addresses(),
+            application_name: application_name(target.node_id),
+            synchronous_standby_names: if standby_of.is_some() {
+                String::new()
+            } else {
+                target.instructions.synchronous_standby_names.clone()
+            },
+            standby_of,
+            wal_sender_timeout: config.wal_sender_timeout,
+            wal_receiver_timeout: config.wal_receiver_timeout,
+            group_hosts: target.instructions.peer_hosts.as_ref().map(|peers| {
+                std::iter::once(config.host.clone())
+                    .chain(peers.iter().cloned())
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// The primary to follow, clone or rewind from.
+fn upstream(target: Target<'_>) -> Result<Upstream, KeeperError> {
+    target
+        .instructions
+        .primary
+        .as_ref()
+        .map(|p| Upstream {
+            host: p.host.clone(),
+            port: p.port as u16,
+            // A fast-forward source is a standby: it keeps no slot for us.
+            slot_name: if target.goal == S::FastForward {
+                String::new()
+            } else {
+                slot_name(target.node_id)
+            },
+        })
+        .ok_or_else(|| KeeperError::Waiting("the monitor names no primary to follow yet".into()))
+}

@@ -1,0 +1,323 @@
+//! Making this node a copy of an upstream: pg_basebackup into a directory
+//! beside PGDATA, pg_rewind (with the checkpoint on the source and the
+//! preparation of the target it needs), and killing what an earlier
+//! keeper process left running of either.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::Connection;
+use tracing::{debug, info, warn};
+
+use super::programs::{kill_programs_naming, os_args, run_program};
+use super::render::conninfo_value;
+use super::{
+    io_error, prepare_tmp_dir, remove_dir_all_if_exists, remove_dir_if_exists, set_mode_0700,
+    PgController, PgError, Upstream, STANDBY_SIGNAL,
+};
+use crate::durable::{fsync_dir, fsync_parent, sibling_path};
+
+/// Written by pg_basebackup; renamed to backup_label.old by the first start.
+pub(super) const BACKUP_LABEL: &str = "backup_label";
+/// pg_basebackup copies the whole cluster.
+pub(super) const BASE_BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
+/// pg_rewind copies changed blocks and all WAL since the fork point, and may
+/// first run crash recovery in single-user mode.
+pub(super) const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long programs left running by an earlier keeper process get to go
+/// once SIGKILLed.
+pub(super) const LEFTOVER_KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The CHECKPOINT on the rewind source before pg_rewind (immediate, but it
+/// writes every dirty buffer).
+pub(super) const SOURCE_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
+/// libpq connect_timeout (seconds) for pg_basebackup and pg_rewind.
+pub(super) const UPSTREAM_CONNECT_TIMEOUT_SECS: &str = "5";
+
+impl PgController {
+    /// The environment of pg_basebackup and pg_rewind: C messages, the
+    /// upstream connect timeout, the password file when there is one (the
+    /// password never goes on a command line), and TLS when configured.
+    pub(super) fn upstream_env(&self) -> Result<Vec<(&'static str, String)>, PgError> {
+        let mut env = vec![
+            ("LC_ALL", "C".to_string()),
+            (
+                "PGCONNECT_TIMEOUT",
+                UPSTREAM_CONNECT_TIMEOUT_SECS.to_string(),
+            ),
+        ];
+        if self.settings.replication_password.is_some() {
+            self.refresh_passfile()?;
+            env.push((
+                "PGPASSFILE",
+                self.settings.passfile().to_string_lossy().into_owned(),
+            ));
+        }
+        // pg_basebackup and pg_rewind: the upstream's certificate and name
+        // checked, as primary_conninfo does.
+        if let Some(tls) = &self.settings.postgres_tls {
+            env.push(("PGSSLMODE", "verify-full".to_string()));
+            env.push(("PGSSLROOTCERT", tls.ca_file.to_string_lossy().into_owned()));
+        }
+        Ok(env)
+    }
+
+    /// Kill what an earlier life of this keeper left running on this
+    /// node's directories. A killed keeper's pg_basebackup and pg_rewind die
+    /// with it (see `die_with_keeper`), but the WAL streamer that
+    /// pg_basebackup forks (`-X stream`) does not: it goes on writing into
+    /// `<pgdata>.clone-tmp/pg_wal` — also into the directory of the next
+    /// clone, which uses the same path — and holds a replication connection
+    /// to the primary. Called at start and before every clone or rewind.
+    pub async fn kill_leftover_programs(&self) {
+        let pgdata = &self.settings.pgdata;
+        let clone_tmp = sibling_path(pgdata, ".clone-tmp");
+        let mut target = OsString::from("--target-pgdata=");
+        target.push(pgdata.as_os_str());
+        for (program, arg) in [
+            ("pg_basebackup", clone_tmp.as_os_str()),
+            ("pg_rewind", target.as_os_str()),
+        ] {
+            let killed = kill_programs_naming(program, arg, LEFTOVER_KILL_TIMEOUT).await;
+            if !killed.is_empty() {
+                warn!(
+                    program,
+                    pids = ?killed,
+                    "postgres: killed {program} left running by an earlier keeper process"
+                );
+            }
+        }
+    }
+
+    /// `CHECKPOINT` on the rewind source. PostgreSQL 15's pg_rewind reads the
+    /// source's timeline from the last checkpoint in its control file; right
+    /// after a promotion, until the end-of-recovery checkpoint completes
+    /// (a spread checkpoint: seconds), that still names the old timeline, and
+    /// pg_rewind wrongly answers "source and target cluster are on the same
+    /// timeline / no rewind required" (fixed in PostgreSQL 16).
+    pub(super) async fn checkpoint_source(&self, upstream: &Upstream) -> Result<(), PgError> {
+        let mut options = PgConnectOptions::new()
+            .host(&upstream.host)
+            .port(upstream.port)
+            .username(&self.settings.replication_user)
+            .database("postgres")
+            .application_name("pgpilot-keeper");
+        if let Some(password) = self.replication_password()? {
+            options = options.password(password.expose());
+        }
+        if let Some(tls) = &self.settings.postgres_tls {
+            options = options
+                .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
+                .ssl_root_cert(&tls.ca_file);
+        }
+        let upstream_timeout = Duration::from_secs(5);
+        let mut conn = match tokio::time::timeout(
+            upstream_timeout,
+            PgConnection::connect_with(&options),
+        )
+        .await
+        {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(PgError::Timeout {
+                    program: format!("connecting to {}:{}", upstream.host, upstream.port),
+                    timeout: upstream_timeout,
+                })
+            }
+        };
+        let started = Instant::now();
+        match tokio::time::timeout(
+            SOURCE_CHECKPOINT_TIMEOUT,
+            sqlx::raw_sql("CHECKPOINT").execute(&mut conn),
+        )
+        .await
+        {
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => {
+                return Err(PgError::Timeout {
+                    program: format!("CHECKPOINT on {}:{}", upstream.host, upstream.port),
+                    timeout: SOURCE_CHECKPOINT_TIMEOUT,
+                })
+            }
+        }
+        debug!(elapsed = ?started.elapsed(), "postgres: checkpoint on the rewind source done");
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// Clones into `<pgdata>.clone-tmp`; only a complete clone replaces
+    /// PGDATA (the server is stopped first). The old PGDATA is renamed to
+    /// `<pgdata>.old` and then deleted.
+    pub(super) async fn base_backup(&self, upstream: &Upstream) -> Result<(), PgError> {
+        let pgdata = &self.settings.pgdata;
+        let tmp = sibling_path(pgdata, ".clone-tmp");
+        let old = sibling_path(pgdata, ".old");
+        self.kill_leftover_programs().await;
+        prepare_tmp_dir(&tmp)?;
+        let args = os_args([
+            "-h".into(),
+            upstream.host.clone().into(),
+            "-p".into(),
+            upstream.port.to_string().into(),
+            "-U".into(),
+            self.settings.replication_user.clone().into(),
+            "-D".into(),
+            tmp.clone().into_os_string(),
+            "-X".into(),
+            "stream".into(),
+            "--checkpoint=fast".into(),
+            "--no-password".into(),
+        ]);
+        let env = self.upstream_env()?;
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let started = Instant::now();
+        if let Err(err) = run_program(
+            "pg_basebackup",
+            &self.bin("pg_basebackup"),
+            &args,
+            &envs,
+            BASE_BACKUP_TIMEOUT,
+        )
+        .await
+        {
+            remove_dir_if_exists(&tmp);
+            return Err(err);
+        }
+        // pg_basebackup fsyncs the copy itself (no --no-sync).
+        set_mode_0700(&tmp)?;
+        self.stop().await?;
+        if std::fs::symlink_metadata(pgdata).is_ok() {
+            remove_dir_all_if_exists(&old)?;
+            std::fs::rename(pgdata, &old).map_err(|e| io_error(pgdata, e))?;
+        }
+        std::fs::rename(&tmp, pgdata).map_err(|e| io_error(pgdata, e))?;
+        fsync_parent(pgdata)?;
+        remove_dir_all_if_exists(&old)?;
+        info!(
+            upstream = %format!("{}:{}", upstream.host, upstream.port),
+            elapsed = ?started.elapsed(),
+            "postgres: base backup done"
+        );
+        Ok(())
+    }
+
+    /// Stops the server first (fast), and runs `CHECKPOINT` on the source so
+    /// that PostgreSQL 15's pg_rewind sees a just-promoted source's new
+    /// timeline (see `checkpoint_source`).
+    ///
+    /// When the target was not shut down cleanly, pg_rewind first runs crash
+    /// recovery in single-user mode, which refuses standby mode ("standby mode
+    /// is not supported by single-user servers"). So with standby.signal
+    /// present: a crashed *standby* ("in archive recovery") is started and
+    /// stopped as a standby first (crash recovery without standby mode would
+    /// end recovery and write WAL its upstream does not have); any other
+    /// unclean state (a crashed primary) loses standby.signal.
+    ///
+    /// Call [`write_config`](super::LocalPostgres::write_config) afterwards
+    /// in any case: pg_rewind copies the source's configuration files
+    /// (pgpilot.conf included) and its standby.signal, or removes ours when
+    /// the source has none.
+    pub(super) async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
+        self.require_cluster("rewind")?;
+        self.kill_leftover_programs().await;
+        self.stop().await?;
+        let pgdata = &self.settings.pgdata;
+        let signal = pgdata.join(STANDBY_SIGNAL);
+        let fresh_clone = pgdata.join(BACKUP_LABEL).exists();
+        let state = if signal.exists() && !fresh_clone {
+            Some(self.cluster_state().await?)
+        } else {
+            None
+        };
+        match before_rewind(fresh_clone, state.as_deref()) {
+            BeforeRewind::NothingToRewind => {
+                info!("postgres: PGDATA is a clone that never started (backup_label): nothing to rewind");
+                return Ok(());
+            }
+            BeforeRewind::Rewind => {}
+            BeforeRewind::RecoverAsStandby => {
+                info!("postgres: crashed standby: starting and stopping it as a standby before pg_rewind");
+                self.start().await?;
+                self.stop().await?;
+            }
+            BeforeRewind::DropStandbySignal => {
+                info!(state = ?state, "postgres: removing standby.signal so that pg_rewind can run crash recovery");
+                std::fs::remove_file(&signal).map_err(|e| io_error(&signal, e))?;
+                fsync_dir(pgdata)?;
+            }
+        }
+        self.checkpoint_source(upstream).await?;
+        // TLS to the source, like the password file, comes from upstream_env.
+        let source = format!(
+            "host={} port={} user={} dbname=postgres connect_timeout={}",
+            conninfo_value(&upstream.host),
+            upstream.port,
+            conninfo_value(&self.settings.replication_user),
+            UPSTREAM_CONNECT_TIMEOUT_SECS,
+        );
+        let mut target = OsString::from("--target-pgdata=");
+        target.push(pgdata.as_os_str());
+        let args = os_args([target, format!("--source-server={source}").into()]);
+        let env = self.upstream_env()?;
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let started = Instant::now();
+        let output = run_program(
+            "pg_rewind",
+            &self.bin("pg_rewind"),
+            &args,
+            &envs,
+            REWIND_TIMEOUT,
+        )
+        .await?;
+        let said = format!("{}{}", output.stdout, output.stderr);
+        if said.contains("no rewind required") {
+            info!(
+                same_timeline = said.contains("on the same timeline"),
+                "postgres: pg_rewind: no rewind required"
+            );
+        } else {
+            info!(elapsed = ?started.elapsed(), "postgres: pg_rewind done");
+        }
+        Ok(())
+    }
+}
+
+/// What [`rewind`](super::LocalPostgres::rewind) does before running
+/// pg_rewind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BeforeRewind {
+    /// PGDATA is a clone that never started (it still has `backup_label`,
+    /// which the first start renames): it has not diverged from anything,
+    /// and must not be rewound — pg_rewind would first run crash recovery
+    /// in single-user mode, as a primary, writing WAL (checkpoints) that the
+    /// upstream does not have on the same timeline; it then says "no rewind
+    /// required" and the standby never streams ("record with incorrect
+    /// prev-link"). Starting it as a standby is all it needs. (A keeper
+    /// killed between the clone and the start leaves one.)
+    NothingToRewind,
+    /// Shut down cleanly, or without standby.signal (pg_rewind runs crash
+    /// recovery itself).
+    Rewind,
+    /// A crashed standby: start and stop it as a standby first (crash
+    /// recovery without standby mode would end recovery and write WAL its
+    /// upstream does not have).
+    RecoverAsStandby,
+    /// Any other unclean state with standby.signal (a crashed primary):
+    /// remove standby.signal, which single-user mode refuses.
+    DropStandbySignal,
+}
+
+/// `state` is pg_controldata's "Database cluster state", read only when
+/// standby.signal exists (None otherwise).
+pub(super) fn before_rewind(fresh_clone: bool, state: Option<&str>) -> BeforeRewind {
+    if fresh_clone {
+        return BeforeRewind::NothingToRewind;
+    }
+    match state {
+        None | Some("shut down" | "shut down in recovery") => BeforeRewind::Rewind,
+        Some("in archive recovery") => BeforeRewind::RecoverAsStandby,
+        Some(_) => BeforeRewind::DropStandbySignal,
+    }
+}

@@ -1,0 +1,424 @@
+//! The keeper's edge to its local PostgreSQL: every external program
+//! (initdb, pg_ctl, pg_basebackup, pg_rewind, pg_controldata) and every SQL
+//! query the keeper runs. Programs run with timeouts; a failure keeps the
+//! exit status and stderr in a typed error.
+//!
+//! The transition executor talks to [`LocalPostgres`], so it can be driven by
+//! a fake in simulation; [`PgController`] is the real thing. This module
+//! holds the shared types and the controller; each job lives in its own
+//! file:
+//!
+//! - `connection`: the cached connection, the queries, the observation;
+//! - `lifecycle`: initdb, start, stop, reload, promote, pg_controldata;
+//! - `replication`: the replication role, its password file, slots;
+//! - `clone`: pg_basebackup and pg_rewind;
+//! - `programs`: running programs with timeouts, finding them;
+//! - `render`: the configuration files inside PGDATA.
+
+mod clone;
+mod connection;
+mod lifecycle;
+mod programs;
+mod render;
+mod replication;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::postgres::PgConnection;
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use crate::access::{PasswordSource, Secret};
+use crate::durable::{sibling_path, DurableError};
+
+pub use programs::find_bin_dir;
+
+/// Where a standby streams from (or clones / rewinds from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    /// Replication slot on the upstream reserved for this node.
+    pub slot_name: String,
+}
+
+/// The settings pgpilot owns, written to `pgpilot.conf` inside PGDATA (and
+/// included from `postgresql.conf`). Rewritten before every start, because
+/// pg_basebackup and pg_rewind copy the upstream's copy of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedConfig {
+    pub port: u16,
+    pub listen_addresses: String,
+    /// `application_name` the node uses when it streams, and `cluster_name`.
+    pub application_name: String,
+    /// `Some` makes the node a standby of that upstream (standby.signal is
+    /// created); `None` removes standby.signal and primary_conninfo.
+    pub standby_of: Option<Upstream>,
+    /// '' turns synchronous replication off.
+    pub synchronous_standby_names: String,
+    pub wal_sender_timeout: Duration,
+    pub wal_receiver_timeout: Duration,
+    /// Hosts of the group's nodes (this one included): the only hosts the
+    /// replication role may connect from (pg_hba.conf). `None` (the
+    /// monitor has not answered yet): keep the block pg_hba.conf has.
+    pub group_hosts: Option<Vec<String>>,
+}
+
+/// What the keeper observes of its PostgreSQL on each loop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// The postmaster runs and accepts connections.
+    pub running: bool,
+    pub in_recovery: bool,
+    /// Primary: pg_current_wal_lsn(). Standby: the greater of the last
+    /// received and last replayed LSN.
+    pub lsn: u64,
+    pub timeline: u32,
+    /// pg_stat_wal_receiver.status = 'streaming'.
+    pub wal_receiver_streaming: bool,
+    /// application_name of every pg_stat_replication row in state 'streaming'.
+    pub streaming_standbys: Vec<String>,
+    pub system_identifier: u64,
+    /// `synchronous_standby_names` as the server runs with it (None while
+    /// it does not answer).
+    pub synchronous_standby_names: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{program} failed ({status}): {stderr}")]
+    Program {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{program} did not finish within {timeout:?}")]
+    Timeout { program: String, timeout: Duration },
+    #[error("could not run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("PostgreSQL query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything the transition executor needs from the local PostgreSQL.
+/// Every method is idempotent: calling it again after success is a no-op
+/// (or repeats harmlessly), so a keeper killed half-way can redo the plan.
+///
+/// The futures are `Send` so that the keeper can drive them from spawned
+/// tasks (the fencing task); implementations may still write `async fn`.
+pub trait LocalPostgres {
+    /// Whether PGDATA holds a cluster (PG_VERSION exists).
+    fn has_data_directory(&self) -> bool;
+    /// initdb, when PGDATA holds no cluster yet.
+    fn initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Write `pgpilot.conf` (atomically), make sure postgresql.conf includes
+    /// it, and create/remove standby.signal. Returns true when anything changed.
+    fn write_config(
+        &self,
+        config: &ManagedConfig,
+    ) -> impl Future<Output = Result<bool, PgError>> + Send;
+    /// Start the postmaster when it is not running; done when it accepts connections.
+    fn start(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Whether a postmaster of PGDATA is alive (it may still be starting, in
+    /// crash recovery, or stopping): after a failed [`Self::start`], false
+    /// means the start really failed rather than ran out of time.
+    fn postmaster_alive(&self) -> bool;
+    /// Stop (fast mode) when running.
+    fn stop(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Stop at once (immediate mode): fencing.
+    fn stop_immediate(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// pg_ctl reload.
+    fn reload(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Replace PGDATA by a fresh pg_basebackup of `upstream` (cloned into a
+    /// temporary directory beside it, then renamed into place).
+    fn base_backup(&self, upstream: &Upstream) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// pg_rewind PGDATA (stopped) to follow `upstream`.
+    fn rewind(&self, upstream: &Upstream) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Replay all WAL already received, within `timeout`.
+    fn wait_replay_caught_up(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// pg_promote() when still in recovery; done when writes are accepted.
+    fn promote(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// On a primary, make the replication role exist with its grants and
+    /// the configured password (once per keeper run and password: it
+    /// writes WAL); nothing on a standby.
+    fn ensure_replication_role(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Keep a physical replication slot for each (name, LSN) and drop other
+    /// inactive `pgpilot_` slots. On a standby the slots are advanced to the
+    /// named node's LSN (never past this node's replay), so a promoted
+    /// standby already holds the WAL its future standbys need.
+    fn sync_slots(
+        &self,
+        slots: &[(String, u64)],
+    ) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Observe the running server (all-default with running=false when it is down).
+    fn observe(&self) -> impl Future<Output = Observation> + Send;
+    /// System identifier from pg_controldata, None without a data directory.
+    fn system_identifier(&self) -> impl Future<Output = Result<Option<u64>, PgError>> + Send;
+}
+
+/// The file pgpilot owns inside PGDATA.
+pub const PGPILOT_CONF: &str = "pgpilot.conf";
+/// The line that makes postgresql.conf read [`PGPILOT_CONF`]; kept exactly once.
+pub const INCLUDE_LINE: &str = "include_if_exists = 'pgpilot.conf'";
+/// Prefix of the replication slots pgpilot owns; [`LocalPostgres::sync_slots`]
+/// drops inactive slots with this prefix that are no longer wanted.
+pub const SLOT_PREFIX: &str = "pgpilot_";
+
+const STANDBY_SIGNAL: &str = "standby.signal";
+
+/// Where the local PostgreSQL lives and how the keeper reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    /// The data directory (absolute path recommended). It must not be a mount
+    /// point itself: initdb and base_backup build the cluster in a sibling
+    /// directory and rename it into place.
+    pub pgdata: PathBuf,
+    /// Directory holding pg_ctl, initdb, pg_basebackup, ... (see [`find_bin_dir`]).
+    pub bin_dir: PathBuf,
+    /// `unix_socket_directories`; the keeper connects through it.
+    pub socket_dir: PathBuf,
+    /// Superuser created by initdb, used by the keeper over the local socket.
+    pub superuser: String,
+    pub port: u16,
+    /// Networks (CIDRs or `samenet`) trusted for clients and replication,
+    /// kept in the keeper's block of pg_hba.conf ([`access::render_hba`]).
+    pub trust_networks: Vec<String>,
+    /// Role the other nodes stream, clone and rewind as.
+    pub replication_user: String,
+    /// The replication role's password; `None`: the group's hosts are
+    /// trusted (no password).
+    pub replication_password: Option<PasswordSource>,
+    /// PostgreSQL's TLS between the nodes; `None`: the nodes talk without.
+    pub postgres_tls: Option<PostgresTls>,
+}
+
+/// PostgreSQL's TLS between the nodes (`postgres_tls_*_file`): the server
+/// runs with `ssl = on` and this certificate; connections to an upstream
+/// check the upstream's certificate against `ca_file` and its host name
+/// (`sslmode=verify-full`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+/// Why PostgreSQL would refuse `key_file` as its `ssl_key_file` (it
+/// checks the same when it starts, and says so only in its log), if it
+/// would: owned by the user it runs as (`server_uid`) with no access for
+/// group and others, or by root with no access for others and no write for
+/// the group.
+pub fn postgres_key_problem(
+    key_file: &Path,
+    owner: u32,
+    mode: u32,
+    server_uid: u32,
+) -> Option<String> {
+    let shown = key_file.display();
+    if owner != server_uid && owner != 0 {
+        return Some(format!("postgres_tls_key_file {shown} must be owned by the user PostgreSQL runs as (uid {server_uid}) or by root: run `chown` on it"));
+    }
+    let forbidden = if owner == server_uid { 0o077 } else { 0o037 };
+    (mode & forbidden != 0).then(|| {
+        format!("postgres_tls_key_file {shown} is open to other users (mode {:o}) and PostgreSQL refuses it: run `chmod 600 {shown}`", mode & 0o777)
+    })
+}
+
+impl PgSettings {
+    /// The libpq password file the keeper writes (beside PGDATA, mode
+    /// 0600) for primary_conninfo, pg_basebackup and pg_rewind.
+    pub fn passfile(&self) -> PathBuf {
+        sibling_path(&self.pgdata, ".pgpass")
+    }
+}
+
+/// Drives one local PostgreSQL through its programs and a cached
+/// connection over the unix socket. Each controller has its own
+/// connection and locks: the loop, the fence task and the HTTP server each
+/// get one, so none waits for another's query.
+pub struct PgController {
+    settings: PgSettings,
+    /// One connection reused across calls; dropped on a connection error or
+    /// timeout and re-opened by the next query.
+    conn: Mutex<Option<PgConnection>>,
+    /// The password [`LocalPostgres::ensure_replication_role`] last applied
+    /// (`Some(None)`: the role was made without one).
+    role_applied: std::sync::Mutex<Option<Option<Secret>>>,
+}
+
+impl PgController {
+    /// Whether PGDATA holds a cluster (PG_VERSION exists).
+    fn has_data_directory(&self) -> bool {
+        self.settings.pgdata.join("PG_VERSION").is_file()
+    }
+
+    pub fn new(settings: PgSettings) -> Self {
+        PgController {
+            settings,
+            conn: Mutex::new(None),
+            role_applied: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn settings(&self) -> &PgSettings {
+        &self.settings
+    }
+
+    /// The server log, beside PGDATA (`<pgdata>.log`) so that replacing
+    /// PGDATA by a clone never deletes it.
+    pub fn log_file(&self) -> PathBuf {
+        sibling_path(&self.settings.pgdata, ".log")
+    }
+
+    fn bin(&self, program: &str) -> PathBuf {
+        self.settings.bin_dir.join(program)
+    }
+
+    fn pgdata_arg(&self) -> OsString {
+        self.settings.pgdata.clone().into_os_string()
+    }
+
+    fn require_cluster(&self, what: &str) -> Result<(), PgError> {
+        if self.has_data_directory() {
+            Ok(())
+        } else {
+            Err(PgError::Other(format!(
+                "cannot {what}: {} holds no PostgreSQL cluster (no PG_VERSION)",
+                self.settings.pgdata.display()
+            )))
+        }
+    }
+}
+
+impl From<DurableError> for PgError {
+    fn from(e: DurableError) -> Self {
+        PgError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+/// Each operation lives with its job (see the module list above).
+impl LocalPostgres for PgController {
+    fn has_data_directory(&self) -> bool {
+        PgController::has_data_directory(self)
+    }
+
+    fn postmaster_alive(&self) -> bool {
+        self.postmaster_running()
+    }
+
+    async fn initdb(&self) -> Result<(), PgError> {
+        PgController::initdb(self).await
+    }
+
+    async fn write_config(&self, config: &ManagedConfig) -> Result<bool, PgError> {
+        PgController::write_config(self, config).await
+    }
+
+    async fn start(&self) -> Result<(), PgError> {
+        PgController::start(self).await
+    }
+
+    async fn stop(&self) -> Result<(), PgError> {
+        PgController::stop(self).await
+    }
+
+    async fn stop_immediate(&self) -> Result<(), PgError> {
+        PgController::stop_immediate(self).await
+    }
+
+    async fn reload(&self) -> Result<(), PgError> {
+        PgController::reload(self).await
+    }
+
+    async fn base_backup(&self, upstream: &Upstream) -> Result<(), PgError> {
+        PgController::base_backup(self, upstream).await
+    }
+
+    async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
+        PgController::rewind(self, upstream).await
+    }
+
+    async fn wait_replay_caught_up(&self, timeout: Duration) -> Result<(), PgError> {
+        PgController::wait_replay_caught_up(self, timeout).await
+    }
+
+    async fn promote(&self) -> Result<(), PgError> {
+        PgController::promote(self).await
+    }
+
+    async fn ensure_replication_role(&self) -> Result<(), PgError> {
+        PgController::ensure_replication_role(self).await
+    }
+
+    async fn sync_slots(&self, slots: &[(String, u64)]) -> Result<(), PgError> {
+        PgController::sync_slots(self, slots).await
+    }
+
+    async fn observe(&self) -> Observation {
+        PgController::observe(self).await
+    }
+
+    async fn system_identifier(&self) -> Result<Option<u64>, PgError> {
+        PgController::system_identifier(self).await
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> PgError {
+    PgError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn set_mode_0700(dir: &Path) -> Result<(), PgError> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io_error(dir, e))
+}
+
+/// Remove a stale temporary directory and make sure its parent exists.
+fn prepare_tmp_dir(tmp: &Path) -> Result<(), PgError> {
+    remove_dir_all_if_exists(tmp)?;
+    if let Some(parent) = tmp.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+    }
+    Ok(())
+}
+
+fn remove_dir_all_if_exists(dir: &Path) -> Result<(), PgError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(io_error(dir, err)),
+    }
+}
+
+/// Best effort, on an error path.
+fn remove_dir_if_exists(dir: &Path) {
+    if let Err(err) = remove_dir_all_if_exists(dir) {
+        warn!(error = %err, "could not remove {}", dir.display());
+    }
+}

@@ -22,7 +22,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::{lock, open_log, stop_gracefully, Cluster, Node};
+use super::teardown::stop_gracefully;
+use super::{lock, open_log, Cluster, Node};
 use crate::process;
 use crate::wait::GiveUp;
 

@@ -1,0 +1,155 @@
+//! Waiting on the cluster with a deadline: conditions on the monitor's state
+//! or on anything else, failing at once when a process the harness did not
+//! kill has exited, and with the full diagnostics when the deadline passes.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use pgpilot_proto::pb::FormationState;
+
+use crate::state::FormationStateExt;
+use crate::wait::{poll_until, GiveUp, TimedOut, POLL_INTERVAL};
+
+use super::{lock, Cluster};
+
+impl Cluster {
+    /// Poll the monitor's state until the async predicate holds; on timeout
+    /// the error carries the state table, recent events and log tails. Fails
+    /// at once if the monitor or a keeper the harness did not kill exits.
+    pub async fn wait_until<F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut predicate: F,
+    ) -> Result<FormationState>
+    where
+        F: FnMut(FormationState) -> Fut,
+        Fut: Future<Output = Result<bool>>,
+    {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut attempts = 0;
+        let mut last;
+        loop {
+            attempts += 1;
+            if let Err(err) = self.check_processes() {
+                return Err(self
+                    .failure(format!("gave up waiting for {what}: {err:#}"))
+                    .await);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let check = async {
+                let state = self.state().await?;
+                let holds = predicate(state.clone()).await?;
+                Ok::<_, anyhow::Error>((holds, state))
+            };
+            match tokio::time::timeout(remaining.max(Duration::from_millis(100)), check).await {
+                Ok(Ok((true, state))) => return Ok(state),
+                Ok(Ok((false, _))) => last = "condition not met".to_string(),
+                Ok(Err(err)) => last = format!("{err:#}"),
+                Err(_) => last = "the check did not finish before the deadline".to_string(),
+            }
+            if Instant::now() >= deadline {
+                let timed_out = TimedOut {
+                    what: what.to_string(),
+                    waited: start.elapsed(),
+                    attempts,
+                    last,
+                };
+                return Err(self.failure(timed_out.to_string()).await);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// [`Cluster::wait_until`] with a plain predicate on the state.
+    pub async fn wait_state<F>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut predicate: F,
+    ) -> Result<FormationState>
+    where
+        F: FnMut(&FormationState) -> bool,
+    {
+        self.wait_until(timeout, what, |state| {
+            let holds = predicate(&state);
+            async move { Ok(holds) }
+        })
+        .await
+    }
+
+    /// Poll any check (`Ok(Some(v))` = done, `Ok(None)`/`Err` = not yet)
+    /// with the same failure report as [`Cluster::wait_until`].
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        let result = poll_until(timeout, what, || {
+            let processes = self.check_processes();
+            let fut = check();
+            async move {
+                processes?;
+                fut.await
+            }
+        })
+        .await;
+        match result {
+            Ok(value) => Ok(value),
+            Err(err) => Err(self.failure(format!("{err:#}")).await),
+        }
+    }
+
+    /// One node settled in `primary`, all others in `secondary`.
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<FormationState> {
+        let n = self.nodes.len();
+        self.wait_state(
+            timeout,
+            &format!(
+                "a healthy group: 1 primary and {} secondaries, reported == goal",
+                n - 1
+            ),
+            |s| s.is_healthy(n),
+        )
+        .await
+    }
+
+    /// A two-node cluster with one primary and one secondary, settled.
+    pub async fn wait_healthy_pair(&self) -> Result<FormationState> {
+        if self.nodes.len() != 2 {
+            bail!(
+                "wait_healthy_pair needs 2 nodes, this cluster has {}",
+                self.nodes.len()
+            );
+        }
+        self.wait_healthy(Duration::from_secs(120)).await
+    }
+
+    /// The monitor or a keeper that should be running has exited.
+    /// (Supervised keepers a failpoint killed are started again first.)
+    pub(super) fn check_processes(&self) -> Result<()> {
+        self.restart_killed_keepers()?;
+        if let Some(child) = lock(&self.monitor).as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(GiveUp(format!("the monitor exited ({status})")).into());
+            }
+        }
+        for node in &self.nodes {
+            if let Some(child) = lock(&node.keeper).as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(
+                        GiveUp(format!("the keeper of {} exited ({status})", node.name)).into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -415,18 +415,10 @@ async fn failover(
             &format!("a write acknowledged by {new} after the failover"),
         )
         .await?;
-    let acked = writer.acked_ids();
-    let missing = cluster.missing_ids(new, &acked).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "{} of {} acknowledged writes are missing on the new primary {new}: {:?}",
-                missing.len(),
-                acked.len(),
-                &missing[..missing.len().min(20)]
-            ))
-            .await);
-    }
+    cluster
+        .expect_ids_on(new, &writer.acked_ids())
+        .await
+        .context("right after the failover")?;
     let (new_recovery, old_recovery) = (
         cluster.is_in_recovery(new).await?,
         cluster.is_in_recovery(old).await?,

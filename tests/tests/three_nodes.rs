@@ -148,18 +148,10 @@ async fn wait_row(cluster: &Cluster, node: &str, id: i64, what: &str) -> Result<
 
 /// Invariant 2: every acknowledged id is on `node`.
 async fn check_no_loss(cluster: &Cluster, node: &str, ids: &[i64], when: &str) -> Result<()> {
-    let missing = cluster.missing_ids(node, ids).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "{when}: {} of {} acknowledged writes are missing on {node}: {:?}",
-                missing.len(),
-                ids.len(),
-                &missing[..missing.len().min(20)]
-            ))
-            .await);
-    }
-    Ok(())
+    cluster
+        .expect_ids_on(node, ids)
+        .await
+        .with_context(|| when.to_string())
 }
 
 async fn check_report(
@@ -258,17 +250,8 @@ async fn quorum_failover_highest_priority_wins() -> Result<()> {
     eprintln!("node1 applies synchronous_standby_names = '{applied}'");
 
     let writer = Writer::warm(&cluster).await?;
-    let killed_at = cluster.kill_node_hard("node1")?;
-
-    cluster
-        .wait_state(
-            FAILOVER_TIMEOUT,
-            "node2 (priority 90) to become the writable primary after node1 was killed",
-            |s| {
-                s.node("node2")
-                    .is_some_and(|n| n.reports_writable_primary())
-            },
-        )
+    let killed_at = cluster
+        .kill_primary_until_promoted("node1", "node2", FAILOVER_TIMEOUT)
         .await?;
     let promoted_at = Instant::now();
     if !cluster.is_in_recovery("node3").await? {
@@ -428,13 +411,10 @@ async fn lagging_high_priority_standby_fast_forwards() -> Result<()> {
     eprintln!("killed node1; thawed node2's walreceiver");
 
     cluster
-        .wait_state(
+        .wait_writable_primary(
+            "node2",
             FAILOVER_TIMEOUT,
             "node2 (priority 90, lagging) to become the writable primary",
-            |s| {
-                s.node("node2")
-                    .is_some_and(|n| n.reports_writable_primary())
-            },
         )
         .await?;
     let promoted_at = Instant::now();
@@ -1083,10 +1063,11 @@ async fn double_fault_waits_until_forced() -> Result<()> {
     let out = cli_ok(&cluster, &["perform-failover", "--allow-data-loss"]).await?;
     assert!(out.contains("forced"), "{out}");
     cluster
-        .wait_state(FAILOVER_TIMEOUT, "node2 to be the writable primary", |s| {
-            s.node("node2")
-                .is_some_and(|n| n.reports_writable_primary())
-        })
+        .wait_writable_primary(
+            "node2",
+            FAILOVER_TIMEOUT,
+            "node2 to be the writable primary",
+        )
         .await?;
     Ok(())
 }

@@ -51,6 +51,25 @@ impl Cluster {
         Ok(gone_at)
     }
 
+    /// An unplanned failover: [`Cluster::kill_node_hard`] the primary `old`,
+    /// then wait until `new` reports a writable primary state. Returns the
+    /// instant of the kill (measure outages from it).
+    pub async fn kill_primary_until_promoted(
+        &self,
+        old: &str,
+        new: &str,
+        timeout: Duration,
+    ) -> Result<Instant> {
+        let killed_at = self.kill_node_hard(old)?;
+        self.wait_writable_primary(
+            new,
+            timeout,
+            &format!("{new} to become the writable primary after {old} was killed"),
+        )
+        .await?;
+        Ok(killed_at)
+    }
+
     /// SIGKILL the monitor (its process group); returns when it is gone.
     /// [`Cluster::restart_monitor`] starts it again.
     pub fn kill_monitor(&self) -> Result<Instant> {

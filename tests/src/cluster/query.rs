@@ -127,4 +127,21 @@ impl Cluster {
             .context("parsing ids from pgpilot_writes")?;
         Ok(crate::writer::missing_from(ids, &present))
     }
+
+    /// Invariant 2: fail, with the cluster's state, unless every one of the
+    /// acknowledged `ids` is in `pgpilot_writes` on `node`.
+    pub async fn expect_ids_on(&self, node: &str, ids: &[i64]) -> Result<()> {
+        let missing = self.missing_ids(node, ids).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(self
+            .failure(format!(
+                "{} of {} acknowledged writes are missing on {node}: {:?}",
+                missing.len(),
+                ids.len(),
+                &missing[..missing.len().min(20)]
+            ))
+            .await)
+    }
 }

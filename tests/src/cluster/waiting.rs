@@ -3,13 +3,13 @@
 //! kill has exited, and with the full diagnostics when the deadline passes.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use pgpilot_proto::pb::FormationState;
 
-use crate::state::FormationStateExt;
-use crate::wait::{poll_until, GiveUp, TimedOut, POLL_INTERVAL};
+use crate::state::{FormationStateExt, NodeStatusExt};
+use crate::wait::{poll_until, GiveUp};
 
 use super::{lock, Cluster};
 
@@ -27,40 +27,15 @@ impl Cluster {
         F: FnMut(FormationState) -> Fut,
         Fut: Future<Output = Result<bool>>,
     {
-        let start = Instant::now();
-        let deadline = start + timeout;
-        let mut attempts = 0;
-        let mut last;
-        loop {
-            attempts += 1;
-            if let Err(err) = self.check_processes() {
-                return Err(self
-                    .failure(format!("gave up waiting for {what}: {err:#}"))
-                    .await);
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let check = async {
-                let state = self.state().await?;
-                let holds = predicate(state.clone()).await?;
-                Ok::<_, anyhow::Error>((holds, state))
-            };
-            match tokio::time::timeout(remaining.max(Duration::from_millis(100)), check).await {
-                Ok(Ok((true, state))) => return Ok(state),
-                Ok(Ok((false, _))) => last = "condition not met".to_string(),
-                Ok(Err(err)) => last = format!("{err:#}"),
-                Err(_) => last = "the check did not finish before the deadline".to_string(),
-            }
-            if Instant::now() >= deadline {
-                let timed_out = TimedOut {
-                    what: what.to_string(),
-                    waited: start.elapsed(),
-                    attempts,
-                    last,
-                };
-                return Err(self.failure(timed_out.to_string()).await);
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        // The predicate's future owns what it needs, so a short borrow of
+        // the predicate per check is enough.
+        let predicate = std::cell::RefCell::new(&mut predicate);
+        self.wait_for(timeout, what, || async {
+            let state = self.state().await?;
+            let holds = (predicate.borrow_mut())(state.clone());
+            Ok(holds.await?.then_some(state))
+        })
+        .await
     }
 
     /// [`Cluster::wait_until`] with a plain predicate on the state.
@@ -76,6 +51,20 @@ impl Cluster {
         self.wait_until(timeout, what, |state| {
             let holds = predicate(&state);
             async move { Ok(holds) }
+        })
+        .await
+    }
+
+    /// Wait until `node` reports a writable primary state (single,
+    /// wait_primary, primary, …); `what` names the wait in a timeout report.
+    pub async fn wait_writable_primary(
+        &self,
+        node: &str,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<FormationState> {
+        self.wait_state(timeout, what, |s| {
+            s.node(node).is_some_and(|n| n.reports_writable_primary())
         })
         .await
     }

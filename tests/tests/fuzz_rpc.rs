@@ -36,6 +36,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use pgpilot_proto::pb;
 use pgpilot_proto::security::{self, ClientSecurity, Credentials};
 use pgpilot_proto::ReplicationState;
+use pgpilot_sim::rng::Rng;
 use pgpilot_tests::raw_grpc::{self, RawAnswer, RawRequest};
 use pgpilot_tests::{Cluster, ClusterOptions, Security};
 use prost::Message as _;
@@ -68,38 +69,6 @@ const UNREGISTERED: &str = "unregistered-";
 const KEEPER_NAME: &str = "fz-keeper";
 /// Formations that exist: the migrations make `default`, the test `other`.
 const FORMATIONS: [&str; 2] = ["default", "other"];
-
-// ---- a seeded generator ------------------------------------------------------
-
-/// SplitMix64: a seed replays the same requests.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize].clone()
-    }
-}
 
 fn seed() -> Result<u64> {
     match std::env::var(SEED_ENV) {
@@ -404,8 +373,8 @@ impl Generator {
     }
 
     fn wild_u32(rng: &mut Rng) -> u32 {
-        let random = rng.next() as u32;
-        rng.pick(&[
+        let random = rng.next_u64() as u32;
+        *rng.pick(&[
             0,
             1,
             17,
@@ -421,8 +390,8 @@ impl Generator {
     }
 
     fn wild_u64(rng: &mut Rng) -> u64 {
-        let random = rng.next();
-        rng.pick(&[
+        let random = rng.next_u64();
+        *rng.pick(&[
             0,
             1,
             MAX_TIMING_MS + 1,
@@ -434,15 +403,15 @@ impl Generator {
     }
 
     fn wild_state(rng: &mut Rng) -> i32 {
-        let random = rng.next() as i32;
-        rng.pick(&[0, 22, 23, 100, -1, i32::MIN, i32::MAX, random])
+        let random = rng.next_u64() as i32;
+        *rng.pick(&[0, 22, 23, 100, -1, i32::MIN, i32::MAX, random])
     }
 
     fn wild_id(rng: &mut Rng) -> i64 {
         let negative = -(rng.range(1, 1 << 40) as i64);
         // Far beyond any id this run registers.
         let unknown = 1_000_000_000 + rng.below(1 << 40) as i64;
-        rng.pick(&[0, -1, negative, i64::MIN, i64::MAX, unknown])
+        *rng.pick(&[0, -1, negative, i64::MIN, i64::MAX, unknown])
     }
 
     fn wild_timings(rng: &mut Rng) -> Option<pb::KeeperTimings> {
@@ -474,7 +443,7 @@ impl Generator {
         if rng.chance(wild) {
             return Generator::wild_string(rng);
         }
-        rng.pick(&self.pool)
+        rng.pick(&self.pool).to_string()
     }
 
     /// A node id the monitor gave out (any formation), else a wild one.
@@ -482,7 +451,7 @@ impl Generator {
         if !rng.chance(wild) {
             let ids: Vec<i64> = lock(registry).ids.keys().copied().collect();
             if !ids.is_empty() {
-                return rng.pick(&ids);
+                return *rng.pick(&ids);
             }
         }
         Generator::wild_id(rng)
@@ -491,7 +460,7 @@ impl Generator {
     /// One request from `who`. `wild` is the chance that each field is
     /// replaced by a wild value.
     fn call(&self, rng: &mut Rng, who: &Who, registry: &Shared) -> Call {
-        let wild = rng.pick(&[0.0, 0.0, 0.1, 0.3, 0.6, 1.0]);
+        let wild = *rng.pick(&[0.0, 0.0, 0.1, 0.3, 0.6, 1.0]);
         let w = |rng: &mut Rng| rng.chance(wild);
         let mut call = match rng.below(10) {
             0 => {
@@ -507,7 +476,7 @@ impl Generator {
                 }
                 if name.starts_with(UNREGISTERED) {
                     // Such names stay unregistered: other requests expect NotFound.
-                    name = rng.pick(&self.pool);
+                    name = rng.pick(&self.pool).to_string();
                 }
                 let (host, port) = Generator::address(&formation, &name);
                 Call::RegisterNode(pb::RegisterNodeRequest {
@@ -527,7 +496,7 @@ impl Generator {
                     system_identifier: if w(rng) {
                         Generator::wild_u64(rng)
                     } else {
-                        rng.below(3)
+                        rng.range(0, 2)
                     },
                     candidate_priority: if w(rng) {
                         Generator::wild_u32(rng)
@@ -555,7 +524,7 @@ impl Generator {
                 lsn: if w(rng) {
                     Generator::wild_u64(rng)
                 } else {
-                    rng.below(1 << 32)
+                    rng.range(0, u64::from(u32::MAX))
                 },
                 timeline: if w(rng) {
                     Generator::wild_u32(rng)
@@ -566,7 +535,7 @@ impl Generator {
                 system_identifier: if w(rng) {
                     Generator::wild_u64(rng)
                 } else {
-                    rng.below(3)
+                    rng.range(0, 2)
                 },
                 timings: if w(rng) {
                     Generator::wild_timings(rng)
@@ -1087,9 +1056,9 @@ async fn fuzz(
         let share =
             cases / WORKERS as usize + usize::from((worker as usize) < cases % WORKERS as usize);
         workers.spawn(async move {
-            let mut rng = Rng(seed.wrapping_mul(31).wrapping_add(worker + 1));
+            let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(worker + 1));
             for i in 0..share {
-                let c = &clients[rng.below(clients.len() as u64) as usize];
+                let c = &clients[rng.below(clients.len())];
                 let call = generator.call(&mut rng, &c.who, &registry);
                 let mut client = c.client.clone();
                 let result =
@@ -1263,7 +1232,7 @@ fn raw_case(rng: &mut Rng, rpc: &str) -> (&'static str, RawRequest) {
         formation: "default".into(),
     }
     .encode_to_vec();
-    let random: Vec<u8> = (0..rng.range(0, 300)).map(|_| rng.next() as u8).collect();
+    let random: Vec<u8> = (0..rng.range(0, 300)).map(|_| rng.next_u64() as u8).collect();
     match rng.below(14) {
         0 => (
             "random protobuf bytes",
@@ -1395,7 +1364,7 @@ async fn raw_fuzz(
     addr: SocketAddr,
     cases: usize,
 ) -> (BTreeMap<String, usize>, Vec<String>) {
-    let mut rng = Rng(seed ^ 0x7261_7721);
+    let mut rng = Rng::new(seed ^ 0x7261_7721);
     let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     let mut samples: BTreeMap<(&str, String), String> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -1434,7 +1403,7 @@ async fn raw_fuzz(
     // Bytes that are no HTTP/2 at all, and the HTTP/2 preface followed by junk.
     for _ in 0..cases / 10 {
         let mut bytes: Vec<u8> = (0..rng.range(1, 65_536))
-            .map(|_| rng.next() as u8)
+            .map(|_| rng.next_u64() as u8)
             .collect();
         if rng.chance(0.5) {
             bytes.splice(0..0, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".iter().copied());
@@ -1712,7 +1681,7 @@ async fn every_rpc_refuses_malformed_input_in_a_sentence() -> Result<()> {
         )
         .await?;
     let registry = Shared::default();
-    let generator = Arc::new(Generator::new(&mut Rng(seed)));
+    let generator = Arc::new(Generator::new(&mut Rng::new(seed)));
 
     let mut extra = regressions(&client).await;
     let tally = fuzz(
@@ -1835,7 +1804,7 @@ async fn every_rpc_refuses_the_wrong_caller_under_mutual_tls() -> Result<()> {
     });
 
     let registry = Shared::default();
-    let generator = Arc::new(Generator::new(&mut Rng(seed)));
+    let generator = Arc::new(Generator::new(&mut Rng::new(seed)));
     let tally = fuzz(seed, cases, generator, clients, registry.clone()).await;
 
     let mut extra = Vec::new();

@@ -34,6 +34,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use pgpilot_sim::rng::Rng;
 use pgpilot_tests::operator::{cli_ok, event_line, events};
 use pgpilot_tests::process::free_port;
 use pgpilot_tests::{
@@ -158,26 +159,13 @@ enum Failover {
     UnplannedRewindFails,
 }
 
-/// splitmix64: a small, fixed generator, so a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+/// `items` in an order drawn from `rng` (Fisher-Yates).
+fn shuffled(rng: &mut Rng, items: &[&'static str]) -> Vec<&'static str> {
+    let mut v = items.to_vec();
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i + 1));
     }
-
-    fn shuffled(&mut self, items: &[&'static str]) -> Vec<&'static str> {
-        let mut v = items.to_vec();
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-        v
-    }
+    v
 }
 
 /// What one failover does to each keeper.
@@ -193,7 +181,7 @@ struct Cycle {
 /// Every point, shuffled by `seed`, dealt round-robin to the failovers
 /// that go through it.
 fn deal(seed: u64) -> Vec<Cycle> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut cycles: Vec<Cycle> = CYCLES
         .iter()
         .map(|&kind| Cycle {
@@ -214,8 +202,8 @@ fn deal(seed: u64) -> Vec<Cycle> {
     for (points, to, promoted) in deals {
         // Each list starts at a random failover, so that the first ones
         // do not get every point left over from an even deal.
-        let offset = (rng.next() % to.len() as u64) as usize;
-        for (n, point) in rng.shuffled(points).into_iter().enumerate() {
+        let offset = rng.below(to.len());
+        for (n, point) in shuffled(&mut rng, points).into_iter().enumerate() {
             let cycle = &mut cycles[to[(n + offset) % to.len()]];
             if promoted {
                 cycle.promoted.push(point);

@@ -56,8 +56,6 @@ const PROMOTION_TIMEOUT: Duration = Duration::from_secs(90);
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Writes resume through the multi-host URI after a failover.
 const WRITES_RESUME_TIMEOUT: Duration = Duration::from_secs(60);
-/// Acknowledged writes to see before the first fault.
-const WARM_UP_ACKS: usize = 25;
 /// A heartbeat at most this old counts as current (keepers beat every
 /// 0.5 s; a killed primary's last one is older than node_timeout, 2 s, before
 /// anyone is promoted).
@@ -436,13 +434,7 @@ async fn keepers_killed_along_failover_and_rejoin_converge() -> Result<()> {
     let test_started = Instant::now();
     let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
     cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
-    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
-    cluster
-        .wait_for(Duration::from_secs(30), "the writer to warm up", || {
-            let ready = writer.ack_count() >= WARM_UP_ACKS;
-            async move { Ok(ready.then_some(())) }
-        })
-        .await?;
+    let writer = Writer::warm(&cluster).await?;
     let one = OneWritable::default();
     let mut old = cluster.primary_name().await?;
     eprintln!(

@@ -386,13 +386,7 @@ async fn mutual_tls_identities_and_failover() -> Result<()> {
     // The failover works with mutual TLS, and nothing acknowledged is lost.
     let old = cluster.primary_name().await?;
     let new = cluster.other_node(&old)?;
-    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
-    cluster
-        .wait_for(Duration::from_secs(30), "the writer to warm up", || {
-            let ready = writer.ack_count() >= 10;
-            async move { Ok(ready.then_some(())) }
-        })
-        .await?;
+    let writer = Writer::warm(&cluster).await?;
     let killed_at = cluster
         .kill_primary_until_promoted(&old, &new, Duration::from_secs(90))
         .await?;

@@ -1232,7 +1232,9 @@ fn raw_case(rng: &mut Rng, rpc: &str) -> (&'static str, RawRequest) {
         formation: "default".into(),
     }
     .encode_to_vec();
-    let random: Vec<u8> = (0..rng.range(0, 300)).map(|_| rng.next_u64() as u8).collect();
+    let random: Vec<u8> = (0..rng.range(0, 300))
+        .map(|_| rng.next_u64() as u8)
+        .collect();
     match rng.below(14) {
         0 => (
             "random protobuf bytes",

@@ -4,7 +4,7 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,7 +14,7 @@ use crate::process::{self, postmaster_pid};
 use crate::wait::poll_until;
 
 use super::spawn::MONITOR_START_TIMEOUT;
-use super::{lock, run_checked, Cluster};
+use super::{lock, Cluster};
 
 impl Cluster {
     /// "The host is gone": SIGKILL the keeper, then the postmaster (from
@@ -100,16 +100,11 @@ impl Cluster {
     /// when it has stopped. The monitor keeps running without its database.
     /// [`Cluster::start_monitor_db`] starts it again.
     pub async fn stop_monitor_db(&self) -> Result<Instant> {
-        let mut pg_ctl = self
-            .tools
-            .command_as_pg_user(self.tools.pg_program("pg_ctl"), &self.root);
-        pg_ctl
-            .arg("stop")
-            .arg("-D")
-            .arg(&self.monitor_db_pgdata)
-            .args(["-m", "fast", "-w", "-t", "30"])
-            .stdin(Stdio::null());
-        run_checked(pg_ctl, "pg_ctl stop of the monitor database").await?;
+        self.pg_ctl_stop_fast(
+            &self.monitor_db_pgdata,
+            "pg_ctl stop of the monitor database",
+        )
+        .await?;
         let stopped_at = Instant::now();
         self.mark_log(
             &self.monitor_log,

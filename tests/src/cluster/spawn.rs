@@ -1,10 +1,11 @@
 //! Starting a cluster: the monitor's own PostgreSQL, the monitor, and one
 //! keeper per node, each with its configuration file and log.
 
-use std::fs::{self};
+use std::fs;
 use std::os::unix::process::CommandExt;
+use std::process::Child;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -408,7 +409,9 @@ impl Cluster {
             .ok_or_else(|| anyhow!("no node named {name:?} in this cluster"))
     }
 
-    pub(super) fn spawn_keeper_of(&self, name: &str) -> Result<()> {
+    /// The node `name` and its keeper's slot, which holds no running
+    /// keeper (an error says so when one runs).
+    pub(super) fn idle_keeper(&self, name: &str) -> Result<(&Node, MutexGuard<'_, Option<Child>>)> {
         let node = self.node(name)?;
         let mut slot = lock(&node.keeper);
         if let Some(child) = slot.as_mut() {
@@ -419,6 +422,11 @@ impl Cluster {
                 );
             }
         }
+        Ok((node, slot))
+    }
+
+    pub(super) fn spawn_keeper_of(&self, name: &str) -> Result<()> {
+        let (node, mut slot) = self.idle_keeper(name)?;
         let log = open_log(&node.keeper_log, "starting the keeper")?;
         let mut cmd = self.tools.keeper_command(&node.config, &node.dir);
         cmd.stdin(Stdio::null())

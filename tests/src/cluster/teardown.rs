@@ -1,7 +1,7 @@
 //! Stopping a cluster: gracefully with [`Cluster::shutdown`], or at once
 //! (SIGKILL, `pg_ctl stop -m immediate`) when it is dropped, also after a panic.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,19 +34,26 @@ impl Cluster {
             if !pgdata.join("postmaster.pid").exists() {
                 continue;
             }
-            let mut pg_ctl = self
-                .tools
-                .command_as_pg_user(self.tools.pg_program("pg_ctl"), &self.root);
-            pg_ctl
-                .arg("stop")
-                .arg("-D")
-                .arg(&pgdata)
-                .args(["-m", "fast", "-w", "-t", "30"])
-                .stdin(Stdio::null());
-            if let Err(err) = run_checked(pg_ctl, "pg_ctl stop").await {
+            if let Err(err) = self.pg_ctl_stop_fast(&pgdata, "pg_ctl stop").await {
                 eprintln!("{err:#}");
             }
         }
+        Ok(())
+    }
+
+    /// `pg_ctl stop -m fast` of the PostgreSQL in `pgdata`; returns when it
+    /// has stopped.
+    pub(super) async fn pg_ctl_stop_fast(&self, pgdata: &Path, what: &str) -> Result<()> {
+        let mut pg_ctl = self
+            .tools
+            .command_as_pg_user(self.tools.pg_program("pg_ctl"), &self.root);
+        pg_ctl
+            .arg("stop")
+            .arg("-D")
+            .arg(pgdata)
+            .args(["-m", "fast", "-w", "-t", "30"])
+            .stdin(Stdio::null());
+        run_checked(pg_ctl, what).await?;
         Ok(())
     }
 

@@ -203,7 +203,7 @@ impl Generator {
                         Generator::wild_string(rng)
                     } else if rng.chance(0.05) {
                         // Another node's address: already taken.
-                        Generator::address(&formation, &rng.pick(&self.pool)).0
+                        Generator::address(&formation, rng.pick(&self.pool).as_str()).0
                     } else {
                         host
                     },

@@ -1,8 +1,12 @@
 //! The results table printed after the run.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::measure::Statement;
 use crate::sim::Sim;
 use crate::step::{FailoverResult, Row};
-use crate::{Args, FENCE_MARGIN, NODE_TIMEOUT};
+use crate::{Args, FENCE_MARGIN, NODE_TIMEOUT, SAMPLE_INTERVAL};
 
 pub(crate) fn fmt_opt_secs(d: Option<f64>) -> String {
     d.map_or_else(|| "-".to_string(), |s| format!("{s:.2}"))
@@ -156,4 +160,53 @@ pub(crate) fn print_table(rows: &[Row], sim: &Sim, args: &Args) {
         sim.timings.wal_sender_timeout_ms,
         FENCE_MARGIN.as_millis()
     );
+}
+
+/// What the database spent one measurement window on, what its backends
+/// were doing on average, and the heartbeat errors.
+pub(crate) fn print_window(
+    target: usize,
+    secs: f64,
+    statements: &[Statement],
+    activity: &BTreeMap<String, i64>,
+    activity_samples: i64,
+    errors: &BTreeMap<String, u64>,
+) {
+    println!();
+    println!(
+        "step {target}: what the database spent its time on ({secs:.0} s window, pg_stat_statements, execution time only):"
+    );
+    println!(
+        "  {:>9} {:>10} {:>9}  statement",
+        "calls", "total ms", "mean ms"
+    );
+    for s in statements {
+        println!(
+            "  {:>9} {:>10.0} {:>9.3}  {}",
+            s.calls, s.total_ms, s.mean_ms, s.query
+        );
+    }
+    let mut line = String::new();
+    for (what, count) in activity {
+        let _ = write!(
+            line,
+            "{what} {:.2}, ",
+            *count as f64 / activity_samples.max(1) as f64
+        );
+    }
+    println!(
+        "  monitor database backends on average (sampled every {} ms): {}",
+        SAMPLE_INTERVAL.as_millis(),
+        if line.is_empty() {
+            "none busy".to_string()
+        } else {
+            line.trim_end_matches(", ").to_string()
+        }
+    );
+    if !errors.is_empty() {
+        println!("  heartbeat errors:");
+        for (kind, count) in errors {
+            println!("    {count:>7}  {kind}");
+        }
+    }
 }

@@ -3,7 +3,6 @@
 //! replaced within its bound.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,11 +16,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::measure::{rss_mb, Probe};
-use crate::report::{print_row_line, print_table};
+use crate::measure::{rss_mb, Probe, Snapshot};
+use crate::report::{print_row_line, print_table, print_window};
 use crate::sim::{
     fake_postgres, heartbeat_loop, phase, register, Group, GroupFlags, NodeView, Sim, SimNode,
-    Stats,
+    Stats, WindowStats,
 };
 use crate::{
     Args, CLOCK_TICKS_PER_SEC, REGISTER_PHASE_LIMIT, SAMPLE_INTERVAL, STANDBY_LAG_BYTES,
@@ -148,19 +147,22 @@ pub(crate) async fn drive(
             println!("step {target}: skipped, the --time-limit would be exceeded");
             break;
         }
-        let step = run_step(
+        let cx = StepContext {
             args,
-            &sim,
-            &probe,
-            &clients,
-            &stats,
-            &stop_rx,
+            sim: &sim,
+            probe: &probe,
+            clients: &clients,
+            stats: &stats,
+            stop_rx: &stop_rx,
+            budget_end,
+        };
+        let step = run_step(
+            &cx,
             &mut heartbeats,
             &mut groups,
             &mut all_nodes,
             npg,
             target,
-            budget_end,
         )
         .await;
         match step {
@@ -190,23 +192,124 @@ pub(crate) async fn drive(
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every phase of a step works with.
+pub(crate) struct StepContext<'a> {
+    pub(crate) args: &'a Args,
+    pub(crate) sim: &'a Arc<Sim>,
+    pub(crate) probe: &'a Probe,
+    pub(crate) clients: &'a [MonitorClient<Channel>],
+    pub(crate) stats: &'a Arc<Stats>,
+    pub(crate) stop_rx: &'a watch::Receiver<bool>,
+    pub(crate) budget_end: Instant,
+}
+
+/// One step: grow the fleet to `target` nodes, let the groups settle,
+/// measure a window, then fail over one settled group.
 pub(crate) async fn run_step(
-    args: &Args,
-    sim: &Arc<Sim>,
-    probe: &Probe,
-    clients: &[MonitorClient<Channel>],
-    stats: &Arc<Stats>,
-    stop_rx: &watch::Receiver<bool>,
+    cx: &StepContext<'_>,
     heartbeats: &mut JoinSet<()>,
     groups: &mut Vec<Group>,
     all_nodes: &mut Vec<Arc<SimNode>>,
     npg: usize,
     target: usize,
-    budget_end: Instant,
 ) -> Result<Row> {
-    // New nodes and, when needed, their groups and formations.
+    let (args, sim, probe, budget_end) = (cx.args, cx.sim, cx.probe, cx.budget_end);
     let first_new = all_nodes.len();
+    let new_nodes = add_nodes(cx, heartbeats, groups, first_new, npg, target).await?;
+    eprintln!("step {target}: registering {} new nodes …", new_nodes.len());
+    let (registered, register_secs) = register_nodes(cx, heartbeats, &new_nodes, target).await;
+    all_nodes.extend(new_nodes.iter().cloned());
+    let registered_per_s = registered as f64 / register_secs.max(1e-3);
+
+    // Wait for the groups to settle (bounded).
+    let settle_started = Instant::now();
+    let settle_deadline = (settle_started + args.settle_timeout).min(budget_end);
+    let mut settled;
+    loop {
+        settled = groups.iter().filter(|g| g.settled()).count();
+        if settled == groups.len() || Instant::now() >= settle_deadline {
+            break;
+        }
+        tokio::time::sleep(SAMPLE_INTERVAL).await;
+    }
+    let settle = (settled == groups.len()).then(|| settle_started.elapsed());
+    eprintln!(
+        "step {target}: registered {registered} in {register_secs:.1} s, {settled}/{} groups settled in {:.1} s; measuring for {} s …",
+        groups.len(),
+        settle_started.elapsed().as_secs_f64(),
+        args.seconds_per_step
+    );
+
+    let Measured {
+        before,
+        after,
+        goal_changes,
+        elections,
+        db_exec_ms,
+        window,
+    } = measure_window(cx, all_nodes, target).await?;
+    let secs = (after.at - before.at).as_secs_f64();
+    let cpu = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / CLOCK_TICKS_PER_SEC / secs * 100.0;
+    let host_busy = {
+        let busy = after.host.0.saturating_sub(before.host.0) as f64;
+        let total = after.host.1.saturating_sub(before.host.1).max(1) as f64;
+        busy / total * 100.0 * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+    };
+    let errors: u64 = window.errors.values().sum();
+
+    let mut row = Row {
+        nodes: registered + first_new,
+        groups: groups.len(),
+        registered_per_s,
+        settled,
+        settle,
+        target_hb_s: all_nodes
+            .iter()
+            .filter(|n| !n.paused.load(Ordering::SeqCst))
+            .count() as f64
+            / sim.interval.as_secs_f64(),
+        achieved_hb_s: window.latencies_us.len() as f64 / secs,
+        p50_ms: percentile_ms(&window.latencies_us, 0.50),
+        p99_ms: percentile_ms(&window.latencies_us, 0.99),
+        max_ms: window
+            .latencies_us
+            .last()
+            .map_or(f64::NAN, |&us| us as f64 / 1000.0),
+        errors,
+        max_gap: window.max_gap,
+        monitor_cpu: cpu(before.monitor, after.monitor),
+        monitor_rss: rss_mb(probe.monitor_pid).unwrap_or(f64::NAN),
+        db_cpu: cpu(before.db, after.db),
+        me_cpu: cpu(before.me, after.me),
+        host_busy,
+        xact_s: (after.commits - before.commits) as f64 / secs,
+        rollback_s: (after.rollbacks - before.rollbacks) as f64 / secs,
+        sessions_s: (after.sessions - before.sessions) as f64 / secs,
+        db_exec_s: db_exec_ms / 1000.0 / secs,
+        goal_changes,
+        elections,
+        failover: None,
+    };
+
+    // The failover check, on one settled group not used before.
+    if Instant::now() + Duration::from_secs(5) < budget_end {
+        row.failover = Some(failover_step(cx, groups).await?);
+    }
+    Ok(row)
+}
+
+/// Add the nodes `first_new..target` to their groups (making the groups,
+/// and their formations in the monitor's database, when new) and start
+/// their fake PostgreSQL listeners. Returns the new nodes.
+async fn add_nodes(
+    cx: &StepContext<'_>,
+    heartbeats: &mut JoinSet<()>,
+    groups: &mut Vec<Group>,
+    first_new: usize,
+    npg: usize,
+    target: usize,
+) -> Result<Vec<Arc<SimNode>>> {
+    let (probe, stop_rx) = (cx.probe, cx.stop_rx);
     let mut new_formations = Vec::new();
     let mut new_nodes = Vec::new();
     for index in first_new..target {
@@ -264,14 +367,26 @@ pub(crate) async fn run_step(
             .await
             .context("creating the simulated groups' formations")?;
     }
+    Ok(new_nodes)
+}
 
-    // Register them; each starts heartbeating once registered.
-    eprintln!("step {target}: registering {} new nodes …", new_nodes.len());
+/// Register `new_nodes` (bounded in concurrency and in time); each starts
+/// heartbeating once registered. Nodes that did not register are kept
+/// (their index and fake port stay taken) but never heartbeat. Returns how
+/// many registered and in how many seconds.
+async fn register_nodes(
+    cx: &StepContext<'_>,
+    heartbeats: &mut JoinSet<()>,
+    new_nodes: &[Arc<SimNode>],
+    target: usize,
+) -> (usize, f64) {
+    let (args, sim, clients, stats, stop_rx) = (cx.args, cx.sim, cx.clients, cx.stats, cx.stop_rx);
+    let budget_end = cx.budget_end;
     let register_started = Instant::now();
     let register_deadline = (register_started + REGISTER_PHASE_LIMIT).min(budget_end);
     let permits = Arc::new(Semaphore::new(args.register_concurrency));
     let mut registrations: JoinSet<(Arc<SimNode>, Result<()>)> = JoinSet::new();
-    for node in &new_nodes {
+    for node in new_nodes {
         let node = node.clone();
         let client = clients[node.index % clients.len()].clone();
         let sim = sim.clone();
@@ -313,14 +428,11 @@ pub(crate) async fn run_step(
             }
         }
     }
-    // Nodes that did not register are kept (their index and fake port stay
-    // taken) but never heartbeat.
-    for node in &new_nodes {
+    for node in new_nodes {
         if node.view().node_id == 0 {
             node.paused.store(true, Ordering::SeqCst);
         }
     }
-    all_nodes.extend(new_nodes.iter().cloned());
     let register_secs = register_started.elapsed().as_secs_f64();
     if !register_errors.is_empty() {
         eprintln!(
@@ -329,28 +441,28 @@ pub(crate) async fn run_step(
             register_errors[0]
         );
     }
-    let registered_per_s = registered as f64 / register_secs.max(1e-3);
+    (registered, register_secs)
+}
 
-    // Wait for the groups to settle (bounded).
-    let settle_started = Instant::now();
-    let settle_deadline = (settle_started + args.settle_timeout).min(budget_end);
-    let mut settled;
-    loop {
-        settled = groups.iter().filter(|g| g.settled()).count();
-        if settled == groups.len() || Instant::now() >= settle_deadline {
-            break;
-        }
-        tokio::time::sleep(SAMPLE_INTERVAL).await;
-    }
-    let settle = (settled == groups.len()).then(|| settle_started.elapsed());
-    eprintln!(
-        "step {target}: registered {registered} in {register_secs:.1} s, {settled}/{} groups settled in {:.1} s; measuring for {} s …",
-        groups.len(),
-        settle_started.elapsed().as_secs_f64(),
-        args.seconds_per_step
-    );
+/// What one measurement window saw.
+struct Measured {
+    before: Snapshot,
+    after: Snapshot,
+    goal_changes: i64,
+    elections: i64,
+    db_exec_ms: f64,
+    window: WindowStats,
+}
 
-    // The measurement window.
+/// Measure for `--seconds-per-step`: counters before and after, the
+/// database's backends sampled, the heartbeats' latencies and silences;
+/// print what the database spent its time on.
+async fn measure_window(
+    cx: &StepContext<'_>,
+    all_nodes: &[Arc<SimNode>],
+    target: usize,
+) -> Result<Measured> {
+    let (args, probe, stats) = (cx.args, cx.probe, cx.stats);
     probe.reset_statements().await?;
     let _ = stats.take();
     let before = probe.snapshot().await?;
@@ -383,114 +495,51 @@ pub(crate) async fn run_step(
     }
     window.latencies_us.sort_unstable();
     let secs = (after.at - before.at).as_secs_f64();
-    let cpu = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / CLOCK_TICKS_PER_SEC / secs * 100.0;
-    let host_busy = {
-        let busy = after.host.0.saturating_sub(before.host.0) as f64;
-        let total = after.host.1.saturating_sub(before.host.1).max(1) as f64;
-        busy / total * 100.0 * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
-    };
-    let errors: u64 = window.errors.values().sum();
-
-    println!();
-    println!(
-        "step {target}: what the database spent its time on ({secs:.0} s window, pg_stat_statements, execution time only):"
+    print_window(
+        target,
+        secs,
+        &statements,
+        &activity,
+        activity_samples,
+        &window.errors,
     );
-    println!(
-        "  {:>9} {:>10} {:>9}  statement",
-        "calls", "total ms", "mean ms"
-    );
-    for s in &statements {
-        println!(
-            "  {:>9} {:>10.0} {:>9.3}  {}",
-            s.calls, s.total_ms, s.mean_ms, s.query
-        );
-    }
-    let mut line = String::new();
-    for (what, count) in &activity {
-        let _ = write!(
-            line,
-            "{what} {:.2}, ",
-            *count as f64 / activity_samples.max(1) as f64
-        );
-    }
-    println!(
-        "  monitor database backends on average (sampled every {} ms): {}",
-        SAMPLE_INTERVAL.as_millis(),
-        if line.is_empty() {
-            "none busy".to_string()
-        } else {
-            line.trim_end_matches(", ").to_string()
-        }
-    );
-    if !window.errors.is_empty() {
-        println!("  heartbeat errors:");
-        for (kind, count) in &window.errors {
-            println!("    {count:>7}  {kind}");
-        }
-    }
-
-    let mut row = Row {
-        nodes: registered + first_new,
-        groups: groups.len(),
-        registered_per_s,
-        settled,
-        settle,
-        target_hb_s: all_nodes
-            .iter()
-            .filter(|n| !n.paused.load(Ordering::SeqCst))
-            .count() as f64
-            / sim.interval.as_secs_f64(),
-        achieved_hb_s: window.latencies_us.len() as f64 / secs,
-        p50_ms: percentile_ms(&window.latencies_us, 0.50),
-        p99_ms: percentile_ms(&window.latencies_us, 0.99),
-        max_ms: window
-            .latencies_us
-            .last()
-            .map_or(f64::NAN, |&us| us as f64 / 1000.0),
-        errors,
-        max_gap: window.max_gap,
-        monitor_cpu: cpu(before.monitor, after.monitor),
-        monitor_rss: rss_mb(probe.monitor_pid).unwrap_or(f64::NAN),
-        db_cpu: cpu(before.db, after.db),
-        me_cpu: cpu(before.me, after.me),
-        host_busy,
-        xact_s: (after.commits - before.commits) as f64 / secs,
-        rollback_s: (after.rollbacks - before.rollbacks) as f64 / secs,
-        sessions_s: (after.sessions - before.sessions) as f64 / secs,
-        db_exec_s: db_exec_ms / 1000.0 / secs,
+    Ok(Measured {
+        before,
+        after,
         goal_changes,
         elections,
-        failover: None,
-    };
+        db_exec_ms,
+        window,
+    })
+}
 
-    // The failover check, on one settled group not used before.
-    if Instant::now() + Duration::from_secs(5) < budget_end {
-        let candidate = groups
-            .iter_mut()
-            .rev()
-            .find(|g| !g.failed_over && g.nodes.len() >= 2 && g.settled());
-        row.failover = Some(match candidate {
-            Some(group) => {
-                group.failed_over = true;
-                failover_check(
-                    group,
-                    sim,
-                    probe,
-                    args.failover_timeout
-                        .min(budget_end.saturating_duration_since(Instant::now())),
-                )
-                .await?
-            }
-            None => FailoverResult {
-                seen: None,
-                decided_db: None,
-                election_db: None,
-                goal: None,
-                note: "no settled group to fail over".to_string(),
-            },
-        });
-    }
-    Ok(row)
+/// Fail over one settled group not used before (or say there is none).
+async fn failover_step(cx: &StepContext<'_>, groups: &mut [Group]) -> Result<FailoverResult> {
+    let candidate = groups
+        .iter_mut()
+        .rev()
+        .find(|g| !g.failed_over && g.nodes.len() >= 2 && g.settled());
+    Ok(match candidate {
+        Some(group) => {
+            group.failed_over = true;
+            failover_check(
+                group,
+                cx.sim,
+                cx.probe,
+                cx.args
+                    .failover_timeout
+                    .min(cx.budget_end.saturating_duration_since(Instant::now())),
+            )
+            .await?
+        }
+        None => FailoverResult {
+            seen: None,
+            decided_db: None,
+            election_db: None,
+            goal: None,
+            note: "no settled group to fail over".to_string(),
+        },
+    })
 }
 
 /// Stop the heartbeats of one group's primary right after one of them; its

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use nix::sys::signal::Signal;
 use pgpilot_proto::lsn::Lsn;
-use pgpilot_tests::operator::{cli_json, cli_ok, cli_refused};
+use pgpilot_tests::operator::{cli_json, cli_ok, cli_refused, event_line, events};
 use pgpilot_tests::process::{self, postmaster_pid};
 use pgpilot_tests::wait::POLL_INTERVAL;
 use pgpilot_tests::{
@@ -16,8 +16,8 @@ use pgpilot_tests::{
 };
 
 use crate::helpers::{
-    app_name, check_no_loss, check_report, check_settings_match, event_line, events_json,
-    primary_is, wait_ack_after, wait_acks, wait_row, wait_sync_names, walreceiver_pid, Frozen,
+    app_name, check_no_loss, check_report, check_settings_match, primary_is, wait_ack_after,
+    wait_acks, wait_row, wait_sync_names, walreceiver_pid, Frozen,
 };
 use crate::{FAILOVER_TIMEOUT, HEALTHY_TIMEOUT, PRIMARY, REJOIN_TIMEOUT, SECONDARY, SHORT_TIMEOUT};
 
@@ -211,7 +211,7 @@ async fn lagging_high_priority_standby_fast_forwards() -> Result<()> {
         .await?;
     let promoted_at = Instant::now();
 
-    let events = events_json(&cluster).await?;
+    let events = events(&cluster).await?;
     let fast_forward = ReplicationState::FastForward.as_str();
     let Some(ff) = events.iter().find(|e| {
         e["node_name"].as_str() == Some("node2") && e["goal_to"].as_str() == Some(fast_forward)
@@ -363,7 +363,7 @@ async fn priority_zero_never_promoted() -> Result<()> {
         }
         tokio::time::sleep(POLL_INTERVAL * 3).await;
     }
-    let events = events_json(&cluster).await?;
+    let events = events(&cluster).await?;
     let promoted: Vec<String> = events
         .iter()
         .filter(|e| {
@@ -432,7 +432,7 @@ async fn double_fault_waits_until_forced() -> Result<()> {
         SHORT_TIMEOUT,
         "an event saying the election is stuck",
         || async {
-            let events = events_json(&cluster).await?;
+            let events = events(&cluster).await?;
             Ok(events
                 .iter()
                 .any(|e| {

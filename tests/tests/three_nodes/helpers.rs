@@ -169,29 +169,6 @@ pub(crate) fn walreceiver_pid(cluster: &Cluster, node: &str) -> Result<Option<i3
     }))
 }
 
-/// Events of the formation, oldest first (`show-events --json`).
-pub(crate) async fn events_json(cluster: &Cluster) -> Result<Vec<Value>> {
-    let doc = cli_json(cluster, &["show-events", "--count", "500", "--json"]).await?;
-    let mut events = doc
-        .as_array()
-        .cloned()
-        .ok_or_else(|| anyhow!("show-events --json is not an array: {doc}"))?;
-    events.sort_by_key(|e| e["event_id"].as_i64());
-    Ok(events)
-}
-
-pub(crate) fn event_line(e: &Value) -> String {
-    format!(
-        "{} {} reported {} goal {} -> {}: {}",
-        e["at"].as_str().unwrap_or("?"),
-        e["node_name"].as_str().unwrap_or("?"),
-        e["reported_state"].as_str().unwrap_or("?"),
-        e["goal_from"].as_str().unwrap_or("?"),
-        e["goal_to"].as_str().unwrap_or("?"),
-        e["reason"].as_str().unwrap_or("?")
-    )
-}
-
 pub(crate) async fn primary_is(cluster: &Cluster, expected: &str) -> Result<()> {
     let primary = cluster.primary_name().await?;
     if primary != expected {

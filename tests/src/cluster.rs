@@ -9,6 +9,13 @@
 //! node1/data  node1/data.log               PGDATA and PostgreSQL's log (the keeper's)
 //! node1/data.pgpilot-state.json            the keeper's state file
 //! ```
+//!
+//! This module holds the cluster's parts and what they are called; the
+//! submodules add to [`Cluster`] by job: `options` (what to start and the
+//! config files), `spawn` (starting it), `faults` (kills and restarts),
+//! `query` (state, events, SQL, the CLI), `waiting` (conditions with a
+//! deadline), `report` (diagnostics), `teardown`, `security` (certificates
+//! and clients) and `supervise` (keepers restarted after a failpoint).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{Cluster, FormationStateExt, NodeStatusExt, ReplicationState, WritableProbe, Writer};
 
@@ -21,14 +21,8 @@ pub async fn unplanned_failover_and_rejoin(cluster: &Cluster) -> Result<()> {
     let writer = Writer::warm(cluster).await?;
     let probe = WritableProbe::of_cluster(cluster)?;
 
-    let killed_at = cluster.kill_node_hard(&old)?;
-
-    cluster
-        .wait_state(
-            Duration::from_secs(90),
-            &format!("{new} to become the writable primary after {old} was killed"),
-            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
-        )
+    let killed_at = cluster
+        .kill_primary_until_promoted(&old, &new, Duration::from_secs(90))
         .await?;
     let promoted_at = Instant::now();
     writer
@@ -41,18 +35,10 @@ pub async fn unplanned_failover_and_rejoin(cluster: &Cluster) -> Result<()> {
         .await?;
 
     // Invariant 2: nothing acknowledged before the kill is lost.
-    let acked = writer.acked_ids();
-    let missing = cluster.missing_ids(&new, &acked).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "{} of {} acknowledged writes are missing on the new primary {new}: {:?}",
-                missing.len(),
-                acked.len(),
-                &missing[..missing.len().min(20)]
-            ))
-            .await);
-    }
+    cluster
+        .expect_ids_on(&new, &writer.acked_ids())
+        .await
+        .context("right after the failover")?;
 
     // The old node comes back as a standby of the new primary.
     cluster.start_keeper(&old)?;

@@ -576,18 +576,7 @@ impl WriteReport {
     /// Fail, with the cluster's state, unless every acknowledged write is
     /// on `node`.
     pub async fn expect_all_on(&self, cluster: &Cluster, node: &str) -> Result<()> {
-        let missing = self.missing_ids(cluster, node).await?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        Err(cluster
-            .failure(format!(
-                "{} of {} acknowledged writes are missing on {node}: {:?}",
-                missing.len(),
-                self.acked_ids().len(),
-                &missing[..missing.len().min(20)]
-            ))
-            .await)
+        cluster.expect_ids_on(node, &self.acked_ids()).await
     }
 
     pub fn recent_errors(&self, n: usize) -> String {

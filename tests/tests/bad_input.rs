@@ -87,20 +87,11 @@ async fn keeper_rejects_unknown_config_key() -> Result<()> {
     text.push_str("colour = \"blue\"\n");
     std::fs::write(&config, text)?;
 
-    let output = run_within(
+    expect_unknown_key_refused(
         tools.keeper_command(&config, dir.path()),
-        Duration::from_secs(30),
         "pgpilot-keeper with an unknown config key",
     )
-    .await?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() != Some(2) || !stderr.contains("colour") {
-        bail!(
-            "expected exit 2 and stderr naming the unknown key `colour`\n{}",
-            describe(&output)
-        );
-    }
-    Ok(())
+    .await
 }
 
 #[tokio::test]
@@ -120,12 +111,13 @@ async fn monitor_rejects_unknown_config_key() -> Result<()> {
     )?;
     let mut cmd = tools.monitor_command();
     cmd.arg("run").arg("--config").arg(&config);
-    let output = run_within(
-        cmd,
-        Duration::from_secs(30),
-        "pgpilot-monitor with an unknown config key",
-    )
-    .await?;
+    expect_unknown_key_refused(cmd, "pgpilot-monitor with an unknown config key").await
+}
+
+/// A program given a config file with the unknown key `colour` exits 2
+/// and names the key on stderr.
+async fn expect_unknown_key_refused(cmd: std::process::Command, what: &str) -> Result<()> {
+    let output = run_within(cmd, Duration::from_secs(30), what).await?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if output.status.code() != Some(2) || !stderr.contains("colour") {
         bail!(

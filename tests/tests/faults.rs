@@ -376,10 +376,10 @@ async fn monitor_database_restart_during_failover() -> Result<()> {
     );
 
     cluster
-        .wait_state(
+        .wait_writable_primary(
+            &new,
             FAILOVER_ENDS,
             &format!("{new} to become the writable primary after {old} was killed"),
-            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
         )
         .await?;
     let promoted_at = Instant::now();

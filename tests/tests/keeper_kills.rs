@@ -34,6 +34,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use pgpilot_sim::rng::Rng;
 use pgpilot_tests::operator::{cli_ok, event_line, events};
 use pgpilot_tests::process::free_port;
 use pgpilot_tests::{
@@ -55,8 +56,6 @@ const PROMOTION_TIMEOUT: Duration = Duration::from_secs(90);
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Writes resume through the multi-host URI after a failover.
 const WRITES_RESUME_TIMEOUT: Duration = Duration::from_secs(60);
-/// Acknowledged writes to see before the first fault.
-const WARM_UP_ACKS: usize = 25;
 /// A heartbeat at most this old counts as current (keepers beat every
 /// 0.5 s; a killed primary's last one is older than node_timeout, 2 s, before
 /// anyone is promoted).
@@ -158,26 +157,13 @@ enum Failover {
     UnplannedRewindFails,
 }
 
-/// splitmix64: a small, fixed generator, so a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+/// `items` in an order drawn from `rng` (Fisher-Yates).
+fn shuffled(rng: &mut Rng, items: &[&'static str]) -> Vec<&'static str> {
+    let mut v = items.to_vec();
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i + 1));
     }
-
-    fn shuffled(&mut self, items: &[&'static str]) -> Vec<&'static str> {
-        let mut v = items.to_vec();
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-        v
-    }
+    v
 }
 
 /// What one failover does to each keeper.
@@ -193,7 +179,7 @@ struct Cycle {
 /// Every point, shuffled by `seed`, dealt round-robin to the failovers
 /// that go through it.
 fn deal(seed: u64) -> Vec<Cycle> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut cycles: Vec<Cycle> = CYCLES
         .iter()
         .map(|&kind| Cycle {
@@ -214,8 +200,8 @@ fn deal(seed: u64) -> Vec<Cycle> {
     for (points, to, promoted) in deals {
         // Each list starts at a random failover, so that the first ones
         // do not get every point left over from an even deal.
-        let offset = (rng.next() % to.len() as u64) as usize;
-        for (n, point) in rng.shuffled(points).into_iter().enumerate() {
+        let offset = rng.below(to.len());
+        for (n, point) in shuffled(&mut rng, points).into_iter().enumerate() {
             let cycle = &mut cycles[to[(n + offset) % to.len()]];
             if promoted {
                 cycle.promoted.push(point);
@@ -415,18 +401,10 @@ async fn failover(
             &format!("a write acknowledged by {new} after the failover"),
         )
         .await?;
-    let acked = writer.acked_ids();
-    let missing = cluster.missing_ids(new, &acked).await?;
-    if !missing.is_empty() {
-        return Err(cluster
-            .failure(format!(
-                "{} of {} acknowledged writes are missing on the new primary {new}: {:?}",
-                missing.len(),
-                acked.len(),
-                &missing[..missing.len().min(20)]
-            ))
-            .await);
-    }
+    cluster
+        .expect_ids_on(new, &writer.acked_ids())
+        .await
+        .context("right after the failover")?;
     let (new_recovery, old_recovery) = (
         cluster.is_in_recovery(new).await?,
         cluster.is_in_recovery(old).await?,
@@ -456,13 +434,7 @@ async fn keepers_killed_along_failover_and_rejoin_converge() -> Result<()> {
     let test_started = Instant::now();
     let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
     cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
-    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
-    cluster
-        .wait_for(Duration::from_secs(30), "the writer to warm up", || {
-            let ready = writer.ack_count() >= WARM_UP_ACKS;
-            async move { Ok(ready.then_some(())) }
-        })
-        .await?;
+    let writer = Writer::warm(&cluster).await?;
     let one = OneWritable::default();
     let mut old = cluster.primary_name().await?;
     eprintln!(

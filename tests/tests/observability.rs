@@ -313,13 +313,8 @@ async fn prometheus_dashboards_and_events_after_a_failover() -> Result<()> {
         Err(e) => return Err(fail(format!("{e:#}")).await),
     };
 
-    cluster.kill_node_hard(&old)?;
     cluster
-        .wait_state(
-            Duration::from_secs(90),
-            &format!("{new} to become the writable primary after {old} was killed"),
-            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
-        )
+        .kill_primary_until_promoted(&old, &new, Duration::from_secs(90))
         .await?;
 
     let (old_ref, new_ref) = (old.as_str(), new.as_str());

@@ -159,10 +159,10 @@ async fn isolated_primary(synchronous: bool) -> Result<()> {
     let cut_at = isolate(&cluster, &old)?;
     eprintln!("{mode}: cut {old} off from the monitor, {new} and network clients");
     cluster
-        .wait_state(
+        .wait_writable_primary(
+            &new,
             PROMOTION_TIMEOUT,
             &format!("{new} to become the writable primary while {old} is cut off"),
-            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
         )
         .await?;
     let promoted_seen = Instant::now();

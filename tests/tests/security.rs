@@ -16,7 +16,7 @@ use pgpilot_proto::security::{ClientSecurity, Credentials};
 use pgpilot_tests::operator::describe;
 use pgpilot_tests::process::free_port;
 use pgpilot_tests::{
-    Cluster, ClusterOptions, FormationStateExt, KeeperToml, NodeStatusExt, Security, Tools, Writer,
+    Cluster, ClusterOptions, FormationStateExt, KeeperToml, Security, Tools, Writer,
 };
 
 /// Bound on one program run by these tests.
@@ -386,20 +386,9 @@ async fn mutual_tls_identities_and_failover() -> Result<()> {
     // The failover works with mutual TLS, and nothing acknowledged is lost.
     let old = cluster.primary_name().await?;
     let new = cluster.other_node(&old)?;
-    let writer = Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await?;
-    cluster
-        .wait_for(Duration::from_secs(30), "the writer to warm up", || {
-            let ready = writer.ack_count() >= 10;
-            async move { Ok(ready.then_some(())) }
-        })
-        .await?;
-    let killed_at = cluster.kill_node_hard(&old)?;
-    cluster
-        .wait_state(
-            Duration::from_secs(90),
-            &format!("{new} to become the writable primary after {old} was killed"),
-            |s| s.node(&new).is_some_and(|n| n.reports_writable_primary()),
-        )
+    let writer = Writer::warm(&cluster).await?;
+    let killed_at = cluster
+        .kill_primary_until_promoted(&old, &new, Duration::from_secs(90))
         .await?;
     let promoted = killed_at.elapsed();
     writer

@@ -18,11 +18,12 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::{lock, open_log, stop_gracefully, Cluster, Node};
+use super::teardown::stop_gracefully;
+use super::{lock, open_log, Cluster, Node};
 use crate::process;
 use crate::wait::GiveUp;
 
@@ -70,16 +71,7 @@ impl Cluster {
     /// `FROM->TO:K+DURATION`), supervised: restarted without the point that
     /// fired each time one does.
     pub fn start_keeper_with_failpoints(&self, name: &str, points: &[&str]) -> Result<()> {
-        let node = self.node(name)?;
-        let mut slot = lock(&node.keeper);
-        if let Some(child) = slot.as_mut() {
-            if child.try_wait()?.is_none() {
-                bail!(
-                    "the keeper of {name} is already running (pid {})",
-                    child.id()
-                );
-            }
-        }
+        let (node, mut slot) = self.idle_keeper(name)?;
         let points: Vec<String> = points.iter().map(|p| p.to_string()).collect();
         *slot = Some(self.spawn_supervised(node, &points)?);
         lock(&self.supervision)

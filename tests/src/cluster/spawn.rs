@@ -1,0 +1,441 @@
+//! Starting a cluster: the monitor's own PostgreSQL, the monitor, and one
+//! keeper per node, each with its configuration file and log.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::process::Child;
+use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use pgpilot_proto::pb::GetFormationStateRequest;
+
+use crate::process::{self, free_port};
+use crate::proxy::Proxy;
+use crate::state::{FormationStateExt, NodeStatusExt};
+use crate::tools::Tools;
+use crate::wait::poll_until;
+
+use super::options::{ClusterOptions, KeeperToml, MonitorToml};
+use super::{
+    lock, open_log, random_secret, run_checked, with_suffix, write_secret_file, Cluster, Node,
+};
+
+/// How long the harness waits for the monitor to answer after its start.
+pub(super) const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the first node gets to become a primary on its own.
+const FIRST_NODE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Cluster {
+    /// Start the monitor database, the monitor and `opts.nodes` keepers.
+    /// Returns once every keeper is spawned (use [`Cluster::wait_healthy`]).
+    pub async fn start(opts: ClusterOptions) -> Result<Cluster> {
+        let tools = Tools::locate()?;
+        process::become_subreaper();
+        let (tempdir, root) = match &opts.dir {
+            Some(dir) => {
+                if dir.exists() && fs::read_dir(dir)?.next().is_some() {
+                    bail!(
+                        "{} is not empty; give a new or empty directory",
+                        dir.display()
+                    );
+                }
+                tools.make_dir(dir)?;
+                (None, dir.canonicalize()?)
+            }
+            None => {
+                let dir = tools.scratch_dir("pgpilot-test-")?;
+                let root = dir.path().to_path_buf();
+                (Some(dir), root)
+            }
+        };
+        let mut cluster = Cluster {
+            monitor_db_pgdata: root.join("monitor-db").join("data"),
+            monitor_db_port: 0,
+            monitor_db_settings: opts.monitor_db_settings.clone(),
+            monitor_url: String::new(),
+            monitor_port: 0,
+            monitor_config: root.join("monitor.toml"),
+            monitor_log: root.join("monitor.log"),
+            monitor: Mutex::new(None),
+            monitor_metrics_port: None,
+            monitor_db_password: None,
+            channel: None,
+            nodes: Vec::new(),
+            supervision: Mutex::default(),
+            tls: None,
+            replication_password: None,
+            tools,
+            root,
+            tempdir,
+            formation: opts.formation.clone(),
+            started: Instant::now(),
+        };
+        match cluster.boot(&opts).await {
+            Ok(()) => Ok(cluster),
+            Err(err) => {
+                let diagnostics = cluster.diagnostics().await;
+                Err(anyhow!(
+                    "starting the test cluster in {} failed: {err:#}\n\n{diagnostics}",
+                    cluster.root.display()
+                ))
+            }
+        }
+    }
+
+    pub(super) async fn boot(&mut self, opts: &ClusterOptions) -> Result<()> {
+        if opts.replication_password {
+            let password = random_secret()?;
+            let path = self.root.join("replication.password");
+            write_secret_file(&path, &format!("{password}\n"))?;
+            self.tools.hand_over(&path)?;
+            self.replication_password = Some((password, path));
+        }
+        self.init_monitor_db(opts.monitor_db_password.as_deref())
+            .await?;
+        self.start_monitor(opts).await?;
+        for i in 1..=opts.nodes {
+            self.add_node(i, opts)?;
+            if i == 1 && opts.first_node_alone && opts.nodes > 1 {
+                self.spawn_keeper_of("node1")?;
+                self.wait_state(
+                    FIRST_NODE_TIMEOUT,
+                    "node1 to become a writable primary on its own",
+                    |s| {
+                        s.node("node1")
+                            .is_some_and(|n| n.reports_writable_primary())
+                    },
+                )
+                .await?;
+            }
+        }
+        for node in &self.nodes {
+            if lock(&node.keeper).is_none() {
+                self.spawn_keeper_of(&node.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn init_monitor_db(&mut self, password: Option<&str>) -> Result<()> {
+        let dir = self.root.join("monitor-db");
+        self.tools.make_dir(&dir)?;
+        let pgdata = self.monitor_db_pgdata.clone();
+        let mut initdb = self
+            .tools
+            .command_as_pg_user(self.tools.pg_program("initdb"), &dir);
+        initdb
+            .arg("-D")
+            .arg(&pgdata)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ])
+            .stdin(Stdio::null());
+        run_checked(initdb, "initdb of the monitor database").await?;
+
+        let log = with_suffix(&pgdata, ".log");
+        let mut last_error = None;
+        for _attempt in 0..3 {
+            let port = free_port()?;
+            match self.pg_ctl_start_monitor_db(port).await {
+                Ok(()) => {
+                    self.monitor_db_port = port;
+                    last_error = None;
+                    break;
+                }
+                Err(err) => {
+                    let log_text = fs::read_to_string(&log).unwrap_or_default();
+                    let port_taken = log_text.contains("could not bind")
+                        || log_text.contains("Address already in use");
+                    last_error = Some(err);
+                    if !port_taken {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(err) = last_error {
+            return Err(err);
+        }
+
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10",
+                self.monitor_db_port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .context("connecting to the monitor database")?;
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute("CREATE DATABASE pgpilot")
+            .await
+            .context("creating database pgpilot")?;
+        if let Some(password) = password {
+            // Role pgpilot must give its password (scram-sha-256) over TCP;
+            // the harness's own connections stay trusted.
+            let hba = pgdata.join("pg_hba.conf");
+            let rest =
+                fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
+            fs::write(
+                &hba,
+                format!("host all pgpilot 127.0.0.1/32 scram-sha-256\n{rest}"),
+            )
+            .with_context(|| format!("writing {}", hba.display()))?;
+            let literal = password.replace('\'', "''");
+            client
+                .batch_execute(&format!(
+                    "SET password_encryption = 'scram-sha-256';
+                     CREATE ROLE pgpilot LOGIN PASSWORD '{literal}';
+                     ALTER DATABASE pgpilot OWNER TO pgpilot;
+                     SELECT pg_reload_conf();"
+                ))
+                .await
+                .context("creating role pgpilot")?;
+            self.monitor_db_password = Some(password.to_string());
+        }
+        drop(client);
+        let _ = connection.await;
+        Ok(())
+    }
+
+    /// `pg_ctl start` of the monitor database on `port` (waits until it
+    /// has started).
+    pub(super) async fn pg_ctl_start_monitor_db(&self, port: u16) -> Result<()> {
+        let dir = self.root.join("monitor-db");
+        let pgdata = &self.monitor_db_pgdata;
+        let mut pg_ctl = self
+            .tools
+            .command_as_pg_user(self.tools.pg_program("pg_ctl"), &dir);
+        pg_ctl
+            .arg("-D")
+            .arg(pgdata)
+            .arg("-l")
+            .arg(with_suffix(pgdata, ".log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-c listen_addresses=127.0.0.1 -c port={port} \
+                 -c unix_socket_directories='{}' -c fsync=off -c full_page_writes=off{}",
+                dir.display(),
+                self.monitor_db_settings
+                    .iter()
+                    .map(|setting| format!(" -c {setting}"))
+                    .collect::<String>()
+            ))
+            .arg("start")
+            .stdin(Stdio::null());
+        run_checked(pg_ctl, "pg_ctl start of the monitor database").await?;
+        Ok(())
+    }
+
+    pub(super) async fn start_monitor(&mut self, opts: &ClusterOptions) -> Result<()> {
+        let port = free_port()?;
+        self.monitor_port = port;
+        self.monitor_url = format!("http://127.0.0.1:{port}");
+        self.set_up_security(opts).await?;
+        if opts.http {
+            self.monitor_metrics_port = Some(free_port()?);
+        }
+        let database_url = match &self.monitor_db_password {
+            Some(password) => format!(
+                "postgres://pgpilot:{password}@127.0.0.1:{}/pgpilot",
+                self.monitor_db_port
+            ),
+            None => format!(
+                "postgres://postgres@127.0.0.1:{}/pgpilot",
+                self.monitor_db_port
+            ),
+        };
+        let config = MonitorToml {
+            database_url,
+            metrics_listen: self.monitor_metrics_port.map(|p| format!("127.0.0.1:{p}")),
+            listen: format!("127.0.0.1:{port}"),
+            node_timeout: opts.node_timeout.clone(),
+            health_check_interval: opts.health_check_interval.clone(),
+        };
+        let text = toml::to_string(&config)? + &self.monitor_security_toml();
+        fs::write(&self.monitor_config, text)
+            .with_context(|| format!("writing {}", self.monitor_config.display()))?;
+        self.restrict_monitor_config()?;
+        self.spawn_monitor()?;
+
+        self.channel = Some(
+            self.endpoint()?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(10))
+                .connect_lazy(),
+        );
+        self.wait_monitor_answers().await
+    }
+
+    pub(super) fn spawn_monitor(&self) -> Result<()> {
+        let log = open_log(&self.monitor_log, "starting the monitor")?;
+        let mut cmd = self.tools.monitor_command();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.monitor_config)
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", self.tools.monitor.display()))?;
+        *lock(&self.monitor) = Some(child);
+        Ok(())
+    }
+
+    pub(super) async fn wait_monitor_answers(&self) -> Result<()> {
+        let this: &Cluster = self;
+        poll_until(
+            MONITOR_START_TIMEOUT,
+            "the monitor to answer GetFormationState",
+            || async move {
+                this.check_processes()?;
+                match this
+                    .client()?
+                    .get_formation_state(this.state_request())
+                    .await
+                {
+                    Ok(_) => Ok(Some(())),
+                    // Answered, even if only to say the formation has no node yet.
+                    Err(status) if status.code() != tonic::Code::Unavailable => Ok(Some(())),
+                    Err(status) => Err(anyhow!("{}", status.message())),
+                }
+            },
+        )
+        .await
+    }
+
+    pub(super) fn client(&self) -> Result<pgpilot_proto::security::Client> {
+        let channel = self
+            .channel
+            .clone()
+            .ok_or_else(|| anyhow!("the monitor is not started"))?;
+        Ok(pgpilot_proto::security::client(
+            channel,
+            self.credentials()?,
+        ))
+    }
+
+    pub(super) fn state_request(&self) -> GetFormationStateRequest {
+        GetFormationStateRequest {
+            formation: self.formation.clone(),
+        }
+    }
+
+    pub(super) fn add_node(&mut self, i: usize, opts: &ClusterOptions) -> Result<()> {
+        let name = format!("node{i}");
+        let dir = self.root.join(&name);
+        self.tools.make_dir(&dir)?;
+        let port = free_port()?;
+        let http_port = if opts.http { Some(free_port()?) } else { None };
+        let pgdata = dir.join("data");
+        let config = dir.join("keeper.toml");
+        let monitor_link = if opts.monitor_link_proxies {
+            Some(Proxy::start(self.monitor_port)?)
+        } else {
+            None
+        };
+        let ingress = if opts.ingress_proxies {
+            Some(Proxy::start(port)?)
+        } else {
+            None
+        };
+        let keeper = KeeperToml {
+            name: name.clone(),
+            formation: self.formation.clone(),
+            host: "127.0.0.1".to_string(),
+            port,
+            advertise_port: ingress.as_ref().map(Proxy::port),
+            pgdata: pgdata.display().to_string(),
+            monitor: match &monitor_link {
+                Some(proxy) => format!("http://127.0.0.1:{}", proxy.port()),
+                None => self.monitor_url.clone(),
+            },
+            pg_bin_dir: self.tools.pg_bin_dir.display().to_string(),
+            pg_user: "postgres".to_string(),
+            candidate_priority: opts.candidate_priorities.get(i - 1).copied(),
+            replication_quorum: opts.replication_quorums.get(i - 1).copied(),
+            register_timeout: None,
+        };
+        let mut text = keeper.render()?;
+        text.push_str(&self.keeper_security_toml(&name));
+        if opts.postgres_tls {
+            let tls = self
+                .tls
+                .as_ref()
+                .context("postgres_tls needs a security mode other than plaintext")?;
+            text.push_str(&tls.postgres_toml(&name));
+        }
+        if let Some((_, path)) = &self.replication_password {
+            text.push_str(&format!(
+                "replication_password_file = {:?}\ntrust_networks = [\"127.0.0.1/32\"]\n",
+                path.display().to_string()
+            ));
+        }
+        if let Some(p) = http_port {
+            text.push_str(&format!("http_listen = \"127.0.0.1:{p}\"\n"));
+        }
+        fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        self.nodes.push(Node {
+            keeper_log: dir.join("keeper.log"),
+            name,
+            port,
+            dir,
+            pgdata,
+            config,
+            keeper: Mutex::new(None),
+            http_port,
+            monitor_link,
+            ingress,
+        });
+        Ok(())
+    }
+
+    pub(super) fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node named {name:?} in this cluster"))
+    }
+
+    /// The node `name` and its keeper's slot, which holds no running
+    /// keeper (an error says so when one runs).
+    pub(super) fn idle_keeper(&self, name: &str) -> Result<(&Node, MutexGuard<'_, Option<Child>>)> {
+        let node = self.node(name)?;
+        let mut slot = lock(&node.keeper);
+        if let Some(child) = slot.as_mut() {
+            if child.try_wait()?.is_none() {
+                bail!(
+                    "the keeper of {name} is already running (pid {})",
+                    child.id()
+                );
+            }
+        }
+        Ok((node, slot))
+    }
+
+    pub(super) fn spawn_keeper_of(&self, name: &str) -> Result<()> {
+        let (node, mut slot) = self.idle_keeper(name)?;
+        let log = open_log(&node.keeper_log, "starting the keeper")?;
+        let mut cmd = self.tools.keeper_command(&node.config, &node.dir);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", self.tools.keeper.display()))?;
+        *slot = Some(child);
+        Ok(())
+    }
+}

@@ -419,7 +419,7 @@ async fn double_fault_waits_until_forced() -> Result<()> {
         .wait_state(FAILOVER_TIMEOUT, "the election to say it is stuck", |s| {
             s.nodes
                 .iter()
-                .any(|n| n.waiting_reason.contains("election stuck"))
+                .any(|n| n.waiting_kinds.iter().any(|k| k == "election_stuck"))
         })
         .await?;
     assert!(
@@ -435,11 +435,7 @@ async fn double_fault_waits_until_forced() -> Result<()> {
             let events = events(&cluster).await?;
             Ok(events
                 .iter()
-                .any(|e| {
-                    e["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.contains("election stuck"))
-                })
+                .any(|e| e["kind"].as_str() == Some("election_stuck"))
                 .then_some(()))
         },
     )

@@ -63,6 +63,19 @@ fn gen_certs(request: certs::Request) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Print a view: JSON for scripts with `json`, else the text for people.
+fn print_view<J: serde::Serialize>(
+    json: bool,
+    as_json: impl FnOnce() -> J,
+    text: impl FnOnce() -> String,
+) {
+    if json {
+        println!("{}", pretty(&as_json()));
+    } else {
+        print!("{}", text());
+    }
+}
+
 /// An operator connected to a monitor, acting on one formation.
 struct Operator {
     client: Client,
@@ -123,47 +136,41 @@ impl Operator {
                 .await;
         }
         let state = self.state().await?;
-        if json {
-            println!("{}", pretty(&StateJson::from(&state)));
-        } else {
-            print!("{}", state_table(&state));
-        }
+        print_view(json, || StateJson::from(&state), || state_table(&state));
         Ok(())
     }
 
     async fn show_nodes(&mut self, json: bool) -> Result<(), CliError> {
         let state = self.state().await?;
-        if json {
-            let nodes: Vec<_> = state
+        let nodes = || -> Vec<NodeJson> {
+            state
                 .nodes
                 .iter()
                 .map(|n| NodeJson::new(&state, n))
-                .collect();
-            println!("{}", pretty(&nodes));
-        } else {
-            print!("{}", nodes_table(&state));
-        }
+                .collect()
+        };
+        print_view(json, nodes, || nodes_table(&state));
         Ok(())
     }
 
     async fn show_node(&mut self, name: &str, json: bool) -> Result<(), CliError> {
         let state = self.state().await?;
         let node = find_node(&state, name)?;
-        if json {
-            println!("{}", pretty(&NodeJson::new(&state, node)));
-        } else {
-            print!("{}", node_detail(&state, node));
-        }
+        print_view(
+            json,
+            || NodeJson::new(&state, node),
+            || node_detail(&state, node),
+        );
         Ok(())
     }
 
     async fn show_settings(&mut self, json: bool) -> Result<(), CliError> {
         let state = self.state().await?;
-        if json {
-            println!("{}", pretty(&SettingsJson::from(&state)));
-        } else {
-            print!("{}", settings_table(&state));
-        }
+        print_view(
+            json,
+            || SettingsJson::from(&state),
+            || settings_table(&state),
+        );
         Ok(())
     }
 
@@ -179,12 +186,11 @@ impl Operator {
             return until_interrupted(work).await;
         }
         let (events, _) = recent_events(&mut self.client, &self.formation, count, node).await?;
-        if json {
-            let rows: Vec<EventJson> = events.iter().map(Into::into).collect();
-            println!("{}", pretty(&rows));
-        } else {
-            println!("{}", events_table(&events));
-        }
+        print_view(
+            json,
+            || events.iter().map(EventJson::from).collect::<Vec<_>>(),
+            || format!("{}\n", events_table(&events)),
+        );
         Ok(())
     }
 

@@ -53,6 +53,13 @@ fn system_identifier_cell(n: &pb::NodeStatus) -> String {
     }
 }
 
+/// An empty table with `header`, in the style of every table here.
+fn table<const N: usize>(header: [&str; N]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    table
+}
+
 /// The columns of `show-state`'s table.
 pub const STATE_COLUMNS: [&str; 10] = [
     "Node",
@@ -69,10 +76,7 @@ pub const STATE_COLUMNS: [&str; 10] = [
 
 /// The state table operators read.
 pub fn state_table(s: &pb::FormationState) -> String {
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_header(STATE_COLUMNS);
+    let mut table = table(STATE_COLUMNS);
     for n in &s.nodes {
         table.add_row(vec![
             format!("{} ({})", n.name, n.node_id),
@@ -125,10 +129,7 @@ pub const NODES_COLUMNS: [&str; 15] = [
 
 /// `show-nodes`: one row per node with every field the monitor knows.
 pub fn nodes_table(s: &pb::FormationState) -> String {
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_header(NODES_COLUMNS);
+    let mut table = table(NODES_COLUMNS);
     for n in &s.nodes {
         table.add_row(vec![
             n.node_id.to_string(),
@@ -191,8 +192,7 @@ pub fn node_detail(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
 
 /// `show-settings`: the formation's and every node's replication settings.
 pub fn settings_table(s: &pb::FormationState) -> String {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+    let mut table = table([
         "Node",
         "Candidate priority",
         "Replication quorum",
@@ -218,14 +218,7 @@ pub fn settings_table(s: &pb::FormationState) -> String {
 }
 
 pub fn events_table(events: &[pb::Event]) -> String {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
-        "Time",
-        "Node",
-        "Reported",
-        "Goal change",
-        "Reason",
-    ]);
+    let mut table = table(["Time", "Node", "Reported", "Goal change", "Reason"]);
     for e in events {
         table.add_row(vec![
             e.at.clone(),

@@ -86,29 +86,44 @@ fn expect_refusal(output: &Output, code: i32, needles: &[&str], what: &str) -> R
     Ok(())
 }
 
-/// The `required` keys of the documented schema: top level and per node.
-fn documented_keys() -> Result<(Vec<String>, Vec<String>)> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/show-state.schema.json"
-    );
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+/// `doc`, the output of `what`, has every `required` key of
+/// `docs/NAME.schema.json`: at the top level and in each item of an array
+/// whose items the schema defines (`"items": {"$ref": ...}`, e.g. `nodes`).
+fn expect_documented_keys(doc: &Value, name: &str, what: &str) -> Result<()> {
+    let path = format!("{}/../docs/{name}.schema.json", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let schema: Value = serde_json::from_str(&text).with_context(|| format!("parsing {path}"))?;
-    let keys = |v: &Value| -> Result<Vec<String>> {
-        v.as_array()
-            .ok_or_else(|| anyhow!("{path}: `required` is not an array"))?
-            .iter()
-            .map(|k| {
-                k.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| anyhow!("{path}: a required key is not a string"))
-            })
-            .collect()
+    let expect_keys = |value: &Value, object: &Value, at: &str| -> Result<()> {
+        let required = object["required"]
+            .as_array()
+            .ok_or_else(|| anyhow!("{path}: `required` at {at} is not an array"))?;
+        for key in required {
+            let key = key
+                .as_str()
+                .ok_or_else(|| anyhow!("{path}: a required key at {at} is not a string"))?;
+            if value.get(key).is_none() {
+                bail!("{what} lacks the documented key {key:?} at {at}:\n{doc:#}");
+            }
+        }
+        Ok(())
     };
-    Ok((
-        keys(&schema["required"])?,
-        keys(&schema["$defs"]["node"]["required"])?,
-    ))
+    expect_keys(doc, &schema, "$")?;
+    let properties = schema["properties"]
+        .as_object()
+        .ok_or_else(|| anyhow!("{path}: `properties` is not an object"))?;
+    for (key, property) in properties {
+        let Some(reference) = property["items"]["$ref"].as_str() else {
+            continue;
+        };
+        let items = reference
+            .strip_prefix('#')
+            .and_then(|pointer| schema.pointer(pointer))
+            .ok_or_else(|| anyhow!("{path}: $ref {reference} does not resolve"))?;
+        for (i, item) in doc[key].as_array().into_iter().flatten().enumerate() {
+            expect_keys(item, items, &format!("$.{key}[{i}]"))?;
+        }
+    }
+    Ok(())
 }
 
 /// A long-running `pgpilot-monitor` child whose stdout is read as it comes.
@@ -230,12 +245,7 @@ async fn read_only_commands() -> Result<()> {
 
     // show-state --json: the documented shape, with connection and lag.
     let doc = cli_json(&cluster, &["show-state", "--json"]).await?;
-    let (top_keys, node_keys) = documented_keys()?;
-    for key in &top_keys {
-        if doc.get(key).is_none() {
-            bail!("show-state --json lacks the documented key {key:?}:\n{doc:#}");
-        }
-    }
+    expect_documented_keys(&doc, "show-state", "show-state --json")?;
     let nodes = doc["nodes"]
         .as_array()
         .ok_or_else(|| anyhow!("show-state --json: `nodes` is not an array:\n{doc:#}"))?;
@@ -246,11 +256,6 @@ async fn read_only_commands() -> Result<()> {
         );
     }
     for node in nodes {
-        for key in &node_keys {
-            if node.get(key).is_none() {
-                bail!("a node of show-state --json lacks the documented key {key:?}:\n{node:#}");
-            }
-        }
         let name = node["name"].as_str().unwrap_or_default();
         let expected_id = state.node(name).map(|n| n.system_identifier.to_string());
         if node["system_identifier"].as_str().map(str::to_string) != expected_id {
@@ -378,7 +383,7 @@ async fn read_only_commands() -> Result<()> {
         expect_refusal(&output, 2, &["nope"], &args.join(" "))?;
     }
 
-    // show-uri and show-settings --json.
+    // show-uri, and show-settings --json in its documented shape.
     let uri = cli_ok(&cluster, &["show-uri"]).await?;
     for n in &state.nodes {
         if !uri.contains(&format!("127.0.0.1:{}", n.port)) {
@@ -389,6 +394,7 @@ async fn read_only_commands() -> Result<()> {
         bail!("show-uri does not ask for the read-write node: {uri}");
     }
     let settings = cli_json(&cluster, &["show-settings", "--json"]).await?;
+    expect_documented_keys(&settings, "show-settings", "show-settings --json")?;
     if !settings["number_sync_standbys"].is_u64()
         || settings["nodes"].as_array().map(Vec::len) != Some(2)
     {

@@ -1,0 +1,393 @@
+//! The operator's command line: the global options, every subcommand
+//! with its flags and defaults, and their help texts (the doc comments).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pgpilot_proto::logs::LogFormat;
+use pgpilot_proto::security::ClientSecurity;
+
+/// pgpilot monitor: keeps every node's state and assigns goal states; its
+/// other subcommands are the operator's tools and talk to a running monitor.
+///
+/// Exit codes: 0 ok, 1 operation failed or timed out, 2 usage or invalid
+/// input, 3 monitor unreachable.
+///
+/// Example: pgpilot-monitor show-state --monitor https://10.0.0.5:7430 --tls-ca ca.crt --tls-cert operator-ann.crt --tls-key operator-ann.key
+#[derive(Parser)]
+#[command(name = "pgpilot-monitor", version)]
+pub struct Args {
+    /// Monitor to talk to (operator subcommands): https:// (TLS, the
+    /// default) or http:// for a monitor that runs with plaintext = true.
+    #[arg(
+        long,
+        global = true,
+        env = "PGPILOT_MONITOR",
+        default_value = "https://127.0.0.1:7430"
+    )]
+    pub monitor: String,
+    /// Formation to act on.
+    #[arg(long, global = true, default_value = "default")]
+    pub formation: String,
+    /// CA certificate that signed the monitor's certificate (needed with an
+    /// https:// URL).
+    #[arg(long, global = true, env = "PGPILOT_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (CN operator:NAME) for a monitor that requires
+    /// mutual TLS.
+    #[arg(long, global = true, env = "PGPILOT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (a file others cannot read).
+    #[arg(long, global = true, env = "PGPILOT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Name to check the monitor's certificate for (default: the URL's host).
+    #[arg(
+        long,
+        global = true,
+        env = "PGPILOT_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
+    /// File holding the monitor's shared token (a file others cannot read);
+    /// else the token in PGPILOT_TOKEN, if set. Never on the command line.
+    #[arg(long, global = true, env = "PGPILOT_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the monitor service.
+    ///
+    /// Example: pgpilot-monitor run --config /etc/pgpilot/monitor.toml
+    Run {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Make a throw-away CA and the certificates of a cluster (and a token)
+    /// for a lab or tests.
+    ///
+    /// Writes into DIR: ca.crt and ca.key (made on the first run, reused
+    /// after to sign more), monitor.crt/.key for the --monitor-host names
+    /// (localhost and 127.0.0.1 on the first run), keeper-FORMATION-NODE.crt/.key
+    /// per --keeper (CN keeper:FORMATION/NODE), operator-NAME.crt/.key per
+    /// --operator (CN operator:NAME), postgres-NODE.crt/.key per --postgres
+    /// (PostgreSQL's TLS between the nodes), and with --token a random token.
+    /// Keys and the token are written 0600.
+    ///
+    /// Example: pgpilot-monitor gen-certs --dir /etc/pgpilot/tls --monitor-host monitor --keeper default/node1 --operator ann
+    GenCerts {
+        /// Directory to write into (created when missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A host name or IP address keepers and operators reach the monitor
+        /// by (repeat for several).
+        #[arg(long = "monitor-host", value_name = "NAME")]
+        monitor_hosts: Vec<String>,
+        /// A keeper certificate for FORMATION/NODE (repeat for several).
+        #[arg(long = "keeper", value_name = "FORMATION/NODE")]
+        keepers: Vec<String>,
+        /// An operator certificate for NAME (repeat for several).
+        #[arg(long = "operator", value_name = "NAME")]
+        operators: Vec<String>,
+        /// A server certificate for NODE's PostgreSQL naming the hosts the
+        /// other nodes reach it by: postgres-NODE.crt/.key, for the keeper's
+        /// postgres_tls_cert_file/key_file (repeat for several).
+        #[arg(long = "postgres", value_name = "NODE=HOST[,HOST...]")]
+        postgres_servers: Vec<String>,
+        /// Also write a random shared token to DIR/token.
+        #[arg(long)]
+        token: bool,
+        /// Days the certificates are valid (the CA: ten years).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    #[command(flatten)]
+    Operate(OperatorCommand),
+}
+
+/// The operator subcommands: each talks gRPC to a running monitor.
+#[derive(Subcommand)]
+pub enum OperatorCommand {
+    /// Show every node: address, timeline:LSN, connection, lag, reported and
+    /// goal state, PostgreSQL, health, heartbeat age.
+    ///
+    /// Connection is read-write (a writable primary state with PostgreSQL
+    /// running), read-only (a running standby) or down. Lag is how far a
+    /// read-only standby is behind the LSN the primary last reported.
+    ///
+    /// Example: pgpilot-monitor show-state --watch 1s
+    ShowState {
+        /// Print JSON (the shape of docs/show-state.schema.json) instead of a table.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Redraw the table every INTERVAL (default 2s) until Ctrl-C.
+        #[arg(
+            long,
+            value_name = "INTERVAL",
+            num_args = 0..=1,
+            default_missing_value = "2s",
+            value_parser = parse_interval
+        )]
+        watch: Option<Duration>,
+    },
+    /// Show every node, one row each, with every field the monitor knows.
+    ///
+    /// Columns: id, name, host:port, group, system identifier, candidate
+    /// priority, replication quorum, reported and goal state, PostgreSQL,
+    /// connection, health, heartbeat age, timeline:LSN, streaming.
+    ///
+    /// Example: pgpilot-monitor show-nodes --json
+    ShowNodes {
+        /// Print a JSON array of nodes (the `nodes` items of show-state --json).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one node, one `key: value` line per field.
+    ///
+    /// Example: pgpilot-monitor show-node node2
+    ShowNode {
+        /// Node name.
+        node: String,
+        /// Print the node as JSON (a `nodes` item of show-state --json).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show number_sync_standbys, the synchronous_standby_names the primary
+    /// applies, and every node's candidate priority and replication quorum.
+    ///
+    /// Example: pgpilot-monitor show-settings --json
+    ShowSettings {
+        /// Print JSON (the shape of docs/show-settings.schema.json) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the latest goal changes with their reasons.
+    ///
+    /// Example: pgpilot-monitor show-events --follow --node node1
+    ShowEvents {
+        /// How many events (the latest; with --follow, before following).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        count: u32,
+        /// Only the events of this node.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// Keep printing new events as they happen (checked every second),
+        /// one per line, until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON instead of a table (with --follow: one object per line).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the multi-host connection string that always reaches the primary.
+    ///
+    /// Example: psql "$(pgpilot-monitor show-uri)"
+    ShowUri {
+        /// PostgreSQL user in the URI.
+        #[arg(long, default_value = "postgres")]
+        user: String,
+        /// The variant for reads: prefer a standby, fall back to the primary.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Planned failover: the primary stops taking writes, the best secondary
+    /// is promoted, and the old primary rejoins as a secondary.
+    ///
+    /// Example: pgpilot-monitor perform-failover --timeout 60s
+    PerformFailover {
+        /// Finish an election stuck after a double fault (show-state says
+        /// so), accepting that acknowledged commits only the missing
+        /// standbys had are lost. Only while such an election waits.
+        #[arg(long)]
+        allow_data_loss: bool,
+        #[command(flatten)]
+        op: GroupOp,
+    },
+    /// Planned switchover, to a chosen standby with --to.
+    ///
+    /// Example: pgpilot-monitor perform-switchover --to node2
+    PerformSwitchover {
+        /// Standby to promote (default: the best candidate).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        op: GroupOp,
+    },
+    /// Promote the named standby (a switchover to it).
+    ///
+    /// Example: pgpilot-monitor perform-promotion node3
+    PerformPromotion {
+        /// Standby to promote.
+        node: String,
+        #[command(flatten)]
+        op: GroupOp,
+    },
+    /// How many quorum standbys must confirm each commit (0: one, while there is one).
+    ///
+    /// Example: pgpilot-monitor set-number-sync-standbys 1
+    SetNumberSyncStandbys {
+        value: u32,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// A node's candidate priority, 0 to 100 (0: never promoted).
+    ///
+    /// Example: pgpilot-monitor set-candidate-priority node3 0
+    SetCandidatePriority {
+        node: String,
+        priority: u32,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Whether a node counts toward synchronous commit.
+    ///
+    /// Example: pgpilot-monitor set-replication-quorum node3 false
+    SetReplicationQuorum {
+        node: String,
+        #[arg(action = clap::ArgAction::Set)]
+        quorum: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Take a node out for maintenance (a primary hands over first).
+    ///
+    /// Example: pgpilot-monitor enable-maintenance node2
+    EnableMaintenance {
+        node: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Bring a node back from maintenance.
+    ///
+    /// Example: pgpilot-monitor disable-maintenance node2
+    DisableMaintenance {
+        node: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Remove a standby from the formation: its keeper stops PostgreSQL and exits.
+    ///
+    /// Example: pgpilot-monitor drop-node node3
+    DropNode {
+        node: String,
+        /// Remove the node at once, without waiting for its keeper.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Rebuild a standby from a fresh clone of the primary (its data
+    /// directory is lost or diverged); it becomes secondary again.
+    ///
+    /// Example: pgpilot-monitor reinit node2
+    Reinit {
+        node: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Wait {
+    /// Return once the change started instead of waiting for the group to converge.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the group to converge.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(clap::Args)]
+pub struct GroupOp {
+    /// Group of the formation.
+    #[arg(long, default_value_t = 0)]
+    pub group: u32,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
+impl Args {
+    /// The TLS settings and token the global options name.
+    pub fn security(&self) -> ClientSecurity {
+        ClientSecurity {
+            ca_file: self.tls_ca.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+            token_file: self.token_file.clone(),
+        }
+    }
+}
+
+/// A --watch interval: human-readable ("2s", "500ms"), at least 100ms.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{text} is too short: use at least 100ms"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn arguments_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    /// Every subcommand's --help ends with an example of its use.
+    #[test]
+    fn every_command_has_an_example() {
+        let mut command = Args::command();
+        command.build();
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            let help = sub
+                .get_long_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let example = format!("Example: pgpilot-monitor {}", sub.get_name());
+            let uri_example = sub.get_name() == "show-uri" && help.contains("Example: psql");
+            assert!(
+                help.contains(&example) || uri_example,
+                "`{} --help` has no example:\n{help}",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn watch_takes_an_optional_interval() {
+        let watch = |args: &[&str]| match Args::try_parse_from(args).map(|a| a.command) {
+            Ok(Command::Operate(OperatorCommand::ShowState { watch, .. })) => Ok(watch),
+            Ok(_) => panic!("not show-state"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(watch(&["m", "show-state"]), Ok(None));
+        assert_eq!(
+            watch(&["m", "show-state", "--watch"]),
+            Ok(Some(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            watch(&["m", "show-state", "--watch", "500ms"]),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        assert_eq!(
+            watch(&["m", "show-state", "--watch", "1ms"]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            watch(&["m", "show-state", "--watch", "--json"]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
+        );
+    }
+}

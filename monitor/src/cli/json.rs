@@ -1,0 +1,167 @@
+//! The `--json` views scripts read: stable shapes, fields only ever added
+//! (`docs/show-state.schema.json`, `docs/show-settings.schema.json`).
+
+use pgpilot_proto::lsn::format_lsn;
+use pgpilot_proto::pb;
+use pgpilot_proto::ReplicationState as S;
+use serde::{Deserialize, Serialize};
+
+use super::render::{connection, lag_bytes, state_name, Connection};
+
+/// `show-state --json`: the documented, stable shape scripts depend on
+/// (`docs/show-state.schema.json`). Fields are only ever added.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateJson {
+    pub formation: String,
+    pub number_sync_standbys: u32,
+    pub nodes: Vec<NodeJson>,
+}
+
+/// One node as the monitor knows it; also what `show-node --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeJson {
+    pub node_id: i64,
+    pub name: String,
+    pub group_id: u32,
+    pub host: String,
+    pub port: u32,
+    pub timeline: u32,
+    /// "X/Y" as PostgreSQL prints it.
+    pub lsn: String,
+    pub reported_state: String,
+    pub goal_state: String,
+    pub pg_running: bool,
+    pub health: String,
+    /// Milliseconds since the last heartbeat; null if none yet.
+    pub heartbeat_age_ms: Option<i64>,
+    pub candidate_priority: u32,
+    pub replication_quorum: bool,
+    pub waiting_reason: Option<String>,
+    /// What a client connecting to this node gets.
+    pub connection: Connection,
+    /// Serving standbys: bytes behind the primary's reported LSN; null for
+    /// the primary, for nodes that serve no reads and while there is no primary.
+    pub lag_bytes: Option<u64>,
+    /// The data directory's system identifier as a decimal string (it does
+    /// not fit a JSON number exactly); null until the node reported one.
+    pub system_identifier: Option<String>,
+    /// Standbys: the WAL receiver streams from the primary.
+    pub wal_receiver_streaming: bool,
+}
+
+impl NodeJson {
+    pub fn new(s: &pb::FormationState, n: &pb::NodeStatus) -> NodeJson {
+        NodeJson {
+            node_id: n.node_id,
+            name: n.name.clone(),
+            group_id: n.group_id,
+            host: n.host.clone(),
+            port: n.port,
+            timeline: n.timeline,
+            lsn: format_lsn(n.lsn),
+            reported_state: state_name(n.reported_state),
+            goal_state: state_name(n.goal_state),
+            pg_running: n.pg_running,
+            health: n.health.clone(),
+            heartbeat_age_ms: (n.heartbeat_age_ms >= 0).then_some(n.heartbeat_age_ms),
+            candidate_priority: n.candidate_priority,
+            replication_quorum: n.replication_quorum,
+            waiting_reason: (!n.waiting_reason.is_empty()).then(|| n.waiting_reason.clone()),
+            connection: connection(n),
+            lag_bytes: lag_bytes(s, n),
+            system_identifier: (n.system_identifier != 0).then(|| n.system_identifier.to_string()),
+            wal_receiver_streaming: n.wal_receiver_streaming,
+        }
+    }
+}
+
+impl From<&pb::FormationState> for StateJson {
+    fn from(s: &pb::FormationState) -> Self {
+        StateJson {
+            formation: s.formation.clone(),
+            number_sync_standbys: s.number_sync_standbys,
+            nodes: s.nodes.iter().map(|n| NodeJson::new(s, n)).collect(),
+        }
+    }
+}
+
+/// One event of `show-events --json` (an array of these; one per line
+/// with `--follow`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventJson {
+    pub event_id: i64,
+    /// RFC 3339.
+    pub at: String,
+    pub formation: String,
+    pub group_id: u32,
+    pub node_id: i64,
+    pub node_name: String,
+    pub reported_state: String,
+    pub goal_from: String,
+    pub goal_to: String,
+    pub reason: String,
+}
+
+impl From<&pb::Event> for EventJson {
+    fn from(e: &pb::Event) -> Self {
+        let name = |v: i32| S::from_wire(v).map(|s| s.to_string()).unwrap_or_default();
+        EventJson {
+            event_id: e.event_id,
+            at: e.at.clone(),
+            formation: e.formation.clone(),
+            group_id: e.group_id,
+            node_id: e.node_id,
+            node_name: e.node_name.clone(),
+            reported_state: name(e.reported_state),
+            goal_from: name(e.goal_from),
+            goal_to: name(e.goal_to),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+/// `show-settings --json` (`docs/show-settings.schema.json`): the
+/// formation's synchronous replication and every node's settings. Fields
+/// are printed in this order (alphabetical, as first released).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SettingsJson {
+    pub formation: String,
+    pub nodes: Vec<NodeSettingsJson>,
+    pub number_sync_standbys: u32,
+    /// What the primary applies; empty while synchronous replication is off.
+    pub synchronous_standby_names: String,
+}
+
+/// One node's replication settings in [`SettingsJson`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeSettingsJson {
+    pub candidate_priority: u32,
+    pub name: String,
+    pub node_id: i64,
+    pub replication_quorum: bool,
+}
+
+impl From<&pb::FormationState> for SettingsJson {
+    fn from(s: &pb::FormationState) -> Self {
+        SettingsJson {
+            formation: s.formation.clone(),
+            nodes: s
+                .nodes
+                .iter()
+                .map(|n| NodeSettingsJson {
+                    candidate_priority: n.candidate_priority,
+                    name: n.name.clone(),
+                    node_id: n.node_id,
+                    replication_quorum: n.replication_quorum,
+                })
+                .collect(),
+            number_sync_standbys: s.number_sync_standbys,
+            synchronous_standby_names: s.synchronous_standby_names.clone(),
+        }
+    }
+}
+
+/// `value` as indented JSON, the way every `--json` view prints it.
+pub fn pretty(value: &impl Serialize) -> String {
+    serde_json::to_string_pretty(value).expect("serializable")
+}

@@ -1,0 +1,245 @@
+//! The tables and text people read: `show-state`, `show-nodes`,
+//! `show-node`, `show-settings`, `show-events` and the one-line events of
+//! `show-events --follow`.
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use pgpilot_proto::lsn::{application_name, format_lsn};
+use pgpilot_proto::pb;
+use pgpilot_proto::ReplicationState as S;
+
+use super::render::{connection, format_bytes, lag_bytes, state_name};
+
+fn lag_cell(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
+    lag_bytes(s, n).map_or_else(|| "-".to_string(), format_bytes)
+}
+
+fn heartbeat_cell(n: &pb::NodeStatus) -> String {
+    if n.heartbeat_age_ms < 0 {
+        "never".into()
+    } else {
+        format!("{:.1}s ago", n.heartbeat_age_ms as f64 / 1000.0)
+    }
+}
+
+fn running_cell(n: &pb::NodeStatus) -> String {
+    if n.pg_running { "running" } else { "down" }.to_string()
+}
+
+fn goal_cell(n: &pb::NodeStatus) -> String {
+    let (reported, goal) = (state_name(n.reported_state), state_name(n.goal_state));
+    if goal == reported {
+        goal
+    } else {
+        format!("→ {goal}")
+    }
+}
+
+/// Standbys: whether the WAL receiver streams; "-" for a writable primary.
+fn streaming_cell(n: &pb::NodeStatus) -> String {
+    if S::from_wire(n.reported_state).is_ok_and(S::is_writable_primary) {
+        "-".into()
+    } else if n.wal_receiver_streaming {
+        "yes".into()
+    } else {
+        "no".into()
+    }
+}
+
+fn system_identifier_cell(n: &pb::NodeStatus) -> String {
+    if n.system_identifier == 0 {
+        "-".into()
+    } else {
+        n.system_identifier.to_string()
+    }
+}
+
+/// An empty table with `header`, in the style of every table here.
+fn table<const N: usize>(header: [&str; N]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    table
+}
+
+/// The columns of `show-state`'s table.
+pub const STATE_COLUMNS: [&str; 10] = [
+    "Node",
+    "Host:Port",
+    "TLI:LSN",
+    "Connection",
+    "Lag",
+    "Reported",
+    "Goal",
+    "PostgreSQL",
+    "Health",
+    "Heartbeat",
+];
+
+/// The state table operators read.
+pub fn state_table(s: &pb::FormationState) -> String {
+    let mut table = table(STATE_COLUMNS);
+    for n in &s.nodes {
+        table.add_row(vec![
+            format!("{} ({})", n.name, n.node_id),
+            format!("{}:{}", n.host, n.port),
+            format!("{}:{}", n.timeline, format_lsn(n.lsn)),
+            connection(n).as_str().to_string(),
+            lag_cell(s, n),
+            state_name(n.reported_state),
+            goal_cell(n),
+            running_cell(n),
+            n.health.clone(),
+            heartbeat_cell(n),
+        ]);
+    }
+    let mut out = format!(
+        "formation {} (number_sync_standbys = {})\n{table}\n",
+        s.formation, s.number_sync_standbys
+    );
+    let mut reasons: Vec<&str> = s
+        .nodes
+        .iter()
+        .map(|n| n.waiting_reason.as_str())
+        .filter(|r| !r.is_empty())
+        .collect();
+    reasons.dedup();
+    for r in reasons {
+        out.push_str(&format!("waiting: {r}\n"));
+    }
+    out
+}
+
+/// The columns of `show-nodes`' table.
+pub const NODES_COLUMNS: [&str; 15] = [
+    "Id",
+    "Name",
+    "Host:Port",
+    "Group",
+    "System identifier",
+    "Priority",
+    "Quorum",
+    "Reported",
+    "Goal",
+    "PostgreSQL",
+    "Connection",
+    "Health",
+    "Heartbeat",
+    "TLI:LSN",
+    "Streaming",
+];
+
+/// `show-nodes`: one row per node with every field the monitor knows.
+pub fn nodes_table(s: &pb::FormationState) -> String {
+    let mut table = table(NODES_COLUMNS);
+    for n in &s.nodes {
+        table.add_row(vec![
+            n.node_id.to_string(),
+            n.name.clone(),
+            format!("{}:{}", n.host, n.port),
+            n.group_id.to_string(),
+            system_identifier_cell(n),
+            n.candidate_priority.to_string(),
+            n.replication_quorum.to_string(),
+            state_name(n.reported_state),
+            goal_cell(n),
+            running_cell(n),
+            connection(n).as_str().to_string(),
+            n.health.clone(),
+            heartbeat_cell(n),
+            format!("{}:{}", n.timeline, format_lsn(n.lsn)),
+            streaming_cell(n),
+        ]);
+    }
+    format!("formation {}\n{table}\n", s.formation)
+}
+
+/// `show-node NAME`: one `key: value` line per field.
+pub fn node_detail(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
+    let lag = match lag_bytes(s, n) {
+        Some(bytes) => format!("{} ({bytes} bytes)", format_bytes(bytes)),
+        None => "-".into(),
+    };
+    let waiting = if n.waiting_reason.is_empty() {
+        "-"
+    } else {
+        n.waiting_reason.as_str()
+    };
+    let rows: [(&str, String); 19] = [
+        ("name", n.name.clone()),
+        ("node id", n.node_id.to_string()),
+        ("formation", s.formation.clone()),
+        ("group", n.group_id.to_string()),
+        ("host:port", format!("{}:{}", n.host, n.port)),
+        ("system identifier", system_identifier_cell(n)),
+        ("candidate priority", n.candidate_priority.to_string()),
+        ("replication quorum", n.replication_quorum.to_string()),
+        ("reported state", state_name(n.reported_state)),
+        ("goal state", state_name(n.goal_state)),
+        ("postgresql", running_cell(n)),
+        ("connection", connection(n).as_str().to_string()),
+        ("health", n.health.clone()),
+        ("heartbeat", heartbeat_cell(n)),
+        ("timeline", n.timeline.to_string()),
+        ("lsn", format_lsn(n.lsn)),
+        ("lag", lag),
+        ("streaming", streaming_cell(n)),
+        ("waiting", waiting.to_string()),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    rows.iter()
+        .map(|(k, v)| format!("{:<width$} {v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// `show-settings`: the formation's and every node's replication settings.
+pub fn settings_table(s: &pb::FormationState) -> String {
+    let mut table = table([
+        "Node",
+        "Candidate priority",
+        "Replication quorum",
+        "Streams as",
+    ]);
+    for n in &s.nodes {
+        table.add_row(vec![
+            n.name.clone(),
+            n.candidate_priority.to_string(),
+            n.replication_quorum.to_string(),
+            application_name(n.node_id),
+        ]);
+    }
+    let sync = if s.synchronous_standby_names.is_empty() {
+        "'' (off)".to_string()
+    } else {
+        format!("'{}'", s.synchronous_standby_names)
+    };
+    format!(
+        "formation {}\n  number_sync_standbys = {}\n  synchronous_standby_names = {sync}\n{table}\n",
+        s.formation, s.number_sync_standbys
+    )
+}
+
+pub fn events_table(events: &[pb::Event]) -> String {
+    let mut table = table(["Time", "Node", "Reported", "Goal change", "Reason"]);
+    for e in events {
+        table.add_row(vec![
+            e.at.clone(),
+            e.node_name.clone(),
+            state_name(e.reported_state),
+            format!("{} → {}", state_name(e.goal_from), state_name(e.goal_to)),
+            e.reason.clone(),
+        ]);
+    }
+    table.to_string()
+}
+
+/// One event on one line, as `show-events --follow` prints them.
+pub fn event_line(e: &pb::Event) -> String {
+    let change = format!("{} → {}", state_name(e.goal_from), state_name(e.goal_to));
+    format!(
+        "{}  {:<12} {:<18} {:<38} {}\n",
+        e.at,
+        e.node_name,
+        state_name(e.reported_state),
+        change,
+        e.reason
+    )
+}

@@ -1,0 +1,234 @@
+//! Unit tests of the operator views on a made-up formation: tables, node
+//! lookup, connection and lag, the client's refusals, JSON and the URI.
+
+use pgpilot_proto::pb;
+use pgpilot_proto::security::ClientSecurity;
+use pgpilot_proto::ReplicationState as S;
+
+use super::*;
+
+mod schema;
+
+fn sample() -> pb::FormationState {
+    pb::FormationState {
+        formation: "default".into(),
+        number_sync_standbys: 0,
+        synchronous_standby_names: String::new(),
+        nodes: vec![pb::NodeStatus {
+            node_id: 1,
+            name: "node1".into(),
+            host: "127.0.0.1".into(),
+            port: 6001,
+            reported_state: S::Primary.to_wire(),
+            goal_state: S::Primary.to_wire(),
+            lsn: 0x1_0000_0010,
+            timeline: 2,
+            health: "good".into(),
+            heartbeat_age_ms: 300,
+            pg_running: true,
+            ..Default::default()
+        }],
+    }
+}
+
+/// `sample()` plus a streaming standby 4 KiB behind and a stopped node.
+fn three() -> pb::FormationState {
+    let mut s = sample();
+    s.nodes.push(pb::NodeStatus {
+        node_id: 2,
+        name: "node2".into(),
+        host: "127.0.0.1".into(),
+        port: 6002,
+        reported_state: S::Secondary.to_wire(),
+        goal_state: S::Secondary.to_wire(),
+        lsn: 0x1_0000_0010 - 4096,
+        timeline: 2,
+        health: "good".into(),
+        heartbeat_age_ms: 200,
+        pg_running: true,
+        wal_receiver_streaming: true,
+        system_identifier: 7_312_345_678_901_234_567,
+        candidate_priority: 50,
+        replication_quorum: true,
+        ..Default::default()
+    });
+    s.nodes.push(pb::NodeStatus {
+        node_id: 3,
+        name: "node3".into(),
+        host: "127.0.0.1".into(),
+        port: 6003,
+        reported_state: S::Secondary.to_wire(),
+        goal_state: S::Maintenance.to_wire(),
+        pg_running: false,
+        health: "bad".into(),
+        heartbeat_age_ms: -1,
+        waiting_reason: "waiting for node3".into(),
+        ..Default::default()
+    });
+    s
+}
+
+#[test]
+fn table_has_every_column() {
+    let t = state_table(&three());
+    for col in STATE_COLUMNS {
+        assert!(t.contains(col), "{t}");
+    }
+    assert!(t.contains("2:1/10"), "{t}");
+    assert!(t.contains("read-write") && t.contains("read-only"), "{t}");
+    assert!(t.contains("4.0 KiB") && t.contains("→ maintenance"), "{t}");
+    assert!(t.contains("waiting: waiting for node3"), "{t}");
+}
+
+#[test]
+fn connection_follows_state_and_postgres() {
+    let node = |state: S, running: bool| pb::NodeStatus {
+        reported_state: state.to_wire(),
+        pg_running: running,
+        ..Default::default()
+    };
+    for s in [
+        S::Single,
+        S::WaitPrimary,
+        S::Primary,
+        S::JoinPrimary,
+        S::ApplySettings,
+    ] {
+        assert_eq!(connection(&node(s, true)), Connection::ReadWrite, "{s}");
+        assert_eq!(connection(&node(s, false)), Connection::Down, "{s}");
+    }
+    for s in [S::Secondary, S::Catchingup, S::ReportLsn, S::WaitStandby] {
+        assert_eq!(connection(&node(s, true)), Connection::ReadOnly, "{s}");
+        assert_eq!(connection(&node(s, false)), Connection::Down, "{s}");
+    }
+    for s in [
+        S::Init,
+        S::Draining,
+        S::Demoted,
+        S::DemoteTimeout,
+        S::Dropped,
+    ] {
+        assert_eq!(connection(&node(s, true)), Connection::Down, "{s}");
+    }
+    assert_eq!(connection(&pb::NodeStatus::default()), Connection::Down);
+}
+
+#[test]
+fn lag_is_for_serving_standbys_only() {
+    let s = three();
+    assert_eq!(lag_bytes(&s, &s.nodes[0]), None, "the primary");
+    assert_eq!(lag_bytes(&s, &s.nodes[1]), Some(4096));
+    assert_eq!(lag_bytes(&s, &s.nodes[2]), None, "a stopped node");
+    // A standby ahead of a stale primary report is not behind.
+    let mut ahead = s.clone();
+    ahead.nodes[1].lsn = ahead.nodes[0].lsn + 10;
+    assert_eq!(lag_bytes(&ahead, &ahead.nodes[1]), Some(0));
+    // No primary: no lag.
+    let mut headless = s.clone();
+    headless.nodes[0].pg_running = false;
+    assert_eq!(lag_bytes(&headless, &headless.nodes[1]), None);
+    // Another group's primary does not count.
+    let mut other = s;
+    other.nodes[1].group_id = 1;
+    assert_eq!(lag_bytes(&other, &other.nodes[1]), None);
+}
+
+#[test]
+fn bytes_for_people() {
+    assert_eq!(format_bytes(0), "0 B");
+    assert_eq!(format_bytes(1023), "1023 B");
+    assert_eq!(format_bytes(1536), "1.5 KiB");
+    assert_eq!(format_bytes(16 << 20), "16.0 MiB");
+    assert_eq!(format_bytes(3 << 40), "3.0 TiB");
+}
+
+#[test]
+fn nodes_table_and_node_detail_show_every_field() {
+    let s = three();
+    let t = nodes_table(&s);
+    for col in NODES_COLUMNS {
+        assert!(t.contains(col), "{t}");
+    }
+    assert!(t.contains("7312345678901234567"), "{t}");
+    let d = node_detail(&s, &s.nodes[1]);
+    for line in [
+        "name:               node2",
+        "system identifier:  7312345678901234567",
+        "candidate priority: 50",
+        "replication quorum: true",
+        "connection:         read-only",
+        "lag:                4.0 KiB (4096 bytes)",
+        "streaming:          yes",
+        "lsn:                0/FFFFF010",
+    ] {
+        assert!(d.lines().any(|l| l == line), "{line:?} not in\n{d}");
+    }
+    assert_eq!(d.lines().count(), 19, "{d}");
+}
+
+#[test]
+fn unknown_node_suggests_the_closest_names() {
+    let s = three();
+    assert_eq!(find_node(&s, "node2").map(|n| n.node_id).ok(), Some(2));
+    let e = find_node(&s, "nod2").unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    assert_eq!(
+        e.to_string(),
+        r#"formation default has no node named "nod2": did you mean node2?"#
+    );
+    let e = find_node(&s, "node").unwrap_err().to_string();
+    assert!(e.ends_with("did you mean node1 or node2 or node3?"), "{e}");
+    let e = find_node(&s, "database-server").unwrap_err().to_string();
+    assert!(e.ends_with("its nodes are node1, node2, node3"), "{e}");
+}
+
+#[tokio::test]
+async fn tls_settings_that_do_not_fit_the_url_are_usage_errors() {
+    let none = ClientSecurity::default();
+    let e = Client::connect("https://127.0.0.1:1", &none)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("--tls-ca"), "{e}");
+    let ca = ClientSecurity {
+        ca_file: Some("/nonexistent/ca.crt".into()),
+        ..Default::default()
+    };
+    let e = Client::connect("http://127.0.0.1:1", &ca)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("https://"), "{e}");
+    let e = Client::connect("https://127.0.0.1:1", &ca)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("/nonexistent/ca.crt"), "{e}");
+}
+
+#[test]
+fn json_round_trips() {
+    let j = StateJson::from(&sample());
+    let text = serde_json::to_string(&j).unwrap();
+    let back: StateJson = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, j);
+    assert_eq!(back.nodes[0].reported_state, "primary");
+}
+
+#[test]
+fn uri_lists_every_node() {
+    let mut s = sample();
+    s.nodes.push(pb::NodeStatus {
+        host: "127.0.0.1".into(),
+        port: 6002,
+        ..Default::default()
+    });
+    assert_eq!(
+        multi_host_uri(&s, "postgres", false),
+        "postgresql://postgres@127.0.0.1:6001,127.0.0.1:6002/postgres?target_session_attrs=read-write"
+    );
+    assert!(multi_host_uri(&s, "postgres", true).ends_with("target_session_attrs=prefer-standby"));
+}

@@ -37,6 +37,10 @@ pub struct NodeJson {
     pub candidate_priority: u32,
     pub replication_quorum: bool,
     pub waiting_reason: Option<String>,
+    /// The stable kinds of the waits in `waiting_reason` (e.g.
+    /// `election_stuck`), in the same order; empty when the group does
+    /// not wait. Tools read these, not the text.
+    pub waiting_kinds: Vec<String>,
     /// What a client connecting to this node gets.
     pub connection: Connection,
     /// Serving standbys: bytes behind the primary's reported LSN; null for
@@ -67,6 +71,7 @@ impl NodeJson {
             candidate_priority: n.candidate_priority,
             replication_quorum: n.replication_quorum,
             waiting_reason: (!n.waiting_reason.is_empty()).then(|| n.waiting_reason.clone()),
+            waiting_kinds: n.waiting_kinds.clone(),
             connection: connection(n),
             lag_bytes: lag_bytes(s, n),
             system_identifier: (n.system_identifier != 0).then(|| n.system_identifier.to_string()),
@@ -99,6 +104,9 @@ pub struct EventJson {
     pub reported_state: String,
     pub goal_from: String,
     pub goal_to: String,
+    /// The stable kind of the reason (e.g. `planned_failover`,
+    /// `election_stuck`); null for events recorded before kinds were stored.
+    pub kind: Option<String>,
     pub reason: String,
 }
 
@@ -115,6 +123,7 @@ impl From<&pb::Event> for EventJson {
             reported_state: name(e.reported_state),
             goal_from: name(e.goal_from),
             goal_to: name(e.goal_to),
+            kind: (!e.kind.is_empty()).then(|| e.kind.clone()),
             reason: e.reason.clone(),
         }
     }

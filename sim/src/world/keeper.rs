@@ -1,0 +1,743 @@
+//! The simulated keepers: heartbeats and their replies, keepalives while a
+//! plan runs, plans carried out action by action (the PostgreSQL actions
+//! they stand for), the fence task, crashes and restarts from the state
+//! file.
+
+use super::*;
+
+impl World {
+    // ------------------------------------------------------------------
+    // Keepers
+    // ------------------------------------------------------------------
+
+    pub(super) fn observe(&self, i: usize) -> (bool, u64, bool, Vec<String>) {
+        let pg = &self.pgs[i];
+        if !pg.running {
+            return (false, 0, false, Vec::new());
+        }
+        let streaming = pg
+            .senders
+            .keys()
+            .map(|&s| pgpilot_proto::lsn::application_name(self.keepers[s].node_id))
+            .collect();
+        (true, pg.lsn(), pg.in_recovery && pg.receiving, streaming)
+    }
+
+    pub(super) fn net_delay(&mut self) -> Ms {
+        if self.slow {
+            self.rng.range(100, 900)
+        } else {
+            self.rng.range(1, 8)
+        }
+    }
+
+    /// The heartbeat the keeper sends with what it observes now (the loop's
+    /// and a keepalive's alike: agent.rs `node_active_request`).
+    pub(super) fn heartbeat_now(&mut self, i: usize) -> Heartbeat {
+        let (running, lsn, streaming, _) = self.observe(i);
+        let applied = running.then(|| sync_text(self.pgs[i].sync.as_ref()));
+        let k = &mut self.keepers[i];
+        if running {
+            k.start_failures = 0;
+        }
+        Heartbeat {
+            node_id: k.node_id,
+            report: Report {
+                reported: k.current,
+                pg_running: running,
+                lsn,
+                wal_receiver_streaming: streaming,
+                pg_start_failures: k.start_failures,
+                timings: self.t.keeper,
+            },
+            synchronous_standby_names: applied,
+        }
+    }
+
+    pub(super) fn keeper_step(&mut self, i: usize) {
+        let hb = self.heartbeat_now(i);
+        let k = &mut self.keepers[i];
+        k.step += 1;
+        let (step, inc) = (k.step, k.incarnation);
+        k.phase = Phase::Awaiting {
+            step,
+            sent: self.now,
+        };
+        if self.link(Peer::Node(i), Peer::Monitor) && !self.rng.chance(self.loss) {
+            let d = self.net_delay();
+            self.after(
+                d,
+                Ev::HbArrive {
+                    node: i,
+                    inc,
+                    step,
+                    hb,
+                },
+            );
+        }
+        let timeout = self.t.rpc_timeout;
+        self.after(timeout, Ev::HbTimeout(i, inc, step));
+    }
+
+    /// The monitor handles a heartbeat or keepalive (`what`) of node `i`
+    /// that reached it; the reply, unless the link is cut or the monitor
+    /// refused it (an invariant failure).
+    pub(super) fn monitor_handles(
+        &mut self,
+        i: usize,
+        hb: &Heartbeat,
+        what: &str,
+    ) -> Option<Reply> {
+        if !self.link(Peer::Node(i), Peer::Monitor) {
+            return None;
+        }
+        match self.monitor_op(|m, now| m.node_active(hb, now)) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.fail(
+                    0,
+                    format!("the monitor refused a {what} of {}: {e}", name(i)),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn hb_arrive(&mut self, i: usize, inc: u64, step: u64, hb: Heartbeat) {
+        let Some(reply) = self.monitor_handles(i, &hb, "heartbeat") else {
+            return;
+        };
+        if !self.rng.chance(self.loss) {
+            let d = self.net_delay();
+            self.after(
+                d,
+                Ev::ReplyArrive {
+                    node: i,
+                    inc,
+                    step,
+                    reply,
+                },
+            );
+        }
+    }
+
+    pub(super) fn reply_arrive(&mut self, i: usize, inc: u64, step: u64, reply: Reply) {
+        if !self.link(Peer::Node(i), Peer::Monitor) {
+            return;
+        }
+        let k = &self.keepers[i];
+        let Phase::Awaiting { step: s, sent } = k.phase else {
+            return;
+        };
+        if !k.alive || k.incarnation != inc || s != step {
+            return;
+        }
+        let primary = reply.primary.and_then(|id| self.monitor.index(id));
+        let k = &mut self.keepers[i];
+        k.primary = primary;
+        k.sync_names = reply.plan.synchronous_standby_names.clone();
+        k.last_ok_sent = sent;
+        k.confirmed = true;
+        k.fence_set = reply.plan.fence_set.clone();
+        k.required = reply.plan.fence_required;
+        k.fenced = false;
+        if reply.goal != k.goal {
+            k.goal = reply.goal;
+        }
+        let (from, to) = (k.current, k.goal);
+        if from == to {
+            self.start_actions(i, plan::steady(from), None);
+            return;
+        }
+        match plan::plan(from, to) {
+            Ok(actions) => self.start_actions(i, actions, Some((from, to))),
+            Err(e) => {
+                let by_operator = self.operator_goal[i];
+                let seen = self.goal_set_seeing[i];
+                self.fail(
+                    0,
+                    format!(
+                        "{}: {e} (goal set by {} while the monitor saw it {seen})",
+                        name(i),
+                        if by_operator {
+                            "an operator command"
+                        } else {
+                            "the state machine"
+                        }
+                    ),
+                );
+                if seen != from {
+                    self.known = Some(KnownBug::GoalFromStaleView);
+                }
+            }
+        }
+    }
+
+    /// A keepalive while the keeper acts (agent.rs `Keepalive`): the
+    /// current state and what it observes now, sent every heartbeat
+    /// interval until the plan is done.
+    pub(super) fn keepalive(&mut self, i: usize, inc: u64, seq: u64) {
+        let k = &self.keepers[i];
+        if !k.alive
+            || k.incarnation != inc
+            || !matches!(k.phase, Phase::Acting { seq: s, .. } if s == seq)
+        {
+            return;
+        }
+        let hb = self.heartbeat_now(i);
+        let sent = self.now;
+        if self.link(Peer::Node(i), Peer::Monitor) && !self.rng.chance(self.loss) {
+            let d = self.net_delay();
+            self.after(
+                d,
+                Ev::KeepaliveArrive {
+                    node: i,
+                    inc,
+                    seq,
+                    sent,
+                    hb,
+                },
+            );
+        }
+        let interval = self.t.heartbeat;
+        self.after(interval, Ev::Keepalive(i, inc, seq));
+    }
+
+    pub(super) fn keepalive_arrive(
+        &mut self,
+        i: usize,
+        inc: u64,
+        seq: u64,
+        sent: Ms,
+        hb: Heartbeat,
+    ) {
+        let Some(reply) = self.monitor_handles(i, &hb, "keepalive") else {
+            return;
+        };
+        if !self.rng.chance(self.loss) {
+            let d = self.net_delay();
+            self.after(
+                d,
+                Ev::KeepaliveReply {
+                    node: i,
+                    inc,
+                    seq,
+                    sent,
+                    reply,
+                },
+            );
+        }
+    }
+
+    /// An answered keepalive renews the lease only, as agent.rs
+    /// `renew_lease` does; the goal waits for the loop's next heartbeat.
+    /// One answered after its plan ended was abandoned by the keeper (and
+    /// one not answered within the RPC timeout, by tonic).
+    pub(super) fn keepalive_reply(&mut self, i: usize, inc: u64, seq: u64, sent: Ms, reply: Reply) {
+        if !self.link(Peer::Node(i), Peer::Monitor)
+            || self.now.saturating_sub(sent) > self.t.rpc_timeout
+        {
+            return;
+        }
+        let k = &mut self.keepers[i];
+        if !k.alive
+            || k.incarnation != inc
+            || !matches!(k.phase, Phase::Acting { seq: s, .. } if s == seq)
+        {
+            return;
+        }
+        k.last_ok_sent = k.last_ok_sent.max(sent);
+        k.confirmed = true;
+        k.fence_set = reply.plan.fence_set.clone();
+        k.required = reply.plan.fence_required;
+        k.fenced = false;
+    }
+
+    pub(super) fn heartbeat_failed(&mut self, i: usize) {
+        let k = &self.keepers[i];
+        if !k.current.is_writable_primary() && k.current == k.goal {
+            let steady = plan::steady(k.current);
+            self.start_actions(i, steady, None);
+        } else {
+            self.sleep(i);
+        }
+    }
+
+    pub(super) fn sleep(&mut self, i: usize) {
+        let k = &mut self.keepers[i];
+        k.phase = Phase::Sleeping;
+        let inc = k.incarnation;
+        let hb = self.t.heartbeat;
+        self.after(hb, Ev::Step(i, inc));
+    }
+
+    pub(super) fn start_actions(
+        &mut self,
+        i: usize,
+        actions: Vec<Action>,
+        transition: Option<(S, S)>,
+    ) {
+        let k = &mut self.keepers[i];
+        k.seq += 1;
+        k.phase = Phase::Acting {
+            actions,
+            next: 0,
+            transition,
+            config_changed: false,
+            seq: k.seq,
+        };
+        let (inc, seq, interval) = (k.incarnation, k.seq, self.t.heartbeat);
+        self.after(interval, Ev::Keepalive(i, inc, seq));
+        self.next_action(i);
+    }
+
+    /// Schedule the end of the next action, or finish the plan.
+    pub(super) fn next_action(&mut self, i: usize) {
+        let Phase::Acting {
+            ref actions,
+            next,
+            transition,
+            seq,
+            ..
+        } = self.keepers[i].phase
+        else {
+            return;
+        };
+        if next >= actions.len() {
+            match transition {
+                Some((from, to)) => {
+                    let k = &mut self.keepers[i];
+                    k.current = to;
+                    k.lease_current = to;
+                    k.last_error = None;
+                    k.phase = Phase::Sleeping;
+                    let inc = k.incarnation;
+                    self.log(format!("{}: keeper {from} -> {to} done", name(i)));
+                    self.after(0, Ev::Step(i, inc));
+                }
+                None => self.sleep(i),
+            }
+            return;
+        }
+        let action = actions[next];
+        let d = self.action_duration(i, action);
+        if action == Action::Start && !self.pgs[i].running && self.pgs[i].has_data {
+            self.pgs[i].starting = true;
+        }
+        let inc = self.keepers[i].incarnation;
+        self.after(d, Ev::ActionDone(i, inc, seq));
+    }
+
+    pub(super) fn action_duration(&mut self, i: usize, action: Action) -> Ms {
+        let pg = &self.pgs[i];
+        let (lo, hi) = match action {
+            Action::InitDb => (300, 700),
+            Action::ConfigurePrimary | Action::ConfigureStandby | Action::SyncSlots => (1, 5),
+            Action::Start if !pg.running => (150 + pg.recovery_ms, 500 + pg.recovery_ms),
+            Action::Stop if pg.running => (100, 400),
+            Action::Start | Action::Stop => (1, 3),
+            Action::Reload => (2, 10),
+            Action::Clone => (400, 1500),
+            Action::RewindOrClone => (300, 1200),
+            Action::WaitReplayCaughtUp => (5, 50),
+            Action::Promote => (100, 400),
+        };
+        self.rng.range(lo, hi)
+    }
+
+    pub(super) fn action_done(&mut self, i: usize) {
+        let Phase::Acting {
+            ref actions,
+            next,
+            config_changed,
+            ..
+        } = self.keepers[i].phase
+        else {
+            return;
+        };
+        let action = actions[next];
+        match self.apply_action(i, action, config_changed) {
+            Ok(changed) => {
+                if let Phase::Acting {
+                    ref mut next,
+                    ref mut config_changed,
+                    ..
+                } = self.keepers[i].phase
+                {
+                    *next += 1;
+                    *config_changed |= changed;
+                }
+                self.next_action(i);
+            }
+            Err(e) => {
+                if self.keepers[i].last_error.as_deref() != Some(&e) {
+                    self.log(format!("{}: keeper step failed: {e}", name(i)));
+                    self.keepers[i].last_error = Some(e);
+                }
+                self.sleep(i);
+            }
+        }
+    }
+
+    /// Carry out one action on the simulated PostgreSQL, as the executor in
+    /// agent.rs does; true when the configuration changed.
+    pub(super) fn apply_action(
+        &mut self,
+        i: usize,
+        action: Action,
+        config_changed: bool,
+    ) -> Result<bool, String> {
+        let upstream = self.keepers[i].primary;
+        match action {
+            Action::InitDb => {
+                let pg = &mut self.pgs[i];
+                if !pg.has_data {
+                    pg.has_data = true;
+                    pg.timeline = 1;
+                    pg.history.clear();
+                    pg.generation += 1;
+                }
+                Ok(false)
+            }
+            Action::ConfigurePrimary => {
+                let sync = parse_sync(&self.keepers[i].sync_names);
+                let pg = &mut self.pgs[i];
+                let changed = pg.conf_upstream.is_some() || pg.conf_sync != sync;
+                pg.conf_upstream = None;
+                pg.conf_sync = sync;
+                Ok(changed)
+            }
+            Action::ConfigureStandby => {
+                let u = upstream.ok_or("the monitor names no primary to follow yet")?;
+                let pg = &mut self.pgs[i];
+                let changed = pg.conf_upstream != Some(u) || pg.conf_sync.is_some();
+                pg.conf_upstream = Some(u);
+                pg.conf_sync = None;
+                Ok(changed)
+            }
+            Action::Start => self.start_action(i),
+            Action::Reload => {
+                if config_changed {
+                    self.pg_reload(i);
+                }
+                Ok(false)
+            }
+            Action::Stop => {
+                self.pg_stop(i, true);
+                Ok(false)
+            }
+            Action::Clone => {
+                let u = upstream.ok_or("the monitor names no primary to follow yet")?;
+                self.clone_from(i, u)?;
+                Ok(true)
+            }
+            Action::RewindOrClone => self.rewind_or_clone_action(i, upstream),
+            Action::WaitReplayCaughtUp => {
+                if self.pgs[i].running {
+                    Ok(false)
+                } else {
+                    Err("PostgreSQL is not running: cannot replay".into())
+                }
+            }
+            Action::Promote => self.promote_action(i),
+            Action::SyncSlots => Ok(false),
+        }
+    }
+
+    /// `Action::Start`: a failed start counts toward the monitor's limit
+    /// unless the fence stopped it.
+    fn start_action(&mut self, i: usize) -> Result<bool, String> {
+        let pg = &self.pgs[i];
+        let result = if !pg.running && !pg.starting && pg.has_data {
+            // Stopped while it started (the fence, a crash).
+            Err("PostgreSQL exited before accepting connections".to_string())
+        } else {
+            self.pg_start(i)
+        };
+        match result {
+            Ok(()) => {
+                self.keepers[i].start_failures = 0;
+                Ok(false)
+            }
+            Err(e) => {
+                if !self.pgs[i].running && !self.keepers[i].fenced {
+                    self.keepers[i].start_failures += 1;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `Action::RewindOrClone`: pg_rewind back to the common prefix, then
+    /// start as a standby of the upstream; a fresh clone without data.
+    fn rewind_or_clone_action(
+        &mut self,
+        i: usize,
+        upstream: Option<usize>,
+    ) -> Result<bool, String> {
+        let u = upstream.ok_or("the monitor names no primary to follow yet")?;
+        if !self.link(Peer::Node(i), Peer::Node(u)) || !self.pgs[u].running {
+            return Err(format!("cannot reach {} to rewind or clone", name(u)));
+        }
+        if self.pgs[i].has_data {
+            // pg_rewind: back to the common prefix, then start as a
+            // standby of the upstream.
+            let keep = common_prefix(&self.pgs[i].history, &self.pgs[u].history);
+            let tl = self.pgs[u].timeline;
+            let pg = &mut self.pgs[i];
+            if keep < pg.history.len() {
+                pg.history.truncate(keep);
+                pg.generation += 1;
+            }
+            pg.timeline = tl;
+            pg.in_recovery = true;
+            pg.conf_upstream = Some(u);
+            pg.conf_sync = None;
+            self.pg_start(i)?;
+        } else {
+            self.clone_from(i, u)?;
+        }
+        Ok(true)
+    }
+
+    /// `Action::Promote`: the group's primary from now on.
+    fn promote_action(&mut self, i: usize) -> Result<bool, String> {
+        let pg = &mut self.pgs[i];
+        if !pg.running {
+            return Err("PostgreSQL is not running: cannot promote".into());
+        }
+        if pg.in_recovery {
+            pg.in_recovery = false;
+            pg.timeline += 1;
+            pg.upstream = None;
+            pg.conf_upstream = None;
+            pg.receiving = false;
+            let (tl, lsn) = (pg.timeline, pg.lsn());
+            self.stats.promotions += 1;
+            if !self.primary_had_sync {
+                self.forgive_missing_on(i);
+            }
+            self.log(format!(
+                "{}: PostgreSQL promoted at {} on timeline {tl}",
+                name(i),
+                pgpilot_proto::lsn::format_lsn(lsn)
+            ));
+            // The group's primary from now on, even if it fails
+            // before the monitor hears it reached its goal: a
+            // commit lost with it is matched against its fence set.
+            if self.current_primary != Some(i) {
+                self.previous_primary = self.current_primary;
+                self.current_primary = Some(i);
+            }
+        }
+        Ok(false)
+    }
+
+    pub(super) fn clone_from(&mut self, i: usize, u: usize) -> Result<(), String> {
+        if !self.link(Peer::Node(i), Peer::Node(u)) || !self.pgs[u].running {
+            return Err(format!("pg_basebackup: cannot reach {}", name(u)));
+        }
+        if self.pgs[i].running {
+            return Err("pg_basebackup: PostgreSQL is running here".into());
+        }
+        let (history, tl) = (self.pgs[u].history.clone(), self.pgs[u].timeline);
+        let pg = &mut self.pgs[i];
+        pg.has_data = true;
+        pg.history = history;
+        pg.timeline = tl;
+        pg.generation += 1;
+        pg.in_recovery = true;
+        Ok(())
+    }
+
+    pub(super) fn pg_start(&mut self, i: usize) -> Result<(), String> {
+        let now = self.now;
+        let pg = &mut self.pgs[i];
+        if !pg.has_data {
+            return Err("no data directory to start".into());
+        }
+        if pg.running {
+            return Ok(());
+        }
+        pg.recovery_ms = 0;
+        pg.starting = false;
+        if pg.failing_starts > 0 {
+            pg.failing_starts -= 1;
+            let left = pg.failing_starts;
+            self.log(format!(
+                "{}: PostgreSQL exited before accepting connections ({left} more starts fail)",
+                name(i)
+            ));
+            return Err("PostgreSQL exited before accepting connections".into());
+        }
+        let standby = pg.conf_upstream.is_some();
+        if pg.in_recovery && !standby {
+            // Started without standby.signal: recovery ends, a new timeline.
+            pg.timeline += 1;
+        }
+        pg.running = true;
+        pg.in_recovery = standby;
+        pg.upstream = pg.conf_upstream;
+        pg.sync = pg.conf_sync.clone();
+        pg.receiving = false;
+        pg.last_contact = now;
+        pg.senders.clear();
+        pg.incarnation += 1;
+        let what = if standby {
+            format!("as a standby of {}", name(pg.upstream.unwrap_or(0)))
+        } else {
+            format!(
+                "as a primary, sync {:?}",
+                pg.sync.as_ref().map(|s| (s.n, s.names.clone()))
+            )
+        };
+        self.log(format!("{}: PostgreSQL started {what}", name(i)));
+        Ok(())
+    }
+
+    pub(super) fn pg_reload(&mut self, i: usize) {
+        let pg = &mut self.pgs[i];
+        if !pg.running {
+            return;
+        }
+        if pg.sync != pg.conf_sync {
+            pg.sync = pg.conf_sync.clone();
+            let s = pg.sync.as_ref().map(|s| (s.n, s.names.clone()));
+            self.log(format!("{}: synchronous replication now {s:?}", name(i)));
+        }
+        let pg = &mut self.pgs[i];
+        if pg.in_recovery && pg.upstream != pg.conf_upstream {
+            pg.upstream = pg.conf_upstream;
+            pg.receiving = false;
+        }
+    }
+
+    /// Stop PostgreSQL: a fast shutdown first hands its WAL to connected
+    /// standbys; an immediate one (a crash, the fence) does not.
+    pub(super) fn pg_stop(&mut self, i: usize, fast: bool) {
+        if !self.pgs[i].running {
+            if self.pgs[i].starting {
+                let pg = &mut self.pgs[i];
+                pg.starting = false;
+                pg.incarnation += 1;
+                self.log(format!("{}: PostgreSQL stopped while starting", name(i)));
+            }
+            return;
+        }
+        if fast && !self.pgs[i].in_recovery {
+            let senders: Vec<usize> = self.pgs[i].senders.keys().copied().collect();
+            for s in senders {
+                if self.link(Peer::Node(i), Peer::Node(s))
+                    && self.pgs[s].running
+                    && self.pgs[s].upstream == Some(i)
+                    && is_prefix(&self.pgs[s].history, &self.pgs[i].history)
+                {
+                    let h = self.pgs[i].history.clone();
+                    self.pgs[s].history = h;
+                }
+            }
+        }
+        let pg = &mut self.pgs[i];
+        pg.running = false;
+        pg.outlived_keeper = false;
+        pg.receiving = false;
+        pg.senders.clear();
+        pg.incarnation += 1;
+        let how = if fast { "stopped" } else { "stopped at once" };
+        self.log(format!("{}: PostgreSQL {how}", name(i)));
+    }
+
+    pub(super) fn fence_tick(&mut self, i: usize) {
+        let k = &self.keepers[i];
+        if self.opts.keeper_flaw == KeeperFlaw::NoFence {
+            return;
+        }
+        let since = Duration::from_millis(self.now.saturating_sub(k.last_ok_sent));
+        if !fence_armed(
+            k.lease_current,
+            since,
+            Duration::from_millis(self.t.fence_timeout),
+        ) {
+            return;
+        }
+        let (running, _, _, streaming) = self.observe(i);
+        let alive = running || self.pgs[i].starting;
+        match fence_step(alive, &streaming, &k.fence_set, k.required) {
+            FenceStep::AlreadyStopped => self.keepers[i].fenced = true,
+            FenceStep::KeepServing => {}
+            FenceStep::Stop => {
+                self.log(format!(
+                    "{}: fence: monitor out of reach and {} of {:?} streaming (need {}): stopping PostgreSQL",
+                    name(i),
+                    streaming.len(),
+                    k.fence_set,
+                    k.required
+                ));
+                self.pg_stop(i, false);
+                self.keepers[i].fenced = true;
+                self.stats.fences += 1;
+            }
+        }
+    }
+
+    pub(super) fn keeper_crash(&mut self, i: usize) {
+        let k = &self.keepers[i];
+        if !k.alive {
+            return;
+        }
+        // Killed in the middle of an action: it may or may not have happened.
+        if let Phase::Acting {
+            ref actions,
+            next,
+            config_changed,
+            ..
+        } = k.phase
+        {
+            let action = actions[next.min(actions.len().saturating_sub(1))];
+            if next < actions.len() && self.rng.chance(0.5) {
+                let _ = self.apply_action(i, action, config_changed);
+            }
+        }
+        // A start not done above never happened.
+        self.pgs[i].starting = false;
+        if self.pgs[i].running && !self.pgs[i].in_recovery {
+            self.pgs[i].outlived_keeper = true;
+        }
+        let k = &mut self.keepers[i];
+        k.alive = false;
+        k.incarnation += 1;
+        k.phase = Phase::Dead;
+        let line = format!(
+            "{}: keeper killed (state file: {} goal {})",
+            name(i),
+            k.current,
+            k.goal
+        );
+        self.log(line);
+    }
+
+    pub(super) fn keeper_restart(&mut self, i: usize) {
+        if self.keepers[i].alive {
+            return;
+        }
+        let now = self.now;
+        let k = &mut self.keepers[i];
+        k.alive = true;
+        k.incarnation += 1;
+        k.last_ok_sent = now;
+        k.lease_current = k.current;
+        k.fence_set.clear();
+        k.required = fence_required_after_restart();
+        k.fenced = false;
+        k.confirmed = false;
+        k.primary = None;
+        k.sync_names.clear();
+        k.phase = Phase::Sleeping;
+        k.last_error = None;
+        k.start_failures = 0;
+        let inc = k.incarnation;
+        self.log(format!("{}: keeper restarted", name(i)));
+        self.after(1, Ev::Step(i, inc));
+        self.after(FENCE_TICK_MS, Ev::FenceTick(i, inc));
+    }
+}

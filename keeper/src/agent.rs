@@ -281,6 +281,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         let request = client::node_active_request(
             self.state.node_id.unwrap_or_default(),
             self.state.current,
+            None,
             &client::timings(&self.config),
             o,
             &self.start_failures,
@@ -311,6 +312,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             start_failures: self.start_failures.clone(),
             node_id: self.state.node_id.unwrap_or_default(),
             current: self.state.current,
+            acting_toward: transition.map_or(self.state.current, |(_, to)| to),
             timings: client::timings(&self.config),
             interval: self.config.heartbeat_interval,
         };

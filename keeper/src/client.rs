@@ -156,10 +156,12 @@ impl MonitorClient {
 }
 
 /// The heartbeat request for what the loop or a keepalive observed. A
-/// running PostgreSQL clears the count of failed starts.
+/// running PostgreSQL clears the count of failed starts. `acting_toward`:
+/// a keepalive's plan goal (None from the loop, at rest in `current`).
 pub fn node_active_request(
     node_id: i64,
     current: S,
+    acting_toward: Option<S>,
     timings: &pb::KeeperTimings,
     o: &Observation,
     start_failures: &AtomicU32,
@@ -183,6 +185,7 @@ pub fn node_active_request(
             start_failures.load(Ordering::SeqCst)
         },
         synchronous_standby_names: o.synchronous_standby_names.clone(),
+        acting_toward: acting_toward.map(S::to_wire),
     }
 }
 
@@ -215,6 +218,8 @@ pub struct Keepalive<P> {
     pub node_id: i64,
     /// The state the keeper is in until the plan is done.
     pub current: S,
+    /// Where the plan under way leads (`current` for a steady plan).
+    pub acting_toward: S,
     pub timings: pb::KeeperTimings,
     pub interval: Duration,
 }
@@ -229,6 +234,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
             let request = node_active_request(
                 self.node_id,
                 self.current,
+                Some(self.acting_toward),
                 &self.timings,
                 &o,
                 &self.start_failures,
@@ -278,7 +284,7 @@ mod tests {
         let failures = AtomicU32::new(2);
         let t = pb::KeeperTimings::default();
         let down = Observation::default();
-        let r = node_active_request(7, S::Primary, &t, &down, &failures);
+        let r = node_active_request(7, S::Primary, None, &t, &down, &failures);
         assert_eq!(
             (r.node_id, r.pg_running, r.pg_start_failures),
             (7, false, 2)
@@ -288,7 +294,7 @@ mod tests {
             running: true,
             ..Observation::default()
         };
-        let r = node_active_request(7, S::Primary, &t, &up, &failures);
+        let r = node_active_request(7, S::Primary, None, &t, &up, &failures);
         assert_eq!((r.pg_running, r.pg_start_failures), (true, 0));
         assert_eq!(
             failures.load(Ordering::SeqCst),

@@ -291,6 +291,10 @@ impl Monitor for MonitorService {
             timings: timings(r.timings, self.store.node_timeout())?,
             synchronous_standby_names: r.synchronous_standby_names,
             pg_start_failures: start_failures(r.pg_start_failures)?,
+            acting_toward: r
+                .acting_toward
+                .map(|w| state(w, "acting_toward"))
+                .transpose()?,
         };
         self.check_heartbeat_caller(&caller, hb.node_id).await?;
         // Over capacity: say so at once; the keeper retries on its next loop.

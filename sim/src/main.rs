@@ -94,6 +94,12 @@ fn main() -> ExitCode {
         };
         if let Some(k) = v.known {
             known.entry(k).or_default().push(seed);
+            println!(
+                "seed {seed}: known {k:?}: invariant {} at {:.3} s: {}",
+                v.invariant,
+                v.at as f64 / 1000.0,
+                v.what
+            );
             continue;
         }
         println!(

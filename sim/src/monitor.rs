@@ -61,6 +61,8 @@ pub struct Heartbeat {
     /// The `synchronous_standby_names` its PostgreSQL runs with (None while
     /// it does not run).
     pub synchronous_standby_names: Option<String>,
+    /// A keepalive: the goal of the plan under way (None from the loop).
+    pub acting_toward: Option<S>,
 }
 
 /// What the reply to a heartbeat carries.
@@ -154,6 +156,7 @@ impl Monitor {
             report: hb.report,
             synchronous_standby_names: hb.synchronous_standby_names.clone(),
             goal_changed_at: None,
+            acting_toward: hb.acting_toward,
         };
         let env = self.env(now);
         match heartbeat::fold(&mut self.nodes, i, &beat, &env) {

@@ -22,6 +22,9 @@ pub struct Beat {
     pub synchronous_standby_names: Option<String>,
     /// When the node's goal was last changed, as stored (None: unknown).
     pub goal_changed_at: Option<DateTime<Utc>>,
+    /// A keepalive: the goal of the plan the keeper is carrying out. None
+    /// when the keeper is at rest in its reported state.
+    pub acting_toward: Option<S>,
 }
 
 /// A node reported the goal it was assigned, for the first time.
@@ -79,7 +82,13 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
             to: me.goal,
             took: (env.now - at).to_std().unwrap_or_default(),
         });
-    let evaluation = evaluate(nodes, env);
+    let back = if beat.acting_toward.is_none() {
+        goal_back_to_reported(me)
+    } else {
+        None
+    };
+    let mut evaluation = evaluate(nodes, env);
+    evaluation.decisions.splice(0..0, back);
     let reply = reply(
         nodes,
         index,
@@ -91,6 +100,28 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
         reply,
         reached,
     }))
+}
+
+/// A keeper at rest that reports a state from which its goal has no edge
+/// cannot move (a keepalive's keeper is still on its way somewhere): the goal was decided from an older report (it changed twice
+/// between two heartbeats, or was set while the keeper was still on its
+/// way to the previous one). Its heartbeat says where it really is, so the
+/// goal goes back to that state and the group is decided again from there.
+/// Not for a writable primary: demoting or keeping one is the state
+/// machine's decision alone, and it never assigns a primary a goal it
+/// cannot reach.
+pub fn goal_back_to_reported(me: &mut NodeSnapshot) -> Option<fsm::Decision> {
+    let (reported, goal) = (me.reported, me.goal);
+    if pgpilot_proto::keeper_has_edge(reported, goal) || reported.is_writable_primary() {
+        return None;
+    }
+    me.goal = reported;
+    Some(fsm::Decision {
+        node_id: me.id,
+        from: goal,
+        to: reported,
+        reason: fsm::Reason::GoalUnreachable { reported, goal },
+    })
 }
 
 /// The reply to node `index` of a group already evaluated; a changed fence
@@ -168,5 +199,116 @@ mod tests {
         assert_eq!(reply.plan.synchronous_standby_names, "");
         assert!(reply.plan.fence_set.is_empty());
         assert_eq!(reply.plan.fence_required, 0);
+    }
+
+    fn timings() -> KeeperTimings {
+        KeeperTimings {
+            heartbeat_interval: Duration::from_millis(500),
+            fence_timeout: Duration::from_millis(1500),
+            wal_sender_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// A primary and a standby whose goal was set from a stale report:
+    /// the monitor saw it `secondary` and sent it `catchingup`, but the
+    /// keeper had gone on to `report_lsn` (an election started and was
+    /// cancelled between two of its heartbeats).
+    fn stale_group(now: DateTime<Utc>) -> Vec<NodeSnapshot> {
+        let mut primary = NodeSnapshot::registered(1, "node1", 50, true, timings());
+        primary.reported = S::Primary;
+        primary.goal = S::Primary;
+        primary.pg_running = true;
+        primary.lsn = 0x300_0000;
+        primary.last_heartbeat = Some(now);
+        primary.health = fsm::Health::Good;
+        let mut standby = NodeSnapshot::registered(2, "node2", 50, true, timings());
+        standby.reported = S::Secondary;
+        standby.goal = S::Catchingup;
+        standby.pg_running = true;
+        standby.lsn = 0x300_0000;
+        standby.last_heartbeat = Some(now);
+        standby.health = fsm::Health::Good;
+        vec![primary, standby]
+    }
+
+    fn beat(reported: S, acting_toward: Option<S>) -> Beat {
+        Beat {
+            report: fsm::Report {
+                reported,
+                pg_running: true,
+                lsn: 0x300_0000,
+                wal_receiver_streaming: true,
+                pg_start_failures: 0,
+                timings: timings(),
+            },
+            synchronous_standby_names: None,
+            goal_changed_at: None,
+            acting_toward,
+        }
+    }
+
+    fn env(now: DateTime<Utc>) -> Env {
+        Env::new(
+            now,
+            fsm::Settings {
+                node_timeout: Duration::from_secs(2),
+                postgres_restart_timeout: Duration::from_secs(10),
+                fence_margin: Duration::from_millis(500),
+                catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
+                number_sync_standbys: 0,
+                election_forced_at: None,
+            },
+        )
+    }
+
+    /// The keeper had no edge from `report_lsn` to `catchingup` and waited
+    /// for ever (simulation seed 1222): its heartbeat now takes the goal
+    /// back to where it is, with an event, and the group is decided again
+    /// from there — the election is over, so it goes back to `secondary`.
+    #[test]
+    fn a_keeper_at_rest_without_a_path_to_its_goal_is_decided_again() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut nodes = stale_group(now);
+        let Folded::Answer(answer) = fold(&mut nodes, 1, &beat(S::ReportLsn, None), &env(now))
+        else {
+            panic!("not forgotten");
+        };
+        let d = &answer.evaluation.decisions;
+        assert_eq!((d[0].from, d[0].to), (S::Catchingup, S::ReportLsn));
+        assert_eq!(d[0].reason.kind(), "goal_unreachable");
+        assert_eq!(
+            d[0].reason.to_string(),
+            "the keeper reports report_lsn, from which it has no path to catchingup (a goal set from an older report): deciding again from report_lsn"
+        );
+        assert_eq!(nodes[1].goal, S::Secondary, "{d:?}");
+        assert!(pgpilot_proto::keeper_has_edge(S::ReportLsn, nodes[1].goal));
+    }
+
+    /// A keepalive comes from a keeper still walking to some goal: its
+    /// reported state says nothing about where it will stop.
+    #[test]
+    fn a_keepalive_never_takes_a_goal_back() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut nodes = stale_group(now);
+        let keepalive = beat(S::ReportLsn, Some(S::ReportLsn));
+        let Folded::Answer(answer) = fold(&mut nodes, 1, &keepalive, &env(now)) else {
+            panic!("not forgotten");
+        };
+        assert!(answer
+            .evaluation
+            .decisions
+            .iter()
+            .all(|d| d.reason.kind() != "goal_unreachable"));
+        assert_eq!(nodes[1].goal, S::Catchingup);
+    }
+
+    /// A writable primary's goal is never taken back to it.
+    #[test]
+    fn a_primary_goal_is_never_taken_back() {
+        let mut node = NodeSnapshot::registered(1, "node1", 50, true, timings());
+        node.reported = S::Primary;
+        node.goal = S::Catchingup;
+        assert!(goal_back_to_reported(&mut node).is_none());
+        assert_eq!(node.goal, S::Catchingup);
     }
 }

@@ -80,6 +80,13 @@ pub enum Reason {
     MaintenanceOver,
     Dropped,
     Reinit,
+    /// The keeper reported a state from which its goal has no edge: the
+    /// goal was set from an older report. The goal goes back to where the
+    /// keeper is, and the group is decided again from there.
+    GoalUnreachable {
+        reported: pgpilot_proto::ReplicationState,
+        goal: pgpilot_proto::ReplicationState,
+    },
 }
 
 impl Reason {
@@ -114,6 +121,7 @@ impl Reason {
             Reason::MaintenanceOver => "maintenance_over",
             Reason::Dropped => "dropped",
             Reason::Reinit => "reinit",
+            Reason::GoalUnreachable { .. } => "goal_unreachable",
         }
     }
 }
@@ -209,6 +217,10 @@ impl fmt::Display for Reason {
             Reason::Reinit => write!(
                 f,
                 "reinit requested: stop, then rebuild from a fresh clone of the primary"
+            ),
+            Reason::GoalUnreachable { reported, goal } => write!(
+                f,
+                "the keeper reports {reported}, from which it has no path to {goal} (a goal set from an older report): deciding again from {reported}"
             ),
         }
     }

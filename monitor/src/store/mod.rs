@@ -96,6 +96,8 @@ pub struct Heartbeat {
     pub synchronous_standby_names: Option<String>,
     /// Failed starts of PostgreSQL in a row (0 from keepers that do not count).
     pub pg_start_failures: u32,
+    /// A keepalive: the goal of the plan under way (None from the loop).
+    pub acting_toward: Option<S>,
 }
 
 impl Heartbeat {
@@ -392,6 +394,7 @@ impl Store {
             report: hb.report(),
             synchronous_standby_names: hb.synchronous_standby_names.clone(),
             goal_changed_at: Some(nodes[index].goal_changed_at),
+            acting_toward: hb.acting_toward,
         };
         let (evaluation, reply, reached) =
             match heartbeat::fold(&mut group, index, &beat, &self.env(now, nss)) {

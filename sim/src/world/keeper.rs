@@ -33,7 +33,7 @@ impl World {
 
     /// The heartbeat the keeper sends with what it observes now (the loop's
     /// and a keepalive's alike: agent.rs `node_active_request`).
-    pub(super) fn heartbeat_now(&mut self, i: usize) -> Heartbeat {
+    pub(super) fn heartbeat_now(&mut self, i: usize, acting_toward: Option<S>) -> Heartbeat {
         let (running, lsn, streaming, _) = self.observe(i);
         let applied = running.then(|| sync_text(self.pgs[i].sync.as_ref()));
         let k = &mut self.keepers[i];
@@ -51,11 +51,12 @@ impl World {
                 timings: self.t.keeper,
             },
             synchronous_standby_names: applied,
+            acting_toward,
         }
     }
 
     pub(super) fn keeper_step(&mut self, i: usize) {
-        let hb = self.heartbeat_now(i);
+        let hb = self.heartbeat_now(i, None);
         let k = &mut self.keepers[i];
         k.step += 1;
         let (step, inc) = (k.step, k.incarnation);
@@ -92,7 +93,28 @@ impl World {
             return None;
         }
         match self.monitor_op(|m, now| m.node_active(hb, now)) {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                // A keeper at rest is never answered a goal it has no path
+                // to from the state it just reported (a keepalive's answer
+                // renews the lease only).
+                let reported = hb.report.reported;
+                if hb.acting_toward.is_none() && !pgpilot_proto::keeper_has_edge(reported, r.goal) {
+                    let by = if self.operator_goal[i] {
+                        "an operator command"
+                    } else {
+                        "the state machine"
+                    };
+                    self.fail(
+                        0,
+                        format!(
+                            "the monitor answered a {what} of {} reporting {reported} with goal {} (set by {by}), which it has no path to",
+                            name(i),
+                            r.goal
+                        ),
+                    );
+                }
+                Some(r)
+            }
             Err(e) => {
                 self.fail(
                     0,
@@ -152,23 +174,14 @@ impl World {
         match plan::plan(from, to) {
             Ok(actions) => self.start_actions(i, actions, Some((from, to))),
             Err(e) => {
-                let by_operator = self.operator_goal[i];
-                let seen = self.goal_set_seeing[i];
-                self.fail(
-                    0,
-                    format!(
-                        "{}: {e} (goal set by {} while the monitor saw it {seen})",
-                        name(i),
-                        if by_operator {
-                            "an operator command"
-                        } else {
-                            "the state machine"
-                        }
-                    ),
-                );
-                if seen != from {
-                    self.known = Some(KnownBug::GoalFromStaleView);
+                // The keeper stays where it is and says so: its next
+                // heartbeat reports that state, and the monitor decides
+                // again from it (`core::heartbeat::goal_back_to_reported`).
+                if self.keepers[i].last_error.as_deref() != Some(&e.to_string()) {
+                    self.log(format!("{}: {e}: reporting {from} again", name(i)));
+                    self.keepers[i].last_error = Some(e.to_string());
                 }
+                self.sleep(i);
             }
         }
     }
@@ -184,7 +197,14 @@ impl World {
         {
             return;
         }
-        let hb = self.heartbeat_now(i);
+        let toward = match &self.keepers[i].phase {
+            Phase::Acting {
+                transition: Some((_, to)),
+                ..
+            } => *to,
+            _ => self.keepers[i].current,
+        };
+        let hb = self.heartbeat_now(i, Some(toward));
         let sent = self.now;
         if self.link(Peer::Node(i), Peer::Monitor) && !self.rng.chance(self.loss) {
             let d = self.net_delay();

@@ -527,8 +527,6 @@ pub struct World {
     known: Option<KnownBug>,
     /// The nodes whose goal an operator command set last.
     operator_goal: Vec<bool>,
-    /// The state the monitor had for each node when it last set its goal.
-    goal_set_seeing: Vec<S>,
     violation: Option<Violation>,
     trace: VecDeque<String>,
     digest: u64,
@@ -615,7 +613,6 @@ impl World {
             previous_primary: None,
             known: None,
             operator_goal: vec![false; n],
-            goal_set_seeing: vec![S::Init; n],
             violation: None,
             trace: VecDeque::new(),
             digest: 0xcbf2_9ce4_8422_2325,

@@ -31,11 +31,6 @@ impl World {
         let result = op(&mut self.monitor, self.now);
         let events = self.monitor.events[first_event..].to_vec();
         for e in &events {
-            if e.from != e.to {
-                if let Some(i) = self.monitor.nodes.iter().position(|n| n.name == e.node) {
-                    self.goal_set_seeing[i] = e.reported;
-                }
-            }
             let line = if e.from == e.to {
                 format!("monitor: event on {}: {}", e.node, e.reason)
             } else {

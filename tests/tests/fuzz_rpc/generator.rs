@@ -281,6 +281,11 @@ impl Generator {
                     2 if w(rng) => Some(Generator::wild_string(rng)),
                     _ => Some("ANY 1 (pgpilot_1, pgpilot_2)".to_string()),
                 },
+                acting_toward: match rng.below(4) {
+                    0 => Some(Generator::wild_state(rng)),
+                    1 => Some(rng.range(1, 21) as i32),
+                    _ => None,
+                },
             }),
             2 => Call::GetFormationState(pb::GetFormationStateRequest {
                 formation: self.formation(rng, wild),

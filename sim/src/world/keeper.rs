@@ -158,11 +158,12 @@ impl World {
         let k = &mut self.keepers[i];
         k.primary = primary;
         k.sync_names = reply.plan.synchronous_standby_names.clone();
-        k.last_ok_sent = sent;
+        k.lease.last_ok_sent = sent;
         k.confirmed = true;
-        k.fence_set = reply.plan.fence_set.clone();
-        k.required = reply.plan.fence_required;
+        k.lease.fence_set = reply.plan.fence_set.clone();
+        k.lease.required = reply.plan.fence_required;
         k.fenced = false;
+        self.guards[i] = k.lease.clone();
         if reply.goal != k.goal {
             k.goal = reply.goal;
         }
@@ -266,11 +267,12 @@ impl World {
         {
             return;
         }
-        k.last_ok_sent = k.last_ok_sent.max(sent);
+        k.lease.last_ok_sent = k.lease.last_ok_sent.max(sent);
         k.confirmed = true;
-        k.fence_set = reply.plan.fence_set.clone();
-        k.required = reply.plan.fence_required;
+        k.lease.fence_set = reply.plan.fence_set.clone();
+        k.lease.required = reply.plan.fence_required;
         k.fenced = false;
+        self.guards[i] = k.lease.clone();
     }
 
     pub(super) fn heartbeat_failed(&mut self, i: usize) {
@@ -328,7 +330,10 @@ impl World {
                 Some((from, to)) => {
                     let k = &mut self.keepers[i];
                     k.current = to;
-                    k.lease_current = to;
+                    k.lease.current = to;
+                    if k.confirmed {
+                        self.guards[i].current = to;
+                    }
                     k.last_error = None;
                     k.phase = Phase::Sleeping;
                     let inc = k.incarnation;
@@ -667,14 +672,34 @@ impl World {
         self.log(format!("{}: PostgreSQL {how}", name(i)));
     }
 
+    /// The keeper's fence task, with the keeper's own lease.
     pub(super) fn fence_tick(&mut self, i: usize) {
+        let lease = self.keepers[i].lease.clone();
+        self.fence_with(i, &lease, "fence");
+    }
+
+    /// The fence guard: the same rule, with the lease the keeper last
+    /// handed it, while the keeper is dead or restarted and not yet
+    /// answered (afterwards both hold the same lease, and the keeper's own
+    /// fence covers it). It dies with the host.
+    pub(super) fn guard_tick(&mut self, i: usize) {
         let k = &self.keepers[i];
+        if k.alive && k.confirmed {
+            self.guard_ticking[i] = false;
+            return;
+        }
+        let lease = self.guards[i].clone();
+        self.fence_with(i, &lease, "fence guard");
+        self.after(FENCE_TICK_MS, Ev::GuardTick(i));
+    }
+
+    fn fence_with(&mut self, i: usize, lease: &Lease, who: &str) {
         if self.opts.keeper_flaw == KeeperFlaw::NoFence {
             return;
         }
-        let since = Duration::from_millis(self.now.saturating_sub(k.last_ok_sent));
+        let since = Duration::from_millis(self.now.saturating_sub(lease.last_ok_sent));
         if !fence_armed(
-            k.lease_current,
+            lease.current,
             since,
             Duration::from_millis(self.t.fence_timeout),
         ) {
@@ -682,16 +707,16 @@ impl World {
         }
         let (running, _, _, streaming) = self.observe(i);
         let alive = running || self.pgs[i].starting;
-        match fence_step(alive, &streaming, &k.fence_set, k.required) {
+        match fence_step(alive, &streaming, &lease.fence_set, lease.required) {
             FenceStep::AlreadyStopped => self.keepers[i].fenced = true,
             FenceStep::KeepServing => {}
             FenceStep::Stop => {
                 self.log(format!(
-                    "{}: fence: monitor out of reach and {} of {:?} streaming (need {}): stopping PostgreSQL",
+                    "{}: {who}: monitor out of reach and {} of {:?} streaming (need {}): stopping PostgreSQL",
                     name(i),
                     streaming.len(),
-                    k.fence_set,
-                    k.required
+                    lease.fence_set,
+                    lease.required
                 ));
                 self.pg_stop(i, false);
                 self.keepers[i].fenced = true;
@@ -723,6 +748,10 @@ impl World {
         if self.pgs[i].running && !self.pgs[i].in_recovery {
             self.pgs[i].outlived_keeper = true;
         }
+        if !self.guard_ticking[i] {
+            self.guard_ticking[i] = true;
+            self.after(FENCE_TICK_MS, Ev::GuardTick(i));
+        }
         let k = &mut self.keepers[i];
         k.alive = false;
         k.incarnation += 1;
@@ -744,10 +773,12 @@ impl World {
         let k = &mut self.keepers[i];
         k.alive = true;
         k.incarnation += 1;
-        k.last_ok_sent = now;
-        k.lease_current = k.current;
-        k.fence_set.clear();
-        k.required = fence_required_after_restart();
+        k.lease = Lease {
+            last_ok_sent: now,
+            current: k.current,
+            fence_set: Vec::new(),
+            required: fence_required_after_restart(),
+        };
         k.fenced = false;
         k.confirmed = false;
         k.primary = None;

@@ -332,6 +332,17 @@ enum Phase {
     },
 }
 
+/// What the fence reads (keeper/src/fence.rs `Lease`): when the last
+/// answered heartbeat was sent, the node's state, the fence set and how
+/// many of it must stream.
+#[derive(Debug, Clone)]
+struct Lease {
+    last_ok_sent: Ms,
+    current: S,
+    fence_set: Vec<String>,
+    required: u32,
+}
+
 /// One keeper: its state file, its lease (shared with the fence task), the
 /// latest instructions, and where its loop is.
 #[derive(Debug, Clone)]
@@ -341,10 +352,7 @@ struct Keeper {
     node_id: i64,
     current: S,
     goal: S,
-    last_ok_sent: Ms,
-    lease_current: S,
-    fence_set: Vec<String>,
-    required: u32,
+    lease: Lease,
     fenced: bool,
     confirmed: bool,
     primary: Option<usize>,
@@ -401,6 +409,9 @@ enum Ev {
     },
     ActionDone(usize, u64, u64),
     FenceTick(usize, u64),
+    /// The node's fence guard looks at its lease (keeper/src/guard.rs):
+    /// while the keeper is dead, or restarted and not answered yet.
+    GuardTick(usize),
     Pump,
     HealthTick,
     HealthResult(i64, Health),
@@ -498,6 +509,10 @@ pub struct World {
     monitor: Monitor,
     pgs: Vec<Pg>,
     keepers: Vec<Keeper>,
+    /// Each node's fence guard: the lease its keeper last handed it, and
+    /// whether its tick runs (the keeper's own fence covers the rest).
+    guards: Vec<Lease>,
+    guard_ticking: Vec<bool>,
     /// Active partitions: id → cut links.
     partitions: BTreeMap<u64, Vec<(Peer, Peer)>>,
     next_partition: u64,
@@ -569,10 +584,12 @@ impl World {
             node_id: 0,
             current: S::Init,
             goal: S::Init,
-            last_ok_sent: 0,
-            lease_current: S::Init,
-            fence_set: Vec::new(),
-            required: 0,
+            lease: Lease {
+                last_ok_sent: 0,
+                current: S::Init,
+                fence_set: Vec::new(),
+                required: 0,
+            },
             fenced: false,
             confirmed: false,
             primary: None,
@@ -593,6 +610,8 @@ impl World {
             t,
             monitor,
             pgs: vec![Pg::default(); n],
+            guards: vec![keeper.lease.clone(); n],
+            guard_ticking: vec![false; n],
             keepers: vec![keeper; n],
             partitions: BTreeMap::new(),
             next_partition: 0,
@@ -747,6 +766,7 @@ impl World {
                     self.after(FENCE_TICK_MS, Ev::FenceTick(i, inc));
                 }
             }
+            Ev::GuardTick(i) => self.guard_tick(i),
             Ev::Pump => {
                 self.pump();
                 self.after(PUMP_MS, Ev::Pump);

@@ -94,7 +94,7 @@ impl World {
         let k = &mut self.keepers[i];
         k.node_id = id;
         k.goal = goal;
-        k.last_ok_sent = self.now;
+        k.lease.last_ok_sent = self.now;
         let inc = k.incarnation;
         self.log(format!(
             "{}: registered as node id {id}, goal {goal}",

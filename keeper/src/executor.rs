@@ -116,12 +116,19 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                 Action::ConfigurePrimary => {
                     config_changed |= pg.write_config(&self.managed_config(target, None)).await?;
                 }
-                Action::ConfigureStandby => {
-                    let upstream = upstream(target)?;
-                    config_changed |= pg
-                        .write_config(&self.managed_config(target, Some(upstream)))
-                        .await?;
-                }
+                Action::ConfigureStandby => match upstream(target) {
+                    Ok(upstream) => {
+                        config_changed |= pg
+                            .write_config(&self.managed_config(target, Some(upstream)))
+                            .await?;
+                    }
+                    // No primary is named during an election once the old
+                    // one was replaced: a standby keeps the configuration
+                    // it has, so that a PostgreSQL stopped meanwhile comes
+                    // back and reports its LSN (or serves a fast-forward).
+                    Err(_) if pg.is_configured_standby() => {}
+                    Err(e) => return Err(e),
+                },
                 Action::Start => self.start_postgres().await?,
                 Action::Reload => {
                     if config_changed {

@@ -127,6 +127,10 @@ pub enum PgError {
 pub trait LocalPostgres {
     /// Whether PGDATA holds a cluster (PG_VERSION exists).
     fn has_data_directory(&self) -> bool;
+    /// Whether PGDATA is configured as a standby (standby.signal exists).
+    fn is_configured_standby(&self) -> bool {
+        false
+    }
     /// initdb, when PGDATA holds no cluster yet.
     fn initdb(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     /// Write `pgpilot.conf` (atomically), make sure postgresql.conf includes
@@ -324,6 +328,10 @@ impl From<DurableError> for PgError {
 impl LocalPostgres for PgController {
     fn has_data_directory(&self) -> bool {
         PgController::has_data_directory(self)
+    }
+
+    fn is_configured_standby(&self) -> bool {
+        self.has_data_directory() && self.settings.pgdata.join(STANDBY_SIGNAL).exists()
     }
 
     fn postmaster_alive(&self) -> bool {

@@ -12,8 +12,9 @@
 //!   keeper started again the old primary rejoins as a standby.
 //! - The primary's keeper is stopped (SIGTERM) and started again, then
 //!   killed (SIGKILL) and started again, under a writing client: the same
-//!   postmaster and the same guard go on, no goal changes, the writes go on.
-//!   The write outage is measured by `pgpilot-bench keeper-restart`.
+//!   postmaster and the same guard go on, no goal changes, the writes go on;
+//!   then the guard is killed and its keeper starts a new one. The write
+//!   outage is measured by `pgpilot-bench keeper-restart`.
 //!
 //! Needs `cargo build --workspace` first (the tests run the built
 //! `pgpilot-monitor` and `pgpilot-keeper`) and PostgreSQL's server programs.
@@ -319,6 +320,18 @@ async fn planned_keeper_restart_keeps_postgres_and_its_guard() -> Result<()> {
                 .await);
         }
     }
+    // A guard that dies while its keeper lives is replaced at once.
+    pgpilot_tests::process::signal(guard, nix::sys::signal::Signal::SIGKILL)?;
+    cluster
+        .wait_for(
+            GUARD_TIMEOUT,
+            &format!("{primary}'s keeper to start a new fence guard after {guard} was killed"),
+            || {
+                let pids = cluster.fence_guards(&primary);
+                async move { Ok(pids?.into_iter().find(|&p| p != guard)) }
+            },
+        )
+        .await?;
     cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
     let report = writer.stop().await;
     let probe = probe.stop().await;

@@ -5,7 +5,9 @@
 //! query stuck in the loop cannot delay it), looks at PostgreSQL once the
 //! lease ran out and stops it when too few standbys stream. The rule
 //! itself ([`fence_armed`], [`fence_step`]) is pure, and shared with the
-//! simulation.
+//! simulation; [`enforce`] applies it, here and in the fence guard
+//! ([`crate::guard`]), the process that goes on fencing when the keeper
+//! is dead.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -22,6 +22,7 @@ use crate::config::KeeperConfig;
 use crate::executor::{Executor, Instructions, Target};
 use crate::failpoint::Failpoints;
 use crate::fence::{self, Fence, Lease, SharedLease};
+use crate::guard::{self, GuardArgs};
 use crate::pg::{LocalPostgres, Observation};
 use crate::plan::{self, Action};
 use crate::state_file::{self, KeeperState};
@@ -39,6 +40,9 @@ pub struct Keeper<P: LocalPostgres> {
     executor: Executor<P>,
     /// The fence task, until the loop starts it.
     fence: Option<Fence<P>>,
+    /// The link to the fence guard, until the loop starts it (none
+    /// without [`Keeper::with_guard`]).
+    guard: Option<guard::Link>,
     instructions: Instructions,
     last_error: Option<String>,
     /// What the HTTP server reports (state, goal, fence, heartbeat age).
@@ -76,6 +80,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 fence_timeout: config.fence_timeout,
                 status: status.clone(),
             }),
+            guard: None,
             config,
             pg,
             state,
@@ -91,6 +96,17 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     /// facility, see [`crate::failpoint`]).
     pub fn with_failpoints(mut self, failpoints: Failpoints) -> Self {
         self.executor.set_failpoints(failpoints);
+        self
+    }
+
+    /// Keep a fence guard ([`crate::guard`]) started with `args` and hand
+    /// it the lease, so that PostgreSQL is fenced even if this process dies.
+    pub fn with_guard(mut self, args: GuardArgs) -> Self {
+        self.guard = Some(guard::Link {
+            args,
+            lease: self.lease.clone(),
+            fence_timeout: self.config.fence_timeout,
+        });
         self
     }
 
@@ -142,6 +158,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     ) -> Result<(), KeeperError> {
         self.register().await?;
         let fence = self.fence.take().map(|f| tokio::spawn(f.run()));
+        let guard = self.guard.take().map(|g| tokio::spawn(g.run()));
         tokio::pin!(shutdown);
         let result = loop {
             let moved = match self.step().await {
@@ -172,6 +189,11 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         };
         if let Some(fence) = fence {
             fence.abort();
+        }
+        // The guard keeps the lease and goes on applying it; a restarted
+        // keeper connects to it again.
+        if let Some(guard) = guard {
+            guard.abort();
         }
         result
     }
@@ -219,7 +241,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             .before_action(from, to, actions.len());
         self.state.current = to;
         state_file::save(&self.config.state_file(), &mut self.state)?;
-        self.lease.lock().await.current = to;
+        self.lease.lock().await.set_current(to);
         status::lock(&self.status).set_state(to, Instant::now());
         crate::metrics::transition_done(from, to, started.elapsed());
         self.last_error = None;

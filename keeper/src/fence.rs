@@ -5,14 +5,16 @@
 //! query stuck in the loop cannot delay it), looks at PostgreSQL once the
 //! lease ran out and stops it when too few standbys stream. The rule
 //! itself ([`fence_armed`], [`fence_step`]) is pure, and shared with the
-//! simulation.
+//! simulation; [`enforce`] applies it, here and in the fence guard
+//! ([`crate::guard`]), the process that goes on fencing when the keeper
+//! is dead.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgpilot_proto::pb;
 use pgpilot_proto::ReplicationState as S;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use crate::pg::LocalPostgres;
 use crate::status::{self, SharedStatus};
@@ -31,6 +33,9 @@ pub struct Lease {
     pub fenced: bool,
     /// This process has heard from the monitor at least once.
     pub confirmed: bool,
+    /// Woken whenever the lease is renewed or the state changes, so the
+    /// link to the fence guard ([`crate::guard`]) hands it on at once.
+    pub changed: Arc<Notify>,
 }
 
 pub type SharedLease = Arc<Mutex<Lease>>;
@@ -46,7 +51,14 @@ impl Lease {
             required: FENCE_REQUIRED_UNTIL_ANSWERED,
             fenced: false,
             confirmed: false,
+            changed: Arc::new(Notify::new()),
         }))
+    }
+
+    /// The node moved to `state`: the fence (and the guard) follow it.
+    pub fn set_current(&mut self, state: S) {
+        self.current = state;
+        self.changed.notify_one();
     }
 
     /// Whether the node may act as a primary: the monitor answered since
@@ -74,6 +86,7 @@ pub async fn renew(
         lease.fence_set = replication.quorum_standby_names.clone();
         lease.required = replication.required_streaming_standbys;
         lease.fenced = false;
+        lease.changed.notify_one();
     }
     let mut status = status::lock(status);
     status.last_heartbeat_ok = Some(sent);
@@ -135,6 +148,49 @@ pub fn fence_step(
     }
 }
 
+/// What [`enforce`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforced {
+    /// No postmaster was alive.
+    AlreadyStopped,
+    /// Enough standbys of the fence set stream.
+    KeepServing,
+    /// Too few streamed: PostgreSQL was stopped (immediate mode).
+    Stopped,
+    /// Too few streamed, and the stop failed (logged; tried again next tick).
+    StopFailed,
+}
+
+/// One armed look at PostgreSQL: observe it through `pg`, apply
+/// [`fence_step`], and stop it at once when the rule says so. Shared by the
+/// keeper's fence task and the fence guard ([`crate::guard`]), so both
+/// apply the same rule the same way.
+pub async fn enforce<P: LocalPostgres>(pg: &P, fence_set: &[String], required: u32) -> Enforced {
+    let o = pg.observe().await;
+    let alive = o.running || pg.postmaster_alive();
+    match fence_step(alive, &o.streaming_standbys, fence_set, required) {
+        FenceStep::AlreadyStopped => return Enforced::AlreadyStopped,
+        FenceStep::KeepServing => return Enforced::KeepServing,
+        FenceStep::Stop => {}
+    }
+    tracing::warn!(
+        streaming = ?o.streaming_standbys,
+        required,
+        accepting_connections = o.running,
+        "monitor unreachable and too few standbys streaming: fencing (stopping PostgreSQL)"
+    );
+    match pg.stop_immediate().await {
+        Ok(()) => {
+            tracing::warn!("fenced: PostgreSQL stopped; it restarts only when the monitor says this node is still the primary");
+            Enforced::Stopped
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "fencing failed");
+            Enforced::StopFailed
+        }
+    }
+}
+
 /// The fence task: stop PostgreSQL when the node is on the primary side,
 /// has not reached the monitor for `fence_timeout`, and fewer than the
 /// required standbys stream from it. Runs on its own short timer, with its
@@ -173,29 +229,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Fence<P> {
         if !must_check {
             return;
         }
-        let o = self.pg.observe().await;
-        let alive = o.running || self.pg.postmaster_alive();
-        match fence_step(alive, &o.streaming_standbys, &fence_set, required) {
-            FenceStep::AlreadyStopped => {
-                self.mark_fenced().await;
-                return;
-            }
-            FenceStep::KeepServing => return,
-            FenceStep::Stop => {}
-        }
-        tracing::warn!(
-            streaming = ?o.streaming_standbys,
-            required,
-            accepting_connections = o.running,
-            "monitor unreachable and too few standbys streaming: fencing (stopping PostgreSQL)"
-        );
-        match self.pg.stop_immediate().await {
-            Ok(()) => {
+        match enforce(&self.pg, &fence_set, required).await {
+            Enforced::KeepServing | Enforced::StopFailed => {}
+            Enforced::AlreadyStopped => self.mark_fenced().await,
+            Enforced::Stopped => {
                 self.mark_fenced().await;
                 crate::metrics::fenced();
-                tracing::warn!("fenced: PostgreSQL stopped; it restarts only when the monitor says this node is still the primary");
             }
-            Err(e) => tracing::error!(error = %e, "fencing failed"),
         }
     }
 
@@ -205,18 +245,18 @@ impl<P: LocalPostgres + Send + Sync + 'static> Fence<P> {
     }
 }
 
+/// A fake PostgreSQL for the fence's and the guard's unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
-    use super::*;
-    use crate::pg::{ManagedConfig, Observation, PgError, Upstream};
-    use crate::status::KeeperStatus;
+    use crate::pg::{LocalPostgres, ManagedConfig, Observation, PgError, Upstream};
 
     /// A primary no standby streams from; it records the fence's stop.
     #[derive(Default)]
-    struct Isolated {
-        stopped: AtomicBool,
+    pub(crate) struct Isolated {
+        pub(crate) stopped: AtomicBool,
     }
 
     impl LocalPostgres for Isolated {
@@ -273,6 +313,15 @@ mod tests {
             Ok(None)
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::fake::Isolated;
+    use super::*;
+    use crate::status::KeeperStatus;
 
     fn fence(fence_timeout: Duration) -> Fence<Isolated> {
         let status = KeeperStatus::new("n", "default", S::Primary, S::Primary);

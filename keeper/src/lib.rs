@@ -11,6 +11,7 @@ pub mod error;
 pub mod executor;
 pub mod failpoint;
 pub mod fence;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod pg;

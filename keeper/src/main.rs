@@ -31,11 +31,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// The fence guard the keeper starts beside itself (internal: the
+    /// keeper builds this command line).
+    #[command(hide = true)]
+    FenceGuard(pgpilot_keeper::guard::GuardArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Command::Run { config, log_format } = Args::parse().command;
+    let (config, log_format) = match Args::parse().command {
+        Command::Run { config, log_format } => (config, log_format),
+        Command::FenceGuard(args) => return fence_guard(args).await,
+    };
     pgpilot_proto::logs::init(log_format);
     let config = match KeeperConfig::load(&config) {
         Ok(c) => c,
@@ -65,11 +72,25 @@ async fn main() -> ExitCode {
         }
         tracing::info!("keeper stopping (PostgreSQL keeps running)");
     };
-    match pgpilot_keeper::run::run(config, failpoints, shutdown).await {
+    match pgpilot_keeper::run::run(config, failpoints, log_format, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `pgpilot-keeper fence-guard`: runs until nothing is left to guard (a
+/// signal such as SIGTERM ends it at once; the keeper starts a new one).
+async fn fence_guard(args: pgpilot_keeper::guard::GuardArgs) -> ExitCode {
+    pgpilot_proto::logs::init(args.log_format);
+    let span = tracing::info_span!("fence-guard", port = args.port);
+    match tracing::Instrument::instrument(pgpilot_keeper::guard::run(args), span).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -1,18 +1,21 @@
 //! Running a keeper: check the configuration against the machine (user,
 //! PostgreSQL programs, password and TLS files), build the PostgreSQL
 //! handles (the loop's, the fence's, the HTTP server's: one connection
-//! each), start the HTTP server, and run the loop until `shutdown`.
+//! each), start the HTTP server, and run the loop (with its link to the
+//! fence guard, [`crate::guard`]) until `shutdown`.
 
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
+use pgpilot_proto::logs::LogFormat;
 use tracing::Instrument;
 
 use crate::access::{self, PasswordSource};
 use crate::agent::Keeper;
 use crate::config::KeeperConfig;
 use crate::failpoint::{self, Failpoints};
+use crate::guard::{self, GuardArgs};
 use crate::pg::{find_bin_dir, postgres_key_problem, PgController, PgSettings};
 use crate::status::SharedStatus;
 use crate::{http, metrics};
@@ -40,20 +43,43 @@ impl RunError {
 }
 
 /// Run the keeper `config` describes until `shutdown` resolves (PostgreSQL
-/// keeps running), or until it fails.
+/// keeps running, and so does its fence guard), or until it fails. The
+/// fence guard it starts logs in `log_format`.
 pub async fn run(
     config: KeeperConfig,
     failpoints: Failpoints,
+    log_format: LogFormat,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     if nix::unistd::geteuid().is_root() {
         return Err(RunError::Config("PostgreSQL refuses to run as root: run pgpilot-keeper as the user that owns PGDATA (e.g. postgres)".to_string()));
     }
     let pg = PgController::new(pg_settings(&config)?);
+    let guard = guard_args(&config, pg.settings(), log_format)?;
     let span = tracing::info_span!("keeper", node = %config.name, formation = %config.formation);
-    run_keeper(config, failpoints, pg, shutdown)
+    run_keeper(config, failpoints, pg, guard, shutdown)
         .instrument(span)
         .await
+}
+
+/// How to start this node's fence guard: its socket beside the state
+/// file, and how it reaches PostgreSQL.
+fn guard_args(
+    config: &KeeperConfig,
+    settings: &PgSettings,
+    log_format: LogFormat,
+) -> Result<GuardArgs, RunError> {
+    let socket =
+        guard::wire::socket_path(&config.state_file(), config.port).map_err(RunError::Config)?;
+    Ok(GuardArgs {
+        socket,
+        pgdata: settings.pgdata.clone(),
+        pg_bin_dir: settings.bin_dir.clone(),
+        pg_socket_dir: settings.socket_dir.clone(),
+        pg_user: settings.superuser.clone(),
+        port: settings.port,
+        log_format,
+    })
 }
 
 /// Where PostgreSQL is and how the nodes replicate, checked: the programs
@@ -121,6 +147,7 @@ async fn run_keeper(
     config: KeeperConfig,
     failpoints: Failpoints,
     pg: PgController,
+    guard: GuardArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     log_replication(&config, pg.settings());
@@ -142,7 +169,8 @@ async fn run_keeper(
     }
     let mut keeper = Keeper::new(config, pg, fence_pg)
         .map_err(|e| RunError::Failed(e.to_string()))?
-        .with_failpoints(failpoints);
+        .with_failpoints(failpoints)
+        .with_guard(guard);
     keeper
         .connect()
         .map_err(|e| RunError::Config(e.to_string()))?;

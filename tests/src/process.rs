@@ -50,6 +50,38 @@ pub fn comm(pid: i32) -> Option<String> {
     )
 }
 
+/// The arguments of a process (`/proc/<pid>/cmdline`).
+pub fn cmdline(pid: i32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// Live `pgpilot-keeper fence-guard` processes watching `pgdata`.
+pub fn fence_guards_of(pgdata: &Path) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pgdata = pgdata.display().to_string();
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| is_alive(pid))
+        .filter(|&pid| {
+            cmdline(pid).is_some_and(|args| {
+                args.iter().any(|a| a == "fence-guard")
+                    && args
+                        .windows(2)
+                        .any(|w| w[0] == "--pgdata" && w[1] == pgdata)
+            })
+        })
+        .collect()
+}
+
 /// (state, parent pid) from `/proc/<pid>/stat`.
 fn proc_stat(pid: i32) -> Option<(char, i32)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -4,8 +4,9 @@
 //! keeper alive, planned failovers, and a primary cut off by a network
 //! partition (in synchronous and asynchronous replication) with a second
 //! client on its own host, whose writes acknowledged after the cut the
-//! fence bounds — plus the time from nothing to a healthy group. Prints a
-//! table with min / median / p95 / max.
+//! fence bounds — plus the time from nothing to a healthy group, and the
+//! pause a planned restart of the primary's keeper (SIGTERM, start again)
+//! causes. Prints a table with min / median / p95 / max.
 //!
 //! Example: cargo run --release -p pgpilot-tests --bin pgpilot-bench -- failover --runs 5
 
@@ -55,6 +56,9 @@ enum Scenario {
     PartitionSync,
     /// The same with asynchronous standbys (`replication_quorum = false`).
     PartitionAsync,
+    /// The primary's keeper stopped (SIGTERM) and started again, as in an
+    /// upgrade: PostgreSQL and its fence guard keep running.
+    KeeperRestart,
 }
 
 impl Scenario {
@@ -65,6 +69,7 @@ impl Scenario {
             Scenario::Planned => "planned perform-failover",
             Scenario::PartitionSync => "primary partitioned away, synchronous",
             Scenario::PartitionAsync => "primary partitioned away, asynchronous",
+            Scenario::KeeperRestart => "primary's keeper restarted (SIGTERM, start)",
         }
     }
 
@@ -96,6 +101,7 @@ async fn main() -> Result<()> {
             Scenario::Planned,
             Scenario::PartitionSync,
             Scenario::PartitionAsync,
+            Scenario::KeeperRestart,
         ]
     } else {
         scenario
@@ -124,6 +130,7 @@ async fn main() -> Result<()> {
                 Scenario::PgCrash => pg_crash(&cluster).await,
                 Scenario::Planned => planned(&cluster).await,
                 Scenario::PartitionSync | Scenario::PartitionAsync => partition(&cluster).await,
+                Scenario::KeeperRestart => keeper_restart(&cluster).await,
             }
             .with_context(|| format!("{} run {run}", s.label()))?;
             eprintln!(
@@ -368,6 +375,55 @@ async fn planned(cluster: &Cluster) -> Result<Sample> {
         .longest_gap_after(started)
         .context("no writes during the failover")?;
     let primary = current_primary(cluster).await?;
+    let lost = report.missing_ids(cluster, &primary).await?.len();
+    Ok(Sample {
+        outage,
+        lost,
+        isolated: None,
+    })
+}
+
+/// Stop the primary's keeper (SIGTERM), start it again, and wait until it
+/// is back with its fence guard and the client writes on. The outage is
+/// the longest pause between acknowledged writes from the stop on; the
+/// primary and its postmaster must be the same afterwards.
+async fn keeper_restart(cluster: &Cluster) -> Result<Sample> {
+    settled(cluster).await?;
+    let primary = current_primary(cluster).await?;
+    let pgdata = cluster.pgdata(&primary)?;
+    let postmaster = postmaster_pid(&pgdata);
+    let w = writer(cluster).await?;
+    wait_for_writes(cluster, &w, Instant::now()).await?;
+    let stopped = cluster.stop_keeper(&primary).await?;
+    cluster.start_keeper(&primary)?;
+    let log = cluster.keeper_log(&primary)?;
+    cluster
+        .wait_until(
+            Duration::from_secs(60),
+            "the restarted keeper to connect to its fence guard",
+            |_| {
+                let back = std::fs::read_to_string(&log).is_ok_and(|text| {
+                    text.rsplit("=== harness: starting the keeper ===")
+                        .next()
+                        .is_some_and(|tail| tail.contains("fence guard connected"))
+                });
+                async move { Ok(back) }
+            },
+        )
+        .await?;
+    let back = Instant::now();
+    eprintln!(
+        "keeper of {primary} back with its guard {:.3} s after SIGTERM",
+        back.duration_since(stopped).as_secs_f64()
+    );
+    wait_for_writes(cluster, &w, back).await?;
+    let report = w.stop().await;
+    let outage = report
+        .longest_gap_after(stopped)
+        .context("no writes during the keeper restart")?;
+    if current_primary(cluster).await? != primary || postmaster_pid(&pgdata) != postmaster {
+        bail!("a keeper restart of {primary} changed the primary or restarted PostgreSQL");
+    }
     let lost = report.missing_ids(cluster, &primary).await?.len();
     Ok(Sample {
         outage,

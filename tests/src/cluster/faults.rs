@@ -150,6 +150,48 @@ impl Cluster {
         self.spawn_keeper_of(name)
     }
 
+    /// SIGKILL the keeper of `name` — its process group, as an OOM kill of
+    /// the keeper and what it ran — and nothing else: PostgreSQL and the
+    /// fence guard (each in a session of its own) keep running. Returns
+    /// when it is gone.
+    pub fn kill_keeper(&self, name: &str) -> Result<Instant> {
+        let node = self.node(name)?;
+        let mut child = lock(&node.keeper)
+            .take()
+            .ok_or_else(|| anyhow!("the keeper of {name} is not running"))?;
+        let pid = child.id();
+        process::kill_child_group(&mut child);
+        let gone_at = Instant::now();
+        self.mark_log(
+            &node.keeper_log,
+            &format!("keeper pid {pid} killed (SIGKILL)"),
+        );
+        Ok(gone_at)
+    }
+
+    /// Stop the keeper of `name` as an init system does (SIGTERM, SIGKILL
+    /// after a while) and wait until it has exited; PostgreSQL keeps
+    /// running. Returns when the signal was sent.
+    pub async fn stop_keeper(&self, name: &str) -> Result<Instant> {
+        let node = self.node(name)?;
+        let child = lock(&node.keeper)
+            .take()
+            .ok_or_else(|| anyhow!("the keeper of {name} is not running"))?;
+        let pid = child.id();
+        let sent_at = Instant::now();
+        super::teardown::stop_gracefully(child).await;
+        self.mark_log(
+            &node.keeper_log,
+            &format!("keeper pid {pid} stopped (SIGTERM)"),
+        );
+        Ok(sent_at)
+    }
+
+    /// Process ids of the fence guards watching `name`'s PostgreSQL.
+    pub fn fence_guards(&self, name: &str) -> Result<Vec<i32>> {
+        Ok(process::fence_guards_of(&self.node(name)?.pgdata))
+    }
+
     /// Send a signal to the keeper of `name` (e.g. SIGSTOP / SIGCONT).
     pub fn signal_keeper(&self, name: &str, signal: Signal) -> Result<()> {
         let node = self.node(name)?;

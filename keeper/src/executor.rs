@@ -114,21 +114,26 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
             match action {
                 Action::InitDb => pg.initdb().await?,
                 Action::ConfigurePrimary => {
-                    config_changed |= pg.write_config(&self.managed_config(target, None)).await?;
+                    config_changed |= pg
+                        .write_config(&self.managed_config(target, None, false))
+                        .await?;
                 }
-                Action::ConfigureStandby => match upstream(target) {
-                    Ok(upstream) => {
-                        config_changed |= pg
-                            .write_config(&self.managed_config(target, Some(upstream)))
-                            .await?;
-                    }
-                    // No primary is named during an election once the old
-                    // one was replaced: a standby keeps the configuration
-                    // it has, so that a PostgreSQL stopped meanwhile comes
-                    // back and reports its LSN (or serves a fast-forward).
-                    Err(_) if pg.is_configured_standby() => {}
-                    Err(e) => return Err(e),
-                },
+                Action::ConfigureStandby => {
+                    let standby_of = match upstream(target) {
+                        Ok(upstream) => Some(upstream),
+                        // No primary is named during an election once the
+                        // old one was replaced: a standby stays one but
+                        // follows nobody — it never streams again from the
+                        // replaced primary, and a PostgreSQL stopped
+                        // meanwhile comes back to report its LSN (or to
+                        // serve a fast-forward).
+                        Err(_) if pg.is_configured_standby() => None,
+                        Err(e) => return Err(e),
+                    };
+                    config_changed |= pg
+                        .write_config(&self.managed_config(target, standby_of, true))
+                        .await?;
+                }
                 Action::Start => self.start_postgres().await?,
                 Action::Reload => {
                     if config_changed {
@@ -201,19 +206,25 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
         }
         self.pg.rewind(upstream).await?;
         self.pg
-            .write_config(&self.managed_config(target, Some(upstream.clone())))
+            .write_config(&self.managed_config(target, Some(upstream.clone()), true))
             .await?;
         self.pg.start().await?;
         Ok(())
     }
 
-    fn managed_config(&self, target: Target<'_>, standby_of: Option<Upstream>) -> ManagedConfig {
+    fn managed_config(
+        &self,
+        target: Target<'_>,
+        standby_of: Option<Upstream>,
+        standby: bool,
+    ) -> ManagedConfig {
         let config = &self.config;
         ManagedConfig {
+            standby,
             port: config.port,
             listen_addresses: config.listen_addresses(),
             application_name: application_name(target.node_id),
-            synchronous_standby_names: if standby_of.is_some() {
+            synchronous_standby_names: if standby {
                 String::new()
             } else {
                 target.instructions.synchronous_standby_names.clone()

@@ -268,6 +268,8 @@ pub const KEEPER_EDGES: &[(ReplicationState, ReplicationState)] = &[
     (S::JoinSecondary, S::Catchingup),
     // Promotion, fetching missing WAL from a more advanced standby first.
     (S::ReportLsn, S::FastForward),
+    // The WAL to fetch cannot be had: back to the election.
+    (S::FastForward, S::ReportLsn),
     (S::FastForward, S::PreparePromotion),
     (S::PreparePromotion, S::StopReplication),
     (S::StopReplication, S::WaitPrimary),
@@ -289,6 +291,11 @@ pub const KEEPER_EDGES: &[(ReplicationState, ReplicationState)] = &[
     (S::WaitPrimary, S::PrepareMaintenance),
     (S::ApplySettings, S::PrepareMaintenance),
     (S::PrepareMaintenance, S::Maintenance),
+    // A primary told to hand over for maintenance whose keeper died before
+    // it stopped: replaced under the fence deadline, it stops when back.
+    (S::Primary, S::Maintenance),
+    (S::WaitPrimary, S::Maintenance),
+    (S::ApplySettings, S::Maintenance),
     (S::Maintenance, S::Catchingup),
     // reinit: stop, then clone the primary afresh (wait_standby -> catchingup).
     (S::Secondary, S::WaitStandby),

@@ -58,8 +58,12 @@ pub struct ManagedConfig {
     /// `application_name` the node uses when it streams, and `cluster_name`.
     pub application_name: String,
     /// `Some` makes the node a standby of that upstream (standby.signal is
-    /// created); `None` removes standby.signal and primary_conninfo.
+    /// created); `None` empties primary_conninfo, and removes standby.signal
+    /// unless `standby` says the node stays a standby (following nobody).
     pub standby_of: Option<Upstream>,
+    /// A standby (standby.signal): always when `standby_of` is set; also a
+    /// standby that follows nobody while no primary is named.
+    pub standby: bool,
     /// '' turns synchronous replication off.
     pub synchronous_standby_names: String,
     pub wal_sender_timeout: Duration,

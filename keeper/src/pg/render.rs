@@ -61,8 +61,11 @@ impl PgController {
             config.group_hosts.is_some(),
         )?;
         let signal = pgdata.join(STANDBY_SIGNAL);
-        match (&config.standby_of, signal.exists()) {
-            (Some(_), false) => {
+        match (
+            config.standby || config.standby_of.is_some(),
+            signal.exists(),
+        ) {
+            (true, false) => {
                 let file = std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -74,7 +77,7 @@ impl PgController {
                 fsync_dir(pgdata)?;
                 changed = true;
             }
-            (None, true) => {
+            (false, true) => {
                 std::fs::remove_file(&signal).map_err(|e| io_error(&signal, e))?;
                 fsync_dir(pgdata)?;
                 changed = true;

@@ -27,6 +27,7 @@ fn upstream() -> Upstream {
 
 fn config(standby_of: Option<Upstream>) -> ManagedConfig {
     ManagedConfig {
+        standby: standby_of.is_some(),
         port: 5432,
         listen_addresses: "*".into(),
         application_name: "node_2".into(),
@@ -553,6 +554,7 @@ where
 
 fn node_config(port: u16, name: &str, standby_of: Option<Upstream>) -> ManagedConfig {
     ManagedConfig {
+        standby: standby_of.is_some(),
         port,
         listen_addresses: "127.0.0.1".into(),
         application_name: name.into(),

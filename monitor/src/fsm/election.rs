@@ -26,9 +26,13 @@ impl Eval<'_> {
             .collect();
 
         if is_handing_over(self.nodes[p].goal) {
-            // Planned failover: the election completes once the primary stopped.
+            // Planned failover: the election completes once the primary
+            // stopped; if its keeper died first, by the fence deadline,
+            // as for a primary that cannot be reached.
             if self.reached(p) {
                 self.elect(p, &electing, "the old primary stopped cleanly");
+            } else if !self.alive(p) {
+                self.elect(p, &electing, "the fence deadline passed");
             } else {
                 self.wait(Wait::PrimaryStopping { primary });
             }
@@ -311,12 +315,10 @@ impl Eval<'_> {
             self.assign(w, S::PreparePromotion, elected);
         }
         match self.nodes[p].goal {
-            S::PrepareMaintenance => self.assign(
-                p,
-                S::Maintenance,
-                Reason::OldPrimaryReplaced { new_primary },
-            ),
-            S::Demoted => {}
+            // It stays the primary the election is about until the winner
+            // is promoted (an election run again after a fast-forward
+            // that could not finish needs it), then enters maintenance.
+            S::PrepareMaintenance | S::Demoted => {}
             _ => self.assign(p, S::Demoted, Reason::OldPrimaryReplaced { new_primary }),
         }
     }
@@ -339,6 +341,45 @@ impl Eval<'_> {
         from_heartbeat.max(from_stream) + t.heartbeat_interval + self.settings.fence_margin
     }
 
+    /// Other reporters of the election whose PostgreSQL is down while
+    /// their keeper restarts it (within the allowance).
+    fn restarting_reporters(&self, i: usize) -> Vec<String> {
+        (0..self.nodes.len())
+            .filter(|&j| {
+                j != i
+                    && self.nodes[j].goal == S::ReportLsn
+                    && !self.nodes[j].pg_running
+                    && self.alive(j)
+                    && self.pg_down_too_long(j).is_none()
+            })
+            .map(|j| self.name(j))
+            .collect()
+    }
+
+    /// Why the fast-forward of node `i` can never finish: a reporter of
+    /// the election (whose WAL may be needed) or the source is gone — its
+    /// keeper silent and its PostgreSQL not answering the monitor, or its
+    /// PostgreSQL down past the allowance — or no node can serve the WAL
+    /// and none is restarting. The election then runs again, and the
+    /// promotion rule decides without them.
+    fn fast_forward_lost(&self, i: usize) -> Option<String> {
+        let gone = |j: usize| self.unhealthy(j).is_some() || self.pg_down_too_long(j).is_some();
+        let lost: Vec<String> = (0..self.nodes.len())
+            .filter(|&j| j != i && self.nodes[j].goal == S::ReportLsn && gone(j))
+            .map(|j| self.name(j))
+            .collect();
+        if !lost.is_empty() {
+            return Some(format!("{} gone", lost.join(", ")));
+        }
+        match fast_forward_source(&self.nodes, i) {
+            Some(s) if gone(s) => Some(format!("source {} gone", self.name(s))),
+            None if self.restarting_reporters(i).is_empty() => {
+                Some("no standby that holds it is running".to_string())
+            }
+            _ => None,
+        }
+    }
+
     pub(super) fn promotion_rules(&mut self) {
         for i in 0..self.nodes.len() {
             if !self.reached(i) {
@@ -346,19 +387,17 @@ impl Eval<'_> {
             }
             match self.nodes[i].goal {
                 S::FastForward => {
+                    if let Some(why) = self.fast_forward_lost(i) {
+                        self.assign(i, S::ReportLsn, Reason::FastForwardSourceLost { why });
+                        continue;
+                    }
                     // The target is only known while every other standby of
                     // the election runs (a stopped one reports no LSN) and
-                    // the source is there: otherwise wait, lest the winner
-                    // be promoted without WAL only the source had.
+                    // the source is there: otherwise wait for the restart
+                    // under way, lest the winner be promoted without WAL
+                    // only the source had.
                     let source = fast_forward_source(&self.nodes, i);
-                    let unknown: Vec<String> = (0..self.nodes.len())
-                        .filter(|&j| {
-                            j != i
-                                && self.nodes[j].goal == S::ReportLsn
-                                && !self.nodes[j].pg_running
-                        })
-                        .map(|j| self.name(j))
-                        .collect();
+                    let unknown = self.restarting_reporters(i);
                     if source.is_none() || !unknown.is_empty() {
                         let node = self.name(i);
                         self.wait(Wait::FastForwardBlocked {
@@ -405,7 +444,20 @@ impl Eval<'_> {
         });
         for i in 0..self.nodes.len() {
             let node = &self.nodes[i];
-            if node.goal == S::ReportLsn {
+            if node.goal == S::PrepareMaintenance {
+                let promoted = new_primary.or_else(|| {
+                    (0..self.nodes.len())
+                        .find(|&j| j != i && self.nodes[j].goal.is_writable_primary())
+                });
+                if let Some(np) = promoted {
+                    let new_primary = self.name(np);
+                    self.assign(
+                        i,
+                        S::Maintenance,
+                        Reason::OldPrimaryReplaced { new_primary },
+                    );
+                }
+            } else if node.goal == S::ReportLsn {
                 if let Some(np) = new_primary {
                     let primary = self.name(np);
                     self.assign(i, S::JoinSecondary, Reason::NewPrimary { primary });

@@ -253,7 +253,11 @@ pub fn fast_forward_source(nodes: &[NodeSnapshot], i: usize) -> Option<usize> {
                 && nodes[j].pg_running
                 && matches!(
                     nodes[j].goal,
-                    S::ReportLsn | S::JoinSecondary | S::Secondary | S::Catchingup
+                    S::ReportLsn
+                        | S::JoinSecondary
+                        | S::Secondary
+                        | S::Catchingup
+                        | S::WaitMaintenance
                 )
         })
         .max_by_key(|&j| (nodes[j].lsn, -nodes[j].id))

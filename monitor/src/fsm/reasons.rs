@@ -87,6 +87,12 @@ pub enum Reason {
         reported: pgpilot_proto::ReplicationState,
         goal: pgpilot_proto::ReplicationState,
     },
+    /// The WAL the elected standby lacks is on no node that can serve it,
+    /// now or after a restart under way: the election runs again from the
+    /// nodes there are, under the promotion rule.
+    FastForwardSourceLost {
+        why: String,
+    },
 }
 
 impl Reason {
@@ -122,6 +128,7 @@ impl Reason {
             Reason::Dropped => "dropped",
             Reason::Reinit => "reinit",
             Reason::GoalUnreachable { .. } => "goal_unreachable",
+            Reason::FastForwardSourceLost { .. } => "fast_forward_source_lost",
         }
     }
 }
@@ -217,6 +224,10 @@ impl fmt::Display for Reason {
             Reason::Reinit => write!(
                 f,
                 "reinit requested: stop, then rebuild from a fresh clone of the primary"
+            ),
+            Reason::FastForwardSourceLost { why } => write!(
+                f,
+                "the WAL to fetch before the promotion cannot be had ({why}): electing again among the standbys there are"
             ),
             Reason::GoalUnreachable { reported, goal } => write!(
                 f,

@@ -983,10 +983,69 @@ fn primary_maintenance_hands_over_then_stops() {
         .at("a", S::PrepareMaintenance)
         .node("b", S::ReportLsn, S::ReportLsn)
         .stream_lost("b", 0);
+    // a stays the primary the election is about until b is promoted.
+    expect(&g, &g.decide(), &[("b", S::PreparePromotion)]);
+    let g = g.with("b", |n| {
+        n.reported = S::StopReplication;
+        n.goal = S::StopReplication;
+    });
     expect(
         &g,
         &g.decide(),
-        &[("b", S::PreparePromotion), ("a", S::Maintenance)],
+        &[("b", S::WaitPrimary), ("a", S::Maintenance)],
+    );
+}
+
+/// Found by the simulation (seeds 305, 1337, 1819 of 30,000 and 137 in
+/// 100,000 before): the source of a fast-forward died, and the winner
+/// waited for its WAL for ever. Now the election runs again without it,
+/// under the promotion rule.
+#[test]
+fn a_fast_forward_whose_source_is_gone_elects_again() {
+    let g = group()
+        .node("a", S::Demoted, S::Demoted)
+        .dead("a", 10)
+        .at("b", S::FastForward)
+        .at("c", S::ReportLsn)
+        .with("c", |n| n.lsn += 100)
+        .dead("c", 10);
+    let o = g.decide();
+    expect(&g, &o, &[("b", S::ReportLsn)]);
+    assert_eq!(o.decisions[0].reason.kind(), "fast_forward_source_lost");
+    assert!(
+        o.decisions[0].reason.to_string().contains("c gone"),
+        "{}",
+        o.decisions[0].reason
+    );
+    // A source whose keeper is silent but whose PostgreSQL still answers
+    // the monitor can still serve: keep fetching.
+    let g = g.with("c", |n| n.health = Health::Good);
+    expect(&g, &g.decide(), &[]);
+}
+
+/// Found by the simulation: a draining primary whose keeper died before it
+/// confirmed its stop held the election for ever. The fence deadline now
+/// proves it stopped, as for a primary that cannot be reached.
+#[test]
+fn a_draining_primary_whose_keeper_died_is_replaced_after_the_fence_deadline() {
+    let g = group()
+        .node("a", S::Primary, S::Draining)
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .with("a", |n| {
+            n.fence_set = vec![pgpilot_proto::lsn::application_name(2)];
+            n.fence_required = 1;
+        })
+        .stream_lost("b", 10);
+    // Its keeper is alive: the election waits for its confirmation.
+    expect(&g, &g.decide(), &[]);
+    // Silent for 1 s: within the node timeout (2 s), still awaited.
+    let g = g.dead("a", 1);
+    expect(&g, &g.decide(), &[]);
+    let g = g.dead("a", 10);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
     );
 }
 

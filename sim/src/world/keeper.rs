@@ -427,16 +427,24 @@ impl World {
             Action::ConfigurePrimary => {
                 let sync = parse_sync(&self.keepers[i].sync_names);
                 let pg = &mut self.pgs[i];
-                let changed = pg.conf_upstream.is_some() || pg.conf_sync != sync;
+                let changed = pg.conf_standby || pg.conf_sync != sync;
                 pg.conf_upstream = None;
+                pg.conf_standby = false;
                 pg.conf_sync = sync;
                 Ok(changed)
             }
             Action::ConfigureStandby => {
-                let u = upstream.ok_or("the monitor names no primary to follow yet")?;
+                // No primary named: a standby stays one and follows nobody
+                // (executor.rs, `is_configured_standby`).
+                let standby = self.pgs[i].has_data && self.pgs[i].conf_standby;
+                if upstream.is_none() && !standby {
+                    return Err("the monitor names no primary to follow yet".into());
+                }
                 let pg = &mut self.pgs[i];
-                let changed = pg.conf_upstream != Some(u) || pg.conf_sync.is_some();
-                pg.conf_upstream = Some(u);
+                let changed =
+                    pg.conf_upstream != upstream || !pg.conf_standby || pg.conf_sync.is_some();
+                pg.conf_upstream = upstream;
+                pg.conf_standby = true;
                 pg.conf_sync = None;
                 Ok(changed)
             }
@@ -517,6 +525,7 @@ impl World {
             pg.timeline = tl;
             pg.in_recovery = true;
             pg.conf_upstream = Some(u);
+            pg.conf_standby = true;
             pg.conf_sync = None;
             self.pg_start(i)?;
         } else {
@@ -536,6 +545,7 @@ impl World {
             pg.timeline += 1;
             pg.upstream = None;
             pg.conf_upstream = None;
+            pg.conf_standby = false;
             pg.receiving = false;
             let (tl, lsn) = (pg.timeline, pg.lsn());
             self.stats.promotions += 1;
@@ -572,6 +582,7 @@ impl World {
         pg.timeline = tl;
         pg.generation += 1;
         pg.in_recovery = true;
+        pg.conf_standby = true;
         Ok(())
     }
 
@@ -595,7 +606,7 @@ impl World {
             ));
             return Err("PostgreSQL exited before accepting connections".into());
         }
-        let standby = pg.conf_upstream.is_some();
+        let standby = pg.conf_standby;
         if pg.in_recovery && !standby {
             // Started without standby.signal: recovery ends, a new timeline.
             pg.timeline += 1;
@@ -609,7 +620,10 @@ impl World {
         pg.senders.clear();
         pg.incarnation += 1;
         let what = if standby {
-            format!("as a standby of {}", name(pg.upstream.unwrap_or(0)))
+            match pg.upstream {
+                Some(u) => format!("as a standby of {}", name(u)),
+                None => "as a standby following nobody".to_string(),
+            }
         } else {
             format!(
                 "as a primary, sync {:?}",

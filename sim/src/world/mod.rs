@@ -270,6 +270,9 @@ struct Pg {
     incarnation: u64,
     /// pgpilot.conf as written: the node to follow, the sync setting.
     conf_upstream: Option<usize>,
+    /// standby.signal as written: a standby, following `conf_upstream`
+    /// or (while no primary is named) nobody.
+    conf_standby: bool,
     conf_sync: Option<SyncRep>,
     /// What the running server applies.
     upstream: Option<usize>,

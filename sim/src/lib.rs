@@ -14,7 +14,7 @@ pub mod world;
 pub type Ms = u64;
 
 pub use monitor::MonitorFlaw;
-pub use world::{run, KeeperFlaw, KnownBug, Options, RunReport, Stats, Violation};
+pub use world::{run, KeeperFlaw, Options, RunReport, Stats, Violation};
 
 impl RunReport {
     /// The failure report: seed, setup, the broken invariant, the last
@@ -28,9 +28,6 @@ impl RunReport {
                 v.at as f64 / 1000.0,
                 v.what
             ));
-            if let Some(k) = v.known {
-                out.push_str(&format!("({})\n", k.describe()));
-            }
         }
         out.push_str("trace (latest last):\n");
         for line in &self.trace {

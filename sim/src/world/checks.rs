@@ -103,9 +103,6 @@ impl World {
                     }
                 ),
             );
-            if !keeperless.is_empty() {
-                self.known = Some(KnownBug::KeeperDeadNoFence);
-            }
             return;
         }
         // 2. The group's primary holds every commit acknowledged under
@@ -159,7 +156,6 @@ impl World {
                         }
                     );
                     self.fail(2, what);
-                    self.known = left.then_some(KnownBug::FenceSetShrank);
                     return;
                 }
             }
@@ -201,6 +197,7 @@ impl World {
             // What an operator does with an election that says it is stuck
             // (the documented double-fault case): accept the data loss.
             self.forced_after_faults = true;
+            self.stats.forced = true;
             let r = self.operator_op(|m, now| m.force_election(now));
             self.log(format!(
                 "operator: perform-failover --allow-data-loss (election stuck since the faults stopped): {r:?}"
@@ -210,12 +207,13 @@ impl World {
             }
         }
         if converged {
+            self.stats.settle_ms = self.now - over;
             self.log(format!(
                 "settled {:.1} s after the faults stopped",
                 (self.now - over) as f64 / 1000.0
             ));
             self.settled = true;
-        } else if self.now > over + LIVENESS_MS {
+        } else if self.now > over + self.liveness_bound() {
             let diverged: Vec<String> = (0..self.pgs.len())
                 .filter(|&s| {
                     let pg = &self.pgs[s];
@@ -230,8 +228,13 @@ impl World {
             self.fail(
                 4,
                 format!(
-                    "the group did not settle within {} s after the faults stopped{}",
-                    LIVENESS_MS / 1000,
+                    "the group did not settle within {:.1} s after the faults stopped (the bound derived from the timeouts{}){}",
+                    self.liveness_bound() as f64 / 1000.0,
+                    if self.forced_after_faults {
+                        ", plus the wait before an operator forced the stuck election"
+                    } else {
+                        ""
+                    },
                     if diverged.is_empty() {
                         String::new()
                     } else {
@@ -242,12 +245,19 @@ impl World {
                     }
                 ),
             );
-            if !diverged.is_empty() {
-                self.known = Some(KnownBug::DivergedStandby);
-            } else if self.monitor.nodes.iter().any(|n| n.goal == S::FastForward) {
-                self.known = Some(KnownBug::FastForwardWaits);
-            }
         }
+    }
+
+    /// The liveness bound: derived from the timeouts, plus the wait before
+    /// an operator forces an election that says it is stuck (a double
+    /// fault) when one did.
+    fn liveness_bound(&self) -> Ms {
+        self.t.liveness_ms()
+            + if self.forced_after_faults {
+                STUCK_FORCE_MS
+            } else {
+                0
+            }
     }
 
     /// Every keeper alive and at its goal, the monitor agreeing, goals

@@ -18,7 +18,7 @@ impl World {
                 // The next start may take long (crash recovery; sometimes
                 // past postgres_restart_timeout) or fail a few times.
                 let (recovery, failing) = match self.rng.below(10) {
-                    0..=2 => (self.rng.range(1_000, 25_000), 0),
+                    0..=2 => (self.rng.range(1_000, MAX_CRASH_RECOVERY_MS), 0),
                     3 => (0, self.rng.range(1, 6) as u32),
                     _ => (0, 0),
                 };
@@ -81,6 +81,20 @@ impl World {
                 cut.push((me, Peer::Monitor));
                 cut.push((me, Peer::Client));
                 (format!("{} | everything", name(x)), cut)
+            }
+            3 if self.current_primary == Some(x) && self.keepers[x].alive => {
+                // The primary cut off from everything, and its keeper
+                // killed while it is: only its fence guard can stop it.
+                let mut cut: Vec<(Peer, Peer)> =
+                    others.iter().map(|&j| (me, Peer::Node(j))).collect();
+                cut.push((me, Peer::Monitor));
+                self.keeper_crash(x);
+                let d = self.rng.range(500, 10_000);
+                self.after(d, Ev::KeeperRestart(x));
+                (
+                    format!("{} | everything but the client, its keeper killed", name(x)),
+                    cut,
+                )
             }
             3 => (format!("{} | client", name(x)), vec![(me, Peer::Client)]),
             4 => {

@@ -38,8 +38,9 @@ const RECORD_BYTES: u64 = 128;
 const CLIENT_TIMEOUT_MS: Ms = 5_000;
 /// The group must form within this long of the start.
 const FORM_DEADLINE_MS: Ms = 30_000;
-/// After the faults stop, the group must settle within this long.
-const LIVENESS_MS: Ms = 60_000;
+/// The longest crash recovery the faults give a PostgreSQL (its next
+/// start takes that much longer).
+const MAX_CRASH_RECOVERY_MS: Ms = 25_000;
 /// An election still stuck this long after the faults stopped is forced,
 /// as an operator would.
 const STUCK_FORCE_MS: Ms = 15_000;
@@ -72,58 +73,6 @@ pub struct Violation {
     /// 1–5 as in DESIGN §5; 0 for "the monitor assigned a goal the keeper has no edge to".
     pub invariant: u8,
     pub what: String,
-    /// The open bug it matches, when it does.
-    pub known: Option<KnownBug>,
-}
-
-/// Open bugs the simulation found and that are not fixed yet (README,
-/// "Limitations"). A violation is matched to one only by its precise
-/// signature; anything else is a new finding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum KnownBug {
-    /// A commit that no member of the old primary's fence set held (the set
-    /// shrank past the standbys that confirmed it, or a new primary's
-    /// standbys had not caught up with it yet) is lost when that primary
-    /// is replaced.
-    FenceSetShrank,
-    /// A goal was set from a reported state the keeper had already left
-    /// (its goal changed twice between two of its heartbeats, or an
-    /// operator command acted on a node still moving): the keeper has no
-    /// edge from where it is.
-    GoalFromStaleView,
-    /// A primary whose keeper is dead cannot fence: cut off from the
-    /// monitor and its standbys it keeps its role while a standby is
-    /// promoted after the fence deadline.
-    KeeperDeadNoFence,
-    /// The documented wait of a fast-forward whose source standby stopped
-    /// (a standby of an unfinished election cannot restart: no primary is
-    /// named to it).
-    FastForwardWaits,
-    /// A standby that received WAL the new primary never had cannot follow
-    /// it, and nothing rewinds or re-clones it.
-    DivergedStandby,
-}
-
-impl KnownBug {
-    pub fn describe(self) -> &'static str {
-        match self {
-            KnownBug::FenceSetShrank => {
-                "open bug: a commit no member of the old primary's fence set had yet is lost"
-            }
-            KnownBug::GoalFromStaleView => {
-                "open bug: a goal set from a reported state the keeper had already left has no keeper edge"
-            }
-            KnownBug::KeeperDeadNoFence => {
-                "open bug: a primary whose keeper is dead cannot fence itself"
-            }
-            KnownBug::FastForwardWaits => {
-                "documented limitation: a fast-forward whose source stopped waits"
-            }
-            KnownBug::DivergedStandby => {
-                "open bug: a standby whose WAL diverged from the new primary never rejoins"
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -137,6 +86,10 @@ pub struct Stats {
     pub operator_ok: u64,
     pub operator_refused: u64,
     pub events: u64,
+    /// How long the group took to settle after the faults stopped.
+    pub settle_ms: Ms,
+    /// The stuck election an operator had to force after the faults.
+    pub forced: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +137,25 @@ fn ms(d: Duration) -> Ms {
 }
 
 impl Timings {
+    /// How long the group may take to settle once the faults stop,
+    /// derived from the timeouts: a crash recovery the faults started
+    /// runs out, then the primary's PostgreSQL gets its
+    /// `postgres_restart_timeout`, then one failover — the keeper's
+    /// silence noticed (node timeout and a health check), the fence
+    /// deadline (fence timeout, the standbys' streams gone after
+    /// `wal_sender_timeout`, a keeper loop and the margin) — and ten
+    /// keeper loops for the promotion steps, the rejoin and the catch-up.
+    fn liveness_ms(&self) -> Ms {
+        MAX_CRASH_RECOVERY_MS
+            + ms(self.machine.postgres_restart_timeout)
+            + ms(self.machine.node_timeout)
+            + self.health_timeout
+            + self.fence_timeout
+            + self.wal_sender_timeout
+            + ms(self.machine.fence_margin)
+            + 10 * self.heartbeat
+    }
+
     fn defaults() -> Timings {
         let heartbeat = keeper_config::DEFAULT_HEARTBEAT_INTERVAL;
         let fence_timeout = keeper_config::DEFAULT_FENCE_TIMEOUT;
@@ -541,8 +513,6 @@ pub struct World {
     /// The group's primary as last seen, and the one before it.
     current_primary: Option<usize>,
     previous_primary: Option<usize>,
-    /// Which open bug a violation matches, if any.
-    known: Option<KnownBug>,
     /// The nodes whose goal an operator command set last.
     operator_goal: Vec<bool>,
     violation: Option<Violation>,
@@ -559,10 +529,7 @@ pub fn run(seed: u64, opts: Options) -> RunReport {
     RunReport {
         seed,
         setup: w.setup.describe(),
-        violation: w.violation.clone().map(|v| Violation {
-            known: w.known,
-            ..v
-        }),
+        violation: w.violation.clone(),
         trace: w.trace.iter().cloned().collect(),
         state,
         stats: w.stats.clone(),
@@ -633,7 +600,6 @@ impl World {
             primary_had_sync: false,
             current_primary: None,
             previous_primary: None,
-            known: None,
             operator_goal: vec![false; n],
             violation: None,
             trace: VecDeque::new(),
@@ -674,7 +640,6 @@ impl World {
                 at: self.now,
                 invariant,
                 what,
-                known: None,
             });
         }
     }

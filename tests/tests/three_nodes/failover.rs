@@ -398,7 +398,12 @@ async fn priority_zero_never_promoted() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_fault_waits_until_forced() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::nodes(3)).await?;
-    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let state = cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    // Both standbys in node1's fence set: the monitor stores it when it
+    // answers node1, which then applies it. Settled standbys alone do not
+    // say that node1 heard of the second one yet.
+    let (app2, app3) = (app_name(&state, "node2")?, app_name(&state, "node3")?);
+    wait_sync_names(&cluster, "node1", 1, &[app2, app3]).await?;
     cli_refused(
         &cluster,
         &["perform-failover", "--allow-data-loss"],

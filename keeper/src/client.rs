@@ -183,6 +183,8 @@ pub fn node_active_request(
             start_failures.load(Ordering::SeqCst)
         },
         synchronous_standby_names: o.synchronous_standby_names.clone(),
+        // Only the loop's heartbeats carry notes (see `crate::notes`).
+        notes: Vec::new(),
     }
 }
 

@@ -256,7 +256,7 @@ impl World {
     pub(super) fn heartbeat_failed(&mut self, i: usize) {
         let k = &self.keepers[i];
         if !k.current.is_writable_primary() && k.current == k.goal {
-            let steady = plan::steady(k.current);
+            let steady = plan::steady_without_monitor(k.current);
             self.start_actions(i, steady, None);
         } else {
             self.sleep(i);
@@ -339,6 +339,9 @@ impl World {
             Action::Reload => (2, 10),
             Action::Clone => (400, 1500),
             Action::RewindOrClone => (300, 1200),
+            // The check itself: two cheap queries (a rewind is charged to
+            // the rewind's own time below).
+            Action::RewindIfDiverged => (2, 10),
             Action::WaitReplayCaughtUp => (5, 50),
             Action::Promote => (100, 400),
         };
@@ -432,6 +435,7 @@ impl World {
                 Ok(true)
             }
             Action::RewindOrClone => self.rewind_or_clone_action(i, upstream),
+            Action::RewindIfDiverged => self.rewind_if_diverged_action(i, upstream),
             Action::WaitReplayCaughtUp => {
                 if self.pgs[i].running {
                     Ok(false)
@@ -498,6 +502,32 @@ impl World {
             self.clone_from(i, u)?;
         }
         Ok(true)
+    }
+
+    /// `Action::RewindIfDiverged`: what `RewindOrClone` does, when the
+    /// upstream is reachable, runs as a primary, and this node holds WAL
+    /// its history does not (its history is no prefix of the upstream's);
+    /// nothing otherwise — the keeper's check cannot be made then, and a
+    /// later steady state checks again.
+    fn rewind_if_diverged_action(
+        &mut self,
+        i: usize,
+        upstream: Option<usize>,
+    ) -> Result<bool, String> {
+        let u = upstream.ok_or("the monitor names no primary to follow yet")?;
+        let checkable = self.link(Peer::Node(i), Peer::Node(u))
+            && self.pgs[u].running
+            && !self.pgs[u].in_recovery
+            && self.pgs[i].has_data;
+        if !checkable || is_prefix(&self.pgs[i].history, &self.pgs[u].history) {
+            return Ok(false);
+        }
+        self.log(format!(
+            "{}: diverged from {}: rewinding",
+            name(i),
+            name(u)
+        ));
+        self.rewind_or_clone_action(i, Some(u))
     }
 
     /// `Action::Promote`: the group's primary from now on.

@@ -281,6 +281,7 @@ impl Generator {
                     2 if w(rng) => Some(Generator::wild_string(rng)),
                     _ => Some("ANY 1 (pgpilot_1, pgpilot_2)".to_string()),
                 },
+                notes: Vec::new(),
             }),
             2 => Call::GetFormationState(pb::GetFormationStateRequest {
                 formation: self.formation(rng, wild),

@@ -195,6 +195,7 @@ impl SimNode {
             // Not reported: the monitor takes the next heartbeat instead.
             synchronous_standby_names: None,
             pg_start_failures: 0,
+            notes: Vec::new(),
         }
     }
 }

@@ -320,6 +320,14 @@ impl World {
             return;
         }
         let action = actions[next];
+        if action == Action::RewindIfDiverged && !self.diverged_from_upstream(i) {
+            // A check that finds nothing takes no virtual time (two cheap
+            // queries): the run goes on as if the action were not there.
+            if let Phase::Acting { ref mut next, .. } = self.keepers[i].phase {
+                *next += 1;
+            }
+            return self.next_action(i);
+        }
         let d = self.action_duration(i, action);
         if action == Action::Start && !self.pgs[i].running && self.pgs[i].has_data {
             self.pgs[i].starting = true;
@@ -339,9 +347,8 @@ impl World {
             Action::Reload => (2, 10),
             Action::Clone => (400, 1500),
             Action::RewindOrClone => (300, 1200),
-            // The check itself: two cheap queries (a rewind is charged to
-            // the rewind's own time below).
-            Action::RewindIfDiverged => (2, 10),
+            // Only scheduled when it finds a divergence: a rewind follows.
+            Action::RewindIfDiverged => (300, 1200),
             Action::WaitReplayCaughtUp => (5, 50),
             Action::Promote => (100, 400),
         };
@@ -515,19 +522,25 @@ impl World {
         upstream: Option<usize>,
     ) -> Result<bool, String> {
         let u = upstream.ok_or("the monitor names no primary to follow yet")?;
-        let checkable = self.link(Peer::Node(i), Peer::Node(u))
-            && self.pgs[u].running
-            && !self.pgs[u].in_recovery
-            && self.pgs[i].has_data;
-        if !checkable || is_prefix(&self.pgs[i].history, &self.pgs[u].history) {
+        if !self.diverged_from_upstream(i) {
             return Ok(false);
         }
-        self.log(format!(
-            "{}: diverged from {}: rewinding",
-            name(i),
-            name(u)
-        ));
+        self.log(format!("{}: diverged from {}: rewinding", name(i), name(u)));
         self.rewind_or_clone_action(i, Some(u))
+    }
+
+    /// Whether the keeper's divergence check would find node `i`'s WAL
+    /// diverged from its upstream's: the upstream reachable and running as
+    /// a primary, and node `i`'s history no prefix of the upstream's.
+    fn diverged_from_upstream(&self, i: usize) -> bool {
+        let Some(u) = self.keepers[i].primary else {
+            return false;
+        };
+        self.link(Peer::Node(i), Peer::Node(u))
+            && self.pgs[u].running
+            && !self.pgs[u].in_recovery
+            && self.pgs[i].has_data
+            && !is_prefix(&self.pgs[i].history, &self.pgs[u].history)
     }
 
     /// `Action::Promote`: the group's primary from now on.

@@ -206,10 +206,20 @@ mod tests {
         assert_eq!(steady(S::Catchingup), expected);
         assert_eq!(steady(S::JoinSecondary), expected);
         // Never in a plan that a healthy standby or an election runs.
-        for state in [S::Secondary, S::ReportLsn, S::FastForward, S::WaitMaintenance] {
+        for state in [
+            S::Secondary,
+            S::ReportLsn,
+            S::FastForward,
+            S::WaitMaintenance,
+        ] {
             assert!(!steady(state).contains(&RewindIfDiverged), "{state}");
         }
-        for to in [S::Secondary, S::ReportLsn, S::FastForward, S::PreparePromotion] {
+        for to in [
+            S::Secondary,
+            S::ReportLsn,
+            S::FastForward,
+            S::PreparePromotion,
+        ] {
             for from in S::ALL {
                 if let Ok(p) = plan(from, to) {
                     assert!(!p.contains(&RewindIfDiverged), "{from} -> {to}");

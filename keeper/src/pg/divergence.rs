@@ -66,8 +66,11 @@ impl PgController {
                 .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
                 .ssl_root_cert(&tls.ca_file);
         }
-        match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, PgConnection::connect_with(&options))
-            .await
+        match tokio::time::timeout(
+            UPSTREAM_CONNECT_TIMEOUT,
+            PgConnection::connect_with(&options),
+        )
+        .await
         {
             Ok(conn) => Ok(conn?),
             Err(_) => Err(PgError::Timeout {
@@ -140,10 +143,15 @@ impl PgController {
                 })
             }
         };
-        let current = u32::from_str_radix(&tli, 16)
-            .map_err(|_| PgError::Other(format!("the upstream's timeline {tli:?} is not hexadecimal")))?;
+        let current = u32::from_str_radix(&tli, 16).map_err(|_| {
+            PgError::Other(format!(
+                "the upstream's timeline {tli:?} is not hexadecimal"
+            ))
+        })?;
         let switches = match history {
-            Some(bytes) => parse_history(&String::from_utf8_lossy(&bytes)).map_err(PgError::Other)?,
+            Some(bytes) => {
+                parse_history(&String::from_utf8_lossy(&bytes)).map_err(PgError::Other)?
+            }
             None => Vec::new(),
         };
         Ok(TimelineHistory { current, switches })

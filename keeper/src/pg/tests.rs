@@ -791,7 +791,10 @@ async fn scenario(
         slot_name: String::new(),
     };
     let refused = b.upstream_history(&from_a).await;
-    assert!(refused.is_err(), "a standby's history is never followed: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a standby's history is never followed: {refused:?}"
+    );
 
     // A crashed standby can be "rewound" too (nothing to do), and streams again.
     a.stop_immediate().await?;

@@ -222,7 +222,11 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
         let Some(divergence) = self.divergence(&upstream).await else {
             return Ok(false);
         };
-        let from = format!("{}:{}", upstream.host, upstream.port);
+        let address = format!("{}:{}", upstream.host, upstream.port);
+        let from = match &target.instructions.primary {
+            Some(p) if !p.name.is_empty() => format!("{} ({address})", p.name),
+            _ => address,
+        };
         tracing::warn!(upstream = %from, "{divergence}: the standby cannot follow; rewinding it");
         let (kind, how) = match self.rewind_and_start(target, &upstream).await {
             Ok(Rewound::Rewound) => (

@@ -402,6 +402,7 @@ impl Store {
             .position(|n| n.snap.id == hb.node_id)
             .ok_or_else(not_registered)?;
         let mut group = snaps(&nodes);
+        let goal_before = nodes[index].snap.goal;
         let beat = Beat {
             report: hb.report(),
             synchronous_standby_names: hb.synchronous_standby_names.clone(),
@@ -430,7 +431,7 @@ impl Store {
             me.system_identifier = hb.system_identifier;
         }
         self.write_heartbeat(&mut tx, me, hb, now).await?;
-        notes::record(&mut tx, me, &hb.notes).await?;
+        notes::record(&mut tx, me, goal_before, &hb.notes).await?;
         self.persist(&mut tx, &nodes, &evaluation).await?;
         if let Some(fence) = &reply.fence {
             sqlx::query(

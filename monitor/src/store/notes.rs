@@ -4,11 +4,19 @@
 //! answered, so the same note may arrive twice (an answer lost on the
 //! way): a note equal to the node's latest event is not recorded again.
 
+use pgpilot_proto::ReplicationState as S;
+
 use super::{insert_event, KeeperNote, Result, StoredNode, Tx};
 
-/// Record `notes` of node `me` as events (kind and text as sent), and
-/// tell the listeners of the formation's events.
-pub(super) async fn record(tx: &mut Tx<'_>, me: &StoredNode, notes: &[KeeperNote]) -> Result<()> {
+/// Record `notes` of node `me`, whose goal was `goal` when its keeper
+/// sent them, as events (kind and text as sent), and tell the listeners of
+/// the formation's events.
+pub(super) async fn record(
+    tx: &mut Tx<'_>,
+    me: &StoredNode,
+    goal: S,
+    notes: &[KeeperNote],
+) -> Result<()> {
     if notes.is_empty() {
         return Ok(());
     }
@@ -26,7 +34,6 @@ pub(super) async fn record(tx: &mut Tx<'_>, me: &StoredNode, notes: &[KeeperNote
             continue;
         }
         // No goal change: the goal before and after is the node's goal.
-        let goal = me.snap.goal;
         insert_event(tx, me, goal, goal, note.kind, &note.text).await?;
         tracing::info!(
             formation = %me.formation,

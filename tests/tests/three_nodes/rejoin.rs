@@ -9,7 +9,7 @@ use pgpilot_tests::operator::{event_lines, events};
 use pgpilot_tests::{Cluster, ClusterOptions, FormationStateExt, NodeStatusExt};
 use serde_json::Value;
 
-use crate::helpers::{app_name, primary_is, wait_row, walreceiver_pid, Frozen};
+use crate::helpers::{app_name, primary_is, walreceiver_pid, Frozen};
 use crate::{FAILOVER_TIMEOUT, HEALTHY_TIMEOUT, REJOIN_TIMEOUT, SECONDARY, SHORT_TIMEOUT};
 
 /// The monitor counts a keeper silent this long as gone (its node_timeout
@@ -23,7 +23,8 @@ const SHARED_ROWS: &str = "INSERT INTO rejoin_rows SELECT g FROM generate_series
 const NODE3_ONLY_ROWS: &str = "BEGIN; SET LOCAL synchronous_commit = local; \
      INSERT INTO rejoin_rows SELECT g FROM generate_series(11, 20) g; COMMIT";
 /// Every row, in order, as one line.
-const ALL_ROWS: &str = "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM rejoin_rows";
+const ALL_ROWS: &str =
+    "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM rejoin_rows";
 
 /// node1 primary; node2 a quorum standby with the highest priority; node3
 /// an asynchronous standby (not in the fence set, priority 0). node3 is cut
@@ -62,7 +63,10 @@ async fn async_standby_ahead_of_the_elected_one_rejoins_without_reinit() -> Resu
         .wait_state(
             SHORT_TIMEOUT,
             "the monitor to count node3's keeper as silent",
-            |s| s.node("node3").is_some_and(|n| n.heartbeat_age_ms > SILENT_MS),
+            |s| {
+                s.node("node3")
+                    .is_some_and(|n| n.heartbeat_age_ms > SILENT_MS)
+            },
         )
         .await?;
 
@@ -71,9 +75,11 @@ async fn async_standby_ahead_of_the_elected_one_rejoins_without_reinit() -> Resu
     // reaches node2, not even its socket buffer.
     let c = &cluster;
     let receiver = cluster
-        .wait_for(SHORT_TIMEOUT, "node2's walreceiver process", || async move {
-            walreceiver_pid(c, "node2")
-        })
+        .wait_for(
+            SHORT_TIMEOUT,
+            "node2's walreceiver process",
+            || async move { walreceiver_pid(c, "node2") },
+        )
         .await?;
     let frozen = Frozen::stop(receiver)?;
     let sql = format!("SELECT count(*) FROM pg_stat_replication WHERE application_name = '{app2}'");
@@ -125,19 +131,17 @@ async fn async_standby_ahead_of_the_elected_one_rejoins_without_reinit() -> Resu
     // node3 hears of the new primary: it must rewind (or clone) by itself.
     cluster.monitor_link("node3")?.heal();
     cluster
-        .wait_state(REJOIN_TIMEOUT, "node3 to rejoin as node2's secondary", |s| {
-            s.node("node3").is_some_and(|n| n.settled_in(SECONDARY))
-                && s.node("node2")
-                    .is_some_and(|n| n.reports_writable_primary())
-        })
+        .wait_state(
+            REJOIN_TIMEOUT,
+            "node3 to rejoin as node2's secondary",
+            |s| {
+                s.node("node3").is_some_and(|n| n.settled_in(SECONDARY))
+                    && s.node("node2")
+                        .is_some_and(|n| n.reports_writable_primary())
+            },
+        )
         .await?;
-    wait_row(
-        &cluster,
-        "node3",
-        100,
-        "the row written on node2 to be readable on node3",
-    )
-    .await?;
+    wait_row_count(&cluster, "node3", "id = 100", 1).await?;
     let (rows2, rows3) = (
         cluster.psql("node2", ALL_ROWS).await?,
         cluster.psql("node3", ALL_ROWS).await?,

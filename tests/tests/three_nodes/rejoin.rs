@@ -133,11 +133,18 @@ async fn async_standby_ahead_of_the_elected_one_rejoins_without_reinit() -> Resu
     cluster
         .wait_state(
             REJOIN_TIMEOUT,
-            "node3 to rejoin as node2's secondary",
+            "node3 to rejoin as node2's secondary, streaming on timeline 2",
             |s| {
-                s.node("node3").is_some_and(|n| n.settled_in(SECONDARY))
-                    && s.node("node2")
-                        .is_some_and(|n| n.reports_writable_primary())
+                // Until node3's keeper is heard again the monitor still
+                // shows it a settled secondary (of node1).
+                s.node("node3").is_some_and(|n| {
+                    n.settled_in(SECONDARY)
+                        && n.wal_receiver_streaming
+                        && n.timeline == 2
+                        && (0..SILENT_MS).contains(&n.heartbeat_age_ms)
+                }) && s
+                    .node("node2")
+                    .is_some_and(|n| n.reports_writable_primary())
             },
         )
         .await?;

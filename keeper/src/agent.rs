@@ -213,7 +213,11 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                     && self.state.current == self.state.goal
                 {
                     self.executor
-                        .execute(&plan::steady(self.state.current), None, self.target())
+                        .execute(
+                            &plan::steady_without_monitor(self.state.current),
+                            None,
+                            self.target(),
+                        )
                         .await?;
                 }
                 return Err(e);
@@ -299,8 +303,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         Ok(())
     }
 
+    /// The loop's heartbeat, carrying the notes not yet delivered (see
+    /// [`crate::notes`]).
     async fn heartbeat(&mut self, o: &Observation) -> Result<pb::NodeActiveReply, KeeperError> {
-        let request = client::node_active_request(
+        let mut request = client::node_active_request(
             self.state.node_id.unwrap_or_default(),
             self.state.current,
             None,
@@ -308,7 +314,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             o,
             &self.start_failures,
         );
-        self.client.node_active(request).await
+        let notes = self.executor.notes().clone();
+        request.notes = notes.pending();
+        let sent = request.notes.clone();
+        let reply = self.client.node_active(request).await?;
+        notes.delivered(&sent);
+        Ok(reply)
     }
 
     fn target(&self) -> Target<'_> {

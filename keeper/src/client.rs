@@ -186,6 +186,8 @@ pub fn node_active_request(
         },
         synchronous_standby_names: o.synchronous_standby_names.clone(),
         acting_toward: acting_toward.map(S::to_wire),
+        // Only the loop's heartbeats carry notes (see `crate::notes`).
+        notes: Vec::new(),
     }
 }
 

@@ -16,8 +16,10 @@ use crate::config::KeeperConfig;
 use crate::error::KeeperError;
 use crate::failpoint::Failpoints;
 use crate::fence::SharedLease;
-use crate::pg::{LocalPostgres, ManagedConfig, Upstream};
+use crate::notes::Notes;
+use crate::pg::{LocalPostgres, ManagedConfig, Rewound, Upstream};
 use crate::plan::Action;
+use crate::timeline::{self, Divergence};
 
 /// How long a standby about to be promoted may take to replay the WAL it
 /// already received.
@@ -53,6 +55,8 @@ pub struct Executor<P> {
     start_failures: Arc<AtomicU32>,
     /// Testing only: where to SIGKILL this process (none in production).
     failpoints: Failpoints,
+    /// What the monitor must hear of (a diverged standby rewound).
+    notes: Notes,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
@@ -68,7 +72,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
             lease,
             start_failures,
             failpoints: Failpoints::default(),
+            notes: Notes::default(),
         }
+    }
+
+    /// The notes for the monitor this executor queues.
+    pub fn notes(&self) -> &Notes {
+        &self.notes
     }
 
     pub fn set_failpoints(&mut self, failpoints: Failpoints) {
@@ -156,6 +166,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                     }
                     config_changed = true;
                 }
+                Action::RewindIfDiverged => {
+                    config_changed |= self.rewind_if_diverged(target).await?;
+                }
                 Action::WaitReplayCaughtUp => {
                     pg.wait_replay_caught_up(REPLAY_CATCH_UP_TIMEOUT).await?
                 }
@@ -200,16 +213,82 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
         &self,
         target: Target<'_>,
         upstream: &Upstream,
-    ) -> Result<(), KeeperError> {
+    ) -> Result<Rewound, KeeperError> {
         if !self.pg.has_data_directory() {
             return Err(KeeperError::Waiting("no data directory to rewind".into()));
         }
-        self.pg.rewind(upstream).await?;
+        let rewound = self.pg.rewind_reporting(upstream).await?;
         self.pg
             .write_config(&self.managed_config(target, Some(upstream.clone()), true))
             .await?;
         self.pg.start().await?;
-        Ok(())
+        Ok(rewound)
+    }
+
+    /// `Action::RewindIfDiverged`: when this standby's WAL diverged from
+    /// the upstream's timeline history, rewind it (or clone afresh when
+    /// that fails) and queue a note for the monitor. True when PGDATA was
+    /// rewritten.
+    async fn rewind_if_diverged(&self, target: Target<'_>) -> Result<bool, KeeperError> {
+        let upstream = upstream(target)?;
+        let Some(divergence) = self.divergence(&upstream).await else {
+            return Ok(false);
+        };
+        let address = format!("{}:{}", upstream.host, upstream.port);
+        let from = match &target.instructions.primary {
+            Some(p) if !p.name.is_empty() => format!("{} ({address})", p.name),
+            _ => address,
+        };
+        tracing::warn!(upstream = %from, "{divergence}: the standby cannot follow; rewinding it");
+        let (kind, how) = match self.rewind_and_start(target, &upstream).await {
+            Ok(Rewound::Rewound) => (
+                pgpilot_proto::notes::STANDBY_REWOUND,
+                "rewound with pg_rewind".to_string(),
+            ),
+            Ok(Rewound::NothingToRewind) => {
+                // Its control file, once stopped, showed it already on the
+                // upstream's history (a running standby's timeline is known
+                // only from its last restartpoint): nothing happened to tell.
+                tracing::info!(upstream = %from, "pg_rewind found nothing to rewind: the standby already follows the upstream's timeline");
+                return Ok(true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rewinding did not give a standby that starts; cloning the primary instead");
+                self.pg.stop().await?;
+                self.pg.base_backup(&upstream).await?;
+                (
+                    pgpilot_proto::notes::STANDBY_RECLONED,
+                    format!("pg_rewind failed ({e}); cloned afresh with pg_basebackup"),
+                )
+            }
+        };
+        let text = format!("diverged from {from}: {divergence}; {how}");
+        tracing::info!(kind, "{text}");
+        self.notes.push(kind, text);
+        Ok(true)
+    }
+
+    /// Whether this standby's WAL diverged from `upstream`'s history.
+    /// None also when either fact cannot be read (PostgreSQL starting, the
+    /// upstream unreachable or not a primary): the steady state checks
+    /// again on the next loop.
+    async fn divergence(&self, upstream: &Upstream) -> Option<Divergence> {
+        let local = match self.pg.wal_position().await {
+            Ok(Some(local)) => local,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "divergence check: this node's WAL position is unknown");
+                return None;
+            }
+        };
+        let history = match self.pg.upstream_history(upstream).await {
+            Ok(history) => history,
+            Err(e) => {
+                tracing::debug!(error = %e, "divergence check: the upstream's timeline history is unknown");
+                return None;
+            }
+        };
+        timeline::divergence(local, &history)
     }
 
     fn managed_config(

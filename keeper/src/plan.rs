@@ -24,6 +24,12 @@ pub enum Action {
     Clone,
     /// pg_rewind to the primary, falling back to a fresh clone when it fails.
     RewindOrClone,
+    /// A standby whose WAL diverged from the primary's timeline history
+    /// (see [`crate::timeline`]) is rewound, or cloned afresh when that
+    /// fails, and the monitor is told; nothing otherwise. Checked only while
+    /// the WAL receiver does not stream: a streaming standby is never
+    /// stopped to check.
+    RewindIfDiverged,
     /// Replay every WAL record already received.
     WaitReplayCaughtUp,
     /// pg_promote() and check that writes are accepted.
@@ -86,9 +92,18 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
             vec![Start, Promote, ConfigurePrimary, Reload]
         }
         (S::StopReplication, S::WaitPrimary) => vec![ConfigurePrimary, Reload, SyncSlots],
+        // Follow a new primary (join_secondary), or catch up again after the
+        // stream was lost (catchingup): the standby may hold WAL the primary
+        // never had (it received more than the elected standby, or the
+        // election was forced); then it must be rewound before it can
+        // follow. Checked before it starts, so that a stopped standby is
+        // judged on its control file and never replays further.
+        (_, S::Catchingup | S::JoinSecondary) => {
+            vec![ConfigureStandby, RewindIfDiverged, Start, Reload]
+        }
         // Follow the upstream the monitor names (for fast_forward, the most
         // advanced standby).
-        (_, S::Secondary | S::Catchingup | S::JoinSecondary | S::ReportLsn | S::FastForward) => {
+        (_, S::Secondary | S::ReportLsn | S::FastForward) => {
             vec![ConfigureStandby, Start, Reload]
         }
         _ => unreachable!("edge {from} -> {to} has no plan: add one"),
@@ -103,7 +118,11 @@ pub fn steady(state: S) -> Vec<Action> {
         // A healthy standby also keeps slots for the others, for the day
         // it is promoted.
         S::Secondary => vec![ConfigureStandby, Start, Reload, SyncSlots],
-        S::Catchingup | S::ReportLsn | S::JoinSecondary | S::FastForward | S::WaitMaintenance => {
+        // A standby that does not stream may have diverged (it learns of
+        // the new primary's timeline only now, or was stopped when it
+        // changed): check again while it does not stream.
+        S::Catchingup | S::JoinSecondary => vec![ConfigureStandby, RewindIfDiverged, Start, Reload],
+        S::ReportLsn | S::FastForward | S::WaitMaintenance => {
             vec![ConfigureStandby, Start, Reload]
         }
         S::WaitStandby
@@ -115,6 +134,15 @@ pub fn steady(state: S) -> Vec<Action> {
         | S::Dropped => vec![Stop],
         _ => vec![],
     }
+}
+
+/// [`steady`] while the monitor does not answer: nothing that replaces
+/// local WAL, whose upstream is only known from an old answer.
+pub fn steady_without_monitor(state: S) -> Vec<Action> {
+    steady(state)
+        .into_iter()
+        .filter(|a| !matches!(a, RewindIfDiverged | RewindOrClone | Clone))
+        .collect()
 }
 
 #[cfg(test)]
@@ -156,6 +184,72 @@ mod tests {
     fn the_old_primary_rewinds_while_stopped() {
         let p = plan(S::Demoted, S::Catchingup).unwrap();
         assert_eq!(p, vec![Stop, RewindOrClone, ConfigureStandby, Start]);
+    }
+
+    #[test]
+    fn a_standby_checks_for_divergence_before_it_starts_following() {
+        let expected = vec![ConfigureStandby, RewindIfDiverged, Start, Reload];
+        for (from, to) in [
+            (S::ReportLsn, S::JoinSecondary),
+            (S::Secondary, S::Catchingup),
+            (S::JoinSecondary, S::Catchingup),
+            (S::Secondary, S::JoinSecondary),
+        ] {
+            if keeper_has_edge(from, to) {
+                assert_eq!(plan(from, to).unwrap(), expected, "{from} -> {to}");
+            }
+        }
+        assert_eq!(plan(S::ReportLsn, S::JoinSecondary).unwrap(), expected);
+        assert_eq!(plan(S::Secondary, S::Catchingup).unwrap(), expected);
+        // The steady state of a standby that may not stream checks again
+        // (the action itself skips a streaming standby).
+        assert_eq!(steady(S::Catchingup), expected);
+        assert_eq!(steady(S::JoinSecondary), expected);
+        // Never in a plan that a healthy standby or an election runs.
+        for state in [
+            S::Secondary,
+            S::ReportLsn,
+            S::FastForward,
+            S::WaitMaintenance,
+        ] {
+            assert!(!steady(state).contains(&RewindIfDiverged), "{state}");
+        }
+        for to in [
+            S::Secondary,
+            S::ReportLsn,
+            S::FastForward,
+            S::PreparePromotion,
+        ] {
+            for from in S::ALL {
+                if let Ok(p) = plan(from, to) {
+                    assert!(!p.contains(&RewindIfDiverged), "{from} -> {to}");
+                }
+            }
+        }
+        // The first clone and the old primary's rejoin keep their own.
+        assert!(!plan(S::WaitStandby, S::Catchingup)
+            .unwrap()
+            .contains(&RewindIfDiverged));
+        assert!(!plan(S::Demoted, S::Catchingup)
+            .unwrap()
+            .contains(&RewindIfDiverged));
+    }
+
+    #[test]
+    fn without_the_monitor_nothing_replaces_local_wal() {
+        for state in S::ALL {
+            let p = steady_without_monitor(state);
+            assert!(
+                !p.iter()
+                    .any(|a| matches!(a, RewindIfDiverged | RewindOrClone | Clone)),
+                "{state}"
+            );
+        }
+        assert_eq!(
+            steady_without_monitor(S::Catchingup),
+            vec![ConfigureStandby, Start, Reload]
+        );
+        assert_eq!(steady_without_monitor(S::Secondary), steady(S::Secondary));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::error::Error;
 use crate::fsm::{self, KeeperTimings};
 use crate::names::quote;
-use crate::store::{Heartbeat, Registration, Store, StoredNode};
+use crate::store::{Heartbeat, KeeperNote, Registration, Store, StoredNode};
 
 pub struct MonitorService {
     store: Store,
@@ -200,6 +200,25 @@ fn start_failures(value: u32) -> Result<u32, Error> {
     Ok(value)
 }
 
+/// A keeper's notes as the monitor records them (see
+/// [`pgpilot_proto::notes::recorded`]).
+fn notes(notes: &[pb::KeeperNote]) -> Result<Vec<KeeperNote>, Error> {
+    use pgpilot_proto::notes::{recorded, MAX_PER_HEARTBEAT};
+    if notes.len() > MAX_PER_HEARTBEAT {
+        return Err(Error::InvalidArgument(format!(
+            "{} notes in one heartbeat: send at most {MAX_PER_HEARTBEAT}",
+            notes.len()
+        )));
+    }
+    Ok(notes
+        .iter()
+        .map(|n| {
+            let (kind, text) = recorded(&n.kind, &n.text);
+            KeeperNote { kind, text }
+        })
+        .collect())
+}
+
 fn address(n: &StoredNode) -> pb::NodeAddress {
     pb::NodeAddress {
         node_id: n.snap.id,
@@ -295,6 +314,7 @@ impl Monitor for MonitorService {
                 .acting_toward
                 .map(|w| state(w, "acting_toward"))
                 .transpose()?,
+            notes: notes(&r.notes)?,
         };
         self.check_heartbeat_caller(&caller, hb.node_id).await?;
         // Over capacity: say so at once; the keeper retries on its next loop.
@@ -639,6 +659,34 @@ mod tests {
             err.to_string().contains("pg_start_failures 4294967295"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn keeper_notes_are_bounded_and_unknown_kinds_named_in_the_text() {
+        use pgpilot_proto::notes::{MAX_PER_HEARTBEAT, STANDBY_REWOUND, UNKNOWN};
+        let note = |kind: &str, text: &str| pb::KeeperNote {
+            kind: kind.into(),
+            text: text.into(),
+        };
+        let got = notes(&[note(STANDBY_REWOUND, "rewound"), note("later_kind", "x")]).unwrap();
+        assert_eq!(
+            got,
+            [
+                KeeperNote {
+                    kind: STANDBY_REWOUND,
+                    text: "rewound".into()
+                },
+                KeeperNote {
+                    kind: UNKNOWN,
+                    text: "[later_kind] x".into()
+                }
+            ]
+        );
+        assert!(notes(&[]).unwrap().is_empty());
+        let many = vec![note(STANDBY_REWOUND, "x"); MAX_PER_HEARTBEAT + 1];
+        let err = notes(&many).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("send at most"), "{err}");
     }
 
     #[test]

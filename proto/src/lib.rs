@@ -8,6 +8,7 @@ use std::str::FromStr;
 pub mod config_file;
 pub mod logs;
 pub mod lsn;
+pub mod notes;
 pub mod security;
 
 /// Generated gRPC code.

@@ -6,7 +6,6 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::Connection;
 use tracing::{debug, info, warn};
 
@@ -14,7 +13,7 @@ use super::programs::{kill_programs_naming, os_args, run_program};
 use super::render::conninfo_value;
 use super::{
     io_error, prepare_tmp_dir, remove_dir_all_if_exists, remove_dir_if_exists, set_mode_0700,
-    PgController, PgError, Upstream, STANDBY_SIGNAL,
+    PgController, PgError, Rewound, Upstream, STANDBY_SIGNAL,
 };
 use crate::durable::{fsync_dir, fsync_parent, sibling_path};
 
@@ -96,35 +95,7 @@ impl PgController {
     /// pg_rewind wrongly answers "source and target cluster are on the same
     /// timeline / no rewind required" (fixed in PostgreSQL 16).
     pub(super) async fn checkpoint_source(&self, upstream: &Upstream) -> Result<(), PgError> {
-        let mut options = PgConnectOptions::new()
-            .host(&upstream.host)
-            .port(upstream.port)
-            .username(&self.settings.replication_user)
-            .database("postgres")
-            .application_name("pgpilot-keeper");
-        if let Some(password) = self.replication_password()? {
-            options = options.password(password.expose());
-        }
-        if let Some(tls) = &self.settings.postgres_tls {
-            options = options
-                .ssl_mode(sqlx::postgres::PgSslMode::VerifyFull)
-                .ssl_root_cert(&tls.ca_file);
-        }
-        let upstream_timeout = Duration::from_secs(5);
-        let mut conn = match tokio::time::timeout(
-            upstream_timeout,
-            PgConnection::connect_with(&options),
-        )
-        .await
-        {
-            Ok(conn) => conn?,
-            Err(_) => {
-                return Err(PgError::Timeout {
-                    program: format!("connecting to {}:{}", upstream.host, upstream.port),
-                    timeout: upstream_timeout,
-                })
-            }
-        };
+        let mut conn = self.connect_upstream(upstream).await?;
         let started = Instant::now();
         match tokio::time::timeout(
             SOURCE_CHECKPOINT_TIMEOUT,
@@ -219,7 +190,10 @@ impl PgController {
     /// in any case: pg_rewind copies the source's configuration files
     /// (pgpilot.conf included) and its standby.signal, or removes ours when
     /// the source has none.
-    pub(super) async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
+    ///
+    /// Says whether pg_rewind rewrote anything: it finds nothing to do when
+    /// the target already is on the source's history.
+    pub(super) async fn rewind(&self, upstream: &Upstream) -> Result<Rewound, PgError> {
         self.require_cluster("rewind")?;
         self.kill_leftover_programs().await;
         self.stop().await?;
@@ -234,7 +208,7 @@ impl PgController {
         match before_rewind(fresh_clone, state.as_deref()) {
             BeforeRewind::NothingToRewind => {
                 info!("postgres: PGDATA is a clone that never started (backup_label): nothing to rewind");
-                return Ok(());
+                return Ok(Rewound::NothingToRewind);
             }
             BeforeRewind::Rewind => {}
             BeforeRewind::RecoverAsStandby => {
@@ -277,10 +251,11 @@ impl PgController {
                 same_timeline = said.contains("on the same timeline"),
                 "postgres: pg_rewind: no rewind required"
             );
+            Ok(Rewound::NothingToRewind)
         } else {
             info!(elapsed = ?started.elapsed(), "postgres: pg_rewind done");
+            Ok(Rewound::Rewound)
         }
-        Ok(())
     }
 }
 

@@ -12,11 +12,14 @@
 //! - `lifecycle`: initdb, start, stop, reload, promote, pg_controldata;
 //! - `replication`: the replication role, its password file, slots;
 //! - `clone`: pg_basebackup and pg_rewind;
+//! - `divergence`: the facts of the divergence check (this node's WAL
+//!   position, the upstream's timeline history);
 //! - `programs`: running programs with timeouts, finding them;
 //! - `render`: the configuration files inside PGDATA.
 
 mod clone;
 mod connection;
+mod divergence;
 mod lifecycle;
 mod programs;
 mod render;
@@ -36,6 +39,7 @@ use tracing::warn;
 
 use crate::access::{PasswordSource, Secret};
 use crate::durable::{sibling_path, DurableError};
+use crate::timeline::{TimelineHistory, WalPosition};
 
 pub use programs::find_bin_dir;
 
@@ -92,6 +96,15 @@ pub struct Observation {
     /// `synchronous_standby_names` as the server runs with it (None while
     /// it does not answer).
     pub synchronous_standby_names: Option<String>,
+}
+
+/// What pg_rewind did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewound {
+    /// It rewrote the data directory to follow the upstream.
+    Rewound,
+    /// The data directory already was on the upstream's history.
+    NothingToRewind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +196,41 @@ pub trait LocalPostgres {
     fn observe(&self) -> impl Future<Output = Observation> + Send;
     /// System identifier from pg_controldata, None without a data directory.
     fn system_identifier(&self) -> impl Future<Output = Result<Option<u64>, PgError>> + Send;
+
+    /// Where this node's WAL ends, for the divergence check
+    /// ([`crate::timeline`]): while it runs as a standby, the greater of
+    /// the last received and replayed LSN; stopped, what the control file
+    /// says (as pg_rewind reads it). `None` when there is nothing to check:
+    /// no data directory, a running primary, or a WAL receiver streaming.
+    /// (The default: never anything to check.)
+    fn wal_position(&self) -> impl Future<Output = Result<Option<WalPosition>, PgError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// The timeline history of `upstream`, which must be a writable
+    /// primary (a server in recovery is an error).
+    fn upstream_history(
+        &self,
+        upstream: &Upstream,
+    ) -> impl Future<Output = Result<TimelineHistory, PgError>> + Send {
+        let what = format!("{}:{}", upstream.host, upstream.port);
+        async move {
+            Err(PgError::Other(format!(
+                "cannot read the timeline history of {what} here"
+            )))
+        }
+    }
+
+    /// [`Self::rewind`], saying whether pg_rewind rewrote anything.
+    fn rewind_reporting(
+        &self,
+        upstream: &Upstream,
+    ) -> impl Future<Output = Result<Rewound, PgError>> + Send
+    where
+        Self: Sync,
+    {
+        async move { self.rewind(upstream).await.map(|()| Rewound::Rewound) }
+    }
 }
 
 /// The file pgpilot owns inside PGDATA.
@@ -371,7 +419,19 @@ impl LocalPostgres for PgController {
     }
 
     async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
+        PgController::rewind(self, upstream).await.map(drop)
+    }
+
+    async fn rewind_reporting(&self, upstream: &Upstream) -> Result<Rewound, PgError> {
         PgController::rewind(self, upstream).await
+    }
+
+    async fn wal_position(&self) -> Result<Option<WalPosition>, PgError> {
+        PgController::wal_position(self).await
+    }
+
+    async fn upstream_history(&self, upstream: &Upstream) -> Result<TimelineHistory, PgError> {
+        PgController::upstream_history(self, upstream).await
     }
 
     async fn wait_replay_caught_up(&self, timeout: Duration) -> Result<(), PgError> {

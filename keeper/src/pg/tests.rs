@@ -779,6 +779,25 @@ async fn scenario(
         .await?;
     assert_eq!(rows, [(1,), (2,)]);
 
+    // The facts of the divergence check: b's timeline history (read as the
+    // replication role), a's position (none to check while it streams).
+    let history = a.upstream_history(&from_b).await?;
+    assert_eq!(history.current, 2, "{history:?}");
+    assert_eq!(history.switches.len(), 1, "{history:?}");
+    assert_eq!(history.switches[0].0, 1);
+    assert!(history.switches[0].1 >= primary_lsn, "{history:?}");
+    assert_eq!(a.wal_position().await?, None);
+    let from_a = Upstream {
+        host: "127.0.0.1".into(),
+        port: port_a,
+        slot_name: String::new(),
+    };
+    let refused = b.upstream_history(&from_a).await;
+    assert!(
+        refused.is_err(),
+        "a standby's history is never followed: {refused:?}"
+    );
+
     // A crashed standby can be "rewound" too (nothing to do), and streams again.
     a.stop_immediate().await?;
     let t = Instant::now();
@@ -801,5 +820,10 @@ async fn scenario(
     a.stop().await?;
     a.reload().await?; // not running: fine
     assert!(!a.observe().await.running);
+    // Stopped: from the control file, on b's timeline, not diverged.
+    let stopped = a.wal_position().await?.expect("a has a data directory");
+    assert_eq!(stopped.timeline, 2, "{stopped:?}");
+    assert!(stopped.lsn > history.switches[0].1, "{stopped:?}");
+    assert_eq!(crate::timeline::divergence(stopped, &history), None);
     Ok(())
 }

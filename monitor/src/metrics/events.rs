@@ -17,6 +17,10 @@ use crate::core::handover::{Handover, FAILOVER_LABELS, SWITCHOVER_LABELS};
 const EVENTS_PER_SCRAPE: i64 = 10_000;
 
 fn count_event(e: &GoalChange) {
+    if e.kind.as_deref().is_some_and(is_keeper_note) {
+        // A keeper's note (a diverged standby rewound) assigns no goal.
+        return;
+    }
     let (Ok(from), Ok(to)) = (e.goal_from.parse::<S>(), e.goal_to.parse::<S>()) else {
         return;
     };
@@ -32,6 +36,12 @@ fn count_event(e: &GoalChange) {
         }
         None => {}
     }
+}
+
+/// Whether `kind` is that of a keeper's note ([`pgpilot_proto::notes`]).
+fn is_keeper_note(kind: &str) -> bool {
+    use pgpilot_proto::notes::{ALL, UNKNOWN};
+    kind == UNKNOWN || ALL.contains(&kind)
 }
 
 /// The failover and switchover counters of a formation exist (at 0) from
@@ -133,5 +143,12 @@ mod tests {
         );
         assert_eq!(c.settled, 13);
         assert!(c.counted.is_empty());
+    }
+
+    #[test]
+    fn keeper_notes_are_no_goal_changes() {
+        assert!(is_keeper_note(pgpilot_proto::notes::STANDBY_REWOUND));
+        assert!(is_keeper_note(pgpilot_proto::notes::UNKNOWN));
+        assert!(!is_keeper_note("elected"));
     }
 }

@@ -36,6 +36,7 @@ use crate::fsm::{self, Decision, Health, KeeperTimings, NodeSnapshot, Replicatio
 mod batch;
 mod commands;
 mod error;
+mod notes;
 mod reads;
 mod rows;
 
@@ -98,6 +99,17 @@ pub struct Heartbeat {
     pub pg_start_failures: u32,
     /// A keepalive: the goal of the plan under way (None from the loop).
     pub acting_toward: Option<S>,
+    /// What the keeper did on its own, each recorded as an event (see
+    /// `notes`); a heartbeat with notes takes the locked path.
+    pub notes: Vec<KeeperNote>,
+}
+
+/// A keeper's note (a diverged standby rewound, …), recorded as an event
+/// of its node with this kind and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeeperNote {
+    pub kind: &'static str,
+    pub text: String,
 }
 
 impl Heartbeat {
@@ -361,9 +373,11 @@ impl Store {
     /// Record a heartbeat, evaluate the group, and return the assignment.
     pub async fn node_active(&self, hb: &Heartbeat) -> Result<Assignment> {
         // The steady state is written in batches (see `batch`); anything
-        // else takes the locked path.
-        if let Some(assignment) = self.beats.submit(hb.clone()).await? {
-            return Ok(assignment);
+        // else, notes too, takes the locked path.
+        if hb.notes.is_empty() {
+            if let Some(assignment) = self.beats.submit(hb.clone()).await? {
+                return Ok(assignment);
+            }
         }
         let Ok(_permit) = self.locked_heartbeats.try_acquire() else {
             return Err(Error::Unavailable(
@@ -390,6 +404,7 @@ impl Store {
             .position(|n| n.snap.id == hb.node_id)
             .ok_or_else(not_registered)?;
         let mut group = snaps(&nodes);
+        let goal_before = nodes[index].snap.goal;
         let beat = Beat {
             report: hb.report(),
             synchronous_standby_names: hb.synchronous_standby_names.clone(),
@@ -419,6 +434,7 @@ impl Store {
             me.system_identifier = hb.system_identifier;
         }
         self.write_heartbeat(&mut tx, me, hb, now).await?;
+        notes::record(&mut tx, me, goal_before, &hb.notes).await?;
         self.persist(&mut tx, &nodes, &evaluation).await?;
         if let Some(fence) = &reply.fence {
             sqlx::query(

@@ -278,7 +278,7 @@ impl World {
     pub(super) fn heartbeat_failed(&mut self, i: usize) {
         let k = &self.keepers[i];
         if !k.current.is_writable_primary() && k.current == k.goal {
-            let steady = plan::steady(k.current);
+            let steady = plan::steady_without_monitor(k.current);
             self.start_actions(i, steady, None);
         } else {
             self.sleep(i);
@@ -345,6 +345,14 @@ impl World {
             return;
         }
         let action = actions[next];
+        if action == Action::RewindIfDiverged && !self.diverged_from_upstream(i) {
+            // A check that finds nothing takes no virtual time (two cheap
+            // queries): the run goes on as if the action were not there.
+            if let Phase::Acting { ref mut next, .. } = self.keepers[i].phase {
+                *next += 1;
+            }
+            return self.next_action(i);
+        }
         let d = self.action_duration(i, action);
         if action == Action::Start && !self.pgs[i].running && self.pgs[i].has_data {
             self.pgs[i].starting = true;
@@ -364,6 +372,8 @@ impl World {
             Action::Reload => (2, 10),
             Action::Clone => (400, 1500),
             Action::RewindOrClone => (300, 1200),
+            // Only scheduled when it finds a divergence: a rewind follows.
+            Action::RewindIfDiverged => (300, 1200),
             Action::WaitReplayCaughtUp => (5, 50),
             Action::Promote => (100, 400),
         };
@@ -465,6 +475,7 @@ impl World {
                 Ok(true)
             }
             Action::RewindOrClone => self.rewind_or_clone_action(i, upstream),
+            Action::RewindIfDiverged => self.rewind_if_diverged_action(i, upstream),
             Action::WaitReplayCaughtUp => {
                 if self.pgs[i].running {
                     Ok(false)
@@ -532,6 +543,38 @@ impl World {
             self.clone_from(i, u)?;
         }
         Ok(true)
+    }
+
+    /// `Action::RewindIfDiverged`: what `RewindOrClone` does, when the
+    /// upstream is reachable, runs as a primary, and this node holds WAL
+    /// its history does not (its history is no prefix of the upstream's);
+    /// nothing otherwise — the keeper's check cannot be made then, and a
+    /// later steady state checks again.
+    fn rewind_if_diverged_action(
+        &mut self,
+        i: usize,
+        upstream: Option<usize>,
+    ) -> Result<bool, String> {
+        let u = upstream.ok_or("the monitor names no primary to follow yet")?;
+        if !self.diverged_from_upstream(i) {
+            return Ok(false);
+        }
+        self.log(format!("{}: diverged from {}: rewinding", name(i), name(u)));
+        self.rewind_or_clone_action(i, Some(u))
+    }
+
+    /// Whether the keeper's divergence check would find node `i`'s WAL
+    /// diverged from its upstream's: the upstream reachable and running as
+    /// a primary, and node `i`'s history no prefix of the upstream's.
+    fn diverged_from_upstream(&self, i: usize) -> bool {
+        let Some(u) = self.keepers[i].primary else {
+            return false;
+        };
+        self.link(Peer::Node(i), Peer::Node(u))
+            && self.pgs[u].running
+            && !self.pgs[u].in_recovery
+            && self.pgs[i].has_data
+            && !is_prefix(&self.pgs[i].history, &self.pgs[u].history)
     }
 
     /// `Action::Promote`: the group's primary from now on.

@@ -286,6 +286,7 @@ impl Generator {
                     1 => Some(rng.range(1, 21) as i32),
                     _ => None,
                 },
+                notes: Vec::new(),
             }),
             2 => Call::GetFormationState(pb::GetFormationStateRequest {
                 formation: self.formation(rng, wild),

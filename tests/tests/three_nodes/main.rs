@@ -1,8 +1,9 @@
 //! Three nodes: quorum failover by candidate priority, fast_forward of a
 //! lagging winner, priority 0 never promoted, maintenance of a standby and
-//! of the primary, run-time replication settings, switchover to a named node.
-//! One module per behaviour (`failover`, `maintenance`, `settings`,
-//! `switchover`, `membership`); `helpers` holds the checks they share.
+//! of the primary, run-time replication settings, switchover to a named node,
+//! a diverged standby rejoining by itself. One module per behaviour
+//! (`failover`, `maintenance`, `settings`, `switchover`, `membership`,
+//! `rejoin`); `helpers` holds the checks they share.
 //!
 //! Needs `cargo build --workspace` first (the tests run the built
 //! `pgpilot-monitor` and `pgpilot-keeper`) and PostgreSQL's server programs.
@@ -26,5 +27,6 @@ mod failover;
 mod helpers;
 mod maintenance;
 mod membership;
+mod rejoin;
 mod settings;
 mod switchover;

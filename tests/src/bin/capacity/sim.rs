@@ -196,6 +196,7 @@ impl SimNode {
             synchronous_standby_names: None,
             pg_start_failures: 0,
             acting_toward: None,
+            notes: Vec::new(),
         }
     }
 }

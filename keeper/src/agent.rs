@@ -310,6 +310,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             self.state.node_id.unwrap_or_default(),
             self.state.current,
             None,
+            self.lease.lock().await.held(),
             &client::timings(&self.config),
             o,
             &self.start_failures,

@@ -162,6 +162,7 @@ pub fn node_active_request(
     node_id: i64,
     current: S,
     acting_toward: Option<S>,
+    fence_required_held: Option<u32>,
     timings: &pb::KeeperTimings,
     o: &Observation,
     start_failures: &AtomicU32,
@@ -186,6 +187,7 @@ pub fn node_active_request(
         },
         synchronous_standby_names: o.synchronous_standby_names.clone(),
         acting_toward: acting_toward.map(S::to_wire),
+        fence_required_held,
         // Only the loop's heartbeats carry notes (see `crate::notes`).
         notes: Vec::new(),
     }
@@ -233,10 +235,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
         loop {
             tokio::time::sleep(self.interval).await;
             let o = self.pg.observe().await;
+            let held = self.lease.lock().await.held();
             let request = node_active_request(
                 self.node_id,
                 self.current,
                 Some(self.acting_toward),
+                held,
                 &self.timings,
                 &o,
                 &self.start_failures,
@@ -286,7 +290,7 @@ mod tests {
         let failures = AtomicU32::new(2);
         let t = pb::KeeperTimings::default();
         let down = Observation::default();
-        let r = node_active_request(7, S::Primary, None, &t, &down, &failures);
+        let r = node_active_request(7, S::Primary, None, None, &t, &down, &failures);
         assert_eq!(
             (r.node_id, r.pg_running, r.pg_start_failures),
             (7, false, 2)
@@ -296,7 +300,7 @@ mod tests {
             running: true,
             ..Observation::default()
         };
-        let r = node_active_request(7, S::Primary, None, &t, &up, &failures);
+        let r = node_active_request(7, S::Primary, None, None, &t, &up, &failures);
         assert_eq!((r.pg_running, r.pg_start_failures), (true, 0));
         assert_eq!(
             failures.load(Ordering::SeqCst),

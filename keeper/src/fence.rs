@@ -61,6 +61,15 @@ impl Lease {
         self.changed.notify_one();
     }
 
+    /// What the heartbeat says the lease requires to stream, on the
+    /// primary side (None elsewhere): the monitor relies on the fence only
+    /// once it knows the keeper holds a quorum above 0.
+    pub fn held(&self) -> Option<u32> {
+        self.current
+            .must_fence_when_isolated()
+            .then_some(self.required)
+    }
+
     /// Whether the node may act as a primary: the monitor answered since
     /// this process started, and the fence has not stopped PostgreSQL.
     pub fn may_run_primary(&self) -> bool {

@@ -200,6 +200,18 @@ fn start_failures(value: u32) -> Result<u32, Error> {
     Ok(value)
 }
 
+/// The most standbys a fence quorum can name (a group's nodes).
+const MAX_FENCE_REQUIRED: u32 = 1000;
+
+fn fence_required_held(value: Option<u32>) -> Result<Option<u32>, Error> {
+    match value {
+        Some(v) if v > MAX_FENCE_REQUIRED => Err(Error::InvalidArgument(format!(
+            "fence_required_held {v} is not a number of standbys: send at most {MAX_FENCE_REQUIRED}"
+        ))),
+        v => Ok(v),
+    }
+}
+
 /// A keeper's notes as the monitor records them (see
 /// [`pgpilot_proto::notes::recorded`]).
 fn notes(notes: &[pb::KeeperNote]) -> Result<Vec<KeeperNote>, Error> {
@@ -314,6 +326,7 @@ impl Monitor for MonitorService {
                 .acting_toward
                 .map(|w| state(w, "acting_toward"))
                 .transpose()?,
+            fence_required_held: fence_required_held(r.fence_required_held)?,
             notes: notes(&r.notes)?,
         };
         self.check_heartbeat_caller(&caller, hb.node_id).await?;

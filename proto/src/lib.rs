@@ -269,8 +269,10 @@ pub const KEEPER_EDGES: &[(ReplicationState, ReplicationState)] = &[
     (S::JoinSecondary, S::Catchingup),
     // Promotion, fetching missing WAL from a more advanced standby first.
     (S::ReportLsn, S::FastForward),
-    // The WAL to fetch cannot be had: back to the election.
+    // The WAL to fetch cannot be had: back to the election; and a winner
+    // sent back whose election then promoted another follows it.
     (S::FastForward, S::ReportLsn),
+    (S::FastForward, S::JoinSecondary),
     (S::FastForward, S::PreparePromotion),
     (S::PreparePromotion, S::StopReplication),
     (S::StopReplication, S::WaitPrimary),

@@ -107,12 +107,17 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
 /// between two heartbeats, or was set while the keeper was still on its
 /// way to the previous one). Its heartbeat says where it really is, so the
 /// goal goes back to that state and the group is decided again from there.
-/// Not for a writable primary: demoting or keeping one is the state
-/// machine's decision alone, and it never assigns a primary a goal it
-/// cannot reach.
+/// Not for a writable primary nor a node of a promotion (`fast_forward`,
+/// `prepare_promotion`, `stop_replication`): giving it that goal back
+/// would resume a promotion the state machine has moved on from.
 pub fn goal_back_to_reported(me: &mut NodeSnapshot) -> Option<fsm::Decision> {
     let (reported, goal) = (me.reported, me.goal);
-    if pgpilot_proto::keeper_has_edge(reported, goal) || reported.is_writable_primary() {
+    let promoting = matches!(
+        reported,
+        S::FastForward | S::PreparePromotion | S::StopReplication
+    );
+    if pgpilot_proto::keeper_has_edge(reported, goal) || reported.is_writable_primary() || promoting
+    {
         return None;
     }
     me.goal = reported;
@@ -240,6 +245,7 @@ mod tests {
                 wal_receiver_streaming: true,
                 pg_start_failures: 0,
                 timings: timings(),
+                fence_required_held: None,
             },
             synchronous_standby_names: None,
             goal_changed_at: None,

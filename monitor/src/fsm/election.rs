@@ -245,7 +245,11 @@ impl Eval<'_> {
                 "the old primary confirmed it stopped"
             }
         } else {
-            if (required == 0 || short) && !forced {
+            // A keeper that last said its lease holds no fence quorum (an
+            // answer growing its set may have been lost) may not fence at
+            // all: nothing proves it stopped.
+            let unfenced = self.nodes[p].fence_required_held == Some(0);
+            if (required == 0 || short || unfenced) && !forced {
                 self.wait(Wait::ElectionStuck {
                     primary,
                     primary_stopped: false,

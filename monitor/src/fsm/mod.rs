@@ -134,6 +134,9 @@ pub struct NodeSnapshot {
     /// Primary only: what an election must still count beyond the fence
     /// set, from before its last change (see [`fence_update`]).
     pub fence_pending: FencePending,
+    /// The fence quorum its keeper's lease held at its last heartbeat, as
+    /// it said (None: not said). `Some(0)`: it may not fence at all.
+    pub fence_required_held: Option<u32>,
 }
 
 /// What one heartbeat tells the state machine about its node.
@@ -145,6 +148,9 @@ pub struct Report {
     pub wal_receiver_streaming: bool,
     pub pg_start_failures: u32,
     pub timings: KeeperTimings,
+    /// Primary side: the fence quorum the keeper's lease holds (None: not
+    /// reported).
+    pub fence_required_held: Option<u32>,
 }
 
 impl NodeSnapshot {
@@ -176,6 +182,7 @@ impl NodeSnapshot {
             fence_set: Vec::new(),
             fence_required: 0,
             fence_pending: FencePending::default(),
+            fence_required_held: None,
         }
     }
 
@@ -204,6 +211,7 @@ impl NodeSnapshot {
         self.pg_start_failures = if r.pg_running { 0 } else { r.pg_start_failures };
         self.last_heartbeat = Some(now);
         self.timings = r.timings;
+        self.fence_required_held = r.fence_required_held;
     }
 }
 

@@ -70,6 +70,7 @@ impl Group {
             fence_set: Vec::new(),
             fence_required: 0,
             fence_pending: Default::default(),
+            fence_required_held: None,
         });
         self
     }
@@ -447,6 +448,7 @@ fn heartbeats_track_restarts_and_failed_starts() {
         wal_receiver_streaming: false,
         pg_start_failures: failures,
         timings: TIMINGS,
+        fence_required_held: None,
     };
     n.heard(&report(true, 0), t);
     assert_eq!((n.pg_running_since, n.pg_down_since), (Some(t), None));
@@ -1515,6 +1517,7 @@ fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
                 fence_set: Vec::new(),
                 fence_required: 0,
                 fence_pending: Default::default(),
+                fence_required_held: None,
             }
         })
         .collect()

@@ -158,9 +158,9 @@ async fn write(
         "WITH hb AS (
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::text[], $5::bool[],
                                   $6::bool[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-                                  $12::int4[])
+                                  $12::int4[], $13::int4[])
                  AS h(node_id, lsn, timeline, reported, pg_running, streaming, sysid,
-                      hb_ms, fence_ms, wal_ms, start_failures)
+                      hb_ms, fence_ms, wal_ms, start_failures, held)
          ), mine AS (
              SELECT n.node_id, hb.lsn, hb.timeline
                FROM node n JOIN hb ON hb.node_id = n.node_id
@@ -170,6 +170,7 @@ async fn write(
                 AND n.heartbeat_interval_ms = hb.hb_ms AND n.fence_timeout_ms = hb.fence_ms
                 AND n.wal_sender_timeout_ms = hb.wal_ms
                 AND n.pg_start_failures = hb.start_failures
+                AND n.fence_held_required IS NOT DISTINCT FROM hb.held
                 AND n.last_heartbeat > clock_timestamp() - make_interval(secs => $11)
                                        - make_interval(secs => n.heartbeat_interval_ms / 1000.0)
               ORDER BY n.node_id
@@ -224,6 +225,12 @@ async fn write(
                     h.pg_start_failures as i32
                 }
             })
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        heartbeats
+            .iter()
+            .map(|h| h.fence_required_held.map(|v| v as i32))
             .collect::<Vec<_>>(),
     )
     .fetch_all(pool)

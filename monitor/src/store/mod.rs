@@ -99,6 +99,8 @@ pub struct Heartbeat {
     pub pg_start_failures: u32,
     /// A keepalive: the goal of the plan under way (None from the loop).
     pub acting_toward: Option<S>,
+    /// Primary side: the fence quorum the keeper's lease holds.
+    pub fence_required_held: Option<u32>,
     /// What the keeper did on its own, each recorded as an event (see
     /// `notes`); a heartbeat with notes takes the locked path.
     pub notes: Vec<KeeperNote>,
@@ -122,6 +124,7 @@ impl Heartbeat {
             wal_receiver_streaming: self.wal_receiver_streaming,
             pg_start_failures: self.pg_start_failures,
             timings: self.timings,
+            fence_required_held: self.fence_required_held,
         }
     }
 }
@@ -471,7 +474,7 @@ impl Store {
                 wal_receiver_streaming = $6, stream_lost_at = $7, pg_down_since = $8,
                 last_heartbeat = $9, system_identifier = $10, heartbeat_interval_ms = $11,
                 fence_timeout_ms = $12, wal_sender_timeout_ms = $13, pg_start_failures = $14,
-                pg_running_since = $15
+                pg_running_since = $15, fence_held_required = $16
              WHERE node_id = $1",
         )
         .bind(me.snap.id)
@@ -489,6 +492,7 @@ impl Store {
         .bind(millis(hb.timings.wal_sender_timeout))
         .bind(me.snap.pg_start_failures as i32)
         .bind(me.snap.pg_running_since)
+        .bind(me.snap.fence_required_held.map(|v| v as i32))
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -44,6 +44,7 @@ pub(super) struct NodeRow {
     fence_pending: Vec<String>,
     fence_pending_required: i32,
     fence_cover_lsn: Option<i64>,
+    fence_held_required: Option<i32>,
     goal_changed_at: DateTime<Utc>,
 }
 
@@ -140,6 +141,10 @@ impl TryFrom<NodeRow> for StoredNode {
                     required: count(r.fence_pending_required, "fence_pending_required")?,
                     cover_lsn: r.fence_cover_lsn.map(|l| l as u64),
                 },
+                fence_required_held: r
+                    .fence_held_required
+                    .map(|v| count(v, "fence_held_required"))
+                    .transpose()?,
                 name: r.name,
             },
             formation: r.formation,

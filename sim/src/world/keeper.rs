@@ -49,6 +49,12 @@ impl World {
                 wal_receiver_streaming: streaming,
                 pg_start_failures: k.start_failures,
                 timings: self.t.keeper,
+                // fence.rs `Lease::held`.
+                fence_required_held: k
+                    .lease
+                    .current
+                    .must_fence_when_isolated()
+                    .then_some(k.lease.required),
             },
             synchronous_standby_names: applied,
             acting_toward,
@@ -88,6 +94,7 @@ impl World {
         i: usize,
         hb: &Heartbeat,
         what: &str,
+        current: bool,
     ) -> Option<Reply> {
         if !self.link(Peer::Node(i), Peer::Monitor) {
             return None;
@@ -96,9 +103,14 @@ impl World {
             Ok(r) => {
                 // A keeper at rest is never answered a goal it has no path
                 // to from the state it just reported (a keepalive's answer
-                // renews the lease only).
+                // renews the lease only; a heartbeat of a keeper since
+                // killed, or one it stopped waiting for, is answered to
+                // nobody).
                 let reported = hb.report.reported;
-                if hb.acting_toward.is_none() && !pgpilot_proto::keeper_has_edge(reported, r.goal) {
+                if current
+                    && hb.acting_toward.is_none()
+                    && !pgpilot_proto::keeper_has_edge(reported, r.goal)
+                {
                     let by = if self.operator_goal[i] {
                         "an operator command"
                     } else {
@@ -126,7 +138,11 @@ impl World {
     }
 
     pub(super) fn hb_arrive(&mut self, i: usize, inc: u64, step: u64, hb: Heartbeat) {
-        let Some(reply) = self.monitor_handles(i, &hb, "heartbeat") else {
+        let k = &self.keepers[i];
+        let current = k.alive
+            && k.incarnation == inc
+            && matches!(k.phase, Phase::Awaiting { step: s, .. } if s == step);
+        let Some(reply) = self.monitor_handles(i, &hb, "heartbeat", current) else {
             return;
         };
         if !self.rng.chance(self.loss) {
@@ -232,7 +248,7 @@ impl World {
         sent: Ms,
         hb: Heartbeat,
     ) {
-        let Some(reply) = self.monitor_handles(i, &hb, "keepalive") else {
+        let Some(reply) = self.monitor_handles(i, &hb, "keepalive", false) else {
             return;
         };
         if !self.rng.chance(self.loss) {

@@ -286,6 +286,11 @@ impl Generator {
                     1 => Some(rng.range(1, 21) as i32),
                     _ => None,
                 },
+                fence_required_held: match rng.below(3) {
+                    0 => Some(Generator::wild_u32(rng)),
+                    1 => Some(rng.below(3) as u32),
+                    _ => None,
+                },
                 notes: Vec::new(),
             }),
             2 => Call::GetFormationState(pb::GetFormationStateRequest {

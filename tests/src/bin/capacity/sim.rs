@@ -196,6 +196,7 @@ impl SimNode {
             synchronous_standby_names: None,
             pg_start_failures: 0,
             acting_toward: None,
+            fence_required_held: None,
             notes: Vec::new(),
         }
     }

@@ -29,7 +29,9 @@ use crate::state_file::{self, KeeperState};
 use crate::status::{self, KeeperStatus, SharedStatus};
 
 pub use crate::error::KeeperError;
-pub use crate::fence::{fence_armed, fence_step, FenceStep, FENCE_REQUIRED_UNTIL_ANSWERED};
+pub use crate::fence::{
+    answer_renews, fence_armed, fence_step, FenceStep, FENCE_REQUIRED_UNTIL_ANSWERED,
+};
 
 pub struct Keeper<P: LocalPostgres> {
     config: KeeperConfig,
@@ -268,7 +270,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     ) -> Result<(), KeeperError> {
         let goal = S::from_wire(reply.goal_state).unwrap_or(self.state.goal);
         let replication = reply.replication.unwrap_or_default();
-        fence::renew(&self.lease, &self.status, sent, &replication).await;
+        fence::renew(&self.lease, &self.status, sent, goal, &replication).await;
         {
             let own_id = self.state.node_id;
             let mut status = status::lock(&self.status);

@@ -248,8 +248,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
             let sent = Instant::now();
             match self.client.node_active(request).await {
                 Ok(reply) => {
-                    let replication = reply.into_inner().replication.unwrap_or_default();
-                    fence::renew(&self.lease, &self.status, sent, &replication).await;
+                    let reply = reply.into_inner();
+                    let goal = S::from_wire(reply.goal_state).unwrap_or(self.acting_toward);
+                    let replication = reply.replication.unwrap_or_default();
+                    fence::renew(&self.lease, &self.status, sent, goal, &replication).await;
                 }
                 Err(status) => {
                     tracing::debug!(error = %status.message(), "keepalive not answered");

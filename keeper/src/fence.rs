@@ -77,19 +77,35 @@ impl Lease {
     }
 }
 
-/// A heartbeat sent at `sent` got an answer with these `replication`
-/// settings: the fence clock restarts from `sent` (never from the answer:
-/// the monitor's fence deadline counts from when it heard the heartbeat,
-/// which is later), and the fence set is the one the monitor just sent and
-/// stored. The shared status says so too.
+/// Whether an answer with goal `goal` renews the lease of a node in
+/// `current`: not when it takes a primary-side node off the primary side
+/// (it is being replaced). Its lease then runs out as if unanswered, so a
+/// primary busy with a long action (a start through crash recovery) when
+/// it is demoted fences by itself, instead of serving with the empty fence
+/// set a demoted node is sent until its loop gets to stop it.
+pub fn answer_renews(current: S, goal: S) -> bool {
+    !current.must_fence_when_isolated() || goal.must_fence_when_isolated()
+}
+
+/// A heartbeat sent at `sent` got an answer with goal `goal` and these
+/// `replication` settings: the fence clock restarts from `sent` (never
+/// from the answer: the monitor's fence deadline counts from when it heard
+/// the heartbeat, which is later), and the fence set is the one the
+/// monitor just sent and stored. The shared status says so too. Nothing is
+/// renewed by an answer that takes the node off the primary side
+/// ([`answer_renews`]).
 pub async fn renew(
     lease: &Mutex<Lease>,
     status: &SharedStatus,
     sent: Instant,
+    goal: S,
     replication: &pb::ReplicationSettings,
 ) {
     {
         let mut lease = lease.lock().await;
+        if !answer_renews(lease.current, goal) {
+            return;
+        }
         lease.last_ok_sent = lease.last_ok_sent.max(sent);
         lease.confirmed = true;
         lease.fence_set = replication.quorum_standby_names.clone();

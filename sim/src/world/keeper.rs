@@ -174,12 +174,14 @@ impl World {
         let k = &mut self.keepers[i];
         k.primary = primary;
         k.sync_names = reply.plan.synchronous_standby_names.clone();
-        k.lease.last_ok_sent = sent;
-        k.confirmed = true;
-        k.lease.fence_set = reply.plan.fence_set.clone();
-        k.lease.required = reply.plan.fence_required;
-        k.fenced = false;
-        self.guards[i] = k.lease.clone();
+        if answer_renews(k.lease.current, reply.goal) {
+            k.lease.last_ok_sent = sent;
+            k.confirmed = true;
+            k.lease.fence_set = reply.plan.fence_set.clone();
+            k.lease.required = reply.plan.fence_required;
+            k.fenced = false;
+            self.guards[i] = k.lease.clone();
+        }
         if reply.goal != k.goal {
             k.goal = reply.goal;
         }
@@ -281,6 +283,9 @@ impl World {
             || k.incarnation != inc
             || !matches!(k.phase, Phase::Acting { seq: s, .. } if s == seq)
         {
+            return;
+        }
+        if !answer_renews(k.lease.current, reply.goal) {
             return;
         }
         k.lease.last_ok_sent = k.lease.last_ok_sent.max(sent);

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use pgpilot_keeper::agent::{fence_armed, fence_step, FenceStep, FENCE_REQUIRED_UNTIL_ANSWERED};
+use pgpilot_keeper::agent::{
+    answer_renews, fence_armed, fence_step, FenceStep, FENCE_REQUIRED_UNTIL_ANSWERED,
+};
 use pgpilot_keeper::config as keeper_config;
 use pgpilot_keeper::plan::{self, Action};
 use pgpilot_monitor::config as monitor_config;

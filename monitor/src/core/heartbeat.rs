@@ -83,7 +83,7 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
             took: (env.now - at).to_std().unwrap_or_default(),
         });
     let back = if beat.acting_toward.is_none() {
-        goal_back_to_reported(me)
+        goal_back_to_reported(nodes, index)
     } else {
         None
     };
@@ -107,19 +107,26 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
 /// between two heartbeats, or was set while the keeper was still on its
 /// way to the previous one). Its heartbeat says where it really is, so the
 /// goal goes back to that state and the group is decided again from there.
-/// Not for a writable primary nor a node of a promotion (`fast_forward`,
-/// `prepare_promotion`, `stop_replication`): giving it that goal back
-/// would resume a promotion the state machine has moved on from.
-pub fn goal_back_to_reported(me: &mut NodeSnapshot) -> Option<fsm::Decision> {
-    let (reported, goal) = (me.reported, me.goal);
-    let promoting = matches!(
-        reported,
-        S::FastForward | S::PreparePromotion | S::StopReplication
-    );
-    if pgpilot_proto::keeper_has_edge(reported, goal) || reported.is_writable_primary() || promoting
+/// Not for a writable primary; nor for a node of a promotion
+/// (`fast_forward`, `prepare_promotion`, `stop_replication`) while another
+/// node is a primary or being promoted: giving it that goal back would
+/// resume a promotion the state machine has moved on from. (With no other
+/// primary it is the election's winner again: its goal moves on from
+/// where it is.)
+pub fn goal_back_to_reported(nodes: &mut [NodeSnapshot], index: usize) -> Option<fsm::Decision> {
+    let promoting = |s: S| matches!(s, S::FastForward | S::PreparePromotion | S::StopReplication);
+    let (reported, goal) = (nodes[index].reported, nodes[index].goal);
+    let other_primary = nodes
+        .iter()
+        .enumerate()
+        .any(|(j, n)| j != index && (n.goal.is_writable_primary() || promoting(n.goal)));
+    if pgpilot_proto::keeper_has_edge(reported, goal)
+        || reported.is_writable_primary()
+        || (promoting(reported) && other_primary)
     {
         return None;
     }
+    let me = &mut nodes[index];
     me.goal = reported;
     Some(fsm::Decision {
         node_id: me.id,
@@ -314,7 +321,8 @@ mod tests {
         let mut node = NodeSnapshot::registered(1, "node1", 50, true, timings());
         node.reported = S::Primary;
         node.goal = S::Catchingup;
-        assert!(goal_back_to_reported(&mut node).is_none());
-        assert_eq!(node.goal, S::Catchingup);
+        let mut nodes = vec![node];
+        assert!(goal_back_to_reported(&mut nodes, 0).is_none());
+        assert_eq!(nodes[0].goal, S::Catchingup);
     }
 }

@@ -57,6 +57,12 @@ pub struct Executor<P> {
     failpoints: Failpoints,
     /// What the monitor must hear of (a diverged standby rewound).
     notes: Notes,
+    /// This process has reloaded PostgreSQL's configuration at least once.
+    /// A keeper killed between writing the configuration and reloading it
+    /// leaves a server running the old one while the file already says the
+    /// new: the next process cannot tell, so its first reload is not
+    /// skipped.
+    reloaded: std::sync::atomic::AtomicBool,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
@@ -73,6 +79,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
             start_failures,
             failpoints: Failpoints::default(),
             notes: Notes::default(),
+            reloaded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -146,8 +153,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                 }
                 Action::Start => self.start_postgres().await?,
                 Action::Reload => {
-                    if config_changed {
+                    if config_changed || !self.reloaded.load(Ordering::SeqCst) {
                         pg.reload().await?;
+                        self.reloaded.store(true, Ordering::SeqCst);
                     }
                 }
                 Action::Stop => pg.stop().await?,

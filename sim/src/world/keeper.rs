@@ -481,8 +481,9 @@ impl World {
             }
             Action::Start => self.start_action(i),
             Action::Reload => {
-                if config_changed {
+                if config_changed || !self.keepers[i].reloaded {
                     self.pg_reload(i);
+                    self.keepers[i].reloaded = true;
                 }
                 Ok(false)
             }
@@ -864,6 +865,7 @@ impl World {
         k.phase = Phase::Sleeping;
         k.last_error = None;
         k.start_failures = 0;
+        k.reloaded = false;
         let inc = k.incarnation;
         self.log(format!("{}: keeper restarted", name(i)));
         self.after(1, Ev::Step(i, inc));

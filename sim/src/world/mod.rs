@@ -340,6 +340,9 @@ struct Keeper {
     last_error: Option<String>,
     /// Failed starts of PostgreSQL in a row (agent.rs `start_failures`).
     start_failures: u32,
+    /// This keeper process reloaded PostgreSQL once (executor.rs
+    /// `reloaded`): its first reload is never skipped.
+    reloaded: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -571,6 +574,7 @@ impl World {
             seq: 0,
             last_error: None,
             start_failures: 0,
+            reloaded: false,
         };
         let monitor = Monitor::new(t.machine, opts.monitor_flaw);
         World {

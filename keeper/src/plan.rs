@@ -116,8 +116,10 @@ pub fn steady(state: S) -> Vec<Action> {
     match state {
         s if s.is_writable_primary() => vec![ConfigurePrimary, Start, Reload, SyncSlots],
         // A healthy standby also keeps slots for the others, for the day
-        // it is promoted.
-        S::Secondary => vec![ConfigureStandby, Start, Reload, SyncSlots],
+        // it is promoted; one that does not stream is checked for
+        // divergence too (it may be elected before the monitor moves it to
+        // catchingup).
+        S::Secondary => vec![ConfigureStandby, RewindIfDiverged, Start, Reload, SyncSlots],
         // A standby that does not stream may have diverged (it learns of
         // the new primary's timeline only now, or was stopped when it
         // changed): check again while it does not stream.
@@ -249,7 +251,10 @@ mod tests {
             steady_without_monitor(S::Catchingup),
             vec![ConfigureStandby, Start, Reload]
         );
-        assert_eq!(steady_without_monitor(S::Secondary), steady(S::Secondary));
+        assert_eq!(
+            steady_without_monitor(S::Secondary),
+            vec![ConfigureStandby, Start, Reload, SyncSlots]
+        );
     }
 
     #[test]

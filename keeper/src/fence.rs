@@ -377,6 +377,42 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Found by the simulation: a primary replaced while it was starting
+    /// through a long crash recovery had its lease renewed by the answers
+    /// to its keepalives, with the empty fence set of a demoted node, and
+    /// served beside the new primary once its start finished.
+    #[tokio::test]
+    async fn an_answer_that_demotes_a_primary_does_not_renew_its_lease() {
+        for current in S::ALL {
+            for goal in S::ALL {
+                assert_eq!(
+                    answer_renews(current, goal),
+                    !current.must_fence_when_isolated() || goal.must_fence_when_isolated(),
+                    "{current} -> {goal}"
+                );
+            }
+        }
+        assert!(!answer_renews(S::Primary, S::Demoted));
+        assert!(!answer_renews(S::WaitPrimary, S::Draining));
+        assert!(answer_renews(S::WaitPrimary, S::Primary));
+        assert!(answer_renews(S::StopReplication, S::WaitPrimary));
+
+        let f = fence(Duration::from_millis(1500));
+        let before = f.lease.lock().await.last_ok_sent;
+        let empty = pb::ReplicationSettings::default();
+        let later = before + Duration::from_secs(5);
+        renew(&f.lease, &f.status, later, S::Demoted, &empty).await;
+        let lease = f.lease.lock().await;
+        assert_eq!(lease.last_ok_sent, before, "not renewed by a demotion");
+        assert_eq!(lease.required, FENCE_REQUIRED_UNTIL_ANSWERED);
+        assert!(!lease.confirmed);
+        drop(lease);
+        renew(&f.lease, &f.status, later, S::Primary, &empty).await;
+        assert_eq!(f.lease.lock().await.last_ok_sent, later);
+        // What the heartbeat says it holds.
+        assert_eq!(f.lease.lock().await.held(), Some(0));
+    }
+
     #[test]
     fn armed_only_on_the_primary_side_after_the_timeout() {
         let t = Duration::from_millis(1500);

@@ -540,6 +540,30 @@ fn election(dead_for: i64, lost_for: i64) -> Group {
         .stream_lost("b", lost_for)
 }
 
+/// Found by the simulation: a `wait_primary` promoted with no standby to
+/// count held `r = 0`; the answer that grew its set to the rejoined old
+/// primary was lost (or its keeper was killed first), and the monitor,
+/// which had stored `r = 1`, promoted that standby after the fence
+/// deadline while the old one, never fencing, served on. An election never
+/// relies on the fence of a primary whose keeper last said it holds none.
+#[test]
+fn a_primary_whose_keeper_held_no_fence_quorum_is_not_replaced_by_the_deadline() {
+    let g = election(10, 10).with("a", |n| n.fence_required_held = Some(0));
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(
+        o.waiting.iter().any(|w| w.is_election_stuck()),
+        "{:?}",
+        o.waiting
+    );
+    let g = g.with("a", |n| n.fence_required_held = Some(1));
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+}
+
 #[test]
 fn election_waits_for_the_fence_deadline() {
     // Deadline: max(hb + 1.5 s, lost + 2 s) + 0.5 s + 0.5 s.

@@ -379,7 +379,7 @@ impl World {
             self.pgs[i].starting = true;
         }
         let inc = self.keepers[i].incarnation;
-        self.after(d, Ev::ActionDone(i, inc, seq));
+        self.after(d, Ev::ActionDone(i, inc, seq, next));
     }
 
     pub(super) fn action_duration(&mut self, i: usize, action: Action) -> Ms {
@@ -725,6 +725,21 @@ impl World {
                 pg.starting = false;
                 pg.incarnation += 1;
                 self.log(format!("{}: PostgreSQL stopped while starting", name(i)));
+                // `pg_ctl start` returns once its postmaster is gone: the
+                // start under way fails now, not at the end of its recovery.
+                let k = &self.keepers[i];
+                if let Phase::Acting {
+                    seq,
+                    next,
+                    ref actions,
+                    ..
+                } = k.phase
+                {
+                    if k.alive && actions.get(next) == Some(&Action::Start) {
+                        let inc = k.incarnation;
+                        self.after(PUMP_MS, Ev::ActionDone(i, inc, seq, next));
+                    }
+                }
             }
             return;
         }

@@ -387,7 +387,9 @@ enum Ev {
         sent: Ms,
         reply: Reply,
     },
-    ActionDone(usize, u64, u64),
+    /// The action at index `next` of plan `seq` ends (node, incarnation,
+    /// plan seq, next).
+    ActionDone(usize, u64, u64, usize),
     FenceTick(usize, u64),
     /// The node's fence guard looks at its lease (keeper/src/guard.rs):
     /// while the keeper is dead, or restarted and not answered yet.
@@ -725,11 +727,11 @@ impl World {
                 sent,
                 reply,
             } => self.keepalive_reply(node, inc, seq, sent, reply),
-            Ev::ActionDone(i, inc, seq) => {
+            Ev::ActionDone(i, inc, seq, n) => {
                 let k = &self.keepers[i];
                 if k.alive
                     && k.incarnation == inc
-                    && matches!(k.phase, Phase::Acting { seq: s, .. } if s == seq)
+                    && matches!(k.phase, Phase::Acting { seq: s, next, .. } if s == seq && next == n)
                 {
                     self.action_done(i);
                 }

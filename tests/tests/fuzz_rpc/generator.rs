@@ -281,15 +281,19 @@ impl Generator {
                     2 if w(rng) => Some(Generator::wild_string(rng)),
                     _ => Some("ANY 1 (pgpilot_1, pgpilot_2)".to_string()),
                 },
-                acting_toward: match rng.below(4) {
-                    0 => Some(Generator::wild_state(rng)),
-                    1 => Some(rng.range(1, 21) as i32),
-                    _ => None,
+                acting_toward: if w(rng) {
+                    Some(Generator::wild_state(rng))
+                } else if rng.chance(0.5) {
+                    Some(rng.range(1, 21) as i32)
+                } else {
+                    None
                 },
-                fence_required_held: match rng.below(3) {
-                    0 => Some(Generator::wild_u32(rng)),
-                    1 => Some(rng.below(3) as u32),
-                    _ => None,
+                fence_required_held: if w(rng) {
+                    Some(Generator::wild_u32(rng))
+                } else if rng.chance(0.5) {
+                    Some(rng.below(3) as u32)
+                } else {
+                    None
                 },
                 notes: Vec::new(),
             }),

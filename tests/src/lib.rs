@@ -22,6 +22,7 @@
 mod cluster;
 pub mod drills;
 pub mod http;
+pub mod isolation;
 pub mod operator;
 pub mod probe;
 pub mod process;

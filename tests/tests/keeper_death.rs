@@ -22,6 +22,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use pgpilot_tests::isolation::{
+    isolate, reconnect, secs, ASYNC_LAG_ALLOWANCE, FENCE_BOUND, LOCAL_CANCEL_AFTER, LOCAL_FIRST_ID,
+};
 use pgpilot_tests::operator::{event_lines, events, goal_changes_after, last_event_id};
 use pgpilot_tests::process::postmaster_pid;
 use pgpilot_tests::{
@@ -38,31 +41,12 @@ const HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
 const PROMOTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// The group settles again after the partition heals.
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(120);
-/// The fence bound of `tests/tests/partitions.rs`, unchanged by the
-/// keeper's death: the lease runs out `fence_timeout` (1.5 s) after the
-/// last answered heartbeat's send time, which is before the kill, hence
-/// before the cut; the standby stops counting as streaming
-/// `wal_sender_timeout` (2 s) after the cut; then one guard tick (0.1 s)
-/// and the immediate stop. About 2.2 s is measured.
-const FENCE_BOUND: Duration = Duration::from_secs(4);
-/// The writer on the primary's host cancels an insert that has had no
-/// answer for this long.
-const LOCAL_CANCEL_AFTER: Duration = Duration::from_secs(1);
-/// Ids of the writer on the primary's host start here.
-const LOCAL_FIRST_ID: i64 = 1_000_000_000;
-/// In asynchronous mode a write acknowledged just before the cut may not
-/// have reached the standby yet.
-const ASYNC_LAG_ALLOWANCE: Duration = Duration::from_secs(1);
 /// A guard starts within moments of its keeper's start.
 const GUARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest pause in acknowledged writes a keeper restart may cause
 /// here (generous for a loaded machine; `pgpilot-bench keeper-restart`
 /// measures it: none is expected, PostgreSQL keeps running).
 const RESTART_PAUSE_LIMIT: Duration = Duration::from_secs(5);
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
 
 /// Wait until `name` has a fence guard; returns its pid.
 async fn wait_guard(cluster: &Cluster, name: &str) -> Result<i32> {
@@ -124,9 +108,7 @@ async fn killed_keeper_isolated_primary_still_fences() -> Result<()> {
     let baseline = last_event_id(&events(&cluster).await?);
 
     let killed_at = cluster.kill_keeper(&old)?;
-    cluster.monitor_link(&old)?.blackhole();
-    cluster.ingress(&old)?.blackhole();
-    let cut_at = Instant::now();
+    let cut_at = isolate(&cluster, &old)?;
     eprintln!(
         "killed {old}'s keeper, then cut {old} off {:.3} s later",
         secs(cut_at.duration_since(killed_at))
@@ -198,8 +180,7 @@ async fn killed_keeper_isolated_primary_still_fences() -> Result<()> {
     let early = cut_at.checked_sub(ASYNC_LAG_ALLOWANCE).unwrap_or(cut_at);
     let mut before = local_report.acked_before(early);
     let healed_at = Instant::now();
-    cluster.monitor_link(&old)?.heal();
-    cluster.ingress(&old)?.heal();
+    reconnect(&cluster, &old)?;
     cluster.start_keeper(&old)?;
     cluster
         .wait_state(

@@ -22,6 +22,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use pgpilot_tests::isolation::{
+    isolate, reconnect, secs, ASYNC_LAG_ALLOWANCE, FENCE_BOUND, LOCAL_CANCEL_AFTER, LOCAL_FIRST_ID,
+};
 use pgpilot_tests::operator::{event_lines, events, expect_explained_goal_changes, last_event_id};
 use pgpilot_tests::{
     Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, WritableProbe,
@@ -39,42 +42,6 @@ const HEALTHY_TIMEOUT: Duration = Duration::from_secs(120);
 const PROMOTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// The group settles again after a partition heals (a rewind or a clone).
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(120);
-/// The documented bound on how long an isolated primary goes on
-/// acknowledging writes after the cut, with the default settings: the
-/// fence arms after `fence_timeout` (1.5 s) without an answered heartbeat
-/// and acts once fewer standbys than required stream, which PostgreSQL
-/// notices after `wal_sender_timeout` (2 s); then a fence check period
-/// (0.1 s) and the immediate stop. About 2.2 s is measured.
-const FENCE_BOUND: Duration = Duration::from_secs(4);
-/// The writer on the primary's host cancels an insert that has had no
-/// answer for this long, as an application with a client-side timeout does.
-const LOCAL_CANCEL_AFTER: Duration = Duration::from_secs(1);
-/// Ids of the writer on the primary's host start here (the network writer's
-/// at 1), so both write into one table.
-const LOCAL_FIRST_ID: i64 = 1_000_000_000;
-/// In asynchronous mode a write acknowledged just before the cut may not
-/// have reached the standby yet; only one acknowledged earlier than this
-/// before the cut must survive.
-const ASYNC_LAG_ALLOWANCE: Duration = Duration::from_secs(1);
-
-/// Cut `name` off from the monitor and from every other node and network
-/// client (both of its proxies black-holed).
-fn isolate(cluster: &Cluster, name: &str) -> Result<Instant> {
-    cluster.monitor_link(name)?.blackhole();
-    cluster.ingress(name)?.blackhole();
-    Ok(Instant::now())
-}
-
-/// Heal both of `name`'s proxies.
-fn reconnect(cluster: &Cluster, name: &str) -> Result<()> {
-    cluster.monitor_link(name)?.heal();
-    cluster.ingress(name)?.heal();
-    Ok(())
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
 
 /// Whether the keeper of `name` logged that it fenced.
 fn keeper_fenced(cluster: &Cluster, name: &str) -> Result<bool> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::Cluster;
+use crate::{Cluster, Writer, WriterOptions};
 
 /// The documented bound on how long an isolated primary goes on
 /// acknowledging writes after the cut, with the default settings: the
@@ -48,4 +48,23 @@ pub fn reconnect(cluster: &Cluster, name: &str) -> Result<()> {
 /// A duration in seconds, for messages.
 pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+/// The two writers of an isolation test, both warm: one through the
+/// group's multi-host URI (it follows the failover), one on `primary`'s
+/// own host (it keeps writing to the isolated primary, ids from
+/// [`LOCAL_FIRST_ID`], cancelling an insert after [`LOCAL_CANCEL_AFTER`]).
+pub async fn start_writers(cluster: &Cluster, primary: &str) -> Result<(Writer, Writer)> {
+    let network =
+        Writer::start_warm(cluster, &cluster.advertised_uri(), WriterOptions::default()).await?;
+    let local = Writer::start_warm(
+        cluster,
+        &cluster.local_uri(primary)?,
+        WriterOptions {
+            first_id: LOCAL_FIRST_ID,
+            cancel_after: Some(LOCAL_CANCEL_AFTER),
+        },
+    )
+    .await?;
+    Ok((network, local))
 }

@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pgpilot_tests::isolation::{
-    isolate, reconnect, secs, ASYNC_LAG_ALLOWANCE, FENCE_BOUND, LOCAL_CANCEL_AFTER, LOCAL_FIRST_ID,
+    isolate, reconnect, secs, start_writers, ASYNC_LAG_ALLOWANCE, FENCE_BOUND,
 };
 use pgpilot_tests::operator::{event_lines, events, goal_changes_after, last_event_id};
 use pgpilot_tests::process::postmaster_pid;
 use pgpilot_tests::{
     Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, WritableProbe,
-    Writer, WriterOptions,
+    Writer,
 };
 
 const SECONDARY: ReplicationState = ReplicationState::Secondary;
@@ -89,21 +89,7 @@ async fn killed_keeper_isolated_primary_still_fences() -> Result<()> {
         .await?;
     eprintln!("fence guards of {old}: {:?}", cluster.fence_guards(&old)?);
 
-    let network = Writer::start_warm(
-        &cluster,
-        &cluster.advertised_uri(),
-        WriterOptions::default(),
-    )
-    .await?;
-    let local = Writer::start_warm(
-        &cluster,
-        &cluster.local_uri(&old)?,
-        WriterOptions {
-            first_id: LOCAL_FIRST_ID,
-            cancel_after: Some(LOCAL_CANCEL_AFTER),
-        },
-    )
-    .await?;
+    let (network, local) = start_writers(&cluster, &old).await?;
     let probe = WritableProbe::of_cluster(&cluster)?;
     let baseline = last_event_id(&events(&cluster).await?);
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pgpilot_tests::isolation::{
-    isolate, reconnect, secs, ASYNC_LAG_ALLOWANCE, FENCE_BOUND, LOCAL_CANCEL_AFTER, LOCAL_FIRST_ID,
+    isolate, reconnect, secs, start_writers, ASYNC_LAG_ALLOWANCE, FENCE_BOUND,
 };
 use pgpilot_tests::operator::{event_lines, events, expect_explained_goal_changes, last_event_id};
 use pgpilot_tests::{
@@ -105,21 +105,7 @@ async fn isolated_primary(synchronous: bool) -> Result<()> {
             .await);
     }
 
-    let network = Writer::start_warm(
-        &cluster,
-        &cluster.advertised_uri(),
-        WriterOptions::default(),
-    )
-    .await?;
-    let local = Writer::start_warm(
-        &cluster,
-        &cluster.local_uri(&old)?,
-        WriterOptions {
-            first_id: LOCAL_FIRST_ID,
-            cancel_after: Some(LOCAL_CANCEL_AFTER),
-        },
-    )
-    .await?;
+    let (network, local) = start_writers(&cluster, &old).await?;
     let probe = WritableProbe::of_cluster(&cluster)?;
     let baseline = last_event_id(&events(&cluster).await?);
 

@@ -107,7 +107,9 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
 /// between two heartbeats, or was set while the keeper was still on its
 /// way to the previous one). Its heartbeat says where it really is, so the
 /// goal goes back to that state and the group is decided again from there.
-/// Not for a writable primary; nor for a node of a promotion
+/// Not for a writable primary, nor for a goal on the primary side (a
+/// writable primary, a handover, `demoted`, a promotion's steps); nor for
+/// a node of a promotion
 /// (`fast_forward`, `prepare_promotion`, `stop_replication`) while another
 /// node is a primary or being promoted: giving it that goal back would
 /// resume a promotion the state machine has moved on from. (With no other
@@ -120,8 +122,15 @@ pub fn goal_back_to_reported(nodes: &mut [NodeSnapshot], index: usize) -> Option
         .iter()
         .enumerate()
         .any(|(j, n)| j != index && (n.goal.is_writable_primary() || promoting(n.goal)));
+    // A goal on the primary side, of a handover or of a promotion is never
+    // taken back either: a heartbeat that arrives late (sent before a
+    // promotion the monitor has since seen reported) must not undo it.
+    let primary_side = |s: S| {
+        s.is_writable_primary() || fsm::is_handing_over(s) || s == S::Demoted || promoting(s)
+    };
     if pgpilot_proto::keeper_has_edge(reported, goal)
         || reported.is_writable_primary()
+        || primary_side(goal)
         || (promoting(reported) && other_primary)
     {
         return None;

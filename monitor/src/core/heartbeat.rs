@@ -324,6 +324,30 @@ mod tests {
         assert_eq!(nodes[1].goal, S::Catchingup);
     }
 
+    /// Found by the simulation (seed 14406): a heartbeat sent in
+    /// `report_lsn` by a keeper since killed arrived after the same node,
+    /// restarted, was promoted; its goal `wait_primary` was taken back to
+    /// `report_lsn`. A goal on the primary side or of a promotion never is.
+    #[test]
+    fn a_late_heartbeat_never_undoes_a_promotion() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut nodes = stale_group(now);
+        nodes[0].goal = S::Demoted;
+        nodes[0].reported = S::Demoted;
+        nodes[1].reported = S::StopReplication;
+        nodes[1].goal = S::WaitPrimary;
+        let Folded::Answer(answer) = fold(&mut nodes, 1, &beat(S::ReportLsn, None), &env(now))
+        else {
+            panic!("not forgotten");
+        };
+        assert!(answer
+            .evaluation
+            .decisions
+            .iter()
+            .all(|d| d.reason.kind() != "goal_unreachable"));
+        assert_eq!(nodes[1].goal, S::WaitPrimary);
+    }
+
     /// A writable primary's goal is never taken back to it.
     #[test]
     fn a_primary_goal_is_never_taken_back() {

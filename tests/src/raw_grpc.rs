@@ -110,15 +110,24 @@ async fn exchange(
         Ok(pair) => pair,
         Err(e) => return Ok(RawAnswer::Reset(format!("send: {e}"))),
     };
-    if !request.body.is_empty() {
-        // Buffered by h2 and sent as the server's flow-control window allows.
-        if let Err(e) = stream.send_data(Bytes::from(request.body.clone()), true) {
-            return Ok(RawAnswer::Reset(format!("send data: {e}")));
-        }
-    }
+    // Buffered by h2 and sent as the server's flow-control window allows.
+    // A server that answers from the head alone (an unknown grpc-encoding)
+    // may close the stream before the body goes out: its answer counts.
+    let send_error = if request.body.is_empty() {
+        None
+    } else {
+        stream
+            .send_data(Bytes::from(request.body.clone()), true)
+            .err()
+    };
     let response = match response.await {
         Ok(r) => r,
-        Err(e) => return Ok(RawAnswer::Reset(format!("response: {e}"))),
+        Err(e) => {
+            return Ok(RawAnswer::Reset(match send_error {
+                Some(s) => format!("send data: {s}; response: {e}"),
+                None => format!("response: {e}"),
+            }))
+        }
     };
     let http_status = response.status().as_u16();
     if let Some(answer) = status_in(response.headers(), http_status) {

@@ -107,7 +107,8 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
 /// between two heartbeats, or was set while the keeper was still on its
 /// way to the previous one). Its heartbeat says where it really is, so the
 /// goal goes back to that state and the group is decided again from there.
-/// Not for a writable primary, nor for a goal on the primary side (a
+/// Only a standby's reported state (or a promoting node's, with no other
+/// primary) becomes its goal again. Not for a writable primary, nor for a goal on the primary side (a
 /// writable primary, a handover, `demoted`, a promotion's steps); nor for
 /// a node of a promotion
 /// (`fast_forward`, `prepare_promotion`, `stop_replication`) while another
@@ -128,11 +129,19 @@ pub fn goal_back_to_reported(nodes: &mut [NodeSnapshot], index: usize) -> Option
     let primary_side = |s: S| {
         s.is_writable_primary() || fsm::is_handing_over(s) || s == S::Demoted || promoting(s)
     };
-    if pgpilot_proto::keeper_has_edge(reported, goal)
-        || reported.is_writable_primary()
-        || primary_side(goal)
-        || (promoting(reported) && other_primary)
-    {
+    // And only a standby's state becomes its goal again: a late heartbeat
+    // of an old primary (`draining`, `demoted`) must not send it back.
+    let standby_side = matches!(
+        reported,
+        S::Catchingup
+            | S::Secondary
+            | S::ReportLsn
+            | S::JoinSecondary
+            | S::WaitStandby
+            | S::WaitMaintenance
+            | S::Maintenance
+    ) || (promoting(reported) && !other_primary);
+    if pgpilot_proto::keeper_has_edge(reported, goal) || primary_side(goal) || !standby_side {
         return None;
     }
     let me = &mut nodes[index];

@@ -52,6 +52,12 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
             if !valid_state(r.reported_state) {
                 return Some(format!("reported_state {} is unknown", r.reported_state));
             }
+            if let Some(s) = r.acting_toward.filter(|&s| !valid_state(s)) {
+                return Some(format!("acting_toward {s} is unknown"));
+            }
+            if let Some(n) = r.fence_required_held.filter(|&n| n > 1000) {
+                return Some(format!("fence_required_held {n} is out of range"));
+            }
             if !valid_timings(&r.timings) {
                 return Some("timings out of bounds".into());
             }

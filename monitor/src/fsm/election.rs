@@ -249,6 +249,19 @@ impl Eval<'_> {
             // answer growing its set may have been lost) may not fence at
             // all: nothing proves it stopped.
             let unfenced = self.nodes[p].fence_required_held == Some(0);
+            // The operator's override stands in for members that cannot
+            // report, never for one that is heard streaming: the old
+            // primary it streams from keeps serving past any deadline.
+            let streaming: Vec<String> = (0..self.nodes.len())
+                .filter(|&i| {
+                    i != p
+                        && fence_set.contains(&application_name(self.nodes[i].id))
+                        && self.alive(i)
+                        && self.nodes[i].wal_receiver_streaming
+                })
+                .map(|i| self.name(i))
+                .collect();
+            let forced = forced && streaming.is_empty();
             if (required == 0 || short || unfenced) && !forced {
                 self.wait(Wait::ElectionStuck {
                     primary,

@@ -673,6 +673,19 @@ fn a_dead_fence_set_member_blocks_the_election() {
         ..settings()
     };
     expect(&g, &g.decide_with(&stale), &[]);
+
+    // Found by the simulation (seed 399758): c came back and streams from
+    // a again, whose guard rightly keeps it serving; the override stands
+    // in for members that cannot report, never for one heard streaming.
+    let back = g.with("c", |n| {
+        n.goal = S::Secondary;
+        n.reported = S::Secondary;
+        n.last_heartbeat = Some(n.last_heartbeat.unwrap() + secs(10));
+        n.health = Health::Good;
+        n.wal_receiver_streaming = true;
+        n.stream_lost_at = None;
+    });
+    expect(&back, &back.decide_with(&forced), &[]);
 }
 
 #[test]

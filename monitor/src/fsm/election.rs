@@ -215,14 +215,16 @@ impl Eval<'_> {
         if confirmed {
             // A reporter may have streamed again from the old primary
             // (restarted by its keeper before it heard it must stop) after
-            // it reported: only reports made after the stop count.
+            // it reported, and any standby whose LSN counts received the
+            // WAL a clean stop hands over: only reports made after the stop
+            // count, for every node whose LSN the election reads.
             let stopped = self.nodes[p].pg_down_since.or(self.nodes[p].last_heartbeat);
-            let stale: Vec<String> = reporters
-                .iter()
-                .filter(|&&i| {
+            let stale: Vec<String> = (0..self.nodes.len())
+                .filter(|&i| self.considered(p, reporters, i))
+                .filter(|&i| {
                     stopped.is_some_and(|t| self.nodes[i].last_heartbeat.is_none_or(|hb| hb < t))
                 })
-                .map(|&i| self.name(i))
+                .map(|i| self.name(i))
                 .collect();
             if !stale.is_empty() {
                 self.wait(Wait::AwaitingReportsAfterStop { stale, primary });

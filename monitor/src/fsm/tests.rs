@@ -564,6 +564,49 @@ fn a_primary_whose_keeper_held_no_fence_quorum_is_not_replaced_by_the_deadline()
     );
 }
 
+/// Found by the simulation (seed 722853): after the primary handed over
+/// for maintenance and stopped cleanly, a standby not in the election
+/// (but whose LSN counts) was read with a report made before the stop,
+/// which had handed it more WAL; a less advanced standby was promoted and
+/// a synchronous commit lost. Every node whose LSN counts must have
+/// reported since the stop.
+#[test]
+fn a_confirmed_stop_waits_for_reports_after_it_from_every_counted_standby() {
+    let g = group()
+        .at("a", S::PrepareMaintenance)
+        .node("b", S::ReportLsn, S::ReportLsn)
+        .secondary("c")
+        .with("a", |n| {
+            n.fence_set = vec![
+                pgpilot_proto::lsn::application_name(2),
+                pgpilot_proto::lsn::application_name(3),
+            ];
+            n.fence_required = 1;
+            n.pg_running = false;
+            n.pg_down_since =
+                Some(n.last_heartbeat.unwrap() - chrono::Duration::milliseconds(1500));
+        })
+        .stream_lost("b", 1)
+        .stream_lost("c", 1)
+        // Heard 1.8 s ago: alive, but before the stop.
+        .with("c", |n| {
+            n.last_heartbeat =
+                Some(n.last_heartbeat.unwrap() - chrono::Duration::milliseconds(1800))
+        });
+    let o = g.decide();
+    expect(&g, &o, &[]);
+    assert!(
+        o.waiting.iter().any(|w| w.kind() == "awaiting_reports_after_stop"
+            && matches!(w, Wait::AwaitingReportsAfterStop { stale, .. } if stale == &["c".to_string()])),
+        "{:?}",
+        o.waiting
+    );
+    let g = g.with("c", |n| {
+        n.last_heartbeat = Some(n.last_heartbeat.unwrap() + secs(2))
+    });
+    expect(&g, &g.decide(), &[("b", S::PreparePromotion)]);
+}
+
 #[test]
 fn election_waits_for_the_fence_deadline() {
     // Deadline: max(hb + 1.5 s, lost + 2 s) + 0.5 s + 0.5 s.

@@ -68,3 +68,31 @@ pub async fn start_writers(cluster: &Cluster, primary: &str) -> Result<(Writer, 
     .await?;
     Ok((network, local))
 }
+
+/// Wait until `new` is the writable primary while `old` is cut off, and
+/// the writer through the group's URI writes on it; when it was seen.
+pub async fn await_new_primary(
+    cluster: &Cluster,
+    network: &Writer,
+    new: &str,
+    old: &str,
+    timeout: Duration,
+) -> Result<Instant> {
+    cluster
+        .wait_writable_primary(
+            new,
+            timeout,
+            &format!("{new} to become the writable primary while {old} is cut off"),
+        )
+        .await?;
+    let promoted_seen = Instant::now();
+    network
+        .wait_ack_after(
+            cluster,
+            promoted_seen,
+            timeout,
+            "the network writer to write on the new primary",
+        )
+        .await?;
+    Ok(promoted_seen)
+}

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pgpilot_tests::isolation::{
-    isolate, reconnect, secs, start_writers, ASYNC_LAG_ALLOWANCE, FENCE_BOUND,
+    await_new_primary, isolate, reconnect, secs, start_writers, ASYNC_LAG_ALLOWANCE, FENCE_BOUND,
 };
 use pgpilot_tests::operator::{event_lines, events, goal_changes_after, last_event_id};
 use pgpilot_tests::process::postmaster_pid;
@@ -99,22 +99,7 @@ async fn killed_keeper_isolated_primary_still_fences() -> Result<()> {
         "killed {old}'s keeper, then cut {old} off {:.3} s later",
         secs(cut_at.duration_since(killed_at))
     );
-    cluster
-        .wait_writable_primary(
-            &new,
-            PROMOTION_TIMEOUT,
-            &format!("{new} to become the writable primary while {old} is cut off"),
-        )
-        .await?;
-    let promoted_seen = Instant::now();
-    network
-        .wait_ack_after(
-            &cluster,
-            promoted_seen,
-            PROMOTION_TIMEOUT,
-            "the network writer to write on the new primary",
-        )
-        .await?;
+    await_new_primary(&cluster, &network, &new, &old, PROMOTION_TIMEOUT).await?;
     let old_pgdata = cluster.pgdata(&old)?;
     let old_stopped =
         postmaster_pid(&old_pgdata).is_none_or(|pid| !pgpilot_tests::process::is_alive(pid));

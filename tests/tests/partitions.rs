@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pgpilot_tests::isolation::{
-    isolate, reconnect, secs, start_writers, ASYNC_LAG_ALLOWANCE, FENCE_BOUND,
+    await_new_primary, isolate, reconnect, secs, start_writers, ASYNC_LAG_ALLOWANCE, FENCE_BOUND,
 };
 use pgpilot_tests::operator::{event_lines, events, expect_explained_goal_changes, last_event_id};
 use pgpilot_tests::{
@@ -111,22 +111,8 @@ async fn isolated_primary(synchronous: bool) -> Result<()> {
 
     let cut_at = isolate(&cluster, &old)?;
     eprintln!("{mode}: cut {old} off from the monitor, {new} and network clients");
-    cluster
-        .wait_writable_primary(
-            &new,
-            PROMOTION_TIMEOUT,
-            &format!("{new} to become the writable primary while {old} is cut off"),
-        )
-        .await?;
-    let promoted_seen = Instant::now();
-    network
-        .wait_ack_after(
-            &cluster,
-            promoted_seen,
-            PROMOTION_TIMEOUT,
-            "the network writer to write on the new primary",
-        )
-        .await?;
+    let promoted_seen =
+        await_new_primary(&cluster, &network, &new, &old, PROMOTION_TIMEOUT).await?;
     let fenced = keeper_fenced(&cluster, &old)?;
     let healed_at = Instant::now();
     reconnect(&cluster, &old)?;

@@ -23,6 +23,7 @@ use crate::monitor::{Heartbeat, Monitor, MonitorFlaw, Reply};
 use crate::rng::Rng;
 use crate::Ms;
 
+mod actions;
 mod checks;
 mod faults;
 mod keeper;

@@ -407,7 +407,7 @@ impl Monitor for MonitorService {
                 goal_state: n.snap.goal.to_wire(),
                 pg_running: n.snap.pg_running,
                 lsn: n.snap.lsn,
-                timeline: n.timeline,
+                timeline: n.snap.timeline,
                 health: n.snap.health.as_str().to_string(),
                 heartbeat_age_ms: n
                     .snap

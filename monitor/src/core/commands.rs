@@ -7,7 +7,7 @@ use pgpilot_proto::ReplicationState as S;
 
 use super::group::{apply_goals, evaluate, refuse_unreachable, Evaluation};
 use super::{Env, Refusal};
-use crate::fsm::{self, Decision, NodeSnapshot, Reason};
+use crate::fsm::{self, Decision, NodeSnapshot, Reason, Wait};
 
 /// What a command decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,23 @@ fn healthy_secondaries<'a>(
     })
 }
 
+/// Healthy secondaries that can take over from primary `p` in a planned
+/// handover: streaming, and on its timeline. A secondary still on an older
+/// timeline has not streamed from it since its promotion, and a stopping
+/// primary hands its last WAL only to the standbys connected to it.
+fn handover_candidates<'a>(
+    nodes: &'a [NodeSnapshot],
+    p: usize,
+    env: &'a Env,
+) -> impl Iterator<Item = usize> + 'a {
+    healthy_secondaries(nodes, env).filter(move |&i| following(&nodes[i], &nodes[p]))
+}
+
+/// The standby streams from `primary`, on its timeline.
+fn following(standby: &NodeSnapshot, primary: &NodeSnapshot) -> bool {
+    standby.wal_receiver_streaming && standby.timeline >= primary.timeline
+}
+
 /// Quorum standbys left at `secondary` without node `i`.
 fn quorum_left(nodes: &[NodeSnapshot], i: usize) -> u32 {
     (0..nodes.len())
@@ -90,7 +107,7 @@ pub fn perform_failover(
             goal: primary.goal,
         });
     }
-    let candidates: Vec<usize> = healthy_secondaries(nodes, env).collect();
+    let candidates: Vec<usize> = handover_candidates(nodes, p, env).collect();
     let (candidates, reason) = match target {
         None => (candidates, Reason::PlannedFailover),
         Some(name) => {
@@ -102,11 +119,17 @@ pub fn perform_failover(
             if node.candidate_priority == 0 {
                 return Err(Refusal::PriorityZero { name: name.into() });
             }
-            if !candidates.contains(&i) {
+            if !healthy_secondaries(nodes, env).any(|j| j == i) {
                 return Err(Refusal::NotHealthySecondary {
                     name: name.into(),
                     reported: node.reported,
                     goal: node.goal,
+                });
+            }
+            if !candidates.contains(&i) {
+                return Err(Refusal::NotFollowingPrimary {
+                    name: name.into(),
+                    primary: primary.name.clone(),
                 });
             }
             (vec![i], Reason::PlannedSwitchover { to: name.into() })
@@ -142,6 +165,15 @@ pub fn force_election(nodes: &mut [NodeSnapshot], env: &Env) -> Result<Evaluatio
     let outcome = (env.decide)(nodes, env.now, &env.settings);
     if !outcome.waiting.iter().any(|w| w.is_election_stuck()) {
         return Err(Refusal::NotStuck);
+    }
+    if let Some(Wait::UnfencedPrimary { primary }) = outcome
+        .waiting
+        .iter()
+        .find(|w| w.is_election_stuck() && !w.can_be_forced())
+    {
+        return Err(Refusal::UnfencedPrimary {
+            name: primary.clone(),
+        });
     }
     let forced = Env {
         settings: fsm::Settings {
@@ -242,8 +274,10 @@ pub fn set_maintenance(
 ) -> Result<Command, Refusal> {
     let i = find(nodes, formation, name)?;
     let candidates_besides = |exclude: usize| -> Vec<usize> {
+        let primary = nodes.iter().position(|n| n.goal.is_writable_primary());
         healthy_secondaries(nodes, env)
             .filter(|&j| j != exclude && nodes[j].candidate_priority > 0)
+            .filter(|&j| primary.is_none_or(|p| following(&nodes[j], &nodes[p])))
             .collect()
     };
     let node = &nodes[i];
@@ -412,3 +446,7 @@ pub fn drop_node(
     };
     Ok(Command { decisions, message })
 }
+
+#[cfg(test)]
+#[path = "commands_tests.rs"]
+mod tests;

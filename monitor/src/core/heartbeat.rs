@@ -267,6 +267,7 @@ mod tests {
                 reported,
                 pg_running: true,
                 lsn: 0x300_0000,
+                timeline: 1,
                 wal_receiver_streaming: true,
                 pg_start_failures: 0,
                 timings: timings(),

@@ -48,8 +48,15 @@ pub enum Refusal {
         reported: S,
         goal: S,
     },
+    NotFollowingPrimary {
+        name: String,
+        primary: String,
+    },
     NoCandidate,
     NotStuck,
+    UnfencedPrimary {
+        name: String,
+    },
     /// Settings the group could not live with (the sentence of
     /// [`crate::fsm::check_settings`]).
     Settings(String),
@@ -146,11 +153,19 @@ impl fmt::Display for Refusal {
                 f,
                 "{name} is not a healthy secondary (reported {reported}, goal {goal}): wait until show-state shows it secondary"
             ),
+            Refusal::NotFollowingPrimary { name, primary } => write!(
+                f,
+                "{name} does not stream from {primary} on its timeline yet, and a stopping primary hands its last WAL only to the standbys that stream from it: wait until show-state shows {name} streaming"
+            ),
             Refusal::NoCandidate => f.write_str(
-                "no healthy secondary with candidate priority above 0 can take over: add a standby or wait until one is secondary",
+                "no healthy secondary streaming from the primary with candidate priority above 0 can take over: add a standby or wait until one is secondary and streaming",
             ),
             Refusal::NotStuck => f.write_str(
                 "no election is stuck: --allow-data-loss only unblocks an election that waits for standbys that cannot report (see show-state)",
+            ),
+            Refusal::UnfencedPrimary { name } => write!(
+                f,
+                "{name} may still accept writes: its keeper last held no fence quorum, so nothing stops it when it is cut off, and promoting another node would make two primaries; start its keeper again (it stops PostgreSQL, or confirms the stop), then the election goes on by itself"
             ),
             Refusal::Settings(why) => f.write_str(why),
             Refusal::DropRefused { name, why } => write!(f, "dropping {name} is refused: {why}"),

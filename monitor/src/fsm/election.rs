@@ -247,10 +247,15 @@ impl Eval<'_> {
                 "the old primary confirmed it stopped"
             }
         } else {
-            // A keeper that last said its lease holds no fence quorum (an
-            // answer growing its set may have been lost) may not fence at
-            // all: nothing proves it stopped.
-            let unfenced = self.nodes[p].fence_required_held == Some(0);
+            // A primary with no fence quorum, or whose keeper last said
+            // its lease holds none (an answer growing its set may have been
+            // lost), never fences: nothing proves it stopped. Forced or
+            // not: an override stands in for standbys that cannot report,
+            // never for a fence that does not exist.
+            if required == 0 || self.nodes[p].fence_required_held == Some(0) {
+                self.wait(Wait::UnfencedPrimary { primary });
+                return None;
+            }
             // The operator's override stands in for members that cannot
             // report, never for one that is heard streaming: the old
             // primary it streams from keeps serving past any deadline.
@@ -264,7 +269,7 @@ impl Eval<'_> {
                 .map(|i| self.name(i))
                 .collect();
             let forced = forced && streaming.is_empty();
-            if (required == 0 || short || unfenced) && !forced {
+            if short && !forced {
                 self.wait(Wait::ElectionStuck {
                     primary,
                     primary_stopped: false,
@@ -295,21 +300,25 @@ impl Eval<'_> {
         // and any other running standby that is no longer streaming.
         let Some(most_advanced) = (0..self.nodes.len())
             .filter(|&i| self.considered(p, reporters, i))
-            .max_by_key(|&i| (self.nodes[i].lsn, -self.nodes[i].id))
+            .max_by_key(|&i| (self.nodes[i].wal_end(), -self.nodes[i].id))
         else {
             // Never: every reporter is considered, and there is one.
             return;
         };
-        let max_lsn = self.nodes[most_advanced].lsn;
-        // Highest candidate priority, then most advanced, then lowest id.
+        let (top_timeline, max_lsn) = self.nodes[most_advanced].wal_end();
+        // A reporter on the latest timeline first: one on an older timeline
+        // may hold WAL past the fork, which no fast-forward can follow.
+        // Then the highest candidate priority, the most advanced, the
+        // lowest id.
         let winner = reporters
             .iter()
             .copied()
             .filter(|&i| self.nodes[i].candidate_priority > 0)
             .max_by_key(|&i| {
                 (
+                    self.nodes[i].timeline == top_timeline,
                     self.nodes[i].candidate_priority,
-                    self.nodes[i].lsn,
+                    self.nodes[i].wal_end(),
                     -self.nodes[i].id,
                 )
             });
@@ -323,12 +332,16 @@ impl Eval<'_> {
             reporters: reporters.len(),
             rule,
         };
-        if self.nodes[w].lsn < max_lsn {
+        if self.nodes[w].wal_end() < (top_timeline, max_lsn) {
             let from = self.name(most_advanced);
             self.assign(
                 w,
                 S::FastForward,
-                Reason::FastForward { from, lsn: max_lsn },
+                Reason::FastForward {
+                    from,
+                    timeline: top_timeline,
+                    lsn: max_lsn,
+                },
             );
         } else {
             self.assign(w, S::PreparePromotion, elected);
@@ -426,7 +439,7 @@ impl Eval<'_> {
                         continue;
                     }
                     let target = self.fast_forward_target(i);
-                    if self.nodes[i].lsn >= target {
+                    if self.nodes[i].wal_end() >= target {
                         self.assign(
                             i,
                             S::PreparePromotion,
@@ -436,7 +449,11 @@ impl Eval<'_> {
                         );
                     } else {
                         let node = self.name(i);
-                        self.wait(Wait::FastForwarding { node, target });
+                        self.wait(Wait::FastForwarding {
+                            node,
+                            timeline: target.0,
+                            target: target.1,
+                        });
                     }
                 }
                 S::PreparePromotion => self.assign(

@@ -110,6 +110,10 @@ pub struct NodeSnapshot {
     pub goal: S,
     pub pg_running: bool,
     pub lsn: u64,
+    /// The timeline of the newest WAL it holds, as reported (0: not known).
+    /// With `lsn` it places the node in the group's history: see
+    /// [`NodeSnapshot::wal_end`].
+    pub timeline: u32,
     pub wal_receiver_streaming: bool,
     /// When the node first reported its WAL receiver not streaming, while it
     /// has been so since (None while streaming).
@@ -145,6 +149,7 @@ pub struct Report {
     pub reported: S,
     pub pg_running: bool,
     pub lsn: u64,
+    pub timeline: u32,
     pub wal_receiver_streaming: bool,
     pub pg_start_failures: u32,
     pub timings: KeeperTimings,
@@ -169,6 +174,7 @@ impl NodeSnapshot {
             goal: S::Init,
             pg_running: false,
             lsn: 0,
+            timeline: 0,
             wal_receiver_streaming: false,
             stream_lost_at: None,
             pg_down_since: None,
@@ -186,12 +192,23 @@ impl NodeSnapshot {
         }
     }
 
+    /// Where its WAL ends, ordered as elections compare nodes: the later
+    /// timeline first, then the higher LSN. WAL on an older timeline past
+    /// the point where a newer one forked was never acknowledged under
+    /// synchronous replication (the node promoted onto the newer timeline
+    /// held every such commit), so a node holding it is behind, whatever
+    /// its LSN: it must be rewound, never followed.
+    pub fn wal_end(&self) -> (u32, u64) {
+        (self.timeline, self.lsn)
+    }
+
     /// Fold a heartbeat heard at `now` in, tracking since when the WAL
     /// receiver and PostgreSQL have been down.
     pub fn heard(&mut self, r: &Report, now: DateTime<Utc>) {
         self.reported = r.reported;
         self.pg_running = r.pg_running;
         self.lsn = r.lsn;
+        self.timeline = r.timeline;
         self.wal_receiver_streaming = r.wal_receiver_streaming;
         self.stream_lost_at = if r.wal_receiver_streaming {
             None
@@ -268,7 +285,7 @@ pub fn fast_forward_source(nodes: &[NodeSnapshot], i: usize) -> Option<usize> {
                         | S::WaitMaintenance
                 )
         })
-        .max_by_key(|&j| (nodes[j].lsn, -nodes[j].id))
+        .max_by_key(|&j| (nodes[j].wal_end(), -nodes[j].id))
 }
 
 /// One goal change.
@@ -442,12 +459,12 @@ impl Eval<'_> {
             })
     }
 
-    /// The LSN a fast-forwarding node must reach: the most advanced other
-    /// standby's.
-    fn fast_forward_target(&self, i: usize) -> u64 {
+    /// Where a fast-forwarding node's WAL must reach: the most advanced
+    /// other standby's end (see [`NodeSnapshot::wal_end`]).
+    fn fast_forward_target(&self, i: usize) -> (u32, u64) {
         fast_forward_source(&self.nodes, i)
-            .map(|s| self.nodes[s].lsn)
-            .unwrap_or(0)
+            .map(|s| self.nodes[s].wal_end())
+            .unwrap_or((0, 0))
     }
 
     fn writable_primary_reached(&self) -> Option<usize> {

@@ -68,6 +68,7 @@ pub enum Reason {
     },
     FastForward {
         from: String,
+        timeline: u32,
         lsn: u64,
     },
     SettingsApplied,
@@ -199,9 +200,13 @@ impl fmt::Display for Reason {
             Reason::PlannedSwitchover { to } => {
                 write!(f, "planned switchover to {to}: stop taking writes, then hand over")
             }
-            Reason::FastForward { from, lsn } => write!(
+            Reason::FastForward {
+                from,
+                timeline,
+                lsn,
+            } => write!(
                 f,
-                "elected, but behind: fetch the WAL up to {} from {from} first",
+                "elected, but behind: fetch the WAL up to {} on timeline {timeline} from {from} first",
                 format_lsn(*lsn)
             ),
             Reason::SettingsApplied => write!(f, "new replication settings applied"),
@@ -269,6 +274,11 @@ pub enum Wait {
         reporting: usize,
         needed: usize,
     },
+    /// The old primary may not fence (its keeper last held no fence
+    /// quorum), so no deadline proves it stopped: only its keeper, heard
+    /// again, can let the election finish. Not even an operator's
+    /// override promotes beside it.
+    UnfencedPrimary { primary: String },
     /// The old primary may still accept writes until its fence deadline.
     FenceDeadline { primary: String, ms: i64 },
     /// No reporting standby may be promoted.
@@ -276,7 +286,11 @@ pub enum Wait {
     /// The elected standby cannot fetch the WAL it misses.
     FastForwardBlocked { node: String, down: Vec<String> },
     /// The elected standby fetches the WAL it misses.
-    FastForwarding { node: String, target: u64 },
+    FastForwarding {
+        node: String,
+        timeline: u32,
+        target: u64,
+    },
 }
 
 impl Wait {
@@ -290,7 +304,7 @@ impl Wait {
             Wait::NoStandbyInElection { .. } => "no_standby_in_election",
             Wait::AwaitingReports { .. } => "awaiting_reports",
             Wait::AwaitingReportsAfterStop { .. } => "awaiting_reports_after_stop",
-            Wait::ElectionStuck { .. } => Wait::ELECTION_STUCK,
+            Wait::ElectionStuck { .. } | Wait::UnfencedPrimary { .. } => Wait::ELECTION_STUCK,
             Wait::FenceDeadline { .. } => "fence_deadline",
             Wait::NoEligibleReporter { .. } => "no_eligible_reporter",
             Wait::FastForwardBlocked { .. } => "fast_forward_blocked",
@@ -303,6 +317,15 @@ impl Wait {
 
     /// Whether this is a stuck election.
     pub fn is_election_stuck(&self) -> bool {
+        matches!(
+            self,
+            Wait::ElectionStuck { .. } | Wait::UnfencedPrimary { .. }
+        )
+    }
+
+    /// Whether `perform-failover --allow-data-loss` can let this stuck
+    /// election finish.
+    pub fn can_be_forced(&self) -> bool {
         matches!(self, Wait::ElectionStuck { .. })
     }
 }
@@ -374,6 +397,10 @@ impl fmt::Display for Wait {
                 f,
                 "election stuck: only {reporting} of the {needed} standbys needed have reported their stream from {primary} gone, so {primary} may still be serving; bring them back, or run perform-failover --allow-data-loss to accept losing acknowledged commits"
             ),
+            Wait::UnfencedPrimary { primary } => write!(
+                f,
+                "election stuck: {primary} may still accept writes: its keeper last held no fence quorum, so nothing stops it when it is cut off and no deadline proves it stopped; bring its keeper back (it stops PostgreSQL, or confirms the stop)"
+            ),
             Wait::FenceDeadline { primary, ms } => write!(
                 f,
                 "election: {primary} may still accept writes for {ms} ms before it has fenced itself"
@@ -392,9 +419,13 @@ impl fmt::Display for Wait {
                     format!("PostgreSQL of {} is down", down.join(", "))
                 }
             ),
-            Wait::FastForwarding { node, target } => write!(
+            Wait::FastForwarding {
+                node,
+                timeline,
+                target,
+            } => write!(
                 f,
-                "{node} is fetching WAL up to {} before its promotion",
+                "{node} is fetching WAL up to {} on timeline {timeline} before its promotion",
                 format_lsn(*target)
             ),
         }

@@ -57,6 +57,7 @@ impl Group {
             goal,
             pg_running: true,
             lsn: 0x300_0000,
+            timeline: 1,
             wal_receiver_streaming: !reported.is_writable_primary(),
             stream_lost_at: None,
             pg_down_since: None,
@@ -445,6 +446,7 @@ fn heartbeats_track_restarts_and_failed_starts() {
         reported: S::Primary,
         pg_running: running,
         lsn: 0,
+        timeline: 1,
         wal_receiver_streaming: false,
         pg_start_failures: failures,
         timings: TIMINGS,
@@ -553,6 +555,21 @@ fn a_primary_whose_keeper_held_no_fence_quorum_is_not_replaced_by_the_deadline()
     expect(&g, &o, &[]);
     assert!(
         o.waiting.iter().any(|w| w.is_election_stuck()),
+        "{:?}",
+        o.waiting
+    );
+    // Found by the simulation (seed 313731): an operator's override
+    // promoted beside it, and two nodes took writes. An override stands in
+    // for standbys that cannot report, never for a fence that may not
+    // exist: the election waits for its keeper.
+    let forced = Settings {
+        election_forced_at: Some(g.now - secs(1)),
+        ..settings()
+    };
+    let o = g.decide_with(&forced);
+    expect(&g, &o, &[]);
+    assert!(
+        matches!(&o.waiting[..], [w] if w.is_election_stuck() && !w.can_be_forced()),
         "{:?}",
         o.waiting
     );
@@ -1015,6 +1032,66 @@ fn election_promotes_the_most_advanced_then_highest_priority() {
         "{:?}",
         o.waiting
     );
+}
+
+/// Found by the simulation (seed 921066): c, an asynchronous standby, held
+/// WAL of the old primary's timeline past the point where b's timeline
+/// forked (it was never rewound: no primary ran while it was checked). It
+/// reported the highest LSN and was elected; the synchronous commits of
+/// b's term, on b alone, were lost. WAL on an older timeline is behind,
+/// whatever its LSN.
+#[test]
+fn election_ranks_a_later_timeline_above_a_higher_lsn() {
+    let base = || {
+        group()
+            .primary("a")
+            .secondary("b")
+            .secondary("c")
+            .fence_for(0)
+            .dead("a", 10)
+            .with("b", |n| n.reported = S::ReportLsn)
+            .with("b", |n| n.goal = S::ReportLsn)
+            .with("c", |n| n.reported = S::ReportLsn)
+            .with("c", |n| n.goal = S::ReportLsn)
+            .stream_lost("b", 10)
+            .stream_lost("c", 10)
+            .with("b", |n| n.timeline = 2)
+            .with("c", |n| n.lsn += 0x1000)
+    };
+    // c's priority is higher and its LSN too: b wins all the same.
+    let g = base().with("c", |n| n.candidate_priority = 90);
+    expect(
+        &g,
+        &g.decide(),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+    // A standby on the later timeline that cannot be promoted is the one
+    // the winner on that timeline fetches from; its target names the
+    // timeline.
+    let g = base()
+        .at("d", S::ReportLsn)
+        .with("d", |n| {
+            n.timeline = 2;
+            n.lsn = 0x300_0100;
+            n.candidate_priority = 0;
+        })
+        .stream_lost("d", 10);
+    let o = g.decide();
+    expect(&g, &o, &[("b", S::FastForward), ("a", S::Demoted)]);
+    let reason = o.decisions[0].reason.to_string();
+    assert!(reason.contains("timeline 2 from d"), "{reason}");
+    assert_eq!(fast_forward_source(&g.nodes, 1), Some(3));
+    // The fast-forward ends on d's timeline, not at c's higher LSN.
+    let g = g.with("a", |n| n.goal = S::Demoted).with("b", |n| {
+        n.goal = S::FastForward;
+        n.reported = S::FastForward;
+        n.lsn = 0x300_0100;
+    });
+    expect(&g, &g.decide(), &[("b", S::PreparePromotion)]);
+    // Only when no standby on the latest timeline can be promoted does
+    // one on an older timeline win (and fetch from the latest first).
+    let g = base().with("b", |n| n.candidate_priority = 0);
+    expect(&g, &g.decide(), &[("c", S::FastForward), ("a", S::Demoted)]);
 }
 
 #[test]
@@ -1584,6 +1661,7 @@ fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
                 goal: n.goal,
                 pg_running: n.up,
                 lsn: 100,
+                timeline: 1,
                 wal_receiver_streaming: streaming,
                 stream_lost_at: (!streaming).then(|| now - secs(60)),
                 pg_down_since: (!n.up).then(|| now - secs(60)),

@@ -63,7 +63,7 @@ impl NodeView {
                 .last_heartbeat
                 .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0),
             lsn: n.snap.lsn,
-            timeline: n.timeline,
+            timeline: n.snap.timeline,
             candidate_priority: n.snap.candidate_priority,
         }
     }

@@ -270,7 +270,7 @@ fn answers(
                 if let Some(hb) = by_id.get(&node.snap.id) {
                     node.snap.last_heartbeat = Some(now);
                     node.snap.lsn = hb.lsn;
-                    node.timeline = hb.timeline;
+                    node.snap.timeline = hb.timeline;
                     beat.push(node.snap.id);
                 }
             }

@@ -56,7 +56,6 @@ pub struct StoredNode {
     pub host: String,
     pub port: u16,
     pub system_identifier: u64,
-    pub timeline: u32,
     /// When the goal was last changed (the database's clock).
     pub goal_changed_at: DateTime<Utc>,
 }
@@ -121,6 +120,7 @@ impl Heartbeat {
             reported: self.reported,
             pg_running: self.pg_running,
             lsn: self.lsn,
+            timeline: self.timeline,
             wal_receiver_streaming: self.wal_receiver_streaming,
             pg_start_failures: self.pg_start_failures,
             timings: self.timings,
@@ -432,7 +432,6 @@ impl Store {
             };
         take_back(&mut nodes, group);
         let me = &mut nodes[index];
-        me.timeline = hb.timeline;
         if hb.system_identifier != 0 {
             me.system_identifier = hb.system_identifier;
         }
@@ -481,7 +480,7 @@ impl Store {
         .bind(me.snap.reported.as_str())
         .bind(me.snap.pg_running)
         .bind(me.snap.lsn as i64)
-        .bind(me.timeline as i32)
+        .bind(me.snap.timeline as i32)
         .bind(me.snap.wal_receiver_streaming)
         .bind(me.snap.stream_lost_at)
         .bind(me.snap.pg_down_since)

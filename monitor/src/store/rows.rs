@@ -120,6 +120,7 @@ impl TryFrom<NodeRow> for StoredNode {
                 pg_running: r.pg_running,
                 // Stored as the bits of the unsigned value.
                 lsn: r.lsn as u64,
+                timeline: r.timeline.max(0) as u32,
                 wal_receiver_streaming: r.wal_receiver_streaming,
                 stream_lost_at: r.stream_lost_at,
                 pg_down_since: r.pg_down_since,
@@ -152,7 +153,6 @@ impl TryFrom<NodeRow> for StoredNode {
             host: r.host,
             port,
             system_identifier: r.system_identifier as u64,
-            timeline: r.timeline as u32,
             goal_changed_at: r.goal_changed_at,
         })
     }

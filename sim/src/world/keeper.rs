@@ -46,6 +46,9 @@ impl World {
                 reported: k.current,
                 pg_running: running,
                 lsn,
+                // The timeline of its newest WAL, as the keeper reads it
+                // from pg_wal (`pg::wal_timeline`).
+                timeline: if running { self.pgs[i].timeline } else { 0 },
                 wal_receiver_streaming: streaming,
                 pg_start_failures: k.start_failures,
                 timings: self.t.keeper,

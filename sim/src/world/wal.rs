@@ -25,8 +25,13 @@ impl World {
                 if is_prefix(&self.pgs[s].history, &self.pgs[u].history) {
                     let have = self.pgs[s].history.len();
                     let missing = self.pgs[u].history[have..].to_vec();
+                    // Streaming, it holds the upstream's WAL to its end:
+                    // past a timeline switch, on the upstream's timeline
+                    // (the switch's end-of-recovery record comes with it).
+                    let tl = self.pgs[u].timeline;
                     let pg = &mut self.pgs[s];
                     pg.history.extend(missing);
+                    pg.timeline = tl;
                     pg.receiving = true;
                     pg.last_contact = self.now;
                     let flushed = pg.history.len();

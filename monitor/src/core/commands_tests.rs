@@ -1,0 +1,113 @@
+//! Operator commands against groups built by hand: what they refuse.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::fsm::{Health, KeeperTimings};
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn env(now: DateTime<Utc>) -> Env {
+    Env::new(
+        now,
+        fsm::Settings {
+            node_timeout: Duration::from_secs(2),
+            postgres_restart_timeout: Duration::from_secs(10),
+            fence_margin: Duration::from_millis(500),
+            catchup_lag_bytes: 16 << 20,
+            number_sync_standbys: 0,
+            election_forced_at: None,
+        },
+    )
+}
+
+fn node(id: i64, state: S, timeline: u32) -> NodeSnapshot {
+    let timings = KeeperTimings {
+        heartbeat_interval: Duration::from_millis(500),
+        fence_timeout: Duration::from_millis(1500),
+        wal_sender_timeout: Duration::from_secs(2),
+    };
+    let mut n = NodeSnapshot::registered(id, &format!("node{id}"), 50, true, timings);
+    n.reported = state;
+    n.goal = state;
+    n.pg_running = true;
+    n.lsn = 0x300_0000;
+    n.timeline = timeline;
+    n.wal_receiver_streaming = !state.is_writable_primary();
+    n.last_heartbeat = Some(now());
+    n.health = Health::Good;
+    n
+}
+
+/// Found by the simulation (seed 371049): a planned failover right after a
+/// promotion handed over to a standby that had not streamed from the new
+/// primary yet (still on the old timeline); the clean stop handed the last
+/// WAL to nobody and a synchronous commit was lost. A handover goes only to
+/// a secondary that streams on the primary's timeline.
+#[test]
+fn a_handover_goes_only_to_a_standby_streaming_on_the_primarys_timeline() {
+    let group = || {
+        vec![
+            node(1, S::WaitPrimary, 2),
+            node(2, S::Secondary, 1),
+            node(3, S::Secondary, 2),
+        ]
+    };
+    let env = env(now());
+    let refused = perform_failover(&mut group(), "default", Some("node2"), &env).unwrap_err();
+    assert!(
+        matches!(refused, Refusal::NotFollowingPrimary { .. }),
+        "{refused}"
+    );
+    assert!(refused
+        .to_string()
+        .contains("wait until show-state shows node2 streaming"));
+    // Untargeted: only node3 is asked to report.
+    let done = perform_failover(&mut group(), "default", None, &env).unwrap();
+    let asked: Vec<i64> = done
+        .decisions
+        .iter()
+        .filter(|d| d.to == S::ReportLsn)
+        .map(|d| d.node_id)
+        .collect();
+    assert_eq!(asked, vec![3]);
+    // A secondary on the timeline that does not stream is no candidate
+    // either; with none left, the command says so.
+    let mut quiet = group();
+    quiet[2].wal_receiver_streaming = false;
+    let refused = perform_failover(&mut quiet, "default", None, &env).unwrap_err();
+    assert_eq!(refused, Refusal::NoCandidate);
+    // Once node2 streams on timeline 2 the switchover goes ahead.
+    let mut caught_up = group();
+    caught_up[1].timeline = 2;
+    perform_failover(&mut caught_up, "default", Some("node2"), &env).unwrap();
+}
+
+/// Found by the simulation (seed 313731): `--allow-data-loss` promoted
+/// beside a primary whose keeper held no fence quorum, and two nodes took
+/// writes. The override is refused there, saying what to do instead.
+#[test]
+fn allow_data_loss_is_refused_beside_a_primary_that_may_not_fence() {
+    let t = now();
+    let mut primary = node(1, S::Primary, 1);
+    primary.last_heartbeat = Some(t - chrono::Duration::seconds(30));
+    primary.health = Health::Bad;
+    primary.fence_set = vec![pgpilot_proto::lsn::application_name(2)];
+    primary.fence_required = 1;
+    primary.fence_required_held = Some(0);
+    let mut standby = node(2, S::ReportLsn, 1);
+    standby.wal_receiver_streaming = false;
+    standby.stream_lost_at = Some(t - chrono::Duration::seconds(30));
+    let mut nodes = vec![primary, standby];
+    let refused = force_election(&mut nodes, &env(t)).unwrap_err();
+    assert!(
+        matches!(refused, Refusal::UnfencedPrimary { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("start its keeper again"));
+    assert_eq!(nodes[1].goal, S::ReportLsn, "nothing was promoted");
+}

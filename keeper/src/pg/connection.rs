@@ -9,6 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow, PgSslMode};
 use sqlx::{Connection, FromRow};
 use tracing::debug;
 
+use super::wal_timeline::newest_wal_timeline;
 use super::{Observation, PgController, PgError};
 
 /// Connecting over the local unix socket is immediate when the server is up.
@@ -27,6 +28,8 @@ pub(super) type ObserveRow = (
     Vec<String>,
     Option<String>,
     String,
+    Option<i64>,
+    Option<i64>,
 );
 
 /// Everything [`Observation`] holds, in one round trip. `in_recovery` is
@@ -46,7 +49,9 @@ SELECT r.in_recovery,
        ARRAY(SELECT application_name::text FROM pg_stat_replication
              WHERE state = 'streaming' ORDER BY 1),
        (SELECT system_identifier FROM pg_control_system())::text,
-       current_setting('synchronous_standby_names')
+       current_setting('synchronous_standby_names'),
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_block_size')
   FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r";
 
 impl PgController {
@@ -222,10 +227,26 @@ impl PgController {
             standbys,
             sysid,
             sync_names,
+            segment_size,
+            page_size,
         ) = row;
+        let lsn = lsn.as_deref().and_then(parse_lsn).unwrap_or(0);
         let timeline = if in_recovery {
-            received_tli
-                .filter(|tli| *tli > 0)
+            // Streaming: the receiver says it. Not streaming: the WAL
+            // files do (the last restartpoint's timeline lags a switch).
+            let streamed = received_tli.filter(|tli| *tli > 0 && streaming);
+            let from_files = || {
+                newest_wal_timeline(
+                    &self.settings.pgdata.join("pg_wal"),
+                    lsn,
+                    segment_size.and_then(|s| u64::try_from(s).ok())?,
+                    page_size.and_then(|s| u64::try_from(s).ok())?,
+                )
+                .map(i64::from)
+            };
+            streamed
+                .or_else(from_files)
+                .or(received_tli.filter(|tli| *tli > 0))
                 .or(checkpoint_tli)
                 .and_then(|tli| u32::try_from(tli).ok())
                 .unwrap_or(0)
@@ -238,7 +259,7 @@ impl PgController {
         Observation {
             running: true,
             in_recovery,
-            lsn: lsn.as_deref().and_then(parse_lsn).unwrap_or(0),
+            lsn,
             timeline,
             wal_receiver_streaming: streaming,
             streaming_standbys: standbys,

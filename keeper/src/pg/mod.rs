@@ -26,6 +26,7 @@ mod render;
 mod replication;
 #[cfg(test)]
 mod tests;
+mod wal_timeline;
 
 use std::ffi::OsString;
 use std::future::Future;

@@ -798,6 +798,21 @@ async fn scenario(
         "a standby's history is never followed: {refused:?}"
     );
 
+    // b goes away: a runs on without a stream and still says it holds WAL
+    // of timeline 2, as elections need (its last restartpoint, from the
+    // rewind, is on timeline 1; no WAL receiver names the timeline now).
+    b.stop_immediate().await?;
+    wait_until(
+        "a's stream from b is gone",
+        Duration::from_secs(30),
+        || async { !a.observe().await.wal_receiver_streaming },
+    )
+    .await?;
+    let obs = a.observe().await;
+    assert!(obs.running && obs.in_recovery, "{obs:?}");
+    assert_eq!(obs.timeline, 2, "{obs:?}");
+    b.start().await?;
+
     // A crashed standby can be "rewound" too (nothing to do), and streams again.
     a.stop_immediate().await?;
     let t = Instant::now();

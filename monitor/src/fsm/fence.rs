@@ -33,7 +33,12 @@ impl NodeSnapshot {
         let covered = pending
             .cover_lsn
             .filter(|&l| l != COVER_AT_NEXT_HEARTBEAT)
-            .is_some_and(|l| fence_covered(nodes, &self.fence_set, self.fence_required, l));
+            .is_some_and(|l| {
+                // Its timeline as last reported (0 once its PostgreSQL is
+                // down: then the LSN alone).
+                let at = (self.timeline, l);
+                fence_covered(nodes, &self.fence_set, self.fence_required, at)
+            });
         if pending.cover_lsn.is_none() || covered {
             return (self.fence_set.clone(), self.fence_required);
         }
@@ -139,7 +144,12 @@ pub fn fence_update(
         pending.cover_lsn = Some(me.lsn);
     }
     if let Some(lsn) = pending.cover_lsn.filter(|&l| l != COVER_AT_NEXT_HEARTBEAT) {
-        if fence_covered(nodes, &plan.fence_set, plan.fence_required, lsn) {
+        if fence_covered(
+            nodes,
+            &plan.fence_set,
+            plan.fence_required,
+            (me.timeline, lsn),
+        ) {
             pending = FencePending::default();
         }
     }
@@ -155,14 +165,23 @@ pub fn fence_update(
 pub const COVER_AT_NEXT_HEARTBEAT: u64 = i64::MAX as u64;
 
 /// Whether `required` members of `fence_set` follow the primary and report
-/// an LSN at least `lsn`: they hold every commit before it. (A node not
-/// following yet, e.g. an old primary before its rewind, may report an LSN
-/// of another timeline.)
-fn fence_covered(nodes: &[NodeSnapshot], fence_set: &[String], required: u32, lsn: u64) -> bool {
+/// WAL ending at least at `at` (the primary's timeline, 0 when not known,
+/// and an LSN): they hold every commit before it. (A node not following
+/// yet, e.g. an old primary before its rewind, may report an LSN of
+/// another timeline: one on an older timeline is behind whatever its LSN.)
+fn fence_covered(
+    nodes: &[NodeSnapshot],
+    fence_set: &[String],
+    required: u32,
+    at: (u32, u64),
+) -> bool {
     let holders = nodes
         .iter()
         .filter(|n| {
-            fence_set.contains(&application_name(n.id)) && n.reported.is_following() && n.lsn >= lsn
+            fence_set.contains(&application_name(n.id))
+                && n.reported.is_following()
+                && n.timeline >= at.0
+                && n.lsn >= at.1
         })
         .count() as u32;
     holders >= required

@@ -866,6 +866,14 @@ fn a_new_primary_counts_itself_until_a_standby_holds_its_commits() {
     assert_eq!(a.fence_pending.cover_lsn, Some(0x900));
     let dying = g.clone().primary_dies(&["b"]);
     expect(&dying, &dying.decide(), &[]);
+    // b past a's LSN, but on the timeline a forked from (not rewound
+    // yet): it does not hold a's commits, whatever its LSN.
+    let older = g
+        .clone()
+        .with("a", |n| n.timeline = 2)
+        .lsn("b", 0x1000)
+        .primary_heartbeat(0, 0);
+    assert_eq!(older.nodes[0].fence_pending.cover_lsn, Some(0x900));
     let g = g.lsn("b", 0x900).primary_heartbeat(0, 0);
     assert_eq!(g.nodes[0].fence_pending, FencePending::default());
     let g = g.primary_dies(&["b"]);
@@ -976,22 +984,25 @@ fn a_primary_without_standbys_keeps_no_fence() {
     assert_eq!(a.fence_pending, FencePending::default());
 }
 
+/// a (the primary, in both standbys' fence set) is dead; b and c report.
+fn b_and_c_report() -> Group {
+    group()
+        .primary("a")
+        .secondary("b")
+        .secondary("c")
+        .fence_for(0)
+        .dead("a", 10)
+        .with("b", |n| n.reported = S::ReportLsn)
+        .with("b", |n| n.goal = S::ReportLsn)
+        .with("c", |n| n.reported = S::ReportLsn)
+        .with("c", |n| n.goal = S::ReportLsn)
+        .stream_lost("b", 10)
+        .stream_lost("c", 10)
+}
+
 #[test]
 fn election_promotes_the_most_advanced_then_highest_priority() {
-    let base = || {
-        group()
-            .primary("a")
-            .secondary("b")
-            .secondary("c")
-            .fence_for(0)
-            .dead("a", 10)
-            .with("b", |n| n.reported = S::ReportLsn)
-            .with("b", |n| n.goal = S::ReportLsn)
-            .with("c", |n| n.reported = S::ReportLsn)
-            .with("c", |n| n.goal = S::ReportLsn)
-            .stream_lost("b", 10)
-            .stream_lost("c", 10)
-    };
+    let base = b_and_c_report;
     let g = base().with("c", |n| n.lsn += 100);
     expect(
         &g,
@@ -1043,18 +1054,7 @@ fn election_promotes_the_most_advanced_then_highest_priority() {
 #[test]
 fn election_ranks_a_later_timeline_above_a_higher_lsn() {
     let base = || {
-        group()
-            .primary("a")
-            .secondary("b")
-            .secondary("c")
-            .fence_for(0)
-            .dead("a", 10)
-            .with("b", |n| n.reported = S::ReportLsn)
-            .with("b", |n| n.goal = S::ReportLsn)
-            .with("c", |n| n.reported = S::ReportLsn)
-            .with("c", |n| n.goal = S::ReportLsn)
-            .stream_lost("b", 10)
-            .stream_lost("c", 10)
+        b_and_c_report()
             .with("b", |n| n.timeline = 2)
             .with("c", |n| n.lsn += 0x1000)
     };

@@ -188,9 +188,28 @@ pub fn node_active_request(
         synchronous_standby_names: o.synchronous_standby_names.clone(),
         acting_toward: acting_toward.map(S::to_wire),
         fence_required_held,
+        // When it was built, so that the monitor never folds in a heartbeat
+        // that arrives after a later one (a delayed keepalive).
+        keeper_boot_id: boot_id().to_string(),
+        sent_at_ns: crate::guard::wire::clock_now()
+            .as_nanos()
+            .try_into()
+            .unwrap_or(u64::MAX),
         // Only the loop's heartbeats carry notes (see `crate::notes`).
         notes: Vec::new(),
     }
+}
+
+/// This host's boot id (empty where the kernel does not say): with
+/// CLOCK_BOOTTIME it orders the heartbeats of every keeper process of the
+/// node, restarted ones too.
+fn boot_id() -> &'static str {
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 /// Heartbeats sent while the loop carries out a plan (a `pg_ctl start`

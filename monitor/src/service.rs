@@ -327,6 +327,8 @@ impl Monitor for MonitorService {
                 .map(|w| state(w, "acting_toward"))
                 .transpose()?,
             fence_required_held: fence_required_held(r.fence_required_held)?,
+            sent: crate::fsm::KeeperClock::from_wire(&r.keeper_boot_id, r.sent_at_ns)
+                .map_err(Error::InvalidArgument)?,
             notes: notes(&r.notes)?,
         };
         self.check_heartbeat_caller(&caller, hb.node_id).await?;

@@ -71,6 +71,23 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
     if me.goal == S::Dropped && beat.report.reported == S::Dropped {
         return Folded::Forget;
     }
+    if is_stale(me, &beat.report) {
+        // Built before the heartbeat already folded in (a keepalive
+        // delayed past the loop's next heartbeat): it reports a state the
+        // keeper may have left. Answered, never folded in.
+        let evaluation = evaluate(nodes, env);
+        let reply = reply(
+            nodes,
+            index,
+            env.settings.number_sync_standbys,
+            beat.synchronous_standby_names.as_deref(),
+        );
+        return Folded::Answer(Box::new(Answer {
+            evaluation,
+            reply,
+            reached: None,
+        }));
+    }
     let before = me.reported;
     me.heard(&beat.report, env.now);
     let reached = (before != me.goal && me.reported == me.goal)
@@ -100,6 +117,15 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
         reply,
         reached,
     }))
+}
+
+/// The heartbeat was built no later than the one last folded into `me`,
+/// by the same keeper host on the same boot.
+pub fn is_stale(me: &NodeSnapshot, report: &fsm::Report) -> bool {
+    match (report.sent, me.heard_sent) {
+        (Some(sent), Some(heard)) => sent.not_after(heard),
+        _ => false,
+    }
 }
 
 /// A keeper at rest that reports a state from which its goal has no edge
@@ -272,6 +298,7 @@ mod tests {
                 pg_start_failures: 0,
                 timings: timings(),
                 fence_required_held: None,
+                sent: None,
             },
             synchronous_standby_names: None,
             goal_changed_at: None,
@@ -356,6 +383,56 @@ mod tests {
             .iter()
             .all(|d| d.reason.kind() != "goal_unreachable"));
         assert_eq!(nodes[1].goal, S::WaitPrimary);
+    }
+
+    /// Found by the simulation (seed 783353): a restarted keeper's first
+    /// heartbeat (`report_lsn`, from its state file) was delayed past the
+    /// next one (`secondary`, after it walked back to its goal); folded in
+    /// late, it made the monitor elect a node that had left `report_lsn`,
+    /// and the keeper had no edge from `secondary` to `prepare_promotion`.
+    /// A heartbeat built before the one folded in is answered, never
+    /// folded in.
+    #[test]
+    fn a_heartbeat_built_before_the_last_one_folded_in_is_not_folded_in() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut nodes = stale_group(now);
+        nodes[1].goal = S::Secondary;
+        let at = |ns| Some(fsm::KeeperClock { boot: 7, ns });
+        let mut later = beat(S::Secondary, None);
+        later.report.sent = at(2_000);
+        let Folded::Answer(_) = fold(&mut nodes, 1, &later, &env(now)) else {
+            panic!("not forgotten");
+        };
+        assert_eq!(nodes[1].heard_sent, at(2_000));
+        let mut late = beat(S::ReportLsn, None);
+        late.report.sent = at(1_000);
+        late.report.lsn = 0x100;
+        let Folded::Answer(answer) = fold(&mut nodes, 1, &late, &env(now)) else {
+            panic!("not forgotten");
+        };
+        assert_eq!(nodes[1].reported, S::Secondary);
+        assert_eq!(nodes[1].lsn, 0x300_0000);
+        assert_eq!(nodes[1].heard_sent, at(2_000));
+        assert!(answer.evaluation.decisions.is_empty(), "{answer:?}");
+        // Another boot (the host restarted): not ordered, folded in.
+        let mut rebooted = beat(S::ReportLsn, None);
+        rebooted.report.sent = Some(fsm::KeeperClock { boot: 8, ns: 10 });
+        fold(&mut nodes, 1, &rebooted, &env(now));
+        assert_eq!(nodes[1].reported, S::ReportLsn);
+    }
+
+    #[test]
+    fn keeper_clocks_from_the_wire() {
+        let c = fsm::KeeperClock::from_wire("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", 5).unwrap();
+        assert_eq!(
+            c.map(|c| c.boot_hex()).as_deref(),
+            Some("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+        );
+        assert_eq!(fsm::KeeperClock::from_wire("", 5), Ok(None));
+        assert_eq!(fsm::KeeperClock::from_wire("0f1e", 0), Ok(None));
+        let bad = fsm::KeeperClock::from_wire("not-a-boot-id", 5).unwrap_err();
+        assert!(bad.contains("/proc/sys/kernel/random/boot_id"), "{bad}");
+        assert!(fsm::KeeperClock::from_wire("0f1e2d3c4b5a69788796a5b4c3d2e1f0", u64::MAX).is_err());
     }
 
     /// A writable primary's goal is never taken back to it.

@@ -141,6 +141,53 @@ pub struct NodeSnapshot {
     /// The fence quorum its keeper's lease held at its last heartbeat, as
     /// it said (None: not said). `Some(0)`: it may not fence at all.
     pub fence_required_held: Option<u32>,
+    /// When its keeper built the last heartbeat folded in (None: not said).
+    pub heard_sent: Option<KeeperClock>,
+}
+
+/// When a keeper built a heartbeat: its host's boot and CLOCK_BOOTTIME.
+/// Heartbeats of one boot are ordered by `ns`; of different boots, not at
+/// all (a reboot outlives any heartbeat in flight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeeperClock {
+    pub boot: u128,
+    pub ns: u64,
+}
+
+impl KeeperClock {
+    /// Built no later than `other`, on the same boot.
+    pub fn not_after(self, other: KeeperClock) -> bool {
+        self.boot == other.boot && self.ns <= other.ns
+    }
+
+    /// From a heartbeat's `keeper_boot_id` (32 hex digits, dashes allowed)
+    /// and `sent_at_ns`: None when either is not said, an error sentence
+    /// when the boot id is malformed.
+    pub fn from_wire(boot_id: &str, ns: u64) -> Result<Option<KeeperClock>, String> {
+        if boot_id.is_empty() || ns == 0 {
+            return Ok(None);
+        }
+        if ns > i64::MAX as u64 {
+            return Err(format!(
+                "sent_at_ns {ns} is out of range: send CLOCK_BOOTTIME in nanoseconds"
+            ));
+        }
+        let hex: String = boot_id.chars().filter(|&c| c != '-').collect();
+        let boot = (hex.len() == 32)
+            .then(|| u128::from_str_radix(&hex, 16).ok())
+            .flatten()
+            .ok_or_else(|| {
+                format!(
+                    "keeper_boot_id {boot_id:?} is not a boot id: send the 32 hex digits of /proc/sys/kernel/random/boot_id, or nothing"
+                )
+            })?;
+        Ok(Some(KeeperClock { boot, ns }))
+    }
+
+    /// The boot id as stored: 32 lower-case hex digits.
+    pub fn boot_hex(&self) -> String {
+        format!("{:032x}", self.boot)
+    }
 }
 
 /// What one heartbeat tells the state machine about its node.
@@ -156,6 +203,8 @@ pub struct Report {
     /// Primary side: the fence quorum the keeper's lease holds (None: not
     /// reported).
     pub fence_required_held: Option<u32>,
+    /// When the keeper built it (None: not said).
+    pub sent: Option<KeeperClock>,
 }
 
 impl NodeSnapshot {
@@ -189,6 +238,7 @@ impl NodeSnapshot {
             fence_required: 0,
             fence_pending: FencePending::default(),
             fence_required_held: None,
+            heard_sent: None,
         }
     }
 
@@ -229,6 +279,7 @@ impl NodeSnapshot {
         self.last_heartbeat = Some(now);
         self.timings = r.timings;
         self.fence_required_held = r.fence_required_held;
+        self.heard_sent = r.sent;
     }
 }
 

@@ -72,6 +72,7 @@ impl Group {
             fence_required: 0,
             fence_pending: Default::default(),
             fence_required_held: None,
+            heard_sent: None,
         });
         self
     }
@@ -451,6 +452,7 @@ fn heartbeats_track_restarts_and_failed_starts() {
         pg_start_failures: failures,
         timings: TIMINGS,
         fence_required_held: None,
+        sent: None,
     };
     n.heard(&report(true, 0), t);
     assert_eq!((n.pg_running_since, n.pg_down_since), (Some(t), None));
@@ -1676,6 +1678,7 @@ fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
                 fence_required: 0,
                 fence_pending: Default::default(),
                 fence_required_held: None,
+                heard_sent: None,
             }
         })
         .collect()

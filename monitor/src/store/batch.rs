@@ -158,11 +158,11 @@ async fn write(
         "WITH hb AS (
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::text[], $5::bool[],
                                   $6::bool[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-                                  $12::int4[], $13::int4[])
+                                  $12::int4[], $13::int4[], $14::text[], $15::int8[])
                  AS h(node_id, lsn, timeline, reported, pg_running, streaming, sysid,
-                      hb_ms, fence_ms, wal_ms, start_failures, held)
+                      hb_ms, fence_ms, wal_ms, start_failures, held, boot, sent)
          ), mine AS (
-             SELECT n.node_id, hb.lsn, hb.timeline
+             SELECT n.node_id, hb.lsn, hb.timeline, hb.boot, hb.sent
                FROM node n JOIN hb ON hb.node_id = n.node_id
               WHERE n.reported_state = hb.reported AND n.goal_state <> 'dropped'
                 AND n.pg_running = hb.pg_running AND n.wal_receiver_streaming = hb.streaming
@@ -171,13 +171,17 @@ async fn write(
                 AND n.wal_sender_timeout_ms = hb.wal_ms
                 AND n.pg_start_failures = hb.start_failures
                 AND n.fence_held_required IS NOT DISTINCT FROM hb.held
+                -- Built before the one folded in: the locked path answers it.
+                AND NOT coalesce(n.keeper_boot_id = hb.boot AND n.keeper_sent_ns >= hb.sent,
+                                 false)
                 AND n.last_heartbeat > clock_timestamp() - make_interval(secs => $11)
                                        - make_interval(secs => n.heartbeat_interval_ms / 1000.0)
               ORDER BY n.node_id
                 FOR UPDATE OF n SKIP LOCKED
          ), me AS (
              UPDATE node n SET last_heartbeat = clock_timestamp(), lsn = mine.lsn,
-                               timeline = mine.timeline
+                               timeline = mine.timeline, keeper_boot_id = mine.boot,
+                               keeper_sent_ns = mine.sent
                FROM mine WHERE n.node_id = mine.node_id
              RETURNING n.node_id, n.formation, n.group_id
          )
@@ -233,6 +237,18 @@ async fn write(
             .map(|h| h.fence_required_held.map(|v| v as i32))
             .collect::<Vec<_>>(),
     )
+    .bind(
+        heartbeats
+            .iter()
+            .map(|h| h.sent.map(|c| c.boot_hex()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        heartbeats
+            .iter()
+            .map(|h| h.sent.map(|c| c.ns as i64))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(pool)
     .await?;
     answers(settings, heartbeats, rows)
@@ -271,6 +287,7 @@ fn answers(
                     node.snap.last_heartbeat = Some(now);
                     node.snap.lsn = hb.lsn;
                     node.snap.timeline = hb.timeline;
+                    node.snap.heard_sent = hb.sent;
                     beat.push(node.snap.id);
                 }
             }

@@ -100,6 +100,8 @@ pub struct Heartbeat {
     pub acting_toward: Option<S>,
     /// Primary side: the fence quorum the keeper's lease holds.
     pub fence_required_held: Option<u32>,
+    /// When the keeper built it (None: not said).
+    pub sent: Option<fsm::KeeperClock>,
     /// What the keeper did on its own, each recorded as an event (see
     /// `notes`); a heartbeat with notes takes the locked path.
     pub notes: Vec<KeeperNote>,
@@ -125,6 +127,7 @@ impl Heartbeat {
             pg_start_failures: self.pg_start_failures,
             timings: self.timings,
             fence_required_held: self.fence_required_held,
+            sent: self.sent,
         }
     }
 }
@@ -473,7 +476,8 @@ impl Store {
                 wal_receiver_streaming = $6, stream_lost_at = $7, pg_down_since = $8,
                 last_heartbeat = $9, system_identifier = $10, heartbeat_interval_ms = $11,
                 fence_timeout_ms = $12, wal_sender_timeout_ms = $13, pg_start_failures = $14,
-                pg_running_since = $15, fence_held_required = $16
+                pg_running_since = $15, fence_held_required = $16, keeper_boot_id = $17,
+                keeper_sent_ns = $18
              WHERE node_id = $1",
         )
         .bind(me.snap.id)
@@ -492,6 +496,8 @@ impl Store {
         .bind(me.snap.pg_start_failures as i32)
         .bind(me.snap.pg_running_since)
         .bind(me.snap.fence_required_held.map(|v| v as i32))
+        .bind(me.snap.heard_sent.map(|c| c.boot_hex()))
+        .bind(me.snap.heard_sent.map(|c| c.ns as i64))
         .execute(&mut **tx)
         .await?;
         Ok(())

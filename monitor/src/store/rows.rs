@@ -10,7 +10,7 @@ use pgpilot_proto::ReplicationState as S;
 
 use super::error::{Error, Result};
 use super::{FormationSettings, StoredNode};
-use crate::fsm::{FencePending, Health, KeeperTimings, NodeSnapshot};
+use crate::fsm::{FencePending, Health, KeeperClock, KeeperTimings, NodeSnapshot};
 
 /// One `node` row.
 #[derive(Debug, sqlx::FromRow)]
@@ -45,6 +45,8 @@ pub(super) struct NodeRow {
     fence_pending_required: i32,
     fence_cover_lsn: Option<i64>,
     fence_held_required: Option<i32>,
+    keeper_boot_id: Option<String>,
+    keeper_sent_ns: Option<i64>,
     goal_changed_at: DateTime<Utc>,
 }
 
@@ -146,6 +148,14 @@ impl TryFrom<NodeRow> for StoredNode {
                     .fence_held_required
                     .map(|v| count(v, "fence_held_required"))
                     .transpose()?,
+                heard_sent: match (&r.keeper_boot_id, r.keeper_sent_ns) {
+                    (Some(boot), Some(ns)) => {
+                        KeeperClock::from_wire(boot, ns as u64).map_err(|e| {
+                            corrupt(format!("node.keeper_boot_id of node {}: {e}", r.node_id))
+                        })?
+                    }
+                    _ => None,
+                },
                 name: r.name,
             },
             formation: r.formation,

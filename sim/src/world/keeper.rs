@@ -58,6 +58,12 @@ impl World {
                     .current
                     .must_fence_when_isolated()
                     .then_some(k.lease.required),
+                // One boot per simulated host; keeper restarts keep it.
+                // Built in this millisecond, after the events before it.
+                sent: Some(KeeperClock {
+                    boot: i as u128 + 1,
+                    ns: self.now * 1_000_000 + self.seq % 1_000_000,
+                }),
             },
             synchronous_standby_names: applied,
             acting_toward,

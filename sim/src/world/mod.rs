@@ -15,7 +15,7 @@ use pgpilot_keeper::agent::{
 use pgpilot_keeper::config as keeper_config;
 use pgpilot_keeper::plan::{self, Action};
 use pgpilot_monitor::config as monitor_config;
-use pgpilot_monitor::fsm::{Health, KeeperTimings, Report};
+use pgpilot_monitor::fsm::{Health, KeeperClock, KeeperTimings, Report};
 use pgpilot_monitor::store::MachineSettings;
 use pgpilot_proto::ReplicationState as S;
 

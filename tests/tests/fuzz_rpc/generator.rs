@@ -295,6 +295,16 @@ impl Generator {
                 } else {
                     None
                 },
+                keeper_boot_id: match rng.below(4) {
+                    0 => String::new(),
+                    1 if w(rng) => Generator::wild_string(rng),
+                    _ => "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".to_string(),
+                },
+                sent_at_ns: if w(rng) {
+                    Generator::wild_u64(rng)
+                } else {
+                    rng.range(0, 1 << 40)
+                },
                 notes: Vec::new(),
             }),
             2 => Call::GetFormationState(pb::GetFormationStateRequest {

@@ -58,6 +58,18 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
             if let Some(n) = r.fence_required_held.filter(|&n| n > 1000) {
                 return Some(format!("fence_required_held {n} is out of range"));
             }
+            if !r.keeper_boot_id.is_empty() && r.sent_at_ns != 0 {
+                if r.sent_at_ns > i64::MAX as u64 {
+                    return Some(format!("sent_at_ns {} is out of range", r.sent_at_ns));
+                }
+                let hex: String = r.keeper_boot_id.chars().filter(|&c| c != '-').collect();
+                if hex.len() != 32 || u128::from_str_radix(&hex, 16).is_err() {
+                    return Some(format!(
+                        "keeper_boot_id {:?} is malformed",
+                        r.keeper_boot_id
+                    ));
+                }
+            }
             if !valid_timings(&r.timings) {
                 return Some("timings out of bounds".into());
             }

@@ -197,6 +197,9 @@ impl SimNode {
             pg_start_failures: 0,
             acting_toward: None,
             fence_required_held: None,
+            // Ordered as a real keeper's heartbeats are.
+            keeper_boot_id: "0123456789abcdef0123456789abcdef".into(),
+            sent_at_ns: sent_at_ns(now),
             notes: Vec::new(),
         }
     }
@@ -379,4 +382,12 @@ pub(crate) async fn register(
 pub(crate) fn phase(index: usize, interval: Duration) -> Duration {
     let frac = (index as f64 * 0.618_033_988_749_895).fract();
     interval.mul_f64(frac)
+}
+
+/// Nanoseconds since the generator started (one clock for every virtual
+/// keeper, like CLOCK_BOOTTIME for a host's keepers), never 0.
+fn sent_at_ns(now: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| now - std::time::Duration::from_secs(1));
+    now.saturating_duration_since(start).as_nanos() as u64
 }

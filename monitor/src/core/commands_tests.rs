@@ -1,37 +1,17 @@
 //! Operator commands against groups built by hand: what they refuse.
 
-use std::time::Duration;
-
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
-use crate::fsm::{Health, KeeperTimings};
+use crate::core::test_support::{env, timings};
+use crate::fsm::Health;
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
 }
 
-fn env(now: DateTime<Utc>) -> Env {
-    Env::new(
-        now,
-        fsm::Settings {
-            node_timeout: Duration::from_secs(2),
-            postgres_restart_timeout: Duration::from_secs(10),
-            fence_margin: Duration::from_millis(500),
-            catchup_lag_bytes: 16 << 20,
-            number_sync_standbys: 0,
-            election_forced_at: None,
-        },
-    )
-}
-
 fn node(id: i64, state: S, timeline: u32) -> NodeSnapshot {
-    let timings = KeeperTimings {
-        heartbeat_interval: Duration::from_millis(500),
-        fence_timeout: Duration::from_millis(1500),
-        wal_sender_timeout: Duration::from_secs(2),
-    };
-    let mut n = NodeSnapshot::registered(id, &format!("node{id}"), 50, true, timings);
+    let mut n = NodeSnapshot::registered(id, &format!("node{id}"), 50, true, timings());
     n.reported = state;
     n.goal = state;
     n.pg_running = true;

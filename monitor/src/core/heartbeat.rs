@@ -234,6 +234,7 @@ pub fn dropped_reply(node: &NodeSnapshot) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::test_support::{env, timings};
     use crate::fsm::KeeperTimings;
 
     /// The reply to a dropped node's last heartbeat (its row deleted) once
@@ -255,14 +256,6 @@ mod tests {
         assert_eq!(reply.plan.synchronous_standby_names, "");
         assert!(reply.plan.fence_set.is_empty());
         assert_eq!(reply.plan.fence_required, 0);
-    }
-
-    fn timings() -> KeeperTimings {
-        KeeperTimings {
-            heartbeat_interval: Duration::from_millis(500),
-            fence_timeout: Duration::from_millis(1500),
-            wal_sender_timeout: Duration::from_secs(2),
-        }
     }
 
     /// A primary and a standby whose goal was set from a stale report:
@@ -304,20 +297,6 @@ mod tests {
             goal_changed_at: None,
             acting_toward,
         }
-    }
-
-    fn env(now: DateTime<Utc>) -> Env {
-        Env::new(
-            now,
-            fsm::Settings {
-                node_timeout: Duration::from_secs(2),
-                postgres_restart_timeout: Duration::from_secs(10),
-                fence_margin: Duration::from_millis(500),
-                catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
-                number_sync_standbys: 0,
-                election_forced_at: None,
-            },
-        )
     }
 
     /// The keeper had no edge from `report_lsn` to `catchingup` and waited

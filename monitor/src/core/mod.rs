@@ -18,6 +18,8 @@ pub mod group;
 pub mod handover;
 pub mod heartbeat;
 mod refusal;
+#[cfg(test)]
+mod test_support;
 
 use chrono::{DateTime, Utc};
 

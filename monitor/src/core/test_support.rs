@@ -1,0 +1,31 @@
+//! What the decision core's tests share: the keeper timings and the
+//! environment they decide in.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::Env;
+use crate::fsm::{self, KeeperTimings};
+
+pub fn timings() -> KeeperTimings {
+    KeeperTimings {
+        heartbeat_interval: Duration::from_millis(500),
+        fence_timeout: Duration::from_millis(1500),
+        wal_sender_timeout: Duration::from_secs(2),
+    }
+}
+
+pub fn env(now: DateTime<Utc>) -> Env {
+    Env::new(
+        now,
+        fsm::Settings {
+            node_timeout: Duration::from_secs(2),
+            postgres_restart_timeout: Duration::from_secs(10),
+            fence_margin: Duration::from_millis(500),
+            catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
+            number_sync_standbys: 0,
+            election_forced_at: None,
+        },
+    )
+}

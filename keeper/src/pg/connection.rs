@@ -50,8 +50,8 @@ SELECT r.in_recovery,
              WHERE state = 'streaming' ORDER BY 1),
        (SELECT system_identifier FROM pg_control_system())::text,
        current_setting('synchronous_standby_names'),
-       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
-       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_block_size')
+       pg_size_bytes(current_setting('wal_segment_size')),
+       current_setting('wal_block_size')::bigint
   FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r";
 
 impl PgController {

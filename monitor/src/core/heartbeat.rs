@@ -71,38 +71,29 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
     if me.goal == S::Dropped && beat.report.reported == S::Dropped {
         return Folded::Forget;
     }
-    if is_stale(me, &beat.report) {
-        // Built before the heartbeat already folded in (a keepalive
-        // delayed past the loop's next heartbeat): it reports a state the
-        // keeper may have left. Answered, never folded in.
-        let evaluation = evaluate(nodes, env);
-        let reply = reply(
-            nodes,
-            index,
-            env.settings.number_sync_standbys,
-            beat.synchronous_standby_names.as_deref(),
-        );
-        return Folded::Answer(Box::new(Answer {
-            evaluation,
-            reply,
-            reached: None,
-        }));
-    }
-    let before = me.reported;
-    me.heard(&beat.report, env.now);
-    let reached = (before != me.goal && me.reported == me.goal)
-        .then_some(beat.goal_changed_at)
-        .flatten()
-        .map(|at| GoalReached {
-            node_id: me.id,
-            from: before,
-            to: me.goal,
-            took: (env.now - at).to_std().unwrap_or_default(),
-        });
-    let back = if beat.acting_toward.is_none() {
-        goal_back_to_reported(nodes, index)
+    // A heartbeat built before the one already folded in (a keepalive
+    // delayed past the loop's next heartbeat) reports a state the keeper
+    // may have left: it is answered, never folded in.
+    let (reached, back) = if is_stale(me, &beat.report) {
+        (None, None)
     } else {
-        None
+        let before = me.reported;
+        me.heard(&beat.report, env.now);
+        let reached = (before != me.goal && me.reported == me.goal)
+            .then_some(beat.goal_changed_at)
+            .flatten()
+            .map(|at| GoalReached {
+                node_id: me.id,
+                from: before,
+                to: me.goal,
+                took: (env.now - at).to_std().unwrap_or_default(),
+            });
+        let back = if beat.acting_toward.is_none() {
+            goal_back_to_reported(nodes, index)
+        } else {
+            None
+        };
+        (reached, back)
     };
     let mut evaluation = evaluate(nodes, env);
     evaluation.decisions.splice(0..0, back);
@@ -280,6 +271,14 @@ mod tests {
         vec![primary, standby]
     }
 
+    /// The answer to node 1's heartbeat (never a dropped node's).
+    fn answered(nodes: &mut [NodeSnapshot], beat: &Beat, now: DateTime<Utc>) -> Answer {
+        match fold(nodes, 1, beat, &env(now)) {
+            Folded::Answer(answer) => *answer,
+            Folded::Forget => panic!("node 1 is not dropped"),
+        }
+    }
+
     fn beat(reported: S, acting_toward: Option<S>) -> Beat {
         Beat {
             report: fsm::Report {
@@ -307,10 +306,7 @@ mod tests {
     fn a_keeper_at_rest_without_a_path_to_its_goal_is_decided_again() {
         let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let mut nodes = stale_group(now);
-        let Folded::Answer(answer) = fold(&mut nodes, 1, &beat(S::ReportLsn, None), &env(now))
-        else {
-            panic!("not forgotten");
-        };
+        let answer = answered(&mut nodes, &beat(S::ReportLsn, None), now);
         let d = &answer.evaluation.decisions;
         assert_eq!((d[0].from, d[0].to), (S::Catchingup, S::ReportLsn));
         assert_eq!(d[0].reason.kind(), "goal_unreachable");
@@ -329,9 +325,7 @@ mod tests {
         let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let mut nodes = stale_group(now);
         let keepalive = beat(S::ReportLsn, Some(S::ReportLsn));
-        let Folded::Answer(answer) = fold(&mut nodes, 1, &keepalive, &env(now)) else {
-            panic!("not forgotten");
-        };
+        let answer = answered(&mut nodes, &keepalive, now);
         assert!(answer
             .evaluation
             .decisions
@@ -352,10 +346,7 @@ mod tests {
         nodes[0].reported = S::Demoted;
         nodes[1].reported = S::StopReplication;
         nodes[1].goal = S::WaitPrimary;
-        let Folded::Answer(answer) = fold(&mut nodes, 1, &beat(S::ReportLsn, None), &env(now))
-        else {
-            panic!("not forgotten");
-        };
+        let answer = answered(&mut nodes, &beat(S::ReportLsn, None), now);
         assert!(answer
             .evaluation
             .decisions
@@ -379,16 +370,12 @@ mod tests {
         let at = |ns| Some(fsm::KeeperClock { boot: 7, ns });
         let mut later = beat(S::Secondary, None);
         later.report.sent = at(2_000);
-        let Folded::Answer(_) = fold(&mut nodes, 1, &later, &env(now)) else {
-            panic!("not forgotten");
-        };
+        answered(&mut nodes, &later, now);
         assert_eq!(nodes[1].heard_sent, at(2_000));
         let mut late = beat(S::ReportLsn, None);
         late.report.sent = at(1_000);
         late.report.lsn = 0x100;
-        let Folded::Answer(answer) = fold(&mut nodes, 1, &late, &env(now)) else {
-            panic!("not forgotten");
-        };
+        let answer = answered(&mut nodes, &late, now);
         assert_eq!(nodes[1].reported, S::Secondary);
         assert_eq!(nodes[1].lsn, 0x300_0000);
         assert_eq!(nodes[1].heard_sent, at(2_000));

@@ -33,25 +33,63 @@ pub enum Error {
     Internal(String),
 }
 
+/// Longest status message sent: it travels in an HTTP/2 header, and a
+/// header past the peer's limit turns the whole answer into a protocol
+/// error instead of the sentence.
+const MAX_STATUS_BYTES: usize = 4096;
+
+fn bounded(mut m: String) -> String {
+    if m.len() > MAX_STATUS_BYTES {
+        let mut cut = MAX_STATUS_BYTES - '…'.len_utf8();
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push('…');
+    }
+    m
+}
+
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
-        match err {
-            Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-            Error::NotFound(m) => tonic::Status::not_found(m),
-            Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            Error::Unavailable(m) => tonic::Status::unavailable(m),
-            Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
-            Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
+        use tonic::Code;
+        let (code, m) = match err {
+            Error::InvalidArgument(m) => (Code::InvalidArgument, m),
+            Error::NotFound(m) => (Code::NotFound, m),
+            Error::FailedPrecondition(m) => (Code::FailedPrecondition, m),
+            Error::Unavailable(m) => (Code::Unavailable, m),
+            Error::Unauthenticated(m) => (Code::Unauthenticated, m),
+            Error::PermissionDenied(m) => (Code::PermissionDenied, m),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
-                tonic::Status::internal(m)
+                (Code::Internal, m)
             }
             other => {
                 tracing::error!(error = %other, "request failed");
-                tonic::Status::unavailable(other.to_string())
+                (Code::Unavailable, other.to_string())
             }
-        }
+        };
+        tonic::Status::new(code, bounded(m))
     }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_are_bounded_at_a_character_boundary() {
+        let short = tonic::Status::from(Error::NotFound("no node 7".into()));
+        assert_eq!(short.message(), "no node 7");
+        let long = tonic::Status::from(Error::InvalidArgument("é".repeat(10_000)));
+        assert!(
+            long.message().len() <= MAX_STATUS_BYTES,
+            "{}",
+            long.message().len()
+        );
+        assert!(long.message().ends_with('…'));
+        assert_eq!(long.code(), tonic::Code::InvalidArgument);
+    }
+}

@@ -399,6 +399,10 @@ mod tests {
         let bad = fsm::KeeperClock::from_wire("not-a-boot-id", 5).unwrap_err();
         assert!(bad.contains("/proc/sys/kernel/random/boot_id"), "{bad}");
         assert!(fsm::KeeperClock::from_wire("0f1e2d3c4b5a69788796a5b4c3d2e1f0", u64::MAX).is_err());
+        // A huge boot id is refused in a sentence short enough for a gRPC
+        // status header, not echoed whole.
+        let huge = fsm::KeeperClock::from_wire(&"y".repeat(30_000), 5).unwrap_err();
+        assert!(huge.len() < 400, "{huge}");
     }
 
     /// A writable primary's goal is never taken back to it.

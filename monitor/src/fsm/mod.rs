@@ -178,7 +178,8 @@ impl KeeperClock {
             .flatten()
             .ok_or_else(|| {
                 format!(
-                    "keeper_boot_id {boot_id:?} is not a boot id: send the 32 hex digits of /proc/sys/kernel/random/boot_id, or nothing"
+                    "keeper_boot_id {} is not a boot id: send the 32 hex digits of /proc/sys/kernel/random/boot_id, or nothing",
+                    crate::names::quote(boot_id)
                 )
             })?;
         Ok(Some(KeeperClock { boot, ns }))

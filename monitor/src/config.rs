@@ -26,6 +26,12 @@ pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_POSTGRES_RESTART_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the monitor checks each node's PostgreSQL itself.
 pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a monitor holds the lease on the background duties (health
+/// checks, periodic evaluation) without renewing it; it renews every
+/// `health_check_interval`. When the holder dies or loses the database,
+/// another monitor takes over within `lease_timeout` plus one
+/// `health_check_interval`.
+pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connection timeout of one health check.
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Added to the fence deadline: clock-rate drift and the time to stop PostgreSQL.
@@ -71,6 +77,13 @@ pub struct MonitorConfig {
     pub health_check_timeout: Duration,
     #[serde(default = "d_fence_margin", with = "humantime_serde")]
     pub fence_margin: Duration,
+    /// How long the lease on the background duties lasts unrenewed.
+    #[serde(default = "d_lease_timeout", with = "humantime_serde")]
+    pub lease_timeout: Duration,
+    /// The URL keepers and operators use to reach this monitor, as
+    /// show-state lists it; default: the scheme and `listen`.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
     /// User name the health check presents to each node's PostgreSQL.
     #[serde(default = "d_hc_user")]
     pub health_check_user: String,
@@ -178,6 +191,9 @@ fn d_hc_timeout() -> Duration {
 fn d_fence_margin() -> Duration {
     DEFAULT_FENCE_MARGIN
 }
+fn d_lease_timeout() -> Duration {
+    DEFAULT_LEASE_TIMEOUT
+}
 fn d_hc_user() -> String {
     "postgres".into()
 }
@@ -271,6 +287,7 @@ impl MonitorConfig {
             ("health_check_interval", self.health_check_interval),
             ("health_check_timeout", self.health_check_timeout),
             ("fence_margin", self.fence_margin),
+            ("lease_timeout", self.lease_timeout),
         ] {
             if value > MAX_DURATION {
                 return Err(ConfigError::Invalid(format!(
@@ -291,6 +308,21 @@ impl MonitorConfig {
                 humantime::format_duration(self.postgres_restart_timeout),
                 humantime::format_duration(self.node_timeout)
             )));
+        }
+        if self.lease_timeout < 2 * self.health_check_interval {
+            return Err(ConfigError::Invalid(format!(
+                "lease_timeout ({}) must be at least twice health_check_interval ({}): the lease is renewed every interval, and one late renewal must not lose it",
+                humantime::format_duration(self.lease_timeout),
+                humantime::format_duration(self.health_check_interval)
+            )));
+        }
+        if let Some(url) = &self.advertise_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 255 {
+                return Err(ConfigError::Invalid(format!(
+                    "advertise_url {} is not a URL: give the address keepers use, like https://monitor1:7430",
+                    crate::names::quote(url)
+                )));
+            }
         }
         if !(MIN_MAX_MESSAGE_BYTES..=MAX_MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
             return Err(ConfigError::Invalid(format!(
@@ -398,6 +430,23 @@ mod tests {
         let c = MonitorConfig::parse("database_url = \"postgres://x@127.0.0.1/m\"").unwrap();
         assert_eq!(c.node_timeout, DEFAULT_NODE_TIMEOUT);
         assert_eq!(c.listen, default_listen());
+    }
+
+    #[test]
+    fn the_lease_outlasts_two_renewals() {
+        let c = MonitorConfig::parse("").unwrap();
+        assert_eq!(c.lease_timeout, DEFAULT_LEASE_TIMEOUT);
+        assert!(DEFAULT_LEASE_TIMEOUT >= 2 * DEFAULT_HEALTH_CHECK_INTERVAL);
+        let err = MonitorConfig::parse("lease_timeout = \"600ms\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twice health_check_interval"), "{err}");
+        let err = MonitorConfig::parse("advertise_url = \"monitor1:7430\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https://monitor1:7430"), "{err}");
+        let c = MonitorConfig::parse("advertise_url = \"https://m1:7430\"").unwrap();
+        assert_eq!(c.advertise_url.as_deref(), Some("https://m1:7430"));
     }
 
     #[test]

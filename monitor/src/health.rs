@@ -64,38 +64,31 @@ fn sqlstate(payload: &[u8]) -> Option<String> {
         .map(|field| String::from_utf8_lossy(&field[1..]).into_owned())
 }
 
-/// Check every node on a period; store changes (which re-evaluate the group).
-pub async fn run(store: Store, interval: Duration, limit: Duration, user: String) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let targets = match store.health_targets().await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "health check: cannot list nodes");
-                continue;
-            }
-        };
-        let mut checks = tokio::task::JoinSet::new();
-        for (id, host, port, before) in targets {
-            let user = user.clone();
-            checks.spawn(async move {
-                let now = ping(&host, port, &user, limit).await;
-                crate::metrics::health_checked(now);
-                (id, host, port, before, now)
-            });
+/// Check every node once; store changes (which re-evaluate the group)
+/// while the lease is held with `lease`.
+pub async fn check_all(store: &Store, lease: i64, limit: Duration, user: &str) {
+    let targets = match store.health_targets().await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: cannot list nodes");
+            return;
         }
-        while let Some(Ok((id, host, port, before, now))) = checks.join_next().await {
-            if before != now {
-                tracing::info!(node_id = id, %host, port, health = now.as_str(), "health check changed");
-                if let Err(e) = store.set_health(id, now).await {
-                    tracing::warn!(error = %e, node_id = id, "cannot store health check result");
-                }
+    };
+    let mut checks = tokio::task::JoinSet::new();
+    for (id, host, port, before) in targets {
+        let user = user.to_string();
+        checks.spawn(async move {
+            let now = ping(&host, port, &user, limit).await;
+            crate::metrics::health_checked(now);
+            (id, host, port, before, now)
+        });
+    }
+    while let Some(Ok((id, host, port, before, now))) = checks.join_next().await {
+        if before != now {
+            tracing::info!(node_id = id, %host, port, health = now.as_str(), "health check changed");
+            if let Err(e) = store.set_health(id, now, lease).await {
+                tracing::warn!(error = %e, node_id = id, "cannot store health check result");
             }
-        }
-        if let Err(e) = store.evaluate_all().await {
-            tracing::warn!(error = %e, "periodic evaluation failed");
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod duties;
 pub mod error;
 pub mod fsm;
 pub mod health;
@@ -122,13 +123,27 @@ pub async fn run(
         transport = mode,
         "monitor ready"
     );
-    let health = tokio::spawn(health::run(
-        store.clone(),
-        config.health_check_interval,
-        config.health_check_timeout,
-        config.health_check_user.clone(),
-    ));
-    let service = service::MonitorService::with_auth(store, auth::Authenticator::new(&transport));
+    let local = listener.local_addr()?;
+    let duties = duties::Duties {
+        me: duties::new_monitor_id(),
+        url: config.advertise_url.clone().unwrap_or_else(|| {
+            let scheme = match transport.mode {
+                TransportMode::Plaintext => "http",
+                TransportMode::Tls { .. } => "https",
+            };
+            format!("{scheme}://{local}")
+        }),
+        lease_timeout: config.lease_timeout,
+        interval: config.health_check_interval,
+        check_timeout: config.health_check_timeout,
+        check_user: config.health_check_user.clone(),
+    };
+    tracing::info!(monitor_id = %duties.me, url = %duties.url, "monitor identity");
+    let me = duties.me.clone();
+    let background = tokio::spawn(duties::run(store.clone(), duties));
+    let service =
+        service::MonitorService::with_auth(store.clone(), auth::Authenticator::new(&transport))
+            .answered_by(&me);
     let result = server
         .layer(metrics::GrpcMetricsLayer)
         .add_service(
@@ -139,7 +154,12 @@ pub async fn run(
             shutdown,
         )
         .await;
-    health.abort();
+    background.abort();
+    // Let another monitor take the duties at once rather than after the
+    // lease runs out.
+    if let Err(e) = store.release_lease(&me).await {
+        tracing::warn!(error = %e, "cannot release the lease on the background duties");
+    }
     if let Some(server) = metrics_server {
         server.abort();
     }

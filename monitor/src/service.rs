@@ -25,6 +25,8 @@ pub struct MonitorService {
     /// Node id → (formation, name), to check that a keeper heartbeats as
     /// itself without a query per heartbeat (ids are never reused).
     identities: std::sync::Mutex<std::collections::HashMap<i64, (String, String)>>,
+    /// This monitor process's id, as show-state names the one that answered.
+    monitor_id: String,
 }
 
 /// Heartbeats handled at once. Steady-state heartbeats are written in
@@ -45,7 +47,14 @@ impl MonitorService {
             in_flight: Arc::new(Semaphore::new(MAX_HEARTBEATS_IN_FLIGHT)),
             auth,
             identities: Default::default(),
+            monitor_id: String::new(),
         }
+    }
+
+    /// Name this monitor process in the state it answers.
+    pub fn answered_by(mut self, monitor_id: &str) -> Self {
+        self.monitor_id = monitor_id.to_string();
+        self
     }
 
     /// The authenticated caller of `request`; a refusal is logged (without
@@ -435,11 +444,26 @@ impl Monitor for MonitorService {
                     .unwrap_or_default(),
             })
             .collect();
+        let monitors = self
+            .store
+            .monitors()
+            .await
+            .map_err(crate::error::Error::from)?
+            .into_iter()
+            .map(|m| pb::MonitorStatus {
+                monitor_id: m.id,
+                url: m.url,
+                seen_ago_ms: m.seen_ago_ms,
+                holds_lease: m.holds_lease,
+            })
+            .collect();
         Ok(Response::new(pb::FormationState {
             formation,
             nodes,
             number_sync_standbys: nss.number_sync_standbys,
             synchronous_standby_names,
+            monitors,
+            answered_by: self.monitor_id.clone(),
         }))
     }
 

@@ -3,7 +3,7 @@
 //! Layout of a cluster directory:
 //!
 //! ```text
-//! monitor.toml  monitor.log
+//! monitor.toml  monitor.log                the monitor (more: monitor2.toml, monitor2.log, …)
 //! monitor-db/data  monitor-db/data.log     the monitor's own PostgreSQL
 //! node1/keeper.toml  node1/keeper.log      keeper config and output
 //! node1/data  node1/data.log               PGDATA and PostgreSQL's log (the keeper's)
@@ -15,7 +15,8 @@
 //! config files), `spawn` (starting it), `faults` (kills and restarts),
 //! `query` (state, events, SQL, the CLI), `waiting` (conditions with a
 //! deadline), `report` (diagnostics), `teardown`, `security` (certificates
-//! and clients) and `supervise` (keepers restarted after a failpoint).
+//! and clients), `supervise` (keepers restarted after a failpoint) and
+//! `monitors` (several monitor processes, the lease holder, kills).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
@@ -25,13 +26,13 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tonic::transport::Channel;
 
 use crate::proxy::Proxy;
 use crate::security::TlsFiles;
 use crate::tools::Tools;
 
 mod faults;
+mod monitors;
 mod options;
 mod query;
 mod report;
@@ -43,6 +44,8 @@ mod waiting;
 
 pub use options::{ClusterOptions, KeeperToml};
 pub use supervise::FiredFailpoint;
+
+use monitors::MonitorProc;
 
 struct Node {
     name: String,
@@ -81,14 +84,10 @@ pub struct Cluster {
     monitor_db_port: u16,
     /// The `-c name=value` settings the monitor database starts with.
     monitor_db_settings: Vec<String>,
-    monitor_url: String,
-    monitor_port: u16,
-    monitor_config: PathBuf,
-    monitor_log: PathBuf,
-    monitor: Mutex<Option<Child>>,
-    monitor_metrics_port: Option<u16>,
+    /// The monitor processes; the first is "the monitor" of one-monitor
+    /// tests.
+    monitors: Vec<MonitorProc>,
     monitor_db_password: Option<String>,
-    channel: Option<Channel>,
     nodes: Vec<Node>,
     /// Keepers started with failpoints, restarted when one fires.
     supervision: Mutex<supervise::Supervision>,
@@ -134,13 +133,14 @@ impl Cluster {
         &self.root
     }
 
+    /// The URL of the first monitor.
     pub fn monitor_url(&self) -> &str {
-        &self.monitor_url
+        &self.monitors[0].url
     }
 
-    /// Process id of the running `pgpilot-monitor` (None once stopped).
+    /// Process id of the first running `pgpilot-monitor` (None once stopped).
     pub fn monitor_pid(&self) -> Option<u32> {
-        lock(&self.monitor).as_ref().map(Child::id)
+        lock(&self.monitors[0].child).as_ref().map(Child::id)
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/pgpilot`: the monitor's own database.
@@ -153,7 +153,7 @@ impl Cluster {
 
     /// Port of the monitor's metrics server (with [`ClusterOptions::http`]).
     pub fn monitor_metrics_port(&self) -> Option<u16> {
-        self.monitor_metrics_port
+        self.monitors[0].metrics_port
     }
 
     /// Port of a keeper's HTTP server (with [`ClusterOptions::http`]).
@@ -185,10 +185,8 @@ impl Cluster {
     /// Every log file of this cluster: the monitor's, its database's, and
     /// each node's keeper and PostgreSQL logs.
     pub fn log_files(&self) -> Vec<PathBuf> {
-        let mut files = vec![
-            self.monitor_log.clone(),
-            with_suffix(&self.monitor_db_pgdata, ".log"),
-        ];
+        let mut files: Vec<PathBuf> = self.monitors.iter().map(|m| m.log.clone()).collect();
+        files.push(with_suffix(&self.monitor_db_pgdata, ".log"));
         for node in &self.nodes {
             files.push(node.keeper_log.clone());
             files.push(node.pg_log());
@@ -282,7 +280,7 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("root", &self.root)
-            .field("monitor_url", &self.monitor_url)
+            .field("monitor_urls", &self.monitor_urls())
             .field("nodes", &self.node_names())
             .finish()
     }

@@ -36,7 +36,7 @@ fn keeper_config(tools: &Tools, dir: &Path, monitor: &str) -> Result<KeeperToml>
         port: free_port()?,
         advertise_port: None,
         pgdata: dir.join("data").display().to_string(),
-        monitor: monitor.to_string(),
+        monitor: vec![monitor.to_string()],
         pg_bin_dir: tools.pg_bin_dir.display().to_string(),
         pg_user: "postgres".to_string(),
         candidate_priority: None,

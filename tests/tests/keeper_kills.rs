@@ -656,7 +656,7 @@ async fn a_bad_failpoint_list_stops_the_keeper_at_start() -> Result<()> {
         port: free_port()?,
         advertise_port: None,
         pgdata: dir.path().join("data").display().to_string(),
-        monitor: format!("http://127.0.0.1:{}", free_port()?),
+        monitor: vec![format!("http://127.0.0.1:{}", free_port()?)],
         pg_bin_dir: tools.pg_bin_dir.display().to_string(),
         pg_user: "postgres".to_string(),
         candidate_priority: None,

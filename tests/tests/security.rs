@@ -107,7 +107,7 @@ fn stray_keeper(
         port: free_port()?,
         advertise_port: None,
         pgdata: node_dir.join("data").display().to_string(),
-        monitor: cluster.monitor_url().to_string(),
+        monitor: vec![cluster.monitor_url().to_string()],
         pg_bin_dir: tools.pg_bin_dir.display().to_string(),
         pg_user: "postgres".to_string(),
         candidate_priority: None,

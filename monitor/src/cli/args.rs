@@ -20,13 +20,16 @@ use pgpilot_proto::security::ClientSecurity;
 pub struct Args {
     /// Monitor to talk to (operator subcommands): https:// (TLS, the
     /// default) or http:// for a monitor that runs with plaintext = true.
+    /// Several monitors: repeat the option or give a comma list; the first
+    /// one that answers is used.
     #[arg(
         long,
         global = true,
         env = "PGPILOT_MONITOR",
+        value_delimiter = ',',
         default_value = "https://127.0.0.1:7430"
     )]
-    pub monitor: String,
+    pub monitor: Vec<String>,
     /// Formation to act on.
     #[arg(long, global = true, default_value = "default")]
     pub formation: String,

@@ -40,6 +40,35 @@ impl Client {
         })
     }
 
+    /// Connect to the first of `urls` that answers, in order; a setting
+    /// that does not fit a URL ends at once (exit 2), and when none
+    /// answers the error names each one.
+    pub async fn connect_any(urls: &[String], sec: &ClientSecurity) -> Result<Client, CliError> {
+        let mut unreachable = Vec::new();
+        for url in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+            match Client::connect(url, sec).await {
+                Ok(client) => return Ok(client),
+                Err(CliError::Unreachable(m)) => unreachable.push(m),
+                Err(other) => return Err(other),
+            }
+        }
+        match unreachable.len() {
+            0 => Err(CliError::Usage(
+                "no monitor URL given: set --monitor or PGPILOT_MONITOR, e.g. https://10.0.0.5:7430".into(),
+            )),
+            1 => Err(CliError::Unreachable(unreachable.remove(0))),
+            n => Err(CliError::Unreachable(format!(
+                "none of the {n} monitors answered: {}",
+                unreachable.join("; ")
+            ))),
+        }
+    }
+
+    /// The URL of the monitor this client talks to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     pub async fn state(&mut self, formation: &str) -> Result<pb::FormationState, CliError> {
         self.inner
             .get_formation_state(pb::GetFormationStateRequest {

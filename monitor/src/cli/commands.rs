@@ -41,7 +41,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             days,
         }),
         Command::Operate(command) => {
-            let client = Client::connect(&args.monitor, &security).await?;
+            let client = Client::connect_any(&args.monitor, &security).await?;
             let mut operator = Operator {
                 client,
                 formation: args.formation,

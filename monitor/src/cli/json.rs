@@ -15,6 +15,24 @@ pub struct StateJson {
     pub formation: String,
     pub number_sync_standbys: u32,
     pub nodes: Vec<NodeJson>,
+    /// The monitor processes sharing the monitor database, the lease
+    /// holder first (empty from a monitor that does not list them).
+    #[serde(default)]
+    pub monitors: Vec<MonitorJson>,
+    /// The id of the monitor process that answered; null if it did not say.
+    #[serde(default)]
+    pub answered_by: Option<String>,
+}
+
+/// One monitor process in [`StateJson`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MonitorJson {
+    pub monitor_id: String,
+    pub url: String,
+    /// Milliseconds since it last renewed or sought the lease.
+    pub seen_ago_ms: i64,
+    /// It runs the health checks and the periodic evaluation.
+    pub holds_lease: bool,
 }
 
 /// One node as the monitor knows it; also what `show-node --json` prints.
@@ -86,6 +104,17 @@ impl From<&pb::FormationState> for StateJson {
             formation: s.formation.clone(),
             number_sync_standbys: s.number_sync_standbys,
             nodes: s.nodes.iter().map(|n| NodeJson::new(s, n)).collect(),
+            monitors: s
+                .monitors
+                .iter()
+                .map(|m| MonitorJson {
+                    monitor_id: m.monitor_id.clone(),
+                    url: m.url.clone(),
+                    seen_ago_ms: m.seen_ago_ms,
+                    holds_lease: m.holds_lease,
+                })
+                .collect(),
+            answered_by: (!s.answered_by.is_empty()).then(|| s.answered_by.clone()),
         }
     }
 }

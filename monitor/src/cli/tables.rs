@@ -105,7 +105,28 @@ pub fn state_table(s: &pb::FormationState) -> String {
     for r in reasons {
         out.push_str(&format!("waiting: {r}\n"));
     }
+    if !s.monitors.is_empty() {
+        out.push_str(&monitors_table(s));
+    }
     out
+}
+
+/// The monitors sharing the monitor database, and who runs the duties.
+pub fn monitors_table(s: &pb::FormationState) -> String {
+    let mut table = table(["Monitor", "URL", "Lease", "Seen"]);
+    for m in &s.monitors {
+        let mut id = m.monitor_id.clone();
+        if m.monitor_id == s.answered_by {
+            id.push_str(" (answered)");
+        }
+        table.add_row(vec![
+            id,
+            m.url.clone(),
+            if m.holds_lease { "holds" } else { "-" }.to_string(),
+            format!("{:.1}s ago", m.seen_ago_ms.max(0) as f64 / 1000.0),
+        ]);
+    }
+    format!("monitors\n{table}\n")
 }
 
 /// The columns of `show-nodes`' table.

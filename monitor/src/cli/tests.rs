@@ -28,6 +28,21 @@ fn sample() -> pb::FormationState {
             pg_running: true,
             ..Default::default()
         }],
+        monitors: vec![
+            pb::MonitorStatus {
+                monitor_id: "m1-00ff".into(),
+                url: "https://m1:7430".into(),
+                seen_ago_ms: 120,
+                holds_lease: true,
+            },
+            pb::MonitorStatus {
+                monitor_id: "m2-11ee".into(),
+                url: "https://m2:7430".into(),
+                seen_ago_ms: 480,
+                holds_lease: false,
+            },
+        ],
+        answered_by: "m2-11ee".into(),
     }
 }
 
@@ -216,6 +231,41 @@ fn json_round_trips() {
     let back: StateJson = serde_json::from_str(&text).unwrap();
     assert_eq!(back, j);
     assert_eq!(back.nodes[0].reported_state, "primary");
+    assert_eq!(back.answered_by.as_deref(), Some("m2-11ee"));
+    assert!(back.monitors[0].holds_lease && !back.monitors[1].holds_lease);
+}
+
+#[test]
+fn show_state_lists_the_monitors_and_the_lease_holder() {
+    let text = state_table(&sample());
+    let m1 = text.lines().find(|l| l.contains("m1-00ff")).unwrap();
+    assert!(
+        m1.contains("https://m1:7430") && m1.contains("holds"),
+        "{text}"
+    );
+    let m2 = text.lines().find(|l| l.contains("m2-11ee")).unwrap();
+    assert!(m2.contains("(answered)") && !m2.contains("holds"), "{text}");
+    let mut alone = sample();
+    alone.monitors.clear();
+    assert!(!state_table(&alone).contains("monitors"));
+}
+
+#[tokio::test]
+async fn the_cli_names_every_monitor_it_could_not_reach() {
+    let none = ClientSecurity::default();
+    let urls = vec![
+        "http://127.0.0.1:1".to_string(),
+        "http://127.0.0.1:2".to_string(),
+    ];
+    let e = Client::connect_any(&urls, &none).await.err().unwrap();
+    assert_eq!(e.exit_code(), 3);
+    let text = e.to_string();
+    assert!(
+        text.contains("none of the 2 monitors") && text.contains("127.0.0.1:2"),
+        "{text}"
+    );
+    let e = Client::connect_any(&[], &none).await.err().unwrap();
+    assert_eq!(e.exit_code(), 2);
 }
 
 #[test]

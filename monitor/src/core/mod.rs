@@ -11,12 +11,14 @@
 //!   election, and the refusal of goals a keeper cannot reach;
 //! - [`heartbeat`]: folding a heartbeat into its node, then the reply;
 //! - [`commands`]: every operator command and its refusals ([`Refusal`]);
-//! - [`handover`]: which events are failovers and switchovers.
+//! - [`handover`]: which events are failovers and switchovers;
+//! - [`lease`]: whether this monitor may run the background duties.
 
 pub mod commands;
 pub mod group;
 pub mod handover;
 pub mod heartbeat;
+pub mod lease;
 mod refusal;
 #[cfg(test)]
 mod test_support;

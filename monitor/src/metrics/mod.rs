@@ -36,7 +36,9 @@ mod transitions;
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::fsm::Health;
@@ -56,6 +58,9 @@ pub const GRPC_REQUESTS: &str = "pgpilot_grpc_requests_total";
 pub const GRPC_SECONDS: &str = "pgpilot_grpc_request_duration_seconds";
 pub const HEARTBEAT_SECONDS: &str = "pgpilot_heartbeat_duration_seconds";
 pub const TRANSITION_SECONDS: &str = "pgpilot_transition_duration_seconds";
+pub const LEASE_HELD: &str = "pgpilot_monitor_lease_held";
+pub const LEASE_TOKEN: &str = "pgpilot_monitor_lease_token";
+pub const LEASE_ACQUISITIONS: &str = "pgpilot_monitor_lease_acquisitions_total";
 
 /// Reasons of `pgpilot_switchovers_total`.
 pub const SWITCHOVER_REASONS: [&str; 4] = [
@@ -108,8 +113,19 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         "Time to handle one keeper heartbeat (NodeActive), database work included."
     );
     describe_histogram!(TRANSITION_SECONDS, Unit::Seconds, "Time from a goal state assigned by this monitor process to the heartbeat reporting it reached, by the reported state at assignment (from) and the goal (to).");
+    describe_gauge!(LEASE_HELD, "1 while this monitor process holds the lease on the background duties (health checks, periodic evaluation), else 0: exactly one monitor should show 1.");
+    describe_gauge!(
+        LEASE_TOKEN,
+        "The fencing token of the lease this monitor process holds or last held."
+    );
+    describe_counter!(
+        LEASE_ACQUISITIONS,
+        "Times this monitor process acquired the lease on the background duties."
+    );
     counter!(HEALTH_CHECKS).increment(0);
     counter!(HEALTH_CHECK_FAILURES).increment(0);
+    counter!(LEASE_ACQUISITIONS).increment(0);
+    gauge!(LEASE_HELD).set(0.0);
     Ok(handle)
 }
 
@@ -120,6 +136,15 @@ pub fn health_checked(result: Health) {
     counter!(HEALTH_CHECKS).increment(1);
     if result == Health::Bad {
         counter!(HEALTH_CHECK_FAILURES).increment(1);
+    }
+}
+
+/// The lease on the background duties acquired (with its token) or lost.
+pub fn lease_held(token: Option<i64>) {
+    gauge!(LEASE_HELD).set(if token.is_some() { 1.0 } else { 0.0 });
+    if let Some(token) = token {
+        gauge!(LEASE_TOKEN).set(token as f64);
+        counter!(LEASE_ACQUISITIONS).increment(1);
     }
 }
 

@@ -24,6 +24,10 @@ pub enum Error {
     /// written by hand).
     #[error("the monitor database holds a row the monitor cannot read: {0}")]
     Corrupt(String),
+    /// A background duty's write found the lease it runs under (this
+    /// token) expired or taken over: the write is not made.
+    #[error("the lease on the background duties (token {0}) is no longer held by this monitor")]
+    LeaseLost(i64),
 }
 
 impl From<sqlx::Error> for Error {
@@ -51,6 +55,7 @@ impl From<Error> for crate::error::Error {
             },
             Error::NotFound(m) => E::NotFound(m),
             Error::Unavailable(m) => E::Unavailable(m),
+            lost @ Error::LeaseLost(_) => E::Unavailable(lost.to_string()),
             Error::Database(e) => E::Database(e),
             Error::Migrate(e) => E::Migrate(e),
             corrupt @ Error::Corrupt(_) => E::Internal(corrupt.to_string()),

@@ -37,12 +37,14 @@ mod batch;
 mod commands;
 mod error;
 mod heartbeat;
+mod lease;
 mod notes;
 mod reads;
 mod rows;
 
 pub use error::{Error, Result};
 pub use heartbeat::{Assignment, Heartbeat, KeeperNote};
+pub use lease::MonitorInstance;
 use rows::{FormationRow, GroupRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -296,7 +298,8 @@ impl Store {
     }
 
     /// Record a health-check result; when it changed, evaluate the group.
-    pub async fn set_health(&self, node_id: i64, health: Health) -> Result<()> {
+    /// Written only while the lease is held with `lease` (its token).
+    pub async fn set_health(&self, node_id: i64, health: Health, lease: i64) -> Result<()> {
         // Most results repeat the last one: no lock for those.
         let stored: Option<String> =
             sqlx::query_scalar("SELECT health FROM node WHERE node_id = $1")
@@ -308,6 +311,7 @@ impl Store {
         }
         retry(|| async {
             let mut tx = self.pool.begin().await?;
+            lease::check(&mut tx, lease).await?;
             // The group's rows first, in node-id order like every other
             // locked path: locking this node's row alone first could
             // deadlock with a heartbeat or command that locks the group.
@@ -337,8 +341,8 @@ impl Store {
     }
 
     /// Evaluate every group once (a periodic safety net for groups whose
-    /// keepers are all silent).
-    pub async fn evaluate_all(&self) -> Result<()> {
+    /// keepers are all silent), while the lease is held with `lease`.
+    pub async fn evaluate_all(&self, lease: i64) -> Result<()> {
         // Only groups where time can change a decision: a keeper quiet for
         // half the node timeout, a node on its way to its goal, a goal that
         // is not a steady state, PostgreSQL down or a standby not streaming.
@@ -359,6 +363,7 @@ impl Store {
         for (formation, group_id) in groups {
             retry(|| async {
                 let mut tx = self.pool.begin().await?;
+                lease::check(&mut tx, lease).await?;
                 let (nodes, now, nss) = self.lock_group(&mut tx, &formation, group_id).await?;
                 self.evaluate(&mut tx, nodes, now, nss).await?;
                 tx.commit().await?;

@@ -70,30 +70,16 @@ impl Cluster {
         Ok(killed_at)
     }
 
-    /// SIGKILL the monitor (its process group); returns when it is gone.
-    /// [`Cluster::restart_monitor`] starts it again.
+    /// SIGKILL the (first) monitor (its process group); returns when it
+    /// is gone. [`Cluster::restart_monitor`] starts it again.
     pub fn kill_monitor(&self) -> Result<Instant> {
-        let mut child = lock(&self.monitor)
-            .take()
-            .ok_or_else(|| anyhow!("the monitor is not running"))?;
-        let pid = child.id();
-        process::kill_child_group(&mut child);
-        let gone_at = Instant::now();
-        self.mark_log(
-            &self.monitor_log,
-            &format!("monitor pid {pid} killed (SIGKILL)"),
-        );
-        Ok(gone_at)
+        self.kill_monitor_at(0)
     }
 
-    /// Start the monitor again with the same configuration and wait until
-    /// it answers.
+    /// Start the (first) monitor again with the same configuration and
+    /// wait until it answers.
     pub async fn restart_monitor(&self) -> Result<()> {
-        if lock(&self.monitor).is_some() {
-            bail!("the monitor is already running");
-        }
-        self.spawn_monitor()?;
-        self.wait_monitor_answers().await
+        self.restart_monitor_at(0).await
     }
 
     /// Stop the monitor's own PostgreSQL (`pg_ctl stop -m fast`); returns
@@ -106,10 +92,9 @@ impl Cluster {
         )
         .await?;
         let stopped_at = Instant::now();
-        self.mark_log(
-            &self.monitor_log,
-            "monitor database stopped (pg_ctl stop -m fast)",
-        );
+        for m in &self.monitors {
+            self.mark_log(&m.log, "monitor database stopped (pg_ctl stop -m fast)");
+        }
         Ok(stopped_at)
     }
 
@@ -141,7 +126,9 @@ impl Cluster {
             },
         )
         .await?;
-        self.mark_log(&self.monitor_log, "monitor database started again");
+        for m in &self.monitors {
+            self.mark_log(&m.log, "monitor database started again");
+        }
         Ok(())
     }
 

@@ -12,6 +12,9 @@ use crate::security::Security;
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub nodes: usize,
+    /// Monitor processes over the one monitor database (at least 1); the
+    /// keepers are given every monitor's URL.
+    pub monitors: usize,
     /// Candidate priority per node (node1 first); missing → the keeper's default.
     pub candidate_priorities: Vec<u32>,
     pub formation: String,
@@ -65,6 +68,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
             nodes: 2,
+            monitors: 1,
             candidate_priorities: Vec::new(),
             formation: "default".to_string(),
             dir: None,
@@ -90,6 +94,12 @@ impl ClusterOptions {
             nodes,
             ..Default::default()
         }
+    }
+
+    /// See [`ClusterOptions::monitors`].
+    pub fn monitors(mut self, monitors: usize) -> Self {
+        self.monitors = monitors;
+        self
     }
 
     pub fn candidate_priorities(mut self, priorities: &[u32]) -> Self {
@@ -146,6 +156,8 @@ pub(super) struct MonitorToml {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) metrics_listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) advertise_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) node_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) health_check_interval: Option<String>,
@@ -161,7 +173,9 @@ pub struct KeeperToml {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_port: Option<u16>,
     pub pgdata: String,
-    pub monitor: String,
+    /// One URL is written as a string, several as a list.
+    #[serde(serialize_with = "one_or_list")]
+    pub monitor: Vec<String>,
     pub pg_bin_dir: String,
     pub pg_user: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,6 +185,13 @@ pub struct KeeperToml {
     /// How long a keeper that never registered keeps trying (e.g. "5s").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub register_timeout: Option<String>,
+}
+
+fn one_or_list<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    match urls {
+        [one] => s.serialize_str(one),
+        many => serde::Serialize::serialize(many, s),
+    }
 }
 
 impl KeeperToml {

@@ -29,7 +29,7 @@ impl Cluster {
             self.root.display()
         );
         out.push_str("==== monitor state ====\n");
-        if self.channel.is_some() {
+        if self.monitor_started() {
             match tokio::time::timeout(Duration::from_secs(10), self.state()).await {
                 Ok(Ok(state)) => out.push_str(&state.table()),
                 Ok(Err(err)) => out.push_str(&format!("(unavailable: {err:#})\n")),
@@ -59,7 +59,7 @@ impl Cluster {
                 Err(err) => format!("unknown: {err}"),
             },
         };
-        let mut out = format!("monitor: {}\n", describe(&self.monitor));
+        let mut out = self.monitor_status_lines(describe);
         let monitor_db = match postmaster_pid(&self.monitor_db_pgdata) {
             Some(pid) if process::is_alive(pid) => format!("postmaster pid {pid} alive"),
             Some(pid) => format!("postmaster.pid names {pid}, not alive"),

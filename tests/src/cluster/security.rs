@@ -2,7 +2,6 @@
 //! and token, the security lines of the config files, and clients of the
 //! monitor as the operator or as any other identity.
 
-use std::fs::{self};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -26,7 +25,9 @@ impl Cluster {
         )
         .await?;
         if self.tls.is_some() {
-            self.monitor_url = format!("https://127.0.0.1:{}", self.monitor_port);
+            for m in &mut self.monitors {
+                m.url = format!("https://127.0.0.1:{}", m.port);
+            }
         }
         Ok(())
     }
@@ -57,13 +58,6 @@ impl Cluster {
         self.monitor_db_password.as_deref()
     }
 
-    /// `monitor.toml` may hold the database password: only its owner reads it.
-    pub(super) fn restrict_monitor_config(&self) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&self.monitor_config, fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod 600 {}", self.monitor_config.display()))
-    }
-
     /// How the harness reaches the monitor: as the operator `harness`.
     pub fn operator_security(&self) -> pgpilot_proto::security::ClientSecurity {
         self.tls
@@ -82,7 +76,7 @@ impl Cluster {
         call_timeout: Duration,
     ) -> Result<pgpilot_proto::security::Client> {
         let channel = sec
-            .endpoint(&self.monitor_url, &pgpilot_proto::security::CLI_NAMES)?
+            .endpoint(self.monitor_url(), &pgpilot_proto::security::CLI_NAMES)?
             .connect_timeout(Duration::from_secs(5))
             .timeout(call_timeout)
             .connect()
@@ -92,14 +86,14 @@ impl Cluster {
             .max_decoding_message_size(64 * 1024 * 1024))
     }
 
-    pub(super) fn endpoint(&self) -> Result<Endpoint> {
+    pub(super) fn endpoint_of(&self, url: &str) -> Result<Endpoint> {
         Ok(self
             .operator_security()
-            .endpoint(&self.monitor_url, &pgpilot_proto::security::CLI_NAMES)?)
+            .endpoint(url, &pgpilot_proto::security::CLI_NAMES)?)
     }
 
     pub(super) fn credentials(&self) -> Result<pgpilot_proto::security::Credentials> {
-        Ok(self.operator_security().credentials(&self.monitor_url)?)
+        Ok(self.operator_security().credentials(self.monitor_url())?)
     }
 
     /// Environment that lets `pgpilot-monitor` operator commands reach

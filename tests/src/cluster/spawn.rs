@@ -2,7 +2,6 @@
 //! keeper per node, each with its configuration file and log.
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::process::Child;
 use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
@@ -15,9 +14,9 @@ use crate::process::{self, free_port};
 use crate::proxy::Proxy;
 use crate::state::{FormationStateExt, NodeStatusExt};
 use crate::tools::Tools;
-use crate::wait::poll_until;
 
-use super::options::{ClusterOptions, KeeperToml, MonitorToml};
+use super::monitors::MonitorProc;
+use super::options::{ClusterOptions, KeeperToml};
 use super::{
     lock, open_log, random_secret, run_checked, with_suffix, write_secret_file, Cluster, Node,
 };
@@ -54,14 +53,10 @@ impl Cluster {
             monitor_db_pgdata: root.join("monitor-db").join("data"),
             monitor_db_port: 0,
             monitor_db_settings: opts.monitor_db_settings.clone(),
-            monitor_url: String::new(),
-            monitor_port: 0,
-            monitor_config: root.join("monitor.toml"),
-            monitor_log: root.join("monitor.log"),
-            monitor: Mutex::new(None),
-            monitor_metrics_port: None,
+            monitors: (0..opts.monitors.max(1))
+                .map(|i| MonitorProc::new(&root, i, opts.http))
+                .collect::<Result<_>>()?,
             monitor_db_password: None,
-            channel: None,
             nodes: Vec::new(),
             supervision: Mutex::default(),
             tls: None,
@@ -94,7 +89,8 @@ impl Cluster {
         }
         self.init_monitor_db(opts.monitor_db_password.as_deref())
             .await?;
-        self.start_monitor(opts).await?;
+        self.set_up_security(opts).await?;
+        self.start_monitors(opts).await?;
         for i in 1..=opts.nodes {
             self.add_node(i, opts)?;
             if i == 1 && opts.first_node_alone && opts.nodes > 1 {
@@ -236,97 +232,6 @@ impl Cluster {
         Ok(())
     }
 
-    pub(super) async fn start_monitor(&mut self, opts: &ClusterOptions) -> Result<()> {
-        let port = free_port()?;
-        self.monitor_port = port;
-        self.monitor_url = format!("http://127.0.0.1:{port}");
-        self.set_up_security(opts).await?;
-        if opts.http {
-            self.monitor_metrics_port = Some(free_port()?);
-        }
-        let database_url = match &self.monitor_db_password {
-            Some(password) => format!(
-                "postgres://pgpilot:{password}@127.0.0.1:{}/pgpilot",
-                self.monitor_db_port
-            ),
-            None => format!(
-                "postgres://postgres@127.0.0.1:{}/pgpilot",
-                self.monitor_db_port
-            ),
-        };
-        let config = MonitorToml {
-            database_url,
-            metrics_listen: self.monitor_metrics_port.map(|p| format!("127.0.0.1:{p}")),
-            listen: format!("127.0.0.1:{port}"),
-            node_timeout: opts.node_timeout.clone(),
-            health_check_interval: opts.health_check_interval.clone(),
-        };
-        let text = toml::to_string(&config)? + &self.monitor_security_toml();
-        fs::write(&self.monitor_config, text)
-            .with_context(|| format!("writing {}", self.monitor_config.display()))?;
-        self.restrict_monitor_config()?;
-        self.spawn_monitor()?;
-
-        self.channel = Some(
-            self.endpoint()?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(10))
-                .connect_lazy(),
-        );
-        self.wait_monitor_answers().await
-    }
-
-    pub(super) fn spawn_monitor(&self) -> Result<()> {
-        let log = open_log(&self.monitor_log, "starting the monitor")?;
-        let mut cmd = self.tools.monitor_command();
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&self.monitor_config)
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", self.tools.monitor.display()))?;
-        *lock(&self.monitor) = Some(child);
-        Ok(())
-    }
-
-    pub(super) async fn wait_monitor_answers(&self) -> Result<()> {
-        let this: &Cluster = self;
-        poll_until(
-            MONITOR_START_TIMEOUT,
-            "the monitor to answer GetFormationState",
-            || async move {
-                this.check_processes()?;
-                match this
-                    .client()?
-                    .get_formation_state(this.state_request())
-                    .await
-                {
-                    Ok(_) => Ok(Some(())),
-                    // Answered, even if only to say the formation has no node yet.
-                    Err(status) if status.code() != tonic::Code::Unavailable => Ok(Some(())),
-                    Err(status) => Err(anyhow!("{}", status.message())),
-                }
-            },
-        )
-        .await
-    }
-
-    pub(super) fn client(&self) -> Result<pgpilot_proto::security::Client> {
-        let channel = self
-            .channel
-            .clone()
-            .ok_or_else(|| anyhow!("the monitor is not started"))?;
-        Ok(pgpilot_proto::security::client(
-            channel,
-            self.credentials()?,
-        ))
-    }
-
     pub(super) fn state_request(&self) -> GetFormationStateRequest {
         GetFormationStateRequest {
             formation: self.formation.clone(),
@@ -342,7 +247,10 @@ impl Cluster {
         let pgdata = dir.join("data");
         let config = dir.join("keeper.toml");
         let monitor_link = if opts.monitor_link_proxies {
-            Some(Proxy::start(self.monitor_port)?)
+            if self.monitors.len() > 1 {
+                bail!("monitor_link_proxies proxy the link to one monitor: use them with one");
+            }
+            Some(Proxy::start(self.monitors[0].port)?)
         } else {
             None
         };
@@ -359,8 +267,8 @@ impl Cluster {
             advertise_port: ingress.as_ref().map(Proxy::port),
             pgdata: pgdata.display().to_string(),
             monitor: match &monitor_link {
-                Some(proxy) => format!("http://127.0.0.1:{}", proxy.port()),
-                None => self.monitor_url.clone(),
+                Some(proxy) => vec![format!("http://127.0.0.1:{}", proxy.port())],
+                None => self.monitor_urls(),
             },
             pg_bin_dir: self.tools.pg_bin_dir.display().to_string(),
             pg_user: "postgres".to_string(),

@@ -26,8 +26,7 @@ impl Cluster {
                 stop_gracefully(child).await;
             }
         }
-        let monitor = lock(&self.monitor).take();
-        if let Some(child) = monitor {
+        for child in self.take_monitor_children() {
             stop_gracefully(child).await;
         }
         for pgdata in self.all_pgdata() {
@@ -78,7 +77,7 @@ impl Drop for Cluster {
                 process::kill_child_group(&mut child);
             }
         }
-        if let Some(mut child) = lock(&self.monitor).take() {
+        for mut child in self.take_monitor_children() {
             process::kill_child_group(&mut child);
         }
         for pgdata in self.all_pgdata() {

@@ -125,11 +125,7 @@ impl Cluster {
     /// (Supervised keepers a failpoint killed are started again first.)
     pub(super) fn check_processes(&self) -> Result<()> {
         self.restart_killed_keepers()?;
-        if let Some(child) = lock(&self.monitor).as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(GiveUp(format!("the monitor exited ({status})")).into());
-            }
-        }
+        self.check_monitors().map_err(GiveUp)?;
         for node in &self.nodes {
             if let Some(child) = lock(&node.keeper).as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {

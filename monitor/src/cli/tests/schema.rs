@@ -135,7 +135,15 @@ fn assert_fits(doc: &Value, schema: &Value, objects: &[&Value]) {
 fn state_json_matches_the_documented_schema() {
     let schema = schema("show-state");
     let doc = serde_json::to_value(StateJson::from(&three())).unwrap();
-    assert_fits(&doc, &schema, &[&schema, &schema["$defs"]["node"]]);
+    assert_fits(
+        &doc,
+        &schema,
+        &[
+            &schema,
+            &schema["$defs"]["node"],
+            &schema["$defs"]["monitor"],
+        ],
+    );
 }
 
 #[test]

@@ -69,7 +69,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         let pg = Arc::new(pg);
         let start_failures = Arc::new(AtomicU32::new(0));
         Ok(Keeper {
-            client: MonitorClient::new(config.clone()),
+            client: MonitorClient::new(config.clone(), status.clone())?,
             executor: Executor::new(
                 pg.clone(),
                 config.clone(),
@@ -117,9 +117,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         self.status.clone()
     }
 
-    /// Build the monitor client: reads the TLS files and the token (a
-    /// world-readable key or token file is refused). Lazy: it connects on
-    /// first use and reconnects by itself.
+    /// Build the monitor clients (one per configured monitor): reads the
+    /// TLS files and the token (a world-readable key or token file is
+    /// refused). Lazy: each connects on first use and reconnects by itself.
     pub fn connect(&mut self) -> Result<(), KeeperError> {
         self.client.connect()
     }
@@ -341,7 +341,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         transition: Option<(S, S)>,
     ) -> Result<(), KeeperError> {
         let keepalive = Keepalive {
-            client: self.client.handle()?,
+            monitors: self.client.monitors(),
             pg: self.pg.clone(),
             lease: self.lease.clone(),
             status: self.status.clone(),

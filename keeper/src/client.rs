@@ -1,26 +1,28 @@
 //! The keeper's side of the monitor's gRPC service: registering once,
 //! the `NodeActive` heartbeat, the keepalives sent while the executor
-//! works, the RPC timeout, and which answers are refusals.
+//! works, the RPC timeout, which answers are refusals and which move the
+//! keeper to the next monitor (see [`crate::monitors`]).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgpilot_proto::pb;
-use pgpilot_proto::security;
 use pgpilot_proto::ReplicationState as S;
 
 use crate::config::KeeperConfig;
 use crate::error::KeeperError;
 use crate::fence::{self, SharedLease};
+use crate::monitors::Monitors;
 use crate::pg::{LocalPostgres, Observation};
 use crate::status::SharedStatus;
 
-/// A lazy client of the monitor: it connects on first use and reconnects
-/// by itself.
+/// The keeper's client of the monitor: it talks to the monitor in use
+/// (see [`crate::monitors`]), connects on first use, reconnects by itself,
+/// and moves to the next monitor of the list after an error it retries.
 pub struct MonitorClient {
     config: KeeperConfig,
-    client: Option<security::Client>,
+    monitors: Monitors,
 }
 
 /// The keeper's timings, as every heartbeat reports them.
@@ -42,45 +44,22 @@ pub fn rpc_timeout(c: &KeeperConfig) -> Duration {
 }
 
 impl MonitorClient {
-    pub fn new(config: KeeperConfig) -> Self {
-        MonitorClient {
-            config,
-            client: None,
-        }
+    /// A client of the configured monitors; `status` is told which one is
+    /// in use.
+    pub fn new(config: KeeperConfig, status: SharedStatus) -> Result<Self, KeeperError> {
+        let monitors = Monitors::new(&config, status)?;
+        Ok(MonitorClient { config, monitors })
     }
 
-    /// Build the client: reads the TLS files and the token (a
-    /// world-readable key or token file is refused).
+    /// Build a client of every monitor: reads the TLS files and the token
+    /// (a world-readable key or token file is refused).
     pub fn connect(&mut self) -> Result<(), KeeperError> {
-        self.client = Some(self.build()?);
-        Ok(())
+        self.monitors.connect()
     }
 
-    fn build(&self) -> Result<security::Client, KeeperError> {
-        let url = self.config.monitor.clone();
-        if security::url_uses_tls(&url) == Some(false) {
-            tracing::warn!(monitor = %url, "talking to the monitor in plaintext (http://): anyone on the network can read and forge this node's heartbeats; use https://");
-        }
-        let rpc_timeout = rpc_timeout(&self.config);
-        self.config
-            .client_security()
-            .lazy_client(&url, &security::CONFIG_NAMES, |e| {
-                e.connect_timeout(Duration::from_secs(1))
-                    .timeout(rpc_timeout)
-            })
-            .map_err(|e| KeeperError::Security(e.to_string()))
-    }
-
-    fn client(&mut self) -> Result<&mut security::Client, KeeperError> {
-        let client = match self.client.take() {
-            Some(client) => client,
-            None => self.build()?,
-        };
-        Ok(self.client.insert(client))
-    }
-
-    /// Register this node, retrying an unreachable monitor until
-    /// `register_timeout`; a refusal ends at once.
+    /// Register this node, retrying until `register_timeout` while no
+    /// monitor answers: the next monitor of the list at once, and after a
+    /// pause once every one failed. A refusal ends at once.
     pub async fn register(
         &mut self,
         system_identifier: u64,
@@ -99,59 +78,69 @@ impl MonitorClient {
         let deadline = Instant::now() + c.register_timeout;
         let register_timeout = c.register_timeout;
         let retry_after = c.heartbeat_interval.max(Duration::from_millis(500));
-        let url = c.monitor.clone();
         loop {
-            match self.client()?.register_node(request.clone()).await {
-                Ok(reply) => return Ok(reply.into_inner()),
+            let mut in_use = self.monitors.current()?;
+            match in_use.client.register_node(request.clone()).await {
+                Ok(reply) => {
+                    self.monitors.answered();
+                    return Ok(reply.into_inner());
+                }
                 Err(status) if is_refusal(&status) => {
                     return Err(KeeperError::Refused(status.message().to_string()));
                 }
                 Err(status) => {
+                    let reason = status.message().to_string();
+                    let failed = self.monitors.failed(&in_use, &reason);
                     if Instant::now() >= deadline {
-                        return Err(KeeperError::MonitorUnreachable {
-                            url,
-                            reason: format!(
-                                "{} (gave up registering after {})",
-                                status.message(),
-                                humantime::format_duration(register_timeout)
-                            ),
-                        });
+                        let reason = format!(
+                            "{reason} (gave up registering after {})",
+                            humantime::format_duration(register_timeout)
+                        );
+                        return Err(self.monitors.unreachable(&in_use, reason, &failed));
                     }
-                    tracing::warn!(monitor = %url, error = %status.message(), "monitor unreachable, retrying registration");
-                    tokio::time::sleep(retry_after).await;
+                    tracing::warn!(monitor = %in_use.url, error = %reason, "monitor unreachable, retrying registration");
+                    if failed.all {
+                        tokio::time::sleep(retry_after).await;
+                    }
                 }
             }
         }
     }
 
-    /// One heartbeat.
+    /// One heartbeat of the loop.
     pub async fn node_active(
         &mut self,
         request: pb::NodeActiveRequest,
     ) -> Result<pb::NodeActiveReply, KeeperError> {
-        let url = self.config.monitor.clone();
-        match self.client()?.node_active(request).await {
-            Ok(reply) => Ok(reply.into_inner()),
-            // The monitor does not accept this keeper's credentials: keep
-            // trying (an operator may be rotating them) and let the fence
-            // task stop a primary meanwhile, as for an unreachable monitor.
-            Err(status) if is_auth_refusal(&status) => Err(KeeperError::MonitorUnreachable {
-                url,
-                reason: format!("the monitor refused this keeper: {}", status.message()),
-            }),
-            Err(status) if is_refusal(&status) => {
+        let mut in_use = self.monitors.current()?;
+        match in_use.client.node_active(request).await {
+            Ok(reply) => {
+                self.monitors.answered();
+                Ok(reply.into_inner())
+            }
+            // A monitor that does not accept this keeper's credentials
+            // is treated as an unreachable one: keep trying, on the next
+            // monitor (an operator may be rotating them, one monitor after
+            // the other), and let the fence task stop a primary meanwhile.
+            Err(status) if !moves_on(&status) => {
                 Err(KeeperError::Refused(status.message().to_string()))
             }
-            Err(status) => Err(KeeperError::MonitorUnreachable {
-                url,
-                reason: status.message().to_string(),
-            }),
+            Err(status) => {
+                let reason = if is_auth_refusal(&status) {
+                    format!("the monitor refused this keeper: {}", status.message())
+                } else {
+                    status.message().to_string()
+                };
+                let failed = self.monitors.failed(&in_use, &reason);
+                Err(self.monitors.unreachable(&in_use, reason, &failed))
+            }
         }
     }
 
-    /// A handle on the same connection, for the keepalives.
-    pub fn handle(&mut self) -> Result<security::Client, KeeperError> {
-        Ok(self.client()?.clone())
+    /// The monitors, shared with the keepalives: they talk to the monitor
+    /// in use and move it on as the loop does.
+    pub fn monitors(&self) -> Monitors {
+        self.monitors.clone()
     }
 }
 
@@ -232,7 +221,8 @@ fn boot_id() -> &'static str {
 /// changes goal in the middle of a plan. The monitor sends the current
 /// goal in every answer, so nothing is lost by not reading it here.
 pub struct Keepalive<P> {
-    pub client: security::Client,
+    /// The monitor in use, shared with the loop's client.
+    pub monitors: Monitors,
     pub pg: Arc<P>,
     pub lease: SharedLease,
     pub status: SharedStatus,
@@ -250,7 +240,7 @@ pub struct Keepalive<P> {
 impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
     /// Send a keepalive every interval; never returns (dropped when the
     /// plan is done, which abandons a keepalive in flight unanswered).
-    pub async fn run(mut self) -> std::convert::Infallible {
+    pub async fn run(self) -> std::convert::Infallible {
         loop {
             tokio::time::sleep(self.interval).await;
             let o = self.pg.observe().await;
@@ -264,16 +254,27 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
                 &o,
                 &self.start_failures,
             );
+            let mut in_use = match self.monitors.current() {
+                Ok(in_use) => in_use,
+                Err(e) => {
+                    tracing::debug!(error = %e, "keepalive not sent");
+                    continue;
+                }
+            };
             let sent = Instant::now();
-            match self.client.node_active(request).await {
+            match in_use.client.node_active(request).await {
                 Ok(reply) => {
+                    self.monitors.answered();
                     let reply = reply.into_inner();
                     let goal = S::from_wire(reply.goal_state).unwrap_or(self.acting_toward);
                     let replication = reply.replication.unwrap_or_default();
                     fence::renew(&self.lease, &self.status, sent, goal, &replication).await;
                 }
                 Err(status) => {
-                    tracing::debug!(error = %status.message(), "keepalive not answered");
+                    tracing::debug!(monitor = %in_use.url, error = %status.message(), "keepalive not answered");
+                    if moves_on(&status) {
+                        self.monitors.failed(&in_use, status.message());
+                    }
                 }
             }
         }
@@ -287,6 +288,13 @@ pub fn is_auth_refusal(status: &tonic::Status) -> bool {
         status.code(),
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
     )
+}
+
+/// A heartbeat that failed this way is retried, and on the next monitor
+/// of the list: anything but a refusal of the node (a monitor that does not
+/// accept this keeper's credentials included, as the loop keeps trying it).
+pub fn moves_on(status: &tonic::Status) -> bool {
+    is_auth_refusal(status) || !is_refusal(status)
 }
 
 /// The monitor refuses this node: the keeper ends. Anything else is
@@ -305,6 +313,85 @@ pub fn is_refusal(status: &tonic::Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::{lock, KeeperStatus};
+
+    #[test]
+    fn heartbeats_move_on_after_every_error_but_a_refusal_of_the_node() {
+        use tonic::Code;
+        for (code, refusal, moves) in [
+            (Code::Unavailable, false, true),
+            (Code::DeadlineExceeded, false, true),
+            (Code::Cancelled, false, true),
+            (Code::Unknown, false, true),
+            (Code::Internal, false, true),
+            (Code::ResourceExhausted, false, true),
+            (Code::Unauthenticated, true, true),
+            (Code::PermissionDenied, true, true),
+            (Code::InvalidArgument, true, false),
+            (Code::NotFound, true, false),
+            (Code::FailedPrecondition, true, false),
+        ] {
+            let status = tonic::Status::new(code, "x");
+            assert_eq!(is_refusal(&status), refusal, "{code:?}");
+            assert_eq!(moves_on(&status), moves, "{code:?}");
+        }
+    }
+
+    /// Two monitor URLs on which nothing listens (refused at once).
+    fn two_closed_monitors(extra: &str) -> (KeeperConfig, String, String) {
+        let closed = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (m1, m2) = (closed(), closed());
+        let text = format!(
+            "name = \"n\"\nhost = \"127.0.0.1\"\nport = 6001\npgdata = \"/tmp/x/data\"\nmonitor = [\"{m1}\", \"{m2}\"]\n{extra}"
+        );
+        (KeeperConfig::parse(&text).unwrap(), m1, m2)
+    }
+
+    fn shared_status() -> SharedStatus {
+        let status = KeeperStatus::new("n", "default", S::Secondary, S::Secondary);
+        Arc::new(std::sync::Mutex::new(status))
+    }
+
+    #[tokio::test]
+    async fn a_failed_heartbeat_sends_the_next_call_to_the_next_monitor() {
+        let (config, m1, m2) = two_closed_monitors("");
+        let status = shared_status();
+        let mut client = MonitorClient::new(config, status.clone()).unwrap();
+        client.connect().unwrap();
+        assert_eq!(lock(&status).monitor.as_deref(), Some(m1.as_str()));
+        assert_eq!(lock(&status).monitors, [m1.clone(), m2.clone()]);
+        let request = pb::NodeActiveRequest::default;
+        let err = client.node_active(request()).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("cannot reach the monitor at {m1}: ")),
+            "{err}"
+        );
+        assert_eq!(lock(&status).monitor.as_deref(), Some(m2.as_str()));
+        // The keepalives share the monitor in use.
+        assert_eq!(client.monitors().current().unwrap().url, m2);
+        let err = client.node_active(request()).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("cannot reach any of the monitors {m1}, {m2}: ")),
+            "{err}"
+        );
+        assert_eq!(lock(&status).monitor.as_deref(), Some(m1.as_str()));
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[tokio::test]
+    async fn registration_tries_every_monitor_and_names_them_when_it_gives_up() {
+        let (config, m1, m2) = two_closed_monitors("register_timeout = \"100ms\"\n");
+        let mut client = MonitorClient::new(config, shared_status()).unwrap();
+        let err = client.register(1).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("cannot reach any of the monitors {m1}, {m2}: ")),
+            "{err}"
+        );
+        assert!(err.ends_with("(gave up registering after 100ms)"), "{err}");
+    }
 
     #[test]
     fn heartbeats_report_failed_starts_until_postgres_runs() {

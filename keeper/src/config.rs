@@ -47,9 +47,16 @@ pub struct KeeperConfig {
     pub advertise_port: Option<u16>,
     /// PostgreSQL data directory.
     pub pgdata: PathBuf,
-    /// Monitor gRPC URL: https://HOST:7430 (TLS), or http:// for a monitor
-    /// that runs with plaintext = true.
-    pub monitor: String,
+    /// The `monitor` key: the monitor's gRPC URL, https://HOST:7430 (TLS)
+    /// or http:// for a monitor that runs with plaintext = true; or a list
+    /// of such URLs, the monitors sharing one database, all of one scheme.
+    /// The keeper talks to the first and moves to the next after an error
+    /// (see [`crate::monitors`]).
+    #[serde(
+        rename = "monitor",
+        deserialize_with = "crate::monitors::deserialize_urls"
+    )]
+    pub monitors: Vec<String>,
     /// CA certificate that signed the monitor's certificate (https:// only).
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
@@ -265,15 +272,8 @@ impl KeeperConfig {
         if !self.pgdata.is_absolute() {
             return bad(format!("pgdata {:?} must be an absolute path", self.pgdata));
         }
-        if !(self.monitor.starts_with("http://") || self.monitor.starts_with("https://")) {
-            return bad(format!(
-                "monitor {:?} must be a URL like https://127.0.0.1:7430",
-                self.monitor
-            ));
-        }
-        self.client_security()
-            .check(&self.monitor, &security::CONFIG_NAMES)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::monitors::check_urls(&self.monitors, &self.client_security())
+            .map_err(ConfigError::Invalid)?;
         for (key, value) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("fence_timeout", self.fence_timeout),
@@ -475,10 +475,105 @@ mod tests {
         assert!(err.contains("monitor"), "{err}");
     }
 
+    /// MINIMAL with `monitor = <value>` instead of its one URL.
+    fn with_monitor(value: &str) -> String {
+        MINIMAL.replace(
+            "monitor = \"http://127.0.0.1:7430\"",
+            &format!("monitor = {value}"),
+        )
+    }
+
+    #[test]
+    fn monitor_is_one_url_or_a_list() {
+        let c = KeeperConfig::parse(MINIMAL).unwrap();
+        assert_eq!(c.monitors, ["http://127.0.0.1:7430"]);
+        let c = KeeperConfig::parse(&with_monitor(
+            r#"["http://m1:7430", "http://m2:7430", "http://m3:7430"]"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            c.monitors,
+            ["http://m1:7430", "http://m2:7430", "http://m3:7430"]
+        );
+        let https = format!(
+            "{}\ntls_ca_file = \"/ca.crt\"\n",
+            with_monitor(r#"["https://m1:7430", "https://m2:7430"]"#)
+        );
+        assert_eq!(KeeperConfig::parse(&https).unwrap().monitors.len(), 2);
+        let err = KeeperConfig::parse(&MINIMAL.replace("monitor = \"http://127.0.0.1:7430\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `monitor`"), "{err}");
+    }
+
+    #[test]
+    fn bad_monitor_lists_get_one_sentence() {
+        for (value, words) in [
+            ("[]", &["empty list", "monitor = ["][..]),
+            (
+                r#"["http://m1:7430", "http://m2:7430", "http://m1:7430"]"#,
+                &["\"http://m1:7430\" is listed twice", "once"],
+            ),
+            (
+                r#"["http://m1:7430", "http://M1:7430/"]"#,
+                &["listed twice"],
+            ),
+            (
+                r#"["http://m1:7430", "https://m2:7430"]"#,
+                &["mixes http:// and https://", "\"https://m2:7430\""],
+            ),
+            (
+                r#"["http://m1:7430", "m2:7430"]"#,
+                &["monitor \"m2:7430\"", "must be a URL"],
+            ),
+            ("7430", &["monitor is an integer", "monitor = [\""]),
+            ("[7430]", &["monitor lists an integer", "URL string"]),
+            (
+                r#"["http://m1:7430", ["http://m2:7430"]]"#,
+                &["monitor lists a list"],
+            ),
+            ("{ url = \"http://m1:7430\" }", &["monitor is a table"]),
+            ("true", &["monitor is a boolean"]),
+        ] {
+            let err = KeeperConfig::parse(&with_monitor(value))
+                .unwrap_err()
+                .to_string();
+            for word in words {
+                assert!(err.contains(word), "{value}: {err}");
+            }
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\nmonitors = [\"http://m2:7430\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("monitors"), "unknown keys stay refused: {err}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_for_every_monitor() {
+        let list = with_monitor(r#"["https://m1:7430", "https://m2:7430"]"#);
+        let err = KeeperConfig::parse(&list).unwrap_err().to_string();
+        assert!(err.contains("tls_ca_file"), "{err}");
+        let err = KeeperConfig::parse(&format!(
+            "{list}\ntls_ca_file = \"/ca\"\ntls_cert_file = \"/c\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls_key_file"), "{err}");
+        let plain = with_monitor(r#"["http://m1:7430", "http://m2:7430"]"#);
+        let err = KeeperConfig::parse(&format!("{plain}\ntoken_file = \"/t\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("token_file") && err.contains("https://"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn shipped_example_parses() {
         let c = KeeperConfig::parse(include_str!("../../compose/keeper.toml")).unwrap();
-        assert!(c.monitor.starts_with("https://") && c.tls_ca_file.is_some());
+        assert!(c.monitors[0].starts_with("https://") && c.tls_ca_file.is_some());
     }
 
     #[test]
@@ -512,7 +607,7 @@ mod tests {
             assert_eq!((c.name.as_str(), c.host.as_str()), (name, name));
             assert_eq!(c.trust_networks, ["samenet"]);
             assert!(c.http_listen.is_some());
-            assert_eq!(c.monitor, "https://monitor:7430");
+            assert_eq!(c.monitors, ["https://monitor:7430"]);
             assert!(c.tls_cert_file.is_some() && c.tls_key_file.is_some());
             assert!(c.postgres_tls().is_some());
         }

@@ -7,8 +7,18 @@ use crate::state_file;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeeperError {
-    #[error("cannot reach the monitor at {url}: {reason}")]
-    MonitorUnreachable { url: String, reason: String },
+    /// No answer from the monitor at `url`. `tried`: once every monitor
+    /// of a list of several failed since one last answered, all of them in
+    /// the configuration's order (the sentence then names each); else empty.
+    #[error(
+        "cannot reach {}: {reason}",
+        crate::monitors::describe_unreachable(url, tried)
+    )]
+    MonitorUnreachable {
+        url: String,
+        reason: String,
+        tried: Vec<String>,
+    },
     #[error("the monitor refused this node: {0}")]
     Refused(String),
     #[error(transparent)]

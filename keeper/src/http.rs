@@ -10,6 +10,10 @@
 //!   primary (and at most `lag` bytes behind it), else 503; a bad `lag` is
 //!   400 with one sentence.
 //!
+//! Each answers with a JSON body: state, goal, pg_running, in_recovery,
+//! streaming, fenced, lag_bytes, and `monitor`, the URL of the monitor the
+//! keeper talks to (one of its `monitor` list).
+//!
 //! PostgreSQL is observed live on every request (its own connection, so a
 //! long action of the keeper's loop never delays a check); what the keeper
 //! knows (state, goal, fenced, the primary's LSN) comes from the shared
@@ -144,20 +148,20 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
         .map_err(|e| format!("cannot listen on http_listen {addr}: {e}"))
 }
 
-async fn observe<P: LocalPostgres + Send + Sync + 'static>(state: &AppState<P>) -> Facts {
+/// The facts an endpoint decides on, and the monitor in use.
+async fn observe<P: LocalPostgres + Send + Sync + 'static>(
+    state: &AppState<P>,
+) -> (Facts, Option<String>) {
     let o = tokio::time::timeout(OBSERVE_TIMEOUT, state.pg.observe())
         .await
         .unwrap_or_default();
-    facts(&lock(&state.status), &o)
+    let status = lock(&state.status);
+    (facts(&status, &o), status.monitor.clone())
 }
 
-fn answer(ok: bool, f: &Facts) -> Response {
-    let code = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::json!({
+/// The JSON every endpoint answers with.
+fn body(f: &Facts, monitor: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
         "state": f.state.as_str(),
         "goal": f.goal.as_str(),
         "pg_running": f.pg_running,
@@ -165,7 +169,17 @@ fn answer(ok: bool, f: &Facts) -> Response {
         "streaming": f.streaming,
         "fenced": f.fenced,
         "lag_bytes": f.lag_bytes,
-    });
+        "monitor": monitor,
+    })
+}
+
+fn answer(ok: bool, f: &Facts, monitor: Option<&str>) -> Response {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = body(f, monitor);
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
@@ -177,15 +191,15 @@ fn answer(ok: bool, f: &Facts) -> Response {
 async fn health_handler<P: LocalPostgres + Send + Sync + 'static>(
     State(state): State<AppState<P>>,
 ) -> Response {
-    let f = observe(&state).await;
-    answer(is_healthy(&f), &f)
+    let (f, monitor) = observe(&state).await;
+    answer(is_healthy(&f), &f, monitor.as_deref())
 }
 
 async fn primary_handler<P: LocalPostgres + Send + Sync + 'static>(
     State(state): State<AppState<P>>,
 ) -> Response {
-    let f = observe(&state).await;
-    answer(is_primary(&f), &f)
+    let (f, monitor) = observe(&state).await;
+    answer(is_primary(&f), &f, monitor.as_deref())
 }
 
 async fn replica_handler<P: LocalPostgres + Send + Sync + 'static>(
@@ -209,8 +223,8 @@ async fn replica_handler<P: LocalPostgres + Send + Sync + 'static>(
                 .into_response()
         }
     };
-    let f = observe(&state).await;
-    answer(is_replica(&f, max_lag), &f)
+    let (f, monitor) = observe(&state).await;
+    answer(is_replica(&f, max_lag), &f, monitor.as_deref())
 }
 
 async fn metrics_handler<P: LocalPostgres + Send + Sync + 'static>(
@@ -306,6 +320,15 @@ mod tests {
             );
             assert!(!is_replica(&f, Some(99)), "{f:?}");
         }
+    }
+
+    #[test]
+    fn the_answer_names_the_monitor_in_use() {
+        let f = all_facts().remove(0);
+        let b = body(&f, Some("https://m2:7430"));
+        assert_eq!(b["monitor"], "https://m2:7430");
+        assert_eq!(b["state"], f.state.as_str());
+        assert!(body(&f, None)["monitor"].is_null());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod fence;
 pub mod guard;
 pub mod http;
 pub mod metrics;
+pub mod monitors;
 pub mod notes;
 pub mod pg;
 pub mod plan;

@@ -28,6 +28,8 @@ pub const FENCED: &str = "pgpilot_keeper_fenced";
 pub const FENCE_EVENTS: &str = "pgpilot_keeper_fence_events_total";
 pub const TRANSITIONS: &str = "pgpilot_keeper_transitions_total";
 pub const TRANSITION_SECONDS: &str = "pgpilot_keeper_transition_duration_seconds";
+pub const MONITOR_IN_USE: &str = "pgpilot_keeper_monitor_in_use";
+pub const MONITOR_SWITCHES: &str = "pgpilot_keeper_monitor_switches_total";
 
 /// Buckets of the transition histogram: from a configuration reload to a
 /// clone of a large database.
@@ -78,6 +80,14 @@ fn describe() {
         TRANSITIONS,
         "Transitions carried out, by from and to state."
     );
+    describe_gauge!(
+        MONITOR_IN_USE,
+        "1 for the monitor this keeper talks to (label url), 0 for every other configured monitor."
+    );
+    describe_counter!(
+        MONITOR_SWITCHES,
+        "Times this keeper moved to the next monitor of its list after an error of the one in use."
+    );
     describe_histogram!(
         TRANSITION_SECONDS,
         Unit::Seconds,
@@ -95,6 +105,11 @@ pub fn transition_done(from: S, to: S, took: Duration) {
 /// The fence stopped PostgreSQL.
 pub fn fenced() {
     counter!(FENCE_EVENTS).increment(1);
+}
+
+/// The keeper moved to the next monitor of its list.
+pub fn monitor_switched() {
+    counter!(MONITOR_SWITCHES).increment(1);
 }
 
 fn flag(b: bool) -> f64 {
@@ -137,9 +152,14 @@ pub fn render(
             .as_secs_f64(),
     );
     gauge!(FENCED).set(flag(status.fenced));
+    for url in &status.monitors {
+        gauge!(MONITOR_IN_USE, "url" => url.clone())
+            .set(flag(status.monitor.as_ref() == Some(url)));
+    }
     // Counters appear before their first increment, so dashboards and
     // alerts see 0 rather than nothing.
     counter!(FENCE_EVENTS).increment(0);
+    counter!(MONITOR_SWITCHES).increment(0);
     handle.run_upkeep();
     handle.render()
 }
@@ -155,6 +175,8 @@ mod tests {
         let mut status = KeeperStatus::new("node1", "default", S::Secondary, S::ReportLsn);
         status.primary_lsn = Some(2000);
         status.node_id = Some(7);
+        status.monitors = vec!["https://m1:7430".into(), "https://m2:7430".into()];
+        status.monitor = Some("https://m2:7430".into());
         let o = Observation {
             running: true,
             in_recovery: true,
@@ -176,6 +198,8 @@ mod tests {
             "pgpilot_keeper_goal_state{state=\"report_lsn\"} 1",
             "pgpilot_keeper_fence_events_total 0",
             "pgpilot_keeper_info{node=\"node1\",formation=\"default\",node_id=\"7\"} 1",
+            "pgpilot_keeper_monitor_in_use{url=\"https://m1:7430\"} 0",
+            "pgpilot_keeper_monitor_in_use{url=\"https://m2:7430\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -196,6 +220,12 @@ mod tests {
                 assert!(family.starts_with("pgpilot_keeper_"), "{name}");
             }
         }
+        // Other tests of this process may have counted switches.
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("pgpilot_keeper_monitor_switches_total ")),
+            "{text}"
+        );
         assert!(text.contains("pgpilot_keeper_transition_duration_seconds_bucket{from=\"catchingup\",to=\"secondary\",le=\"0.5\"} 1"), "{text}");
     }
 }

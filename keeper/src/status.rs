@@ -1,7 +1,8 @@
 //! What the keeper knows of itself, shared between its loop, the fence
 //! task, the HTTP server and the metrics: state, goal, fenced, the
-//! primary's LSN, heartbeat and transition clocks; and the [`Facts`] a
-//! check decides on (that status with a live observation of PostgreSQL).
+//! primary's LSN, heartbeat and transition clocks, the monitor in use; and
+//! the [`Facts`] a check decides on (that status with a live observation
+//! of PostgreSQL).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -31,6 +32,10 @@ pub struct KeeperStatus {
     pub transition_started: Option<Instant>,
     /// When the keeper started (the heartbeat age before any answer).
     pub started: Instant,
+    /// The URL of the monitor in use (see [`crate::monitors`]).
+    pub monitor: Option<String>,
+    /// Every configured monitor, in the configuration's order.
+    pub monitors: Vec<String>,
 }
 
 pub type SharedStatus = Arc<Mutex<KeeperStatus>>;
@@ -49,6 +54,8 @@ impl KeeperStatus {
             last_heartbeat_ok: None,
             transition_started: (state != goal).then_some(now),
             started: now,
+            monitor: None,
+            monitors: Vec::new(),
         }
     }
 

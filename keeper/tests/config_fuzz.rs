@@ -135,6 +135,10 @@ fn value() -> impl Strategy<Value = String> {
         "1979-05-27T07:32:00Z",
         "\"http://127.0.0.1:7430\"",
         "\"https://[::1]:7430\"",
+        "[\"http://m1:7430\", \"http://m2:7430\"]",
+        "[\"http://m1:7430\", \"https://m2:7430\"]",
+        "[\"https://m1:7430\", \"https://M1:7430/\"]",
+        "[\"https://m1:7430\", 7430]",
         "\"ftp://x\"",
         "\"http://\"",
         "\"127.0.0.1:8008\"",
@@ -163,7 +167,16 @@ fn check(text: &str) -> Result<(), TestCaseError> {
             prop_assert!(c.port != 0 && c.advertised_port() != 0);
             prop_assert!(c.candidate_priority <= 100);
             prop_assert!(c.pgdata.is_absolute());
-            prop_assert!(c.monitor.starts_with("http://") || c.monitor.starts_with("https://"));
+            prop_assert!(!c.monitors.is_empty());
+            prop_assert!(c
+                .monitors
+                .iter()
+                .all(|m| m.starts_with("http://") || m.starts_with("https://")));
+            let tls = |m: &String| m.starts_with("https://");
+            prop_assert!(c.monitors.iter().all(|m| tls(m) == tls(&c.monitors[0])));
+            let distinct: std::collections::HashSet<String> =
+                c.monitors.iter().map(|m| m.to_ascii_lowercase()).collect();
+            prop_assert_eq!(distinct.len(), c.monitors.len());
             prop_assert!(c.heartbeat_interval >= Duration::from_millis(50));
             prop_assert!(c
                 .heartbeat_interval

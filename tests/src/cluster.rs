@@ -32,6 +32,7 @@ use crate::security::TlsFiles;
 use crate::tools::Tools;
 
 mod faults;
+mod monitor_db;
 mod monitors;
 mod options;
 mod query;
@@ -88,6 +89,8 @@ pub struct Cluster {
     /// tests.
     monitors: Vec<MonitorProc>,
     monitor_db_password: Option<String>,
+    /// The monitor database's synchronous standby, if any.
+    monitor_db_standby: Option<monitor_db::MonitorDbStandby>,
     nodes: Vec<Node>,
     /// Keepers started with failpoints, restarted when one fires.
     supervision: Mutex<supervise::Supervision>,
@@ -187,6 +190,7 @@ impl Cluster {
     pub fn log_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.monitors.iter().map(|m| m.log.clone()).collect();
         files.push(with_suffix(&self.monitor_db_pgdata, ".log"));
+        files.extend(self.monitor_db_standby_log());
         for node in &self.nodes {
             files.push(node.keeper_log.clone());
             files.push(node.pg_log());

@@ -21,7 +21,8 @@ pub fn describe(output: &Output) -> String {
 /// `pgpilot-monitor <args> --monitor <this cluster's monitor>`, any exit status.
 pub async fn cli(cluster: &Cluster, args: &[&str]) -> Result<Output> {
     let mut all = args.to_vec();
-    all.extend(["--monitor", cluster.monitor_url()]);
+    let monitors = cluster.monitor_urls().join(",");
+    all.extend(["--monitor", monitors.as_str()]);
     cluster.run_cli(&all).await
 }
 
@@ -115,6 +116,44 @@ pub async fn goal_changes_after(cluster: &Cluster, baseline: i64) -> Result<Vec<
         .collect())
 }
 
+/// Goals under which a node takes writes.
+const WRITABLE_GOALS: [&str; 5] = [
+    "single",
+    "wait_primary",
+    "primary",
+    "join_primary",
+    "apply_settings",
+];
+
+/// Replay `events` (oldest first) per group: every moment at which two
+/// nodes of one group held a goal under which they take writes, as a
+/// sentence each (empty: the goals never conflicted).
+pub fn conflicting_goals(events: &[Value]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut goals: BTreeMap<(u64, String), String> = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for e in events {
+        let group = e["group_id"].as_u64().unwrap_or(0);
+        let node = e["node_name"].as_str().unwrap_or("?").to_string();
+        let goal = e["goal_to"].as_str().unwrap_or("?").to_string();
+        goals.insert((group, node), goal);
+        let writable: Vec<&str> = goals
+            .iter()
+            .filter(|((g, _), goal)| *g == group && WRITABLE_GOALS.contains(&goal.as_str()))
+            .map(|((_, n), _)| n.as_str())
+            .collect();
+        if writable.len() > 1 {
+            conflicts.push(format!(
+                "after event {} ({}): {} all hold a writable goal",
+                e["event_id"],
+                event_line(e),
+                writable.join(", ")
+            ));
+        }
+    }
+    conflicts
+}
+
 /// One event on one line: time, node, reported state, goal change, reason.
 pub fn event_line(e: &Value) -> String {
     format!(
@@ -160,4 +199,31 @@ pub async fn expect_explained_goal_changes(
             .await);
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: i64, node: &str, goal: &str) -> Value {
+        serde_json::json!({
+            "event_id": id, "group_id": 0, "node_name": node,
+            "goal_from": "secondary", "goal_to": goal, "reported_state": "secondary",
+        })
+    }
+
+    #[test]
+    fn two_writable_goals_at_once_are_found() {
+        let handover = [
+            ev(1, "node1", "single"),
+            ev(2, "node1", "primary"),
+            ev(3, "node1", "draining"),
+            ev(4, "node2", "wait_primary"),
+        ];
+        assert!(conflicting_goals(&handover).is_empty());
+        let split = [ev(1, "node1", "primary"), ev(2, "node2", "wait_primary")];
+        let found = conflicting_goals(&split);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("node1, node2"), "{found:?}");
+    }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pgpilot_proto::ReplicationState as S;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 
 use crate::core::group::{Evaluation, Note};
@@ -41,6 +41,7 @@ mod lease;
 mod notes;
 mod reads;
 mod rows;
+mod target;
 
 pub use error::{Error, Result};
 pub use heartbeat::{Assignment, Heartbeat, KeeperNote};
@@ -168,20 +169,16 @@ fn take_back(nodes: &mut [StoredNode], snaps: Vec<NodeSnapshot>) {
 impl Store {
     /// Connect and apply `migrations/`.
     pub async fn connect(url: &str, settings: MachineSettings) -> Result<Store> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await?;
+        let targets = std::sync::Arc::new(target::Targets::parse(url)?);
+        let pool = target::pool(&targets, 16).await?;
         MIGRATOR.run(&pool).await?;
         // The batch writers have connections of their own: a storm of
         // locked transactions (registrations, elections) must not starve
         // the steady heartbeats that keep every other group alive.
-        let batch_pool = PgPoolOptions::new()
-            .max_connections(batch::WORKERS as u32)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await?;
+        let batch_pool = target::pool(&targets, batch::WORKERS as u32).await?;
+        if targets.many() {
+            tokio::spawn(target::follow(targets, vec![pool.clone(), batch_pool.clone()]));
+        }
         let beats = batch::Batcher::start(batch_pool, settings);
         Ok(Store {
             pool,

@@ -91,16 +91,7 @@ impl Cluster {
     /// Write every monitor's config, start them all and wait until each
     /// answers.
     pub(super) async fn start_monitors(&mut self, opts: &ClusterOptions) -> Result<()> {
-        let database_url = match &self.monitor_db_password {
-            Some(password) => format!(
-                "postgres://pgpilot:{password}@127.0.0.1:{}/pgpilot",
-                self.monitor_db_port
-            ),
-            None => format!(
-                "postgres://postgres@127.0.0.1:{}/pgpilot",
-                self.monitor_db_port
-            ),
-        };
+        let database_url = self.monitors_database_url();
         for m in &self.monitors {
             let config = MonitorToml {
                 database_url: database_url.clone(),
@@ -186,6 +177,19 @@ impl Cluster {
             .or_else(|| self.monitors.first())
             .and_then(|m| m.channel.clone())
             .ok_or_else(|| anyhow!("the monitor is not started"))?;
+        Ok(pgpilot_proto::security::client(
+            channel,
+            self.credentials()?,
+        ))
+    }
+
+    /// A client of monitor `i` alone, as the operator.
+    pub fn client_of(&self, i: usize) -> Result<pgpilot_proto::security::Client> {
+        let channel = self
+            .monitor_proc(i)?
+            .channel
+            .clone()
+            .ok_or_else(|| anyhow!("monitor {i} is not started"))?;
         Ok(pgpilot_proto::security::client(
             channel,
             self.credentials()?,

@@ -36,6 +36,10 @@ pub struct ClusterOptions {
     /// The monitor connects to its database as role `pgpilot` with this
     /// password (scram-sha-256) instead of as `postgres` without one.
     pub monitor_db_password: Option<String>,
+    /// Give the monitor database a synchronous standby and the monitors a
+    /// multi-host `database_url` naming both; see
+    /// [`Cluster::fail_over_monitor_db`].
+    pub monitor_db_standby: bool,
     /// Route each keeper's link to the monitor through its own fault
     /// [`Proxy`] (the keeper's `monitor` URL names the proxy); see
     /// [`Cluster::monitor_link`].
@@ -78,6 +82,7 @@ impl Default for ClusterOptions {
             monitor_db_settings: Vec::new(),
             http: false,
             monitor_db_password: None,
+            monitor_db_standby: false,
             monitor_link_proxies: false,
             ingress_proxies: false,
             replication_quorums: Vec::new(),
@@ -94,6 +99,12 @@ impl ClusterOptions {
             nodes,
             ..Default::default()
         }
+    }
+
+    /// See [`ClusterOptions::monitor_db_standby`].
+    pub fn monitor_db_standby(mut self) -> Self {
+        self.monitor_db_standby = true;
+        self
     }
 
     /// See [`ClusterOptions::monitors`].

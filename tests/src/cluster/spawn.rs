@@ -57,6 +57,7 @@ impl Cluster {
                 .map(|i| MonitorProc::new(&root, i, opts.http))
                 .collect::<Result<_>>()?,
             monitor_db_password: None,
+            monitor_db_standby: None,
             nodes: Vec::new(),
             supervision: Mutex::default(),
             tls: None,
@@ -89,6 +90,9 @@ impl Cluster {
         }
         self.init_monitor_db(opts.monitor_db_password.as_deref())
             .await?;
+        if opts.monitor_db_standby {
+            self.add_monitor_db_standby().await?;
+        }
         self.set_up_security(opts).await?;
         self.start_monitors(opts).await?;
         for i in 1..=opts.nodes {
@@ -207,10 +211,22 @@ impl Cluster {
     /// has started).
     pub(super) async fn pg_ctl_start_monitor_db(&self, port: u16) -> Result<()> {
         let dir = self.root.join("monitor-db");
-        let pgdata = &self.monitor_db_pgdata;
+        self.pg_ctl_start_postgres(&self.monitor_db_pgdata, &dir, port, "the monitor database")
+            .await
+    }
+
+    /// `pg_ctl start` of a monitor database server in `pgdata` on `port`,
+    /// its socket in `dir` (waits until it has started).
+    pub(super) async fn pg_ctl_start_postgres(
+        &self,
+        pgdata: &std::path::Path,
+        dir: &std::path::Path,
+        port: u16,
+        what: &str,
+    ) -> Result<()> {
         let mut pg_ctl = self
             .tools
-            .command_as_pg_user(self.tools.pg_program("pg_ctl"), &dir);
+            .command_as_pg_user(self.tools.pg_program("pg_ctl"), dir);
         pg_ctl
             .arg("-D")
             .arg(pgdata)
@@ -228,7 +244,7 @@ impl Cluster {
             ))
             .arg("start")
             .stdin(Stdio::null());
-        run_checked(pg_ctl, "pg_ctl start of the monitor database").await?;
+        run_checked(pg_ctl, &format!("pg_ctl start of {what}")).await?;
         Ok(())
     }
 

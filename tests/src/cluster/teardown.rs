@@ -59,6 +59,7 @@ impl Cluster {
     fn all_pgdata(&self) -> Vec<PathBuf> {
         let mut all: Vec<PathBuf> = self.nodes.iter().map(|n| n.pgdata.clone()).collect();
         all.push(self.monitor_db_pgdata.clone());
+        all.extend(self.monitor_db_standby_pgdata());
         all
     }
 }

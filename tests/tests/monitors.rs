@@ -1,0 +1,422 @@
+//! Several monitors over one monitor database (DESIGN §8): one holds the
+//! lease on the background duties, every one serves keepers and
+//! operators, and none of this changes a decision.
+//!
+//! - The monitor holding the lease is SIGKILLed under a writing client: the
+//!   other takes the lease within the bound, no goal changes, and its
+//!   health checks run (a standby killed afterwards is seen as bad).
+//! - The monitor the keepers talk to is SIGKILLed together with the
+//!   primary's host: the failover completes through the other monitor,
+//!   nothing acknowledged is lost, and the event log never shows two
+//!   writable goals in the group.
+//! - Both monitors are hammered at once with switchovers and priority
+//!   changes while the keepers heartbeat: the event log never shows two
+//!   writable goals, and nothing acknowledged is lost.
+//!
+//! Needs `cargo build --workspace` first and PostgreSQL's server programs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use pgpilot_proto::pb;
+use pgpilot_tests::isolation::secs;
+use pgpilot_tests::operator::{
+    conflicting_goals, event_line, events, goal_changes_after, last_event_id,
+};
+use pgpilot_tests::{
+    Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, Writer,
+};
+
+const SECONDARY: ReplicationState = ReplicationState::Secondary;
+const PRIMARY: ReplicationState = ReplicationState::Primary;
+
+/// Three nodes cloned and settled on a loaded two-core machine.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(180);
+/// The lease is taken over within lease_timeout (2 s) plus one
+/// health_check_interval (0.5 s); generous for a loaded machine.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the group is watched for a spurious goal change after a
+/// takeover: two node timeouts and a lease timeout.
+const STEADY_WINDOW: Duration = Duration::from_secs(6);
+
+async fn three_nodes_two_monitors() -> Result<Cluster> {
+    let cluster = Cluster::start(ClusterOptions::nodes(3).monitors(2)).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    Ok(cluster)
+}
+
+/// Wait until some monitor holds the lease; its index.
+async fn wait_holder(cluster: &Cluster, what: &str) -> Result<usize> {
+    cluster
+        .wait_for(TAKEOVER_TIMEOUT, what, || async {
+            cluster.lease_holder().await
+        })
+        .await
+}
+
+/// The group's goal changes after `baseline`, as a failure when there are any.
+async fn expect_no_goal_change(cluster: &Cluster, baseline: i64, during: &str) -> Result<()> {
+    let changes = goal_changes_after(cluster, baseline).await?;
+    if !changes.is_empty() {
+        let lines: Vec<String> = changes.iter().map(event_line).collect();
+        return Err(cluster
+            .failure(format!("goals changed {during}:\n{}", lines.join("\n")))
+            .await);
+    }
+    Ok(())
+}
+
+async fn expect_no_conflicting_goal(cluster: &Cluster) -> Result<()> {
+    let all = events(cluster).await?;
+    let conflicts = conflicting_goals(&all);
+    if !conflicts.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "the event log shows conflicting goals:\n{}",
+                conflicts.join("\n")
+            ))
+            .await);
+    }
+    eprintln!(
+        "event log: {} events, no two writable goals at once",
+        all.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lease_holder_dies_and_the_other_monitor_takes_over_without_a_failover() -> Result<()> {
+    let cluster = three_nodes_two_monitors().await?;
+    let primary = cluster.primary_name().await?;
+    let writer = Writer::warm(&cluster).await?;
+    let holder = wait_holder(&cluster, "a monitor to hold the lease").await?;
+    let other = 1 - holder;
+    let baseline = last_event_id(&events(&cluster).await?);
+
+    let killed_at = cluster.kill_monitor_at(holder)?;
+    let c = &cluster;
+    cluster
+        .wait_for(
+            TAKEOVER_TIMEOUT,
+            &format!("monitor {other} to take the lease over from the killed monitor {holder}"),
+            || async move { Ok((c.lease_holder().await? == Some(other)).then_some(())) },
+        )
+        .await?;
+    eprintln!(
+        "LEASE TAKEOVER: {:.2} s after the SIGKILL of the holder",
+        secs(killed_at.elapsed())
+    );
+
+    // No spurious election while the duties change hands.
+    let watch_until = Instant::now() + STEADY_WINDOW;
+    while Instant::now() < watch_until {
+        let state = cluster.state().await?;
+        if !state.node(&primary).is_some_and(|n| n.settled_in(PRIMARY)) {
+            return Err(cluster
+                .failure(format!(
+                    "{primary} stopped being the primary after the lease holder died"
+                ))
+                .await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    expect_no_goal_change(&cluster, baseline, "after the lease holder died").await?;
+
+    // The new holder's health checks run: a standby's host killed now is
+    // seen as bad (only the lease holder checks).
+    let standby = cluster
+        .node_names()
+        .into_iter()
+        .find(|n| *n != primary)
+        .expect("three nodes");
+    cluster.kill_node_hard(&standby)?;
+    cluster
+        .wait_state(
+            TAKEOVER_TIMEOUT,
+            &format!("the health check of monitor {other} to find {standby} bad"),
+            |s| s.node(&standby).is_some_and(|n| n.health == "bad"),
+        )
+        .await?;
+
+    // The killed monitor comes back as a second, idle monitor.
+    cluster.restart_monitor_at(holder).await?;
+    let state = cluster.state().await?;
+    let holders = state.monitors.iter().filter(|m| m.holds_lease).count();
+    if state.monitors.len() < 2 || holders != 1 {
+        return Err(cluster
+            .failure(format!(
+                "after the restart, {} monitors listed and {holders} hold the lease; want 2 and 1",
+                state.monitors.len()
+            ))
+            .await);
+    }
+    cluster.start_keeper(&standby)?;
+    cluster
+        .wait_state(HEALTHY_TIMEOUT, &format!("{standby} to rejoin"), |s| {
+            s.node(&standby).is_some_and(|n| n.settled_in(SECONDARY))
+        })
+        .await?;
+    let report = writer.stop().await;
+    report.expect_all_on(&cluster, &primary).await?;
+    expect_no_conflicting_goal(&cluster).await?;
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_completes_through_the_other_monitor() -> Result<()> {
+    let cluster = three_nodes_two_monitors().await?;
+    let old = cluster.primary_name().await?;
+    let writer = Writer::warm(&cluster).await?;
+
+    // The keepers' first monitor is monitor 0: it dies with the primary.
+    let killed_at = cluster.kill_node_hard(&old)?;
+    cluster.kill_monitor_at(0)?;
+    let c = &cluster;
+    let old_ref = old.as_str();
+    let new = cluster
+        .wait_for(
+            Duration::from_secs(90),
+            &format!("a standby to become the writable primary after {old} and monitor 0 died"),
+            || async move {
+                let state = c.state().await?;
+                Ok(state
+                    .writable_primaries()
+                    .into_iter()
+                    .find(|n| n.name != old_ref)
+                    .map(|n| n.name.clone()))
+            },
+        )
+        .await?;
+    let promoted = killed_at.elapsed();
+    writer
+        .wait_ack_after(
+            &cluster,
+            killed_at,
+            Duration::from_secs(60),
+            "a write acknowledged on the new primary",
+        )
+        .await?;
+    cluster.expect_ids_on(&new, &writer.acked_ids()).await?;
+    eprintln!("FAILOVER THROUGH THE OTHER MONITOR: {new} promoted {:.2} s after the SIGKILL of {old} and of monitor 0", secs(promoted));
+
+    cluster.restart_monitor_at(0).await?;
+    cluster.start_keeper(&old)?;
+    cluster
+        .wait_state(
+            HEALTHY_TIMEOUT,
+            &format!("{old} to rejoin as a secondary of {new}"),
+            |s| {
+                s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
+                    && s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
+            },
+        )
+        .await?;
+    let report = writer.stop().await;
+    report.expect_all_on(&cluster, &new).await?;
+    if let Some(outage) = report.outage_around(killed_at) {
+        eprintln!("WRITE OUTAGE: {:.2} s", secs(outage.gap()));
+    }
+    expect_no_conflicting_goal(&cluster).await?;
+    cluster.shutdown().await
+}
+
+/// Switchovers and priority changes sent to both monitors at once.
+async fn hammer(cluster: &Cluster, monitor: usize, until: Instant) -> Result<(u32, u32)> {
+    let mut client = cluster.client_of(monitor)?;
+    let (mut accepted, mut refused) = (0, 0);
+    let mut round = 0u32;
+    while Instant::now() < until {
+        round += 1;
+        let state = cluster.state().await?;
+        let names: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
+        let target = &names[(round as usize + monitor) % names.len()];
+        let failover = client
+            .perform_failover(pb::PerformFailoverRequest {
+                formation: "default".into(),
+                group_id: 0,
+                target_node: if round.is_multiple_of(2) {
+                    target.clone()
+                } else {
+                    String::new()
+                },
+                allow_data_loss: false,
+            })
+            .await;
+        let priority = client
+            .set_node_settings(pb::SetNodeSettingsRequest {
+                formation: "default".into(),
+                node: target.clone(),
+                candidate_priority: Some(50 + round % 40),
+                replication_quorum: None,
+            })
+            .await;
+        for r in [failover.map(|_| ()), priority.map(|_| ())] {
+            match r {
+                Ok(()) => accepted += 1,
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => refused += 1,
+                Err(s) => bail!("monitor {monitor} answered {:?}: {}", s.code(), s.message()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok((accepted, refused))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_monitors_hammered_never_assign_conflicting_goals() -> Result<()> {
+    let cluster = three_nodes_two_monitors().await?;
+    let writer = Writer::warm(&cluster).await?;
+    let until = Instant::now() + Duration::from_secs(40);
+    let (a, b) = tokio::join!(hammer(&cluster, 0, until), hammer(&cluster, 1, until));
+    let ((a_ok, a_no), (b_ok, b_no)) = (a?, b?);
+    eprintln!("hammer: monitor 0 accepted {a_ok} refused {a_no}; monitor 1 accepted {b_ok} refused {b_no}");
+    let state = cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let primary = state
+        .writable_primaries()
+        .first()
+        .map(|n| n.name.clone())
+        .expect("a healthy group has a primary");
+    let report = writer.stop().await;
+    report.expect_all_on(&cluster, &primary).await?;
+    expect_no_conflicting_goal(&cluster).await?;
+    cluster.shutdown().await
+}
+
+/// The monitor database fails over to its synchronous standby in steady
+/// state: the monitors reconnect through their multi-host URL, a setting
+/// acknowledged before is still there, and no group fails over because
+/// of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_monitor_database_fails_over_in_steady_state() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(3).monitors(2).monitor_db_standby()).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let primary = cluster.primary_name().await?;
+    let writer = Writer::warm(&cluster).await?;
+    let standby = cluster
+        .node_names()
+        .into_iter()
+        .find(|n| *n != primary)
+        .expect("three nodes");
+    // Acknowledged by the monitor just before its database fails over.
+    let mut client = cluster.client_of(0)?;
+    client
+        .set_node_settings(pb::SetNodeSettingsRequest {
+            formation: "default".into(),
+            node: standby.clone(),
+            candidate_priority: Some(77),
+            replication_quorum: None,
+        })
+        .await?;
+    let baseline = last_event_id(&events(&cluster).await?);
+
+    // 1. Steady state.
+    let stopped_at = cluster.fail_over_monitor_db().await?;
+    let c = &cluster;
+    cluster
+        .wait_for(
+            TAKEOVER_TIMEOUT,
+            "both monitors to answer from the promoted monitor database with a lease holder",
+            || async move {
+                for i in 0..2 {
+                    let mut client = c.client_of(i)?;
+                    if client
+                        .get_formation_state(pb::GetFormationStateRequest {
+                            formation: "default".into(),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Ok(None);
+                    }
+                }
+                Ok(c.lease_holder().await?.map(|_| ()))
+            },
+        )
+        .await?;
+    eprintln!(
+        "MONITOR DATABASE FAILOVER: monitors answer again {:.2} s after its primary stopped",
+        secs(stopped_at.elapsed())
+    );
+    let state = cluster.state().await?;
+    let kept = state.node(&standby).map(|n| n.candidate_priority);
+    if kept != Some(77) {
+        return Err(cluster.failure(format!("{standby}'s candidate priority is {kept:?} after the database failover, want 77 (acknowledged before)")).await);
+    }
+    let watch_until = Instant::now() + STEADY_WINDOW;
+    while Instant::now() < watch_until {
+        if !cluster
+            .state()
+            .await?
+            .node(&primary)
+            .is_some_and(|n| n.settled_in(PRIMARY))
+        {
+            return Err(cluster
+                .failure(format!(
+                    "{primary} stopped being the primary after the monitor database failed over"
+                ))
+                .await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    expect_no_goal_change(&cluster, baseline, "after the monitor database failed over").await?;
+    let report = writer.stop().await;
+    report.expect_all_on(&cluster, &primary).await?;
+    expect_no_conflicting_goal(&cluster).await?;
+    cluster.shutdown().await
+}
+
+/// The monitor database fails over right after the primary's host died:
+/// the election finishes on the promoted database, nothing acknowledged
+/// is lost, and the goals never conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_monitor_database_fails_over_during_an_election() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(3).monitors(2).monitor_db_standby()).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let old = cluster.primary_name().await?;
+    let writer = Writer::warm(&cluster).await?;
+    let killed_at = cluster.kill_node_hard(&old)?;
+    cluster.fail_over_monitor_db().await?;
+    let c = &cluster;
+    let old_ref = old.as_str();
+    let new = cluster
+        .wait_for(
+            Duration::from_secs(90),
+            &format!("a standby to become the writable primary after {old} died and the monitor database failed over"),
+            || async move {
+                let state = c.state().await?;
+                Ok(state
+                    .writable_primaries()
+                    .into_iter()
+                    .find(|n| n.name != old_ref)
+                    .map(|n| n.name.clone()))
+            },
+        )
+        .await?;
+    eprintln!(
+        "FAILOVER WITH THE MONITOR DATABASE FAILING OVER: {new} promoted {:.2} s after the SIGKILL of {old}",
+        secs(killed_at.elapsed())
+    );
+    writer
+        .wait_ack_after(
+            &cluster,
+            killed_at,
+            Duration::from_secs(60),
+            "a write acknowledged on the new primary",
+        )
+        .await?;
+    cluster.start_keeper(&old)?;
+    cluster
+        .wait_state(
+            HEALTHY_TIMEOUT,
+            &format!("{old} to rejoin as a secondary of {new}"),
+            |s| {
+                s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
+                    && s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
+            },
+        )
+        .await?;
+    let report = writer.stop().await;
+    report.expect_all_on(&cluster, &new).await?;
+    expect_no_conflicting_goal(&cluster).await?;
+    cluster.shutdown().await
+}

@@ -59,6 +59,12 @@ enum Scenario {
     /// The primary's keeper stopped (SIGTERM) and started again, as in an
     /// upgrade: PostgreSQL and its fence guard keep running.
     KeeperRestart,
+    /// Two monitors: the primary's host and the monitor the keepers talk
+    /// to SIGKILLed together; the failover goes through the other monitor.
+    MonitorKilled,
+    /// Two monitors: the one holding the lease SIGKILLed; the time until
+    /// the other holds it (not a write outage: the writes go on).
+    LeaseTakeover,
 }
 
 impl Scenario {
@@ -70,7 +76,27 @@ impl Scenario {
             Scenario::PartitionSync => "primary partitioned away, synchronous",
             Scenario::PartitionAsync => "primary partitioned away, asynchronous",
             Scenario::KeeperRestart => "primary's keeper restarted (SIGTERM, start)",
+            Scenario::MonitorKilled => "unplanned failover + the keepers' monitor killed",
+            Scenario::LeaseTakeover => "lease takeover after the holder's SIGKILL (*)",
         }
+    }
+
+    /// The cluster this scenario runs on.
+    fn options(self, nodes: usize) -> ClusterOptions {
+        let mut options = ClusterOptions {
+            first_node_alone: false,
+            ..ClusterOptions::nodes(nodes)
+        };
+        if self.is_partition() {
+            options = options.monitor_link_proxies().ingress_proxies();
+        }
+        if self == Scenario::PartitionAsync {
+            options = options.replication_quorums(&vec![false; nodes]);
+        }
+        if matches!(self, Scenario::MonitorKilled | Scenario::LeaseTakeover) {
+            options = options.monitors(2);
+        }
+        options
     }
 
     fn is_partition(self) -> bool {
@@ -102,6 +128,8 @@ async fn main() -> Result<()> {
             Scenario::PartitionSync,
             Scenario::PartitionAsync,
             Scenario::KeeperRestart,
+            Scenario::MonitorKilled,
+            Scenario::LeaseTakeover,
         ]
     } else {
         scenario
@@ -110,17 +138,7 @@ async fn main() -> Result<()> {
     let mut startups = Vec::new();
     for &s in &scenarios {
         let started = Instant::now();
-        let mut options = ClusterOptions {
-            first_node_alone: false,
-            ..ClusterOptions::nodes(nodes)
-        };
-        if s.is_partition() {
-            options = options.monitor_link_proxies().ingress_proxies();
-        }
-        if s == Scenario::PartitionAsync {
-            options = options.replication_quorums(&vec![false; nodes]);
-        }
-        let cluster = Cluster::start(options).await?;
+        let cluster = Cluster::start(s.options(nodes)).await?;
         settled(&cluster).await?;
         startups.push(started.elapsed());
         let mut samples = Vec::new();
@@ -131,6 +149,8 @@ async fn main() -> Result<()> {
                 Scenario::Planned => planned(&cluster).await,
                 Scenario::PartitionSync | Scenario::PartitionAsync => partition(&cluster).await,
                 Scenario::KeeperRestart => keeper_restart(&cluster).await,
+                Scenario::MonitorKilled => monitor_killed(&cluster).await,
+                Scenario::LeaseTakeover => lease_takeover(&cluster).await,
             }
             .with_context(|| format!("{} run {run}", s.label()))?;
             eprintln!(
@@ -202,6 +222,9 @@ async fn main() -> Result<()> {
                 &[format!("{writes:>10}"), format!("{local_only:>11}")],
             );
         }
+    }
+    if rows.iter().any(|(s, _)| *s == Scenario::LeaseTakeover) {
+        println!("(*) not a write outage: from the SIGKILL of the monitor holding the lease to the other holding it; the writes go on");
     }
     print_row(
         &format!("nothing to a healthy {nodes}-node group (s)"),
@@ -335,6 +358,63 @@ async fn unplanned(cluster: &Cluster) -> Result<Sample> {
     cluster.start_keeper(&old)?;
     settled(cluster).await?;
     Ok(sample)
+}
+
+/// Two monitors: the primary's host and monitor 0 (the keepers' first)
+/// SIGKILLed at once; both come back afterwards.
+async fn monitor_killed(cluster: &Cluster) -> Result<Sample> {
+    settled(cluster).await?;
+    let old = current_primary(cluster).await?;
+    let w = writer(cluster).await?;
+    let killed = cluster.kill_node_hard(&old)?;
+    cluster.kill_monitor_at(0)?;
+    cluster
+        .wait_state(Duration::from_secs(120), "another writable primary", |s| {
+            s.writable_primaries()
+                .iter()
+                .any(|p| p.name != old && p.reports_writable_primary())
+        })
+        .await?;
+    wait_for_writes(cluster, &w, killed).await?;
+    let sample = finish(cluster, w, killed).await?;
+    cluster.restart_monitor_at(0).await?;
+    cluster.start_keeper(&old)?;
+    settled(cluster).await?;
+    Ok(sample)
+}
+
+/// Two monitors: the lease holder SIGKILLed; the time until the other
+/// holds the lease, and the writes lost meanwhile (none expected).
+async fn lease_takeover(cluster: &Cluster) -> Result<Sample> {
+    settled(cluster).await?;
+    let holder = cluster
+        .wait_for(
+            Duration::from_secs(30),
+            "a monitor to hold the lease",
+            || async { cluster.lease_holder().await },
+        )
+        .await?;
+    let other = 1 - holder;
+    let w = writer(cluster).await?;
+    let killed = cluster.kill_monitor_at(holder)?;
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "the other monitor to take the lease",
+            || async { Ok((cluster.lease_holder().await? == Some(other)).then_some(())) },
+        )
+        .await?;
+    let takeover = killed.elapsed();
+    wait_for_writes(cluster, &w, Instant::now()).await?;
+    let report = w.stop().await;
+    let primary = current_primary(cluster).await?;
+    let lost = report.missing_ids(cluster, &primary).await?.len();
+    cluster.restart_monitor_at(holder).await?;
+    Ok(Sample {
+        outage: takeover,
+        lost,
+        isolated: None,
+    })
 }
 
 async fn pg_crash(cluster: &Cluster) -> Result<Sample> {

@@ -20,3 +20,6 @@ CREATE TABLE monitor_lease (
     acquired_at timestamptz NOT NULL,
     expires_at timestamptz NOT NULL
 );
+
+-- Retention: the lease holder deletes events older than event_retention.
+CREATE INDEX event_at ON event (at);

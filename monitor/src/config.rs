@@ -32,6 +32,11 @@ pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// another monitor takes over within `lease_timeout` plus one
 /// `health_check_interval`.
 pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long events are kept; the lease holder deletes older ones.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Bounds of `event_retention`.
+pub const MIN_EVENT_RETENTION: Duration = Duration::from_secs(3600);
+pub const MAX_EVENT_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Connection timeout of one health check.
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Added to the fence deadline: clock-rate drift and the time to stop PostgreSQL.
@@ -80,6 +85,9 @@ pub struct MonitorConfig {
     /// How long the lease on the background duties lasts unrenewed.
     #[serde(default = "d_lease_timeout", with = "humantime_serde")]
     pub lease_timeout: Duration,
+    /// Events older than this are deleted (by the lease holder).
+    #[serde(default = "d_event_retention", with = "humantime_serde")]
+    pub event_retention: Duration,
     /// The URL keepers and operators use to reach this monitor, as
     /// show-state lists it; default: the scheme and `listen`.
     #[serde(default)]
@@ -193,6 +201,9 @@ fn d_fence_margin() -> Duration {
 }
 fn d_lease_timeout() -> Duration {
     DEFAULT_LEASE_TIMEOUT
+}
+fn d_event_retention() -> Duration {
+    DEFAULT_EVENT_RETENTION
 }
 fn d_hc_user() -> String {
     "postgres".into()
@@ -314,6 +325,14 @@ impl MonitorConfig {
                 "lease_timeout ({}) must be at least twice health_check_interval ({}): the lease is renewed every interval, and one late renewal must not lose it",
                 humantime::format_duration(self.lease_timeout),
                 humantime::format_duration(self.health_check_interval)
+            )));
+        }
+        if !(MIN_EVENT_RETENTION..=MAX_EVENT_RETENTION).contains(&self.event_retention) {
+            return Err(ConfigError::Invalid(format!(
+                "event_retention ({}) must be between {} and {}",
+                humantime::format_duration(self.event_retention),
+                humantime::format_duration(MIN_EVENT_RETENTION),
+                humantime::format_duration(MAX_EVENT_RETENTION)
             )));
         }
         if let Some(url) = &self.advertise_url {
@@ -445,6 +464,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("https://monitor1:7430"), "{err}");
+        let c = MonitorConfig::parse("event_retention = \"30days\"").unwrap();
+        assert_eq!(c.event_retention, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(MonitorConfig::parse("").unwrap().event_retention, DEFAULT_EVENT_RETENTION);
+        let err = MonitorConfig::parse("event_retention = \"1m\"").unwrap_err().to_string();
+        assert!(err.contains("event_retention"), "{err}");
         let c = MonitorConfig::parse("advertise_url = \"https://m1:7430\"").unwrap();
         assert_eq!(c.advertise_url.as_deref(), Some("https://m1:7430"));
     }

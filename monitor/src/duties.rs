@@ -1,5 +1,6 @@
 //! The background duties (health checks of every node, the periodic
-//! evaluation of groups whose keepers are silent), run by the one monitor
+//! evaluation of groups whose keepers are silent, event retention), run
+//! by the one monitor
 //! holding the lease on them; the others renew their claim and wait.
 
 use std::time::{Duration, Instant};
@@ -18,7 +19,14 @@ pub struct Duties {
     pub interval: Duration,
     pub check_timeout: Duration,
     pub check_user: String,
+    /// Events older than this are deleted.
+    pub event_retention: Duration,
 }
+
+/// How often the lease holder deletes old events, and at most how many
+/// at a time (a first run on a large table takes several rounds).
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const RETENTION_BATCH: i64 = 10_000;
 
 /// A fresh monitor id: the host name and 64 bits of a fresh kernel UUID.
 pub fn new_monitor_id() -> String {
@@ -54,6 +62,7 @@ pub async fn run(store: Store, duties: Duties) {
     let mut ticker = tokio::time::interval(duties.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut view = LeaseView::default();
+    let mut pruned_at: Option<Instant> = None;
     loop {
         ticker.tick().await;
         let sent = Instant::now();
@@ -77,6 +86,17 @@ pub async fn run(store: Store, duties: Duties) {
         crate::health::check_all(&store, token, duties.check_timeout, &duties.check_user).await;
         if let Err(e) = store.evaluate_all(token).await {
             tracing::warn!(error = %e, "periodic evaluation failed");
+        }
+        if pruned_at.is_none_or(|t| t.elapsed() >= RETENTION_EVERY) {
+            pruned_at = Some(Instant::now());
+            match store
+                .prune_events(token, duties.event_retention, RETENTION_BATCH)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "deleted events older than event_retention"),
+                Err(e) => tracing::warn!(error = %e, "event retention failed"),
+            }
         }
     }
 }

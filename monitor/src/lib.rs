@@ -137,6 +137,7 @@ pub async fn run(
         interval: config.health_check_interval,
         check_timeout: config.health_check_timeout,
         check_user: config.health_check_user.clone(),
+        event_retention: config.event_retention,
     };
     tracing::info!(monitor_id = %duties.me, url = %duties.url, "monitor identity");
     let me = duties.me.clone();

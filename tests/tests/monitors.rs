@@ -420,3 +420,101 @@ async fn the_monitor_database_fails_over_during_an_election() -> Result<()> {
     expect_no_conflicting_goal(&cluster).await?;
     cluster.shutdown().await
 }
+
+/// The lease on a real monitor database, driven through the store as two
+/// monitors would: one holder at a time, a token that grows only when the
+/// lease changes hands, a duty's write refused with a stale token, the
+/// lease let go at once by a clean stop, and retention under the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lease_has_one_holder_and_fences_a_stale_one() -> Result<()> {
+    use pgpilot_monitor::core::lease::Renewal;
+    use pgpilot_monitor::fsm::Health;
+    use pgpilot_monitor::store::{MachineSettings, Store};
+    let cluster = Cluster::start(ClusterOptions::nodes(1)).await?;
+    cluster.wait_healthy(HEALTHY_TIMEOUT).await?;
+    let store = Store::connect(
+        &cluster.monitor_database_url(),
+        MachineSettings {
+            node_timeout: Duration::from_secs(2),
+            fence_margin: Duration::from_millis(500),
+            postgres_restart_timeout: Duration::from_secs(20),
+        },
+    )
+    .await?;
+    let ttl = Duration::from_millis(800);
+    // The cluster's own monitor holds the lease: stopped cleanly, it lets
+    // the lease go at once.
+    let node_id = cluster.state().await?.nodes[0].node_id;
+    cluster.stop_monitor_at(0).await?;
+    let a = store.renew_lease("test-a", "http://a", ttl).await?;
+    let b = store.renew_lease("test-b", "http://b", ttl).await?;
+    let Renewal::Granted(token_a) = a else {
+        bail!("test-a did not get the free lease: {a:?}");
+    };
+    if b != Renewal::HeldBy("test-a".into()) {
+        bail!("test-b got {b:?} while test-a holds the lease");
+    }
+    if store.renew_lease("test-a", "http://a", ttl).await? != Renewal::Granted(token_a) {
+        bail!("a renewal in time changed the token");
+    }
+    // test-a stops renewing; once its hold ran out test-b takes over with a
+    // greater token, and test-a's writes are refused.
+    let c = &store;
+    let token_b = cluster
+        .wait_for(
+            TAKEOVER_TIMEOUT,
+            "test-b to take the lease over",
+            || async move {
+                Ok(match c.renew_lease("test-b", "http://b", ttl).await? {
+                    Renewal::Granted(t) => Some(t),
+                    _ => None,
+                })
+            },
+        )
+        .await?;
+    if token_b <= token_a {
+        bail!("the token went from {token_a} to {token_b}: it must grow");
+    }
+    // Health results: one of the two differs from the stored one, so it is
+    // written, and that write is refused.
+    let stale = [
+        store.set_health(node_id, Health::Good, token_a).await,
+        store.set_health(node_id, Health::Bad, token_a).await,
+    ];
+    let refused = stale
+        .iter()
+        .filter(|r| matches!(r, Err(pgpilot_monitor::store::Error::LeaseLost(t)) if *t == token_a))
+        .count();
+    if refused != 1 {
+        bail!("writes with test-a's stale token were not refused: {stale:?}");
+    }
+    store.set_health(node_id, Health::Good, token_b).await?;
+    store.evaluate_all(token_b).await?;
+    if store.renew_lease("test-a", "http://a", ttl).await? != Renewal::HeldBy("test-b".into()) {
+        bail!("test-a took the lease back from a holder in time");
+    }
+    // Retention: an event back-dated past the retention is deleted, with
+    // the holder's token only.
+    cluster
+        .psql_monitor_db("UPDATE event SET at = at - interval '100 days' WHERE event_id = (SELECT min(event_id) FROM event)")
+        .await?;
+    let keep = Duration::from_secs(90 * 24 * 3600);
+    if store.prune_events(token_a, keep, 100).await.is_ok() {
+        bail!("retention ran with a stale token");
+    }
+    let deleted = store.prune_events(token_b, keep, 100).await?;
+    if deleted != 1 {
+        bail!("retention deleted {deleted} events, want the 1 back-dated");
+    }
+    // A clean stop lets the lease go: the next claimant gets it at once.
+    store.release_lease("test-b").await?;
+    if !matches!(store.renew_lease("test-a", "http://a", ttl).await?, Renewal::Granted(t) if t > token_b)
+    {
+        bail!("test-a did not get the lease test-b let go");
+    }
+    let listed = store.monitors().await?;
+    if listed.first().map(|m| m.id.as_str()) != Some("test-a") || !listed[0].holds_lease {
+        bail!("the monitors list does not start with the holder test-a: {listed:?}");
+    }
+    cluster.shutdown().await
+}

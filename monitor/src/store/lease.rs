@@ -122,6 +122,28 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Retention: delete up to `batch` events older than `keep`, while the
+    /// lease is held with `lease`; how many were deleted.
+    pub async fn prune_events(&self, lease: i64, keep: Duration, batch: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        check(&mut tx, lease).await?;
+        let deleted = sqlx::query(
+            "DELETE FROM event WHERE event_id IN (
+                 SELECT event_id FROM event
+                  WHERE at < clock_timestamp() - make_interval(secs => $1)
+                  ORDER BY at LIMIT $2)",
+        )
+        .bind(keep.as_secs_f64())
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}
+
 /// Inside a duty's transaction, before it writes: the lease must still be
 /// held with `token`. The row is taken FOR SHARE, so a takeover (which
 /// updates it) waits until this transaction ends.

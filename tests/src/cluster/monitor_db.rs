@@ -58,12 +58,21 @@ impl Cluster {
         .await
     }
 
-    /// Run each statement on the monitor database (as postgres, database
-    /// postgres), each in its own transaction.
+    /// Run `sql` in the monitors' database (`pgpilot`, as postgres).
+    pub async fn psql_monitor_db(&self, sql: &str) -> Result<()> {
+        self.monitor_db_execute("pgpilot", &[sql]).await
+    }
+
+    /// Run each statement on the monitor database server (as postgres,
+    /// database postgres), each in its own transaction.
     async fn monitor_db_sql(&self, statements: &[&str]) -> Result<()> {
+        self.monitor_db_execute("postgres", statements).await
+    }
+
+    async fn monitor_db_execute(&self, dbname: &str, statements: &[&str]) -> Result<()> {
         let (client, connection) = tokio_postgres::connect(
             &format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10",
+                "host=127.0.0.1 port={} user=postgres dbname={dbname} connect_timeout=10",
                 self.monitor_db_port
             ),
             tokio_postgres::NoTls,

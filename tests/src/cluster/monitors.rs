@@ -225,6 +225,18 @@ impl Cluster {
         Ok(gone_at)
     }
 
+    /// Stop monitor `i` cleanly (SIGTERM; it lets its lease go); returns
+    /// when it has exited.
+    pub async fn stop_monitor_at(&self, i: usize) -> Result<()> {
+        let m = self.monitor_proc(i)?;
+        let child = lock(&m.child)
+            .take()
+            .ok_or_else(|| anyhow!("monitor {i} is not running"))?;
+        super::teardown::stop_gracefully(child).await;
+        self.mark_log(&m.log, "monitor stopped (SIGTERM)");
+        Ok(())
+    }
+
     /// Start monitor `i` again with the same configuration and wait until
     /// it answers.
     pub async fn restart_monitor_at(&self, i: usize) -> Result<()> {

@@ -84,6 +84,74 @@ async fn expect_no_conflicting_goal(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// After `old`'s host was killed at `killed_at` (and `what` else
+/// happened): wait until another node is the writable primary and the
+/// writer writes on it, holding every acknowledged row; its name.
+async fn await_failover(
+    cluster: &Cluster,
+    writer: &Writer,
+    old: &str,
+    killed_at: Instant,
+    what: &str,
+) -> Result<String> {
+    let new = cluster
+        .wait_for(
+            Duration::from_secs(90),
+            &format!("a standby to become the writable primary after {old} died and {what}"),
+            || async move {
+                let state = cluster.state().await?;
+                Ok(state
+                    .writable_primaries()
+                    .into_iter()
+                    .find(|n| n.name != old)
+                    .map(|n| n.name.clone()))
+            },
+        )
+        .await?;
+    eprintln!(
+        "FAILOVER ({what}): {new} promoted {:.2} s after the SIGKILL of {old}",
+        secs(killed_at.elapsed())
+    );
+    writer
+        .wait_ack_after(
+            cluster,
+            killed_at,
+            Duration::from_secs(60),
+            "a write acknowledged on the new primary",
+        )
+        .await?;
+    cluster.expect_ids_on(&new, &writer.acked_ids()).await?;
+    Ok(new)
+}
+
+/// `old`'s keeper started again: it rejoins as a secondary of `new`; then
+/// every acknowledged row is on `new` and the goals never conflicted.
+async fn rejoin_and_check(
+    cluster: &Cluster,
+    writer: Writer,
+    old: &str,
+    new: &str,
+    killed_at: Instant,
+) -> Result<()> {
+    cluster.start_keeper(old)?;
+    cluster
+        .wait_state(
+            HEALTHY_TIMEOUT,
+            &format!("{old} to rejoin as a secondary of {new}"),
+            |s| {
+                s.node(old).is_some_and(|n| n.settled_in(SECONDARY))
+                    && s.node(new).is_some_and(|n| n.settled_in(PRIMARY))
+            },
+        )
+        .await?;
+    let report = writer.stop().await;
+    report.expect_all_on(cluster, new).await?;
+    if let Some(outage) = report.outage_around(killed_at) {
+        eprintln!("WRITE OUTAGE: {:.2} s", secs(outage.gap()));
+    }
+    expect_no_conflicting_goal(cluster).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_lease_holder_dies_and_the_other_monitor_takes_over_without_a_failover() -> Result<()> {
     let cluster = three_nodes_two_monitors().await?;
@@ -167,56 +235,12 @@ async fn a_failover_completes_through_the_other_monitor() -> Result<()> {
     let cluster = three_nodes_two_monitors().await?;
     let old = cluster.primary_name().await?;
     let writer = Writer::warm(&cluster).await?;
-
     // The keepers' first monitor is monitor 0: it dies with the primary.
     let killed_at = cluster.kill_node_hard(&old)?;
     cluster.kill_monitor_at(0)?;
-    let c = &cluster;
-    let old_ref = old.as_str();
-    let new = cluster
-        .wait_for(
-            Duration::from_secs(90),
-            &format!("a standby to become the writable primary after {old} and monitor 0 died"),
-            || async move {
-                let state = c.state().await?;
-                Ok(state
-                    .writable_primaries()
-                    .into_iter()
-                    .find(|n| n.name != old_ref)
-                    .map(|n| n.name.clone()))
-            },
-        )
-        .await?;
-    let promoted = killed_at.elapsed();
-    writer
-        .wait_ack_after(
-            &cluster,
-            killed_at,
-            Duration::from_secs(60),
-            "a write acknowledged on the new primary",
-        )
-        .await?;
-    cluster.expect_ids_on(&new, &writer.acked_ids()).await?;
-    eprintln!("FAILOVER THROUGH THE OTHER MONITOR: {new} promoted {:.2} s after the SIGKILL of {old} and of monitor 0", secs(promoted));
-
+    let new = await_failover(&cluster, &writer, &old, killed_at, "monitor 0 died").await?;
     cluster.restart_monitor_at(0).await?;
-    cluster.start_keeper(&old)?;
-    cluster
-        .wait_state(
-            HEALTHY_TIMEOUT,
-            &format!("{old} to rejoin as a secondary of {new}"),
-            |s| {
-                s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
-                    && s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
-            },
-        )
-        .await?;
-    let report = writer.stop().await;
-    report.expect_all_on(&cluster, &new).await?;
-    if let Some(outage) = report.outage_around(killed_at) {
-        eprintln!("WRITE OUTAGE: {:.2} s", secs(outage.gap()));
-    }
-    expect_no_conflicting_goal(&cluster).await?;
+    rejoin_and_check(&cluster, writer, &old, &new, killed_at).await?;
     cluster.shutdown().await
 }
 
@@ -376,48 +400,9 @@ async fn the_monitor_database_fails_over_during_an_election() -> Result<()> {
     let writer = Writer::warm(&cluster).await?;
     let killed_at = cluster.kill_node_hard(&old)?;
     cluster.fail_over_monitor_db().await?;
-    let c = &cluster;
-    let old_ref = old.as_str();
-    let new = cluster
-        .wait_for(
-            Duration::from_secs(90),
-            &format!("a standby to become the writable primary after {old} died and the monitor database failed over"),
-            || async move {
-                let state = c.state().await?;
-                Ok(state
-                    .writable_primaries()
-                    .into_iter()
-                    .find(|n| n.name != old_ref)
-                    .map(|n| n.name.clone()))
-            },
-        )
-        .await?;
-    eprintln!(
-        "FAILOVER WITH THE MONITOR DATABASE FAILING OVER: {new} promoted {:.2} s after the SIGKILL of {old}",
-        secs(killed_at.elapsed())
-    );
-    writer
-        .wait_ack_after(
-            &cluster,
-            killed_at,
-            Duration::from_secs(60),
-            "a write acknowledged on the new primary",
-        )
-        .await?;
-    cluster.start_keeper(&old)?;
-    cluster
-        .wait_state(
-            HEALTHY_TIMEOUT,
-            &format!("{old} to rejoin as a secondary of {new}"),
-            |s| {
-                s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
-                    && s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
-            },
-        )
-        .await?;
-    let report = writer.stop().await;
-    report.expect_all_on(&cluster, &new).await?;
-    expect_no_conflicting_goal(&cluster).await?;
+    let what = "the monitor database failed over";
+    let new = await_failover(&cluster, &writer, &old, killed_at, what).await?;
+    rejoin_and_check(&cluster, writer, &old, &new, killed_at).await?;
     cluster.shutdown().await
 }
 

@@ -342,32 +342,25 @@ async fn current_primary(cluster: &Cluster) -> Result<String> {
 }
 
 async fn unplanned(cluster: &Cluster) -> Result<Sample> {
-    settled(cluster).await?;
-    let old = current_primary(cluster).await?;
-    let w = writer(cluster).await?;
-    let killed = cluster.kill_node_hard(&old)?;
-    cluster
-        .wait_state(Duration::from_secs(120), "another writable primary", |s| {
-            s.writable_primaries()
-                .iter()
-                .any(|p| p.name != old && p.reports_writable_primary())
-        })
-        .await?;
-    wait_for_writes(cluster, &w, killed).await?;
-    let sample = finish(cluster, w, killed).await?;
-    cluster.start_keeper(&old)?;
-    settled(cluster).await?;
-    Ok(sample)
+    host_killed(cluster, false).await
 }
 
 /// Two monitors: the primary's host and monitor 0 (the keepers' first)
 /// SIGKILLed at once; both come back afterwards.
 async fn monitor_killed(cluster: &Cluster) -> Result<Sample> {
+    host_killed(cluster, true).await
+}
+
+/// The primary's host SIGKILLed (and monitor 0 with it, with
+/// `and_monitor`); the old node (and monitor) come back afterwards.
+async fn host_killed(cluster: &Cluster, and_monitor: bool) -> Result<Sample> {
     settled(cluster).await?;
     let old = current_primary(cluster).await?;
     let w = writer(cluster).await?;
     let killed = cluster.kill_node_hard(&old)?;
-    cluster.kill_monitor_at(0)?;
+    if and_monitor {
+        cluster.kill_monitor_at(0)?;
+    }
     cluster
         .wait_state(Duration::from_secs(120), "another writable primary", |s| {
             s.writable_primaries()
@@ -377,7 +370,9 @@ async fn monitor_killed(cluster: &Cluster) -> Result<Sample> {
         .await?;
     wait_for_writes(cluster, &w, killed).await?;
     let sample = finish(cluster, w, killed).await?;
-    cluster.restart_monitor_at(0).await?;
+    if and_monitor {
+        cluster.restart_monitor_at(0).await?;
+    }
     cluster.start_keeper(&old)?;
     settled(cluster).await?;
     Ok(sample)

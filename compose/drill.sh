@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # The compose lab's failover drill. For each variant it brings the lab up,
-# waits for a primary and two secondaries, checks that the monitor speaks
+# waits for a primary and two secondaries, checks that show-state lists the
+# two monitors with exactly one holding the lease, that the monitors speak
 # mutual TLS only (a plaintext client, a client without a certificate and a
 # keeper's certificate running an operator command are refused; the CLI on
-# this host reaches it through the published port with the lab's operator
-# certificate), runs two writing clients (one through the multi-host URI,
-# one through HAProxy's port 5000), takes the primary away, waits for a new
-# primary, checks that every acknowledged row is on it, brings the old node
-# back, waits until it is a secondary again holding every acknowledged row,
-# and tears the lab down (also on failure).
+# this host reaches both through their published ports with the lab's
+# operator certificate), runs two writing clients (one through the
+# multi-host URI, one through HAProxy's port 5000), takes the primary away,
+# waits for a new primary, checks that every acknowledged row is on it,
+# brings the old node back, waits until it is a secondary again holding
+# every acknowledged row, and tears the lab down (also on failure).
 #
-#   compose/drill.sh [--local] [--release] [--variant stop|partition]...
+#   compose/drill.sh [--local] [--release] [--variant stop|partition|monitor]...
 #
-#   --variant stop       `docker stop` the primary's container (default: both variants)
+#   --variant stop       `docker stop` the primary's container (default: all three variants)
 #   --variant partition  `docker network disconnect` it from the lab network
+#   --variant monitor    `docker kill` the monitor the keepers talk to ("monitor",
+#                        first in their list) and `docker stop` the primary at the
+#                        same moment: the failover goes through monitor2; then
+#                        "monitor" is started again before the old node
 #   --local              build where no image can be pulled: the base image from
 #                        compose/base-image.sh, pgpilot built on this host
 #                        (debug build unless --release) and copied in
@@ -37,16 +42,16 @@ while [ $# -gt 0 ]; do
     --build-only) build_only=1 ;;
     --variant)
       case "${2:-}" in
-        stop | partition) variants+=("$2") ;;
-        *) echo "error: --variant takes stop or partition, not '${2:-}'" >&2; exit 2 ;;
+        stop | partition | monitor) variants+=("$2") ;;
+        *) echo "error: --variant takes stop, partition or monitor, not '${2:-}'" >&2; exit 2 ;;
       esac
       shift ;;
-    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument '$1': see compose/drill.sh --help" >&2; exit 2 ;;
   esac
   shift
 done
-[ ${#variants[@]} -gt 0 ] || variants=(stop partition)
+[ ${#variants[@]} -gt 0 ] || variants=(stop partition monitor)
 
 for tool in docker psql python3; do
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -73,20 +78,55 @@ report=()
 
 log() { printf '[%4ds] %s\n' $((SECONDS - drill_start)) "$*"; }
 
+# cli ARGS...: the operator CLI in monitor2's container (the one monitor no
+# variant takes away), pointed at both monitors (PGPILOT_MONITOR of the
+# compose file): it uses the first that answers.
+cli() {
+  "${C[@]}" exec -T monitor2 pgpilot-monitor "$@"
+}
+
 # The lab's state as "name reported goal connection" lines.
 states() {
-  "${C[@]}" exec -T monitor pgpilot-monitor show-state --json 2>/dev/null |
+  cli show-state --json 2>/dev/null |
     python3 -c '
 import json, sys
 for n in json.load(sys.stdin)["nodes"]:
     print(n["name"], n["reported_state"], n["goal_state"], n["connection"])'
 }
 
+# The monitors show-state lists, as "url holds_lease seen_ago_ms" lines,
+# after a first line "answered URL" naming the monitor that answered.
+monitors() {
+  cli show-state --json 2>/dev/null |
+    python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+ms = s.get("monitors") or []
+print("answered", next((m["url"] for m in ms if m["monitor_id"] == s.get("answered_by")), "?"))
+for m in ms:
+    print(m["url"], str(m["holds_lease"]).lower(), m["seen_ago_ms"])'
+}
+
+# two_monitors_one_lease LISTED: show-state lists LISTED monitors (a killed
+# one stays listed for an hour), two of them seen in the last 3 s under two
+# URLs, and exactly one holds the lease; the holder's URL is then in
+# $work/holder, the URL of the monitor that answered in $work/answered.
+two_monitors_one_lease() {
+  monitors >"$work/monitors" || return 1
+  awk '$1 == "answered" { print $2 }' "$work/monitors" >"$work/answered"
+  awk '$1 != "answered"' "$work/monitors" >"$work/listed-monitors"
+  awk '$3 < 3000' "$work/listed-monitors" >"$work/live-monitors"
+  awk '$2 == "true" { print $1 }' "$work/listed-monitors" >"$work/holder"
+  [ "$(wc -l <"$work/listed-monitors")" -eq "$1" ] &&
+    [ "$(awk '{ print $1 }' "$work/live-monitors" | sort -u | wc -l)" -eq 2 ] &&
+    [ "$(wc -l <"$work/holder")" -eq 1 ]
+}
+
 dump() {
   echo "---- show-state ----"
-  "${C[@]}" exec -T monitor pgpilot-monitor show-state 2>&1 || true
+  cli show-state 2>&1 || true
   echo "---- show-events ----"
-  "${C[@]}" exec -T monitor pgpilot-monitor show-events --count 30 2>&1 || true
+  cli show-events --count 30 2>&1 || true
   echo "---- containers ----"
   "${C[@]}" ps 2>&1 || true
   echo "---- logs (last 30 lines per service) ----"
@@ -135,7 +175,7 @@ trap 'exit 130' INT TERM
 # Ports and images
 # ---------------------------------------------------------------------------
 
-ports=(5000 5001 7000 7430 9187 6001 6002 6003 8001 8002 8003)
+ports=(5000 5001 7000 7430 7431 9187 9188 6001 6002 6003 8001 8002 8003)
 for port in "${ports[@]}"; do
   if [ "$build_only" -eq 0 ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "error: 127.0.0.1:$port is in use: stop what listens there (another lab?) before the drill" >&2
@@ -267,7 +307,7 @@ standbys_over_tls() {
 
 tls_checks() {
   local svc rc
-  for svc in monitor node1 node2 node3; do
+  for svc in monitor monitor2 node1 node2 node3; do
     "${C[@]}" exec -T "$svc" bash -c 'cd /etc/pgpilot/tls && stat -c "%a %U %n" *' >"$work/tls-files" 2>&1 ||
       { cat "$work/tls-files" >&2; fail "listing /etc/pgpilot/tls in $svc failed"; }
     if grep -q ' ca\.key$' "$work/tls-files" || grep '\.key$' "$work/tls-files" | grep -qv '^600 postgres '; then
@@ -281,14 +321,17 @@ tls_checks() {
   log "check: both standbys stream from $old over TLS (verify-full)"
 
   local no_tls=(env -u PGPILOT_TLS_CA -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY)
-  expect_refused 3 unreachable "a plaintext (http://) client of the monitor" \
-    "${C[@]}" exec -T monitor "${no_tls[@]}" pgpilot-monitor --monitor http://127.0.0.1:7430 show-nodes
-  expect_refused 2 refused: "a TLS client without a client certificate" \
-    "${C[@]}" exec -T monitor env -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY pgpilot-monitor show-nodes
-  expect_refused 2 refused: "node1's keeper certificate running an operator command" \
-    "${C[@]}" exec -T node1 pgpilot-monitor --monitor https://monitor:7430 --tls-ca /etc/pgpilot/tls/ca.crt \
-    --tls-cert /etc/pgpilot/tls/keeper-default-node1.crt --tls-key /etc/pgpilot/tls/keeper-default-node1.key show-nodes
-  log "check: the monitor refuses plaintext, a client without a certificate, and a keeper's certificate for operator commands"
+  local m
+  for m in monitor monitor2; do
+    expect_refused 3 unreachable "a plaintext (http://) client of $m" \
+      "${C[@]}" exec -T "$m" "${no_tls[@]}" pgpilot-monitor --monitor http://127.0.0.1:7430 show-nodes
+    expect_refused 2 refused: "a TLS client of $m without a client certificate" \
+      "${C[@]}" exec -T "$m" env -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY pgpilot-monitor --monitor "https://$m:7430" show-nodes
+    expect_refused 2 refused: "node1's keeper certificate running an operator command on $m" \
+      "${C[@]}" exec -T node1 pgpilot-monitor --monitor "https://$m:7430" --tls-ca /etc/pgpilot/tls/ca.crt \
+      --tls-cert /etc/pgpilot/tls/keeper-default-node1.crt --tls-key /etc/pgpilot/tls/keeper-default-node1.key show-nodes
+  done
+  log "check: both monitors refuse plaintext, a client without a certificate, and a keeper's certificate for operator commands"
 
   # The CLI on this host, through the published port, with the operator
   # certificate copied out of the monitor's container (as README shows).
@@ -307,12 +350,15 @@ tls_checks() {
   "${C[@]}" exec -T monitor tar -C /etc/pgpilot/tls -c ca.crt operator-lab.crt operator-lab.key |
     tar -C "$work/tls" -x --no-same-owner || fail "copying the operator certificate out of the monitor's container failed"
   local host_tls=(--tls-ca "$work/tls/ca.crt" --tls-cert "$work/tls/operator-lab.crt" --tls-key "$work/tls/operator-lab.key")
-  run_status rc env -u PGPILOT_MONITOR -u PGPILOT_TLS_CA -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY \
-    "$cli" --monitor https://127.0.0.1:7430 "${host_tls[@]}" show-nodes
-  [ "$rc" = 0 ] || { cat "$work/out" >&2; fail "the CLI on this host cannot reach the monitor at https://127.0.0.1:7430 (exit status $rc)"; }
+  local port
+  for port in 7430 7431; do
+    run_status rc env -u PGPILOT_MONITOR -u PGPILOT_TLS_CA -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY \
+      "$cli" --monitor "https://127.0.0.1:$port" "${host_tls[@]}" show-nodes
+    [ "$rc" = 0 ] || { cat "$work/out" >&2; fail "the CLI on this host cannot reach the monitor at https://127.0.0.1:$port (exit status $rc)"; }
+  done
   expect_refused 3 unreachable "a plaintext (http://) client on this host" \
     env -u PGPILOT_MONITOR -u PGPILOT_TLS_CA -u PGPILOT_TLS_CERT -u PGPILOT_TLS_KEY "$cli" --monitor http://127.0.0.1:7430 show-nodes
-  log "check: the CLI on this host reaches https://127.0.0.1:7430 with the operator certificate; http:// is refused"
+  log "check: the CLI on this host reaches https://127.0.0.1:7430 and :7431 with the operator certificate; http:// is refused"
 }
 
 acked_after() { # FILE TIME: acknowledged inserts after TIME
@@ -339,6 +385,42 @@ outage() {
     END { if (gap == "") print "n/a"; else printf "%.2f", gap }'
 }
 
+# The nodes other than $old, one a line.
+survivors() {
+  printf '%s\n' node1 node2 node3 | grep -vx "$old"
+}
+
+# keeper_monitor NODE: the monitor URL NODE's keeper uses (field "monitor"
+# of its /health, published on 127.0.0.1:800N).
+keeper_monitor() {
+  python3 -c '
+import json, sys, urllib.error, urllib.request
+try:
+    body = urllib.request.urlopen(sys.argv[1], timeout=5).read()
+except urllib.error.HTTPError as e:
+    body = e.read()
+print(json.loads(body).get("monitor") or "")' "http://127.0.0.1:800${1#node}/health" 2>/dev/null
+}
+
+survivors_use_monitor2() {
+  local n
+  for n in $(survivors); do
+    [ "$(keeper_monitor "$n")" = https://monitor2:7430 ] || return 1
+  done
+}
+
+# monitor2 answers show-state (the CLI's first monitor is dead) and holds
+# the lease.
+monitor2_holds_lease() {
+  monitors >"$work/monitors" || return 1
+  grep -qx 'answered https://monitor2:7430' "$work/monitors" &&
+    grep -qx 'https://monitor2:7430 true [0-9]*' "$work/monitors"
+}
+
+container_healthy() {
+  [ "$(docker inspect -f '{{.State.Health.Status}}' "$1" 2>/dev/null)" = healthy ]
+}
+
 drill() {
   local variant=$1
   local start=$SECONDS
@@ -351,10 +433,12 @@ drill() {
   wait_for 240 "a primary and two secondaries" settled
   old=$(states | awk '$2 == "primary" { print $1 }')
   log "settled: $old is primary ($((SECONDS - start))s)"
+  wait_for 30 "show-state listing two monitors, exactly one holding the lease" two_monitors_one_lease 2
+  log "check: show-state lists two monitors ($(awk '{ printf "%s%s", sep, $1; sep = ", " }' "$work/live-monitors")); $(cat "$work/holder") holds the lease"
 
   # Every process of the lab runs as a non-root user.
   local svc cid
-  for svc in monitor-db monitor node1 node2 node3 haproxy; do
+  for svc in monitor-db monitor monitor2 node1 node2 node3 haproxy; do
     cid=$("${C[@]}" ps -q "$svc")
     docker top "$cid" -eo pid,uid,comm >"$work/top" || fail "docker top $svc failed"
     if ! awk 'NR > 1 { n++; if ($2 == 0) root = 1 } END { exit !(n > 0 && !root) }' "$work/top"; then
@@ -364,9 +448,10 @@ drill() {
   done
   log "check: every process of every service runs as a non-root user"
   http_has http://127.0.0.1:9187/metrics pgpilot_ || fail "the monitor's /metrics (127.0.0.1:9187) does not answer with pgpilot metrics"
+  http_has http://127.0.0.1:9188/metrics pgpilot_ || fail "monitor2's /metrics (127.0.0.1:9188) does not answer with pgpilot metrics"
   http_has http://127.0.0.1:8001/metrics pgpilot_keeper || fail "node1's /metrics (127.0.0.1:8001) does not answer with keeper metrics"
   http_has "http://127.0.0.1:7000/;csv" primary,node1 || fail "HAProxy's statistics page (127.0.0.1:7000) does not answer"
-  log "check: monitor and keeper /metrics and the HAProxy statistics page answer"
+  log "check: both monitors' and a keeper's /metrics and the HAProxy statistics page answer"
   tls_checks
 
   node_sql "$old" "CREATE TABLE drill (id bigint PRIMARY KEY, via text NOT NULL, at timestamptz NOT NULL DEFAULT now())" >/dev/null ||
@@ -375,8 +460,9 @@ drill() {
   writer haproxy "$haproxy_uri" 1000000001 &
   fault_at=$EPOCHREALTIME # placeholder until the fault, for the wait below
   wait_for 30 "both writers acknowledging" haproxy_writes_again
-  local old_cid
+  local old_cid monitor_cid
   old_cid=$("${C[@]}" ps -q "$old")
+  monitor_cid=$("${C[@]}" ps -q monitor)
   fault_at=$EPOCHREALTIME
   local fault_start=$SECONDS
   case "$variant" in
@@ -386,16 +472,34 @@ drill() {
     partition)
       log "docker network disconnect $network $old (the primary)"
       docker network disconnect "$network" "$old_cid" ;;
+    monitor)
+      # Both at once: the keepers lose the monitor they talk to while the
+      # primary goes (its keeper's handover too has to find monitor2).
+      log "docker kill monitor (the keepers' first monitor; $(cat "$work/holder") held the lease) and docker stop $old (the primary), at once"
+      local kill_pid stop_pid
+      docker kill "$monitor_cid" >/dev/null &
+      kill_pid=$!
+      docker stop "$old_cid" >/dev/null &
+      stop_pid=$!
+      wait "$kill_pid" || fail "docker kill of the monitor failed"
+      wait "$stop_pid" || fail "docker stop $old failed" ;;
   esac
   wait_for 60 "a new primary after losing $old" new_primary_up
   local new
   new=$(awk '{ print $1 }' "$work/new-primary")
   local elected=$((SECONDS - fault_start))
   log "new primary: $new (${elected}s after the fault)"
+  if [ "$variant" = monitor ]; then
+    [ "$(docker inspect -f '{{.State.Running}}' "$monitor_cid")" = false ] ||
+      fail "the monitor container runs again: the failover was not made without it"
+    wait_for 10 "monitor2 answering show-state and holding the lease" monitor2_holds_lease
+    wait_for 10 "the keepers of $(survivors | tr '\n' ' ')using monitor2 (their /health)" survivors_use_monitor2
+    log "check: monitor stays dead; monitor2 answers and holds the lease; the keepers of $(survivors | tr '\n' ' ')use https://monitor2:7430"
+  fi
   wait_for 60 "writes acknowledged again through the URI and through HAProxy port 5000" haproxy_writes_again
   local via
   via=$(psql "$haproxy_uri" -qAtX -c "SELECT current_setting('cluster_name')")
-  [ "$via" = "pgpilot_$("${C[@]}" exec -T monitor pgpilot-monitor show-node "$new" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["node_id"])')" ] ||
+  [ "$via" = "pgpilot_$(cli show-node "$new" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["node_id"])')" ] ||
     fail "HAProxy port 5000 leads to $via, not to the new primary $new"
   touch "$work/stop-writers"
   wait
@@ -405,9 +509,18 @@ drill() {
   all_rows_on "$new" || fail "$(wc -l <"$work/missing") acknowledged rows are missing on the new primary $new (first: $(head -n 3 "$work/missing" | tr '\n' ' '))"
   log "check: all $acked acknowledged rows are on $new"
 
+  if [ "$variant" = monitor ]; then
+    log "docker start monitor"
+    docker start "$monitor_cid" >/dev/null
+    wait_for 60 "the monitor container healthy again" container_healthy "$monitor_cid"
+    # The killed process stays listed (seen ever longer ago) beside the new one.
+    wait_for 30 "show-state listing the restarted monitor beside monitor2, one holding the lease" two_monitors_one_lease 3
+    log "check: monitor is back: show-state lists it again beside monitor2; $(cat "$work/holder") holds the lease"
+  fi
+
   local back_start=$SECONDS
   case "$variant" in
-    stop)
+    stop | monitor)
       log "docker start $old"
       docker start "$old_cid" >/dev/null ;;
     partition)
@@ -421,7 +534,7 @@ drill() {
   log "check: all $acked acknowledged rows are on $old"
 
   if [ "$variant" = stop ]; then
-    # The operator commands work from the host through the monitor's container.
+    # The operator commands work from the host through a monitor's container.
     log "docker compose exec monitor pgpilot-monitor perform-failover"
     "${C[@]}" exec -T monitor pgpilot-monitor perform-failover --timeout 90s >"$work/failover.log" 2>&1 ||
       { cat "$work/failover.log" >&2; fail "perform-failover did not finish"; }
@@ -432,10 +545,11 @@ drill() {
     log "check: perform-failover moved the primary from $new to $after"
   fi
 
-  report+=("$(printf '%-10s %-6s %-6s %8ss %12ss %9ss %11ss %6s %5s' "$variant" "$old" "$new" \
-    "$(outage "$work/uri.acked")" "$(outage "$work/haproxy.acked")" "$elected" "$rejoined" "$acked" 0)")
   teardown
-  log "== variant $variant passed ($((SECONDS - start))s)"
+  local took=$((SECONDS - start))
+  report+=("$(printf '%-10s %-6s %-6s %8ss %12ss %9ss %11ss %6s %5s %6ss' "$variant" "$old" "$new" \
+    "$(outage "$work/uri.acked")" "$(outage "$work/haproxy.acked")" "$elected" "$rejoined" "$acked" 0 "$took")")
+  log "== variant $variant passed (${took}s)"
 }
 
 for variant in "${variants[@]}"; do
@@ -444,8 +558,10 @@ done
 
 echo
 echo "pgpilot compose drill: every check passed ($((SECONDS - drill_start))s in all)"
-printf '%-10s %-6s %-6s %9s %13s %10s %12s %6s %5s\n' variant old new "outage" "outage:5000" "elected" "rejoined" acked lost
+printf '%-10s %-6s %-6s %9s %13s %10s %12s %6s %5s %7s\n' variant old new "outage" "outage:5000" "elected" "rejoined" acked lost time
 for line in "${report[@]}"; do echo "$line"; done
 echo "outage: longest gap between acknowledged writes around the fault (writer through the"
 echo "multi-host URI / through HAProxy port 5000); elected: fault to new primary seen;"
-echo "rejoined: old node back to secondary after docker start / network connect."
+echo "rejoined: old node back to secondary after docker start / network connect;"
+echo "time: the whole variant, lab up to lab down. The monitor variant kills the"
+echo "keepers' monitor at the primary's fault: its failover is made through monitor2."

@@ -8,20 +8,22 @@
 #   /var/lib/pgpilot-tls/SVC    (volume tls-SVC, mounted read-only at
 #                               /etc/pgpilot/tls in service SVC) what SVC needs
 #
-# The monitor's certificate names "monitor" (how keepers reach it on the lab
-# network) and localhost / 127.0.0.1 (the CLI in the monitor's container, or
-# on the host through the published port). The monitor's container also
-# gets the operator certificate operator:lab for the CLI; each node its
-# keeper's certificate and its PostgreSQL's (postgres-NODE, naming NODE, for
-# TLS between the nodes). Keys are 0600 and
-# owned by postgres, the user every lab container runs as.
+# Each monitor has its own certificate naming its service name (how keepers
+# and the CLI reach it on the lab network: monitor.crt names "monitor",
+# monitor2.crt "monitor2") and localhost / 127.0.0.1 (the CLI on the host
+# through the published ports). Both monitor containers also get the
+# operator certificate operator:lab for the CLI; each node its keeper's
+# certificate and its PostgreSQL's (postgres-NODE, naming NODE, for TLS
+# between the nodes). Keys are 0600 and owned by postgres, the user every
+# lab container runs as.
 set -euo pipefail
 ca=/etc/pgpilot/tls
 out=/var/lib/pgpilot-tls
 nodes=(node1 node2 node3)
 operator=lab
 
-files=(ca.crt ca.key monitor.crt monitor.key "operator-$operator.crt" "operator-$operator.key")
+files=(ca.crt ca.key monitor.crt monitor.key monitor2.crt monitor2.key
+  "operator-$operator.crt" "operator-$operator.key")
 for n in "${nodes[@]}"; do
   files+=("keeper-default-$n.crt" "keeper-default-$n.key" "postgres-$n.crt" "postgres-$n.key")
 done
@@ -32,6 +34,16 @@ if [ "$missing" -eq 1 ]; then
     --operator "$operator")
   for n in "${nodes[@]}"; do args+=(--keeper "default/$n" --postgres "$n=$n"); done
   pgpilot-monitor gen-certs "${args[@]}"
+  # gen-certs writes one monitor.crt per directory: monitor2's is made in a
+  # scratch directory (in this volume) holding a copy of the same CA.
+  scratch=$(mktemp -d "$ca/monitor2.XXXXXX")
+  install -m 0644 "$ca/ca.crt" "$scratch/ca.crt"
+  install -m 0600 "$ca/ca.key" "$scratch/ca.key"
+  pgpilot-monitor gen-certs --dir "$scratch" --monitor-host monitor2 --monitor-host localhost \
+    --monitor-host 127.0.0.1
+  mv "$scratch/monitor.crt" "$ca/monitor2.crt"
+  mv "$scratch/monitor.key" "$ca/monitor2.key"
+  rm -rf "$scratch"
 else
   echo "certificates exist in $ca (down -v removes them)"
 fi
@@ -47,5 +59,6 @@ give() {
   done
 }
 give "$out/monitor" monitor "operator-$operator"
+give "$out/monitor2" monitor2 "operator-$operator"
 for n in "${nodes[@]}"; do give "$out/$n" "keeper-default-$n" "postgres-$n"; done
-echo "certificates handed to monitor and ${nodes[*]}"
+echo "certificates handed to monitor, monitor2 and ${nodes[*]}"

@@ -607,7 +607,10 @@ mod tests {
             assert_eq!((c.name.as_str(), c.host.as_str()), (name, name));
             assert_eq!(c.trust_networks, ["samenet"]);
             assert!(c.http_listen.is_some());
-            assert_eq!(c.monitors, ["https://monitor:7430"]);
+            assert_eq!(
+                c.monitors,
+                ["https://monitor:7430", "https://monitor2:7430"]
+            );
             assert!(c.tls_cert_file.is_some() && c.tls_key_file.is_some());
             assert!(c.postgres_tls().is_some());
         }

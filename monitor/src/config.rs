@@ -582,14 +582,26 @@ mod tests {
                 token: false
             }
         );
-        let lab = MonitorConfig::parse(include_str!("../../compose/lab/monitor.toml")).unwrap();
-        assert_eq!(
-            lab.transport_mode().unwrap(),
-            TransportMode::Tls {
-                client_certs: true,
-                token: false
-            }
-        );
+        for (text, url) in [
+            (
+                include_str!("../../compose/lab/monitor.toml"),
+                "https://monitor:7430",
+            ),
+            (
+                include_str!("../../compose/lab/monitor2.toml"),
+                "https://monitor2:7430",
+            ),
+        ] {
+            let lab = MonitorConfig::parse(text).unwrap();
+            assert_eq!(
+                lab.transport_mode().unwrap(),
+                TransportMode::Tls {
+                    client_certs: true,
+                    token: false
+                }
+            );
+            assert_eq!(lab.advertise_url.as_deref(), Some(url));
+        }
     }
 
     #[test]

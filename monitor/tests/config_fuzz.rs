@@ -23,9 +23,10 @@ use support::one_line;
 const SEED: u64 = 0x006d_6f6e_6974_6f72;
 
 /// Valid files to start from: the shipped examples and every key set.
-const BASES: [&str; 4] = [
+const BASES: [&str; 5] = [
     include_str!("../../compose/monitor.toml"),
     include_str!("../../compose/lab/monitor.toml"),
+    include_str!("../../compose/lab/monitor2.toml"),
     "plaintext = true\n",
     r#"database_url = "postgres://pgpilot:secret@127.0.0.1:5432/pgpilot"
 listen = "0.0.0.0:7430"

@@ -25,6 +25,15 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// when it names one host. A `target_session_attrs` that asks for a
 /// standby is refused.
 pub fn split_hosts(url: &str) -> std::result::Result<Vec<String>, String> {
+    // A URL with no host list (one host, a Unix socket in `?host=`, or
+    // not a URL at all) is the driver's to read, as it is.
+    let list = url.split_once("://").map(|(_, rest)| {
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        rest[..end].contains(',')
+    });
+    if list != Some(true) {
+        return Ok(vec![url.to_string()]);
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err("database_url must look like postgres://USER@HOST:PORT/DATABASE".into());
     };
@@ -251,7 +260,17 @@ mod tests {
         assert!(e.contains("target_session_attrs=read-write"), "{e}");
         let e = split_hosts("postgres://db1,,db2/x").unwrap_err();
         assert!(e.contains("empty host"), "{e}");
-        assert!(split_hosts("db1:5432").is_err());
+    }
+
+    #[test]
+    fn a_url_without_a_host_list_is_left_to_the_driver() {
+        for url in [
+            "postgres:///pgpilot?host=/var/run/postgresql",
+            "postgres://u@db/x?options=-c%20a%3Db,c",
+            "not a url",
+        ] {
+            assert_eq!(split_hosts(url).unwrap(), [url]);
+        }
     }
 
     #[test]

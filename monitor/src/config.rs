@@ -466,8 +466,13 @@ mod tests {
         assert!(err.contains("https://monitor1:7430"), "{err}");
         let c = MonitorConfig::parse("event_retention = \"30days\"").unwrap();
         assert_eq!(c.event_retention, Duration::from_secs(30 * 24 * 3600));
-        assert_eq!(MonitorConfig::parse("").unwrap().event_retention, DEFAULT_EVENT_RETENTION);
-        let err = MonitorConfig::parse("event_retention = \"1m\"").unwrap_err().to_string();
+        assert_eq!(
+            MonitorConfig::parse("").unwrap().event_retention,
+            DEFAULT_EVENT_RETENTION
+        );
+        let err = MonitorConfig::parse("event_retention = \"1m\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("event_retention"), "{err}");
         let c = MonitorConfig::parse("advertise_url = \"https://m1:7430\"").unwrap();
         assert_eq!(c.advertise_url.as_deref(), Some("https://m1:7430"));

@@ -177,7 +177,10 @@ impl Store {
         // the steady heartbeats that keep every other group alive.
         let batch_pool = target::pool(&targets, batch::WORKERS as u32).await?;
         if targets.many() {
-            tokio::spawn(target::follow(targets, vec![pool.clone(), batch_pool.clone()]));
+            tokio::spawn(target::follow(
+                targets,
+                vec![pool.clone(), batch_pool.clone()],
+            ));
         }
         let beats = batch::Batcher::start(batch_pool, settings);
         Ok(Store {

@@ -48,7 +48,11 @@ pub fn split_hosts(url: &str) -> std::result::Result<Vec<String>, String> {
         None => (tail, None),
     };
     let mut kept = Vec::new();
-    for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+    for pair in query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.is_empty())
+    {
         match pair.split_once('=') {
             Some(("target_session_attrs", v)) => {
                 if !matches!(v, "read-write" | "primary" | "any") {
@@ -67,7 +71,9 @@ pub fn split_hosts(url: &str) -> std::result::Result<Vec<String>, String> {
     };
     let hosts: Vec<&str> = hosts.split(',').collect();
     if hosts.iter().any(|h| h.is_empty()) {
-        return Err("database_url has an empty host in its host list: write HOST:PORT,HOST:PORT".into());
+        return Err(
+            "database_url has an empty host in its host list: write HOST:PORT,HOST:PORT".into(),
+        );
     }
     Ok(hosts
         .iter()
@@ -123,8 +129,10 @@ impl Targets {
 
     fn moved_to(&self, i: usize) {
         self.current.store(i, Ordering::Relaxed);
-        self.switched_ms
-            .store(self.base.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+        self.switched_ms.store(
+            self.base.elapsed().as_millis().max(1) as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -167,7 +175,10 @@ pub async fn pool(targets: &Arc<Targets>, max: u32) -> Result<PgPool> {
 
 async fn writes_to_primary(pool: &PgPool) -> bool {
     let check = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(pool);
-    matches!(tokio::time::timeout(PROBE_TIMEOUT, check).await, Ok(Ok(false)))
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, check).await,
+        Ok(Ok(false))
+    )
 }
 
 /// Probe each host, the one after the current first; point `pools` at the

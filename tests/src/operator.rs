@@ -116,6 +116,24 @@ pub async fn goal_changes_after(cluster: &Cluster, baseline: i64) -> Result<Vec<
         .collect())
 }
 
+/// Fail if any node's goal changed in an event after `baseline`.
+pub async fn expect_no_goal_change(cluster: &Cluster, baseline: i64, during: &str) -> Result<()> {
+    let changes: Vec<String> = goal_changes_after(cluster, baseline)
+        .await?
+        .iter()
+        .map(event_line)
+        .collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(cluster
+        .failure(format!(
+            "no goal should change {during}, but the monitor recorded:\n{}",
+            changes.join("\n")
+        ))
+        .await)
+}
+
 /// Goals under which a node takes writes.
 const WRITABLE_GOALS: [&str; 5] = [
     "single",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use pgpilot_tests::operator::{
-    event_line, event_lines, events, expect_explained_goal_changes, goal_changes_after,
+    event_line, event_lines, events, expect_explained_goal_changes, expect_no_goal_change,
     last_event_id,
 };
 use pgpilot_tests::process::{kill_postmaster_tree, postmaster_pid, reap};
@@ -35,24 +35,6 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_WRITE_GAP: Duration = Duration::from_secs(3);
 /// A heartbeat at most this old counts as current (keepers beat every 0.5 s).
 const FRESH_HEARTBEAT_MS: i64 = 2_000;
-
-/// Fail if any node's goal changed in an event after `baseline`.
-async fn expect_no_goal_change(cluster: &Cluster, baseline: i64, during: &str) -> Result<()> {
-    let changes: Vec<String> = goal_changes_after(cluster, baseline)
-        .await?
-        .iter()
-        .map(event_line)
-        .collect();
-    if changes.is_empty() {
-        return Ok(());
-    }
-    Err(cluster
-        .failure(format!(
-            "no goal should change {during}, but the monitor recorded:\n{}",
-            changes.join("\n")
-        ))
-        .await)
-}
 
 /// Every node heartbeats again, `primary` settled in primary and every
 /// other node in secondary.

@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use pgpilot_proto::pb;
 use pgpilot_tests::isolation::secs;
-use pgpilot_tests::operator::{
-    conflicting_goals, event_line, events, goal_changes_after, last_event_id,
-};
+use pgpilot_tests::operator::{conflicting_goals, events, expect_no_goal_change, last_event_id};
 use pgpilot_tests::{
     Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, Writer,
 };
@@ -52,18 +50,6 @@ async fn wait_holder(cluster: &Cluster, what: &str) -> Result<usize> {
             cluster.lease_holder().await
         })
         .await
-}
-
-/// The group's goal changes after `baseline`, as a failure when there are any.
-async fn expect_no_goal_change(cluster: &Cluster, baseline: i64, during: &str) -> Result<()> {
-    let changes = goal_changes_after(cluster, baseline).await?;
-    if !changes.is_empty() {
-        let lines: Vec<String> = changes.iter().map(event_line).collect();
-        return Err(cluster
-            .failure(format!("goals changed {during}:\n{}", lines.join("\n")))
-            .await);
-    }
-    Ok(())
 }
 
 async fn expect_no_conflicting_goal(cluster: &Cluster) -> Result<()> {
@@ -176,18 +162,13 @@ async fn the_lease_holder_dies_and_the_other_monitor_takes_over_without_a_failov
     );
 
     // No spurious election while the duties change hands.
-    let watch_until = Instant::now() + STEADY_WINDOW;
-    while Instant::now() < watch_until {
-        let state = cluster.state().await?;
-        if !state.node(&primary).is_some_and(|n| n.settled_in(PRIMARY)) {
-            return Err(cluster
-                .failure(format!(
-                    "{primary} stopped being the primary after the lease holder died"
-                ))
-                .await);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cluster
+        .hold_state(
+            STEADY_WINDOW,
+            &format!("{primary} the settled primary after the lease holder died"),
+            |s| s.node(&primary).is_some_and(|n| n.settled_in(PRIMARY)),
+        )
+        .await?;
     expect_no_goal_change(&cluster, baseline, "after the lease holder died").await?;
 
     // The new holder's health checks run: a standby's host killed now is
@@ -244,6 +225,10 @@ async fn a_failover_completes_through_the_other_monitor() -> Result<()> {
     cluster.shutdown().await
 }
 
+/// The pause between two rounds of commands to one monitor: about three
+/// rounds a second to each, so that switchovers start while others run.
+const HAMMER_PACE: Duration = Duration::from_millis(300);
+
 /// Switchovers and priority changes sent to both monitors at once.
 async fn hammer(cluster: &Cluster, monitor: usize, until: Instant) -> Result<(u32, u32)> {
     let mut client = cluster.client_of(monitor)?;
@@ -281,7 +266,8 @@ async fn hammer(cluster: &Cluster, monitor: usize, until: Instant) -> Result<(u3
                 Err(s) => bail!("monitor {monitor} answered {:?}: {}", s.code(), s.message()),
             }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The command rate is the scenario: no condition to wait for.
+        tokio::time::sleep(HAMMER_PACE).await;
     }
     Ok((accepted, refused))
 }
@@ -366,22 +352,13 @@ async fn the_monitor_database_fails_over_in_steady_state() -> Result<()> {
     if kept != Some(77) {
         return Err(cluster.failure(format!("{standby}'s candidate priority is {kept:?} after the database failover, want 77 (acknowledged before)")).await);
     }
-    let watch_until = Instant::now() + STEADY_WINDOW;
-    while Instant::now() < watch_until {
-        if !cluster
-            .state()
-            .await?
-            .node(&primary)
-            .is_some_and(|n| n.settled_in(PRIMARY))
-        {
-            return Err(cluster
-                .failure(format!(
-                    "{primary} stopped being the primary after the monitor database failed over"
-                ))
-                .await);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cluster
+        .hold_state(
+            STEADY_WINDOW,
+            &format!("{primary} the settled primary after the monitor database failed over"),
+            |s| s.node(&primary).is_some_and(|n| n.settled_in(PRIMARY)),
+        )
+        .await?;
     expect_no_goal_change(&cluster, baseline, "after the monitor database failed over").await?;
     let report = writer.stop().await;
     report.expect_all_on(&cluster, &primary).await?;

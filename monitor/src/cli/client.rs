@@ -64,11 +64,6 @@ impl Client {
         }
     }
 
-    /// The URL of the monitor this client talks to.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     pub async fn state(&mut self, formation: &str) -> Result<pb::FormationState, CliError> {
         self.inner
             .get_formation_state(pb::GetFormationStateRequest {

@@ -219,17 +219,14 @@ async fn find_primary(targets: &Targets, pools: &[PgPool]) -> bool {
 pub async fn follow(targets: Arc<Targets>, pools: Vec<PgPool>) {
     let mut ticker = tokio::time::interval(CHECK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lost_since: Option<Instant> = None;
+    // Said once per outage, not on every check.
+    let mut warned = false;
     loop {
         ticker.tick().await;
-        if writes_to_primary(&pools[0]).await {
-            lost_since = None;
-            continue;
-        }
-        if find_primary(&targets, &pools).await {
-            lost_since = None;
-        } else if lost_since.is_none() {
-            lost_since = Some(Instant::now());
+        if writes_to_primary(&pools[0]).await || find_primary(&targets, &pools).await {
+            warned = false;
+        } else if !warned {
+            warned = true;
             tracing::warn!(hosts = ?targets.labels, "no host of the monitor database takes writes: retrying");
         }
     }

@@ -65,7 +65,7 @@ impl Cluster {
 
     /// Run each statement on the monitor database server (as postgres,
     /// database postgres), each in its own transaction.
-    async fn monitor_db_sql(&self, statements: &[&str]) -> Result<()> {
+    pub(super) async fn monitor_db_sql(&self, statements: &[&str]) -> Result<()> {
         self.monitor_db_execute("postgres", statements).await
     }
 
@@ -81,10 +81,11 @@ impl Cluster {
         .context("connecting to the monitor database")?;
         let connection = tokio::spawn(connection);
         for &sql in statements {
-            client
-                .batch_execute(sql)
-                .await
-                .with_context(|| format!("{sql} on the monitor database"))?;
+            client.batch_execute(sql).await.with_context(|| {
+                // The statement may hold a password: name its start only.
+                let start: String = sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+                format!("{start} … on the monitor database")
+            })?;
         }
         drop(client);
         let _ = connection.await;
@@ -115,15 +116,12 @@ impl Cluster {
         let Some(standby) = &self.monitor_db_standby else {
             bail!("the cluster has no monitor database standby: start it with monitor_db_standby");
         };
-        let mut stop = self
-            .tools
-            .command_as_pg_user(self.tools.pg_program("pg_ctl"), &self.root);
-        stop.arg("stop")
-            .arg("-D")
-            .arg(&self.monitor_db_pgdata)
-            .args(["-m", "immediate", "-w", "-t", "30"])
-            .stdin(Stdio::null());
-        run_checked(stop, "pg_ctl stop -m immediate of the monitor database").await?;
+        self.pg_ctl_stop(
+            &self.monitor_db_pgdata,
+            "immediate",
+            "pg_ctl stop -m immediate of the monitor database",
+        )
+        .await?;
         let stopped_at = Instant::now();
         let mut promote = self
             .tools

@@ -165,20 +165,7 @@ impl Cluster {
             return Err(err);
         }
 
-        let (client, connection) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=10",
-                self.monitor_db_port
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .context("connecting to the monitor database")?;
-        let connection = tokio::spawn(connection);
-        client
-            .batch_execute("CREATE DATABASE pgpilot")
-            .await
-            .context("creating database pgpilot")?;
+        self.monitor_db_sql(&["CREATE DATABASE pgpilot"]).await?;
         if let Some(password) = password {
             // Role pgpilot must give its password (scram-sha-256) over TCP;
             // the harness's own connections stay trusted.
@@ -191,19 +178,15 @@ impl Cluster {
             )
             .with_context(|| format!("writing {}", hba.display()))?;
             let literal = password.replace('\'', "''");
-            client
-                .batch_execute(&format!(
-                    "SET password_encryption = 'scram-sha-256';
-                     CREATE ROLE pgpilot LOGIN PASSWORD '{literal}';
-                     ALTER DATABASE pgpilot OWNER TO pgpilot;
-                     SELECT pg_reload_conf();"
-                ))
-                .await
-                .context("creating role pgpilot")?;
+            self.monitor_db_sql(&[&format!(
+                "SET password_encryption = 'scram-sha-256';
+                 CREATE ROLE pgpilot LOGIN PASSWORD '{literal}';
+                 ALTER DATABASE pgpilot OWNER TO pgpilot;
+                 SELECT pg_reload_conf();"
+            )])
+            .await?;
             self.monitor_db_password = Some(password.to_string());
         }
-        drop(client);
-        let _ = connection.await;
         Ok(())
     }
 

@@ -43,6 +43,12 @@ impl Cluster {
     /// `pg_ctl stop -m fast` of the PostgreSQL in `pgdata`; returns when it
     /// has stopped.
     pub(super) async fn pg_ctl_stop_fast(&self, pgdata: &Path, what: &str) -> Result<()> {
+        self.pg_ctl_stop(pgdata, "fast", what).await
+    }
+
+    /// `pg_ctl stop -m MODE` of the PostgreSQL in `pgdata`; returns when it
+    /// has stopped.
+    pub(super) async fn pg_ctl_stop(&self, pgdata: &Path, mode: &str, what: &str) -> Result<()> {
         let mut pg_ctl = self
             .tools
             .command_as_pg_user(self.tools.pg_program("pg_ctl"), &self.root);
@@ -50,7 +56,7 @@ impl Cluster {
             .arg("stop")
             .arg("-D")
             .arg(pgdata)
-            .args(["-m", "fast", "-w", "-t", "30"])
+            .args(["-m", mode, "-w", "-t", "30"])
             .stdin(Stdio::null());
         run_checked(pg_ctl, what).await?;
         Ok(())

@@ -3,7 +3,7 @@
 //! kill has exited, and with the full diagnostics when the deadline passes.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use pgpilot_proto::pb::FormationState;
@@ -12,6 +12,10 @@ use crate::state::{FormationStateExt, NodeStatusExt};
 use crate::wait::{poll_until, GiveUp};
 
 use super::{lock, Cluster};
+
+/// How much longer than its window [`Cluster::hold_state`] may take, for
+/// slow state reads on a loaded machine.
+const HOLD_MARGIN: Duration = Duration::from_secs(30);
 
 impl Cluster {
     /// Poll the monitor's state until the async predicate holds; on timeout
@@ -94,6 +98,30 @@ impl Cluster {
             Ok(value) => Ok(value),
             Err(err) => Err(self.failure(format!("{err:#}")).await),
         }
+    }
+
+    /// Check the state at every poll for `window` (the window is the
+    /// scenario: "nothing changes for this long"); fails at once, with the
+    /// diagnostics, the first time `predicate` does not hold. A state that
+    /// cannot be read is retried, as in [`Cluster::wait_for`].
+    pub async fn hold_state<F>(&self, window: Duration, what: &str, predicate: F) -> Result<()>
+    where
+        F: FnMut(&FormationState) -> bool,
+    {
+        let until = Instant::now() + window;
+        let predicate = std::cell::RefCell::new(predicate);
+        self.wait_for(
+            window + HOLD_MARGIN,
+            &format!("{what} for {window:?}"),
+            || async {
+                let state = self.state().await?;
+                if !(predicate.borrow_mut())(&state) {
+                    return Err(GiveUp(format!("{what} no longer holds")).into());
+                }
+                Ok((Instant::now() >= until).then_some(()))
+            },
+        )
+        .await
     }
 
     /// One node settled in `primary`, all others in `secondary`.

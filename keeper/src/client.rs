@@ -13,7 +13,7 @@ use pgpilot_proto::ReplicationState as S;
 use crate::config::KeeperConfig;
 use crate::error::KeeperError;
 use crate::fence::{self, SharedLease};
-use crate::monitors::Monitors;
+use crate::monitors::{InUse, Monitors};
 use crate::pg::{LocalPostgres, Observation};
 use crate::status::SharedStatus;
 
@@ -23,6 +23,21 @@ use crate::status::SharedStatus;
 pub struct MonitorClient {
     config: KeeperConfig,
     monitors: Monitors,
+    /// The loop's heartbeat stream, while it is open.
+    stream: Option<BeatStream>,
+    /// Monitors (by URL) that answered `Heartbeats` with Unimplemented:
+    /// an older monitor, heartbeated with unary calls.
+    unary_only: std::collections::HashSet<String>,
+}
+
+/// The loop's open `Heartbeats` stream to one monitor: one request sent,
+/// one reply read, in turn. A stream that failed, timed out or was cut in
+/// the middle of a heartbeat is dropped, never reused, so a late reply is
+/// never read as the answer to a later heartbeat.
+struct BeatStream {
+    url: String,
+    requests: tokio::sync::mpsc::Sender<pb::NodeActiveRequest>,
+    replies: tonic::Streaming<pb::NodeActiveReply>,
 }
 
 /// The keeper's timings, as every heartbeat reports them.
@@ -48,7 +63,12 @@ impl MonitorClient {
     /// in use.
     pub fn new(config: KeeperConfig, status: SharedStatus) -> Result<Self, KeeperError> {
         let monitors = Monitors::new(&config, status)?;
-        Ok(MonitorClient { config, monitors })
+        Ok(MonitorClient {
+            config,
+            monitors,
+            stream: None,
+            unary_only: Default::default(),
+        })
     }
 
     /// Build a client of every monitor: reads the TLS files and the token
@@ -113,10 +133,15 @@ impl MonitorClient {
         request: pb::NodeActiveRequest,
     ) -> Result<pb::NodeActiveReply, KeeperError> {
         let mut in_use = self.monitors.current()?;
-        match in_use.client.node_active(request).await {
+        let answer = if self.unary_only.contains(&in_use.url) {
+            in_use.client.node_active(request).await.map(|r| r.into_inner())
+        } else {
+            self.streamed(&mut in_use, request).await
+        };
+        match answer {
             Ok(reply) => {
                 self.monitors.answered();
-                Ok(reply.into_inner())
+                Ok(reply)
             }
             // A monitor that does not accept this keeper's credentials
             // is treated as an unreachable one: keep trying, on the next
@@ -134,6 +159,64 @@ impl MonitorClient {
                 let failed = self.monitors.failed(&in_use, &reason);
                 Err(self.monitors.unreachable(&in_use, reason, &failed))
             }
+        }
+    }
+
+    /// One heartbeat over the stream to the monitor in use, opened first
+    /// when there is none (or it goes to another monitor). The reply is
+    /// awaited for one RPC timeout, like a unary call.
+    async fn streamed(
+        &mut self,
+        in_use: &mut InUse,
+        request: pb::NodeActiveRequest,
+    ) -> Result<pb::NodeActiveReply, tonic::Status> {
+        let open = self.stream.take().filter(|s| s.url == in_use.url);
+        let mut stream = match open {
+            Some(stream) => {
+                if stream.requests.send(request).await.is_err() {
+                    return Err(tonic::Status::unavailable(
+                        "the heartbeat stream to the monitor closed",
+                    ));
+                }
+                stream
+            }
+            None => {
+                let (requests, rx) = tokio::sync::mpsc::channel(1);
+                // Queued before the call: it goes out with the stream.
+                let _ = requests.send(request.clone()).await;
+                let opened = in_use
+                    .client
+                    .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await;
+                match opened {
+                    Ok(replies) => BeatStream {
+                        url: in_use.url.clone(),
+                        requests,
+                        replies: replies.into_inner(),
+                    },
+                    Err(status) if status.code() == tonic::Code::Unimplemented => {
+                        tracing::info!(monitor = %in_use.url, "the monitor has no heartbeat stream: one call per heartbeat");
+                        self.unary_only.insert(in_use.url.clone());
+                        return in_use.client.node_active(request).await.map(|r| r.into_inner());
+                    }
+                    Err(status) => return Err(status),
+                }
+            }
+        };
+        let timeout = rpc_timeout(&self.config);
+        match tokio::time::timeout(timeout, stream.replies.message()).await {
+            Ok(Ok(Some(reply))) => {
+                self.stream = Some(stream);
+                Ok(reply)
+            }
+            Ok(Ok(None)) => Err(tonic::Status::unavailable(
+                "the monitor closed the heartbeat stream",
+            )),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "the monitor did not answer the heartbeat within {}",
+                humantime::format_duration(timeout)
+            ))),
         }
     }
 

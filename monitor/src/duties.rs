@@ -58,11 +58,23 @@ pub fn new_monitor_id() -> String {
 }
 
 /// Renew the lease every interval; while it is held, run the duties.
+///
+/// The renewal runs in its own task, so duties that take longer than the
+/// lease (the first health checks of thousands of new nodes) never let it
+/// run out; each duty still writes only while the database says the token
+/// holds (`lease::check`).
 pub async fn run(store: Store, duties: Duties) {
+    let (lease_tx, lease_rx) = tokio::sync::watch::channel(LeaseView::default());
+    let renewal = tokio::spawn(renew(store.clone(), duties.clone(), lease_tx));
+    work(store, duties, lease_rx).await;
+    renewal.abort();
+}
+
+/// Renew the claim every interval and publish what is known of the lease.
+async fn renew(store: Store, duties: Duties, lease: tokio::sync::watch::Sender<LeaseView>) {
     let mut ticker = tokio::time::interval(duties.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut view = LeaseView::default();
-    let mut pruned_at: Option<Instant> = None;
     loop {
         ticker.tick().await;
         let sent = Instant::now();
@@ -80,7 +92,19 @@ pub async fn run(store: Store, duties: Duties) {
             .after(sent, duties.lease_timeout, &renewal)
             .or_else(|| view.expire(Instant::now()));
         report(change, &renewal);
-        let Some(token) = view.token_at(Instant::now()) else {
+        lease.send_replace(view);
+    }
+}
+
+/// Every interval, while the lease is held: health checks, the periodic
+/// evaluation, and now and then event retention.
+async fn work(store: Store, duties: Duties, lease: tokio::sync::watch::Receiver<LeaseView>) {
+    let mut ticker = tokio::time::interval(duties.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned_at: Option<Instant> = None;
+    loop {
+        ticker.tick().await;
+        let Some(token) = lease.borrow().token_at(Instant::now()) else {
             continue;
         };
         crate::health::check_all(&store, token, duties.check_timeout, &duties.check_user).await;

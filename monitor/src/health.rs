@@ -64,8 +64,14 @@ fn sqlstate(payload: &[u8]) -> Option<String> {
         .map(|field| String::from_utf8_lossy(&field[1..]).into_owned())
 }
 
+/// Health results stored at once: each is a short locked transaction
+/// that evaluates the node's group.
+const STORES_AT_ONCE: usize = 8;
+
 /// Check every node once; store changes (which re-evaluate the group)
-/// while the lease is held with `lease`.
+/// while the lease is held with `lease`. Each result is stored as soon as
+/// its check ends, a few at a time, so a failed primary is not kept
+/// waiting behind the first checks of thousands of new nodes.
 pub async fn check_all(store: &Store, lease: i64, limit: Duration, user: &str) {
     let targets = match store.health_targets().await {
         Ok(t) => t,
@@ -83,12 +89,36 @@ pub async fn check_all(store: &Store, lease: i64, limit: Duration, user: &str) {
             (id, host, port, before, now)
         });
     }
-    while let Some(Ok((id, host, port, before, now))) = checks.join_next().await {
-        if before != now {
-            tracing::info!(node_id = id, %host, port, health = now.as_str(), "health check changed");
+    let mut stores = tokio::task::JoinSet::new();
+    let mut first_passed = Vec::new();
+    while let Some(checked) = checks.join_next().await {
+        let Ok((id, host, port, before, now)) = checked else {
+            continue;
+        };
+        if before == now {
+            continue;
+        }
+        if (before, now) == (Health::Unknown, Health::Good) {
+            // Decides nothing: stored together at the end.
+            first_passed.push(id);
+            continue;
+        }
+        tracing::info!(node_id = id, %host, port, health = now.as_str(), "health check changed");
+        while stores.len() >= STORES_AT_ONCE {
+            stores.join_next().await;
+        }
+        let store = store.clone();
+        stores.spawn(async move {
             if let Err(e) = store.set_health(id, now, lease).await {
                 tracing::warn!(error = %e, node_id = id, "cannot store health check result");
             }
+        });
+    }
+    while stores.join_next().await.is_some() {}
+    if !first_passed.is_empty() {
+        match store.first_checks_passed(&first_passed, lease).await {
+            Ok(n) => tracing::info!(nodes = n, "first health checks passed"),
+            Err(e) => tracing::warn!(error = %e, nodes = first_passed.len(), "cannot store first health checks"),
         }
     }
 }

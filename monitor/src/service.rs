@@ -2,38 +2,29 @@
 //! input, call the store, map errors. No SQL and no state-machine logic
 //! here.
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::Semaphore;
 
 use pgpilot_proto::pb::{self, monitor_server::Monitor};
 use pgpilot_proto::ReplicationState as S;
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authenticator, Caller};
 use crate::error::Error;
 use crate::fsm::{self, KeeperTimings};
 use crate::names::quote;
-use crate::store::{Heartbeat, KeeperNote, Registration, Store, StoredNode};
+use crate::store::{KeeperNote, Registration, Store, StoredNode};
+
+mod beats;
 
 pub struct MonitorService {
     store: Store,
-    /// Heartbeats being handled at once; beyond it the monitor sheds load.
-    in_flight: Arc<Semaphore>,
+    /// The heartbeat path, unary and streamed.
+    beats: beats::Beats,
     auth: Authenticator,
-    /// Node id → (formation, name), to check that a keeper heartbeats as
-    /// itself without a query per heartbeat (ids are never reused).
-    identities: std::sync::Mutex<std::collections::HashMap<i64, (String, String)>>,
     /// This monitor process's id, as show-state names the one that answered.
     monitor_id: String,
 }
-
-/// Heartbeats handled at once. Steady-state heartbeats are written in
-/// batches of up to `batch::MAX_BATCH` by `batch::WORKERS` statements, so
-/// this many drain in a few statements; more would only queue past the
-/// keepers' RPC timeout.
-const MAX_HEARTBEATS_IN_FLIGHT: usize = 2048;
 
 impl MonitorService {
     /// A service that lets every caller do everything (plaintext).
@@ -43,10 +34,9 @@ impl MonitorService {
 
     pub fn with_auth(store: Store, auth: Authenticator) -> Self {
         MonitorService {
+            beats: beats::Beats::new(store.clone()),
             store,
-            in_flight: Arc::new(Semaphore::new(MAX_HEARTBEATS_IN_FLIGHT)),
             auth,
-            identities: Default::default(),
             monitor_id: String::new(),
         }
     }
@@ -68,36 +58,6 @@ impl MonitorService {
         self.caller(request)?
             .require_operator(what)
             .map_err(refused)
-    }
-
-    /// Refuse a keeper heartbeating as a node other than its own, and an
-    /// operator heartbeating at all.
-    async fn check_heartbeat_caller(&self, caller: &Caller, node_id: i64) -> Result<(), Status> {
-        if *caller == Caller::Trusted {
-            return Ok(());
-        }
-        let cached = self
-            .identities
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&node_id)
-            .cloned();
-        let (formation, name) = match cached {
-            Some(known) => known,
-            None => {
-                let found = self.store.node_identity(node_id).await?.ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "node id {node_id} is not registered with this monitor: remove the keeper's state file to register again"
-                    ))
-                })?;
-                self.identities
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(node_id, found.clone());
-                found
-            }
-        };
-        caller.require_node(&formation, &name).map_err(refused)
     }
 }
 
@@ -291,13 +251,8 @@ impl Monitor for MonitorService {
             })
             .await?;
         tracing::info!(node = %node.snap.name, node_id = node.snap.id, goal = %node.snap.goal, "node registered");
-        self.identities
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                node.snap.id,
-                (node.formation.clone(), node.snap.name.clone()),
-            );
+        self.beats
+            .remember(node.snap.id, &node.formation, &node.snap.name);
         Ok(Response::new(pb::RegisterNodeReply {
             node_id: node.snap.id,
             group_id: node.group_id as u32,
@@ -311,71 +266,21 @@ impl Monitor for MonitorService {
         request: Request<pb::NodeActiveRequest>,
     ) -> Result<Response<pb::NodeActiveReply>, Status> {
         let caller = self.caller(&request)?;
+        let reply = self.beats.unary(&caller, request.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    type HeartbeatsStream = ReceiverStream<Result<pb::NodeActiveReply, Status>>;
+
+    async fn heartbeats(
+        &self,
+        request: Request<Streaming<pb::NodeActiveRequest>>,
+    ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        let caller = self.caller(&request)?;
         caller.require_keeper().map_err(refused)?;
-        let r = request.into_inner();
-        if r.node_id <= 0 {
-            return Err(Error::InvalidArgument(format!(
-                "node id {} is not valid: a keeper heartbeats with the id RegisterNode gave it",
-                r.node_id
-            ))
-            .into());
-        }
-        let hb = Heartbeat {
-            node_id: r.node_id,
-            reported: state(r.reported_state, "reported_state")?,
-            pg_running: r.pg_running,
-            lsn: r.lsn,
-            timeline: r.timeline,
-            wal_receiver_streaming: r.wal_receiver_streaming,
-            system_identifier: r.system_identifier,
-            timings: timings(r.timings, self.store.node_timeout())?,
-            synchronous_standby_names: r.synchronous_standby_names,
-            pg_start_failures: start_failures(r.pg_start_failures)?,
-            acting_toward: r
-                .acting_toward
-                .map(|w| state(w, "acting_toward"))
-                .transpose()?,
-            fence_required_held: fence_required_held(r.fence_required_held)?,
-            sent: crate::fsm::KeeperClock::from_wire(&r.keeper_boot_id, r.sent_at_ns)
-                .map_err(Error::InvalidArgument)?,
-            notes: notes(&r.notes)?,
-        };
-        self.check_heartbeat_caller(&caller, hb.node_id).await?;
-        // Over capacity: say so at once; the keeper retries on its next loop.
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return Err(Status::unavailable(
-                "the monitor is overloaded: heartbeat shed, retry on the next loop",
-            ));
-        };
-        // The database work runs in its own task: a keeper that gives up
-        // (RPC timeout) must not cut a transaction in half, which would
-        // throw the pooled connection away and feed an overload.
-        let store = self.store.clone();
-        let a = tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let result = store.node_active(&hb).await;
-            crate::metrics::heartbeat_handled(started.elapsed());
-            drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| Status::internal(format!("heartbeat task failed: {e}")))??;
-        // After the commit: the transition is durable, whoever assigned it.
-        if let Some(r) = a.reached {
-            crate::metrics::goal_reached(r.from, r.to, r.took);
-        }
-        Ok(Response::new(pb::NodeActiveReply {
-            goal_state: a.node.snap.goal.to_wire(),
-            primary: a.primary.as_ref().map(address),
-            replication: Some(pb::ReplicationSettings {
-                synchronous_standby_names: a.plan.synchronous_standby_names,
-                standbys: a.others.iter().map(address).collect(),
-                required_streaming_standbys: a.plan.fence_required,
-                quorum_standby_names: a.plan.fence_set,
-            }),
-            group_id: a.node.group_id as u32,
-            formation: a.node.formation,
-        }))
+        Ok(Response::new(
+            self.beats.stream(caller, request.into_inner()),
+        ))
     }
 
     async fn get_formation_state(

@@ -170,12 +170,12 @@ impl Store {
     /// Connect and apply `migrations/`.
     pub async fn connect(url: &str, settings: MachineSettings) -> Result<Store> {
         let targets = std::sync::Arc::new(target::Targets::parse(url)?);
-        let pool = target::pool(&targets, 16).await?;
+        let pool = target::pool(&targets, 16, "").await?;
         MIGRATOR.run(&pool).await?;
         // The batch writers have connections of their own: a storm of
         // locked transactions (registrations, elections) must not starve
         // the steady heartbeats that keep every other group alive.
-        let batch_pool = target::pool(&targets, batch::WORKERS as u32).await?;
+        let batch_pool = target::pool(&targets, batch::WORKERS as u32, batch::SESSION).await?;
         if targets.many() {
             tokio::spawn(target::follow(
                 targets,

@@ -138,14 +138,18 @@ impl Targets {
 
 /// A pool of up to `max` connections to the host in use: connections to a
 /// server in recovery are refused, and with several hosts connections
-/// opened before a move are closed.
-pub async fn pool(targets: &Arc<Targets>, max: u32) -> Result<PgPool> {
+/// opened before a move are closed. `session` (SQL, may be empty) runs on
+/// every new connection.
+pub async fn pool(targets: &Arc<Targets>, max: u32, session: &'static str) -> Result<PgPool> {
     let stale = targets.clone();
     let options = PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(5))
-        .after_connect(|conn, _meta| {
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
+                if !session.is_empty() {
+                    sqlx::raw_sql(session).execute(&mut *conn).await?;
+                }
                 let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
                     .fetch_one(&mut *conn)
                     .await?;

@@ -98,6 +98,14 @@ struct Args {
     /// Nodes per group; each group is its own formation.
     #[arg(long, default_value_t = 3)]
     nodes_per_group: usize,
+    /// Heartbeat with a unary NodeActive call per beat (keepers before the
+    /// Heartbeats stream) instead of one stream per simulated keeper.
+    #[arg(long)]
+    unary: bool,
+    /// Monitor processes over the one database; the gRPC connections are
+    /// spread over them.
+    #[arg(long, default_value_t = 1)]
+    monitors: usize,
     /// Steps 100,1000 with 10 s each.
     #[arg(long)]
     quick: bool,
@@ -105,7 +113,9 @@ struct Args {
     /// one group: every heartbeat then locks every node's row.
     #[arg(long)]
     single_formation: bool,
-    /// gRPC connections shared by all simulated keepers (HTTP/2 multiplexes).
+    /// gRPC connections shared by all simulated keepers (HTTP/2
+    /// multiplexes); with streams, at least one per 100 nodes of the
+    /// largest step.
     #[arg(long, default_value_t = 4)]
     channels: usize,
     /// Registrations in flight at once.
@@ -138,8 +148,12 @@ fn main() -> Result<()> {
     if args.nodes_per_group < 2 && !args.single_formation {
         bail!("--nodes-per-group must be at least 2 (a primary and a standby)");
     }
-    if args.channels == 0 || args.register_concurrency == 0 || args.seconds_per_step == 0 {
-        bail!("--channels, --register-concurrency and --seconds-per-step must be at least 1");
+    if args.channels == 0
+        || args.register_concurrency == 0
+        || args.seconds_per_step == 0
+        || args.monitors == 0
+    {
+        bail!("--channels, --register-concurrency, --seconds-per-step and --monitors must be at least 1");
     }
     if args.interval < Duration::from_millis(50) {
         bail!("--interval must be at least 50ms, like a keeper's heartbeat_interval");
@@ -154,7 +168,7 @@ fn main() -> Result<()> {
 async fn run(args: Args) -> Result<()> {
     let run_started = Instant::now();
     let budget_end = run_started + args.time_limit;
-    let sim = Arc::new(Sim::new(args.interval));
+    let sim = Arc::new(Sim::new(args.interval, args.unary));
 
     eprintln!("starting the monitor's PostgreSQL and the monitor …");
     let cluster = Cluster::start(ClusterOptions {
@@ -170,7 +184,8 @@ async fn run(args: Args) -> Result<()> {
             "pg_stat_statements.max=1000".to_string(),
         ],
         ..ClusterOptions::default()
-    })
+    }
+    .monitors(args.monitors))
     .await?;
     let result = drive(&args, &cluster, sim, budget_end).await;
     if let Err(err) = &result {

@@ -72,7 +72,8 @@ pub(crate) struct Snapshot {
 
 pub(crate) struct Probe {
     pub(crate) db: tokio_postgres::Client,
-    pub(crate) monitor_pid: i32,
+    /// Every monitor process (their CPU is added up).
+    pub(crate) monitor_pids: Vec<i32>,
     pub(crate) postmaster: i32,
 }
 
@@ -88,7 +89,11 @@ impl Probe {
             .context("reading pg_stat_database")?;
         Ok(Snapshot {
             at: Instant::now(),
-            monitor: cpu_ticks(self.monitor_pid, true).unwrap_or(0),
+            monitor: self
+                .monitor_pids
+                .iter()
+                .map(|&pid| cpu_ticks(pid, true).unwrap_or(0))
+                .sum(),
             db: postgres_ticks(self.postmaster),
             me: cpu_ticks(std::process::id() as i32, false).unwrap_or(0),
             host: host_jiffies(),

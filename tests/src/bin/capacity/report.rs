@@ -67,11 +67,21 @@ pub(crate) fn print_row_line(row: &Row, sim: &Sim) {
 pub(crate) fn print_table(rows: &[Row], sim: &Sim, args: &Args) {
     println!();
     println!(
-        "pgpilot-capacity: one monitor (node_timeout {} ms) and its PostgreSQL on this {}-CPU machine; \
-         simulated keepers heartbeat every {} ms; {} s per step; {}",
+        "pgpilot-capacity: {} (node_timeout {} ms) and its PostgreSQL on this {}-CPU machine; \
+         simulated keepers heartbeat every {} ms ({}); {} s per step; {}",
+        if args.monitors == 1 {
+            "one monitor".to_string()
+        } else {
+            format!("{} monitors sharing the load", args.monitors)
+        },
         NODE_TIMEOUT.as_millis(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         sim.interval.as_millis(),
+        if sim.unary {
+            "a NodeActive call each"
+        } else {
+            "one Heartbeats stream each"
+        },
         args.seconds_per_step,
         if args.single_formation {
             "all nodes in one formation (one group)".to_string()

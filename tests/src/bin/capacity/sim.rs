@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use pgpilot_proto::pb::monitor_client::MonitorClient;
 use pgpilot_proto::pb::{self, NodeActiveRequest, RegisterNodeRequest};
 use pgpilot_proto::ReplicationState as S;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tonic::transport::Channel;
 
@@ -62,16 +62,19 @@ pub(crate) async fn fake_postgres(node: Arc<SimNode>, mut stop: watch::Receiver<
 /// Settings every simulated keeper shares.
 pub(crate) struct Sim {
     pub(crate) interval: Duration,
+    /// A `NodeActive` call per heartbeat instead of a stream per keeper.
+    pub(crate) unary: bool,
     pub(crate) rpc_timeout: Duration,
     pub(crate) timings: pb::KeeperTimings,
     pub(crate) started: Instant,
 }
 
 impl Sim {
-    pub(crate) fn new(interval: Duration) -> Sim {
+    pub(crate) fn new(interval: Duration, unary: bool) -> Sim {
         let fence_timeout = KEEPER_FENCE_TIMEOUT.max(interval * 2);
         Sim {
             interval,
+            unary,
             // What the keeper uses (keeper/src/agent.rs `rpc_timeout`).
             rpc_timeout: interval
                 .max(Duration::from_millis(500))
@@ -286,12 +289,17 @@ pub(crate) fn status_kind(status: &tonic::Status) -> String {
 /// `stop` turns true.
 pub(crate) async fn heartbeat_loop(
     node: Arc<SimNode>,
-    mut client: MonitorClient<Channel>,
+    client: MonitorClient<Channel>,
     sim: Arc<Sim>,
     stats: Arc<Stats>,
     mut stop: watch::Receiver<bool>,
     first: tokio::time::Instant,
 ) {
+    let mut beater = Beater {
+        client,
+        stream: None,
+        unary: sim.unary,
+    };
     let mut ticker = tokio::time::interval_at(first, sim.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -306,15 +314,18 @@ pub(crate) async fn heartbeat_loop(
         let request = node.next_request(&sim, sent);
         let reported = S::from_wire(request.reported_state).unwrap_or(S::Init);
         node.in_flight.store(true, Ordering::SeqCst);
-        let call = tokio::time::timeout(sim.rpc_timeout, client.node_active(request));
+        let call = tokio::time::timeout(sim.rpc_timeout, beater.beat(request));
         let result = tokio::select! {
             r = call => r,
             _ = stop.wait_for(|&s| s) => return,
         };
+        if !matches!(result, Ok(Ok(_))) {
+            // Failed or timed out in the middle: never reused.
+            beater.stream = None;
+        }
         let now = Instant::now();
         match result {
             Ok(Ok(reply)) => {
-                let reply = reply.into_inner();
                 let goal = S::from_wire(reply.goal_state).unwrap_or(S::Init);
                 let gap = {
                     let mut v = node.view();
@@ -340,6 +351,48 @@ pub(crate) async fn heartbeat_loop(
             )),
         }
         node.in_flight.store(false, Ordering::SeqCst);
+    }
+}
+
+/// How a simulated keeper heartbeats: over one `Heartbeats` stream, as
+/// the keeper does, or (`--unary`) with a `NodeActive` call per beat.
+struct Beater {
+    client: MonitorClient<Channel>,
+    stream: Option<(
+        mpsc::Sender<NodeActiveRequest>,
+        tonic::Streaming<pb::NodeActiveReply>,
+    )>,
+    unary: bool,
+}
+
+impl Beater {
+    async fn beat(
+        &mut self,
+        request: NodeActiveRequest,
+    ) -> Result<pb::NodeActiveReply, tonic::Status> {
+        if self.unary {
+            return self.client.node_active(request).await.map(|r| r.into_inner());
+        }
+        let closed = || tonic::Status::unavailable("the monitor closed the heartbeat stream");
+        let (requests, mut replies) = match self.stream.take() {
+            Some((requests, replies)) => {
+                requests.send(request).await.map_err(|_| closed())?;
+                (requests, replies)
+            }
+            None => {
+                let (requests, rx) = mpsc::channel(1);
+                let _ = requests.send(request).await;
+                let replies = self
+                    .client
+                    .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                (requests, replies)
+            }
+        };
+        let reply = replies.message().await?.ok_or_else(closed)?;
+        self.stream = Some((requests, replies));
+        Ok(reply)
     }
 }
 

@@ -27,6 +27,9 @@ use crate::{
     STOP_TIMEOUT,
 };
 
+/// Heartbeat streams per gRPC connection at most.
+const STREAMS_PER_CHANNEL: usize = 100;
+
 pub(crate) struct FailoverResult {
     /// From the primary's last heartbeat (sent) until a standby's reply said
     /// prepare_promotion / fast_forward.
@@ -83,9 +86,14 @@ pub(crate) async fn drive(
     sim: Arc<Sim>,
     budget_end: Instant,
 ) -> Result<()> {
-    let monitor_pid = cluster
-        .monitor_pid()
-        .ok_or_else(|| anyhow!("the monitor is not running"))? as i32;
+    let monitor_pids = (0..cluster.monitor_count())
+        .map(|i| {
+            cluster
+                .monitor_pid_at(i)
+                .map(|pid| pid as i32)
+                .ok_or_else(|| anyhow!("monitor {i} is not running"))
+        })
+        .collect::<Result<Vec<i32>>>()?;
     let postmaster = postmaster_pid(cluster.monitor_db_pgdata())
         .ok_or_else(|| anyhow!("the monitor's PostgreSQL has no postmaster.pid"))?;
     let (db, connection) =
@@ -98,14 +106,24 @@ pub(crate) async fn drive(
         .context("CREATE EXTENSION pg_stat_statements")?;
     let probe = Probe {
         db,
-        monitor_pid,
+        monitor_pids: monitor_pids.clone(),
         postmaster,
     };
 
-    let clients: Vec<MonitorClient<Channel>> = (0..args.channels)
-        .map(|_| {
+    // A server takes a bounded number of streams per HTTP/2 connection
+    // (hyper's default is 200): open enough connections for the streams.
+    let channels = if args.unary {
+        args.channels
+    } else {
+        let largest = args.steps.iter().copied().max().unwrap_or(0);
+        args.channels.max(largest.div_ceil(STREAMS_PER_CHANNEL))
+    };
+    let urls = cluster.monitor_urls();
+    let clients: Vec<MonitorClient<Channel>> = (0..channels)
+        .map(|i| {
             Ok(MonitorClient::new(
-                Endpoint::from_shared(cluster.monitor_url().to_string())?
+                // Connections spread over the monitors, round robin.
+                Endpoint::from_shared(urls[i % urls.len()].clone())?
                     .connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true)
                     .connect_lazy(),
@@ -125,12 +143,17 @@ pub(crate) async fn drive(
     };
 
     println!(
-        "pgpilot-capacity: monitor pid {monitor_pid}, its PostgreSQL pid {postmaster}, {} CPUs; \
-         heartbeat every {} ms per node, RPC timeout {} ms, {} gRPC connections; {}",
+        "pgpilot-capacity: monitor pid(s) {monitor_pids:?}, their PostgreSQL pid {postmaster}, {} CPUs; \
+         heartbeat every {} ms per node ({}), RPC timeout {} ms, {} gRPC connections; {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         sim.interval.as_millis(),
+        if sim.unary {
+            "a NodeActive call each"
+        } else {
+            "over one Heartbeats stream per node"
+        },
         sim.rpc_timeout.as_millis(),
-        args.channels,
+        channels,
         if args.single_formation {
             "every node in the formation \"default\" (one group)".to_string()
         } else {
@@ -278,7 +301,11 @@ pub(crate) async fn run_step(
         errors,
         max_gap: window.max_gap,
         monitor_cpu: cpu(before.monitor, after.monitor),
-        monitor_rss: rss_mb(probe.monitor_pid).unwrap_or(f64::NAN),
+        monitor_rss: probe
+            .monitor_pids
+            .iter()
+            .map(|&pid| rss_mb(pid).unwrap_or(f64::NAN))
+            .sum(),
         db_cpu: cpu(before.db, after.db),
         me_cpu: cpu(before.me, after.me),
         host_busy,

@@ -1,0 +1,194 @@
+//! The keeper heartbeat as gRPC carries it: a unary `NodeActive` call per
+//! beat, or one `Heartbeats` stream per keeper. Both check the caller,
+//! parse and bound the request, shed load past a limit, and answer what
+//! the store decided. A stream saves the monitor (and the keeper) a new
+//! HTTP/2 stream, its headers, its trailers and a task per beat.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pgpilot_proto::pb;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::{address, fence_required_held, notes, refused, start_failures, state, timings};
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::store::{Assignment, Heartbeat, Store};
+
+/// Heartbeats handled at once. Steady-state heartbeats are written in
+/// batches of up to `batch::MAX_BATCH` by `batch::WORKERS` statements, so
+/// this many drain in a few statements; more would only queue past the
+/// keepers' RPC timeout.
+const MAX_HEARTBEATS_IN_FLIGHT: usize = 2048;
+
+/// Replies a stream holds for a keeper that does not read them: a keeper
+/// sends its next heartbeat only after the last reply.
+const STREAM_REPLIES: usize = 4;
+
+/// What every heartbeat, unary or streamed, goes through.
+#[derive(Clone)]
+pub(super) struct Beats {
+    store: Store,
+    /// Heartbeats being handled at once; beyond it the monitor sheds load.
+    in_flight: Arc<Semaphore>,
+    /// Node id → (formation, name), to check that a keeper heartbeats as
+    /// itself without a query per heartbeat (ids are never reused).
+    identities: Arc<Mutex<HashMap<i64, (String, String)>>>,
+}
+
+impl Beats {
+    pub(super) fn new(store: Store) -> Beats {
+        Beats {
+            store,
+            in_flight: Arc::new(Semaphore::new(MAX_HEARTBEATS_IN_FLIGHT)),
+            identities: Default::default(),
+        }
+    }
+
+    /// A node just registered: its keeper may heartbeat as it.
+    pub(super) fn remember(&self, node_id: i64, formation: &str, name: &str) {
+        self.identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node_id, (formation.to_string(), name.to_string()));
+    }
+
+    /// One unary heartbeat. The database work runs in its own task: a
+    /// keeper that gives up (RPC timeout) must not cut a transaction in
+    /// half, which would throw the pooled connection away and feed an
+    /// overload.
+    pub(super) async fn unary(
+        &self,
+        caller: &Caller,
+        r: pb::NodeActiveRequest,
+    ) -> Result<pb::NodeActiveReply, Status> {
+        let beats = self.clone();
+        let caller = caller.clone();
+        tokio::spawn(async move { beats.answer(&caller, r).await })
+            .await
+            .map_err(|e| Status::internal(format!("heartbeat task failed: {e}")))?
+    }
+
+    /// A keeper's stream: its heartbeats answered one after the other by a
+    /// task of its own (which a keeper that goes away never cuts in the
+    /// middle of a transaction). The first error ends the stream.
+    pub(super) fn stream(
+        &self,
+        caller: Caller,
+        mut inbound: Streaming<pb::NodeActiveRequest>,
+    ) -> ReceiverStream<Result<pb::NodeActiveReply, Status>> {
+        let (tx, rx) = mpsc::channel(STREAM_REPLIES);
+        let beats = self.clone();
+        tokio::spawn(async move {
+            // A broken request stream ends ours: the keeper opens another.
+            while let Ok(Some(r)) = inbound.message().await {
+                let answer = beats.answer(&caller, r).await;
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+
+    /// Check, parse, shed or handle one heartbeat.
+    async fn answer(
+        &self,
+        caller: &Caller,
+        r: pb::NodeActiveRequest,
+    ) -> Result<pb::NodeActiveReply, Status> {
+        let hb = self.parse(r)?;
+        self.check_caller(caller, hb.node_id).await?;
+        // Over capacity: say so at once; the keeper retries on its next loop.
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(Status::unavailable(
+                "the monitor is overloaded: heartbeat shed, retry on the next loop",
+            ));
+        };
+        let started = std::time::Instant::now();
+        let result = self.store.node_active(&hb).await;
+        crate::metrics::heartbeat_handled(started.elapsed());
+        let a = result?;
+        // After the commit: the transition is durable, whoever assigned it.
+        if let Some(r) = a.reached {
+            crate::metrics::goal_reached(r.from, r.to, r.took);
+        }
+        Ok(reply(a))
+    }
+
+    fn parse(&self, r: pb::NodeActiveRequest) -> Result<Heartbeat, Error> {
+        if r.node_id <= 0 {
+            return Err(Error::InvalidArgument(format!(
+                "node id {} is not valid: a keeper heartbeats with the id RegisterNode gave it",
+                r.node_id
+            )));
+        }
+        Ok(Heartbeat {
+            node_id: r.node_id,
+            reported: state(r.reported_state, "reported_state")?,
+            pg_running: r.pg_running,
+            lsn: r.lsn,
+            timeline: r.timeline,
+            wal_receiver_streaming: r.wal_receiver_streaming,
+            system_identifier: r.system_identifier,
+            timings: timings(r.timings, self.store.node_timeout())?,
+            synchronous_standby_names: r.synchronous_standby_names,
+            pg_start_failures: start_failures(r.pg_start_failures)?,
+            acting_toward: r
+                .acting_toward
+                .map(|w| state(w, "acting_toward"))
+                .transpose()?,
+            fence_required_held: fence_required_held(r.fence_required_held)?,
+            sent: crate::fsm::KeeperClock::from_wire(&r.keeper_boot_id, r.sent_at_ns)
+                .map_err(Error::InvalidArgument)?,
+            notes: notes(&r.notes)?,
+        })
+    }
+
+    /// Refuse a keeper heartbeating as a node other than its own, and an
+    /// operator heartbeating at all.
+    async fn check_caller(&self, caller: &Caller, node_id: i64) -> Result<(), Status> {
+        caller.require_keeper().map_err(refused)?;
+        if *caller == Caller::Trusted {
+            return Ok(());
+        }
+        let cached = self
+            .identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node_id)
+            .cloned();
+        let (formation, name) = match cached {
+            Some(known) => known,
+            None => {
+                let found = self.store.node_identity(node_id).await?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "node id {node_id} is not registered with this monitor: remove the keeper's state file to register again"
+                    ))
+                })?;
+                self.remember(node_id, &found.0, &found.1);
+                found
+            }
+        };
+        caller.require_node(&formation, &name).map_err(refused)
+    }
+}
+
+/// The reply a keeper reads its goal and replication settings from.
+fn reply(a: Assignment) -> pb::NodeActiveReply {
+    pb::NodeActiveReply {
+        goal_state: a.node.snap.goal.to_wire(),
+        primary: a.primary.as_ref().map(address),
+        replication: Some(pb::ReplicationSettings {
+            synchronous_standby_names: a.plan.synchronous_standby_names,
+            standbys: a.others.iter().map(address).collect(),
+            required_streaming_standbys: a.plan.fence_required,
+            quorum_standby_names: a.plan.fence_set,
+        }),
+        group_id: a.node.group_id as u32,
+        formation: a.node.formation,
+    }
+}

@@ -43,6 +43,11 @@ use pgpilot_tests::{Cluster, ClusterOptions};
 use crate::sim::Sim;
 use crate::step::drive;
 
+/// Like the monitor's (see its main.rs): the load generator shares the
+/// machine, so its CPU counts against the monitor's capacity.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod measure;
 mod report;
 mod sim;

@@ -134,7 +134,11 @@ impl MonitorClient {
     ) -> Result<pb::NodeActiveReply, KeeperError> {
         let mut in_use = self.monitors.current()?;
         let answer = if self.unary_only.contains(&in_use.url) {
-            in_use.client.node_active(request).await.map(|r| r.into_inner())
+            in_use
+                .client
+                .node_active(request)
+                .await
+                .map(|r| r.into_inner())
         } else {
             self.streamed(&mut in_use, request).await
         };
@@ -197,7 +201,11 @@ impl MonitorClient {
                     Err(status) if status.code() == tonic::Code::Unimplemented => {
                         tracing::info!(monitor = %in_use.url, "the monitor has no heartbeat stream: one call per heartbeat");
                         self.unary_only.insert(in_use.url.clone());
-                        return in_use.client.node_active(request).await.map(|r| r.into_inner());
+                        return in_use
+                            .client
+                            .node_active(request)
+                            .await
+                            .map(|r| r.into_inner());
                     }
                     Err(status) => return Err(status),
                 }

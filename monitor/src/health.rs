@@ -118,7 +118,9 @@ pub async fn check_all(store: &Store, lease: i64, limit: Duration, user: &str) {
     if !first_passed.is_empty() {
         match store.first_checks_passed(&first_passed, lease).await {
             Ok(n) => tracing::info!(nodes = n, "first health checks passed"),
-            Err(e) => tracing::warn!(error = %e, nodes = first_passed.len(), "cannot store first health checks"),
+            Err(e) => {
+                tracing::warn!(error = %e, nodes = first_passed.len(), "cannot store first health checks")
+            }
         }
     }
 }

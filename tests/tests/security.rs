@@ -71,6 +71,23 @@ fn timings() -> pb::KeeperTimings {
     }
 }
 
+/// Heartbeats sent over one `Heartbeats` stream: every reply, or the
+/// status the stream ended with.
+async fn over_stream(
+    client: &mut pgpilot_proto::security::Client,
+    beats: Vec<pb::NodeActiveRequest>,
+) -> std::result::Result<Vec<pb::NodeActiveReply>, tonic::Status> {
+    let mut replies = client
+        .heartbeats(tokio_stream::iter(beats))
+        .await?
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(reply) = replies.message().await? {
+        got.push(reply);
+    }
+    Ok(got)
+}
+
 fn expect_code<T: std::fmt::Debug>(
     result: std::result::Result<T, tonic::Status>,
     code: tonic::Code,
@@ -328,6 +345,19 @@ async fn mutual_tls_identities_and_failover() -> Result<()> {
         tonic::Code::InvalidArgument,
         &["is not a host name or IP address"],
         "a registration with a bad host",
+    )?;
+    // The same refusals over a Heartbeats stream: the first one ends it.
+    expect_code(
+        over_stream(&mut keeper1, vec![beat(node2), beat(node1 + 1000)]).await,
+        tonic::Code::PermissionDenied,
+        &["keeper of default/node1", "not of default/node2"],
+        "node1's certificate heartbeating as node2 over a stream",
+    )?;
+    expect_code(
+        over_stream(&mut keeper1, vec![beat(node1 + 1000), beat(node2)]).await,
+        tonic::Code::NotFound,
+        &["not registered"],
+        "a streamed heartbeat for a node that does not exist",
     )?;
     expect_code(
         keeper1.node_active(beat(0)).await,

@@ -126,6 +126,18 @@ pub(crate) async fn send(
 ) -> Result<Reply, tonic::Status> {
     Ok(match call {
         Call::RegisterNode(r) => Reply::Registered(client.register_node(r).await?.into_inner()),
+        // Half of the heartbeats go as a one-heartbeat Heartbeats stream:
+        // the monitor must answer (and refuse) both the same way.
+        Call::NodeActive(r) if r.node_id % 2 != 0 => {
+            let mut replies = client
+                .heartbeats(tokio_stream::iter([r]))
+                .await?
+                .into_inner();
+            let reply = replies.message().await?.ok_or_else(|| {
+                tonic::Status::internal("the Heartbeats stream ended without a reply")
+            })?;
+            Reply::Assigned(reply)
+        }
         Call::NodeActive(r) => Reply::Assigned(client.node_active(r).await?.into_inner()),
         Call::GetFormationState(r) => {
             Reply::State(client.get_formation_state(r).await?.into_inner())

@@ -176,21 +176,23 @@ async fn run(args: Args) -> Result<()> {
     let sim = Arc::new(Sim::new(args.interval, args.unary));
 
     eprintln!("starting the monitor's PostgreSQL and the monitor …");
-    let cluster = Cluster::start(ClusterOptions {
-        nodes: 0,
-        first_node_alone: false,
-        node_timeout: Some(format!("{}ms", NODE_TIMEOUT.as_millis())),
-        // Durable like a production monitor database (the test harness
-        // turns fsync off for speed; a capacity figure must not).
-        monitor_db_settings: vec![
-            "fsync=on".to_string(),
-            "full_page_writes=on".to_string(),
-            "shared_preload_libraries=pg_stat_statements".to_string(),
-            "pg_stat_statements.max=1000".to_string(),
-        ],
-        ..ClusterOptions::default()
-    }
-    .monitors(args.monitors))
+    let cluster = Cluster::start(
+        ClusterOptions {
+            nodes: 0,
+            first_node_alone: false,
+            node_timeout: Some(format!("{}ms", NODE_TIMEOUT.as_millis())),
+            // Durable like a production monitor database (the test harness
+            // turns fsync off for speed; a capacity figure must not).
+            monitor_db_settings: vec![
+                "fsync=on".to_string(),
+                "full_page_writes=on".to_string(),
+                "shared_preload_libraries=pg_stat_statements".to_string(),
+                "pg_stat_statements.max=1000".to_string(),
+            ],
+            ..ClusterOptions::default()
+        }
+        .monitors(args.monitors),
+    )
     .await?;
     let result = drive(&args, &cluster, sim, budget_end).await;
     if let Err(err) = &result {

@@ -86,7 +86,10 @@ pub(crate) fn print_table(rows: &[Row], sim: &Sim, args: &Args) {
         if args.single_formation {
             "all nodes in one formation (one group)".to_string()
         } else {
-            format!("{} nodes per group, one formation each", args.nodes_per_group)
+            format!(
+                "{} nodes per group, one formation each",
+                args.nodes_per_group
+            )
         }
     );
     println!(

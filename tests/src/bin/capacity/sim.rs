@@ -371,7 +371,11 @@ impl Beater {
         request: NodeActiveRequest,
     ) -> Result<pb::NodeActiveReply, tonic::Status> {
         if self.unary {
-            return self.client.node_active(request).await.map(|r| r.into_inner());
+            return self
+                .client
+                .node_active(request)
+                .await
+                .map(|r| r.into_inner());
         }
         let closed = || tonic::Status::unavailable("the monitor closed the heartbeat stream");
         let (requests, mut replies) = match self.stream.take() {

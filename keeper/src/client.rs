@@ -140,7 +140,17 @@ impl MonitorClient {
                 .await
                 .map(|r| r.into_inner())
         } else {
-            self.streamed(&mut in_use, request).await
+            // One deadline for opening the stream, sending and the reply;
+            // a stream cut here is dropped (it was taken out of `self`).
+            let timeout = rpc_timeout(&self.config);
+            tokio::time::timeout(timeout, self.streamed(&mut in_use, request))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded(format!(
+                        "the monitor did not answer the heartbeat within {}",
+                        humantime::format_duration(timeout)
+                    )))
+                })
         };
         match answer {
             Ok(reply) => {
@@ -167,8 +177,7 @@ impl MonitorClient {
     }
 
     /// One heartbeat over the stream to the monitor in use, opened first
-    /// when there is none (or it goes to another monitor). The reply is
-    /// awaited for one RPC timeout, like a unary call.
+    /// when there is none (or it goes to another monitor).
     async fn streamed(
         &mut self,
         in_use: &mut InUse,
@@ -211,20 +220,15 @@ impl MonitorClient {
                 }
             }
         };
-        let timeout = rpc_timeout(&self.config);
-        match tokio::time::timeout(timeout, stream.replies.message()).await {
-            Ok(Ok(Some(reply))) => {
+        match stream.replies.message().await {
+            Ok(Some(reply)) => {
                 self.stream = Some(stream);
                 Ok(reply)
             }
-            Ok(Ok(None)) => Err(tonic::Status::unavailable(
+            Ok(None) => Err(tonic::Status::unavailable(
                 "the monitor closed the heartbeat stream",
             )),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "the monitor did not answer the heartbeat within {}",
-                humantime::format_duration(timeout)
-            ))),
+            Err(status) => Err(status),
         }
     }
 

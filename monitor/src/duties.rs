@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::core::lease::{Change, LeaseView, Renewal};
 use crate::store::Store;
 
@@ -57,26 +59,42 @@ pub fn new_monitor_id() -> String {
     format!("{host}-{fresh}")
 }
 
-/// Renew the lease every interval; while it is held, run the duties.
+/// Renew the lease every interval; while it is held, run the duties; until
+/// `stop` turns true.
 ///
 /// The renewal runs in its own task, so duties that take longer than the
 /// lease (the first health checks of thousands of new nodes) never let it
 /// run out; each duty still writes only while the database says the token
-/// holds (`lease::check`).
-pub async fn run(store: Store, duties: Duties) {
-    let (lease_tx, lease_rx) = tokio::sync::watch::channel(LeaseView::default());
-    let renewal = tokio::spawn(renew(store.clone(), duties.clone(), lease_tx));
-    work(store, duties, lease_rx).await;
-    renewal.abort();
+/// holds (`lease::check`). On `stop` the duties end and the renewal ends
+/// between two renewals, never in the middle of one (a renewal cut short
+/// still reaches the database, and could take the lease back after the
+/// monitor released it).
+pub async fn run(store: Store, duties: Duties, stop: watch::Receiver<bool>) {
+    let (lease_tx, lease_rx) = watch::channel(LeaseView::default());
+    let renewal = tokio::spawn(renew(store.clone(), duties.clone(), lease_tx, stop.clone()));
+    let mut stopped = stop.clone();
+    tokio::select! {
+        _ = work(store, duties, lease_rx) => {}
+        _ = stopped.wait_for(|&s| s) => {}
+    }
+    let _ = renewal.await;
 }
 
 /// Renew the claim every interval and publish what is known of the lease.
-async fn renew(store: Store, duties: Duties, lease: tokio::sync::watch::Sender<LeaseView>) {
+async fn renew(
+    store: Store,
+    duties: Duties,
+    lease: watch::Sender<LeaseView>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(duties.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut view = LeaseView::default();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|&s| s) => return,
+        }
         let sent = Instant::now();
         let renewal = match store
             .renew_lease(&duties.me, &duties.url, duties.lease_timeout)
@@ -98,7 +116,7 @@ async fn renew(store: Store, duties: Duties, lease: tokio::sync::watch::Sender<L
 
 /// Every interval, while the lease is held: health checks, the periodic
 /// evaluation, and now and then event retention.
-async fn work(store: Store, duties: Duties, lease: tokio::sync::watch::Receiver<LeaseView>) {
+async fn work(store: Store, duties: Duties, lease: watch::Receiver<LeaseView>) {
     let mut ticker = tokio::time::interval(duties.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pruned_at: Option<Instant> = None;

@@ -23,6 +23,9 @@ use tokio::net::TcpListener;
 use crate::config::{MonitorConfig, Transport, TransportMode};
 use crate::store::{MachineSettings, Store};
 
+/// How long shutdown waits for the background duties to stop.
+const DUTIES_STOP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Run the monitor on `listener` until `shutdown` resolves, serving gRPC
 /// as `transport` says; with `metrics`, also serve `/metrics` on its
 /// listener.
@@ -141,10 +144,19 @@ pub async fn run(
     };
     tracing::info!(monitor_id = %duties.me, url = %duties.url, "monitor identity");
     let me = duties.me.clone();
-    let background = tokio::spawn(duties::run(store.clone(), duties));
+    let (stop_duties, duties_stop) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn(duties::run(store.clone(), duties, duties_stop));
+    let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
     let service =
         service::MonitorService::with_auth(store.clone(), auth::Authenticator::new(&transport))
-            .answered_by(&me);
+            .answered_by(&me)
+            .stopping(streams_stop);
+    // Graceful shutdown waits for every HTTP/2 stream: the keepers'
+    // heartbeat streams are told to end first.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
     let result = server
         .layer(metrics::GrpcMetricsLayer)
         .add_service(
@@ -166,7 +178,13 @@ pub async fn run(
             shutdown,
         )
         .await;
-    background.abort();
+    // Stop the duties and wait for the lease renewal to end (a renewal
+    // cut in the middle would still reach the database, after the release
+    // below), then let the lease go.
+    let _ = stop_duties.send(true);
+    if tokio::time::timeout(DUTIES_STOP, background).await.is_err() {
+        tracing::warn!("the background duties did not stop in time");
+    }
     // Let another monitor take the duties at once rather than after the
     // lease runs out.
     if let Err(e) = store.release_lease(&me).await {

@@ -41,6 +41,13 @@ impl MonitorService {
         }
     }
 
+    /// End the keepers' heartbeat streams when `stop` turns true (the
+    /// monitor shuts down).
+    pub fn stopping(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.beats = self.beats.stopping(stop);
+        self
+    }
+
     /// Name this monitor process in the state it answers.
     pub fn answered_by(mut self, monitor_id: &str) -> Self {
         self.monitor_id = monitor_id.to_string();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use pgpilot_proto::pb;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -27,6 +27,10 @@ const MAX_HEARTBEATS_IN_FLIGHT: usize = 2048;
 /// sends its next heartbeat only after the last reply.
 const STREAM_REPLIES: usize = 4;
 
+/// How long a stream that ended with an error waits for its status to be
+/// sent before it lets go of the keeper's side.
+const STATUS_SENT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every heartbeat, unary or streamed, goes through.
 #[derive(Clone)]
 pub(super) struct Beats {
@@ -36,6 +40,8 @@ pub(super) struct Beats {
     /// Node id → (formation, name), to check that a keeper heartbeats as
     /// itself without a query per heartbeat (ids are never reused).
     identities: Arc<Mutex<HashMap<i64, (String, String)>>>,
+    /// Turns true when the monitor shuts down: open streams end.
+    stop: watch::Receiver<bool>,
 }
 
 impl Beats {
@@ -44,7 +50,13 @@ impl Beats {
             store,
             in_flight: Arc::new(Semaphore::new(MAX_HEARTBEATS_IN_FLIGHT)),
             identities: Default::default(),
+            stop: watch::channel(false).1,
         }
+    }
+
+    pub(super) fn stopping(mut self, stop: watch::Receiver<bool>) -> Beats {
+        self.stop = stop;
+        self
     }
 
     /// A node just registered: its keeper may heartbeat as it.
@@ -73,7 +85,8 @@ impl Beats {
 
     /// A keeper's stream: its heartbeats answered one after the other by a
     /// task of its own (which a keeper that goes away never cuts in the
-    /// middle of a transaction). The first error ends the stream.
+    /// middle of a transaction). The first error, a request that cannot be
+    /// read included, ends the stream with its status.
     pub(super) fn stream(
         &self,
         caller: Caller,
@@ -81,12 +94,32 @@ impl Beats {
     ) -> ReceiverStream<Result<pb::NodeActiveReply, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_REPLIES);
         let beats = self.clone();
+        let mut stop = self.stop.clone();
         tokio::spawn(async move {
-            // A broken request stream ends ours: the keeper opens another.
-            while let Ok(Some(r)) = inbound.message().await {
-                let answer = beats.answer(&caller, r).await;
+            loop {
+                // A request that cannot be read (too large, not a message)
+                // is answered with the status a unary call would get. A
+                // shutdown ends the stream between two heartbeats.
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = stop.wait_for(|&s| s) => Err(Status::unavailable(
+                        "the monitor is shutting down: retry against another monitor",
+                    )),
+                };
+                let answer = match next {
+                    Ok(Some(r)) => beats.answer(&caller, r).await,
+                    Ok(None) => break,
+                    Err(status) => Err(status),
+                };
                 let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
+                if tx.send(answer).await.is_err() {
+                    break;
+                }
+                if failed {
+                    // Keep the reading side open until the status has gone out:
+                    // dropping it first resets the HTTP/2 stream, and the
+                    // keeper could see the reset before the status.
+                    let _ = tokio::time::timeout(STATUS_SENT, tx.closed()).await;
                     break;
                 }
             }

@@ -133,6 +133,7 @@ impl Beats {
         caller: &Caller,
         r: pb::NodeActiveRequest,
     ) -> Result<pb::NodeActiveReply, Status> {
+        caller.require_keeper().map_err(refused)?;
         let hb = self.parse(r)?;
         self.check_caller(caller, hb.node_id).await?;
         // Over capacity: say so at once; the keeper retries on its next loop.
@@ -184,7 +185,6 @@ impl Beats {
     /// Refuse a keeper heartbeating as a node other than its own, and an
     /// operator heartbeating at all.
     async fn check_caller(&self, caller: &Caller, node_id: i64) -> Result<(), Status> {
-        caller.require_keeper().map_err(refused)?;
         if *caller == Caller::Trusted {
             return Ok(());
         }

@@ -161,6 +161,25 @@ async fn async_standby_ahead_of_the_elected_one_rejoins_without_reinit() -> Resu
             .await);
     }
 
+    // The note rides on the keeper's next loop heartbeat, which may come
+    // after the keepalives that showed node3 settled: wait for it.
+    let c = &cluster;
+    let _ = cluster
+        .wait_for(
+            SHORT_TIMEOUT,
+            "node3's rewind to be recorded",
+            || async move {
+                let list = events(c).await?;
+                Ok(list
+                    .iter()
+                    .any(|e| {
+                        e["node_name"] == "node3"
+                            && (e["kind"] == "standby_rewound" || e["kind"] == "standby_recloned")
+                    })
+                    .then_some(()))
+            },
+        )
+        .await;
     let list = events(&cluster).await?;
     let of_node3 = |kinds: &[&str]| -> Vec<Value> {
         list.iter()

@@ -134,11 +134,7 @@ impl MonitorClient {
     ) -> Result<pb::NodeActiveReply, KeeperError> {
         let mut in_use = self.monitors.current()?;
         let answer = if self.unary_only.contains(&in_use.url) {
-            in_use
-                .client
-                .node_active(request)
-                .await
-                .map(|r| r.into_inner())
+            unary(&mut in_use, request).await
         } else {
             // One deadline for opening the stream, sending and the reply;
             // a stream cut here is dropped (it was taken out of `self`).
@@ -210,11 +206,7 @@ impl MonitorClient {
                     Err(status) if status.code() == tonic::Code::Unimplemented => {
                         tracing::info!(monitor = %in_use.url, "the monitor has no heartbeat stream: one call per heartbeat");
                         self.unary_only.insert(in_use.url.clone());
-                        return in_use
-                            .client
-                            .node_active(request)
-                            .await
-                            .map(|r| r.into_inner());
+                        return unary(in_use, request).await;
                     }
                     Err(status) => return Err(status),
                 }
@@ -237,6 +229,19 @@ impl MonitorClient {
     pub fn monitors(&self) -> Monitors {
         self.monitors.clone()
     }
+}
+
+/// One heartbeat as a unary `NodeActive` call (a monitor without the
+/// heartbeat stream).
+async fn unary(
+    in_use: &mut InUse,
+    request: pb::NodeActiveRequest,
+) -> Result<pb::NodeActiveReply, tonic::Status> {
+    in_use
+        .client
+        .node_active(request)
+        .await
+        .map(|r| r.into_inner())
 }
 
 /// The heartbeat request for what the loop or a keepalive observed. A

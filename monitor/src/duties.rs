@@ -69,13 +69,12 @@ pub fn new_monitor_id() -> String {
 /// between two renewals, never in the middle of one (a renewal cut short
 /// still reaches the database, and could take the lease back after the
 /// monitor released it).
-pub async fn run(store: Store, duties: Duties, stop: watch::Receiver<bool>) {
+pub async fn run(store: Store, duties: Duties, mut stop: watch::Receiver<bool>) {
     let (lease_tx, lease_rx) = watch::channel(LeaseView::default());
     let renewal = tokio::spawn(renew(store.clone(), duties.clone(), lease_tx, stop.clone()));
-    let mut stopped = stop.clone();
     tokio::select! {
         _ = work(store, duties, lease_rx) => {}
-        _ = stopped.wait_for(|&s| s) => {}
+        _ = stop.wait_for(|&s| s) => {}
     }
     let _ = renewal.await;
 }

@@ -162,14 +162,7 @@ async fn the_lease_holder_dies_and_the_other_monitor_takes_over_without_a_failov
     );
 
     // No spurious election while the duties change hands.
-    cluster
-        .hold_state(
-            STEADY_WINDOW,
-            &format!("{primary} the settled primary after the lease holder died"),
-            |s| s.node(&primary).is_some_and(|n| n.settled_in(PRIMARY)),
-        )
-        .await?;
-    expect_no_goal_change(&cluster, baseline, "after the lease holder died").await?;
+    primary_stays_settled(&cluster, &primary, baseline, "after the lease holder died").await?;
 
     // The new holder's health checks run: a standby's host killed now is
     // seen as bad (only the lease holder checks).
@@ -225,6 +218,24 @@ async fn a_failover_completes_through_the_other_monitor() -> Result<()> {
     cluster.shutdown().await
 }
 
+/// `primary` stays the settled primary for a steady window, and no goal
+/// changes after event `baseline`.
+async fn primary_stays_settled(
+    cluster: &Cluster,
+    primary: &str,
+    baseline: i64,
+    after: &str,
+) -> Result<()> {
+    cluster
+        .hold_state(
+            STEADY_WINDOW,
+            &format!("{primary} the settled primary {after}"),
+            |s| s.node(primary).is_some_and(|n| n.settled_in(PRIMARY)),
+        )
+        .await?;
+    expect_no_goal_change(cluster, baseline, after).await
+}
+
 /// The pause between two rounds of commands to one monitor: about three
 /// rounds a second to each, so that switchovers start while others run.
 const HAMMER_PACE: Duration = Duration::from_millis(300);
@@ -234,7 +245,11 @@ async fn hammer(cluster: &Cluster, monitor: usize, until: Instant) -> Result<(u3
     let mut client = cluster.client_of(monitor)?;
     let (mut accepted, mut refused) = (0, 0);
     let mut round = 0u32;
+    // The command rate is the scenario: rounds at a fixed pace.
+    let mut pace = tokio::time::interval(HAMMER_PACE);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while Instant::now() < until {
+        pace.tick().await;
         round += 1;
         let state = cluster.state().await?;
         let names: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
@@ -266,8 +281,6 @@ async fn hammer(cluster: &Cluster, monitor: usize, until: Instant) -> Result<(u3
                 Err(s) => bail!("monitor {monitor} answered {:?}: {}", s.code(), s.message()),
             }
         }
-        // The command rate is the scenario: no condition to wait for.
-        tokio::time::sleep(HAMMER_PACE).await;
     }
     Ok((accepted, refused))
 }
@@ -352,14 +365,13 @@ async fn the_monitor_database_fails_over_in_steady_state() -> Result<()> {
     if kept != Some(77) {
         return Err(cluster.failure(format!("{standby}'s candidate priority is {kept:?} after the database failover, want 77 (acknowledged before)")).await);
     }
-    cluster
-        .hold_state(
-            STEADY_WINDOW,
-            &format!("{primary} the settled primary after the monitor database failed over"),
-            |s| s.node(&primary).is_some_and(|n| n.settled_in(PRIMARY)),
-        )
-        .await?;
-    expect_no_goal_change(&cluster, baseline, "after the monitor database failed over").await?;
+    primary_stays_settled(
+        &cluster,
+        &primary,
+        baseline,
+        "after the monitor database failed over",
+    )
+    .await?;
     let report = writer.stop().await;
     report.expect_all_on(&cluster, &primary).await?;
     expect_no_conflicting_goal(&cluster).await?;

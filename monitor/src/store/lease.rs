@@ -144,33 +144,6 @@ impl Store {
     }
 }
 
-impl Store {
-    /// Store a first passing health check of nodes never checked before
-    /// (`unknown` to `good`), in one statement. The state machine reads
-    /// only a failing check (`bad`), so this changes no decision and takes
-    /// no group lock; any change to or from `bad` goes through
-    /// [`Store::set_health`].
-    pub async fn first_checks_passed(&self, nodes: &[i64], lease: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        check(&mut tx, lease).await?;
-        // Rows another transaction holds are skipped, never waited for
-        // (waiting here, holding rows taken out of the group order, could
-        // deadlock with a locked path): their checks pass again next time.
-        let updated = sqlx::query(
-            "UPDATE node SET health = 'good', health_changed_at = clock_timestamp()
-              WHERE node_id IN (SELECT node_id FROM node
-                                 WHERE node_id = ANY($1) AND health = 'unknown'
-                                 ORDER BY node_id FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(nodes)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(updated)
-    }
-}
-
 /// Inside a duty's transaction, before it writes: the lease must still be
 /// held with `token`. The row is taken FOR SHARE, so a takeover (which
 /// updates it) waits until this transaction ends.

@@ -297,6 +297,31 @@ impl Store {
         Ok(node)
     }
 
+    /// Store a first passing health check of nodes never checked before
+    /// (`unknown` to `good`), in one statement. The state machine reads
+    /// only a failing check (`bad`), so this changes no decision and takes
+    /// no group lock; any change to or from `bad` goes through
+    /// [`Store::set_health`].
+    pub async fn first_checks_passed(&self, nodes: &[i64], lease: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        lease::check(&mut tx, lease).await?;
+        // Rows another transaction holds are skipped, never waited for
+        // (waiting here, holding rows taken out of the group order, could
+        // deadlock with a locked path): their checks pass again next time.
+        let updated = sqlx::query(
+            "UPDATE node SET health = 'good', health_changed_at = clock_timestamp()
+              WHERE node_id IN (SELECT node_id FROM node
+                                 WHERE node_id = ANY($1) AND health = 'unknown'
+                                 ORDER BY node_id FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(nodes)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(updated)
+    }
+
     /// Record a health-check result; when it changed, evaluate the group.
     /// Written only while the lease is held with `lease` (its token).
     pub async fn set_health(&self, node_id: i64, health: Health, lease: i64) -> Result<()> {

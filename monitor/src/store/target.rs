@@ -27,18 +27,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn split_hosts(url: &str) -> std::result::Result<Vec<String>, String> {
     // A URL with no host list (one host, a Unix socket in `?host=`, or
     // not a URL at all) is the driver's to read, as it is.
-    let list = url.split_once("://").map(|(_, rest)| {
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        rest[..end].contains(',')
-    });
-    if list != Some(true) {
-        return Ok(vec![url.to_string()]);
-    }
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("database_url must look like postgres://USER@HOST:PORT/DATABASE".into());
+        return Ok(vec![url.to_string()]);
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
+    if !authority.contains(',') {
+        return Ok(vec![url.to_string()]);
+    }
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((u, h)) => (format!("{u}@"), h),
         None => (String::new(), authority),

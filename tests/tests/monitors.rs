@@ -18,9 +18,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use nix::sys::signal::Signal;
 use pgpilot_proto::pb;
 use pgpilot_tests::isolation::secs;
-use pgpilot_tests::operator::{conflicting_goals, events, expect_no_goal_change, last_event_id};
+use pgpilot_tests::operator::{
+    cli_json, cli_refused, conflicting_goals, events, expect_no_goal_change, last_event_id,
+};
+use pgpilot_tests::process;
 use pgpilot_tests::{
     Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, Writer,
 };
@@ -490,5 +494,49 @@ async fn the_lease_has_one_holder_and_fences_a_stale_one() -> Result<()> {
     if listed.first().map(|m| m.id.as_str()) != Some("test-a") || !listed[0].holds_lease {
         bail!("the monitors list does not start with the holder test-a: {listed:?}");
     }
+    cluster.shutdown().await
+}
+
+/// The CLI takes every monitor and moves on when one fails it: a frozen
+/// monitor (accepts connections, answers nothing) is passed over for a
+/// read; with the monitor database down each monitor answers that it
+/// cannot serve, so a command is tried on both and the error names both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_moves_to_the_next_monitor() -> Result<()> {
+    let cluster = three_nodes_two_monitors().await?;
+    let urls = cluster.monitor_urls();
+    let frozen = cluster
+        .monitor_pid_at(0)
+        .ok_or_else(|| anyhow::anyhow!("monitor 0 is not running"))? as i32;
+    process::signal(frozen, Signal::SIGSTOP)?;
+    let state = cli_json(&cluster, &["show-state", "--json"]).await;
+    process::signal(frozen, Signal::SIGCONT)?;
+    let state = state?;
+    let answered = state["answered_by"].as_str().unwrap_or_default();
+    let by = state["monitors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["monitor_id"] == answered)
+        .and_then(|m| m["url"].as_str());
+    if by != Some(urls[1].as_str()) {
+        return Err(cluster
+            .failure(format!(
+                "show-state with monitor 0 frozen was answered by {answered} ({by:?}), not by {}",
+                urls[1]
+            ))
+            .await);
+    }
+
+    cluster.stop_monitor_db().await?;
+    let refused = cli_refused(
+        &cluster,
+        &["set-number-sync-standbys", "1"],
+        Some(3),
+        &["none of the 2 monitors answered", &urls[0], &urls[1]],
+    )
+    .await;
+    cluster.start_monitor_db().await?;
+    refused?;
     cluster.shutdown().await
 }

@@ -1,7 +1,15 @@
 //! The operator's gRPC client of a running monitor: one method per RPC the
 //! CLI uses, and every failure turned into a [`CliError`] that says what to
 //! check (a wrong URL scheme, a certificate, a monitor that is not there).
+//!
+//! With several monitors the client uses the first that answers, and
+//! moves to the next one when a call fails there: a read whenever the
+//! monitor did not answer (cut off, hung, no database), a command only
+//! when the monitor answered that it could not serve it (`Unavailable`:
+//! nothing was done), so a command is never sent twice when the first
+//! monitor may have carried it out.
 
+use std::future::Future;
 use std::time::Duration;
 
 use pgpilot_proto::pb;
@@ -17,6 +25,33 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Client {
     inner: security::Client,
     url: String,
+    /// Every monitor given, in order (the one in use among them), and how
+    /// to reach them: where a failed call moves on to.
+    urls: Vec<String>,
+    sec: ClientSecurity,
+}
+
+/// Whether a call may be sent to another monitor after it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// Changes nothing: sent again wherever the monitor did not answer.
+    Read,
+    /// An operator command: sent again only when the monitor answered
+    /// that it did nothing (`Unavailable`).
+    Command,
+}
+
+impl Call {
+    /// The call may go to the next monitor after failing with `status`.
+    pub fn may_move_on(self, status: &tonic::Status) -> bool {
+        // A status the client's own transport made carries its cause; one
+        // the monitor sent does not.
+        let answered = std::error::Error::source(status).is_none();
+        match self {
+            Call::Read => matches!(status_error(status.clone(), ""), CliError::Unreachable(_)),
+            Call::Command => answered && status.code() == tonic::Code::Unavailable,
+        }
+    }
 }
 
 impl Client {
@@ -37,6 +72,8 @@ impl Client {
         Ok(Client {
             inner: security::client(channel, credentials),
             url: url.to_string(),
+            urls: vec![url.to_string()],
+            sec: sec.clone(),
         })
     }
 
@@ -44,34 +81,75 @@ impl Client {
     /// that does not fit a URL ends at once (exit 2), and when none
     /// answers the error names each one.
     pub async fn connect_any(urls: &[String], sec: &ClientSecurity) -> Result<Client, CliError> {
-        let mut unreachable = Vec::new();
-        for url in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+        let urls: Vec<String> = urls
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let mut client = Client::first_of(&urls, sec, Vec::new()).await?;
+        client.urls = urls;
+        Ok(client)
+    }
+
+    /// Connect to the first of `urls` that answers; `unreachable` holds
+    /// what went wrong with monitors already given up on.
+    async fn first_of(
+        urls: &[String],
+        sec: &ClientSecurity,
+        mut unreachable: Vec<String>,
+    ) -> Result<Client, CliError> {
+        for url in urls {
             match Client::connect(url, sec).await {
                 Ok(client) => return Ok(client),
                 Err(CliError::Unreachable(m)) => unreachable.push(m),
                 Err(other) => return Err(other),
             }
         }
-        match unreachable.len() {
-            0 => Err(CliError::Usage(
-                "no monitor URL given: set --monitor or PGPILOT_MONITOR, e.g. https://10.0.0.5:7430".into(),
-            )),
-            1 => Err(CliError::Unreachable(unreachable.remove(0))),
-            n => Err(CliError::Unreachable(format!(
-                "none of the {n} monitors answered: {}",
-                unreachable.join("; ")
-            ))),
+        Err(none_answered(unreachable))
+    }
+
+    /// Run `rpc` on the monitor in use; when it fails in a way `kind`
+    /// allows, on the next monitors given after it, in order, each once.
+    /// Says on stderr which monitor it moves to.
+    async fn call<T, F, Fut>(&mut self, kind: Call, rpc: F) -> Result<T, CliError>
+    where
+        F: Fn(security::Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut failed = Vec::new();
+        loop {
+            let status = match rpc(self.inner.clone()).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) => status,
+            };
+            let movable = kind.may_move_on(&status);
+            let error = status_error(status, &self.url);
+            let at = self.urls.iter().position(|u| *u == self.url);
+            let rest = match at {
+                Some(i) if movable && i + 1 < self.urls.len() => self.urls[i + 1..].to_vec(),
+                _ if failed.is_empty() => return Err(error),
+                _ => {
+                    failed.push(error.to_string());
+                    return Err(none_answered(failed));
+                }
+            };
+            failed.push(error.to_string());
+            let next = Client::first_of(&rest, &self.sec, failed.clone()).await?;
+            eprintln!("pgpilot: {error}; using the monitor at {}", next.url);
+            self.inner = next.inner;
+            self.url = next.url;
         }
     }
 
     pub async fn state(&mut self, formation: &str) -> Result<pb::FormationState, CliError> {
-        self.inner
-            .get_formation_state(pb::GetFormationStateRequest {
-                formation: formation.to_string(),
-            })
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| status_error(s, &self.url))
+        let request = pb::GetFormationStateRequest {
+            formation: formation.to_string(),
+        };
+        self.call(Call::Read, |mut c| {
+            let request = request.clone();
+            async move { c.get_formation_state(request).await }
+        })
+        .await
     }
 
     pub async fn events(
@@ -79,14 +157,17 @@ impl Client {
         formation: &str,
         count: u32,
     ) -> Result<Vec<pb::Event>, CliError> {
-        self.inner
-            .list_events(pb::ListEventsRequest {
-                formation: formation.to_string(),
-                count,
+        let request = pb::ListEventsRequest {
+            formation: formation.to_string(),
+            count,
+        };
+        let reply = self
+            .call(Call::Read, |mut c| {
+                let request = request.clone();
+                async move { c.list_events(request).await }
             })
-            .await
-            .map(|r| r.into_inner().events)
-            .map_err(|s| status_error(s, &self.url))
+            .await?;
+        Ok(reply.events)
     }
 
     /// Planned failover, or a switchover to `target` when named.
@@ -122,8 +203,11 @@ impl Client {
             target_node: target.to_string(),
             allow_data_loss,
         };
-        let reply = self.inner.perform_failover(request).await;
-        self.message(reply)
+        self.command(
+            request,
+            |mut c, r| async move { c.perform_failover(r).await },
+        )
+        .await
     }
 
     pub async fn set_number_sync_standbys(
@@ -135,8 +219,10 @@ impl Client {
             formation: formation.to_string(),
             number_sync_standbys: value,
         };
-        let reply = self.inner.set_number_sync_standbys(request).await;
-        self.message(reply)
+        self.command(request, |mut c, r| async move {
+            c.set_number_sync_standbys(r).await
+        })
+        .await
     }
 
     pub async fn set_node_settings(
@@ -152,8 +238,11 @@ impl Client {
             candidate_priority,
             replication_quorum,
         };
-        let reply = self.inner.set_node_settings(request).await;
-        self.message(reply)
+        self.command(
+            request,
+            |mut c, r| async move { c.set_node_settings(r).await },
+        )
+        .await
     }
 
     pub async fn set_maintenance(
@@ -167,8 +256,11 @@ impl Client {
             node: node.to_string(),
             enabled,
         };
-        let reply = self.inner.set_maintenance(request).await;
-        self.message(reply)
+        self.command(
+            request,
+            |mut c, r| async move { c.set_maintenance(r).await },
+        )
+        .await
     }
 
     pub async fn reinit_node(&mut self, formation: &str, node: &str) -> Result<String, CliError> {
@@ -176,8 +268,8 @@ impl Client {
             formation: formation.to_string(),
             node: node.to_string(),
         };
-        let reply = self.inner.reinit_node(request).await;
-        self.message(reply)
+        self.command(request, |mut c, r| async move { c.reinit_node(r).await })
+            .await
     }
 
     pub async fn drop_node(
@@ -191,17 +283,37 @@ impl Client {
             node: node.to_string(),
             force,
         };
-        let reply = self.inner.drop_node(request).await;
-        self.message(reply)
+        self.command(request, |mut c, r| async move { c.drop_node(r).await })
+            .await
     }
 
-    fn message(
-        &self,
-        reply: Result<tonic::Response<pb::OperationReply>, tonic::Status>,
-    ) -> Result<String, CliError> {
-        reply
-            .map(|r| r.into_inner().message)
-            .map_err(|s| status_error(s, &self.url))
+    /// An operator command: its reply's message.
+    async fn command<R, F, Fut>(&mut self, request: R, rpc: F) -> Result<String, CliError>
+    where
+        R: Clone,
+        F: Fn(security::Client, R) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::OperationReply>, tonic::Status>>,
+    {
+        let reply = self
+            .call(Call::Command, |c| rpc(c, request.clone()))
+            .await?;
+        Ok(reply.message)
+    }
+}
+
+/// The error when no monitor served the request: what went wrong with
+/// each one tried (none: no URL was given).
+fn none_answered(mut unreachable: Vec<String>) -> CliError {
+    match unreachable.len() {
+        0 => CliError::Usage(
+            "no monitor URL given: set --monitor or PGPILOT_MONITOR, e.g. https://10.0.0.5:7430"
+                .into(),
+        ),
+        1 => CliError::Unreachable(unreachable.remove(0)),
+        n => CliError::Unreachable(format!(
+            "none of the {n} monitors answered: {}",
+            unreachable.join("; ")
+        )),
     }
 }
 

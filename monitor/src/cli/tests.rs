@@ -282,3 +282,27 @@ fn uri_lists_every_node() {
     );
     assert!(multi_host_uri(&s, "postgres", true).ends_with("target_session_attrs=prefer-standby"));
 }
+
+#[test]
+fn a_read_moves_on_when_the_monitor_did_not_answer_a_command_only_when_it_did_nothing() {
+    use super::client::Call;
+    use tonic::{Code, Status};
+    let no_database = Status::unavailable("database error: connection refused");
+    let late = Status::deadline_exceeded("Timeout expired");
+    let cut = Status::from_error(Box::new(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "connection reset by peer",
+    )));
+    for (status, read, command) in [
+        (&no_database, true, true),
+        (&late, true, false),
+        (&cut, true, false),
+        (&Status::not_found("unknown node"), false, false),
+        (&Status::invalid_argument("bad"), false, false),
+        (&Status::failed_precondition("no candidate"), false, false),
+        (&Status::new(Code::Internal, "corrupt row"), false, false),
+    ] {
+        assert_eq!(Call::Read.may_move_on(status), read, "{status:?}");
+        assert_eq!(Call::Command.may_move_on(status), command, "{status:?}");
+    }
+}

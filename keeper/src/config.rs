@@ -24,6 +24,13 @@ pub const DEFAULT_WAL_RECEIVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a keeper that was never registered retries the monitor before
 /// it gives up (a registered keeper retries forever).
 pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A clone or rewind that makes no progress at all (no byte counted by the
+/// program, none read or written by its processes) for this long is
+/// stopped; one that moves runs as long as it takes.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// pg_basebackup's bounds on `--max-rate`, in bytes per second.
+pub const MIN_CLONE_MAX_RATE: u64 = 32 * 1024;
+pub const MAX_CLONE_MAX_RATE: u64 = 1024 * 1024 * 1024;
 pub const DEFAULT_CANDIDATE_PRIORITY: u32 = 50;
 pub const DEFAULT_REPLICATION_USER: &str = "pgpilot_replication";
 /// Longest duration any setting accepts.
@@ -134,6 +141,16 @@ pub struct KeeperConfig {
     pub wal_receiver_timeout: Duration,
     #[serde(default = "d_register", with = "humantime_serde")]
     pub register_timeout: Duration,
+    /// A clone (pg_basebackup) or rewind (pg_rewind) is stopped when
+    /// nothing moved for this long; there is no limit on how long one
+    /// that moves may take.
+    #[serde(default = "d_stall", with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// Most bytes per second a clone of this node reads from its upstream
+    /// (pg_basebackup `--max-rate`), e.g. "50MB" or "512kB"; absent: no
+    /// limit.
+    #[serde(default, deserialize_with = "d_rate")]
+    pub clone_max_rate: Option<u64>,
     /// Address of the keeper's HTTP server (/metrics, /health, /primary,
     /// /replica), e.g. "127.0.0.1:8008"; absent: no HTTP server.
     #[serde(default, deserialize_with = "d_http_listen")]
@@ -169,6 +186,38 @@ fn d_wrt() -> Duration {
 }
 fn d_register() -> Duration {
     DEFAULT_REGISTER_TIMEOUT
+}
+fn d_stall() -> Duration {
+    DEFAULT_STALL_TIMEOUT
+}
+
+/// `clone_max_rate` as bytes per second, from "50MB", "512kB", "1GB"
+/// (PostgreSQL's units: 1 kB = 1024 bytes) or a bare number of bytes, within
+/// pg_basebackup's bounds; refused in one sentence otherwise.
+fn d_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| parse_rate(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "kB" => 1024,
+        "MB" => 1024 * 1024,
+        "GB" => 1024 * 1024 * 1024,
+        _ => 0,
+    };
+    let value = number.parse::<u64>().ok().map(|n| n.saturating_mul(factor));
+    match value {
+        Some(v) if (MIN_CLONE_MAX_RATE..=MAX_CLONE_MAX_RATE).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "clone_max_rate {text:?} is not a rate pg_basebackup takes: give bytes per second between 32kB and 1GB, e.g. \"50MB\""
+        )),
+    }
 }
 
 /// `http_listen` as IP:PORT, refused in one sentence otherwise.
@@ -280,6 +329,7 @@ impl KeeperConfig {
             ("wal_sender_timeout", self.wal_sender_timeout),
             ("wal_receiver_timeout", self.wal_receiver_timeout),
             ("register_timeout", self.register_timeout),
+            ("stall_timeout", self.stall_timeout),
         ] {
             if value > MAX_DURATION {
                 return bad(format!(
@@ -288,6 +338,11 @@ impl KeeperConfig {
                     humantime::format_duration(MAX_DURATION)
                 ));
             }
+        }
+        if self.stall_timeout < Duration::from_secs(1) {
+            return bad(
+                "stall_timeout must be at least 1s: a clone is sampled once a second".into(),
+            );
         }
         if self.heartbeat_interval < Duration::from_millis(50) {
             return bad("heartbeat_interval must be at least 50ms".into());
@@ -431,6 +486,40 @@ mod tests {
             .to_string();
         assert!(err.contains("http_listen"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn long_work_settings_have_defaults_and_bounds() {
+        let c = KeeperConfig::parse(MINIMAL).unwrap();
+        assert_eq!(c.stall_timeout, DEFAULT_STALL_TIMEOUT);
+        assert_eq!(c.clone_max_rate, None);
+        let c = KeeperConfig::parse(&format!(
+            "{MINIMAL}\nstall_timeout = \"30s\"\nclone_max_rate = \"50MB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.stall_timeout, Duration::from_secs(30));
+        assert_eq!(c.clone_max_rate, Some(50 << 20));
+        assert_eq!(parse_rate("512kB"), Ok(512 << 10));
+        assert_eq!(parse_rate("1GB"), Ok(1 << 30));
+        assert_eq!(parse_rate("65536"), Ok(65536));
+        for bad in ["10kB", "2GB", "fast", "50 MB/s", "-5MB", ""] {
+            let err = parse_rate(bad).unwrap_err();
+            assert!(
+                err.contains("clone_max_rate") && err.contains("32kB"),
+                "{err}"
+            );
+        }
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\nclone_max_rate = \"1TB\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("clone_max_rate") && !err.contains('\n'),
+            "{err}"
+        );
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\nstall_timeout = \"200ms\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stall_timeout"), "{err}");
     }
 
     #[test]

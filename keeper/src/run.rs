@@ -140,6 +140,8 @@ fn pg_settings(config: &KeeperConfig) -> Result<PgSettings, RunError> {
         replication_user: config.replication_user.clone(),
         replication_password,
         postgres_tls,
+        stall_timeout: config.stall_timeout,
+        clone_max_rate: config.clone_max_rate,
     })
 }
 
@@ -156,7 +158,7 @@ async fn run_keeper(
     // The HTTP server and the fence task observe PostgreSQL through
     // connections of their own: a query stuck on the loop's connection
     // delays neither a check nor a fence.
-    let http_pg = Arc::new(PgController::new(pg.settings().clone()));
+    let http_pg = Arc::new(pg.sharing_progress());
     let fence_pg = PgController::new(pg.settings().clone());
     let http_listen = config.http_listen;
     if !failpoints.is_empty() {

@@ -356,6 +356,7 @@ impl Monitor for MonitorService {
                     .get(&n.group_id)
                     .map(|w| w.iter().map(|w| w.kind().to_string()).collect())
                     .unwrap_or_default(),
+                work: n.work.clone(),
             })
             .collect();
         let monitors = self

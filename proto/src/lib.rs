@@ -10,6 +10,7 @@ pub mod logs;
 pub mod lsn;
 pub mod notes;
 pub mod security;
+pub mod work;
 
 /// Generated gRPC code.
 pub mod pb {

@@ -259,6 +259,8 @@ fn pg_settings(args: &GuardArgs) -> PgSettings {
         replication_user: String::new(),
         replication_password: None,
         postgres_tls: None,
+        stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
+        clone_max_rate: None,
     }
 }
 

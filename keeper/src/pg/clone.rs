@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use tracing::{debug, info, warn};
 
-use super::programs::{kill_programs_naming, os_args, run_program};
+use super::programs::{kill_programs_naming, os_args, run_watched};
+use super::progress::{Watch, Work};
 use super::render::conninfo_value;
 use super::{
     io_error, prepare_tmp_dir, remove_dir_all_if_exists, remove_dir_if_exists, set_mode_0700,
@@ -19,11 +20,6 @@ use crate::durable::{fsync_dir, fsync_parent, sibling_path};
 
 /// Written by pg_basebackup; renamed to backup_label.old by the first start.
 pub(super) const BACKUP_LABEL: &str = "backup_label";
-/// pg_basebackup copies the whole cluster.
-pub(super) const BASE_BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
-/// pg_rewind copies changed blocks and all WAL since the fork point, and may
-/// first run crash recovery in single-user mode.
-pub(super) const REWIND_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long programs left running by an earlier keeper process get to go
 /// once SIGKILLed.
 pub(super) const LEFTOVER_KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,22 +136,37 @@ impl PgController {
             "stream".into(),
             "--checkpoint=fast".into(),
             "--no-password".into(),
+            // Progress lines (the size is estimated first): what the stall
+            // watch and the reports count.
+            "--progress".into(),
         ]);
+        let mut args = args;
+        if let Some(rate) = self.settings.clone_max_rate {
+            // pg_basebackup takes kB/s (1024 bytes), at least 32.
+            args.push(format!("--max-rate={}k", (rate / 1024).max(32)).into());
+        }
         let env = self.upstream_env()?;
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let started = Instant::now();
-        if let Err(err) = run_program(
+        let from = format!("{}:{}", upstream.host, upstream.port);
+        let watch = Watch::new(Work::Clone, from, started);
+        let copied = match run_watched(
             "pg_basebackup",
             &self.bin("pg_basebackup"),
             &args,
             &envs,
-            BASE_BACKUP_TIMEOUT,
+            watch,
+            &self.board,
+            self.settings.stall_timeout,
         )
         .await
         {
-            remove_dir_if_exists(&tmp);
-            return Err(err);
-        }
+            Ok((_, copied)) => copied,
+            Err(err) => {
+                remove_dir_if_exists(&tmp);
+                return Err(err);
+            }
+        };
         // pg_basebackup fsyncs the copy itself (no --no-sync).
         set_mode_0700(&tmp)?;
         self.stop().await?;
@@ -167,9 +178,9 @@ impl PgController {
         fsync_parent(pgdata)?;
         remove_dir_all_if_exists(&old)?;
         info!(
-            upstream = %format!("{}:{}", upstream.host, upstream.port),
             elapsed = ?started.elapsed(),
-            "postgres: base backup done"
+            "postgres: base backup done: {}",
+            copied.describe()
         );
         Ok(())
     }
@@ -233,16 +244,23 @@ impl PgController {
         );
         let mut target = OsString::from("--target-pgdata=");
         target.push(pgdata.as_os_str());
-        let args = os_args([target, format!("--source-server={source}").into()]);
+        let args = os_args([
+            target,
+            format!("--source-server={source}").into(),
+            "--progress".into(),
+        ]);
         let env = self.upstream_env()?;
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let started = Instant::now();
-        let output = run_program(
+        let from = format!("{}:{}", upstream.host, upstream.port);
+        let (output, copied) = run_watched(
             "pg_rewind",
             &self.bin("pg_rewind"),
             &args,
             &envs,
-            REWIND_TIMEOUT,
+            Watch::new(Work::Rewind, from, started),
+            &self.board,
+            self.settings.stall_timeout,
         )
         .await?;
         let said = format!("{}{}", output.stdout, output.stderr);
@@ -253,7 +271,7 @@ impl PgController {
             );
             Ok(Rewound::NothingToRewind)
         } else {
-            info!(elapsed = ?started.elapsed(), "postgres: pg_rewind done");
+            info!(elapsed = ?started.elapsed(), "postgres: pg_rewind done: {}", copied.describe());
             Ok(Rewound::Rewound)
         }
     }

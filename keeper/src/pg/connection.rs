@@ -269,6 +269,7 @@ impl PgController {
                 .map(|id| id as u64)
                 .unwrap_or(0),
             synchronous_standby_names: Some(sync_names),
+            work: None,
         }
     }
 }

@@ -22,6 +22,7 @@ mod connection;
 mod divergence;
 mod lifecycle;
 mod programs;
+pub mod progress;
 mod render;
 mod replication;
 #[cfg(test)]
@@ -97,6 +98,8 @@ pub struct Observation {
     /// `synchronous_standby_names` as the server runs with it (None while
     /// it does not answer).
     pub synchronous_standby_names: Option<String>,
+    /// The clone or rewind under way, if any.
+    pub work: Option<progress::WorkProgress>,
 }
 
 /// What pg_rewind did.
@@ -118,6 +121,12 @@ pub enum PgError {
     },
     #[error("{program} did not finish within {timeout:?}")]
     Timeout { program: String, timeout: Duration },
+    #[error("{program} made no progress for {} and was stopped ({progress}); the next attempt starts over", humantime::format_duration(*stall_timeout))]
+    Stalled {
+        program: String,
+        stall_timeout: Duration,
+        progress: String,
+    },
     #[error("could not run {program}: {source}")]
     Spawn {
         program: String,
@@ -268,6 +277,10 @@ pub struct PgSettings {
     pub replication_password: Option<PasswordSource>,
     /// PostgreSQL's TLS between the nodes; `None`: the nodes talk without.
     pub postgres_tls: Option<PostgresTls>,
+    /// A clone or rewind with no progress for this long is stopped.
+    pub stall_timeout: Duration,
+    /// pg_basebackup `--max-rate` in bytes per second; `None`: no limit.
+    pub clone_max_rate: Option<u64>,
 }
 
 /// PostgreSQL's TLS between the nodes (`postgres_tls_*_file`): the server
@@ -322,6 +335,9 @@ pub struct PgController {
     /// The password [`LocalPostgres::ensure_replication_role`] last applied
     /// (`Some(None)`: the role was made without one).
     role_applied: std::sync::Mutex<Option<Option<Secret>>>,
+    /// Where a clone or rewind under way stands (shared with the
+    /// controllers made by [`PgController::sharing_progress`]).
+    board: progress::Board,
 }
 
 impl PgController {
@@ -335,11 +351,26 @@ impl PgController {
             settings,
             conn: Mutex::new(None),
             role_applied: std::sync::Mutex::new(None),
+            board: progress::Board::default(),
         }
     }
 
     pub fn settings(&self) -> &PgSettings {
         &self.settings
+    }
+
+    /// Another controller of the same server, with a connection of its own
+    /// and this one's view of the clone or rewind under way.
+    pub fn sharing_progress(&self) -> Self {
+        PgController {
+            board: self.board.clone(),
+            ..PgController::new(self.settings.clone())
+        }
+    }
+
+    /// Where a clone or rewind under way stands.
+    pub fn work(&self) -> Option<progress::WorkProgress> {
+        self.board.get()
     }
 
     /// The server log, beside PGDATA (`<pgdata>.log`) so that replacing
@@ -452,7 +483,10 @@ impl LocalPostgres for PgController {
     }
 
     async fn observe(&self) -> Observation {
-        PgController::observe(self).await
+        Observation {
+            work: self.board.get(),
+            ..PgController::observe(self).await
+        }
     }
 
     async fn system_identifier(&self) -> Result<Option<u64>, PgError> {

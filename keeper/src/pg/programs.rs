@@ -2,6 +2,7 @@
 //! stderr kept in a typed error, dying with the keeper; killing ones an
 //! earlier keeper left running; finding the directory that holds them.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,6 +14,7 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tracing::{debug, warn};
 
+use super::progress::{parse_kb, Board, Watch, WorkProgress};
 use super::PgError;
 
 /// Environment for programs whose output we parse or whose messages we log:
@@ -243,4 +245,174 @@ pub(super) fn parse_version(name: &str) -> Option<Vec<u32>> {
     name.split('.')
         .map(|part| part.parse::<u32>().ok())
         .collect()
+}
+
+/// Stderr lines of a watched program kept for its error message.
+const KEPT_LINES: usize = 50;
+/// How often a watched program's progress is sampled.
+const WATCH_TICK: Duration = Duration::from_secs(1);
+
+/// Run long work (`program` printing `done/total kB` progress lines on
+/// stderr) with no time limit: it is stopped only when nothing moved
+/// (neither its count nor its processes' I/O) for `stall_timeout`. Its
+/// progress is published on `board` every second, and cleared at the end.
+/// Failures as [`run_program`], a stall as [`PgError::Stalled`].
+pub(super) async fn run_watched(
+    label: &str,
+    program: &Path,
+    args: &[OsString],
+    envs: &[(&str, &str)],
+    mut watch: Watch,
+    board: &Board,
+    stall_timeout: Duration,
+) -> Result<(ProgramOutput, WorkProgress), PgError> {
+    use tokio::io::AsyncReadExt;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    die_with_keeper(&mut command);
+    debug!(
+        program = label,
+        ?args,
+        "postgres: running {}",
+        program.display()
+    );
+    let mut child = command.spawn().map_err(|source| PgError::Spawn {
+        program: format!("{label} ({})", program.display()),
+        source,
+    })?;
+    let pid = child.id();
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let mut kept: VecDeque<String> = VecDeque::new();
+    let mut pending = String::new();
+    let mut buf = vec![0u8; 8192];
+    let mut tick = tokio::time::interval(WATCH_TICK);
+    let mut stderr_open = true;
+    let clear = ClearOnDrop(board);
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            read = stderr.read(&mut buf), if stderr_open => match read {
+                Ok(0) | Err(_) => stderr_open = false,
+                Ok(n) => {
+                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    // Lines end in '\n', or in '\r' on a terminal.
+                    while let Some(end) = pending.find(['\n', '\r']) {
+                        let line: String = pending.drain(..=end).collect();
+                        let line = line.trim_end();
+                        if let Some((done, total)) = parse_kb(line) {
+                            watch.copied(Instant::now(), done, total);
+                        } else if !line.trim().is_empty() {
+                            kept.push_back(line.to_string());
+                            if kept.len() > KEPT_LINES {
+                                kept.pop_front();
+                            }
+                        }
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if let Some(pid) = pid {
+                    watch.io(now, tree_io(pid));
+                }
+                let progress = watch.progress(now);
+                board.set(Some(progress.clone()));
+                if progress.idle >= stall_timeout {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    warn!(program = label, "postgres: {label} stalled and was stopped: {}", progress.describe());
+                    return Err(PgError::Stalled {
+                        program: label.to_string(),
+                        stall_timeout,
+                        progress: progress.describe(),
+                    });
+                }
+            }
+        }
+    };
+    drop(clear);
+    let status = status.map_err(|source| PgError::Spawn {
+        program: label.to_string(),
+        source,
+    })?;
+    // What is left of stderr once the program is gone.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WATCH_TICK, stderr.read_to_end(&mut rest)).await;
+    pending.push_str(&String::from_utf8_lossy(&rest));
+    for line in pending.split(['\n', '\r']) {
+        if parse_kb(line).is_none() && !line.trim().is_empty() {
+            kept.push_back(line.trim_end().to_string());
+        }
+    }
+    let said = Vec::from(kept).join("\n");
+    if status.success() {
+        let done = watch.progress(Instant::now());
+        debug!(
+            program = label,
+            "postgres: {label} done: {}",
+            done.describe()
+        );
+        return Ok((
+            ProgramOutput {
+                stdout: String::new(),
+                stderr: said,
+            },
+            done,
+        ));
+    }
+    for line in said.lines() {
+        warn!(program = label, "postgres: {label}: {line}");
+    }
+    Err(PgError::Program {
+        program: label.to_string(),
+        status: status.to_string(),
+        stderr: said,
+    })
+}
+
+/// Empties the board when the work ends, however it ends.
+struct ClearOnDrop<'a>(&'a Board);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
+}
+
+/// Bytes read and written (`rchar + wchar` of `/proc/<pid>/io`) by `pid`
+/// and its descendants; 0 for what cannot be read.
+fn tree_io(pid: u32) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![pid];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        seen += 1;
+        if seen > 64 {
+            break;
+        }
+        if let Ok(io) = std::fs::read_to_string(format!("/proc/{p}/io")) {
+            for line in io.lines() {
+                if let Some(v) = line
+                    .strip_prefix("rchar: ")
+                    .or_else(|| line.strip_prefix("wchar: "))
+                {
+                    total = total.wrapping_add(v.trim().parse().unwrap_or(0));
+                }
+            }
+        }
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+            stack.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    total
 }

@@ -273,6 +273,8 @@ async fn write_config_is_idempotent_and_manages_standby_signal() {
         replication_user: "pgpilot_replication".into(),
         replication_password: None,
         postgres_tls: None,
+        stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
+        clone_max_rate: None,
     });
     assert!(
         pg.write_config(&config(None)).await.is_err(),
@@ -602,6 +604,8 @@ async fn real_postgres_end_to_end() -> anyhow::Result<()> {
         replication_user: "pgpilot_replication".into(),
         replication_password: None,
         postgres_tls: None,
+        stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
+        clone_max_rate: None,
     };
     let (port_a, port_b) = (free_port(), free_port());
     let a = PgController::new(settings("a", port_a));

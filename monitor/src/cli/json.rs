@@ -69,6 +69,44 @@ pub struct NodeJson {
     pub system_identifier: Option<String>,
     /// Standbys: the WAL receiver streams from the primary.
     pub wal_receiver_streaming: bool,
+    /// The clone or rewind the node's keeper reports under way; null when
+    /// none is.
+    #[serde(default)]
+    pub work: Option<WorkJson>,
+}
+
+/// A clone or rewind under way (see `pb::WorkProgress`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkJson {
+    /// "clone" or "rewind".
+    pub work: String,
+    /// "host:port" copied from.
+    pub upstream: String,
+    pub done_bytes: u64,
+    /// Null until the program has said.
+    pub total_bytes: Option<u64>,
+    /// Over the last 10 s; null until measured.
+    pub rate_bytes_per_s: Option<u64>,
+    pub elapsed_ms: u64,
+    /// Since anything last moved.
+    pub idle_ms: u64,
+    /// The same in one sentence.
+    pub description: String,
+}
+
+impl From<&pb::WorkProgress> for WorkJson {
+    fn from(w: &pb::WorkProgress) -> WorkJson {
+        WorkJson {
+            work: w.work.clone(),
+            upstream: w.upstream.clone(),
+            done_bytes: w.done_bytes,
+            total_bytes: (w.total_bytes > 0).then_some(w.total_bytes),
+            rate_bytes_per_s: (w.rate_bytes_per_s > 0).then_some(w.rate_bytes_per_s),
+            elapsed_ms: w.elapsed_ms,
+            idle_ms: w.idle_ms,
+            description: pgpilot_proto::work::describe(w),
+        }
+    }
 }
 
 impl NodeJson {
@@ -94,6 +132,7 @@ impl NodeJson {
             lag_bytes: lag_bytes(s, n),
             system_identifier: (n.system_identifier != 0).then(|| n.system_identifier.to_string()),
             wal_receiver_streaming: n.wal_receiver_streaming,
+            work: n.work.as_ref().map(WorkJson::from),
         }
     }
 }

@@ -77,19 +77,7 @@ pub fn lag_bytes(s: &pb::FormationState, n: &pb::NodeStatus) -> Option<u64> {
 }
 
 /// Bytes for people: exact below 1 KiB, else one decimal in KiB/MiB/GiB/TiB.
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
+pub use pgpilot_proto::work::bytes as format_bytes;
 
 /// The node named `name`, or a usage error naming the closest known names.
 pub fn find_node<'a>(

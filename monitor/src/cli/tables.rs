@@ -5,6 +5,7 @@
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use pgpilot_proto::lsn::{application_name, format_lsn};
 use pgpilot_proto::pb;
+use pgpilot_proto::work;
 use pgpilot_proto::ReplicationState as S;
 
 use super::render::{connection, format_bytes, lag_bytes, state_name};
@@ -105,6 +106,11 @@ pub fn state_table(s: &pb::FormationState) -> String {
     for r in reasons {
         out.push_str(&format!("waiting: {r}\n"));
     }
+    for n in &s.nodes {
+        if let Some(w) = &n.work {
+            out.push_str(&format!("working: {} {}\n", n.name, work::describe(w)));
+        }
+    }
     if !s.monitors.is_empty() {
         out.push_str(&monitors_table(s));
     }
@@ -184,7 +190,8 @@ pub fn node_detail(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
     } else {
         n.waiting_reason.as_str()
     };
-    let rows: [(&str, String); 19] = [
+    let work = n.work.as_ref().map_or("-".into(), work::describe);
+    let rows: [(&str, String); 20] = [
         ("name", n.name.clone()),
         ("node id", n.node_id.to_string()),
         ("formation", s.formation.clone()),
@@ -204,6 +211,7 @@ pub fn node_detail(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
         ("lag", lag),
         ("streaming", streaming_cell(n)),
         ("waiting", waiting.to_string()),
+        ("work", work),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     rows.iter()

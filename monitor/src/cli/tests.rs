@@ -175,10 +175,30 @@ fn nodes_table_and_node_detail_show_every_field() {
         "lag:                4.0 KiB (4096 bytes)",
         "streaming:          yes",
         "lsn:                0/FFFFF010",
+        "work:               -",
     ] {
         assert!(d.lines().any(|l| l == line), "{line:?} not in\n{d}");
     }
-    assert_eq!(d.lines().count(), 19, "{d}");
+    assert_eq!(d.lines().count(), 20, "{d}");
+    let mut cloning = s.clone();
+    cloning.nodes[2].work = Some(pb::WorkProgress {
+        work: "clone".into(),
+        upstream: "127.0.0.1:6001".into(),
+        done_bytes: 1 << 30,
+        total_bytes: 4 << 30,
+        rate_bytes_per_s: 64 << 20,
+        elapsed_ms: 16_000,
+        idle_ms: 0,
+    });
+    let said = "clone from 127.0.0.1:6001: 1.0 GiB of 4.0 GiB (25 %), 64.0 MiB/s, about 48s left";
+    let d = node_detail(&cloning, &cloning.nodes[2]);
+    assert!(d.contains(&format!("work:               {said}")), "{d}");
+    let t = state_table(&cloning);
+    assert!(t.contains(&format!("working: node3 {said}")), "{t}");
+    let j = serde_json::to_value(StateJson::from(&cloning)).unwrap();
+    assert_eq!(j["nodes"][2]["work"]["total_bytes"], 4u64 << 30);
+    assert_eq!(j["nodes"][2]["work"]["description"], said);
+    assert!(j["nodes"][0]["work"].is_null());
 }
 
 #[test]

@@ -179,6 +179,7 @@ impl Beats {
             sent: crate::fsm::KeeperClock::from_wire(&r.keeper_boot_id, r.sent_at_ns)
                 .map_err(Error::InvalidArgument)?,
             notes: notes(&r.notes)?,
+            work: r.work.map(crate::store::work::check).transpose()?,
         })
     }
 

@@ -179,6 +179,8 @@ async fn write(
                 AND n.heartbeat_interval_ms = hb.hb_ms AND n.fence_timeout_ms = hb.fence_ms
                 AND n.wal_sender_timeout_ms = hb.wal_ms
                 AND n.pg_start_failures = hb.start_failures
+                -- Stored work is cleared by the locked path.
+                AND n.work IS NULL
                 AND n.fence_held_required IS NOT DISTINCT FROM hb.held
                 -- Built before the one folded in: the locked path answers it.
                 AND NOT coalesce(n.keeper_boot_id = hb.boot AND n.keeper_sent_ns >= hb.sent,

@@ -36,6 +36,9 @@ pub struct Heartbeat {
     /// What the keeper did on its own, each recorded as an event (see
     /// `notes`); a heartbeat with notes takes the locked path.
     pub notes: Vec<KeeperNote>,
+    /// The clone or rewind under way (keepalives only); a heartbeat with
+    /// work takes the locked path, which stores it.
+    pub work: Option<pgpilot_proto::pb::WorkProgress>,
 }
 
 /// A keeper's note (a diverged standby rewound, …), recorded as an event
@@ -99,7 +102,7 @@ impl Store {
     pub async fn node_active(&self, hb: &Heartbeat) -> Result<Assignment> {
         // The steady state is written in batches (see `batch`); anything
         // else, notes too, takes the locked path.
-        if hb.notes.is_empty() {
+        if hb.notes.is_empty() && hb.work.is_none() {
             if let Some(assignment) = self.beats.submit(hb.clone()).await? {
                 return Ok(assignment);
             }
@@ -196,7 +199,7 @@ impl Store {
                 last_heartbeat = $9, system_identifier = $10, heartbeat_interval_ms = $11,
                 fence_timeout_ms = $12, wal_sender_timeout_ms = $13, pg_start_failures = $14,
                 pg_running_since = $15, fence_held_required = $16, keeper_boot_id = $17,
-                keeper_sent_ns = $18
+                keeper_sent_ns = $18, work = $19
              WHERE node_id = $1",
         )
         .bind(me.snap.id)
@@ -217,6 +220,7 @@ impl Store {
         .bind(me.snap.fence_required_held.map(|v| v as i32))
         .bind(me.snap.heard_sent.map(|c| c.boot_hex()))
         .bind(me.snap.heard_sent.map(|c| c.ns as i64))
+        .bind(hb.work.as_ref().map(super::work::to_json))
         .execute(&mut **tx)
         .await?;
         Ok(())

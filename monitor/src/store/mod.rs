@@ -42,6 +42,7 @@ mod notes;
 mod reads;
 mod rows;
 mod target;
+pub mod work;
 
 pub use error::{Error, Result};
 pub use heartbeat::{Assignment, Heartbeat, KeeperNote};
@@ -63,6 +64,8 @@ pub struct StoredNode {
     pub system_identifier: u64,
     /// When the goal was last changed (the database's clock).
     pub goal_changed_at: DateTime<Utc>,
+    /// The clone or rewind its keeper last reported under way.
+    pub work: Option<pgpilot_proto::pb::WorkProgress>,
 }
 
 /// Per-formation settings the state machine reads.

@@ -47,6 +47,7 @@ pub(super) struct NodeRow {
     fence_held_required: Option<i32>,
     keeper_boot_id: Option<String>,
     keeper_sent_ns: Option<i64>,
+    work: Option<String>,
     goal_changed_at: DateTime<Utc>,
 }
 
@@ -164,6 +165,7 @@ impl TryFrom<NodeRow> for StoredNode {
             port,
             system_identifier: r.system_identifier as u64,
             goal_changed_at: r.goal_changed_at,
+            work: r.work.as_deref().and_then(super::work::from_json),
         })
     }
 }

@@ -306,6 +306,27 @@ impl Generator {
                     rng.range(0, 1 << 40)
                 },
                 notes: Vec::new(),
+                work: match rng.below(6) {
+                    0 if w(rng) => Some(pb::WorkProgress {
+                        work: Generator::wild_string(rng),
+                        upstream: Generator::wild_string(rng),
+                        done_bytes: Generator::wild_u64(rng),
+                        total_bytes: Generator::wild_u64(rng),
+                        rate_bytes_per_s: Generator::wild_u64(rng),
+                        elapsed_ms: Generator::wild_u64(rng),
+                        idle_ms: Generator::wild_u64(rng),
+                    }),
+                    1 => Some(pb::WorkProgress {
+                        work: "clone".into(),
+                        upstream: "127.0.0.1:5432".into(),
+                        done_bytes: rng.range(0, 1 << 30),
+                        total_bytes: 1 << 30,
+                        rate_bytes_per_s: rng.range(0, 1 << 27),
+                        elapsed_ms: rng.range(0, 1 << 20),
+                        idle_ms: rng.range(0, 1 << 16),
+                    }),
+                    _ => None,
+                },
             }),
             2 => Call::GetFormationState(pb::GetFormationStateRequest {
                 formation: self.formation(rng, wild),

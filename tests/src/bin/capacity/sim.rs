@@ -200,6 +200,7 @@ impl SimNode {
             pg_start_failures: 0,
             acting_toward: None,
             fence_required_held: None,
+            work: None,
             // Ordered as a real keeper's heartbeats are.
             keeper_boot_id: "0123456789abcdef0123456789abcdef".into(),
             sent_at_ns: sent_at_ns(now),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgpilot_proto::lsn::{application_name, slot_name};
+use pgpilot_proto::notes;
 use pgpilot_proto::pb;
 use pgpilot_proto::ReplicationState as S;
 
@@ -17,7 +18,7 @@ use crate::error::KeeperError;
 use crate::failpoint::Failpoints;
 use crate::fence::SharedLease;
 use crate::notes::Notes;
-use crate::pg::{LocalPostgres, ManagedConfig, Rewound, Upstream};
+use crate::pg::{LocalPostgres, ManagedConfig, PgError, Rewound, Upstream};
 use crate::plan::Action;
 use crate::timeline::{self, Divergence};
 
@@ -162,7 +163,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                 Action::Clone => {
                     let upstream = upstream(target)?;
                     tracing::info!(from = %format!("{}:{}", upstream.host, upstream.port), "cloning the primary with pg_basebackup");
-                    pg.base_backup(&upstream).await?;
+                    self.copying(pg.base_backup(&upstream)).await?;
                     config_changed = true;
                 }
                 Action::RewindOrClone => {
@@ -170,7 +171,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                     if let Err(e) = self.rewind_and_start(target, &upstream).await {
                         tracing::warn!(error = %e, "rewinding did not give a standby that starts; cloning the primary instead");
                         pg.stop().await?;
-                        pg.base_backup(&upstream).await?;
+                        self.copying(pg.base_backup(&upstream)).await?;
                     }
                     config_changed = true;
                 }
@@ -215,6 +216,28 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
         }
     }
 
+    /// Run a clone or rewind, and tell the operator how it ended: a note of
+    /// what it copied in how long, or of its stall.
+    async fn copying<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, PgError>>,
+    ) -> Result<T, PgError> {
+        let result = work.await;
+        match &result {
+            Ok(_) => {
+                // A rewind that found nothing to copy is not news.
+                if let Some(done) = self.pg.take_finished_work().filter(|d| d.done_bytes > 0) {
+                    self.notes.push(notes::WORK_DONE, done.finished_text());
+                }
+            }
+            Err(e @ PgError::Stalled { .. }) => {
+                self.notes.push(notes::WORK_STALLED, e.to_string());
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
     /// pg_rewind, then start as a standby of `upstream`: a rewound data
     /// directory is only good once PostgreSQL accepts it.
     async fn rewind_and_start(
@@ -225,7 +248,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
         if !self.pg.has_data_directory() {
             return Err(KeeperError::Waiting("no data directory to rewind".into()));
         }
-        let rewound = self.pg.rewind_reporting(upstream).await?;
+        let rewound = self.copying(self.pg.rewind_reporting(upstream)).await?;
         self.pg
             .write_config(&self.managed_config(target, Some(upstream.clone()), true))
             .await?;
@@ -263,7 +286,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
             Err(e) => {
                 tracing::warn!(error = %e, "rewinding did not give a standby that starts; cloning the primary instead");
                 self.pg.stop().await?;
-                self.pg.base_backup(&upstream).await?;
+                self.copying(self.pg.base_backup(&upstream)).await?;
                 (
                     pgpilot_proto::notes::STANDBY_RECLONED,
                     format!("pg_rewind failed ({e}); cloned afresh with pg_basebackup"),

@@ -11,6 +11,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use pgpilot_proto::ReplicationState as S;
 
+use crate::pg::progress::Work;
 use crate::pg::Observation;
 use crate::status::{Facts, KeeperStatus};
 
@@ -30,6 +31,10 @@ pub const TRANSITIONS: &str = "pgpilot_keeper_transitions_total";
 pub const TRANSITION_SECONDS: &str = "pgpilot_keeper_transition_duration_seconds";
 pub const MONITOR_IN_USE: &str = "pgpilot_keeper_monitor_in_use";
 pub const MONITOR_SWITCHES: &str = "pgpilot_keeper_monitor_switches_total";
+pub const WORK_DONE: &str = "pgpilot_keeper_work_done_bytes";
+pub const WORK_TOTAL: &str = "pgpilot_keeper_work_total_bytes";
+pub const WORK_RATE: &str = "pgpilot_keeper_work_rate_bytes_per_second";
+pub const WORK_IDLE: &str = "pgpilot_keeper_work_idle_seconds";
 
 /// Buckets of the transition histogram: from a configuration reload to a
 /// clone of a large database.
@@ -87,6 +92,17 @@ fn describe() {
     describe_counter!(
         MONITOR_SWITCHES,
         "Times this keeper moved to the next monitor of its list after an error of the one in use."
+    );
+    describe_gauge!(WORK_DONE, Unit::Bytes, "Bytes copied so far by the clone (pg_basebackup) or rewind (pg_rewind) under way (label work); 0 when none runs.");
+    describe_gauge!(WORK_TOTAL, Unit::Bytes, "Bytes the work under way copies in all, as the program estimates them (label work); 0 when none runs or it has not said.");
+    describe_gauge!(
+        WORK_RATE,
+        "Bytes per second of the work under way over the last 10 s (label work); 0 when none runs."
+    );
+    describe_gauge!(
+        WORK_IDLE,
+        Unit::Seconds,
+        "Seconds since the work under way last moved (label work); it is stopped at stall_timeout."
     );
     describe_histogram!(
         TRANSITION_SECONDS,
@@ -156,6 +172,14 @@ pub fn render(
         gauge!(MONITOR_IN_USE, "url" => url.clone())
             .set(flag(status.monitor.as_ref() == Some(url)));
     }
+    for work in [Work::Clone, Work::Rewind] {
+        let now = o.work.as_ref().filter(|w| w.work == work);
+        let label = [("work", work.as_str())];
+        gauge!(WORK_DONE, &label).set(now.map_or(0.0, |w| w.done_bytes as f64));
+        gauge!(WORK_TOTAL, &label).set(now.and_then(|w| w.total_bytes).unwrap_or(0) as f64);
+        gauge!(WORK_RATE, &label).set(now.and_then(|w| w.rate_bytes_per_s).unwrap_or(0) as f64);
+        gauge!(WORK_IDLE, &label).set(now.map_or(0.0, |w| w.idle.as_secs_f64()));
+    }
     // Counters appear before their first increment, so dashboards and
     // alerts see 0 rather than nothing.
     counter!(FENCE_EVENTS).increment(0);
@@ -183,6 +207,15 @@ mod tests {
             lsn: 1500,
             timeline: 3,
             wal_receiver_streaming: true,
+            work: Some(crate::pg::progress::WorkProgress {
+                work: Work::Rewind,
+                upstream: "127.0.0.1:5432".into(),
+                done_bytes: 4096,
+                total_bytes: Some(8192),
+                elapsed: Duration::from_secs(3),
+                rate_bytes_per_s: Some(1024),
+                idle: Duration::from_secs(2),
+            }),
             ..Observation::default()
         };
         let f = crate::status::facts(&status, &o);
@@ -200,6 +233,11 @@ mod tests {
             "pgpilot_keeper_info{node=\"node1\",formation=\"default\",node_id=\"7\"} 1",
             "pgpilot_keeper_monitor_in_use{url=\"https://m1:7430\"} 0",
             "pgpilot_keeper_monitor_in_use{url=\"https://m2:7430\"} 1",
+            "pgpilot_keeper_work_done_bytes{work=\"rewind\"} 4096",
+            "pgpilot_keeper_work_total_bytes{work=\"rewind\"} 8192",
+            "pgpilot_keeper_work_rate_bytes_per_second{work=\"rewind\"} 1024",
+            "pgpilot_keeper_work_idle_seconds{work=\"rewind\"} 2",
+            "pgpilot_keeper_work_done_bytes{work=\"clone\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

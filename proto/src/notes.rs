@@ -9,11 +9,16 @@ pub const STANDBY_REWOUND: &str = "standby_rewound";
 /// A standby whose WAL diverged from its upstream's could not be rewound
 /// and was cloned afresh with pg_basebackup.
 pub const STANDBY_RECLONED: &str = "standby_recloned";
+/// A clone or rewind finished: how much it copied, in how long.
+pub const WORK_DONE: &str = "work_done";
+/// A clone or rewind made no progress for the keeper's stall_timeout and
+/// was stopped (the next attempt starts over).
+pub const WORK_STALLED: &str = "work_stalled";
 /// The kind a monitor records a note of a kind it does not know under.
 pub const UNKNOWN: &str = "keeper_note";
 
 /// Every kind a keeper sends.
-pub const ALL: [&str; 2] = [STANDBY_REWOUND, STANDBY_RECLONED];
+pub const ALL: [&str; 4] = [STANDBY_REWOUND, STANDBY_RECLONED, WORK_DONE, WORK_STALLED];
 
 /// The most notes one heartbeat carries (a keeper keeps no more).
 pub const MAX_PER_HEARTBEAT: usize = 16;

@@ -231,6 +231,12 @@ pub trait LocalPostgres {
         }
     }
 
+    /// The clone or rewind that last finished, once (for the keeper's
+    /// note); `None` where nothing counts it.
+    fn take_finished_work(&self) -> Option<progress::WorkProgress> {
+        None
+    }
+
     /// [`Self::rewind`], saying whether pg_rewind rewrote anything.
     fn rewind_reporting(
         &self,
@@ -452,6 +458,10 @@ impl LocalPostgres for PgController {
 
     async fn rewind(&self, upstream: &Upstream) -> Result<(), PgError> {
         PgController::rewind(self, upstream).await.map(drop)
+    }
+
+    fn take_finished_work(&self) -> Option<progress::WorkProgress> {
+        self.board.take_finished()
     }
 
     async fn rewind_reporting(&self, upstream: &Upstream) -> Result<Rewound, PgError> {

@@ -353,6 +353,7 @@ pub(super) async fn run_watched(
     let said = Vec::from(kept).join("\n");
     if status.success() {
         let done = watch.progress(Instant::now());
+        board.finish(done.clone());
         debug!(
             program = label,
             "postgres: {label} done: {}",

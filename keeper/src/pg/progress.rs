@@ -159,17 +159,58 @@ impl Watch {
 }
 
 /// Where the work under way stands, shared between the runner and the
-/// readers (heartbeats, metrics). Empty when no long work runs.
+/// readers (heartbeats, metrics), and the last work that finished, until
+/// it is taken (for the keeper's note).
 #[derive(Debug, Clone, Default)]
-pub struct Board(Arc<Mutex<Option<WorkProgress>>>);
+pub struct Board(Arc<Mutex<Slots>>);
+
+#[derive(Debug, Default)]
+struct Slots {
+    now: Option<WorkProgress>,
+    finished: Option<WorkProgress>,
+}
 
 impl Board {
     pub fn set(&self, progress: Option<WorkProgress>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = progress;
+        self.lock().now = progress;
     }
 
+    /// Under way now; `None` when no long work runs.
     pub fn get(&self) -> Option<WorkProgress> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lock().now.clone()
+    }
+
+    /// The work under way finished as `last` says.
+    pub fn finish(&self, last: WorkProgress) {
+        let mut slots = self.lock();
+        slots.now = None;
+        slots.finished = Some(last);
+    }
+
+    pub fn take_finished(&self) -> Option<WorkProgress> {
+        self.lock().finished.take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl WorkProgress {
+    /// "cloned 48.0 MiB from 10.0.0.5:5432 in 12s (4.0 MiB/s on average)".
+    pub fn finished_text(&self) -> String {
+        let verb = match self.work {
+            Work::Clone => "cloned",
+            Work::Rewind => "rewound, copying",
+        };
+        let secs = self.elapsed.as_secs_f64().max(0.001);
+        format!(
+            "{verb} {} from {} in {} ({}/s on average)",
+            pgpilot_proto::work::bytes(self.done_bytes),
+            self.upstream,
+            humantime::format_duration(Duration::from_secs(self.elapsed.as_secs())),
+            pgpilot_proto::work::bytes((self.done_bytes as f64 / secs) as u64)
+        )
     }
 }
 
@@ -222,6 +263,25 @@ mod tests {
         // It moves again: the idle time starts over.
         w.copied(t0 + s(61), 2000, 10_000);
         assert_eq!(w.idle(t0 + s(61)), Duration::ZERO);
+    }
+
+    #[test]
+    fn finished_work_is_kept_until_taken() {
+        let board = Board::default();
+        let w = Watch::new(Work::Clone, "a:1".into(), Instant::now());
+        let mut p = w.progress(Instant::now());
+        board.set(Some(p.clone()));
+        assert!(board.get().is_some());
+        p.done_bytes = 48 << 20;
+        p.elapsed = Duration::from_secs(12);
+        board.finish(p);
+        assert_eq!(board.get(), None);
+        let done = board.take_finished().unwrap();
+        assert_eq!(
+            done.finished_text(),
+            "cloned 48.0 MiB from a:1 in 12s (4.0 MiB/s on average)"
+        );
+        assert_eq!(board.take_finished(), None);
     }
 
     #[test]

@@ -151,6 +151,11 @@ pub struct KeeperConfig {
     /// limit.
     #[serde(default, deserialize_with = "d_rate")]
     pub clone_max_rate: Option<u64>,
+    /// Remove the data directory before cloning into its place, so that a
+    /// rebuild needs room for one copy, not two; the node then has no data
+    /// until the clone is complete.
+    #[serde(default)]
+    pub clone_in_place: bool,
     /// Address of the keeper's HTTP server (/metrics, /health, /primary,
     /// /replica), e.g. "127.0.0.1:8008"; absent: no HTTP server.
     #[serde(default, deserialize_with = "d_http_listen")]

@@ -142,6 +142,7 @@ fn pg_settings(config: &KeeperConfig) -> Result<PgSettings, RunError> {
         postgres_tls,
         stall_timeout: config.stall_timeout,
         clone_max_rate: config.clone_max_rate,
+        clone_in_place: config.clone_in_place,
     })
 }
 

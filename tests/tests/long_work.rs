@@ -1,7 +1,8 @@
 //! Long work on real PostgreSQL, watched for progress rather than timed.
 //!
 //! A standby rebuilt (`reinit`) from a primary holding tens of megabytes,
-//! with `clone_max_rate` set on its keeper: while pg_basebackup runs, the
+//! with `clone_max_rate` and `clone_in_place` set on its keeper (the old
+//! data directory is gone while the copy runs): while pg_basebackup runs, the
 //! monitor shows the clone's progress (`show-state`, its JSON); when it is
 //! done an event says what was copied in how long, and the average rate
 //! stays within the throttle. A second rebuild whose upstream goes silent
@@ -25,7 +26,7 @@ const REBUILD_TIMEOUT: Duration = Duration::from_secs(180);
 /// Rows of about 1 kB written to the primary before the rebuilds.
 const FILLER_ROWS: u32 = 40_000;
 /// The standby's keeper settings for the test.
-const THROTTLE: &str = "clone_max_rate = \"8MB\"\nstall_timeout = \"3s\"\n";
+const THROTTLE: &str = "clone_max_rate = \"8MB\"\nstall_timeout = \"3s\"\nclone_in_place = true\n";
 const MAX_RATE_BYTES: f64 = 8.0 * 1024.0 * 1024.0;
 
 fn work_of<'a>(s: &'a pb::FormationState, name: &str) -> Option<&'a pb::WorkProgress> {
@@ -120,6 +121,19 @@ async fn a_throttled_clone_shows_progress_and_a_stalled_one_is_stopped() -> Resu
         started.elapsed().as_secs_f64(),
         pgpilot_proto::work::describe(&seen)
     );
+    // clone_in_place: the old data directory is gone while the copy runs
+    // (checked, then the copy seen still running: the check fell in it).
+    let pgdata = cluster.pgdata(&standby)?;
+    let there = pgdata.join("PG_VERSION").exists();
+    let still = work_of(&cluster.state().await?, &standby).is_some();
+    if there && still {
+        return Err(cluster
+            .failure(format!(
+                "with clone_in_place the old {} should be gone during the clone",
+                pgdata.display()
+            ))
+            .await);
+    }
     let table = cli_ok(&cluster, &["show-state"]).await?;
     if !table.contains(&format!("working: {standby} clone from"))
         && seen.done_bytes < seen.total_bytes

@@ -261,6 +261,7 @@ fn pg_settings(args: &GuardArgs) -> PgSettings {
         postgres_tls: None,
         stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         clone_max_rate: None,
+        clone_in_place: false,
     }
 }
 

@@ -116,12 +116,21 @@ impl PgController {
 
     /// Clones into `<pgdata>.clone-tmp`; only a complete clone replaces
     /// PGDATA (the server is stopped first). The old PGDATA is renamed to
-    /// `<pgdata>.old` and then deleted.
+    /// `<pgdata>.old` and then deleted. With `clone_in_place` the server is
+    /// stopped and PGDATA deleted before the copy instead, so that the disk
+    /// holds one copy at a time.
     pub(super) async fn base_backup(&self, upstream: &Upstream) -> Result<(), PgError> {
         let pgdata = &self.settings.pgdata;
         let tmp = sibling_path(pgdata, ".clone-tmp");
         let old = sibling_path(pgdata, ".old");
         self.kill_leftover_programs().await;
+        if self.settings.clone_in_place && std::fs::symlink_metadata(pgdata).is_ok() {
+            self.stop().await?;
+            warn!(pgdata = %pgdata.display(), "postgres: removing the data directory before cloning (clone_in_place)");
+            remove_dir_all_if_exists(&old)?;
+            std::fs::rename(pgdata, &old).map_err(|e| io_error(pgdata, e))?;
+            remove_dir_all_if_exists(&old)?;
+        }
         prepare_tmp_dir(&tmp)?;
         let args = os_args([
             "-h".into(),

@@ -287,6 +287,8 @@ pub struct PgSettings {
     pub stall_timeout: Duration,
     /// pg_basebackup `--max-rate` in bytes per second; `None`: no limit.
     pub clone_max_rate: Option<u64>,
+    /// Remove PGDATA before a clone rather than after it.
+    pub clone_in_place: bool,
 }
 
 /// PostgreSQL's TLS between the nodes (`postgres_tls_*_file`): the server

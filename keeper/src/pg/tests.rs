@@ -275,6 +275,7 @@ async fn write_config_is_idempotent_and_manages_standby_signal() {
         postgres_tls: None,
         stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         clone_max_rate: None,
+        clone_in_place: false,
     });
     assert!(
         pg.write_config(&config(None)).await.is_err(),
@@ -606,6 +607,7 @@ async fn real_postgres_end_to_end() -> anyhow::Result<()> {
         postgres_tls: None,
         stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         clone_max_rate: None,
+        clone_in_place: false,
     };
     let (port_a, port_b) = (free_port(), free_port());
     let a = PgController::new(settings("a", port_a));

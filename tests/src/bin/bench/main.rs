@@ -8,7 +8,12 @@
 //! pause a planned restart of the primary's keeper (SIGTERM, start again)
 //! causes. Prints a table with min / median / p95 / max.
 //!
+//! `pgpilot-bench clone`: the time to build a standby of a database with
+//! data in it, beside a bare pg_basebackup (see `clone.rs`).
+//!
 //! Example: cargo run --release -p pgpilot-tests --bin pgpilot-bench -- failover --runs 5
+
+mod clone;
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +44,21 @@ enum Command {
         /// Scenarios to run (default: all).
         #[arg(long, value_enum)]
         scenario: Vec<Scenario>,
+    },
+    /// Time to build a standby of a database with data in it (pgbench -i),
+    /// beside a bare pg_basebackup of the same primary.
+    ///
+    /// Example: pgpilot-bench clone --scale 200 --runs 3
+    Clone {
+        /// pgbench scale of the primary's data (200 is about 3 GB).
+        #[arg(long, default_value_t = 20)]
+        scale: u32,
+        /// Rebuilds (and bare copies) to time.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// clone_max_rate for the standby's keeper, e.g. "50MB".
+        #[arg(long)]
+        max_rate: Option<String>,
     },
 }
 
@@ -115,11 +135,25 @@ struct Sample {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let Command::Failover {
-        runs,
-        nodes,
-        scenario,
-    } = Args::parse().command;
+    let (runs, nodes, scenario) = match Args::parse().command {
+        Command::Failover {
+            runs,
+            nodes,
+            scenario,
+        } => (runs, nodes, scenario),
+        Command::Clone {
+            scale,
+            runs,
+            max_rate,
+        } => {
+            return clone::run(clone::CloneArgs {
+                scale,
+                runs,
+                max_rate,
+            })
+            .await
+        }
+    };
     let scenarios = if scenario.is_empty() {
         vec![
             Scenario::Unplanned,

@@ -204,11 +204,17 @@ impl WorkProgress {
             Work::Rewind => "rewound, copying",
         };
         let secs = self.elapsed.as_secs_f64().max(0.001);
+        // Whole seconds, or milliseconds below ten seconds.
+        let took = if self.elapsed < Duration::from_secs(10) {
+            Duration::from_millis(self.elapsed.as_millis() as u64)
+        } else {
+            Duration::from_secs(self.elapsed.as_secs())
+        };
         format!(
             "{verb} {} from {} in {} ({}/s on average)",
             pgpilot_proto::work::bytes(self.done_bytes),
             self.upstream,
-            humantime::format_duration(Duration::from_secs(self.elapsed.as_secs())),
+            humantime::format_duration(took),
             pgpilot_proto::work::bytes((self.done_bytes as f64 / secs) as u64)
         )
     }
@@ -280,6 +286,14 @@ mod tests {
         assert_eq!(
             done.finished_text(),
             "cloned 48.0 MiB from a:1 in 12s (4.0 MiB/s on average)"
+        );
+        let quick = WorkProgress {
+            elapsed: Duration::from_millis(380),
+            ..done
+        };
+        assert_eq!(
+            quick.finished_text(),
+            "cloned 48.0 MiB from a:1 in 380ms (126.3 MiB/s on average)"
         );
         assert_eq!(board.take_finished(), None);
     }

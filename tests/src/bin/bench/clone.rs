@@ -5,13 +5,16 @@
 //! A two-node group; the primary is filled with `pgbench -i -s SCALE`
 //! (scale 200 is about 3 GB). Each run times, alternating which goes
 //! first:
-//! - **bare**: `pg_basebackup -X stream --checkpoint=fast` of the primary
-//!   into a scratch directory (what an operator would run by hand);
+//! - **bare**: a standby built by hand: `pg_basebackup -X stream
+//!   --checkpoint=fast -R` of the primary into a scratch directory, then
+//!   `pg_ctl start`, until its WAL receiver streams;
 //! - **pgpilot**: `reinit` of the standby, from the command to the standby
 //!   settled `secondary` again (stop, clone with progress, start, catch up,
 //!   report), and the copy alone as the keeper's `work_done` event says.
 //!
-//! The ratio pgpilot / bare (medians) is what pgpilot adds. With
+//! One untimed standby by hand comes first (the first copy after the
+//! fill is the slowest whoever makes it). The ratio pgpilot / by hand
+//! (medians) is what pgpilot adds. With
 //! `--max-rate`, the standby's keeper has `clone_max_rate` set and the
 //! table shows the average rate its clones kept.
 
@@ -74,18 +77,24 @@ pub async fn run(args: CloneArgs) -> Result<()> {
         cluster.start_keeper(standby)?;
         settled(&cluster).await?;
     }
+    // Untimed: the first copy after the fill reads what no copy read yet.
+    let warm_up = bare_standby(&cluster, primary)?;
+    eprintln!(
+        "warm-up standby by hand: {:.1} s (not counted)",
+        warm_up.as_secs_f64()
+    );
     let mut runs = Vec::new();
     for i in 1..=args.runs {
         let (bare, pgpilot, copy) = if i % 2 == 1 {
-            let bare = bare_basebackup(&cluster, primary)?;
+            let bare = bare_standby(&cluster, primary)?;
             let (pgpilot, copy) = rebuild(&cluster, primary, standby).await?;
             (bare, pgpilot, copy)
         } else {
             let (pgpilot, copy) = rebuild(&cluster, primary, standby).await?;
-            (bare_basebackup(&cluster, primary)?, pgpilot, copy)
+            (bare_standby(&cluster, primary)?, pgpilot, copy)
         };
         eprintln!(
-            "run {i}/{}: bare pg_basebackup {:.1} s, pgpilot rebuild {:.1} s ({copy})",
+            "run {i}/{}: standby by hand {:.1} s, pgpilot rebuild {:.1} s ({copy})",
             args.runs,
             bare.as_secs_f64(),
             pgpilot.as_secs_f64()
@@ -119,7 +128,7 @@ pub async fn run(args: CloneArgs) -> Result<()> {
         "seconds", "min", "median", "max"
     );
     for (label, values) in [
-        ("bare pg_basebackup -X stream --checkpoint=fast", &bare),
+        ("by hand: pg_basebackup -R, pg_ctl start, streams", &bare),
         ("pgpilot reinit until secondary", &ours),
     ] {
         println!(
@@ -164,15 +173,31 @@ fn pgbench_init(cluster: &Cluster, node: &str, scale: u32) -> Result<()> {
     Ok(())
 }
 
-/// `pg_basebackup` of `node` into a scratch directory, timed.
-fn bare_basebackup(cluster: &Cluster, node: &str) -> Result<Duration> {
+/// A standby of `node` built by hand, timed: `pg_basebackup -R` into a
+/// scratch directory, `pg_ctl start` on a free port, until its WAL receiver
+/// streams; then stopped and removed.
+fn bare_standby(cluster: &Cluster, node: &str) -> Result<Duration> {
     let tools = cluster.tools();
     let scratch = tools.scratch_dir("pgpilot-bench-basebackup")?;
     let target = scratch.path().join("copy");
+    let port = pgpilot_tests::process::free_port()?.to_string();
     let started = Instant::now();
-    let status = tools
-        .command_as_pg_user(tools.pg_program("pg_basebackup"), scratch.path())
-        .args([
+    let run = |program: &str, args: &[&std::ffi::OsStr]| -> Result<()> {
+        let status = tools
+            .command_as_pg_user(tools.pg_program(program), scratch.path())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("running {program}"))?;
+        if !status.success() {
+            bail!("{program} failed: {status}");
+        }
+        Ok(())
+    };
+    let upstream = cluster.node_port(node)?.to_string();
+    run(
+        "pg_basebackup",
+        &[
             "-h",
             "127.0.0.1",
             "-U",
@@ -180,17 +205,66 @@ fn bare_basebackup(cluster: &Cluster, node: &str) -> Result<Duration> {
             "-X",
             "stream",
             "--checkpoint=fast",
-        ])
-        .arg("-p")
-        .arg(cluster.node_port(node)?.to_string())
-        .arg("-D")
-        .arg(&target)
-        .status()
-        .context("running pg_basebackup")?;
+            "-R",
+            "-p",
+            &upstream,
+            "-D",
+        ]
+        .map(std::ffi::OsStr::new)
+        .into_iter()
+        .chain([target.as_os_str()])
+        .collect::<Vec<_>>(),
+    )?;
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=''",
+        scratch.path().display()
+    );
+    let log = scratch.path().join("copy.log");
+    run(
+        "pg_ctl",
+        &[
+            "-D".as_ref(),
+            target.as_os_str(),
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-o".as_ref(),
+            options.as_ref(),
+            "-w".as_ref(),
+            "start".as_ref(),
+        ],
+    )?;
+    let streaming = (|| -> Result<()> {
+        let deadline = Instant::now() + REBUILD_TIMEOUT;
+        loop {
+            let out = tools
+                .command_as_pg_user(tools.pg_program("psql"), scratch.path())
+                .args(["-X", "-A", "-t", "-U", "postgres", "-d", "postgres", "-h"])
+                .arg(scratch.path())
+                .args(["-p", &port, "-c", "SELECT status FROM pg_stat_wal_receiver"])
+                .output()
+                .context("running psql")?;
+            if String::from_utf8_lossy(&out.stdout).trim() == "streaming" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the hand-built standby did not stream within {REBUILD_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })();
     let took = started.elapsed();
-    if !status.success() {
-        bail!("pg_basebackup failed: {status}");
-    }
+    let stopped = run(
+        "pg_ctl",
+        &[
+            "-D".as_ref(),
+            target.as_os_str(),
+            "-m".as_ref(),
+            "immediate".as_ref(),
+            "stop".as_ref(),
+        ],
+    );
+    streaming?;
+    stopped?;
     remove(&target)?;
     Ok(took)
 }
@@ -200,14 +274,35 @@ fn remove(dir: &Path) -> Result<()> {
 }
 
 /// `reinit` of `standby` until it is settled secondary again; the time and
-/// the keeper's own account of the copy.
+/// the keeper's own account of the copy. The state is polled every 20 ms,
+/// as the standby built by hand is.
 async fn rebuild(cluster: &Cluster, primary: &str, standby: &str) -> Result<(Duration, String)> {
     let before = last_event_id(&events(cluster).await?);
     let started = Instant::now();
+    // The command commits the standby's new goal before it returns: from
+    // then on the pair is not settled until the standby is rebuilt.
     cli_ok(cluster, &["reinit", standby, "--no-wait"]).await?;
-    // The rebuild begins with a goal change away from secondary; wait for
-    // the copy's event first, so a standby still settled from before is
-    // not taken for a rebuilt one.
+    let deadline = started + REBUILD_TIMEOUT;
+    loop {
+        let settled = cluster.state().await.is_ok_and(|s| {
+            s.node(primary)
+                .is_some_and(|n| n.settled_in(ReplicationState::Primary))
+                && s.node(standby)
+                    .is_some_and(|n| n.settled_in(ReplicationState::Secondary))
+        });
+        if settled {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(cluster
+                .failure(format!(
+                    "{standby} was not rebuilt within {REBUILD_TIMEOUT:?}"
+                ))
+                .await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
     let copy = cluster
         .wait_for(REBUILD_TIMEOUT, "the clone's work_done event", || async {
             Ok(events(cluster)
@@ -221,16 +316,5 @@ async fn rebuild(cluster: &Cluster, primary: &str, standby: &str) -> Result<(Dur
                 .map(|e| e["reason"].as_str().unwrap_or_default().to_string()))
         })
         .await?;
-    cluster
-        .wait_for(REBUILD_TIMEOUT, "the rebuilt standby settled", || async {
-            let s = cluster.state().await?;
-            let ok = s
-                .node(primary)
-                .is_some_and(|n| n.settled_in(ReplicationState::Primary))
-                && s.node(standby)
-                    .is_some_and(|n| n.settled_in(ReplicationState::Secondary));
-            Ok(ok.then_some(()))
-        })
-        .await?;
-    Ok((started.elapsed(), copy))
+    Ok((took, copy))
 }

@@ -41,26 +41,8 @@ pub(super) async fn run_program(
     envs: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<ProgramOutput, PgError> {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    die_with_keeper(&mut command);
-    debug!(
-        program = label,
-        ?args,
-        "postgres: running {}",
-        program.display()
-    );
     let started = Instant::now();
-    let child = command.spawn().map_err(|source| PgError::Spawn {
-        program: format!("{label} ({})", program.display()),
-        source,
-    })?;
+    let child = spawn(label, program, args, envs, Stdio::piped())?;
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(output)) => output,
         Ok(Err(source)) => {
@@ -100,6 +82,36 @@ pub(super) async fn run_program(
         program: label.to_string(),
         status: output.status.to_string(),
         stderr: said.to_string(),
+    })
+}
+
+/// Start `program` with no stdin, stderr piped, killed when dropped and
+/// when the keeper dies.
+fn spawn(
+    label: &str,
+    program: &Path,
+    args: &[OsString],
+    envs: &[(&str, &str)],
+    stdout: Stdio,
+) -> Result<tokio::process::Child, PgError> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    die_with_keeper(&mut command);
+    debug!(
+        program = label,
+        ?args,
+        "postgres: running {}",
+        program.display()
+    );
+    command.spawn().map_err(|source| PgError::Spawn {
+        program: format!("{label} ({})", program.display()),
+        source,
     })
 }
 
@@ -267,25 +279,7 @@ pub(super) async fn run_watched(
     stall_timeout: Duration,
 ) -> Result<(ProgramOutput, WorkProgress), PgError> {
     use tokio::io::AsyncReadExt;
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    die_with_keeper(&mut command);
-    debug!(
-        program = label,
-        ?args,
-        "postgres: running {}",
-        program.display()
-    );
-    let mut child = command.spawn().map_err(|source| PgError::Spawn {
-        program: format!("{label} ({})", program.display()),
-        source,
-    })?;
+    let mut child = spawn(label, program, args, envs, Stdio::null())?;
     let pid = child.id();
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let mut kept: VecDeque<String> = VecDeque::new();

@@ -149,15 +149,6 @@ fn lag_is_for_serving_standbys_only() {
 }
 
 #[test]
-fn bytes_for_people() {
-    assert_eq!(format_bytes(0), "0 B");
-    assert_eq!(format_bytes(1023), "1023 B");
-    assert_eq!(format_bytes(1536), "1.5 KiB");
-    assert_eq!(format_bytes(16 << 20), "16.0 MiB");
-    assert_eq!(format_bytes(3 << 40), "3.0 TiB");
-}
-
-#[test]
 fn nodes_table_and_node_detail_show_every_field() {
     let s = three();
     let t = nodes_table(&s);

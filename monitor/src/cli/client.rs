@@ -21,6 +21,8 @@ use super::error::CliError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a read waits for a monitor when another one is left to ask.
+const READ_TIMEOUT_BEFORE_MOVING_ON: Duration = Duration::from_secs(5);
 
 pub struct Client {
     inner: security::Client,
@@ -118,7 +120,27 @@ impl Client {
     {
         let mut failed = Vec::new();
         loop {
-            let status = match rpc(self.inner.clone()).await {
+            let alternatives = self
+                .urls
+                .iter()
+                .position(|u| *u == self.url)
+                .is_some_and(|i| i + 1 < self.urls.len());
+            let answer = rpc(self.inner.clone());
+            let answer = if kind == Call::Read && alternatives {
+                // Another monitor can answer a read: do not wait out the
+                // whole request timeout on a hung one.
+                tokio::time::timeout(READ_TIMEOUT_BEFORE_MOVING_ON, answer)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::deadline_exceeded(format!(
+                            "no answer within {}s",
+                            READ_TIMEOUT_BEFORE_MOVING_ON.as_secs()
+                        )))
+                    })
+            } else {
+                answer.await
+            };
+            let status = match answer {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) => status,
             };

@@ -286,21 +286,7 @@ pub fn node_active_request(
             .unwrap_or(u64::MAX),
         // Only the loop's heartbeats carry notes (see `crate::notes`).
         notes: Vec::new(),
-        work: o.work.as_ref().map(work_to_wire),
-    }
-}
-
-/// A clone or rewind under way, as the monitor hears of it.
-pub fn work_to_wire(w: &crate::pg::progress::WorkProgress) -> pb::WorkProgress {
-    let ms = |d: Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
-    pb::WorkProgress {
-        work: w.work.as_str().to_string(),
-        upstream: w.upstream.clone(),
-        done_bytes: w.done_bytes,
-        total_bytes: w.total_bytes.unwrap_or(0),
-        rate_bytes_per_s: w.rate_bytes_per_s.unwrap_or(0),
-        elapsed_ms: ms(w.elapsed),
-        idle_ms: ms(w.idle),
+        work: o.work.as_ref().map(|w| w.to_wire()),
     }
 }
 

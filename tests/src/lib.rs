@@ -42,5 +42,5 @@ pub use probe::{ProbeReport, WritableProbe};
 pub use security::{Security, TlsFiles};
 pub use state::{FormationStateExt, NodeStatusExt};
 pub use tools::{PostgresNotInstalled, Tools};
-pub use wait::{poll_until, GiveUp, TimedOut};
+pub use wait::{poll_every, poll_until, GiveUp, TimedOut};
 pub use writer::{Ack, Connection, Outage, WriteReport, Writer, WriterOptions};

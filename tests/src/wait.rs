@@ -52,7 +52,22 @@ impl std::error::Error for TimedOut {}
 /// "not yet" and is remembered for the timeout report, unless it is a
 /// [`GiveUp`], which ends the wait at once. A check that itself hangs is cut
 /// off at the deadline. The error is a [`TimedOut`] or the [`GiveUp`].
-pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    poll_every(POLL_INTERVAL, timeout, what, check).await
+}
+
+/// [`poll_until`] with checks `interval` apart (a benchmark timing the
+/// moment a condition starts to hold polls closer than the tests do).
+pub async fn poll_every<T, F, Fut>(
+    interval: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
@@ -82,7 +97,6 @@ where
             }
             .into());
         }
-        tokio::time::sleep(POLL_INTERVAL.min(deadline.saturating_duration_since(Instant::now())))
-            .await;
+        tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 }

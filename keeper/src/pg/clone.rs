@@ -127,12 +127,11 @@ impl PgController {
         if self.settings.clone_in_place && std::fs::symlink_metadata(pgdata).is_ok() {
             self.stop().await?;
             warn!(pgdata = %pgdata.display(), "postgres: removing the data directory before cloning (clone_in_place)");
-            remove_dir_all_if_exists(&old)?;
-            std::fs::rename(pgdata, &old).map_err(|e| io_error(pgdata, e))?;
+            move_aside(pgdata, &old)?;
             remove_dir_all_if_exists(&old)?;
         }
         prepare_tmp_dir(&tmp)?;
-        let args = os_args([
+        let mut args = os_args([
             "-h".into(),
             upstream.host.clone().into(),
             "-p".into(),
@@ -149,7 +148,6 @@ impl PgController {
             // watch and the reports count.
             "--progress".into(),
         ]);
-        let mut args = args;
         if let Some(rate) = self.settings.clone_max_rate {
             // pg_basebackup takes kB/s (1024 bytes), at least 32.
             args.push(format!("--max-rate={}k", (rate / 1024).max(32)).into());
@@ -179,10 +177,7 @@ impl PgController {
         // pg_basebackup fsyncs the copy itself (no --no-sync).
         set_mode_0700(&tmp)?;
         self.stop().await?;
-        if std::fs::symlink_metadata(pgdata).is_ok() {
-            remove_dir_all_if_exists(&old)?;
-            std::fs::rename(pgdata, &old).map_err(|e| io_error(pgdata, e))?;
-        }
+        move_aside(pgdata, &old)?;
         std::fs::rename(&tmp, pgdata).map_err(|e| io_error(pgdata, e))?;
         fsync_parent(pgdata)?;
         remove_dir_all_if_exists(&old)?;
@@ -284,6 +279,16 @@ impl PgController {
             Ok(Rewound::Rewound)
         }
     }
+}
+
+/// Rename `pgdata`, when it exists, to `old` (a stale `old` removed
+/// first), so that a clone can take its place.
+fn move_aside(pgdata: &std::path::Path, old: &std::path::Path) -> Result<(), PgError> {
+    if std::fs::symlink_metadata(pgdata).is_ok() {
+        remove_dir_all_if_exists(old)?;
+        std::fs::rename(pgdata, old).map_err(|e| io_error(pgdata, e))?;
+    }
+    Ok(())
 }
 
 /// What [`rewind`](super::LocalPostgres::rewind) does before running

@@ -376,11 +376,6 @@ impl PgController {
         }
     }
 
-    /// Where a clone or rewind under way stands.
-    pub fn work(&self) -> Option<progress::WorkProgress> {
-        self.board.get()
-    }
-
     /// The server log, beside PGDATA (`<pgdata>.log`) so that replacing
     /// PGDATA by a clone never deletes it.
     pub fn log_file(&self) -> PathBuf {

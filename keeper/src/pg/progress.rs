@@ -17,6 +17,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgpilot_proto::pb;
+
 /// What long work is under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Work {
@@ -54,10 +56,46 @@ pub struct WorkProgress {
 }
 
 impl WorkProgress {
-    /// "clone from 10.0.0.5:5432: 1.2 GB of 3.0 GB (40 %), 110 MB/s, about
-    /// 16s left" (see [`pgpilot_proto::work::describe`]).
+    /// "clone from 10.0.0.5:5432: 1.2 GiB of 3.0 GiB (40 %), 110.0 MiB/s,
+    /// about 16s left" (see [`pgpilot_proto::work::describe`]).
     pub fn describe(&self) -> String {
-        pgpilot_proto::work::describe(&crate::client::work_to_wire(self))
+        pgpilot_proto::work::describe(&self.to_wire())
+    }
+
+    /// As the monitor hears of it (with the keepalives).
+    pub fn to_wire(&self) -> pb::WorkProgress {
+        let ms = |d: Duration| d.as_millis().try_into().unwrap_or(u64::MAX);
+        pb::WorkProgress {
+            work: self.work.as_str().to_string(),
+            upstream: self.upstream.clone(),
+            done_bytes: self.done_bytes,
+            total_bytes: self.total_bytes.unwrap_or(0),
+            rate_bytes_per_s: self.rate_bytes_per_s.unwrap_or(0),
+            elapsed_ms: ms(self.elapsed),
+            idle_ms: ms(self.idle),
+        }
+    }
+
+    /// "cloned 48.0 MiB from 10.0.0.5:5432 in 12s (4.0 MiB/s on average)".
+    pub fn finished_text(&self) -> String {
+        let verb = match self.work {
+            Work::Clone => "cloned",
+            Work::Rewind => "rewound, copying",
+        };
+        let secs = self.elapsed.as_secs_f64().max(0.001);
+        // Whole seconds, or milliseconds below ten seconds.
+        let took = if self.elapsed < Duration::from_secs(10) {
+            Duration::from_millis(self.elapsed.as_millis() as u64)
+        } else {
+            Duration::from_secs(self.elapsed.as_secs())
+        };
+        format!(
+            "{verb} {} from {} in {} ({}/s on average)",
+            pgpilot_proto::work::bytes(self.done_bytes),
+            self.upstream,
+            humantime::format_duration(took),
+            pgpilot_proto::work::bytes((self.done_bytes as f64 / secs) as u64)
+        )
     }
 }
 
@@ -142,7 +180,7 @@ impl Watch {
             (Some((t0, d0)), Some((t1, d1)))
                 if t1.duration_since(*t0) >= Duration::from_secs(1) =>
             {
-                Some(((d1 - d0) as f64 / t1.duration_since(*t0).as_secs_f64()) as u64)
+                Some((d1.saturating_sub(*d0) as f64 / t1.duration_since(*t0).as_secs_f64()) as u64)
             }
             _ => None,
         };
@@ -193,30 +231,6 @@ impl Board {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl WorkProgress {
-    /// "cloned 48.0 MiB from 10.0.0.5:5432 in 12s (4.0 MiB/s on average)".
-    pub fn finished_text(&self) -> String {
-        let verb = match self.work {
-            Work::Clone => "cloned",
-            Work::Rewind => "rewound, copying",
-        };
-        let secs = self.elapsed.as_secs_f64().max(0.001);
-        // Whole seconds, or milliseconds below ten seconds.
-        let took = if self.elapsed < Duration::from_secs(10) {
-            Duration::from_millis(self.elapsed.as_millis() as u64)
-        } else {
-            Duration::from_secs(self.elapsed.as_secs())
-        };
-        format!(
-            "{verb} {} from {} in {} ({}/s on average)",
-            pgpilot_proto::work::bytes(self.done_bytes),
-            self.upstream,
-            humantime::format_duration(took),
-            pgpilot_proto::work::bytes((self.done_bytes as f64 / secs) as u64)
-        )
     }
 }
 

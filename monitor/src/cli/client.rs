@@ -120,13 +120,14 @@ impl Client {
     {
         let mut failed = Vec::new();
         loop {
-            let alternatives = self
-                .urls
-                .iter()
-                .position(|u| *u == self.url)
-                .is_some_and(|i| i + 1 < self.urls.len());
+            // The monitors given after the one in use: where a failed call
+            // may go next.
+            let rest: Vec<String> = match self.urls.iter().position(|u| *u == self.url) {
+                Some(i) => self.urls[i + 1..].to_vec(),
+                None => Vec::new(),
+            };
             let answer = rpc(self.inner.clone());
-            let answer = if kind == Call::Read && alternatives {
+            let answer = if kind == Call::Read && !rest.is_empty() {
                 // Another monitor can answer a read: do not wait out the
                 // whole request timeout on a hung one.
                 tokio::time::timeout(READ_TIMEOUT_BEFORE_MOVING_ON, answer)
@@ -146,15 +147,13 @@ impl Client {
             };
             let movable = kind.may_move_on(&status);
             let error = status_error(status, &self.url);
-            let at = self.urls.iter().position(|u| *u == self.url);
-            let rest = match at {
-                Some(i) if movable && i + 1 < self.urls.len() => self.urls[i + 1..].to_vec(),
-                _ if failed.is_empty() => return Err(error),
-                _ => {
-                    failed.push(error.to_string());
-                    return Err(none_answered(failed));
+            if !movable || rest.is_empty() {
+                if failed.is_empty() {
+                    return Err(error);
                 }
-            };
+                failed.push(error.to_string());
+                return Err(none_answered(failed));
+            }
             failed.push(error.to_string());
             let next = Client::first_of(&rest, &self.sec, failed.clone()).await?;
             eprintln!("pgpilot: {error}; using the monitor at {}", next.url);

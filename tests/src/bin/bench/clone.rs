@@ -18,6 +18,7 @@
 //! `--max-rate`, the standby's keeper has `clone_max_rate` set and the
 //! table shows the average rate its clones kept.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ use crate::{percentile, settled};
 
 /// A rebuild of a large database on a slow disk: generous.
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Both ways of building a standby are polled this often for their end.
+const POLL: Duration = Duration::from_millis(20);
 
 pub struct CloneArgs {
     pub scale: u32,
@@ -55,7 +58,7 @@ pub async fn run(args: CloneArgs) -> Result<()> {
     let (primary, standby) = ("node1", "node2");
     eprintln!("filling {primary} with pgbench -i -s {} …", args.scale);
     let fill = Instant::now();
-    pgbench_init(&cluster, primary, args.scale)?;
+    pgbench_init(&cluster, primary, args.scale).await?;
     let size = cluster
         .psql(
             primary,
@@ -78,7 +81,7 @@ pub async fn run(args: CloneArgs) -> Result<()> {
         settled(&cluster).await?;
     }
     // Untimed: the first copy after the fill reads what no copy read yet.
-    let warm_up = bare_standby(&cluster, primary)?;
+    let warm_up = bare_standby(&cluster, primary).await?;
     eprintln!(
         "warm-up standby by hand: {:.1} s (not counted)",
         warm_up.as_secs_f64()
@@ -86,12 +89,12 @@ pub async fn run(args: CloneArgs) -> Result<()> {
     let mut runs = Vec::new();
     for i in 1..=args.runs {
         let (bare, pgpilot, copy) = if i % 2 == 1 {
-            let bare = bare_standby(&cluster, primary)?;
+            let bare = bare_standby(&cluster, primary).await?;
             let (pgpilot, copy) = rebuild(&cluster, primary, standby).await?;
             (bare, pgpilot, copy)
         } else {
             let (pgpilot, copy) = rebuild(&cluster, primary, standby).await?;
-            (bare_standby(&cluster, primary)?, pgpilot, copy)
+            (bare_standby(&cluster, primary).await?, pgpilot, copy)
         };
         eprintln!(
             "run {i}/{}: standby by hand {:.1} s, pgpilot rebuild {:.1} s ({copy})",
@@ -148,27 +151,37 @@ pub async fn run(args: CloneArgs) -> Result<()> {
     Ok(())
 }
 
-fn pgbench_init(cluster: &Cluster, node: &str, scale: u32) -> Result<()> {
+async fn pgbench_init(cluster: &Cluster, node: &str, scale: u32) -> Result<()> {
+    let (scale, port) = (scale.to_string(), cluster.node_port(node)?.to_string());
+    let args = [
+        "-i",
+        "-q",
+        "-s",
+        &scale,
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-p",
+        &port,
+        "postgres",
+    ];
+    run_as_pg(cluster, cluster.root(), "pgbench", &args.map(OsStr::new)).await
+}
+
+/// A PostgreSQL program run as the PostgreSQL user in `dir`, its output
+/// other than errors discarded; a failure says which program failed.
+async fn run_as_pg(cluster: &Cluster, dir: &Path, program: &str, args: &[&OsStr]) -> Result<()> {
     let tools = cluster.tools();
-    let status = tools
-        .command_as_pg_user(tools.pg_program("pgbench"), cluster.root())
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            &scale.to_string(),
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-        ])
-        .arg("-p")
-        .arg(cluster.node_port(node)?.to_string())
-        .arg("postgres")
-        .status()
-        .context("running pgbench -i")?;
+    let status =
+        tokio::process::Command::from(tools.command_as_pg_user(tools.pg_program(program), dir))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .with_context(|| format!("running {program}"))?;
     if !status.success() {
-        bail!("pgbench -i failed: {status}");
+        bail!("{program} failed: {status}");
     }
     Ok(())
 }
@@ -176,26 +189,16 @@ fn pgbench_init(cluster: &Cluster, node: &str, scale: u32) -> Result<()> {
 /// A standby of `node` built by hand, timed: `pg_basebackup -R` into a
 /// scratch directory, `pg_ctl start` on a free port, until its WAL receiver
 /// streams; then stopped and removed.
-fn bare_standby(cluster: &Cluster, node: &str) -> Result<Duration> {
+async fn bare_standby(cluster: &Cluster, node: &str) -> Result<Duration> {
     let tools = cluster.tools();
     let scratch = tools.scratch_dir("pgpilot-bench-basebackup")?;
     let target = scratch.path().join("copy");
     let port = pgpilot_tests::process::free_port()?.to_string();
     let started = Instant::now();
-    let run = |program: &str, args: &[&std::ffi::OsStr]| -> Result<()> {
-        let status = tools
-            .command_as_pg_user(tools.pg_program(program), scratch.path())
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .with_context(|| format!("running {program}"))?;
-        if !status.success() {
-            bail!("{program} failed: {status}");
-        }
-        Ok(())
-    };
     let upstream = cluster.node_port(node)?.to_string();
-    run(
+    run_as_pg(
+        cluster,
+        scratch.path(),
         "pg_basebackup",
         &[
             "-h",
@@ -210,17 +213,20 @@ fn bare_standby(cluster: &Cluster, node: &str) -> Result<Duration> {
             &upstream,
             "-D",
         ]
-        .map(std::ffi::OsStr::new)
+        .map(OsStr::new)
         .into_iter()
         .chain([target.as_os_str()])
         .collect::<Vec<_>>(),
-    )?;
+    )
+    .await?;
     let options = format!(
         "-p {port} -k {} -c listen_addresses=''",
         scratch.path().display()
     );
     let log = scratch.path().join("copy.log");
-    run(
+    run_as_pg(
+        cluster,
+        scratch.path(),
         "pg_ctl",
         &[
             "-D".as_ref(),
@@ -232,28 +238,30 @@ fn bare_standby(cluster: &Cluster, node: &str) -> Result<Duration> {
             "-w".as_ref(),
             "start".as_ref(),
         ],
-    )?;
-    let streaming = (|| -> Result<()> {
-        let deadline = Instant::now() + REBUILD_TIMEOUT;
-        loop {
-            let out = tools
-                .command_as_pg_user(tools.pg_program("psql"), scratch.path())
-                .args(["-X", "-A", "-t", "-U", "postgres", "-d", "postgres", "-h"])
-                .arg(scratch.path())
-                .args(["-p", &port, "-c", "SELECT status FROM pg_stat_wal_receiver"])
-                .output()
-                .context("running psql")?;
-            if String::from_utf8_lossy(&out.stdout).trim() == "streaming" {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the hand-built standby did not stream within {REBUILD_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })();
+    )
+    .await?;
+    let streaming = pgpilot_tests::poll_every(
+        POLL,
+        REBUILD_TIMEOUT,
+        "the hand-built standby streaming",
+        || async {
+            let out = tokio::process::Command::from(
+                tools.command_as_pg_user(tools.pg_program("psql"), scratch.path()),
+            )
+            .args(["-X", "-A", "-t", "-U", "postgres", "-d", "postgres", "-h"])
+            .arg(scratch.path())
+            .args(["-p", &port, "-c", "SELECT status FROM pg_stat_wal_receiver"])
+            .output()
+            .await
+            .context("running psql")?;
+            Ok((String::from_utf8_lossy(&out.stdout).trim() == "streaming").then_some(()))
+        },
+    )
+    .await;
     let took = started.elapsed();
-    let stopped = run(
+    let stopped = run_as_pg(
+        cluster,
+        scratch.path(),
         "pg_ctl",
         &[
             "-D".as_ref(),
@@ -262,7 +270,8 @@ fn bare_standby(cluster: &Cluster, node: &str) -> Result<Duration> {
             "immediate".as_ref(),
             "stop".as_ref(),
         ],
-    );
+    )
+    .await;
     streaming?;
     stopped?;
     remove(&target)?;
@@ -282,25 +291,23 @@ async fn rebuild(cluster: &Cluster, primary: &str, standby: &str) -> Result<(Dur
     // The command commits the standby's new goal before it returns: from
     // then on the pair is not settled until the standby is rebuilt.
     cli_ok(cluster, &["reinit", standby, "--no-wait"]).await?;
-    let deadline = started + REBUILD_TIMEOUT;
-    loop {
-        let settled = cluster.state().await.is_ok_and(|s| {
-            s.node(primary)
+    let settled = pgpilot_tests::poll_every(
+        POLL,
+        REBUILD_TIMEOUT,
+        &format!("{standby} rebuilt and the pair settled"),
+        || async {
+            let s = cluster.state().await?;
+            let settled = s
+                .node(primary)
                 .is_some_and(|n| n.settled_in(ReplicationState::Primary))
                 && s.node(standby)
-                    .is_some_and(|n| n.settled_in(ReplicationState::Secondary))
-        });
-        if settled {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(cluster
-                .failure(format!(
-                    "{standby} was not rebuilt within {REBUILD_TIMEOUT:?}"
-                ))
-                .await);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+                    .is_some_and(|n| n.settled_in(ReplicationState::Secondary));
+            Ok(settled.then_some(()))
+        },
+    )
+    .await;
+    if let Err(e) = settled {
+        return Err(cluster.failure(format!("{e:#}")).await);
     }
     let took = started.elapsed();
     let copy = cluster

@@ -156,6 +156,16 @@ pub struct KeeperConfig {
     /// until the clone is complete.
     #[serde(default)]
     pub clone_in_place: bool,
+    /// A shell command that fills the empty directory `%D` with a restored
+    /// backup of this group's database (pgBackRest, WAL-G, Barman, …), run
+    /// instead of pg_basebackup to build this node as a standby; `%h` and
+    /// `%p` are the primary's host and port. Absent: pg_basebackup.
+    #[serde(default)]
+    pub clone_command: Option<String>,
+    /// PostgreSQL's `restore_command` for this node: WAL from the archive
+    /// when a standby falls behind what its upstream still holds.
+    #[serde(default)]
+    pub restore_command: Option<String>,
     /// Address of the keeper's HTTP server (/metrics, /health, /primary,
     /// /replica), e.g. "127.0.0.1:8008"; absent: no HTTP server.
     #[serde(default, deserialize_with = "d_http_listen")]
@@ -349,6 +359,20 @@ impl KeeperConfig {
                 "stall_timeout must be at least 1s: a clone is sampled once a second".into(),
             );
         }
+        if let Some(command) = &self.clone_command {
+            if !command.contains("%D") {
+                return bad(format!(
+                    "clone_command {command:?} does not name the directory to fill: write it as %D, e.g. \"pgbackrest --stanza=main --pg1-path=%D restore\""
+                ));
+            }
+        }
+        if let Some(command) = &self.restore_command {
+            if !(command.contains("%f") && command.contains("%p")) {
+                return bad(format!(
+                    "restore_command {command:?} must name the WAL file and where to put it as %f and %p, e.g. \"pgbackrest --stanza=main archive-get %f %p\""
+                ));
+            }
+        }
         if self.heartbeat_interval < Duration::from_millis(50) {
             return bad("heartbeat_interval must be at least 50ms".into());
         }
@@ -521,6 +545,24 @@ mod tests {
             err.contains("clone_max_rate") && !err.contains('\n'),
             "{err}"
         );
+        let c = KeeperConfig::parse(&format!(
+            "{MINIMAL}\nclone_command = \"cp -a /backup/. %D\"\nrestore_command = \"cp /archive/%f %p\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.clone_command.as_deref(), Some("cp -a /backup/. %D"));
+        assert_eq!(c.restore_command.as_deref(), Some("cp /archive/%f %p"));
+        for (key, value, says) in [
+            ("clone_command", "cp -a /backup/. /data", "%D"),
+            ("restore_command", "cp /archive/x %p", "%f and %p"),
+        ] {
+            let err = KeeperConfig::parse(&format!("{MINIMAL}\n{key} = {value:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(says) && !err.contains('\n'),
+                "{err}"
+            );
+        }
         let err = KeeperConfig::parse(&format!("{MINIMAL}\nstall_timeout = \"200ms\"\n"))
             .unwrap_err()
             .to_string();

@@ -143,6 +143,8 @@ fn pg_settings(config: &KeeperConfig) -> Result<PgSettings, RunError> {
         stall_timeout: config.stall_timeout,
         clone_max_rate: config.clone_max_rate,
         clone_in_place: config.clone_in_place,
+        clone_command: config.clone_command.clone(),
+        restore_command: config.restore_command.clone(),
     })
 }
 

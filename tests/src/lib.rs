@@ -24,6 +24,7 @@ pub mod drills;
 pub mod http;
 pub mod isolation;
 pub mod operator;
+pub mod pgbench;
 pub mod probe;
 pub mod process;
 pub mod prometheus;

@@ -262,6 +262,8 @@ fn pg_settings(args: &GuardArgs) -> PgSettings {
         stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         clone_max_rate: None,
         clone_in_place: false,
+        clone_command: None,
+        restore_command: None,
     }
 }
 

@@ -4,13 +4,14 @@
 //! keeper process left running of either.
 
 use std::ffi::OsString;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use tracing::{debug, info, warn};
 
 use super::programs::{kill_programs_naming, os_args, run_watched};
-use super::progress::{Watch, Work};
+use super::progress::{Watch, Work, WorkProgress};
 use super::render::conninfo_value;
 use super::{
     io_error, prepare_tmp_dir, remove_dir_all_if_exists, remove_dir_if_exists, set_mode_0700,
@@ -131,6 +132,39 @@ impl PgController {
             remove_dir_all_if_exists(&old)?;
         }
         prepare_tmp_dir(&tmp)?;
+        let started = Instant::now();
+        let copied = match &self.settings.clone_command {
+            Some(command) => self.restore_into(command, upstream, &tmp).await,
+            None => self.pg_basebackup_into(upstream, &tmp).await,
+        };
+        let copied = match copied {
+            Ok(copied) => copied,
+            Err(err) => {
+                remove_dir_if_exists(&tmp);
+                return Err(err);
+            }
+        };
+        set_mode_0700(&tmp)?;
+        self.stop().await?;
+        move_aside(pgdata, &old)?;
+        std::fs::rename(&tmp, pgdata).map_err(|e| io_error(pgdata, e))?;
+        fsync_parent(pgdata)?;
+        remove_dir_all_if_exists(&old)?;
+        info!(
+            elapsed = ?started.elapsed(),
+            "postgres: base backup done: {}",
+            copied.describe()
+        );
+        Ok(())
+    }
+
+    /// pg_basebackup of `upstream` into the empty directory `tmp` (it
+    /// fsyncs the copy itself: no --no-sync).
+    async fn pg_basebackup_into(
+        &self,
+        upstream: &Upstream,
+        tmp: &Path,
+    ) -> Result<WorkProgress, PgError> {
         let mut args = os_args([
             "-h".into(),
             upstream.host.clone().into(),
@@ -139,7 +173,7 @@ impl PgController {
             "-U".into(),
             self.settings.replication_user.clone().into(),
             "-D".into(),
-            tmp.clone().into_os_string(),
+            tmp.as_os_str().to_owned(),
             "-X".into(),
             "stream".into(),
             "--checkpoint=fast".into(),
@@ -154,10 +188,9 @@ impl PgController {
         }
         let env = self.upstream_env()?;
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let started = Instant::now();
         let from = format!("{}:{}", upstream.host, upstream.port);
-        let watch = Watch::new(Work::Clone, from, started);
-        let copied = match run_watched(
+        let watch = Watch::new(Work::Clone, from, Instant::now());
+        let (_, copied) = run_watched(
             "pg_basebackup",
             &self.bin("pg_basebackup"),
             &args,
@@ -166,27 +199,76 @@ impl PgController {
             &self.board,
             self.settings.stall_timeout,
         )
-        .await
-        {
-            Ok((_, copied)) => copied,
-            Err(err) => {
-                remove_dir_if_exists(&tmp);
-                return Err(err);
-            }
-        };
-        // pg_basebackup fsyncs the copy itself (no --no-sync).
-        set_mode_0700(&tmp)?;
-        self.stop().await?;
-        move_aside(pgdata, &old)?;
-        std::fs::rename(&tmp, pgdata).map_err(|e| io_error(pgdata, e))?;
-        fsync_parent(pgdata)?;
-        remove_dir_all_if_exists(&old)?;
-        info!(
-            elapsed = ?started.elapsed(),
-            "postgres: base backup done: {}",
-            copied.describe()
-        );
-        Ok(())
+        .await?;
+        Ok(copied)
+    }
+
+    /// `clone_command` (a backup tool's restore) filling the empty
+    /// directory `tmp`, watched like a clone (the bytes it reads and
+    /// writes); then the result must be a data directory of the
+    /// upstream's database system. The restored directory is fsynced
+    /// (a backup tool may leave that to the caller).
+    async fn restore_into(
+        &self,
+        command: &str,
+        upstream: &Upstream,
+        tmp: &Path,
+    ) -> Result<WorkProgress, PgError> {
+        let script = clone_command_line(command, tmp, upstream);
+        let args = os_args(["-c".into(), script.into()]);
+        let env = self.upstream_env()?;
+        let mut envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let port = upstream.port.to_string();
+        envs.extend([
+            ("PGHOST", upstream.host.as_str()),
+            ("PGPORT", port.as_str()),
+        ]);
+        let label = format!("clone_command `{}`", program_name(command));
+        let watch = Watch::new(Work::Restore, label.clone(), Instant::now());
+        let (_, mut copied) = run_watched(
+            &label,
+            Path::new("/bin/sh"),
+            &args,
+            &envs,
+            watch,
+            &self.board,
+            self.settings.stall_timeout,
+        )
+        .await?;
+        let restored = controldata_of(&self.bin("pg_controldata"), tmp)
+            .await
+            .map_err(|e| {
+                PgError::Other(format!(
+                    "clone_command left no PostgreSQL data directory in {} ({e}): check that it restores into %D",
+                    tmp.display()
+                ))
+            })?;
+        let ours = self.upstream_system_identifier(upstream).await?;
+        if restored != ours {
+            return Err(PgError::Other(format!(
+                "clone_command restored a backup of database system {restored}, but this group's primary is {ours}: point the command at this group's backups"
+            )));
+        }
+        fsync_dir(tmp)?;
+        // What the restore left, rather than the estimate from its I/O.
+        copied.done_bytes = dir_size(tmp);
+        self.board.finish(copied.clone());
+        Ok(copied)
+    }
+
+    /// The upstream's database system identifier.
+    async fn upstream_system_identifier(&self, upstream: &Upstream) -> Result<u64, PgError> {
+        let mut conn = self.connect_upstream(upstream).await?;
+        let id: String =
+            sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()")
+                .fetch_one(&mut conn)
+                .await?;
+        let _ = conn.close().await;
+        id.parse().map_err(|_| {
+            PgError::Other(format!(
+                "the upstream's system identifier {id:?} is no number"
+            ))
+        })
     }
 
     /// Stops the server first (fast), and runs `CHECKPOINT` on the source so
@@ -279,6 +361,83 @@ impl PgController {
             Ok(Rewound::Rewound)
         }
     }
+}
+
+/// `clone_command` with its placeholders replaced: `%D` the directory to
+/// fill, `%h` and `%p` the upstream's host and port (each quoted for the
+/// shell), `%%` a percent sign.
+pub(super) fn clone_command_line(command: &str, dir: &Path, upstream: &Upstream) -> String {
+    let mut out = String::with_capacity(command.len() + 64);
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('D') => out.push_str(&shell_quote(&dir.to_string_lossy())),
+            Some('h') => out.push_str(&shell_quote(&upstream.host)),
+            Some('p') => out.push_str(&upstream.port.to_string()),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// `'…'` for sh, single quotes inside written as `'\''`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The first word of a command, for labels ("pgbackrest").
+fn program_name(command: &str) -> &str {
+    let first = command.split_whitespace().next().unwrap_or("sh");
+    first.rsplit('/').next().unwrap_or(first)
+}
+
+/// Bytes in the files under `dir` (symbolic links not followed).
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// The system identifier in `dir`'s control file.
+async fn controldata_of(pg_controldata: &Path, dir: &Path) -> Result<u64, PgError> {
+    let args = os_args(["-D".into(), dir.as_os_str().to_owned()]);
+    let output = super::programs::run_program(
+        "pg_controldata",
+        pg_controldata,
+        &args,
+        super::programs::C_LOCALE,
+        super::lifecycle::CONTROLDATA_TIMEOUT,
+    )
+    .await?;
+    super::lifecycle::controldata_field(
+        &output.stdout,
+        super::lifecycle::CONTROLDATA_SYSTEM_IDENTIFIER,
+    )
+    .and_then(|id| id.parse().ok())
+    .ok_or_else(|| {
+        super::lifecycle::missing_controldata_field(super::lifecycle::CONTROLDATA_SYSTEM_IDENTIFIER)
+    })
 }
 
 /// Rename `pgdata`, when it exists, to `old` (a stale `old` removed

@@ -289,6 +289,11 @@ pub struct PgSettings {
     pub clone_max_rate: Option<u64>,
     /// Remove PGDATA before a clone rather than after it.
     pub clone_in_place: bool,
+    /// Builds a standby from a backup instead of pg_basebackup (`%D` the
+    /// directory to fill, `%h`/`%p` the upstream).
+    pub clone_command: Option<String>,
+    /// `restore_command` rendered into the managed configuration.
+    pub restore_command: Option<String>,
 }
 
 /// PostgreSQL's TLS between the nodes (`postgres_tls_*_file`): the server

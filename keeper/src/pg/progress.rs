@@ -26,6 +26,8 @@ pub enum Work {
     Clone,
     /// pg_rewind against the upstream.
     Rewind,
+    /// `clone_command`: a backup restored into a fresh directory.
+    Restore,
 }
 
 impl Work {
@@ -33,6 +35,7 @@ impl Work {
         match self {
             Work::Clone => "clone",
             Work::Rewind => "rewind",
+            Work::Restore => "restore",
         }
     }
 }
@@ -81,6 +84,7 @@ impl WorkProgress {
         let verb = match self.work {
             Work::Clone => "cloned",
             Work::Rewind => "rewound, copying",
+            Work::Restore => "restored",
         };
         let secs = self.elapsed.as_secs_f64().max(0.001);
         // Whole seconds, or milliseconds below ten seconds.
@@ -151,7 +155,26 @@ impl Watch {
         self.done = done;
         // pg_basebackup's total is an estimate that grows past it.
         self.total = Some(total.max(done));
-        self.samples.push_back((now, done));
+        self.sample(now);
+    }
+
+    /// The processes' read and written bytes together, now. A restore
+    /// (a backup tool, which prints no count pgpilot reads) is counted as
+    /// half of what its processes read and wrote: a copy reads and writes
+    /// each byte once.
+    pub fn io(&mut self, now: Instant, io: u64) {
+        if io != self.io {
+            self.moved = now;
+        }
+        if self.work == Work::Restore && io > self.io {
+            self.done += (io - self.io) / 2;
+            self.sample(now);
+        }
+        self.io = io;
+    }
+
+    fn sample(&mut self, now: Instant) {
+        self.samples.push_back((now, self.done));
         while self
             .samples
             .front()
@@ -160,14 +183,6 @@ impl Watch {
         {
             self.samples.pop_front();
         }
-    }
-
-    /// The processes' read and written bytes together, now.
-    pub fn io(&mut self, now: Instant, io: u64) {
-        if io != self.io {
-            self.moved = now;
-        }
-        self.io = io;
     }
 
     /// How long nothing moved.
@@ -237,6 +252,23 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_counts_half_of_its_processes_io_and_never_goes_back() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(Work::Restore, "clone_command `cp`".into(), t0);
+        w.io(t0 + Duration::from_secs(1), 2000);
+        // A child exited: the tree's counters drop, the count does not.
+        w.io(t0 + Duration::from_secs(2), 500);
+        w.io(t0 + Duration::from_secs(3), 1500);
+        let p = w.progress(t0 + Duration::from_secs(3));
+        assert_eq!((p.done_bytes, p.total_bytes), (1500, None));
+        assert_eq!(p.rate_bytes_per_s, Some(500));
+        // A clone's count is pg_basebackup's own, not its I/O.
+        let mut c = Watch::new(Work::Clone, "a:1".into(), t0);
+        c.io(t0 + Duration::from_secs(1), 2000);
+        assert_eq!(c.progress(t0 + Duration::from_secs(1)).done_bytes, 0);
+    }
 
     #[test]
     fn progress_lines_of_both_programs_parse() {

@@ -48,6 +48,7 @@ impl PgController {
                 .as_ref()
                 .map(|_| passfile.as_path()),
             tls: self.settings.postgres_tls.as_ref(),
+            restore_command: self.settings.restore_command.as_deref(),
         };
         let rendered = render_config(config, &self.settings.socket_dir, &replication);
         // The password file first: primary_conninfo names it.
@@ -102,6 +103,8 @@ pub(super) struct ReplicationLogin<'a> {
     pub(super) user: &'a str,
     pub(super) passfile: Option<&'a Path>,
     pub(super) tls: Option<&'a PostgresTls>,
+    /// WAL from the archive when the upstream no longer has it.
+    pub(super) restore_command: Option<&'a str>,
 }
 
 /// The content of `pgpilot.conf`.
@@ -145,6 +148,9 @@ pub(super) fn render_config(
     set("wal_retrieve_retry_interval", quote_conf("500ms"));
     set("hot_standby_feedback", "on".into());
     set("recovery_target_timeline", quote_conf("latest"));
+    if let Some(command) = login.restore_command {
+        set("restore_command", quote_conf(command));
+    }
     // Without TLS between the nodes, ssl is left to postgresql.conf (an
     // operator's TLS for clients).
     if let Some(tls) = login.tls {

@@ -159,7 +159,42 @@ fn login<'a>(user: &'a str, passfile: Option<&'a Path>) -> ReplicationLogin<'a> 
         user,
         passfile,
         tls: None,
+        restore_command: None,
     }
+}
+
+#[test]
+fn clone_command_placeholders_are_replaced_and_quoted() {
+    let up = Upstream {
+        host: "db-1's host".into(),
+        port: 5433,
+        slot_name: "pgpilot_node_2".into(),
+    };
+    let line = clone_command_line(
+        "pgbackrest --pg1-path=%D --pg1-host=%h --pg1-port=%p restore # 100%% %x",
+        Path::new("/data/pg dir.clone-tmp"),
+        &up,
+    );
+    assert_eq!(
+        line,
+        "pgbackrest --pg1-path='/data/pg dir.clone-tmp' --pg1-host='db-1'\\''s host' --pg1-port=5433 restore # 100% %x"
+    );
+}
+
+#[test]
+fn renders_the_restore_command_only_when_configured() {
+    let cfg = config(None);
+    let plain = render_config(&cfg, Path::new("/run/pg"), &login("replicator", None));
+    assert!(!plain.contains("restore_command"), "{plain}");
+    let l = ReplicationLogin {
+        restore_command: Some("cp '/archive/%f' %p"),
+        ..login("replicator", None)
+    };
+    let rendered = render_config(&cfg, Path::new("/run/pg"), &l);
+    assert!(
+        rendered.contains("restore_command = 'cp ''/archive/%f'' %p'\n"),
+        "{rendered}"
+    );
 }
 
 #[test]
@@ -276,6 +311,8 @@ async fn write_config_is_idempotent_and_manages_standby_signal() {
         stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         clone_max_rate: None,
         clone_in_place: false,
+        clone_command: None,
+        restore_command: None,
     });
     assert!(
         pg.write_config(&config(None)).await.is_err(),
@@ -608,6 +645,8 @@ async fn real_postgres_end_to_end() -> anyhow::Result<()> {
         stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         clone_max_rate: None,
         clone_in_place: false,
+        clone_command: None,
+        restore_command: None,
     };
     let (port_a, port_b) = (free_port(), free_port());
     let a = PgController::new(settings("a", port_a));

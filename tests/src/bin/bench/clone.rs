@@ -58,7 +58,7 @@ pub async fn run(args: CloneArgs) -> Result<()> {
     let (primary, standby) = ("node1", "node2");
     eprintln!("filling {primary} with pgbench -i -s {} …", args.scale);
     let fill = Instant::now();
-    pgbench_init(&cluster, primary, args.scale).await?;
+    pgpilot_tests::pgbench::init(&cluster, primary, args.scale).await?;
     let size = cluster
         .psql(
             primary,
@@ -149,24 +149,6 @@ pub async fn run(args: CloneArgs) -> Result<()> {
         println!("run {}: the keeper's copy: {}", i + 1, r.copy);
     }
     Ok(())
-}
-
-async fn pgbench_init(cluster: &Cluster, node: &str, scale: u32) -> Result<()> {
-    let (scale, port) = (scale.to_string(), cluster.node_port(node)?.to_string());
-    let args = [
-        "-i",
-        "-q",
-        "-s",
-        &scale,
-        "-h",
-        "127.0.0.1",
-        "-U",
-        "postgres",
-        "-p",
-        &port,
-        "postgres",
-    ];
-    run_as_pg(cluster, cluster.root(), "pgbench", &args.map(OsStr::new)).await
 }
 
 /// A PostgreSQL program run as the PostgreSQL user in `dir`, its output
@@ -285,7 +267,11 @@ fn remove(dir: &Path) -> Result<()> {
 /// `reinit` of `standby` until it is settled secondary again; the time and
 /// the keeper's own account of the copy. The state is polled every 20 ms,
 /// as the standby built by hand is.
-async fn rebuild(cluster: &Cluster, primary: &str, standby: &str) -> Result<(Duration, String)> {
+pub async fn rebuild(
+    cluster: &Cluster,
+    primary: &str,
+    standby: &str,
+) -> Result<(Duration, String)> {
     let before = last_event_id(&events(cluster).await?);
     let started = Instant::now();
     // The command commits the standby's new goal before it returns: from

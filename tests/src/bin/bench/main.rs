@@ -11,9 +11,13 @@
 //! `pgpilot-bench clone`: the time to build a standby of a database with
 //! data in it, beside a bare pg_basebackup (see `clone.rs`).
 //!
+//! `pgpilot-bench load`: failover, switchover and crash recovery of a
+//! database with data in it under a pgbench write load (see `load.rs`).
+//!
 //! Example: cargo run --release -p pgpilot-tests --bin pgpilot-bench -- failover --runs 5
 
 mod clone;
+mod load;
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +63,32 @@ enum Command {
         /// clone_max_rate for the standby's keeper, e.g. "50MB".
         #[arg(long)]
         max_rate: Option<String>,
+    },
+    /// Failover, switchover and crash recovery of a database with data in
+    /// it (pgbench -i), under a pgbench write load through the multi-host
+    /// URI, beside the checked writer.
+    ///
+    /// Example: pgpilot-bench load --scale 200 --runs 5
+    Load {
+        /// pgbench scale of the primary's data (200 is about 3 GB).
+        #[arg(long, default_value_t = 20)]
+        scale: u32,
+        /// Repetitions of each scenario.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// pgbench clients (-c).
+        #[arg(long, default_value_t = 8)]
+        clients: u32,
+        /// pgbench threads (-j).
+        #[arg(long, default_value_t = 2)]
+        jobs: u32,
+        /// Crash recovery: the share of pgbench_accounts (percent) updated
+        /// with checkpoints held off before the crash, for WAL to replay.
+        #[arg(long, default_value_t = 20)]
+        update_percent: u32,
+        /// Scenarios to run (default: all).
+        #[arg(long, value_enum)]
+        scenario: Vec<load::LoadScenario>,
     },
 }
 
@@ -150,6 +180,24 @@ async fn main() -> Result<()> {
                 scale,
                 runs,
                 max_rate,
+            })
+            .await
+        }
+        Command::Load {
+            scale,
+            runs,
+            clients,
+            jobs,
+            update_percent,
+            scenario,
+        } => {
+            return load::run(load::LoadArgs {
+                scale,
+                runs,
+                clients,
+                jobs,
+                update_percent,
+                scenarios: scenario,
             })
             .await
         }
@@ -295,7 +343,25 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn writer(cluster: &Cluster) -> Result<Writer> {
-    Writer::start(&cluster.multi_host_uri(), Duration::from_secs(30)).await
+    Writer::start_with(
+        &cluster.multi_host_uri(),
+        Duration::from_secs(30),
+        fresh_ids(),
+    )
+    .await
+}
+
+/// Writer options whose ids no earlier writer of this process used. The
+/// runs share one table: a writer starting at 1 again would take the holes
+/// an earlier run left (attempts that failed) and then fail on the ids
+/// after them, each failure a reconnect that would count as outage.
+fn fresh_ids() -> WriterOptions {
+    static RANGES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let range = RANGES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    WriterOptions {
+        first_id: range * 100_000_000,
+        ..WriterOptions::default()
+    }
 }
 
 /// Wait until the writer has an acknowledgement after `since`.
@@ -549,13 +615,12 @@ async fn keeper_restart(cluster: &Cluster) -> Result<Sample> {
 /// client's durably acknowledged ones.
 async fn partition(cluster: &Cluster) -> Result<Sample> {
     let old = current_primary(cluster).await?;
-    let network =
-        Writer::start_warm(cluster, &cluster.advertised_uri(), WriterOptions::default()).await?;
+    let network = Writer::start_warm(cluster, &cluster.advertised_uri(), fresh_ids()).await?;
     let local = Writer::start_warm(
         cluster,
         &cluster.local_uri(&old)?,
         WriterOptions {
-            first_id: 1_000_000_000,
+            first_id: fresh_ids().first_id,
             cancel_after: Some(Duration::from_secs(1)),
         },
     )

@@ -1,0 +1,194 @@
+//! A standby built from a backup instead of pg_basebackup: the keeper's
+//! `clone_command` restores it (a directory made by pg_basebackup stands
+//! in for pgBackRest, WAL-G or Barman, and `cp` for their restore), then the
+//! standby catches up by streaming what the primary wrote since the backup,
+//! with the configured `restore_command` in force. A backup of another
+//! database system is refused with one sentence, and the standby keeps its
+//! data until a restore of the right one succeeds.
+//!
+//! Needs `cargo build --workspace` first and PostgreSQL's server programs.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use pgpilot_tests::operator::{cli_ok, events, last_event_id};
+use pgpilot_tests::{Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+const ROWS_BEFORE: u32 = 5_000;
+const ROWS_AFTER: u32 = 7_000;
+
+/// Run a PostgreSQL program as the PostgreSQL user in the cluster's root.
+async fn pg_program(cluster: &Cluster, program: &str, args: &[&str]) -> Result<()> {
+    let tools = cluster.tools();
+    let out = tokio::process::Command::from(
+        tools.command_as_pg_user(tools.pg_program(program), cluster.root()),
+    )
+    .args(args)
+    .output()
+    .await
+    .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Stop `node`'s keeper, replace its clone/restore settings, start it.
+async fn set_keeper_settings(cluster: &Cluster, node: &str, settings: &str) -> Result<()> {
+    cluster.stop_keeper(node).await?;
+    let path = cluster.keeper_config_path(node)?;
+    let text = std::fs::read_to_string(&path)?;
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with("clone_command") && !l.starts_with("restore_command"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&path, format!("{kept}{settings}"))?;
+    cluster.start_keeper(node)
+}
+
+fn settled_pair(s: &pgpilot_tests::FormationState) -> bool {
+    s.node("node1")
+        .is_some_and(|n| n.settled_in(ReplicationState::Primary))
+        && s.node("node2")
+            .is_some_and(|n| n.settled_in(ReplicationState::Secondary))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_is_restored_from_a_backup_by_clone_command_then_streams() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        first_node_alone: true,
+        ..ClusterOptions::nodes(2)
+    })
+    .await?;
+    cluster
+        .wait_state(TIMEOUT, "a settled pair", settled_pair)
+        .await?;
+    cluster
+        .psql(
+            "node1",
+            &format!("CREATE TABLE rows AS SELECT i FROM generate_series(1, {ROWS_BEFORE}) i"),
+        )
+        .await?;
+
+    // The "backup": pg_basebackup of the primary; then more writes that
+    // only streaming can bring.
+    let backup = cluster.root().join("backup");
+    let port = cluster.node_port("node1")?.to_string();
+    let backup_arg = backup.to_string_lossy().to_string();
+    pg_program(
+        &cluster,
+        "pg_basebackup",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "-D",
+            &backup_arg,
+        ],
+    )
+    .await?;
+    cluster
+        .psql(
+            "node1",
+            &format!(
+                "INSERT INTO rows SELECT i FROM generate_series({}, {}) i",
+                ROWS_BEFORE + 1,
+                ROWS_BEFORE + ROWS_AFTER
+            ),
+        )
+        .await?;
+
+    // A backup of another database system: refused, node2 keeps its data.
+    let other = cluster.root().join("other");
+    let other_arg = other.to_string_lossy().to_string();
+    pg_program(
+        &cluster,
+        "initdb",
+        &["-D", &other_arg, "-A", "trust", "-U", "postgres"],
+    )
+    .await?;
+    set_keeper_settings(
+        &cluster,
+        "node2",
+        &format!("clone_command = \"cp -a {other_arg}/. %D\"\n"),
+    )
+    .await?;
+    let log = cluster.keeper_log("node2")?;
+    cli_ok(&cluster, &["reinit", "node2", "--no-wait"]).await?;
+    cluster
+        .wait_until(
+            TIMEOUT,
+            "node2's keeper to refuse the other system's backup",
+            |_| {
+                let refused = std::fs::read_to_string(&log).is_ok_and(|t| {
+                    t.contains("clone_command restored a backup of database system")
+                        && t.contains("point the command at this group's backups")
+                });
+                async move { Ok(refused) }
+            },
+        )
+        .await?;
+    let kept = cluster.pgdata("node2")?.join("PG_VERSION");
+    if !kept.exists() {
+        return Err(cluster
+            .failure("a refused restore removed node2's data directory")
+            .await);
+    }
+
+    // The right backup: restored, then streaming.
+    let baseline = last_event_id(&events(&cluster).await?);
+    let archive = cluster.root().join("archive");
+    cluster.tools().make_dir(&archive)?;
+    let restore_command = format!("cp {}/%f %p", archive.display());
+    set_keeper_settings(
+        &cluster,
+        "node2",
+        &format!(
+            "clone_command = \"cp -a {backup_arg}/. %D\"\nrestore_command = \"{restore_command}\"\n"
+        ),
+    )
+    .await?;
+    cluster
+        .wait_state(
+            TIMEOUT,
+            "node2 restored and settled secondary",
+            settled_pair,
+        )
+        .await?;
+    let restored = cluster
+        .wait_for(TIMEOUT, "the restore's work_done event", || async {
+            Ok(events(&cluster).await?.into_iter().find(|e| {
+                e["kind"] == "work_done"
+                    && e["node_name"] == "node2"
+                    && e["event_id"].as_i64().unwrap_or(0) > baseline
+            }))
+        })
+        .await?;
+    let text = restored["reason"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("restored ") && text.contains("clone_command `cp`"),
+        "the event should say the standby was restored by clone_command: {text}"
+    );
+    let expected = (ROWS_BEFORE + ROWS_AFTER).to_string();
+    cluster
+        .wait_for(
+            TIMEOUT,
+            "node2 to hold the rows written after the backup",
+            || async {
+                let n = cluster.psql("node2", "SELECT count(*) FROM rows").await?;
+                Ok((n.trim() == expected).then_some(()))
+            },
+        )
+        .await?;
+    let shown = cluster.psql("node2", "SHOW restore_command").await?;
+    assert_eq!(shown.trim(), restore_command);
+    cluster.shutdown().await
+}

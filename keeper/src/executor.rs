@@ -201,6 +201,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
         match self.pg.start().await {
             Ok(()) => {
                 self.start_failures.store(0, Ordering::SeqCst);
+                // A crash recovery that replayed WAL on the way is news.
+                if let Some(done) = self.pg.take_finished_work().filter(|d| d.done_bytes > 0) {
+                    self.notes.push(notes::WORK_DONE, done.finished_text());
+                }
                 Ok(())
             }
             Err(e) => {

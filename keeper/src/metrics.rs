@@ -172,7 +172,7 @@ pub fn render(
         gauge!(MONITOR_IN_USE, "url" => url.clone())
             .set(flag(status.monitor.as_ref() == Some(url)));
     }
-    for work in [Work::Clone, Work::Rewind, Work::Restore] {
+    for work in [Work::Clone, Work::Rewind, Work::Restore, Work::Recovery] {
         let now = o.work.as_ref().filter(|w| w.work == work);
         let label = [("work", work.as_str())];
         gauge!(WORK_DONE, &label).set(now.map_or(0.0, |w| w.done_bytes as f64));

@@ -358,9 +358,51 @@ impl PgController {
             Ok(Rewound::NothingToRewind)
         } else {
             info!(elapsed = ?started.elapsed(), "postgres: pg_rewind done: {}", copied.describe());
+            if let Some(missing) =
+                missing_start_wal(pgdata, self.settings.restore_command.is_some())
+            {
+                // Without it the rewound server waits for ever for WAL its
+                // upstream removed ("requested WAL segment … has already
+                // been removed"): say so now rather than after a start
+                // that cannot finish.
+                return Err(PgError::Other(missing));
+            }
             Ok(Rewound::Rewound)
         }
     }
+}
+
+/// After pg_rewind: why the rewound directory cannot start, if the WAL
+/// its recovery starts from (backup_label's `START WAL LOCATION`, the last
+/// checkpoint before the divergence) is neither in its pg_wal — pg_rewind
+/// leaves there only the segments its source still had — nor to be had
+/// from an archive (`has_restore_command`). That happens when the
+/// upstream removed it: a busy old primary's last checkpoint lay further
+/// back than the upstream's `wal_keep_size`.
+pub(super) fn missing_start_wal(pgdata: &Path, has_restore_command: bool) -> Option<String> {
+    if has_restore_command {
+        return None;
+    }
+    let label = std::fs::read_to_string(pgdata.join(BACKUP_LABEL)).ok()?;
+    let (lsn, file) = start_wal_of_label(&label)?;
+    if pgdata.join("pg_wal").join(&file).exists() {
+        return None;
+    }
+    Some(format!(
+        "pg_rewind left this node to replay from {lsn} (WAL segment {file}), which its upstream no longer holds and no restore_command can fetch: a fresh clone is needed"
+    ))
+}
+
+/// `("0/6A2ED6E8", "00000001000000000000006A")` from backup_label's
+/// `START WAL LOCATION: 0/6A2ED6E8 (file 00000001000000000000006A)`.
+pub(super) fn start_wal_of_label(label: &str) -> Option<(String, String)> {
+    let rest = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))?;
+    let (lsn, file) = rest.split_once(" (file ")?;
+    let file = file.strip_suffix(')')?;
+    let valid = file.len() == 24 && file.chars().all(|c| c.is_ascii_hexdigit());
+    valid.then(|| (lsn.trim().to_string(), file.to_string()))
 }
 
 /// `clone_command` with its placeholders replaced: `%D` the directory to

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use super::programs::{os_args, run_program, C_LOCALE};
+use super::recovery::{LogTail, RecoveryWatch};
 use super::{io_error, prepare_tmp_dir, remove_dir_if_exists, PgController, PgError};
 use crate::durable::{fsync_parent, sibling_path};
 
@@ -39,6 +40,9 @@ pub(super) const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// server's own `pg_promote(wait => true)` checks only every 100 ms.)
 pub(super) const PROMOTE_POLL_INTERVAL: Duration = Duration::from_millis(5);
 pub(super) const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the server log is read for a crash recovery's progress (the
+/// server writes it every `log_startup_progress_interval`, set to 1 s).
+pub(super) const RECOVERY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Lines of the server log quoted in a start error.
 pub(super) const LOG_TAIL_LINES: usize = 20;
 pub(super) const CONTROLDATA_SYSTEM_IDENTIFIER: &str = "Database system identifier";
@@ -238,11 +242,11 @@ impl PgController {
         let deadline = Instant::now() + PG_CTL_TIMEOUT;
         match self.pid_state() {
             PidState::Alive(_) => {
-                // Running already (maybe still starting): done once it answers.
-                return self
-                    .wait_accepting(deadline)
-                    .await
-                    .map_err(|e| self.start_failed(e));
+                // Running already (maybe still starting, through a crash
+                // recovery an earlier attempt began): done once it answers.
+                self.begin_watching_recovery(LogTail::near_end(&self.log_file()), false);
+                let answered = self.watching_recovery(self.wait_accepting(deadline)).await;
+                return self.end_of_start(answered);
             }
             PidState::Reused(pid) => {
                 let path = self.settings.pgdata.join(POSTMASTER_PID);
@@ -264,20 +268,72 @@ impl PgController {
             "start".into(),
         ]);
         let started = Instant::now();
-        run_program(
-            "pg_ctl start",
-            &self.bin("pg_ctl"),
-            &args,
-            C_LOCALE,
-            PG_CTL_TIMEOUT,
-        )
-        .await
-        .map_err(|e| self.start_failed(e))?;
-        self.wait_accepting(Instant::now() + ACCEPT_AFTER_START_TIMEOUT)
-            .await
-            .map_err(|e| self.start_failed(e))?;
+        self.begin_watching_recovery(LogTail::at_end(&self.log_file()), true);
+        let answered = async {
+            run_program(
+                "pg_ctl start",
+                &self.bin("pg_ctl"),
+                &args,
+                C_LOCALE,
+                PG_CTL_TIMEOUT,
+            )
+            .await?;
+            self.wait_accepting(Instant::now() + ACCEPT_AFTER_START_TIMEOUT)
+                .await
+        };
+        let answered = self.watching_recovery(answered).await;
+        self.end_of_start(answered)?;
         info!(elapsed = ?started.elapsed(), "postgres: started");
         Ok(())
+    }
+
+    /// Watch the log for a crash recovery from `tail` on; `fresh`: a new
+    /// start (replacing what an earlier attempt watched), else carry on
+    /// with the watch an earlier attempt began, if any.
+    fn begin_watching_recovery(&self, tail: LogTail, fresh: bool) {
+        let mut slot = self.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        if fresh || slot.is_none() {
+            *slot = Some(RecoveryWatch::new(tail));
+        }
+    }
+
+    /// Run `wait` (for the server to answer) while publishing the crash
+    /// recovery's progress once a second.
+    async fn watching_recovery<T>(&self, wait: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(wait);
+        let mut tick = tokio::time::interval(RECOVERY_POLL_INTERVAL);
+        loop {
+            tokio::select! {
+                done = &mut wait => return done,
+                _ = tick.tick() => {
+                    if let Some(w) = self.recovery.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        w.poll(&self.board, Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A start attempt ended: the server answers (the recovery, if any, is
+    /// finished), or is gone (nothing more to watch), or still starts (the
+    /// watch goes on with the next attempt).
+    fn end_of_start(&self, answered: Result<(), PgError>) -> Result<(), PgError> {
+        let mut slot = self.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        match &answered {
+            Ok(()) => {
+                if let Some(w) = slot.take() {
+                    w.finish(&self.board, Instant::now());
+                }
+            }
+            Err(_) if !self.postmaster_running() => {
+                if let Some(w) = slot.take() {
+                    w.abandon(&self.board);
+                }
+            }
+            Err(_) => {}
+        }
+        drop(slot);
+        answered.map_err(|e| self.start_failed(e))
     }
 
     pub(super) async fn stop(&self) -> Result<(), PgError> {

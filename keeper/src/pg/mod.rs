@@ -23,6 +23,7 @@ mod divergence;
 mod lifecycle;
 mod programs;
 pub mod progress;
+mod recovery;
 mod render;
 mod replication;
 #[cfg(test)]
@@ -351,6 +352,9 @@ pub struct PgController {
     /// Where a clone or rewind under way stands (shared with the
     /// controllers made by [`PgController::sharing_progress`]).
     board: progress::Board,
+    /// The crash recovery of the server this keeper started, watched
+    /// across start attempts until it accepts connections.
+    recovery: std::sync::Mutex<Option<recovery::RecoveryWatch>>,
 }
 
 impl PgController {
@@ -365,6 +369,7 @@ impl PgController {
             conn: Mutex::new(None),
             role_applied: std::sync::Mutex::new(None),
             board: progress::Board::default(),
+            recovery: std::sync::Mutex::new(None),
         }
     }
 

@@ -28,6 +28,8 @@ pub enum Work {
     Rewind,
     /// `clone_command`: a backup restored into a fresh directory.
     Restore,
+    /// Crash recovery of the local server (redo of its own WAL).
+    Recovery,
 }
 
 impl Work {
@@ -36,6 +38,7 @@ impl Work {
             Work::Clone => "clone",
             Work::Rewind => "rewind",
             Work::Restore => "restore",
+            Work::Recovery => "recovery",
         }
     }
 }
@@ -85,6 +88,7 @@ impl WorkProgress {
             Work::Clone => "cloned",
             Work::Rewind => "rewound, copying",
             Work::Restore => "restored",
+            Work::Recovery => "crash recovery replayed",
         };
         let secs = self.elapsed.as_secs_f64().max(0.001);
         // Whole seconds, or milliseconds below ten seconds.
@@ -171,6 +175,15 @@ impl Watch {
             self.sample(now);
         }
         self.io = io;
+    }
+
+    /// `done` bytes so far of work whose total is not known.
+    pub fn copied_without_total(&mut self, now: Instant, done: u64) {
+        if done != self.done {
+            self.moved = now;
+        }
+        self.done = done;
+        self.sample(now);
     }
 
     fn sample(&mut self, now: Instant) {

@@ -148,6 +148,9 @@ pub(super) fn render_config(
     set("wal_retrieve_retry_interval", quote_conf("500ms"));
     set("hot_standby_feedback", "on".into());
     set("recovery_target_timeline", quote_conf("latest"));
+    // A crash recovery's progress in the server log, once a second (the
+    // keeper reports it; see `recovery`).
+    set("log_startup_progress_interval", quote_conf("1s"));
     if let Some(command) = login.restore_command {
         set("restore_command", quote_conf(command));
     }

@@ -182,6 +182,35 @@ fn clone_command_placeholders_are_replaced_and_quoted() {
 }
 
 #[test]
+fn a_rewound_directory_without_its_start_wal_needs_a_clone() {
+    let label = "START WAL LOCATION: 0/6A2ED6E8 (file 00000001000000000000006A)\nCHECKPOINT LOCATION: 0/8A402288\nBACKUP METHOD: pg_rewind\n";
+    assert_eq!(
+        start_wal_of_label(label),
+        Some(("0/6A2ED6E8".into(), "00000001000000000000006A".into()))
+    );
+    assert_eq!(
+        start_wal_of_label("START WAL LOCATION: 0/1 (file x)\n"),
+        None
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pg_wal")).unwrap();
+    // No backup_label: nothing to check.
+    assert_eq!(missing_start_wal(dir.path(), false), None);
+    std::fs::write(dir.path().join(BACKUP_LABEL), label).unwrap();
+    let why = missing_start_wal(dir.path(), false).expect("the segment is missing");
+    assert!(
+        why.contains("0/6A2ED6E8")
+            && why.contains("00000001000000000000006A")
+            && why.contains("fresh clone"),
+        "{why}"
+    );
+    // An archive may have it; so may the directory itself.
+    assert_eq!(missing_start_wal(dir.path(), true), None);
+    std::fs::write(dir.path().join("pg_wal/00000001000000000000006A"), b"").unwrap();
+    assert_eq!(missing_start_wal(dir.path(), false), None);
+}
+
+#[test]
 fn renders_the_restore_command_only_when_configured() {
     let cfg = config(None);
     let plain = render_config(&cfg, Path::new("/run/pg"), &login("replicator", None));
@@ -670,6 +699,56 @@ async fn real_postgres_end_to_end() -> anyhow::Result<()> {
     result
 }
 
+/// WAL written with no checkpoint after it, the postmaster SIGKILLed: the
+/// next start replays it, and the keeper reports what it replayed.
+async fn crash_recovery_is_reported(a: &PgController) -> anyhow::Result<()> {
+    a.execute_batch(
+        "CHECKPOINT; CREATE TABLE crash_filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 100000) g",
+    )
+    .await?;
+    let pid = match a.pid_state() {
+        PidState::Alive(pid) => pid,
+        other => anyhow::bail!("a's postmaster is not running: {other:?}"),
+    };
+    // The whole tree at once, as a crash of the host's PostgreSQL: a
+    // backend left attached to the shared memory would block the start.
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    let mut tree = vec![pid];
+    tree.extend(
+        children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i32>().ok()),
+    );
+    for p in &tree {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*p), nix::sys::signal::Signal::SIGKILL);
+    }
+    wait_until("a's processes gone", Duration::from_secs(30), || {
+        let gone = tree
+            .iter()
+            .all(|p| nix::sys::signal::kill(Pid::from_raw(*p), None).is_err());
+        async move { gone }
+    })
+    .await?;
+    let t = Instant::now();
+    a.start().await?;
+    eprintln!("start after a crash: {:?}", t.elapsed());
+    let done = a
+        .board
+        .take_finished()
+        .ok_or_else(|| anyhow::anyhow!("no crash recovery reported"))?;
+    assert_eq!(done.work, progress::Work::Recovery);
+    // The table alone is over 20 MB of WAL.
+    assert!(done.done_bytes > 20 << 20, "{done:?}");
+    assert!(
+        done.finished_text().starts_with("crash recovery replayed "),
+        "{}",
+        done.finished_text()
+    );
+    assert_eq!(a.board.get(), None);
+    a.execute_batch("DROP TABLE crash_filler").await?;
+    Ok(())
+}
+
 async fn slots(pg: &PgController) -> Result<Vec<String>, PgError> {
     let rows = pg
         .fetch_all::<(String,)>(
@@ -702,6 +781,8 @@ async fn scenario(
     a.start().await?;
     eprintln!("start primary: {:?}", t.elapsed());
     a.start().await?; // idempotent
+
+    crash_recovery_is_reported(a).await?;
 
     let obs = a.observe().await;
     assert!(obs.running && !obs.in_recovery, "{obs:?}");

@@ -69,16 +69,17 @@ pub struct NodeJson {
     pub system_identifier: Option<String>,
     /// Standbys: the WAL receiver streams from the primary.
     pub wal_receiver_streaming: bool,
-    /// The clone or rewind the node's keeper reports under way; null when
+    /// The long work (clone, rewind, restore, crash recovery) the node's
+    /// keeper reports under way; null when
     /// none is.
     #[serde(default)]
     pub work: Option<WorkJson>,
 }
 
-/// A clone or rewind under way (see `pb::WorkProgress`).
+/// Long work under way (see `pb::WorkProgress`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkJson {
-    /// "clone" or "rewind".
+    /// "clone", "rewind", "restore" or "recovery".
     pub work: String,
     /// "host:port" copied from.
     pub upstream: String,

@@ -11,9 +11,12 @@ const MAX_UPSTREAM: usize = 300;
 
 /// `work` as a keeper sent it, or why it is refused.
 pub fn check(work: WorkProgress) -> Result<WorkProgress, Error> {
-    if !matches!(work.work.as_str(), "clone" | "rewind" | "restore") {
+    if !matches!(
+        work.work.as_str(),
+        "clone" | "rewind" | "restore" | "recovery"
+    ) {
         return Err(Error::InvalidArgument(format!(
-            "work {:?} is not a kind of work the monitor knows: a keeper reports \"clone\", \"rewind\" or \"restore\"",
+            "work {:?} is not a kind of work the monitor knows: a keeper reports \"clone\", \"rewind\", \"restore\" or \"recovery\"",
             truncated(&work.work)
         )));
     }

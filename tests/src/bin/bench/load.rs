@@ -389,11 +389,23 @@ async fn crash_recovery(cluster: &Cluster, args: &LoadArgs) -> Result<Sample> {
         cluster.psql(&primary, sql).await?;
     }
     let from = wal_lsn(cluster, &primary).await?;
-    let update = format!(
-        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= (SELECT count(*) * {} / 100 FROM pgbench_accounts)",
-        args.update_percent
-    );
-    cluster.psql(&primary, &update).await?;
+    // In slices of 1 % each: one statement per psql call stays well
+    // within the harness's query limit.
+    let accounts: u64 = cluster
+        .psql(&primary, "SELECT count(*) FROM pgbench_accounts")
+        .await?
+        .trim()
+        .parse()
+        .context("counting pgbench_accounts")?;
+    let slice = (accounts / 100).max(1);
+    for i in 0..u64::from(args.update_percent) {
+        let update = format!(
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid > {} AND aid <= {}",
+            i * slice,
+            (i + 1) * slice
+        );
+        cluster.psql(&primary, &update).await?;
+    }
     let load = load(cluster, args).await?;
     let wal = wal_lsn(cluster, &primary).await?.saturating_sub(from);
     let pgdata = cluster.pgdata(&primary)?;

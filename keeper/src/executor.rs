@@ -160,6 +160,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                     }
                 }
                 Action::Stop => pg.stop().await?,
+                Action::Checkpoint => pg.checkpoint_before_stop().await,
                 Action::Clone => {
                     let upstream = upstream(target)?;
                     tracing::info!(from = %format!("{}:{}", upstream.host, upstream.port), "cloning the primary with pg_basebackup");

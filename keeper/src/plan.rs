@@ -20,6 +20,11 @@ pub enum Action {
     Reload,
     /// Fast shutdown (a primary first sends its remaining WAL to connected standbys).
     Stop,
+    /// A primary about to hand over: CHECKPOINT while it still takes
+    /// writes, so that the shutdown checkpoint of the `Stop` that follows,
+    /// during which no write is taken, has little left to write. Best
+    /// effort: skipped when PostgreSQL does not answer.
+    Checkpoint,
     /// Replace PGDATA by a clone of the primary.
     Clone,
     /// pg_rewind to the primary, falling back to a fresh clone when it fails.
@@ -73,6 +78,10 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
             if from.is_writable_primary() =>
         {
             vec![ConfigurePrimary, Start, Reload, SyncSlots]
+        }
+        // A planned hand-over: the writes go on through the checkpoint.
+        (_, S::Draining | S::PrepareMaintenance) if from.is_writable_primary() => {
+            vec![Checkpoint, Stop]
         }
         (
             _,
@@ -269,8 +278,13 @@ mod tests {
     fn the_old_primary_stops_for_any_demotion() {
         for from in [S::WaitPrimary, S::Primary, S::JoinPrimary] {
             assert_eq!(plan(from, S::Demoted).unwrap(), vec![Stop]);
-            assert_eq!(plan(from, S::Draining).unwrap(), vec![Stop]);
+            // A hand-over checkpoints first, while writes are still taken.
+            assert_eq!(plan(from, S::Draining).unwrap(), vec![Checkpoint, Stop]);
         }
+        assert_eq!(
+            plan(S::Primary, S::PrepareMaintenance).unwrap(),
+            vec![Checkpoint, Stop]
+        );
     }
 
     #[test]
@@ -290,7 +304,6 @@ mod tests {
         for (from, to) in [
             (S::Secondary, S::Maintenance),
             (S::WaitMaintenance, S::Maintenance),
-            (S::Primary, S::PrepareMaintenance),
             (S::Secondary, S::Dropped),
             (S::Catchingup, S::Dropped),
         ] {

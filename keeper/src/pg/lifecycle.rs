@@ -336,6 +336,22 @@ impl PgController {
         answered.map_err(|e| self.start_failed(e))
     }
 
+    /// See [`LocalPostgres::checkpoint_before_stop`](super::LocalPostgres::checkpoint_before_stop).
+    pub(super) async fn checkpoint_before_stop(&self) {
+        if !self.postmaster_running() {
+            return;
+        }
+        let started = Instant::now();
+        match self.execute_batch("CHECKPOINT").await {
+            Ok(()) => {
+                info!(elapsed = ?started.elapsed(), "postgres: checkpoint before the hand-over done")
+            }
+            Err(e) => {
+                warn!(error = %e, "postgres: checkpoint before the hand-over failed; stopping anyway")
+            }
+        }
+    }
+
     pub(super) async fn stop(&self) -> Result<(), PgError> {
         self.pg_ctl_stop("fast").await
     }

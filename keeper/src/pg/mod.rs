@@ -175,6 +175,11 @@ pub trait LocalPostgres {
     fn postmaster_alive(&self) -> bool;
     /// Stop (fast mode) when running.
     fn stop(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// CHECKPOINT before a planned stop, when the server answers; errors
+    /// are only logged (the shutdown checkpoint does the work then).
+    fn checkpoint_before_stop(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// Stop at once (immediate mode): fencing.
     fn stop_immediate(&self) -> impl Future<Output = Result<(), PgError>> + Send;
     /// pg_ctl reload.
@@ -423,6 +428,10 @@ impl From<DurableError> for PgError {
 
 /// Each operation lives with its job (see the module list above).
 impl LocalPostgres for PgController {
+    async fn checkpoint_before_stop(&self) {
+        PgController::checkpoint_before_stop(self).await
+    }
+
     fn has_data_directory(&self) -> bool {
         PgController::has_data_directory(self)
     }

@@ -50,6 +50,8 @@ impl World {
                 Ok(changed)
             }
             Action::Start => self.start_action(i),
+            // Changes nothing the simulation models; it only takes time.
+            Action::Checkpoint => Ok(false),
             Action::Reload => {
                 if config_changed || !self.keepers[i].reloaded {
                     self.pg_reload(i);

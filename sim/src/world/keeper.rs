@@ -398,6 +398,8 @@ impl World {
             Action::ConfigurePrimary | Action::ConfigureStandby | Action::SyncSlots => (1, 5),
             Action::Start if !pg.running => (150 + pg.recovery_ms, 500 + pg.recovery_ms),
             Action::Stop if pg.running => (100, 400),
+            Action::Checkpoint if pg.running => (50, 1500),
+            Action::Checkpoint => (1, 3),
             Action::Start | Action::Stop => (1, 3),
             Action::Reload => (2, 10),
             Action::Clone => (400, 1500),

@@ -125,12 +125,33 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
     ) -> Result<(), KeeperError> {
         let pg = &self.pg;
         let mut config_changed = false;
+        // The system identifier of a data directory found, not made.
+        let mut adopted: Option<u64> = None;
         for (k, action) in actions.iter().enumerate() {
             if let Some((from, to)) = transition {
                 self.failpoints.before_action(from, to, k);
             }
             match action {
-                Action::InitDb => pg.initdb().await?,
+                Action::InitDb => {
+                    if pg.holds_foreign_cluster() {
+                        let id = pg.system_identifier().await?.unwrap_or(0);
+                        tracing::warn!(
+                            system_identifier = id,
+                            "adopting the data directory found in pgdata: no initdb"
+                        );
+                        adopted = Some(id);
+                    }
+                    pg.initdb().await?
+                }
+                Action::RestartIfPending => {
+                    let restarted = pg.restart_for_pending_settings().await?;
+                    if let Some(id) = adopted {
+                        self.notes.push(
+                            notes::EXISTING_DATA_ADOPTED,
+                            adoption_text(id, restarted.as_deref()),
+                        );
+                    }
+                }
                 Action::ConfigurePrimary => {
                     config_changed |= pg
                         .write_config(&self.managed_config(target, None, false))
@@ -373,4 +394,17 @@ fn upstream(target: Target<'_>) -> Result<Upstream, KeeperError> {
             },
         })
         .ok_or_else(|| KeeperError::Waiting("the monitor names no primary to follow yet".into()))
+}
+
+/// The note of an adopted data directory.
+fn adoption_text(system_identifier: u64, restarted_for: Option<&str>) -> String {
+    let how = match restarted_for {
+        Some(settings) => format!(
+            "PostgreSQL was restarted once to apply settings that need a restart: {settings}"
+        ),
+        None => "no restart was needed".to_string(),
+    };
+    format!(
+        "kept the existing data directory (database system {system_identifier}) as this group's primary instead of running initdb; {how}"
+    )
 }

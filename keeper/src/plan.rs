@@ -41,6 +41,10 @@ pub enum Action {
     Promote,
     /// Keep a replication slot for every other node, drop the rest.
     SyncSlots,
+    /// The first node: restart PostgreSQL once when settings pgpilot.conf
+    /// set need a restart (an existing server adopted as it ran), and tell
+    /// the monitor when the data directory was adopted.
+    RestartIfPending,
 }
 
 use Action::*;
@@ -62,7 +66,18 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
         return Ok(steady(to));
     }
     let actions = match (from, to) {
-        (S::Init, S::Single) => vec![InitDb, ConfigurePrimary, Start, SyncSlots],
+        // initdb when PGDATA is empty; an existing cluster is adopted (its
+        // server restarted once if pgpilot.conf's settings need it).
+        (S::Init, S::Single) => {
+            vec![
+                InitDb,
+                ConfigurePrimary,
+                Start,
+                Reload,
+                RestartIfPending,
+                SyncSlots,
+            ]
+        }
         // Nothing to do until the primary lets us clone it.
         (S::Init, S::WaitStandby) => vec![],
         // reinit: stop; the clone follows with wait_standby -> catchingup.

@@ -14,11 +14,21 @@ pub const WORK_DONE: &str = "work_done";
 /// A clone or rewind made no progress for the keeper's stall_timeout and
 /// was stopped (the next attempt starts over).
 pub const WORK_STALLED: &str = "work_stalled";
+/// The first node of a group found a data directory it had not made (an
+/// existing PostgreSQL) and kept it: its system identifier, and whether
+/// PostgreSQL was restarted once to apply settings that need a restart.
+pub const EXISTING_DATA_ADOPTED: &str = "existing_data_adopted";
 /// The kind a monitor records a note of a kind it does not know under.
 pub const UNKNOWN: &str = "keeper_note";
 
 /// Every kind a keeper sends.
-pub const ALL: [&str; 4] = [STANDBY_REWOUND, STANDBY_RECLONED, WORK_DONE, WORK_STALLED];
+pub const ALL: [&str; 5] = [
+    STANDBY_REWOUND,
+    STANDBY_RECLONED,
+    WORK_DONE,
+    WORK_STALLED,
+    EXISTING_DATA_ADOPTED,
+];
 
 /// The most notes one heartbeat carries (a keeper keeps no more).
 pub const MAX_PER_HEARTBEAT: usize = 16;

@@ -4,15 +4,20 @@
 //! standby catches up by streaming what the primary wrote since the backup,
 //! with the configured `restore_command` in force. A backup of another
 //! database system is refused with one sentence, and the standby keeps its
-//! data until a restore of the right one succeeds.
+//! data until a restore of the right one succeeds. And an existing
+//! PostgreSQL's data directory becomes the first node of a new group with
+//! its data kept, the operator told so by an event.
 //!
 //! Needs `cargo build --workspace` first and PostgreSQL's server programs.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use pgpilot_tests::operator::{cli_ok, events, last_event_id};
-use pgpilot_tests::{Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState};
+use pgpilot_tests::{
+    Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState, Tools,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 const ROWS_BEFORE: u32 = 5_000;
@@ -20,14 +25,17 @@ const ROWS_AFTER: u32 = 7_000;
 
 /// Run a PostgreSQL program as the PostgreSQL user in the cluster's root.
 async fn pg_program(cluster: &Cluster, program: &str, args: &[&str]) -> Result<()> {
-    let tools = cluster.tools();
-    let out = tokio::process::Command::from(
-        tools.command_as_pg_user(tools.pg_program(program), cluster.root()),
-    )
-    .args(args)
-    .output()
-    .await
-    .with_context(|| format!("running {program}"))?;
+    run_pg(cluster.tools(), cluster.root(), program, args).await
+}
+
+/// Run a PostgreSQL program as the PostgreSQL user in `dir`.
+async fn run_pg(tools: &Tools, dir: &Path, program: &str, args: &[&str]) -> Result<()> {
+    let out =
+        tokio::process::Command::from(tools.command_as_pg_user(tools.pg_program(program), dir))
+            .args(args)
+            .output()
+            .await
+            .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
         bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -190,5 +198,89 @@ async fn a_standby_is_restored_from_a_backup_by_clone_command_then_streams() -> 
         .await?;
     let shown = cluster.psql("node2", "SHOW restore_command").await?;
     assert_eq!(shown.trim(), restore_command);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_existing_data_directory_becomes_the_first_node_with_its_data() -> Result<()> {
+    let tools = Tools::locate()?;
+    let scratch = tools.scratch_dir("pgpilot-existing-")?;
+    let dir = scratch.path();
+    let pgdata = dir.join("data");
+    let pgdata_arg = pgdata.to_string_lossy().to_string();
+    let socket = dir.to_string_lossy().to_string();
+    let port = pgpilot_tests::process::free_port()?.to_string();
+    // A PostgreSQL pgpilot did not make: initdb, some data, stopped.
+    run_pg(
+        &tools,
+        dir,
+        "initdb",
+        &["-D", &pgdata_arg, "-A", "trust", "-U", "postgres"],
+    )
+    .await?;
+    let options = format!("-p {port} -k {socket} -c listen_addresses=''");
+    // With a log file: the server must not hold pg_ctl's output open.
+    let log = dir.join("existing.log").to_string_lossy().to_string();
+    run_pg(
+        &tools,
+        dir,
+        "pg_ctl",
+        &["-D", &pgdata_arg, "-l", &log, "-o", &options, "-w", "start"],
+    )
+    .await?;
+    let filled = run_pg(
+        &tools,
+        dir,
+        "psql",
+        &[
+            "-h",
+            &socket,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            "CREATE TABLE kept AS SELECT i FROM generate_series(1, 1234) i",
+        ],
+    )
+    .await;
+    run_pg(
+        &tools,
+        dir,
+        "pg_ctl",
+        &["-D", &pgdata_arg, "-m", "fast", "-w", "stop"],
+    )
+    .await?;
+    filled?;
+
+    let cluster = Cluster::start(ClusterOptions {
+        first_node_alone: true,
+        first_node_pgdata: Some(pgdata.clone()),
+        ..ClusterOptions::nodes(2)
+    })
+    .await?;
+    cluster
+        .wait_state(TIMEOUT, "a settled pair", settled_pair)
+        .await?;
+    for node in ["node1", "node2"] {
+        let rows = cluster.psql(node, "SELECT count(*) FROM kept").await?;
+        assert_eq!(rows.trim(), "1234", "{node} should hold the adopted data");
+    }
+    let adopted = cluster
+        .wait_for(TIMEOUT, "the adoption's event", || async {
+            Ok(events(&cluster)
+                .await?
+                .into_iter()
+                .find(|e| e["kind"] == "existing_data_adopted" && e["node_name"] == "node1"))
+        })
+        .await?;
+    let text = adopted["reason"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("kept the existing data directory")
+            && text.contains("instead of running initdb"),
+        "{text}"
+    );
     cluster.shutdown().await
 }

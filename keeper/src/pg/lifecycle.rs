@@ -242,8 +242,13 @@ impl PgController {
         let deadline = Instant::now() + PG_CTL_TIMEOUT;
         match self.pid_state() {
             PidState::Alive(_) => {
-                // Running already (maybe still starting, through a crash
-                // recovery an earlier attempt began): done once it answers.
+                // Running already: done if it answers (the steady state's
+                // Start, every loop).
+                if self.fetch_one::<(i32,)>("SELECT 1", &[]).await.is_ok() {
+                    return Ok(());
+                }
+                // Still starting, maybe through a crash recovery an
+                // earlier attempt (or keeper) began: done once it answers.
                 self.begin_watching_recovery(LogTail::near_end(&self.log_file()), false);
                 let answered = self.watching_recovery(self.wait_accepting(deadline)).await;
                 return self.end_of_start(answered);
@@ -334,6 +339,23 @@ impl PgController {
         }
         drop(slot);
         answered.map_err(|e| self.start_failed(e))
+    }
+
+    /// See [`LocalPostgres::restart_for_pending_settings`](super::LocalPostgres::restart_for_pending_settings).
+    pub(super) async fn restart_for_pending_settings(&self) -> Result<Option<String>, PgError> {
+        let (pending,): (String,) = self
+            .fetch_one(
+                "SELECT coalesce(string_agg(name, ', ' ORDER BY name), '') FROM pg_settings WHERE pending_restart",
+                &[],
+            )
+            .await?;
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        warn!(settings = %pending, "postgres: restarting once to apply settings that need a restart");
+        self.stop().await?;
+        self.start().await?;
+        Ok(Some(pending))
     }
 
     /// See [`LocalPostgres::checkpoint_before_stop`](super::LocalPostgres::checkpoint_before_stop).

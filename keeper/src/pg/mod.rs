@@ -175,6 +175,18 @@ pub trait LocalPostgres {
     fn postmaster_alive(&self) -> bool;
     /// Stop (fast mode) when running.
     fn stop(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// Whether PGDATA holds a cluster this keeper did not configure (no
+    /// pgpilot.conf yet): an existing PostgreSQL about to be adopted.
+    fn holds_foreign_cluster(&self) -> bool {
+        false
+    }
+    /// Restart (fast) when the running server has settings pending a
+    /// restart; the names of those settings, or None when none were.
+    fn restart_for_pending_settings(
+        &self,
+    ) -> impl Future<Output = Result<Option<String>, PgError>> + Send {
+        async { Ok(None) }
+    }
     /// CHECKPOINT before a planned stop, when the server answers; errors
     /// are only logged (the shutdown checkpoint does the work then).
     fn checkpoint_before_stop(&self) -> impl Future<Output = ()> + Send {
@@ -428,6 +440,14 @@ impl From<DurableError> for PgError {
 
 /// Each operation lives with its job (see the module list above).
 impl LocalPostgres for PgController {
+    fn holds_foreign_cluster(&self) -> bool {
+        self.has_data_directory() && !self.settings.pgdata.join(PGPILOT_CONF).exists()
+    }
+
+    async fn restart_for_pending_settings(&self) -> Result<Option<String>, PgError> {
+        PgController::restart_for_pending_settings(self).await
+    }
+
     async fn checkpoint_before_stop(&self) {
         PgController::checkpoint_before_stop(self).await
     }

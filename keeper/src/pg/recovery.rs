@@ -36,7 +36,10 @@ pub struct Redo {
 impl Redo {
     /// Fold one log line in.
     pub fn fold(&mut self, line: &str) {
-        if let Some(lsn) = after(line, "redo starts at ").and_then(parse_lsn) {
+        if line.contains("LOG:  starting PostgreSQL ") {
+            // A new start: what an earlier one replayed is not this one's.
+            *self = Redo::default();
+        } else if let Some(lsn) = after(line, "redo starts at ").and_then(parse_lsn) {
             *self = Redo {
                 start: Some(lsn),
                 current: Some(lsn),
@@ -216,6 +219,10 @@ mod tests {
         // The next crash recovery starts over.
         r.fold("LOG:  redo starts at 0/30000000");
         assert_eq!((r.replayed(), r.done), (Some(0), false));
+        // A new start forgets it (read back from the log's end, an older
+        // start's recovery is not the one under way).
+        r.fold("2026-12-07 07:06:00.001 UTC [19200] LOG:  starting PostgreSQL 15.18 (Debian 15.18-0+deb12u1) on x86_64-pc-linux-gnu");
+        assert_eq!(r, Redo::default());
     }
 
     #[test]

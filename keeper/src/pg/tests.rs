@@ -749,6 +749,48 @@ async fn crash_recovery_is_reported(a: &PgController) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A setting that needs a restart, changed while the server runs (as an
+/// adopted server's pgpilot.conf does): one restart applies it; then
+/// there is nothing left to restart for.
+async fn pending_settings_are_applied_by_one_restart(a: &PgController) -> anyhow::Result<()> {
+    assert_eq!(a.restart_for_pending_settings().await?, None);
+    a.execute_batch("ALTER SYSTEM SET max_connections = 90")
+        .await?;
+    a.execute_batch("SELECT pg_reload_conf()").await?;
+    let restarted = wait_until_some("max_connections pending a restart", || async {
+        match a.restart_for_pending_settings().await {
+            Ok(Some(names)) => Some(names),
+            _ => None,
+        }
+    })
+    .await?;
+    assert_eq!(restarted, "max_connections");
+    let (shown,): (String,) = a.fetch_one("SHOW max_connections", &[]).await?;
+    assert_eq!(shown, "90");
+    assert_eq!(a.restart_for_pending_settings().await?, None);
+    a.execute_batch("ALTER SYSTEM RESET max_connections")
+        .await?;
+    Ok(())
+}
+
+/// Poll `f` every 20 ms (30 s at most) until it gives a value.
+async fn wait_until_some<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("timed out after 30s waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn slots(pg: &PgController) -> Result<Vec<String>, PgError> {
     let rows = pg
         .fetch_all::<(String,)>(
@@ -783,6 +825,7 @@ async fn scenario(
     a.start().await?; // idempotent
 
     crash_recovery_is_reported(a).await?;
+    pending_settings_are_applied_by_one_restart(a).await?;
 
     let obs = a.observe().await;
     assert!(obs.running && !obs.in_recovery, "{obs:?}");

@@ -52,6 +52,8 @@ impl World {
             Action::Start => self.start_action(i),
             // Changes nothing the simulation models; it only takes time.
             Action::Checkpoint => Ok(false),
+            // The simulated first node always starts with its settings.
+            Action::RestartIfPending => Ok(false),
             Action::Reload => {
                 if config_changed || !self.keepers[i].reloaded {
                     self.pg_reload(i);

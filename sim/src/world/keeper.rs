@@ -400,6 +400,7 @@ impl World {
             Action::Stop if pg.running => (100, 400),
             Action::Checkpoint if pg.running => (50, 1500),
             Action::Checkpoint => (1, 3),
+            Action::RestartIfPending => (1, 5),
             Action::Start | Action::Stop => (1, 3),
             Action::Reload => (2, 10),
             Action::Clone => (400, 1500),

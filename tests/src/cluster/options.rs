@@ -66,6 +66,10 @@ pub struct ClusterOptions {
     /// the replication role over TLS only, upstreams verified. Needs a
     /// `security` other than plaintext (the certificates come with it).
     pub postgres_tls: bool,
+    /// An existing data directory (a PostgreSQL that pgpilot did not make,
+    /// stopped) moved into node1's place before its keeper starts, so that
+    /// node1 adopts it instead of running initdb.
+    pub first_node_pgdata: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -89,6 +93,7 @@ impl Default for ClusterOptions {
             security: Security::Plaintext,
             replication_password: false,
             postgres_tls: false,
+            first_node_pgdata: None,
         }
     }
 }

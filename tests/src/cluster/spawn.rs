@@ -244,6 +244,10 @@ impl Cluster {
         let port = free_port()?;
         let http_port = if opts.http { Some(free_port()?) } else { None };
         let pgdata = dir.join("data");
+        if let (1, Some(existing)) = (i, &opts.first_node_pgdata) {
+            fs::rename(existing, &pgdata)
+                .with_context(|| format!("moving {} into node1's place", existing.display()))?;
+        }
         let config = dir.join("keeper.toml");
         let monitor_link = if opts.monitor_link_proxies {
             if self.monitors.len() > 1 {

@@ -139,6 +139,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
                     .rejoin
                     .as_ref()
                     .map(|(d, copy)| format!(", rejoined in {:.1} s ({copy})", d.as_secs_f64()))
+                    .or_else(|| sample.recovery.map(|r| format!(", {}", recovery_text(r))))
                     .unwrap_or_default()
             );
             samples.push(sample);
@@ -233,20 +234,12 @@ fn report(
             }
             LoadScenario::CrashRecovery => {
                 for (i, x) in samples.iter().enumerate() {
-                    if let Some((wal, failover)) = x.recovery {
+                    if let Some(r) = x.recovery {
                         println!(
-                            "  run {}: {} of WAL to replay; writes back after {:.1} s; {}",
+                            "  run {}: writes back after {:.1} s; {}",
                             i + 1,
-                            pgpilot_proto::work::bytes(wal),
                             x.outage.as_secs_f64(),
-                            match failover {
-                                None => "no failover".to_string(),
-                                Some(at) => format!(
-                                    "failover {:.1} s after the crash (postgres_restart_timeout {} s)",
-                                    at.as_secs_f64(),
-                                    POSTGRES_RESTART_TIMEOUT.as_secs()
-                                ),
-                            }
+                            recovery_text(r)
                         );
                     }
                 }
@@ -391,12 +384,8 @@ async fn crash_recovery(cluster: &Cluster, args: &LoadArgs) -> Result<Sample> {
     let from = wal_lsn(cluster, &primary).await?;
     // In slices of 1 % each: one statement per psql call stays well
     // within the harness's query limit.
-    let accounts: u64 = cluster
-        .psql(&primary, "SELECT count(*) FROM pgbench_accounts")
-        .await?
-        .trim()
-        .parse()
-        .context("counting pgbench_accounts")?;
+    // pgbench -i makes 100,000 accounts per unit of scale.
+    let accounts = u64::from(args.scale) * 100_000;
     let slice = (accounts / 100).max(1);
     for i in 0..u64::from(args.update_percent) {
         let update = format!(
@@ -446,6 +435,22 @@ async fn crash_recovery(cluster: &Cluster, args: &LoadArgs) -> Result<Sample> {
     }
     sample.recovery = Some((wal, failover.get()));
     Ok(sample)
+}
+
+/// "2.1 GiB of WAL to replay; no failover".
+fn recovery_text((wal, failover): (u64, Option<Duration>)) -> String {
+    let failover = match failover {
+        None => "no failover".to_string(),
+        Some(at) => format!(
+            "failover {:.1} s after the crash (postgres_restart_timeout {} s)",
+            at.as_secs_f64(),
+            POSTGRES_RESTART_TIMEOUT.as_secs()
+        ),
+    };
+    format!(
+        "{} of WAL to replay; {failover}",
+        pgpilot_proto::work::bytes(wal)
+    )
 }
 
 /// The primary's current WAL position, in bytes.

@@ -158,6 +158,28 @@ impl PgController {
         Ok(())
     }
 
+    /// A long program run under `watch`, its progress on this node's
+    /// board, stopped after `stall_timeout` without any.
+    async fn watched(
+        &self,
+        label: &str,
+        program: &Path,
+        args: &[OsString],
+        envs: &[(&str, &str)],
+        watch: Watch,
+    ) -> Result<(super::programs::ProgramOutput, WorkProgress), PgError> {
+        run_watched(
+            label,
+            program,
+            args,
+            envs,
+            watch,
+            &self.board,
+            self.settings.stall_timeout,
+        )
+        .await
+    }
+
     /// pg_basebackup of `upstream` into the empty directory `tmp` (it
     /// fsyncs the copy itself: no --no-sync).
     async fn pg_basebackup_into(
@@ -190,16 +212,15 @@ impl PgController {
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let from = format!("{}:{}", upstream.host, upstream.port);
         let watch = Watch::new(Work::Clone, from, Instant::now());
-        let (_, copied) = run_watched(
-            "pg_basebackup",
-            &self.bin("pg_basebackup"),
-            &args,
-            &envs,
-            watch,
-            &self.board,
-            self.settings.stall_timeout,
-        )
-        .await?;
+        let (_, copied) = self
+            .watched(
+                "pg_basebackup",
+                &self.bin("pg_basebackup"),
+                &args,
+                &envs,
+                watch,
+            )
+            .await?;
         Ok(copied)
     }
 
@@ -225,16 +246,9 @@ impl PgController {
         ]);
         let label = format!("clone_command `{}`", program_name(command));
         let watch = Watch::new(Work::Restore, label.clone(), Instant::now());
-        let (_, mut copied) = run_watched(
-            &label,
-            Path::new("/bin/sh"),
-            &args,
-            &envs,
-            watch,
-            &self.board,
-            self.settings.stall_timeout,
-        )
-        .await?;
+        let (_, mut copied) = self
+            .watched(&label, Path::new("/bin/sh"), &args, &envs, watch)
+            .await?;
         let restored = controldata_of(&self.bin("pg_controldata"), tmp)
             .await
             .map_err(|e| {
@@ -339,16 +353,15 @@ impl PgController {
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let started = Instant::now();
         let from = format!("{}:{}", upstream.host, upstream.port);
-        let (output, copied) = run_watched(
-            "pg_rewind",
-            &self.bin("pg_rewind"),
-            &args,
-            &envs,
-            Watch::new(Work::Rewind, from, started),
-            &self.board,
-            self.settings.stall_timeout,
-        )
-        .await?;
+        let (output, copied) = self
+            .watched(
+                "pg_rewind",
+                &self.bin("pg_rewind"),
+                &args,
+                &envs,
+                Watch::new(Work::Rewind, from, started),
+            )
+            .await?;
         let said = format!("{}{}", output.stdout, output.stderr);
         if said.contains("no rewind required") {
             info!(

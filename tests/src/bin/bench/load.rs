@@ -350,17 +350,7 @@ async fn switchover(cluster: &Cluster, args: &LoadArgs) -> Result<Sample> {
     settled(cluster).await?;
     let load = load(cluster, args).await?;
     let started = Instant::now();
-    let url = cluster.monitor_url().to_string();
-    let out = cluster
-        .run_cli(&["--monitor", &url, "perform-failover", "--timeout", "300s"])
-        .await?;
-    if !out.status.success() {
-        bail!(
-            "perform-failover failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    crate::perform_failover(cluster).await?;
     stop(
         cluster,
         load,

@@ -529,13 +529,11 @@ async fn pg_crash(cluster: &Cluster) -> Result<Sample> {
     Ok(sample)
 }
 
-async fn planned(cluster: &Cluster) -> Result<Sample> {
-    settled(cluster).await?;
-    let w = writer(cluster).await?;
+/// `perform-failover` through the CLI, until it is done (5 minutes at most).
+async fn perform_failover(cluster: &Cluster) -> Result<()> {
     let url = cluster.monitor_url().to_string();
-    let started = Instant::now();
     let out = cluster
-        .run_cli(&["--monitor", &url, "perform-failover", "--timeout", "120s"])
+        .run_cli(&["--monitor", &url, "perform-failover", "--timeout", "300s"])
         .await?;
     if !out.status.success() {
         bail!(
@@ -544,6 +542,14 @@ async fn planned(cluster: &Cluster) -> Result<Sample> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    Ok(())
+}
+
+async fn planned(cluster: &Cluster) -> Result<Sample> {
+    settled(cluster).await?;
+    let w = writer(cluster).await?;
+    let started = Instant::now();
+    perform_failover(cluster).await?;
     wait_for_writes(cluster, &w, Instant::now()).await?;
     let report = w.stop().await;
     let outage = report

@@ -24,9 +24,12 @@ pub(super) const BACKUP_LABEL: &str = "backup_label";
 /// How long programs left running by an earlier keeper process get to go
 /// once SIGKILLed.
 pub(super) const LEFTOVER_KILL_TIMEOUT: Duration = Duration::from_secs(10);
-/// The CHECKPOINT on the rewind source before pg_rewind (immediate, but it
-/// writes every dirty buffer).
-pub(super) const SOURCE_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often the progress of the CHECKPOINT on the rewind source (buffers
+/// it wrote) is looked at.
+pub(super) const SOURCE_CHECKPOINT_POLL: Duration = Duration::from_secs(1);
+/// The checkpoint's counter as the source shows it.
+const CHECKPOINT_PROGRESS_SQL: &str =
+    "SELECT (buffers_checkpoint + checkpoints_req + checkpoints_timed)::text FROM pg_stat_bgwriter";
 /// libpq connect_timeout (seconds) for pg_basebackup and pg_rewind.
 pub(super) const UPSTREAM_CONNECT_TIMEOUT_SECS: &str = "5";
 
@@ -91,25 +94,44 @@ impl PgController {
     /// (a spread checkpoint: seconds), that still names the old timeline, and
     /// pg_rewind wrongly answers "source and target cluster are on the same
     /// timeline / no rewind required" (fixed in PostgreSQL 16).
+    /// It has no time limit: it is given up only when the source's count of
+    /// buffers written by checkpoints (and of checkpoints) stood still for
+    /// `stall_timeout` — a checkpoint of a large, busy source writes for
+    /// minutes.
     pub(super) async fn checkpoint_source(&self, upstream: &Upstream) -> Result<(), PgError> {
         let mut conn = self.connect_upstream(upstream).await?;
+        let mut watcher = self.connect_upstream(upstream).await?;
         let started = Instant::now();
-        match tokio::time::timeout(
-            SOURCE_CHECKPOINT_TIMEOUT,
-            sqlx::raw_sql("CHECKPOINT").execute(&mut conn),
-        )
-        .await
-        {
-            Ok(result) => {
-                result?;
+        let outcome = {
+            let checkpoint = sqlx::raw_sql("CHECKPOINT").execute(&mut conn);
+            tokio::pin!(checkpoint);
+            let mut tick = tokio::time::interval(SOURCE_CHECKPOINT_POLL);
+            let (mut last, mut moved) = (None::<String>, Instant::now());
+            loop {
+                tokio::select! {
+                    done = &mut checkpoint => break done.map(|_| ()).map_err(PgError::from),
+                    _ = tick.tick() => {
+                        let now: Option<String> = sqlx::query_scalar(CHECKPOINT_PROGRESS_SQL)
+                            .fetch_one(&mut watcher)
+                            .await
+                            .ok();
+                        if now.is_some() && now != last {
+                            (last, moved) = (now, Instant::now());
+                        } else if moved.elapsed() >= self.settings.stall_timeout {
+                            break Err(PgError::Timeout {
+                                program: format!(
+                                    "CHECKPOINT on {}:{} (no buffer written for stall_timeout)",
+                                    upstream.host, upstream.port
+                                ),
+                                timeout: self.settings.stall_timeout,
+                            });
+                        }
+                    }
+                }
             }
-            Err(_) => {
-                return Err(PgError::Timeout {
-                    program: format!("CHECKPOINT on {}:{}", upstream.host, upstream.port),
-                    timeout: SOURCE_CHECKPOINT_TIMEOUT,
-                })
-            }
-        }
+        };
+        let _ = watcher.close().await;
+        outcome?;
         debug!(elapsed = ?started.elapsed(), "postgres: checkpoint on the rewind source done");
         let _ = conn.close().await;
         Ok(())

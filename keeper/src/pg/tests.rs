@@ -757,13 +757,19 @@ async fn pending_settings_are_applied_by_one_restart(a: &PgController) -> anyhow
     a.execute_batch("ALTER SYSTEM SET max_connections = 90")
         .await?;
     a.execute_batch("SELECT pg_reload_conf()").await?;
-    let restarted = wait_until_some("max_connections pending a restart", || async {
-        match a.restart_for_pending_settings().await {
-            Ok(Some(names)) => Some(names),
-            _ => None,
-        }
-    })
+    let restarted = std::sync::Mutex::new(None);
+    wait_until(
+        "max_connections pending a restart",
+        Duration::from_secs(30),
+        || async {
+            let names = a.restart_for_pending_settings().await.ok().flatten();
+            let found = names.is_some();
+            *restarted.lock().unwrap() = names;
+            found
+        },
+    )
     .await?;
+    let restarted = restarted.into_inner().unwrap().unwrap_or_default();
     assert_eq!(restarted, "max_connections");
     let (shown,): (String,) = a.fetch_one("SHOW max_connections", &[]).await?;
     assert_eq!(shown, "90");
@@ -771,24 +777,6 @@ async fn pending_settings_are_applied_by_one_restart(a: &PgController) -> anyhow
     a.execute_batch("ALTER SYSTEM RESET max_connections")
         .await?;
     Ok(())
-}
-
-/// Poll `f` every 20 ms (30 s at most) until it gives a value.
-async fn wait_until_some<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            anyhow::bail!("timed out after 30s waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn slots(pg: &PgController) -> Result<Vec<String>, PgError> {

@@ -239,6 +239,11 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             return Ok(false);
         }
         let actions = plan::plan(from, to)?;
+        if to == S::WaitStandby && from != S::Init && !self.state.reclone {
+            // A reinit: the clone that follows must not keep the data.
+            self.state.reclone = true;
+            state_file::save(&self.config.state_file(), &mut self.state)?;
+        }
         let started = Instant::now();
         self.execute_with_keepalive(&actions, Some((from, to)))
             .await?;
@@ -246,6 +251,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             .failpoints()
             .before_action(from, to, actions.len());
         self.state.current = to;
+        if from == S::WaitStandby {
+            self.state.reclone = false;
+        }
         state_file::save(&self.config.state_file(), &mut self.state)?;
         self.lease.lock().await.set_current(to);
         status::lock(&self.status).set_state(to, Instant::now());
@@ -283,6 +291,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         }
         self.instructions = Instructions {
             primary: reply.primary,
+            clone_source: reply.clone_source,
             synchronous_standby_names: replication.synchronous_standby_names,
             slots: replication
                 .standbys
@@ -317,6 +326,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             o,
             &self.start_failures,
         );
+        request.clone_from = self.config.clone_from.clone();
         let notes = self.executor.notes().clone();
         request.notes = notes.pending();
         let sent = request.notes.clone();
@@ -330,6 +340,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             node_id: self.state.node_id.unwrap_or_default(),
             goal: self.state.goal,
             instructions: &self.instructions,
+            reclone: self.state.reclone,
         }
     }
 

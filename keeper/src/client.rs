@@ -287,6 +287,8 @@ pub fn node_active_request(
         // Only the loop's heartbeats carry notes (see `crate::notes`).
         notes: Vec::new(),
         work: o.work.as_ref().map(|w| w.to_wire()),
+        // The loop's heartbeat says it (see `crate::agent`).
+        clone_from: String::new(),
     }
 }
 

@@ -166,12 +166,23 @@ pub struct KeeperConfig {
     /// when a standby falls behind what its upstream still holds.
     #[serde(default)]
     pub restore_command: Option<String>,
+    /// Where a clone of this node copies from: "primary" (the default),
+    /// "standby" (the standby the monitor finds least busy, the primary
+    /// when none can serve), or the name of one node of the group (that
+    /// node while it is a healthy standby, the primary otherwise). A clone
+    /// from a standby that fails is followed at once by one from the
+    /// primary.
+    #[serde(default = "d_clone_from")]
+    pub clone_from: String,
     /// Address of the keeper's HTTP server (/metrics, /health, /primary,
     /// /replica), e.g. "127.0.0.1:8008"; absent: no HTTP server.
     #[serde(default, deserialize_with = "d_http_listen")]
     pub http_listen: Option<std::net::SocketAddr>,
 }
 
+fn d_clone_from() -> String {
+    "primary".into()
+}
 fn d_formation() -> String {
     "default".into()
 }
@@ -254,6 +265,15 @@ pub use pgpilot_proto::config_file::ConfigError;
 
 /// A PostgreSQL role name that needs no quoting anywhere (and is not one
 /// of the reserved `pg_` roles).
+/// 1 to 63 letters, digits, '_', '-' or '.' (a node name).
+fn is_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 fn is_role_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
@@ -296,15 +316,21 @@ impl KeeperConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.name.is_empty()
-            || self.name.len() > 63
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
+        if !is_node_name(&self.name) {
             return bad(format!(
                 "name {:?} is not valid: use 1 to 63 letters, digits, '_', '-' or '.'",
+                self.name
+            ));
+        }
+        if !is_node_name(&self.clone_from) {
+            return bad(format!(
+                "clone_from {:?} is not valid: write \"primary\", \"standby\" or the name of a node of the group",
+                self.clone_from
+            ));
+        }
+        if self.clone_from == self.name {
+            return bad(format!(
+                "clone_from names this node itself ({:?}): name another node, \"standby\" or \"primary\"",
                 self.name
             ));
         }

@@ -12,6 +12,7 @@ use pgpilot_proto::notes;
 use pgpilot_proto::pb;
 use pgpilot_proto::ReplicationState as S;
 
+use crate::adoption;
 use crate::client::Keepalive;
 use crate::config::KeeperConfig;
 use crate::error::KeeperError;
@@ -30,6 +31,9 @@ const REPLAY_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Default)]
 pub struct Instructions {
     pub primary: Option<pb::NodeAddress>,
+    /// The standby a clone copies from instead of the primary, when the
+    /// monitor names one (see the keeper's `clone_from`).
+    pub clone_source: Option<pb::NodeAddress>,
     pub synchronous_standby_names: String,
     /// A slot for every other node of the group, with that node's LSN.
     pub slots: Vec<(String, u64)>,
@@ -44,6 +48,9 @@ pub struct Target<'a> {
     pub node_id: i64,
     pub goal: S,
     pub instructions: &'a Instructions,
+    /// A reinit: a clone replaces the data directory even when it belongs
+    /// to the group.
+    pub reclone: bool,
 }
 
 /// Runs actions against `pg`.
@@ -182,10 +189,11 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                 }
                 Action::Stop => pg.stop().await?,
                 Action::Checkpoint => pg.checkpoint_before_stop().await,
-                Action::Clone => {
-                    let upstream = upstream(target)?;
-                    tracing::info!(from = %format!("{}:{}", upstream.host, upstream.port), "cloning the primary with pg_basebackup");
-                    self.copying(pg.base_backup(&upstream)).await?;
+                Action::AdoptOrClone => {
+                    let primary = upstream(target)?;
+                    if target.reclone || !self.adopted(target, &primary).await {
+                        self.clone_data(target, &primary).await?;
+                    }
                     config_changed = true;
                 }
                 Action::RewindOrClone => {
@@ -264,6 +272,94 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
         result
     }
 
+    /// A joining node's data directory kept (see [`crate::adoption`]):
+    /// true when it was kept as it is or rewound, and the monitor is told;
+    /// false when it must be cloned (why is logged).
+    async fn adopted(&self, target: Target<'_>, primary: &Upstream) -> bool {
+        let from = primary_label(target, primary);
+        let verdict = match self.adoption_verdict(primary).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check whether the existing data directory belongs to the group; cloning");
+                return false;
+            }
+        };
+        let (local, verdict) = verdict;
+        let (kind, text) = match verdict {
+            adoption::Verdict::Adopt => (
+                notes::EXISTING_DATA_ADOPTED,
+                adoption::adopted_text(&local, &from),
+            ),
+            adoption::Verdict::Rewind(divergence) => {
+                match self.rewind_and_start(target, primary).await {
+                    Ok(_) => (
+                        notes::STANDBY_REWOUND,
+                        format!("joined with a data directory of the group whose WAL forked from {from}: {divergence}; rewound with pg_rewind instead of cloning"),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rewinding the existing data directory did not give a standby that starts; cloning");
+                        if let Err(e) = self.pg.stop().await {
+                            tracing::warn!(error = %e, "stopping PostgreSQL before the clone failed");
+                        }
+                        return false;
+                    }
+                }
+            }
+            adoption::Verdict::Clone(why) => {
+                tracing::info!("the existing data directory is not kept ({why}); cloning");
+                return false;
+            }
+        };
+        tracing::info!(kind, "{text}");
+        self.notes.push(kind, text);
+        true
+    }
+
+    /// The adoption verdict on this node's data directory, with the local
+    /// facts; None without one.
+    async fn adoption_verdict(
+        &self,
+        primary: &Upstream,
+    ) -> Result<Option<(adoption::LocalData, adoption::Verdict)>, PgError> {
+        let Some((local, up, segment_size)) = self.pg.adoption_facts(primary).await? else {
+            return Ok(None);
+        };
+        let present = match adoption::judge(&local, &up) {
+            Ok(None) => {
+                let segment = adoption::resume_segment(local.redo_lsn, &up.history, segment_size);
+                self.pg.upstream_has_wal_file(primary, &segment).await?
+            }
+            _ => false,
+        };
+        let has_restore_command = self.config.restore_command.is_some();
+        let verdict = adoption::verdict(&local, &up, segment_size, present, has_restore_command);
+        Ok(Some((local, verdict)))
+    }
+
+    /// Replace PGDATA by a clone of the monitor's clone source, or of the
+    /// primary: at once when the clone from a standby fails.
+    async fn clone_data(&self, target: Target<'_>, primary: &Upstream) -> Result<(), KeeperError> {
+        if let Some(source) = &target.instructions.clone_source {
+            let standby = Upstream {
+                host: source.host.clone(),
+                port: source.port as u16,
+                slot_name: String::new(),
+            };
+            tracing::info!(from = %format!("{} ({}:{})", source.name, source.host, source.port), "cloning a standby with pg_basebackup");
+            match self.copying(self.pg.base_backup(&standby)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, standby = %source.name, "cloning the standby failed; cloning the primary instead");
+                    self.pg.stop().await?;
+                }
+            }
+        }
+        tracing::info!(from = %format!("{}:{}", primary.host, primary.port), "cloning the primary with pg_basebackup");
+        self.copying(self.pg.base_backup(primary)).await?;
+        Ok(())
+    }
+
     /// pg_rewind, then start as a standby of `upstream`: a rewound data
     /// directory is only good once PostgreSQL accepts it.
     async fn rewind_and_start(
@@ -291,11 +387,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
         let Some(divergence) = self.divergence(&upstream).await else {
             return Ok(false);
         };
-        let address = format!("{}:{}", upstream.host, upstream.port);
-        let from = match &target.instructions.primary {
-            Some(p) if !p.name.is_empty() => format!("{} ({address})", p.name),
-            _ => address,
-        };
+        let from = primary_label(target, &upstream);
         tracing::warn!(upstream = %from, "{divergence}: the standby cannot follow; rewinding it");
         let (kind, how) = match self.rewind_and_start(target, &upstream).await {
             Ok(Rewound::Rewound) => (
@@ -394,6 +486,15 @@ fn upstream(target: Target<'_>) -> Result<Upstream, KeeperError> {
             },
         })
         .ok_or_else(|| KeeperError::Waiting("the monitor names no primary to follow yet".into()))
+}
+
+/// The primary as notes name it: "node1 (host:port)".
+fn primary_label(target: Target<'_>, upstream: &Upstream) -> String {
+    let address = format!("{}:{}", upstream.host, upstream.port);
+    match &target.instructions.primary {
+        Some(p) if !p.name.is_empty() => format!("{} ({address})", p.name),
+        _ => address,
+    }
 }
 
 /// The note of an adopted data directory.

@@ -3,6 +3,7 @@
 //! monitor and its standbys.
 
 pub mod access;
+pub mod adoption;
 pub mod agent;
 pub mod client;
 pub mod config;

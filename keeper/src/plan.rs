@@ -25,8 +25,12 @@ pub enum Action {
     /// during which no write is taken, has little left to write. Best
     /// effort: skipped when PostgreSQL does not answer.
     Checkpoint,
-    /// Replace PGDATA by a clone of the primary.
-    Clone,
+    /// Replace PGDATA by a clone (of the monitor's clone source, else the
+    /// primary) — unless the node is joining (not reinitialised) and its
+    /// data directory already belongs to the group (see
+    /// [`crate::adoption`]): then it is kept, rewound first if its WAL
+    /// forked.
+    AdoptOrClone,
     /// pg_rewind to the primary, falling back to a fresh clone when it fails.
     RewindOrClone,
     /// A standby whose WAL diverged from the primary's timeline history
@@ -82,7 +86,7 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
         (S::Init, S::WaitStandby) => vec![],
         // reinit: stop; the clone follows with wait_standby -> catchingup.
         (_, S::WaitStandby) => vec![Stop],
-        (S::WaitStandby, S::Catchingup) => vec![Stop, Clone, ConfigureStandby, Start],
+        (S::WaitStandby, S::Catchingup) => vec![Stop, AdoptOrClone, ConfigureStandby, Start],
         // The node was a primary on an older timeline (or stopped for
         // maintenance): rewind it, or clone when that fails.
         (S::Demoted | S::Maintenance, S::Catchingup) => {
@@ -167,7 +171,7 @@ pub fn steady(state: S) -> Vec<Action> {
 pub fn steady_without_monitor(state: S) -> Vec<Action> {
     steady(state)
         .into_iter()
-        .filter(|a| !matches!(a, RewindIfDiverged | RewindOrClone | Clone))
+        .filter(|a| !matches!(a, RewindIfDiverged | RewindOrClone | AdoptOrClone))
         .collect()
 }
 
@@ -201,8 +205,8 @@ mod tests {
     fn a_standby_clones_before_it_starts() {
         let p = plan(S::WaitStandby, S::Catchingup).unwrap();
         let pos = |a| p.iter().position(|x| *x == a).unwrap();
-        assert!(pos(Stop) < pos(Clone));
-        assert!(pos(Clone) < pos(ConfigureStandby));
+        assert!(pos(Stop) < pos(AdoptOrClone));
+        assert!(pos(AdoptOrClone) < pos(ConfigureStandby));
         assert!(pos(ConfigureStandby) < pos(Start));
     }
 
@@ -265,7 +269,7 @@ mod tests {
             let p = steady_without_monitor(state);
             assert!(
                 !p.iter()
-                    .any(|a| matches!(a, RewindIfDiverged | RewindOrClone | Clone)),
+                    .any(|a| matches!(a, RewindIfDiverged | RewindOrClone | AdoptOrClone)),
                 "{state}"
             );
         }

@@ -19,6 +19,11 @@ pub struct KeeperState {
     pub current: ReplicationState,
     /// The goal it is walking towards.
     pub goal: ReplicationState,
+    /// The monitor sent the node back to wait_standby from a state other
+    /// than init (a reinit): its next clone replaces the data directory
+    /// even when it belongs to the group. Cleared once it is cloned.
+    #[serde(default)]
+    pub reclone: bool,
 }
 
 impl KeeperState {
@@ -30,6 +35,7 @@ impl KeeperState {
             formation: formation.to_string(),
             current: ReplicationState::Init,
             goal: ReplicationState::Init,
+            reclone: false,
         }
     }
 }

@@ -157,6 +157,9 @@ impl Monitor {
             synchronous_standby_names: hb.synchronous_standby_names.clone(),
             goal_changed_at: None,
             acting_toward: hb.acting_toward,
+            // Every simulated keeper asks for a standby to clone: the
+            // choice runs in every reply.
+            clone_from: "standby".into(),
         };
         let env = self.env(now);
         match heartbeat::fold(&mut self.nodes, i, &beat, &env) {

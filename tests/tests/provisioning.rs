@@ -6,7 +6,9 @@
 //! database system is refused with one sentence, and the standby keeps its
 //! data until a restore of the right one succeeds. And an existing
 //! PostgreSQL's data directory becomes the first node of a new group with
-//! its data kept, the operator told so by an event.
+//! its data kept, the operator told so by an event. A standby dropped and
+//! registered again keeps its data directory (no clone); one whose keeper
+//! asks for `clone_from = "standby"` is cloned from the other standby.
 //!
 //! Needs `cargo build --workspace` first and PostgreSQL's server programs.
 
@@ -42,14 +44,23 @@ async fn run_pg(tools: &Tools, dir: &Path, program: &str, args: &[&str]) -> Resu
     Ok(())
 }
 
-/// Stop `node`'s keeper, replace its clone/restore settings, start it.
+/// Stop `node`'s keeper, set `settings` (`key = value` lines, replacing
+/// earlier values of those keys), start it.
 async fn set_keeper_settings(cluster: &Cluster, node: &str, settings: &str) -> Result<()> {
     cluster.stop_keeper(node).await?;
     let path = cluster.keeper_config_path(node)?;
     let text = std::fs::read_to_string(&path)?;
+    let key = |line: &str| {
+        line.split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let keys: Vec<String> = settings.lines().map(key).collect();
     let kept: String = text
         .lines()
-        .filter(|l| !l.starts_with("clone_command") && !l.starts_with("restore_command"))
+        .filter(|l| !keys.contains(&key(l)))
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&path, format!("{kept}{settings}"))?;
@@ -281,6 +292,170 @@ async fn an_existing_data_directory_becomes_the_first_node_with_its_data() -> Re
         text.contains("kept the existing data directory")
             && text.contains("instead of running initdb"),
         "{text}"
+    );
+    cluster.shutdown().await
+}
+
+/// The harness keeps a keeper's state file beside its data directory.
+fn state_file(cluster: &Cluster, node: &str) -> Result<std::path::PathBuf> {
+    let pgdata = cluster.pgdata(node)?;
+    Ok(std::path::PathBuf::from(format!(
+        "{}.pgpilot-state.json",
+        pgdata.display()
+    )))
+}
+
+async fn count_rows(cluster: &Cluster, node: &str, expected: u32) -> Result<()> {
+    let expected = expected.to_string();
+    cluster
+        .wait_for(
+            TIMEOUT,
+            &format!("{node} to hold {expected} rows"),
+            || async {
+                let n = cluster.psql(node, "SELECT count(*) FROM rows").await?;
+                Ok((n.trim() == expected).then_some(()))
+            },
+        )
+        .await
+}
+
+/// A standby dropped from the group, then registered again with the data
+/// directory it had (its keeper's state file removed), is kept as it is:
+/// it streams what the primary wrote meanwhile and is never cloned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_standby_rejoins_with_its_data_directory_kept() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        first_node_alone: true,
+        ..ClusterOptions::nodes(2)
+    })
+    .await?;
+    cluster
+        .wait_state(TIMEOUT, "a settled pair", settled_pair)
+        .await?;
+    cluster
+        .psql(
+            "node1",
+            &format!("CREATE TABLE rows AS SELECT i FROM generate_series(1, {ROWS_BEFORE}) i"),
+        )
+        .await?;
+    count_rows(&cluster, "node2", ROWS_BEFORE).await?;
+
+    cli_ok(&cluster, &["drop-node", "node2"]).await?;
+    // (Not `wait_until`: it stops at a keeper that exited.)
+    pgpilot_tests::poll_until(TIMEOUT, "node2's keeper to exit once dropped", || async {
+        Ok((!cluster.keeper_running("node2")?).then_some(()))
+    })
+    .await?;
+    cluster
+        .psql(
+            "node1",
+            &format!(
+                "INSERT INTO rows SELECT i FROM generate_series({}, {}) i",
+                ROWS_BEFORE + 1,
+                ROWS_BEFORE + ROWS_AFTER
+            ),
+        )
+        .await?;
+    // A file only this data directory holds: a clone would not have it.
+    let marker = cluster.pgdata("node2")?.join("pgpilot-test-marker");
+    std::fs::write(&marker, "kept").context("writing the marker")?;
+    std::fs::remove_file(state_file(&cluster, "node2")?).context("removing the state file")?;
+    let baseline = last_event_id(&events(&cluster).await?);
+    cluster.start_keeper("node2")?;
+    cluster
+        .wait_state(TIMEOUT, "node2 back as a settled secondary", settled_pair)
+        .await?;
+    let adopted = cluster
+        .wait_for(TIMEOUT, "node2's adoption event", || async {
+            Ok(events(&cluster).await?.into_iter().find(|e| {
+                e["kind"] == "existing_data_adopted"
+                    && e["node_name"] == "node2"
+                    && e["event_id"].as_i64().unwrap_or(0) > baseline
+            }))
+        })
+        .await?;
+    let text = adopted["reason"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("as a standby of node1") && text.contains("instead of cloning"),
+        "{text}"
+    );
+    count_rows(&cluster, "node2", ROWS_BEFORE + ROWS_AFTER).await?;
+    if !marker.exists() {
+        return Err(cluster
+            .failure("node2's data directory was replaced although it belonged to the group")
+            .await);
+    }
+    let cloned: Vec<_> = events(&cluster)
+        .await?
+        .into_iter()
+        .filter(|e| {
+            e["kind"] == "work_done"
+                && e["node_name"] == "node2"
+                && e["event_id"].as_i64().unwrap_or(0) > baseline
+        })
+        .collect();
+    assert!(cloned.is_empty(), "node2 was copied: {cloned:?}");
+    cluster.shutdown().await
+}
+
+/// A standby whose keeper says `clone_from = "standby"` is rebuilt
+/// (`reinit`, which clones even a directory that belongs to the group)
+/// from the other standby, not the primary, then streams from the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_is_cloned_from_another_standby_when_its_keeper_asks() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        first_node_alone: true,
+        ..ClusterOptions::nodes(3)
+    })
+    .await?;
+    let state = cluster.wait_healthy(TIMEOUT).await?;
+    cluster
+        .psql(
+            "node1",
+            &format!("CREATE TABLE rows AS SELECT i FROM generate_series(1, {ROWS_BEFORE}) i"),
+        )
+        .await?;
+    count_rows(&cluster, "node2", ROWS_BEFORE).await?;
+    let node2 = state.node("node2").context("node2 in show-state")?;
+    let source = format!("{}:{}", node2.host, node2.port);
+
+    set_keeper_settings(&cluster, "node3", "clone_from = \"standby\"\n").await?;
+    let baseline = last_event_id(&events(&cluster).await?);
+    let marker = cluster.pgdata("node3")?.join("pgpilot-test-marker");
+    std::fs::write(&marker, "replaced").context("writing the marker")?;
+    cli_ok(&cluster, &["reinit", "node3"]).await?;
+    let cloned = cluster
+        .wait_for(TIMEOUT, "node3's clone event", || async {
+            Ok(events(&cluster).await?.into_iter().find(|e| {
+                e["kind"] == "work_done"
+                    && e["node_name"] == "node3"
+                    && e["event_id"].as_i64().unwrap_or(0) > baseline
+            }))
+        })
+        .await?;
+    let text = cloned["reason"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("cloned ") && text.contains(&format!("from {source} ")),
+        "node3 should have been cloned from node2 ({source}): {text}"
+    );
+    assert!(!marker.exists(), "reinit kept node3's data directory");
+    cluster
+        .psql(
+            "node1",
+            &format!(
+                "INSERT INTO rows SELECT i FROM generate_series({}, {}) i",
+                ROWS_BEFORE + 1,
+                ROWS_BEFORE + ROWS_AFTER
+            ),
+        )
+        .await?;
+    count_rows(&cluster, "node3", ROWS_BEFORE + ROWS_AFTER).await?;
+    let state = cluster.wait_healthy(TIMEOUT).await?;
+    let node3 = state.node("node3").context("node3 in show-state")?;
+    assert!(
+        node3.wal_receiver_streaming,
+        "node3 should stream:\n{}",
+        state.table()
     );
     cluster.shutdown().await
 }

@@ -358,3 +358,22 @@ fn trust_networks_are_cidrs_or_samenet() {
         assert!(!err.contains('\n'), "{err}");
     }
 }
+
+#[test]
+fn clone_from_names_the_primary_a_standby_or_a_node() {
+    assert_eq!(KeeperConfig::parse(MINIMAL).unwrap().clone_from, "primary");
+    for value in ["standby", "node2", "primary"] {
+        let c = KeeperConfig::parse(&format!("{MINIMAL}\nclone_from = \"{value}\"\n")).unwrap();
+        assert_eq!(c.clone_from, value);
+    }
+    for (value, says) in [
+        ("", "clone_from \"\" is not valid"),
+        ("node 2", "not valid"),
+        ("node1", "names this node itself"),
+    ] {
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\nclone_from = \"{value}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says) && !err.contains('\n'), "{err}");
+    }
+}

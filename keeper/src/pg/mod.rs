@@ -17,6 +17,7 @@
 //! - `programs`: running programs with timeouts, finding them;
 //! - `render`: the configuration files inside PGDATA.
 
+mod adopt;
 mod clone;
 mod connection;
 mod divergence;
@@ -44,6 +45,7 @@ use crate::access::{PasswordSource, Secret};
 use crate::durable::{sibling_path, DurableError};
 use crate::timeline::{TimelineHistory, WalPosition};
 
+pub use adopt::AdoptionFacts;
 pub use programs::find_bin_dir;
 
 /// Where a standby streams from (or clones / rewinds from).
@@ -247,6 +249,27 @@ pub trait LocalPostgres {
                 "cannot read the timeline history of {what} here"
             )))
         }
+    }
+
+    /// The facts of the adoption check (see [`crate::adoption`]) of this
+    /// stopped node's data directory against `upstream`: None when there
+    /// is no data directory (or nothing reads one here).
+    fn adoption_facts(
+        &self,
+        upstream: &Upstream,
+    ) -> impl Future<Output = Result<Option<AdoptionFacts>, PgError>> + Send {
+        let _ = upstream;
+        async { Ok(None) }
+    }
+
+    /// Whether `upstream` still holds the WAL file `name` in pg_wal.
+    fn upstream_has_wal_file(
+        &self,
+        upstream: &Upstream,
+        name: &str,
+    ) -> impl Future<Output = Result<bool, PgError>> + Send {
+        let _ = (upstream, name);
+        async { Ok(false) }
     }
 
     /// The clone or rewind that last finished, once (for the keeper's
@@ -506,6 +529,18 @@ impl LocalPostgres for PgController {
 
     async fn wal_position(&self) -> Result<Option<WalPosition>, PgError> {
         PgController::wal_position(self).await
+    }
+
+    async fn adoption_facts(&self, upstream: &Upstream) -> Result<Option<AdoptionFacts>, PgError> {
+        PgController::adoption_facts(self, upstream).await
+    }
+
+    async fn upstream_has_wal_file(
+        &self,
+        upstream: &Upstream,
+        name: &str,
+    ) -> Result<bool, PgError> {
+        PgController::upstream_has_wal_file(self, upstream, name).await
     }
 
     async fn upstream_history(&self, upstream: &Upstream) -> Result<TimelineHistory, PgError> {

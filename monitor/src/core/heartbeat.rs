@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use pgpilot_proto::ReplicationState as S;
 
+use super::clone_source::{self, Preference};
 use super::group::{evaluate, update_fence, upstream_of, Evaluation};
 use super::Env;
 use crate::fsm::{self, NodeFence, NodeSnapshot, ReplicationPlan};
@@ -25,6 +26,8 @@ pub struct Beat {
     /// A keepalive: the goal of the plan the keeper is carrying out. None
     /// when the keeper is at rest in its reported state.
     pub acting_toward: Option<S>,
+    /// The keeper's `clone_from` (see [`clone_source`]).
+    pub clone_from: String,
 }
 
 /// A node reported the goal it was assigned, for the first time.
@@ -42,8 +45,11 @@ pub struct GoalReached {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub plan: ReplicationPlan,
-    /// Index of the node to follow (standbys) or clone from.
+    /// Index of the node to follow (standbys), rewind or clone from.
     pub upstream: Option<usize>,
+    /// Index of the standby a clone copies from instead (see
+    /// [`clone_source`]).
+    pub clone_source: Option<usize>,
     /// The primary's new fence, when it changed (already in the group).
     pub fence: Option<NodeFence>,
 }
@@ -100,8 +106,9 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
     let reply = reply(
         nodes,
         index,
-        env.settings.number_sync_standbys,
+        env,
         beat.synchronous_standby_names.as_deref(),
+        &beat.clone_from,
     );
     Folded::Answer(Box::new(Answer {
         evaluation,
@@ -176,13 +183,15 @@ pub fn goal_back_to_reported(nodes: &mut [NodeSnapshot], index: usize) -> Option
 pub fn reply(
     nodes: &mut [NodeSnapshot],
     index: usize,
-    number_sync_standbys: u32,
+    env: &Env,
     applied_sync_names: Option<&str>,
+    clone_from: &str,
 ) -> Reply {
-    let plan = fsm::replication_plan(nodes, index, number_sync_standbys);
+    let plan = fsm::replication_plan(nodes, index, env.settings.number_sync_standbys);
     let fence = update_fence(nodes, index, &plan, applied_sync_names);
     Reply {
         upstream: upstream_of(nodes, index),
+        clone_source: clone_source::choose(nodes, index, Preference::parse(clone_from), env),
         plan,
         fence,
     }
@@ -196,17 +205,13 @@ pub fn settled(
     index: usize,
     env: &Env,
     applied_sync_names: Option<&str>,
+    clone_from: &str,
 ) -> Option<Reply> {
     let mut nodes = nodes.to_vec();
     if !evaluate(&mut nodes, env).is_quiet() {
         return None;
     }
-    let reply = reply(
-        &mut nodes,
-        index,
-        env.settings.number_sync_standbys,
-        applied_sync_names,
-    );
+    let reply = reply(&mut nodes, index, env, applied_sync_names, clone_from);
     reply.fence.is_none().then_some(reply)
 }
 
@@ -218,6 +223,7 @@ pub fn dropped_reply(node: &NodeSnapshot) -> Reply {
     Reply {
         plan,
         upstream: None,
+        clone_source: None,
         fence: None,
     }
 }
@@ -295,6 +301,7 @@ mod tests {
             synchronous_standby_names: None,
             goal_changed_at: None,
             acting_toward,
+            clone_from: String::new(),
         }
     }
 

@@ -10,10 +10,12 @@
 //!   upstream, the stored fence set, the record-once event of a stuck
 //!   election, and the refusal of goals a keeper cannot reach;
 //! - [`heartbeat`]: folding a heartbeat into its node, then the reply;
+//! - [`clone_source`]: the standby a node about to be cloned copies from;
 //! - [`commands`]: every operator command and its refusals ([`Refusal`]);
 //! - [`handover`]: which events are failovers and switchovers;
 //! - [`lease`]: whether this monitor may run the background duties.
 
+pub mod clone_source;
 pub mod commands;
 pub mod group;
 pub mod handover;

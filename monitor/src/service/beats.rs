@@ -12,7 +12,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::{address, fence_required_held, notes, refused, start_failures, state, timings};
+use super::{
+    address, fence_required_held, notes, refused, start_failures, state, timings, valid_name,
+};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::store::{Assignment, Heartbeat, Store};
@@ -160,6 +162,9 @@ impl Beats {
                 r.node_id
             )));
         }
+        if !r.clone_from.is_empty() {
+            valid_name("clone_from", &r.clone_from)?;
+        }
         Ok(Heartbeat {
             node_id: r.node_id,
             reported: state(r.reported_state, "reported_state")?,
@@ -180,6 +185,7 @@ impl Beats {
                 .map_err(Error::InvalidArgument)?,
             notes: notes(&r.notes)?,
             work: r.work.map(crate::store::work::check).transpose()?,
+            clone_from: r.clone_from,
         })
     }
 
@@ -216,6 +222,7 @@ fn reply(a: Assignment) -> pb::NodeActiveReply {
     pb::NodeActiveReply {
         goal_state: a.node.snap.goal.to_wire(),
         primary: a.primary.as_ref().map(address),
+        clone_source: a.clone_source.as_ref().map(address),
         replication: Some(pb::ReplicationSettings {
             synchronous_standby_names: a.plan.synchronous_standby_names,
             standbys: a.others.iter().map(address).collect(),

@@ -307,10 +307,12 @@ fn answers(
             }
         }
         for id in beat {
-            let applied = by_id
-                .get(&id)
-                .and_then(|h| h.synchronous_standby_names.as_deref());
-            if let Some(a) = settled_assignment(settings, &nodes, id, now, formation, applied) {
+            let hb = by_id.get(&id);
+            let applied = hb.and_then(|h| h.synchronous_standby_names.as_deref());
+            let clone_from = hb.map_or("", |h| h.clone_from.as_str());
+            let answer =
+                settled_assignment(settings, &nodes, id, now, formation, applied, clone_from);
+            if let Some(a) = answer {
                 answers.insert(id, a);
             }
         }
@@ -329,9 +331,10 @@ fn settled_assignment(
     now: DateTime<Utc>,
     formation: FormationSettings,
     applied_sync_names: Option<&str>,
+    clone_from: &str,
 ) -> Option<Assignment> {
     let index = nodes.iter().position(|n| n.snap.id == id)?;
     let env = Env::new(now, settings.fsm(formation));
-    let reply = heartbeat::settled(&snaps(nodes), index, &env, applied_sync_names)?;
+    let reply = heartbeat::settled(&snaps(nodes), index, &env, applied_sync_names, clone_from)?;
     Some(Assignment::new(nodes, index, reply))
 }

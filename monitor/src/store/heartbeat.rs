@@ -39,6 +39,8 @@ pub struct Heartbeat {
     /// The clone or rewind under way (keepalives only); a heartbeat with
     /// work takes the locked path, which stores it.
     pub work: Option<pgpilot_proto::pb::WorkProgress>,
+    /// The keeper's `clone_from` ("" from keepers that do not say).
+    pub clone_from: String,
 }
 
 /// A keeper's note (a diverged standby rewound, …), recorded as an event
@@ -70,8 +72,10 @@ impl Heartbeat {
 #[derive(Debug, Clone)]
 pub struct Assignment {
     pub node: StoredNode,
-    /// The node to follow (standbys) or clone from.
+    /// The node to follow (standbys), rewind or clone from.
     pub primary: Option<StoredNode>,
+    /// The standby a clone copies from instead of `primary`.
+    pub clone_source: Option<StoredNode>,
     /// Every other node of the group.
     pub others: Vec<StoredNode>,
     pub plan: ReplicationPlan,
@@ -86,6 +90,7 @@ impl Assignment {
         Assignment {
             node: nodes[index].clone(),
             primary: reply.upstream.map(|u| nodes[u].clone()),
+            clone_source: reply.clone_source.map(|u| nodes[u].clone()),
             others: nodes
                 .iter()
                 .filter(|n| n.snap.id != id && n.snap.goal != S::Dropped)
@@ -138,6 +143,7 @@ impl Store {
             synchronous_standby_names: hb.synchronous_standby_names.clone(),
             goal_changed_at: Some(nodes[index].goal_changed_at),
             acting_toward: hb.acting_toward,
+            clone_from: hb.clone_from.clone(),
         };
         let (evaluation, reply, reached) =
             match heartbeat::fold(&mut group, index, &beat, &self.env(now, nss)) {

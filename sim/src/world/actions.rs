@@ -65,7 +65,9 @@ impl World {
                 self.pg_stop(i, true);
                 Ok(false)
             }
-            Action::Clone => {
+            // Simulated nodes join with empty data directories: a join
+            // never finds data to keep, so every one is a clone.
+            Action::AdoptOrClone => {
                 let u = upstream.ok_or("the monitor names no primary to follow yet")?;
                 self.clone_from(i, u)?;
                 Ok(true)

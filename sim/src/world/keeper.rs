@@ -403,7 +403,7 @@ impl World {
             Action::RestartIfPending => (1, 5),
             Action::Start | Action::Stop => (1, 3),
             Action::Reload => (2, 10),
-            Action::Clone => (400, 1500),
+            Action::AdoptOrClone => (400, 1500),
             Action::RewindOrClone => (300, 1200),
             // Only scheduled when it finds a divergence: a rewind follows.
             Action::RewindIfDiverged => (300, 1200),

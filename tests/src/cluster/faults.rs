@@ -137,6 +137,17 @@ impl Cluster {
         self.spawn_keeper_of(name)
     }
 
+    /// Whether the keeper of `name` runs (false once it exited, e.g.
+    /// after its node was dropped).
+    pub fn keeper_running(&self, name: &str) -> Result<bool> {
+        let node = self.node(name)?;
+        let mut slot = lock(&node.keeper);
+        Ok(match slot.as_mut() {
+            Some(child) => child.try_wait()?.is_none(),
+            None => false,
+        })
+    }
+
     /// SIGKILL the keeper of `name` — its process group, as an OOM kill of
     /// the keeper and what it ran — and nothing else: PostgreSQL and the
     /// fence guard (each in a session of its own) keep running. Returns

@@ -233,6 +233,11 @@ impl Generator {
                 })
             }
             1 => Call::NodeActive(pb::NodeActiveRequest {
+                clone_from: if w(rng) {
+                    Generator::wild_string(rng)
+                } else {
+                    ["", "primary", "standby", "node1"][rng.below(4)].to_string()
+                },
                 node_id: self.node_id(rng, wild, registry),
                 reported_state: if w(rng) {
                     Generator::wild_state(rng)

@@ -205,6 +205,7 @@ impl SimNode {
             keeper_boot_id: "0123456789abcdef0123456789abcdef".into(),
             sent_at_ns: sent_at_ns(now),
             notes: Vec::new(),
+            clone_from: String::new(),
         }
     }
 }

@@ -159,7 +159,8 @@ pub struct KeeperConfig {
     /// A shell command that fills the empty directory `%D` with a restored
     /// backup of this group's database (pgBackRest, WAL-G, Barman, …), run
     /// instead of pg_basebackup to build this node as a standby; `%h` and
-    /// `%p` are the primary's host and port. Absent: pg_basebackup.
+    /// `%p` are the clone source's host and port (the primary's unless
+    /// `clone_from` picks a standby). Absent: pg_basebackup.
     #[serde(default)]
     pub clone_command: Option<String>,
     /// PostgreSQL's `restore_command` for this node: WAL from the archive

@@ -357,6 +357,7 @@ impl Monitor for MonitorService {
                     .map(|w| w.iter().map(|w| w.kind().to_string()).collect())
                     .unwrap_or_default(),
                 work: n.work.clone(),
+                unreachable: crate::core::unreachable(&n.snap, now, self.store.node_timeout()),
             })
             .collect();
         let monitors = self

@@ -528,7 +528,8 @@ fn log_files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 /// (scram-sha-256). After a whole run — start, failover, operator
 /// commands, a monitor started with a wrong password, shutdown — no log
 /// file of the run and no command output holds either password, and the
-/// monitor did log its database URL (redacted).
+/// monitor did log its database URL (redacted). Log files carry no
+/// terminal colour codes either (colour only on a terminal).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_any_log() -> Result<()> {
     let stamp = std::time::SystemTime::now()
@@ -630,6 +631,7 @@ async fn no_secret_in_any_log() -> Result<()> {
     let mut leaks = Vec::new();
     let mut scanned = 0;
     let mut redacted_url_logged = false;
+    let mut coloured = Vec::new();
     for file in &files {
         let Ok(bytes) = std::fs::read(file) else {
             continue;
@@ -642,6 +644,9 @@ async fn no_secret_in_any_log() -> Result<()> {
             }
         }
         redacted_url_logged |= text.contains("database=postgres://pgpilot:****@");
+        if text.contains('\u{1b}') {
+            coloured.push(file.display().to_string());
+        }
     }
     for (name, s) in [("password", &secret), ("wrong password", &wrong)] {
         if outputs.contains(s.as_str()) {
@@ -655,6 +660,10 @@ async fn no_secret_in_any_log() -> Result<()> {
         outputs.len()
     );
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
+    assert!(
+        coloured.is_empty(),
+        "log files with terminal colour codes: {coloured:?}"
+    );
     assert!(scanned >= 6, "expected the monitor's, its database's and two nodes' keeper and PostgreSQL logs, scanned {scanned}: {files:?}");
     assert!(
         redacted_url_logged,

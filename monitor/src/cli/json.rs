@@ -61,6 +61,10 @@ pub struct NodeJson {
     pub waiting_kinds: Vec<String>,
     /// What a client connecting to this node gets.
     pub connection: Connection,
+    /// The keeper silent past node_timeout and the monitor's own check
+    /// failing: `reported_state` and `pg_running` are its last report.
+    #[serde(default)]
+    pub unreachable: bool,
     /// Serving standbys: bytes behind the primary's reported LSN; null for
     /// the primary, for nodes that serve no reads and while there is no primary.
     pub lag_bytes: Option<u64>,
@@ -130,6 +134,7 @@ impl NodeJson {
             waiting_reason: (!n.waiting_reason.is_empty()).then(|| n.waiting_reason.clone()),
             waiting_kinds: n.waiting_kinds.clone(),
             connection: connection(n),
+            unreachable: n.unreachable,
             lag_bytes: lag_bytes(s, n),
             system_identifier: (n.system_identifier != 0).then(|| n.system_identifier.to_string()),
             wal_receiver_streaming: n.wal_receiver_streaming,

@@ -28,6 +28,9 @@ pub enum Connection {
     /// PostgreSQL is not running, or the node is between roles (draining,
     /// demoted, init, …) and serves no client.
     Down,
+    /// The keeper silent past node_timeout and the monitor's own check
+    /// failing: whatever the node last reported, nothing says it serves.
+    Unreachable,
 }
 
 impl Connection {
@@ -36,6 +39,7 @@ impl Connection {
             Connection::ReadWrite => "read-write",
             Connection::ReadOnly => "read-only",
             Connection::Down => "down",
+            Connection::Unreachable => "unreachable",
         }
     }
 }
@@ -56,6 +60,9 @@ fn is_standby_state(s: S) -> bool {
 
 /// The node's [`Connection`], from its reported state and PostgreSQL running.
 pub fn connection(n: &pb::NodeStatus) -> Connection {
+    if n.unreachable {
+        return Connection::Unreachable;
+    }
     match S::from_wire(n.reported_state) {
         Ok(s) if n.pg_running && s.is_writable_primary() => Connection::ReadWrite,
         Ok(s) if n.pg_running && is_standby_state(s) => Connection::ReadOnly,

@@ -22,8 +22,25 @@ fn heartbeat_cell(n: &pb::NodeStatus) -> String {
     }
 }
 
+/// An unreachable node's last report is not repeated as if it held.
 fn running_cell(n: &pb::NodeStatus) -> String {
-    if n.pg_running { "running" } else { "down" }.to_string()
+    match (n.unreachable, n.pg_running) {
+        (true, true) => "unknown (last seen running)",
+        (true, false) => "unknown (last seen down)",
+        (false, true) => "running",
+        (false, false) => "down",
+    }
+    .to_string()
+}
+
+/// The reported state, marked as a last report when the node is unreachable.
+fn reported_cell(n: &pb::NodeStatus) -> String {
+    let reported = state_name(n.reported_state);
+    if n.unreachable {
+        format!("{reported} (last report)")
+    } else {
+        reported
+    }
 }
 
 fn goal_cell(n: &pb::NodeStatus) -> String {
@@ -85,7 +102,7 @@ pub fn state_table(s: &pb::FormationState) -> String {
             format!("{}:{}", n.timeline, format_lsn(n.lsn)),
             connection(n).as_str().to_string(),
             lag_cell(s, n),
-            state_name(n.reported_state),
+            reported_cell(n),
             goal_cell(n),
             running_cell(n),
             n.health.clone(),
@@ -166,7 +183,7 @@ pub fn nodes_table(s: &pb::FormationState) -> String {
             system_identifier_cell(n),
             n.candidate_priority.to_string(),
             n.replication_quorum.to_string(),
-            state_name(n.reported_state),
+            reported_cell(n),
             goal_cell(n),
             running_cell(n),
             connection(n).as_str().to_string(),
@@ -200,7 +217,7 @@ pub fn node_detail(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
         ("system identifier", system_identifier_cell(n)),
         ("candidate priority", n.candidate_priority.to_string()),
         ("replication quorum", n.replication_quorum.to_string()),
-        ("reported state", state_name(n.reported_state)),
+        ("reported state", reported_cell(n)),
         ("goal state", state_name(n.goal_state)),
         ("postgresql", running_cell(n)),
         ("connection", connection(n).as_str().to_string()),

@@ -128,6 +128,34 @@ fn connection_follows_state_and_postgres() {
     assert_eq!(connection(&pb::NodeStatus::default()), Connection::Down);
 }
 
+/// A primary whose keeper went silent and whose PostgreSQL the monitor
+/// cannot reach is never shown as taking writes from its last report.
+#[test]
+fn an_unreachable_node_is_not_shown_usable() {
+    let mut s = sample();
+    s.nodes[0].unreachable = true;
+    s.nodes[0].health = "bad".into();
+    s.nodes[0].heartbeat_age_ms = 12_300;
+    let n = &s.nodes[0];
+    assert_eq!(connection(n), Connection::Unreachable);
+    let table = state_table(&s);
+    assert!(!table.contains("read-write"), "{table}");
+    assert!(table.contains("unreachable"), "{table}");
+    assert!(table.contains("primary (last report)"), "{table}");
+    assert!(table.contains("12.3s ago"), "{table}");
+    let detail = node_detail(&s, n);
+    assert!(detail.contains("unknown (last seen running)"), "{detail}");
+    let json = serde_json::to_value(StateJson::from(&s)).unwrap();
+    assert_eq!(json["nodes"][0]["connection"], "unreachable");
+    assert_eq!(json["nodes"][0]["unreachable"], true);
+    // Nothing serves reads behind an unreachable primary either.
+    let s = three();
+    let mut gone = s.clone();
+    gone.nodes[0].unreachable = true;
+    assert_eq!(lag_bytes(&gone, &gone.nodes[1]), None);
+    assert!(lag_bytes(&s, &s.nodes[1]).is_some());
+}
+
 #[test]
 fn lag_is_for_serving_standbys_only() {
     let s = three();

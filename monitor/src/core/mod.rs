@@ -55,8 +55,62 @@ impl Env {
 
     /// Whether node `n`'s keeper heartbeats within the node timeout.
     pub fn alive(&self, n: &NodeSnapshot) -> bool {
-        n.last_heartbeat.is_some_and(|t| {
-            (self.now - t).to_std().unwrap_or_default() <= self.settings.node_timeout
-        })
+        alive(n, self.now, self.settings.node_timeout)
+    }
+}
+
+/// Whether node `n`'s keeper heartbeated within `node_timeout` of `now`.
+pub fn alive(n: &NodeSnapshot, now: DateTime<Utc>, node_timeout: std::time::Duration) -> bool {
+    n.last_heartbeat
+        .is_some_and(|t| (now - t).to_std().unwrap_or_default() <= node_timeout)
+}
+
+/// Whether node `n` is to be shown unreachable: its keeper silent past
+/// `node_timeout` and the monitor's own check of its PostgreSQL failing,
+/// so that what it last reported (a primary taking writes, PostgreSQL
+/// running) may no longer hold. A node never heard of is not unreachable
+/// but new.
+pub fn unreachable(
+    n: &NodeSnapshot,
+    now: DateTime<Utc>,
+    node_timeout: std::time::Duration,
+) -> bool {
+    n.last_heartbeat.is_some() && !alive(n, now, node_timeout) && n.health == fsm::Health::Bad
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::core::test_support::timings;
+    use crate::fsm::Health;
+
+    #[test]
+    fn unreachable_takes_a_silent_keeper_and_a_failing_check() {
+        let now = Utc::now();
+        let timeout = Duration::from_secs(2);
+        let mut n = NodeSnapshot::registered(1, "node1", 50, true, timings());
+        // Never heard of: new, not unreachable.
+        n.health = Health::Bad;
+        assert!(!unreachable(&n, now, timeout));
+        for (age_ms, health, expected) in [
+            (500, Health::Bad, false),
+            (2_000, Health::Bad, false),
+            (2_001, Health::Good, false),
+            (2_001, Health::Unknown, false),
+            (2_001, Health::Bad, true),
+            (60_000, Health::Bad, true),
+        ] {
+            n.last_heartbeat = Some(now - chrono::Duration::milliseconds(age_ms));
+            n.health = health;
+            assert_eq!(
+                unreachable(&n, now, timeout),
+                expected,
+                "{age_ms} ms, {health:?}"
+            );
+        }
     }
 }

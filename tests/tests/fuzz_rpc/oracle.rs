@@ -73,6 +73,9 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
             if !valid_timings(&r.timings) {
                 return Some("timings out of bounds".into());
             }
+            if !r.clone_from.is_empty() && !valid_name(&r.clone_from) {
+                return Some(format!("clone_from {:?} is not a valid name", r.clone_from));
+            }
             if r.pg_start_failures > i32::MAX as u32 {
                 return Some(format!(
                     "pg_start_failures {} is out of range",

@@ -90,6 +90,38 @@ async fn quorum_failover_highest_priority_wins() -> Result<()> {
     )
     .await?;
 
+    // Gone for good as far as anyone can tell, the old primary is never
+    // shown usable from its last report.
+    cluster
+        .wait_for(
+            REJOIN_TIMEOUT,
+            "show-state to call node1 unreachable",
+            || async {
+                let state = cli_json(&cluster, &["show-state", "--json"]).await?;
+                let node1 = state["nodes"]
+                    .as_array()
+                    .and_then(|nodes| nodes.iter().find(|n| n["name"] == "node1"))
+                    .cloned()
+                    .unwrap_or_default();
+                Ok(
+                    (node1["unreachable"] == true && node1["connection"] == "unreachable")
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+    let table = cli_ok(&cluster, &["show-state"]).await?;
+    let line = table
+        .lines()
+        .find(|l| l.contains("node1 ("))
+        .unwrap_or_default();
+    assert!(
+        line.contains("unreachable")
+            && !line.contains("read-write")
+            && line.contains("last report"),
+        "node1 should show unreachable, not as the writable primary it last reported:\n{table}"
+    );
+
     // The old primary comes back as a secondary.
     cluster.start_keeper("node1")?;
     cluster

@@ -52,7 +52,7 @@ enum Command {
     /// Time to build a standby of a database with data in it (pgbench -i),
     /// beside a bare pg_basebackup of the same primary.
     ///
-    /// Example: pgpilot-bench clone --scale 200 --runs 3
+    /// Example: pgpilot-bench clone --scale 200 --runs 3 [--source standby|restore]
     Clone {
         /// pgbench scale of the primary's data (200 is about 3 GB).
         #[arg(long, default_value_t = 20)]
@@ -63,6 +63,9 @@ enum Command {
         /// clone_max_rate for the standby's keeper, e.g. "50MB".
         #[arg(long)]
         max_rate: Option<String>,
+        /// What the standby is built from.
+        #[arg(long, value_enum, default_value_t = clone::Source::Primary)]
+        source: clone::Source,
     },
     /// Failover, switchover and crash recovery of a database with data in
     /// it (pgbench -i), under a pgbench write load through the multi-host
@@ -175,11 +178,13 @@ async fn main() -> Result<()> {
             scale,
             runs,
             max_rate,
+            source,
         } => {
             return clone::run(clone::CloneArgs {
                 scale,
                 runs,
                 max_rate,
+                source,
             })
             .await
         }

@@ -203,6 +203,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     /// One loop: observe, heartbeat, act. True when a transition finished
     /// (the next heartbeat goes out at once).
     async fn step(&mut self) -> Result<bool, KeeperError> {
+        status::lock(&self.status).loop_seen = Instant::now();
         let observation = self.pg.observe().await;
         let sent = Instant::now();
         match self.heartbeat(&observation).await {
@@ -287,6 +288,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 .as_ref()
                 .filter(|p| Some(p.node_id) != own_id)
                 .map(|p| p.lsn);
+            status.synchronous_standby = reply.synchronous_standby;
             status.set_goal(goal, Instant::now());
         }
         self.instructions = Instructions {

@@ -346,6 +346,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
     pub async fn run(self) -> std::convert::Infallible {
         loop {
             tokio::time::sleep(self.interval).await;
+            crate::status::lock(&self.status).loop_seen = Instant::now();
             let o = self.pg.observe().await;
             let held = self.lease.lock().await.held();
             let request = node_active_request(

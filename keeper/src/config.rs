@@ -175,8 +175,12 @@ pub struct KeeperConfig {
     /// primary.
     #[serde(default = "d_clone_from")]
     pub clone_from: String,
+    /// Keep this node out of the load balancers' read pools: its HTTP
+    /// /replica, /read-only (as a standby), /sync and /async answer 503.
+    #[serde(default)]
+    pub noloadbalance: bool,
     /// Address of the keeper's HTTP server (/metrics, /health, /primary,
-    /// /replica), e.g. "127.0.0.1:8008"; absent: no HTTP server.
+    /// /replica, …), e.g. "127.0.0.1:8008"; absent: no HTTP server.
     #[serde(default, deserialize_with = "d_http_listen")]
     pub http_listen: Option<std::net::SocketAddr>,
 }

@@ -8,7 +8,18 @@
 //!   the node is not fenced, else 503;
 //! - `GET /replica[?lag=16MB]`: 200 on a running standby streaming from its
 //!   primary (and at most `lag` bytes behind it), else 503; a bad `lag` is
-//!   400 with one sentence.
+//!   400 with one sentence;
+//! - `GET /read-only[?lag=…]`: 200 on the primary or on such a standby;
+//! - `GET /sync[?lag=…]`, `GET /async[?lag=…]`: 200 on such a standby that
+//!   is (is not) in its primary's synchronous set, as the monitor last said;
+//! - `GET /readiness`: 200 while PostgreSQL takes the connections its role
+//!   should (the primary writes, a standby streams), else 503;
+//! - `GET /liveness`: 200 while the keeper's loop runs (it began a step or
+//!   sent a keepalive within [`liveness_limit`]); PostgreSQL is not asked.
+//!
+//! With `noloadbalance = true` the standby answers of `/replica`,
+//! `/read-only`, `/sync` and `/async` are 503: the node stays out of the
+//! read pools (it still answers `/primary` when it is the primary).
 //!
 //! Each answers with a JSON body: state, goal, pg_running, in_recovery,
 //! streaming, fenced, lag_bytes, and `monitor`, the URL of the monitor the
@@ -68,6 +79,61 @@ pub fn is_replica(f: &Facts, max_lag: Option<u64>) -> bool {
         }
 }
 
+/// What the endpoints are configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Keep this node's standby answers out of the read pools.
+    pub noloadbalance: bool,
+    /// `/liveness` fails once the loop was last seen longer ago.
+    pub liveness_limit: Duration,
+}
+
+impl Settings {
+    pub fn of(config: &crate::config::KeeperConfig) -> Settings {
+        Settings {
+            noloadbalance: config.noloadbalance,
+            liveness_limit: liveness_limit(config.heartbeat_interval),
+        }
+    }
+}
+
+/// How long the loop may go unseen before `/liveness` fails: ten
+/// heartbeat intervals, at least 10 s (a plan's actions send keepalives
+/// every interval, so only a loop that hangs stays silent this long).
+pub fn liveness_limit(heartbeat_interval: Duration) -> Duration {
+    (heartbeat_interval * 10).max(Duration::from_secs(10))
+}
+
+/// A standby a load balancer may send reads to.
+pub fn is_balanced_replica(f: &Facts, max_lag: Option<u64>, s: Settings) -> bool {
+    !s.noloadbalance && is_replica(f, max_lag)
+}
+
+/// Serves reads: the primary, or a standby in the read pool.
+pub fn is_read_only(f: &Facts, max_lag: Option<u64>, s: Settings) -> bool {
+    is_primary(f) || is_balanced_replica(f, max_lag, s)
+}
+
+/// A standby in the read pool that its primary waits for.
+pub fn is_sync(f: &Facts, max_lag: Option<u64>, s: Settings) -> bool {
+    is_balanced_replica(f, max_lag, s) && f.synchronous
+}
+
+/// A standby in the read pool that its primary does not wait for.
+pub fn is_async(f: &Facts, max_lag: Option<u64>, s: Settings) -> bool {
+    is_balanced_replica(f, max_lag, s) && !f.synchronous
+}
+
+/// PostgreSQL takes the connections its role should.
+pub fn is_ready(f: &Facts) -> bool {
+    is_primary(f) || is_replica(f, None)
+}
+
+/// The keeper's loop runs.
+pub fn is_live(loop_seen_ago: Duration, limit: Duration) -> bool {
+    loop_seen_ago <= limit
+}
+
 /// A byte count as a person writes it: `1048576`, `512kB`, `16MB`, `1GB`,
 /// `1TB` (PostgreSQL's units, powers of 1024; `KiB`-style and a space are
 /// accepted too).
@@ -99,6 +165,7 @@ struct AppState<P> {
     pg: Arc<P>,
     status: SharedStatus,
     metrics: Option<PrometheusHandle>,
+    settings: Settings,
 }
 
 impl<P> Clone for AppState<P> {
@@ -107,6 +174,7 @@ impl<P> Clone for AppState<P> {
             pg: self.pg.clone(),
             status: self.status.clone(),
             metrics: self.metrics.clone(),
+            settings: self.settings,
         }
     }
 }
@@ -124,17 +192,30 @@ pub async fn serve<P: LocalPostgres + Send + Sync + 'static>(
     pg: Arc<P>,
     status: SharedStatus,
     metrics: Option<PrometheusHandle>,
+    settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler::<P>))
         .route("/health", get(health_handler::<P>))
         .route("/primary", get(primary_handler::<P>))
-        .route("/replica", get(replica_handler::<P>))
+        .route(
+            "/replica",
+            get(reads_handler::<P, { Reads::Replica as u8 }>),
+        )
+        .route(
+            "/read-only",
+            get(reads_handler::<P, { Reads::ReadOnly as u8 }>),
+        )
+        .route("/sync", get(reads_handler::<P, { Reads::Sync as u8 }>))
+        .route("/async", get(reads_handler::<P, { Reads::Async as u8 }>))
+        .route("/readiness", get(readiness_handler::<P>))
+        .route("/liveness", get(liveness_handler::<P>))
         .with_state(AppState {
             pg,
             status,
             metrics,
+            settings,
         });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -202,10 +283,43 @@ async fn primary_handler<P: LocalPostgres + Send + Sync + 'static>(
     answer(is_primary(&f), &f, monitor.as_deref())
 }
 
-async fn replica_handler<P: LocalPostgres + Send + Sync + 'static>(
+/// The endpoints for reads, each with an optional `lag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Reads {
+    Replica,
+    ReadOnly,
+    Sync,
+    Async,
+}
+
+impl Reads {
+    const ALL: [Reads; 4] = [Reads::Replica, Reads::ReadOnly, Reads::Sync, Reads::Async];
+
+    fn path(self) -> &'static str {
+        match self {
+            Reads::Replica => "/replica",
+            Reads::ReadOnly => "/read-only",
+            Reads::Sync => "/sync",
+            Reads::Async => "/async",
+        }
+    }
+
+    fn decide(self, f: &Facts, max_lag: Option<u64>, s: Settings) -> bool {
+        match self {
+            Reads::Replica => is_balanced_replica(f, max_lag, s),
+            Reads::ReadOnly => is_read_only(f, max_lag, s),
+            Reads::Sync => is_sync(f, max_lag, s),
+            Reads::Async => is_async(f, max_lag, s),
+        }
+    }
+}
+
+async fn reads_handler<P: LocalPostgres + Send + Sync + 'static, const R: u8>(
     State(state): State<AppState<P>>,
     query: Result<Query<ReplicaQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let reads = Reads::ALL[usize::from(R)];
     let max_lag = match query {
         Ok(Query(q)) => match q.lag.as_deref().map(parse_size).transpose() {
             Ok(limit) => limit,
@@ -217,14 +331,50 @@ async fn replica_handler<P: LocalPostgres + Send + Sync + 'static>(
             return (
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "bad query string ({e}): the only parameter is lag, e.g. /replica?lag=16MB\n"
+                    "bad query string ({e}): the only parameter is lag, e.g. {}?lag=16MB\n",
+                    reads.path()
                 ),
             )
                 .into_response()
         }
     };
     let (f, monitor) = observe(&state).await;
-    answer(is_replica(&f, max_lag), &f, monitor.as_deref())
+    answer(
+        reads.decide(&f, max_lag, state.settings),
+        &f,
+        monitor.as_deref(),
+    )
+}
+
+async fn readiness_handler<P: LocalPostgres + Send + Sync + 'static>(
+    State(state): State<AppState<P>>,
+) -> Response {
+    let (f, monitor) = observe(&state).await;
+    answer(is_ready(&f), &f, monitor.as_deref())
+}
+
+/// The loop's liveness only: PostgreSQL is not asked (a keeper waiting on a
+/// stopped PostgreSQL is alive).
+async fn liveness_handler<P: LocalPostgres + Send + Sync + 'static>(
+    State(state): State<AppState<P>>,
+) -> Response {
+    let seen_ago = lock(&state.status).loop_seen.elapsed();
+    let limit = state.settings.liveness_limit;
+    let code = if is_live(seen_ago, limit) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "loop_seen_ms_ago": seen_ago.as_millis() as u64,
+        "limit_ms": limit.as_millis() as u64,
+    });
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
 }
 
 async fn metrics_handler<P: LocalPostgres + Send + Sync + 'static>(
@@ -257,7 +407,7 @@ mod tests {
         let mut out = Vec::new();
         for state in S::ALL {
             for goal in S::ALL {
-                for bits in 0..32u32 {
+                for bits in 0..64u32 {
                     let b = |i: u32| bits & (1 << i) != 0;
                     out.push(Facts {
                         state,
@@ -267,6 +417,7 @@ mod tests {
                         streaming: b(2),
                         fenced: b(3),
                         lag_bytes: if b(4) { Some(100) } else { None },
+                        synchronous: b(5),
                     });
                 }
             }
@@ -319,6 +470,67 @@ mod tests {
                 "{f:?}"
             );
             assert!(!is_replica(&f, Some(99)), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn read_pools_split_by_role_and_synchronous_set_and_honour_noloadbalance() {
+        let pool = Settings {
+            noloadbalance: false,
+            liveness_limit: Duration::from_secs(10),
+        };
+        let kept_out = Settings {
+            noloadbalance: true,
+            ..pool
+        };
+        for f in all_facts() {
+            for lag in [None, Some(100), Some(99)] {
+                let replica = is_replica(&f, lag);
+                assert_eq!(Reads::Replica.decide(&f, lag, pool), replica, "{f:?}");
+                assert_eq!(
+                    Reads::ReadOnly.decide(&f, lag, pool),
+                    is_primary(&f) || replica,
+                    "{f:?}"
+                );
+                assert_eq!(Reads::Sync.decide(&f, lag, pool), replica && f.synchronous);
+                assert_eq!(
+                    Reads::Async.decide(&f, lag, pool),
+                    replica && !f.synchronous
+                );
+                // A standby kept out of the pools answers none of them; a
+                // primary still serves reads.
+                assert!(!Reads::Replica.decide(&f, lag, kept_out));
+                assert!(!Reads::Sync.decide(&f, lag, kept_out));
+                assert!(!Reads::Async.decide(&f, lag, kept_out));
+                assert_eq!(Reads::ReadOnly.decide(&f, lag, kept_out), is_primary(&f));
+            }
+            assert_eq!(
+                is_ready(&f),
+                is_primary(&f) || is_replica(&f, None),
+                "{f:?}"
+            );
+            if is_ready(&f) {
+                assert!(is_healthy(&f), "{f:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn liveness_is_the_loop_seen_within_ten_intervals() {
+        assert_eq!(
+            liveness_limit(Duration::from_millis(500)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            liveness_limit(Duration::from_secs(2)),
+            Duration::from_secs(20)
+        );
+        let limit = Duration::from_secs(10);
+        assert!(is_live(Duration::from_secs(3), limit));
+        assert!(is_live(limit, limit));
+        assert!(!is_live(limit + Duration::from_millis(1), limit));
+        for r in Reads::ALL {
+            assert_eq!(Reads::ALL[r as usize], r);
         }
     }
 

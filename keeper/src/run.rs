@@ -164,6 +164,7 @@ async fn run_keeper(
     let http_pg = Arc::new(pg.sharing_progress());
     let fence_pg = PgController::new(pg.settings().clone());
     let http_listen = config.http_listen;
+    let http_settings = http::Settings::of(&config);
     if !failpoints.is_empty() {
         let points: Vec<String> = failpoints.points().iter().map(|p| p.to_string()).collect();
         tracing::warn!(
@@ -186,12 +187,13 @@ async fn run_keeper(
             let listener = http::bind(addr).await.map_err(RunError::Config)?;
             let handle = metrics::install()
                 .map_err(|e| RunError::Failed(format!("cannot set up metrics: {e}")))?;
-            tracing::info!(http_listen = %addr, "HTTP server ready: /metrics /health /primary /replica");
+            tracing::info!(http_listen = %addr, "HTTP server ready: /metrics /health /primary /replica /read-only /sync /async /readiness /liveness");
             Some(serve_http(
                 listener,
                 http_pg,
                 keeper.status(),
                 handle,
+                http_settings,
                 async {
                     let _ = http_stopped.await;
                 },
@@ -212,9 +214,10 @@ fn serve_http(
     pg: Arc<PgController>,
     status: SharedStatus,
     handle: metrics_exporter_prometheus::PrometheusHandle,
+    settings: http::Settings,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let server = http::serve(listener, pg, status, Some(handle), stop);
+    let server = http::serve(listener, pg, status, Some(handle), settings, stop);
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "HTTP server failed");

@@ -36,6 +36,11 @@ pub struct KeeperStatus {
     pub monitor: Option<String>,
     /// Every configured monitor, in the configuration's order.
     pub monitors: Vec<String>,
+    /// The monitor last said this standby is in its primary's synchronous
+    /// set (its acknowledgement can count for a commit).
+    pub synchronous_standby: bool,
+    /// When the keeper's loop last began a step or sent a keepalive.
+    pub loop_seen: Instant,
 }
 
 pub type SharedStatus = Arc<Mutex<KeeperStatus>>;
@@ -56,6 +61,8 @@ impl KeeperStatus {
             started: now,
             monitor: None,
             monitors: Vec::new(),
+            synchronous_standby: false,
+            loop_seen: now,
         }
     }
 
@@ -102,6 +109,8 @@ pub struct Facts {
     /// monitor) and this node's received/replayed position. Primary: 0.
     /// None while unknown (PostgreSQL down, no primary known yet).
     pub lag_bytes: Option<u64>,
+    /// In the primary's synchronous set, as the monitor last said.
+    pub synchronous: bool,
 }
 
 pub fn facts(status: &KeeperStatus, o: &Observation) -> Facts {
@@ -120,6 +129,7 @@ pub fn facts(status: &KeeperStatus, o: &Observation) -> Facts {
         streaming: o.running && o.wal_receiver_streaming,
         fenced: status.fenced,
         lag_bytes,
+        synchronous: status.synchronous_standby,
     }
 }
 

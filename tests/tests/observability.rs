@@ -53,8 +53,10 @@ async fn wait_endpoints(cluster: &Cluster, what: &str, expect: &[(&str, &str, u1
         .await
 }
 
-/// /health, /primary, /replica[?lag] on a healthy pair, then after a
-/// planned failover: the roles swap; a bad lag is a 400 with one sentence.
+/// /health, /primary, /replica[?lag], /read-only, /sync, /async,
+/// /readiness and /liveness on a healthy pair, then after a planned
+/// failover: the roles swap; a bad lag is a 400 with one sentence; a
+/// standby with `noloadbalance = true` leaves every read pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeper_http_endpoints_follow_a_failover() -> Result<()> {
     let cluster = Cluster::start(observed_cluster(2)).await?;
@@ -74,9 +76,28 @@ async fn keeper_http_endpoints_follow_a_failover() -> Result<()> {
             (&new, "/replica", 200),
             (&new, "/replica?lag=16MB", 200),
             (&new, "/replica?lag=1048576", 200),
+            (&old, "/read-only", 200),
+            (&new, "/read-only", 200),
+            // Two nodes run ANY 1 (the standby): the primary waits for it.
+            (&new, "/sync", 200),
+            (&new, "/async", 503),
+            (&old, "/sync", 503),
+            (&old, "/readiness", 200),
+            (&new, "/readiness", 200),
+            (&old, "/liveness", 200),
+            (&new, "/liveness", 200),
         ],
     )
     .await?;
+    let bad = keeper_get(&cluster, &new, "/sync?lag=lots").await?;
+    if bad.status != 400 || !bad.body.contains("lag") {
+        return Err(cluster
+            .failure(format!(
+                "/sync?lag=lots should be 400, got {} {:?}",
+                bad.status, bad.body
+            ))
+            .await);
+    }
 
     let body = keeper_get(&cluster, &old, "/primary").await?.body;
     let json: serde_json::Value = serde_json::from_str(&body)?;
@@ -139,6 +160,33 @@ async fn keeper_http_endpoints_follow_a_failover() -> Result<()> {
             (&old, "/primary", 503),
             (&old, "/replica", 200),
             (&old, "/replica?lag=16MB", 200),
+            (&old, "/health", 200),
+            (&old, "/sync", 200),
+            (&new, "/sync", 503),
+            (&new, "/read-only", 200),
+            (&old, "/readiness", 200),
+        ],
+    )
+    .await?;
+
+    // A standby kept out of the read pools: 503 on every read endpoint,
+    // ready all the same.
+    cluster.stop_keeper(&old).await?;
+    let config = cluster.keeper_config_path(&old)?;
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str("noloadbalance = true\n");
+    std::fs::write(&config, text)?;
+    cluster.start_keeper(&old)?;
+    wait_endpoints(
+        &cluster,
+        &format!("{old} (noloadbalance) out of the read pools"),
+        &[
+            (&old, "/replica", 503),
+            (&old, "/read-only", 503),
+            (&old, "/sync", 503),
+            (&old, "/async", 503),
+            (&old, "/readiness", 200),
+            (&old, "/liveness", 200),
             (&old, "/health", 200),
         ],
     )

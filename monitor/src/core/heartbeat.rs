@@ -50,6 +50,8 @@ pub struct Reply {
     /// Index of the standby a clone copies from instead (see
     /// [`clone_source`]).
     pub clone_source: Option<usize>,
+    /// The node is a standby named in its primary's synchronous set.
+    pub synchronous_standby: bool,
     /// The primary's new fence, when it changed (already in the group).
     pub fence: Option<NodeFence>,
 }
@@ -189,12 +191,32 @@ pub fn reply(
 ) -> Reply {
     let plan = fsm::replication_plan(nodes, index, env.settings.number_sync_standbys);
     let fence = update_fence(nodes, index, &plan, applied_sync_names);
+    let upstream = upstream_of(nodes, index);
     Reply {
-        upstream: upstream_of(nodes, index),
+        upstream,
         clone_source: clone_source::choose(nodes, index, Preference::parse(clone_from), env),
+        synchronous_standby: synchronous_standby(nodes, index, upstream, env),
         plan,
         fence,
     }
+}
+
+/// Whether node `index` is a standby its primary (`upstream`) is told to
+/// wait for: named in the primary's `synchronous_standby_names`.
+fn synchronous_standby(
+    nodes: &[NodeSnapshot],
+    index: usize,
+    upstream: Option<usize>,
+    env: &Env,
+) -> bool {
+    let Some(p) = upstream.filter(|&p| nodes[p].goal.is_writable_primary()) else {
+        return false;
+    };
+    let me = pgpilot_proto::lsn::application_name(nodes[index].id);
+    // With synchronous replication off (wait_primary) the fence set still
+    // names standbys, but no commit waits for them.
+    let plan = fsm::replication_plan(nodes, p, env.settings.number_sync_standbys);
+    !plan.synchronous_standby_names.is_empty() && plan.fence_set.contains(&me)
 }
 
 /// The reply to a heartbeat that changed nothing the state machine reads,
@@ -224,6 +246,7 @@ pub fn dropped_reply(node: &NodeSnapshot) -> Reply {
         plan,
         upstream: None,
         clone_source: None,
+        synchronous_standby: false,
         fence: None,
     }
 }
@@ -253,6 +276,24 @@ mod tests {
         assert_eq!(reply.plan.synchronous_standby_names, "");
         assert!(reply.plan.fence_set.is_empty());
         assert_eq!(reply.plan.fence_required, 0);
+    }
+
+    #[test]
+    fn a_standby_hears_whether_its_primary_waits_for_it() {
+        let now = Utc::now();
+        let e = env(now);
+        let mut nodes = stale_group(now);
+        nodes[1].goal = S::Secondary;
+        let sync = |nodes: &mut Vec<NodeSnapshot>, i: usize| {
+            reply(nodes, i, &e, None, "").synchronous_standby
+        };
+        assert!(sync(&mut nodes, 1), "a quorum secondary of a primary");
+        assert!(!sync(&mut nodes, 0), "the primary itself");
+        nodes[1].replication_quorum = false;
+        assert!(!sync(&mut nodes, 1), "outside the replication quorum");
+        nodes[1].replication_quorum = true;
+        nodes[0].goal = S::WaitPrimary;
+        assert!(!sync(&mut nodes, 1), "synchronous replication off");
     }
 
     /// A primary and a standby whose goal was set from a stale report:

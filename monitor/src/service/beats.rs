@@ -223,6 +223,7 @@ fn reply(a: Assignment) -> pb::NodeActiveReply {
         goal_state: a.node.snap.goal.to_wire(),
         primary: a.primary.as_ref().map(address),
         clone_source: a.clone_source.as_ref().map(address),
+        synchronous_standby: a.synchronous_standby,
         replication: Some(pb::ReplicationSettings {
             synchronous_standby_names: a.plan.synchronous_standby_names,
             standbys: a.others.iter().map(address).collect(),

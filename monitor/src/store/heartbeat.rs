@@ -76,6 +76,8 @@ pub struct Assignment {
     pub primary: Option<StoredNode>,
     /// The standby a clone copies from instead of `primary`.
     pub clone_source: Option<StoredNode>,
+    /// A standby in its primary's synchronous set.
+    pub synchronous_standby: bool,
     /// Every other node of the group.
     pub others: Vec<StoredNode>,
     pub plan: ReplicationPlan,
@@ -91,6 +93,7 @@ impl Assignment {
             node: nodes[index].clone(),
             primary: reply.upstream.map(|u| nodes[u].clone()),
             clone_source: reply.clone_source.map(|u| nodes[u].clone()),
+            synchronous_standby: reply.synchronous_standby,
             others: nodes
                 .iter()
                 .filter(|n| n.snap.id != id && n.snap.goal != S::Dropped)

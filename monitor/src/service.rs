@@ -550,6 +550,59 @@ impl Monitor for MonitorService {
         tracing::info!(%formation, node = %r.node, "{message}");
         Ok(Response::new(pb::OperationReply { message }))
     }
+
+    async fn create_formation(
+        &self,
+        request: Request<pb::CreateFormationRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "create-formation")?;
+        let r = request.into_inner();
+        valid_name("formation", &r.formation)?;
+        if r.number_sync_standbys > 16 {
+            return Err(Error::InvalidArgument(format!(
+                "number_sync_standbys {} is larger than any group can have standbys (at most 16)",
+                r.number_sync_standbys
+            ))
+            .into());
+        }
+        let message = self
+            .store
+            .create_formation(&r.formation, r.number_sync_standbys)
+            .await?;
+        tracing::info!(formation = %r.formation, "{message}");
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn drop_formation(
+        &self,
+        request: Request<pb::DropFormationRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        self.operator(&request, "drop-formation")?;
+        let r = request.into_inner();
+        valid_name("formation", &r.formation)?;
+        let message = self.store.drop_formation(&r.formation).await?;
+        tracing::info!(formation = %r.formation, "{message}");
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn list_formations(
+        &self,
+        request: Request<pb::ListFormationsRequest>,
+    ) -> Result<Response<pb::ListFormationsReply>, Status> {
+        self.operator(&request, "show-formations")?;
+        let formations = self
+            .store
+            .list_formations()
+            .await?
+            .into_iter()
+            .map(|f| pb::FormationSummary {
+                formation: f.name,
+                number_sync_standbys: f.number_sync_standbys,
+                nodes: f.nodes,
+            })
+            .collect();
+        Ok(Response::new(pb::ListFormationsReply { formations }))
+    }
 }
 
 #[cfg(test)]

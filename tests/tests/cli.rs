@@ -602,3 +602,84 @@ async fn every_help_has_an_example() -> Result<()> {
     }
     Ok(())
 }
+
+/// Formations by command: the harness made this cluster's formation with
+/// `create-formation`, and its node registered into it; `show-formations`
+/// lists every formation with its node count; a formation that exists,
+/// still holds nodes, is the default or does not exist is refused in one
+/// sentence; an empty one is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formations_are_made_listed_and_dropped_by_command() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        formation: "analytics".into(),
+        ..ClusterOptions::nodes(1)
+    })
+    .await?;
+    cluster
+        .wait_state(HEALTHY_TIMEOUT, "node1 the primary of analytics", |s| {
+            s.writable_primaries().len() == 1
+        })
+        .await?;
+    let listed = |v: &Value, name: &str| -> Option<(u64, u64)> {
+        v.as_array()?
+            .iter()
+            .find(|f| f["formation"] == name)
+            .map(|f| {
+                (
+                    f["number_sync_standbys"].as_u64().unwrap_or(99),
+                    f["nodes"].as_u64().unwrap_or(99),
+                )
+            })
+    };
+    let all = cli_json(&cluster, &["show-formations", "--json"]).await?;
+    assert_eq!(listed(&all, "default"), Some((0, 0)), "{all}");
+    assert_eq!(listed(&all, "analytics"), Some((0, 1)), "{all}");
+
+    for (args, says) in [
+        (&["create-formation", "analytics"][..], "already exists"),
+        (
+            &["drop-formation", "analytics"][..],
+            "still has 1 nodes (node1): drop-node",
+        ),
+        (&["drop-formation", "default"][..], "cannot be dropped"),
+        (&["drop-formation", "nosuch"][..], "does not exist"),
+        (&["create-formation", "bad name"][..], "is not valid"),
+        (
+            &["create-formation", "wide", "--number-sync-standbys", "17"][..],
+            "at most 16",
+        ),
+    ] {
+        let out = cli(&cluster, args).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says) && stderr.trim().lines().count() == 1,
+            "{}: {}",
+            args.join(" "),
+            describe(&out)
+        );
+    }
+
+    let made = cli_ok(
+        &cluster,
+        &[
+            "create-formation",
+            "reporting",
+            "--number-sync-standbys",
+            "1",
+        ],
+    )
+    .await?;
+    assert!(made.contains("formation reporting created"), "{made}");
+    let table = cli_ok(&cluster, &["show-formations"]).await?;
+    assert!(
+        table.contains("reporting") && table.contains("analytics"),
+        "{table}"
+    );
+    let all = cli_json(&cluster, &["show-formations", "--json"]).await?;
+    assert_eq!(listed(&all, "reporting"), Some((1, 0)), "{all}");
+    let dropped = cli_ok(&cluster, &["drop-formation", "reporting"]).await?;
+    assert!(dropped.contains("formation reporting dropped"), "{dropped}");
+    let all = cli_json(&cluster, &["show-formations", "--json"]).await?;
+    assert_eq!(listed(&all, "reporting"), None, "{all}");
+    cluster.shutdown().await
+}

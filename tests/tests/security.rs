@@ -208,6 +208,9 @@ async fn mutual_tls_identities_and_failover() -> Result<()> {
         &["show-state"][..],
         &["perform-failover", "--no-wait"][..],
         &["drop-node", "node2", "--force", "--no-wait"][..],
+        &["show-formations"][..],
+        &["create-formation", "sneaky"][..],
+        &["drop-formation", "default"][..],
     ] {
         let out = cli(&cluster, &url, args, &keeper_env).await?;
         expect_exit(

@@ -395,6 +395,9 @@ pub struct PgController {
     /// The crash recovery of the server this keeper started, watched
     /// across start attempts until it accepts connections.
     recovery: std::sync::Mutex<Option<recovery::RecoveryWatch>>,
+    /// The data directory a clone replaced, being deleted in the
+    /// background while the new one starts; the next clone waits for it.
+    discarding: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl PgController {
@@ -410,6 +413,7 @@ impl PgController {
             role_applied: std::sync::Mutex::new(None),
             board: progress::Board::default(),
             recovery: std::sync::Mutex::new(None),
+            discarding: std::sync::Mutex::new(None),
         }
     }
 

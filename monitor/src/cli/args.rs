@@ -189,6 +189,26 @@ pub enum OperatorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every formation, with its number_sync_standbys and how many nodes it has.
+    ///
+    /// Example: pgpilot-monitor show-formations --json
+    ShowFormations {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a formation; keepers join it with formation = "NAME".
+    ///
+    /// Example: pgpilot-monitor create-formation analytics --number-sync-standbys 1
+    CreateFormation {
+        name: String,
+        /// How many quorum standbys must confirm each commit.
+        #[arg(long, default_value_t = 0)]
+        number_sync_standbys: u32,
+    },
+    /// Drop a formation that has no node left (never "default").
+    ///
+    /// Example: pgpilot-monitor drop-formation analytics
+    DropFormation { name: String },
     /// Print the multi-host connection string that always reaches the primary.
     ///
     /// Example: psql "$(pgpilot-monitor show-uri)"

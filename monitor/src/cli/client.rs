@@ -284,6 +284,39 @@ impl Client {
         .await
     }
 
+    pub async fn formations(&mut self) -> Result<Vec<pb::FormationSummary>, CliError> {
+        let reply = self
+            .call(Call::Read, |mut c| async move {
+                c.list_formations(pb::ListFormationsRequest {}).await
+            })
+            .await?;
+        Ok(reply.formations)
+    }
+
+    pub async fn create_formation(
+        &mut self,
+        formation: &str,
+        number_sync_standbys: u32,
+    ) -> Result<String, CliError> {
+        let request = pb::CreateFormationRequest {
+            formation: formation.to_string(),
+            number_sync_standbys,
+        };
+        self.command(
+            request,
+            |mut c, r| async move { c.create_formation(r).await },
+        )
+        .await
+    }
+
+    pub async fn drop_formation(&mut self, formation: &str) -> Result<String, CliError> {
+        let request = pb::DropFormationRequest {
+            formation: formation.to_string(),
+        };
+        self.command(request, |mut c, r| async move { c.drop_formation(r).await })
+            .await
+    }
+
     pub async fn reinit_node(&mut self, formation: &str, node: &str) -> Result<String, CliError> {
         let request = pb::ReinitNodeRequest {
             formation: formation.to_string(),

@@ -11,10 +11,12 @@ use super::args::{Args, Command, GroupOp, OperatorCommand, Wait};
 use super::client::Client;
 use super::error::CliError;
 use super::follow::{follow_events, recent_events, until_interrupted, watch_state};
-use super::json::{pretty, EventJson, NodeJson, SettingsJson, StateJson};
+use super::json::{pretty, EventJson, FormationJson, NodeJson, SettingsJson, StateJson};
 use super::render::{find_node, multi_host_uri};
 use super::serve;
-use super::tables::{events_table, node_detail, nodes_table, settings_table, state_table};
+use super::tables::{
+    events_table, formations_table, node_detail, nodes_table, settings_table, state_table,
+};
 use super::wait::{converged, converged_with, handed_over, primary_of, settled, wait_until};
 use crate::certs;
 
@@ -97,6 +99,35 @@ impl Operator {
                 json,
             } => self.show_events(count, node.as_deref(), follow, json).await,
             C::ShowUri { user, read_only } => self.show_uri(&user, read_only).await,
+            C::ShowFormations { json } => {
+                let formations = self.client.formations().await?;
+                print_view(
+                    json,
+                    || {
+                        formations
+                            .iter()
+                            .map(FormationJson::from)
+                            .collect::<Vec<_>>()
+                    },
+                    || formations_table(&formations),
+                );
+                Ok(())
+            }
+            C::CreateFormation {
+                name,
+                number_sync_standbys,
+            } => {
+                let message = self
+                    .client
+                    .create_formation(&name, number_sync_standbys)
+                    .await?;
+                println!("{message}");
+                Ok(())
+            }
+            C::DropFormation { name } => {
+                println!("{}", self.client.drop_formation(&name).await?);
+                Ok(())
+            }
             C::PerformFailover {
                 allow_data_loss: true,
                 op,

@@ -248,3 +248,21 @@ impl From<&pb::FormationState> for SettingsJson {
 pub fn pretty(value: &impl Serialize) -> String {
     serde_json::to_string_pretty(value).expect("serializable")
 }
+
+/// One formation of `show-formations --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FormationJson {
+    pub formation: String,
+    pub number_sync_standbys: u32,
+    pub nodes: u32,
+}
+
+impl From<&pb::FormationSummary> for FormationJson {
+    fn from(f: &pb::FormationSummary) -> Self {
+        FormationJson {
+            formation: f.formation.clone(),
+            number_sync_standbys: f.number_sync_standbys,
+            nodes: f.nodes,
+        }
+    }
+}

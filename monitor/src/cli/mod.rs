@@ -31,7 +31,7 @@ pub use follow::{
     emit, follow_events, recent_events, until_interrupted, watch_state, CLEAR_SCREEN,
     FOLLOW_INTERVAL, MAX_EVENTS,
 };
-pub use json::{EventJson, NodeJson, NodeSettingsJson, SettingsJson, StateJson};
+pub use json::{EventJson, FormationJson, NodeJson, NodeSettingsJson, SettingsJson, StateJson};
 pub use render::{
     connection, find_node, format_bytes, lag_bytes, multi_host_uri, unknown_node, Connection,
 };

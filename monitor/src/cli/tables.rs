@@ -289,3 +289,16 @@ pub fn event_line(e: &pb::Event) -> String {
         e.reason
     )
 }
+
+/// `show-formations`: one row per formation.
+pub fn formations_table(formations: &[pb::FormationSummary]) -> String {
+    let mut table = table(["Formation", "number_sync_standbys", "Nodes"]);
+    for f in formations {
+        table.add_row(vec![
+            f.formation.clone(),
+            f.number_sync_standbys.to_string(),
+            f.nodes.to_string(),
+        ]);
+    }
+    format!("{table}\n")
+}

@@ -12,11 +12,13 @@
 //! - [`heartbeat`]: folding a heartbeat into its node, then the reply;
 //! - [`clone_source`]: the standby a node about to be cloned copies from;
 //! - [`commands`]: every operator command and its refusals ([`Refusal`]);
+//! - [`formations`]: creating and dropping formations;
 //! - [`handover`]: which events are failovers and switchovers;
 //! - [`lease`]: whether this monitor may run the background duties.
 
 pub mod clone_source;
 pub mod commands;
+pub mod formations;
 pub mod group;
 pub mod handover;
 pub mod heartbeat;

@@ -97,6 +97,14 @@ pub enum Refusal {
         goal: S,
     },
     NoSettledPrimary,
+    FormationExists {
+        name: String,
+    },
+    DropDefaultFormation,
+    FormationNotEmpty {
+        name: String,
+        nodes: Vec<String>,
+    },
     Unreachable {
         name: String,
         reported: S,
@@ -208,6 +216,19 @@ impl fmt::Display for Refusal {
             ),
             Refusal::NoSettledPrimary => f.write_str(
                 "the group has no settled primary to clone from: wait until show-state shows one",
+            ),
+            Refusal::FormationExists { name } => write!(
+                f,
+                "formation {name} already exists: show-formations lists the formations"
+            ),
+            Refusal::DropDefaultFormation => f.write_str(
+                "the formation \"default\" cannot be dropped: keepers without a formation setting join it",
+            ),
+            Refusal::FormationNotEmpty { name, nodes } => write!(
+                f,
+                "formation {name} still has {} nodes ({}): drop-node each of them first",
+                nodes.len(),
+                nodes.join(", ")
             ),
             Refusal::Unreachable {
                 name,

@@ -28,7 +28,7 @@ pub struct GrpcMetrics<S> {
 /// The method of a gRPC path, from the protocol's own list (anything else
 /// is "unknown", so a scanner cannot grow the label set).
 pub fn grpc_method(path: &str) -> &'static str {
-    const METHODS: [&str; 10] = [
+    const METHODS: [&str; 13] = [
         "RegisterNode",
         "NodeActive",
         "GetFormationState",
@@ -39,6 +39,9 @@ pub fn grpc_method(path: &str) -> &'static str {
         "SetMaintenance",
         "DropNode",
         "ReinitNode",
+        "CreateFormation",
+        "DropFormation",
+        "ListFormations",
     ];
     path.strip_prefix("/pgpilot.v1.Monitor/")
         .and_then(|m| METHODS.iter().find(|k| **k == m).copied())

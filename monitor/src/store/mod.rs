@@ -36,6 +36,7 @@ use crate::fsm::{self, Decision, Health, KeeperTimings, NodeSnapshot};
 mod batch;
 mod commands;
 mod error;
+mod formations;
 mod heartbeat;
 mod lease;
 mod notes;
@@ -617,7 +618,7 @@ async fn insert_event(
 /// A request names a formation that does not exist.
 fn no_formation(formation: &str) -> Error {
     Error::NotFound(format!(
-        "formation {} does not exist: use the formation \"default\" or create it first",
+        "formation {} does not exist: use the formation \"default\" or create it with create-formation",
         crate::names::quote(formation)
     ))
 }

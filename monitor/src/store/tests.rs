@@ -6,7 +6,7 @@ fn refusals_name_a_missing_formation_briefly() {
     assert!(matches!(err, Error::NotFound(_)), "{err}");
     assert_eq!(
         err.to_string(),
-        "formation \"nosuch\" does not exist: use the formation \"default\" or create it first"
+        "formation \"nosuch\" does not exist: use the formation \"default\" or create it with create-formation"
     );
     assert!(no_formation(&"f".repeat(10_000)).to_string().len() < 200);
 }

@@ -95,6 +95,11 @@ impl Cluster {
         }
         self.set_up_security(opts).await?;
         self.start_monitors(opts).await?;
+        if self.formation != "default" {
+            // Made the way an operator makes one.
+            let formation = self.formation.clone();
+            crate::operator::cli_ok(self, &["create-formation", &formation]).await?;
+        }
         for i in 1..=opts.nodes {
             self.add_node(i, opts)?;
             if i == 1 && opts.first_node_alone && opts.nodes > 1 {

@@ -62,12 +62,12 @@ pub enum Source {
     Restore,
 }
 
-/// How the standby by hand is made.
+/// How the standby by hand is made; each then follows the primary (as
+/// the standby pgpilot builds does), not the node it was copied from.
 enum ByHand {
-    /// pg_basebackup -R of this node.
-    Basebackup(String),
-    /// `cp -a` of this directory, standby.signal and primary_conninfo
-    /// naming this node.
+    /// pg_basebackup of the first node, following the second.
+    Basebackup(String, String),
+    /// `cp -a` of this directory, following this node.
     Copy(std::path::PathBuf, String),
 }
 
@@ -116,10 +116,14 @@ pub async fn run(args: CloneArgs) -> Result<()> {
         settings.push_str(&format!("clone_max_rate = {rate:?}\n"));
     }
     let by_hand = match args.source {
-        Source::Primary => ByHand::Basebackup(primary.into()),
+        Source::Primary => ByHand::Basebackup(primary.into(), primary.into()),
         Source::Standby => {
             settings.push_str("clone_from = \"standby\"\n");
-            ByHand::Basebackup("node2".into())
+            eprintln!(
+                "node2, the standby to copy, is 127.0.0.1:{}",
+                cluster.node_port("node2")?
+            );
+            ByHand::Basebackup("node2".into(), primary.into())
         }
         Source::Restore => {
             let backup = cluster.root().join("bench-backup");
@@ -202,7 +206,7 @@ pub async fn run(args: CloneArgs) -> Result<()> {
         "seconds", "min", "median", "max"
     );
     let hand = match by_hand {
-        ByHand::Basebackup(_) => "by hand: pg_basebackup -R, pg_ctl start, streams",
+        ByHand::Basebackup(..) => "by hand: pg_basebackup, pg_ctl start, streams",
         ByHand::Copy(..) => "by hand: cp -a, standby settings, start, streams",
     };
     for (label, values) in [
@@ -284,26 +288,34 @@ async fn bare_standby(cluster: &Cluster, how: &ByHand) -> Result<Duration> {
     let target = scratch.path().join("copy");
     let port = pgpilot_tests::process::free_port()?.to_string();
     let started = Instant::now();
-    match how {
-        ByHand::Basebackup(node) => {
-            basebackup(cluster, node, scratch.path(), &target, true).await?
+    let copy = match how {
+        ByHand::Basebackup(from, follow) if from == follow => {
+            basebackup(cluster, from, scratch.path(), &target, true).await?;
+            None
         }
-        ByHand::Copy(backup, primary) => {
-            let upstream = cluster.node_port(primary)?;
-            let script = format!(
-                "cp -a {backup}/. {target} && touch {target}/standby.signal && echo \"primary_conninfo = 'host=127.0.0.1 port={upstream} user=postgres'\" >> {target}/postgresql.auto.conf",
-                backup = backup.display(),
-                target = target.display()
-            );
-            let status =
-                tokio::process::Command::from(tools.command_as_pg_user("/bin/sh", scratch.path()))
-                    .args(["-c", &script])
-                    .status()
-                    .await
-                    .context("running the copy by hand")?;
-            if !status.success() {
-                bail!("the copy by hand failed: {status}");
-            }
+        ByHand::Basebackup(from, follow) => {
+            basebackup(cluster, from, scratch.path(), &target, false).await?;
+            Some(("true".to_string(), follow))
+        }
+        ByHand::Copy(backup, follow) => Some((
+            format!("cp -a {}/. {}", backup.display(), target.display()),
+            follow,
+        )),
+    };
+    if let Some((copy, follow)) = copy {
+        let upstream = cluster.node_port(follow)?;
+        let script = format!(
+            "{copy} && touch {target}/standby.signal && echo \"primary_conninfo = 'host=127.0.0.1 port={upstream} user=postgres'\" >> {target}/postgresql.auto.conf",
+            target = target.display()
+        );
+        let status =
+            tokio::process::Command::from(tools.command_as_pg_user("/bin/sh", scratch.path()))
+                .args(["-c", &script])
+                .status()
+                .await
+                .context("running the copy by hand")?;
+        if !status.success() {
+            bail!("the copy by hand failed: {status}");
         }
     }
     let options = format!(

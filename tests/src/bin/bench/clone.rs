@@ -63,7 +63,9 @@ pub enum Source {
 }
 
 /// How the standby by hand is made; each then follows the primary (as
-/// the standby pgpilot builds does), not the node it was copied from.
+/// the standby pgpilot builds does), not the node it was copied from, and
+/// without the replication slot named in the copied `pgpilot.conf` (a
+/// real node's, in use).
 enum ByHand {
     /// pg_basebackup of the first node, following the second.
     Basebackup(String, String),
@@ -305,7 +307,7 @@ async fn bare_standby(cluster: &Cluster, how: &ByHand) -> Result<Duration> {
     if let Some((copy, follow)) = copy {
         let upstream = cluster.node_port(follow)?;
         let script = format!(
-            "{copy} && touch {target}/standby.signal && echo \"primary_conninfo = 'host=127.0.0.1 port={upstream} user=postgres'\" >> {target}/postgresql.auto.conf",
+            "{copy} && touch {target}/standby.signal && printf \"primary_conninfo = 'host=127.0.0.1 port={upstream} user=postgres'\\nprimary_slot_name = ''\\n\" >> {target}/postgresql.auto.conf",
             target = target.display()
         );
         let status =

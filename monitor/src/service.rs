@@ -94,6 +94,16 @@ fn valid_name(what: &str, value: &str) -> Result<(), Error> {
     }
 }
 
+/// At most 16: more than any group can have standbys.
+fn valid_number_sync_standbys(n: u32) -> Result<(), Error> {
+    if n > 16 {
+        return Err(Error::InvalidArgument(format!(
+            "number_sync_standbys {n} is larger than any group can have standbys (at most 16)"
+        )));
+    }
+    Ok(())
+}
+
 /// A node's host as other nodes' `primary_conninfo` and the health check
 /// use it: a DNS name or an IP address, nothing that could smuggle another
 /// connection parameter in.
@@ -457,13 +467,7 @@ impl Monitor for MonitorService {
         let r = request.into_inner();
         let formation = formation_or_default(&r.formation).to_string();
         valid_name("formation", &formation)?;
-        if r.number_sync_standbys > 16 {
-            return Err(Error::InvalidArgument(format!(
-                "number_sync_standbys {} is larger than any group can have standbys (at most 16)",
-                r.number_sync_standbys
-            ))
-            .into());
-        }
+        valid_number_sync_standbys(r.number_sync_standbys)?;
         let message = self
             .store
             .set_number_sync_standbys(&formation, r.number_sync_standbys)
@@ -558,13 +562,7 @@ impl Monitor for MonitorService {
         self.operator(&request, "create-formation")?;
         let r = request.into_inner();
         valid_name("formation", &r.formation)?;
-        if r.number_sync_standbys > 16 {
-            return Err(Error::InvalidArgument(format!(
-                "number_sync_standbys {} is larger than any group can have standbys (at most 16)",
-                r.number_sync_standbys
-            ))
-            .into());
-        }
+        valid_number_sync_standbys(r.number_sync_standbys)?;
         let message = self
             .store
             .create_formation(&r.formation, r.number_sync_standbys)

@@ -67,15 +67,8 @@ async fn set_keeper_settings(cluster: &Cluster, node: &str, settings: &str) -> R
     cluster.start_keeper(node)
 }
 
-fn settled_pair(s: &pgpilot_tests::FormationState) -> bool {
-    s.node("node1")
-        .is_some_and(|n| n.settled_in(ReplicationState::Primary))
-        && s.node("node2")
-            .is_some_and(|n| n.settled_in(ReplicationState::Secondary))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_standby_is_restored_from_a_backup_by_clone_command_then_streams() -> Result<()> {
+/// node1 the primary of node2, settled, holding `ROWS_BEFORE` rows.
+async fn pair_with_rows() -> Result<Cluster> {
     let cluster = Cluster::start(ClusterOptions {
         first_node_alone: true,
         ..ClusterOptions::nodes(2)
@@ -90,6 +83,34 @@ async fn a_standby_is_restored_from_a_backup_by_clone_command_then_streams() -> 
             &format!("CREATE TABLE rows AS SELECT i FROM generate_series(1, {ROWS_BEFORE}) i"),
         )
         .await?;
+    Ok(cluster)
+}
+
+/// `ROWS_AFTER` more rows on the primary, node1.
+async fn write_more_rows(cluster: &Cluster) -> Result<()> {
+    cluster
+        .psql(
+            "node1",
+            &format!(
+                "INSERT INTO rows SELECT i FROM generate_series({}, {}) i",
+                ROWS_BEFORE + 1,
+                ROWS_BEFORE + ROWS_AFTER
+            ),
+        )
+        .await?;
+    Ok(())
+}
+
+fn settled_pair(s: &pgpilot_tests::FormationState) -> bool {
+    s.node("node1")
+        .is_some_and(|n| n.settled_in(ReplicationState::Primary))
+        && s.node("node2")
+            .is_some_and(|n| n.settled_in(ReplicationState::Secondary))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_is_restored_from_a_backup_by_clone_command_then_streams() -> Result<()> {
+    let cluster = pair_with_rows().await?;
 
     // The "backup": pg_basebackup of the primary; then more writes that
     // only streaming can bring.
@@ -114,16 +135,7 @@ async fn a_standby_is_restored_from_a_backup_by_clone_command_then_streams() -> 
         ],
     )
     .await?;
-    cluster
-        .psql(
-            "node1",
-            &format!(
-                "INSERT INTO rows SELECT i FROM generate_series({}, {}) i",
-                ROWS_BEFORE + 1,
-                ROWS_BEFORE + ROWS_AFTER
-            ),
-        )
-        .await?;
+    write_more_rows(&cluster).await?;
 
     // A backup of another database system: refused, node2 keeps its data.
     let other = cluster.root().join("other");
@@ -324,20 +336,7 @@ async fn count_rows(cluster: &Cluster, node: &str, expected: u32) -> Result<()> 
 /// it streams what the primary wrote meanwhile and is never cloned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dropped_standby_rejoins_with_its_data_directory_kept() -> Result<()> {
-    let cluster = Cluster::start(ClusterOptions {
-        first_node_alone: true,
-        ..ClusterOptions::nodes(2)
-    })
-    .await?;
-    cluster
-        .wait_state(TIMEOUT, "a settled pair", settled_pair)
-        .await?;
-    cluster
-        .psql(
-            "node1",
-            &format!("CREATE TABLE rows AS SELECT i FROM generate_series(1, {ROWS_BEFORE}) i"),
-        )
-        .await?;
+    let cluster = pair_with_rows().await?;
     count_rows(&cluster, "node2", ROWS_BEFORE).await?;
 
     cli_ok(&cluster, &["drop-node", "node2"]).await?;
@@ -346,16 +345,7 @@ async fn a_dropped_standby_rejoins_with_its_data_directory_kept() -> Result<()> 
         Ok((!cluster.keeper_running("node2")?).then_some(()))
     })
     .await?;
-    cluster
-        .psql(
-            "node1",
-            &format!(
-                "INSERT INTO rows SELECT i FROM generate_series({}, {}) i",
-                ROWS_BEFORE + 1,
-                ROWS_BEFORE + ROWS_AFTER
-            ),
-        )
-        .await?;
+    write_more_rows(&cluster).await?;
     // A file only this data directory holds: a clone would not have it.
     let marker = cluster.pgdata("node2")?.join("pgpilot-test-marker");
     std::fs::write(&marker, "kept").context("writing the marker")?;
@@ -439,16 +429,7 @@ async fn a_standby_is_cloned_from_another_standby_when_its_keeper_asks() -> Resu
         "node3 should have been cloned from node2 ({source}): {text}"
     );
     assert!(!marker.exists(), "reinit kept node3's data directory");
-    cluster
-        .psql(
-            "node1",
-            &format!(
-                "INSERT INTO rows SELECT i FROM generate_series({}, {}) i",
-                ROWS_BEFORE + 1,
-                ROWS_BEFORE + ROWS_AFTER
-            ),
-        )
-        .await?;
+    write_more_rows(&cluster).await?;
     count_rows(&cluster, "node3", ROWS_BEFORE + ROWS_AFTER).await?;
     let state = cluster.wait_healthy(TIMEOUT).await?;
     let node3 = state.node("node3").context("node3 in show-state")?;

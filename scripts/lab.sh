@@ -6,5 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --workspace --bins
+# The same build as scripts/test.sh (all targets: the tests' dependencies
+# unify some crates' features), so that running one after the other
+# compiles nothing again.
+cargo build --workspace --all-targets
 exec target/debug/pgpilot-lab "$@"

@@ -14,6 +14,7 @@ pub mod failpoint;
 pub mod fence;
 pub mod guard;
 pub mod http;
+pub mod init;
 pub mod metrics;
 pub mod monitors;
 pub mod notes;

@@ -31,6 +31,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Write a commented configuration from flags, checked as `run` reads
+    /// it (to standard output, or --out with mode 0600).
+    ///
+    /// Example: pgpilot-keeper init --name node1 --host 10.0.0.1 --pgdata /var/lib/postgresql/15/pgpilot --monitor https://10.0.0.5:7430 --out /etc/pgpilot/keeper.toml
+    Init(pgpilot_keeper::init::InitArgs),
     /// The fence guard the keeper starts beside itself (internal: the
     /// keeper builds this command line).
     #[command(hide = true)]
@@ -42,6 +47,20 @@ async fn main() -> ExitCode {
     let (config, log_format) = match Args::parse().command {
         Command::Run { config, log_format } => (config, log_format),
         Command::FenceGuard(args) => return fence_guard(args).await,
+        Command::Init(args) => {
+            return match pgpilot_keeper::init::run(&args) {
+                Ok(said) => {
+                    if !said.is_empty() {
+                        eprintln!("{said}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     };
     pgpilot_proto::logs::init(log_format);
     let config = match KeeperConfig::load(&config) {

@@ -683,3 +683,111 @@ async fn formations_are_made_listed_and_dropped_by_command() -> Result<()> {
     assert_eq!(listed(&all, "reporting"), None, "{all}");
     cluster.shutdown().await
 }
+
+/// The systemd units in `packaging/systemd` start the binaries with
+/// subcommands and flags they accept: each `ExecStart` run with the
+/// configuration path swapped for a missing file stops at reading it
+/// (exit 2, naming the file), not at a usage error.
+#[tokio::test]
+async fn systemd_units_run_commands_the_binaries_accept() -> Result<()> {
+    let tools = Tools::locate()?;
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("missing.toml");
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd");
+    for (unit, binary) in [
+        ("pgpilot-keeper.service", &tools.keeper),
+        ("pgpilot-monitor.service", &tools.monitor),
+    ] {
+        let text = std::fs::read_to_string(units.join(unit))?;
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .with_context(|| format!("{unit} has no ExecStart"))?;
+        let mut words = exec.split_whitespace();
+        let program = words.next().unwrap_or_default();
+        assert!(
+            program.ends_with(binary.file_name().unwrap().to_str().unwrap()),
+            "{unit} starts {program}"
+        );
+        let args: Vec<String> = words
+            .map(|w| {
+                if w.ends_with(".toml") {
+                    missing.display().to_string()
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        let out = tokio::time::timeout(
+            QUICK_TIMEOUT,
+            Command::new(binary)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await??;
+        expect_refusal(&out, 2, &["missing.toml"], unit)?;
+        assert!(
+            text.contains("KillMode="),
+            "{unit} must choose what a stop kills"
+        );
+    }
+    Ok(())
+}
+
+/// `pgpilot-keeper init` writes a configuration `run` accepts, and
+/// refuses a bad value or an existing file in one sentence.
+#[tokio::test]
+async fn keeper_init_writes_a_checked_configuration() -> Result<()> {
+    let tools = Tools::locate()?;
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("keeper.toml");
+    let init = |extra: &[&str]| {
+        let mut cmd = Command::new(&tools.keeper);
+        cmd.args([
+            "init",
+            "--name",
+            "node1",
+            "--host",
+            "127.0.0.1",
+            "--pgdata",
+            "/var/lib/pgpilot/node1",
+            "--monitor",
+            "http://127.0.0.1:7430",
+            "--out",
+        ])
+        .arg(&out)
+        .args(extra)
+        .stdin(Stdio::null());
+        cmd
+    };
+    let first = init(&[]).output().await?;
+    assert!(first.status.success(), "{}", describe(&first));
+    let text = std::fs::read_to_string(&out)?;
+    assert!(
+        text.contains("name = \"node1\"") && text.contains("# clone_from"),
+        "{text}"
+    );
+    let again = init(&[]).output().await?;
+    expect_refusal(
+        &again,
+        2,
+        &["exists", "--force"],
+        "init over an existing file",
+    )?;
+    let bad = init(&["--candidate-priority", "300", "--force"])
+        .output()
+        .await?;
+    expect_refusal(
+        &bad,
+        2,
+        &["candidate_priority", "nothing was written"],
+        "init with priority 300",
+    )?;
+    assert_eq!(
+        std::fs::read_to_string(&out)?,
+        text,
+        "a refused init changed the file"
+    );
+    Ok(())
+}

@@ -73,6 +73,14 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
             if !valid_timings(&r.timings) {
                 return Some("timings out of bounds".into());
             }
+            if let Some(w) = &r.work {
+                if !matches!(w.work.as_str(), "clone" | "rewind" | "restore" | "recovery") {
+                    return Some(format!("work {:?} is not a kind of work", w.work));
+                }
+                if w.upstream.len() > 300 {
+                    return Some("the work's upstream is longer than 300 bytes".into());
+                }
+            }
             if !r.clone_from.is_empty() && !valid_name(&r.clone_from) {
                 return Some(format!("clone_from {:?} is not a valid name", r.clone_from));
             }

@@ -170,6 +170,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                     tracing::info!(
                         "node dropped from the formation: PostgreSQL stopped, keeper exits"
                     );
+                    self.retire_state_file();
                     break Ok(());
                 }
                 Err(e) => {
@@ -314,6 +315,29 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             state_file::save(&self.config.state_file(), &mut self.state)?;
         }
         Ok(())
+    }
+
+    /// A dropped node's state file is moved aside (`<state file>.dropped`):
+    /// the monitor forgot the node id it holds, so starting the keeper
+    /// again registers the node anew, keeping its data directory when it
+    /// still belongs to the group.
+    fn retire_state_file(&self) {
+        let path = self.config.state_file();
+        let retired = crate::durable::sibling_path(&path, ".dropped");
+        let moved = std::fs::rename(&path, &retired)
+            .map_err(|e| e.to_string())
+            .and_then(|()| crate::durable::fsync_parent(&retired).map_err(|e| e.to_string()));
+        match moved {
+            Ok(()) => tracing::info!(
+                state_file = %retired.display(),
+                "state file moved aside: starting the keeper again registers this node anew (its data directory is kept when it still belongs to the group)"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not move the state file {} aside: remove it before starting the keeper again",
+                path.display()
+            ),
+        }
     }
 
     /// The loop's heartbeat, carrying the notes not yet delivered (see

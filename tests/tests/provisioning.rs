@@ -332,8 +332,9 @@ async fn count_rows(cluster: &Cluster, node: &str, expected: u32) -> Result<()> 
 }
 
 /// A standby dropped from the group, then registered again with the data
-/// directory it had (its keeper's state file removed), is kept as it is:
-/// it streams what the primary wrote meanwhile and is never cloned.
+/// directory it had (its keeper, started again, registers anew: the
+/// dropped keeper moved its state file aside), is kept as it is: it
+/// streams what the primary wrote meanwhile and is never cloned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dropped_standby_rejoins_with_its_data_directory_kept() -> Result<()> {
     let cluster = pair_with_rows().await?;
@@ -349,7 +350,19 @@ async fn a_dropped_standby_rejoins_with_its_data_directory_kept() -> Result<()> 
     // A file only this data directory holds: a clone would not have it.
     let marker = cluster.pgdata("node2")?.join("pgpilot-test-marker");
     std::fs::write(&marker, "kept").context("writing the marker")?;
-    std::fs::remove_file(state_file(&cluster, "node2")?).context("removing the state file")?;
+    // The dropped keeper moved its state file aside: started again, it
+    // registers anew.
+    let state = state_file(&cluster, "node2")?;
+    assert!(
+        !state.exists(),
+        "the dropped keeper left {}",
+        state.display()
+    );
+    assert!(
+        std::path::PathBuf::from(format!("{}.dropped", state.display())).exists(),
+        "no {}.dropped",
+        state.display()
+    );
     let baseline = last_event_id(&events(&cluster).await?);
     cluster.start_keeper("node2")?;
     cluster

@@ -5,11 +5,8 @@
 
 use pgpilot_proto::lsn::parse_lsn;
 
-use super::connection::QUERY_TIMEOUT;
-use super::lifecycle::{
-    controldata_field, missing_controldata_field, CONTROLDATA_CLUSTER_STATE,
-    CONTROLDATA_SYSTEM_IDENTIFIER,
-};
+use super::divergence::{controldata_lsn, controldata_value, position_from_controldata};
+use super::lifecycle::{CONTROLDATA_CLUSTER_STATE, CONTROLDATA_SYSTEM_IDENTIFIER};
 use super::{PgController, PgError, Upstream};
 use crate::adoption::{LocalData, UpstreamData};
 
@@ -38,37 +35,36 @@ impl PgController {
         if !self.has_data_directory() {
             return Ok(None);
         }
-        let Some(position) = self.wal_position().await? else {
-            return Ok(None);
-        };
         let output = self.controldata().await?;
-        let field = |label: &str| {
-            controldata_field(&output, label).ok_or_else(|| missing_controldata_field(label))
+        // Stopped (the plan stops it first): the control file just read.
+        let position = if self.postmaster_running() {
+            match self.wal_position().await? {
+                Some(position) => position,
+                None => return Ok(None),
+            }
+        } else {
+            position_from_controldata(&output)?
         };
         let number = |label: &str| -> Result<u64, PgError> {
-            let value = field(label)?;
+            let value = controldata_value(&output, label)?;
             value.parse().map_err(|_| {
                 PgError::Other(format!("pg_controldata: {label}: {value:?} is no number"))
             })
         };
-        let redo = field(CONTROLDATA_REDO)?;
         let local = LocalData {
             system_identifier: number(CONTROLDATA_SYSTEM_IDENTIFIER)?,
             position,
-            redo_lsn: parse_lsn(redo).ok_or_else(|| {
-                PgError::Other(format!(
-                    "pg_controldata: {CONTROLDATA_REDO}: {redo:?} is no LSN"
-                ))
-            })?,
+            redo_lsn: controldata_lsn(&output, CONTROLDATA_REDO)?,
             clean_shutdown: matches!(
-                field(CONTROLDATA_CLUSTER_STATE)?,
+                controldata_value(&output, CONTROLDATA_CLUSTER_STATE)?,
                 "shut down" | "shut down in recovery"
             ),
         };
         let segment_size = number(CONTROLDATA_SEGMENT_SIZE)?;
         let history = self.upstream_history(upstream).await?;
-        let (sysid, lsn): (String, String) =
-            self.upstream_row(upstream, IDENTITY_SQL, None).await?;
+        let (sysid, lsn): (String, String) = self
+            .upstream_row(upstream, "querying", IDENTITY_SQL, None)
+            .await?;
         let upstream = UpstreamData {
             system_identifier: sysid.parse().map_err(|_| {
                 PgError::Other(format!(
@@ -89,34 +85,8 @@ impl PgController {
         name: &str,
     ) -> Result<bool, PgError> {
         let (present,): (bool,) = self
-            .upstream_row(upstream, WAL_FILE_SQL, Some(name))
+            .upstream_row(upstream, "querying", WAL_FILE_SQL, Some(name))
             .await?;
         Ok(present)
-    }
-
-    /// One row of `sql` (with at most one text parameter) on `upstream`.
-    async fn upstream_row<T>(
-        &self,
-        upstream: &Upstream,
-        sql: &'static str,
-        parameter: Option<&str>,
-    ) -> Result<T, PgError>
-    where
-        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
-    {
-        let mut conn = self.connect_upstream(upstream).await?;
-        let mut query = sqlx::query_as::<_, T>(sql);
-        if let Some(p) = parameter {
-            query = query.bind(p.to_string());
-        }
-        let row = tokio::time::timeout(QUERY_TIMEOUT, query.fetch_one(&mut conn)).await;
-        let _ = sqlx::Connection::close(conn).await;
-        match row {
-            Ok(row) => Ok(row?),
-            Err(_) => Err(PgError::Timeout {
-                program: format!("querying {}:{}", upstream.host, upstream.port),
-                timeout: QUERY_TIMEOUT,
-            }),
-        }
     }
 }

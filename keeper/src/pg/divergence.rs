@@ -97,26 +97,35 @@ impl PgController {
             }));
         }
         // Stopped: what pg_rewind itself reads (the control file).
-        let output = self.controldata().await?;
-        let field = |label: &str| {
-            controldata_field(&output, label).ok_or_else(|| missing_controldata_field(label))
-        };
-        let lsn = |label: &str| -> Result<u64, PgError> {
-            let value = field(label)?;
-            parse_lsn(value).ok_or_else(|| {
-                PgError::Other(format!("pg_controldata: {label}: {value:?} is no LSN"))
-            })
-        };
-        let tli = |label: &str| -> Result<u32, PgError> {
-            let value = field(label)?;
-            value.parse().map_err(|_| {
-                PgError::Other(format!("pg_controldata: {label}: {value:?} is no timeline"))
-            })
-        };
-        Ok(Some(WalPosition {
-            timeline: tli(CONTROLDATA_CHECKPOINT_TLI)?.max(tli(CONTROLDATA_MIN_RECOVERY_TLI)?),
-            lsn: lsn(CONTROLDATA_CHECKPOINT)?.max(lsn(CONTROLDATA_MIN_RECOVERY)?),
-        }))
+        position_from_controldata(&self.controldata().await?).map(Some)
+    }
+
+    /// One row of `sql` (with at most one text parameter) on `upstream`,
+    /// over a connection of its own; `what` names it in a timeout.
+    pub(super) async fn upstream_row<T>(
+        &self,
+        upstream: &Upstream,
+        what: &str,
+        sql: &'static str,
+        parameter: Option<&str>,
+    ) -> Result<T, PgError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let mut conn = self.connect_upstream(upstream).await?;
+        let mut query = sqlx::query_as::<_, T>(sql);
+        if let Some(p) = parameter {
+            query = query.bind(p.to_string());
+        }
+        let row = tokio::time::timeout(QUERY_TIMEOUT, query.fetch_one(&mut conn)).await;
+        let _ = conn.close().await;
+        match row {
+            Ok(row) => Ok(row?),
+            Err(_) => Err(PgError::Timeout {
+                program: format!("{what} {}:{}", upstream.host, upstream.port),
+                timeout: QUERY_TIMEOUT,
+            }),
+        }
     }
 
     /// See [`LocalPostgres::upstream_history`](super::LocalPostgres::upstream_history).
@@ -124,25 +133,14 @@ impl PgController {
         &self,
         upstream: &Upstream,
     ) -> Result<TimelineHistory, PgError> {
-        let mut conn = self.connect_upstream(upstream).await?;
-        let row = tokio::time::timeout(
-            QUERY_TIMEOUT,
-            sqlx::query_as::<_, (String, Option<Vec<u8>>)>(HISTORY_SQL).fetch_one(&mut conn),
-        )
-        .await;
-        let _ = conn.close().await;
-        let (tli, history) = match row {
-            Ok(row) => row?,
-            Err(_) => {
-                return Err(PgError::Timeout {
-                    program: format!(
-                        "reading the timeline history of {}:{}",
-                        upstream.host, upstream.port
-                    ),
-                    timeout: QUERY_TIMEOUT,
-                })
-            }
-        };
+        let (tli, history): (String, Option<Vec<u8>>) = self
+            .upstream_row(
+                upstream,
+                "reading the timeline history of",
+                HISTORY_SQL,
+                None,
+            )
+            .await?;
         let current = u32::from_str_radix(&tli, 16).map_err(|_| {
             PgError::Other(format!(
                 "the upstream's timeline {tli:?} is not hexadecimal"
@@ -156,4 +154,32 @@ impl PgController {
         };
         Ok(TimelineHistory { current, switches })
     }
+}
+
+/// A field of `pg_controldata` output, or why it is missing.
+pub(super) fn controldata_value<'a>(output: &'a str, label: &str) -> Result<&'a str, PgError> {
+    controldata_field(output, label).ok_or_else(|| missing_controldata_field(label))
+}
+
+/// An LSN field of `pg_controldata` output.
+pub(super) fn controldata_lsn(output: &str, label: &str) -> Result<u64, PgError> {
+    let value = controldata_value(output, label)?;
+    parse_lsn(value)
+        .ok_or_else(|| PgError::Other(format!("pg_controldata: {label}: {value:?} is no LSN")))
+}
+
+/// Where a stopped node's WAL ends, as its control file (and pg_rewind)
+/// says: the later of the last checkpoint and the minimum recovery point.
+pub(super) fn position_from_controldata(output: &str) -> Result<WalPosition, PgError> {
+    let tli = |label: &str| -> Result<u32, PgError> {
+        let value = controldata_value(output, label)?;
+        value.parse().map_err(|_| {
+            PgError::Other(format!("pg_controldata: {label}: {value:?} is no timeline"))
+        })
+    };
+    Ok(WalPosition {
+        timeline: tli(CONTROLDATA_CHECKPOINT_TLI)?.max(tli(CONTROLDATA_MIN_RECOVERY_TLI)?),
+        lsn: controldata_lsn(output, CONTROLDATA_CHECKPOINT)?
+            .max(controldata_lsn(output, CONTROLDATA_MIN_RECOVERY)?),
+    })
 }

@@ -163,6 +163,18 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// Who an operator is, as events record it.
+    pub fn operator_identity(&self) -> String {
+        match self {
+            Caller::Trusted => {
+                "an operator (this monitor does not identify its clients)".to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

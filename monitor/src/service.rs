@@ -383,6 +383,12 @@ impl Monitor for MonitorService {
                 holds_lease: m.holds_lease,
             })
             .collect();
+        let paused = self
+            .store
+            .paused(&formation)
+            .await
+            .map_err(crate::error::Error::from)?;
+        let (paused_by, paused_at) = paused.map(|p| (p.by, p.since)).unwrap_or_default();
         Ok(Response::new(pb::FormationState {
             formation,
             nodes,
@@ -390,6 +396,8 @@ impl Monitor for MonitorService {
             synchronous_standby_names,
             monitors,
             answered_by: self.monitor_id.clone(),
+            paused_by,
+            paused_at,
         }))
     }
 
@@ -593,13 +601,40 @@ impl Monitor for MonitorService {
             .list_formations()
             .await?
             .into_iter()
-            .map(|f| pb::FormationSummary {
-                formation: f.name,
-                number_sync_standbys: f.number_sync_standbys,
-                nodes: f.nodes,
+            .map(|f| {
+                let (paused_by, paused_at) = f.paused.map(|p| (p.by, p.since)).unwrap_or_default();
+                pb::FormationSummary {
+                    formation: f.name,
+                    number_sync_standbys: f.number_sync_standbys,
+                    nodes: f.nodes,
+                    paused_by,
+                    paused_at,
+                }
             })
             .collect();
         Ok(Response::new(pb::ListFormationsReply { formations }))
+    }
+
+    async fn set_paused(
+        &self,
+        request: Request<pb::SetPausedRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let what = if request.get_ref().paused {
+            "pause"
+        } else {
+            "resume"
+        };
+        let caller = self.caller(&request)?;
+        caller.require_operator(what).map_err(refused)?;
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        let message = self
+            .store
+            .set_paused(&formation, r.paused, &caller.operator_identity())
+            .await?;
+        tracing::warn!(%formation, operator = %caller, "{message}");
+        Ok(Response::new(pb::OperationReply { message }))
     }
 }
 

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use pgpilot_monitor::core::commands::{self, Command};
 use pgpilot_monitor::core::group::{self, Evaluation};
 use pgpilot_monitor::core::heartbeat::{self, Beat, Folded};
+use pgpilot_monitor::core::pause::{self, PausedBy};
 use pgpilot_monitor::core::{Env, Refusal};
 use pgpilot_monitor::fsm::{
     self, Decision, Health, KeeperTimings, NodeSnapshot, ReplicationPlan, Wait,
@@ -79,6 +80,8 @@ pub struct Monitor {
     pub nodes: Vec<NodeSnapshot>,
     pub number_sync_standbys: u32,
     pub election_forced_at: Option<DateTime<Utc>>,
+    /// Who paused the formation (`pause`); None: automatic failover.
+    pub paused: Option<PausedBy>,
     pub settings: MachineSettings,
     pub events: Vec<EventRow>,
     pub flaw: MonitorFlaw,
@@ -93,6 +96,7 @@ impl Monitor {
             nodes: Vec::new(),
             number_sync_standbys: 0,
             election_forced_at: None,
+            paused: None,
             settings,
             events: Vec::new(),
             flaw,
@@ -114,6 +118,7 @@ impl Monitor {
         let settings = self.settings.fsm(FormationSettings {
             number_sync_standbys: self.number_sync_standbys,
             election_forced_at: self.election_forced_at,
+            paused: self.paused.is_some(),
         });
         Env {
             decide: match self.flaw {
@@ -284,6 +289,37 @@ impl Monitor {
         let env = self.env(now);
         let r = commands::perform_failover(&mut self.nodes, FORMATION, target, &env);
         self.command(r, now)
+    }
+
+    /// `pause` (`paused`) or `resume`, by the simulation's operator: the
+    /// event goes to the node the monitor's store records it on.
+    pub fn set_paused(&mut self, paused: bool, now: Ms) -> Result<String, String> {
+        let operator = "operator:sim";
+        let change = if paused {
+            pause::pause(FORMATION, self.paused.as_ref(), operator)
+        } else {
+            pause::resume(FORMATION, self.paused.as_ref(), operator)
+        }
+        .map_err(|r| r.to_string())?;
+        self.paused = paused.then(|| PausedBy {
+            by: operator.to_string(),
+            since: format!("{now} ms"),
+        });
+        let group: Vec<(i32, &NodeSnapshot)> = self.nodes.iter().map(|n| (0, n)).collect();
+        let kind = if paused { pause::PAUSED } else { pause::RESUMED };
+        for i in pause::event_nodes(&group) {
+            let n = &self.nodes[i];
+            self.events.push(EventRow {
+                at: now,
+                node: n.name.clone(),
+                reported: n.reported,
+                from: n.goal,
+                to: n.goal,
+                kind,
+                reason: change.event.clone(),
+            });
+        }
+        Ok(change.message)
     }
 
     /// `force_election` (`perform-failover --allow-data-loss`).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pgpilot_tests::{
-    drills, Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState,
+    drills, operator, Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState,
     WritableProbe, Writer,
 };
 
@@ -153,4 +153,110 @@ async fn planned_failover() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `pause`: an operator's switchover still runs, the primary killed while
+/// paused is not replaced (show-state says why), `resume` lets the
+/// failover happen; both are events naming who ran them, and each refuses
+/// the state it would not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_failover_until_resume() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy_pair().await?;
+    let first = cluster.primary_name().await?;
+    let second = cluster.other_node(&first)?;
+
+    let out = operator::cli_ok(&cluster, &["pause", "--timeout", "60s"]).await?;
+    if !out.contains("formation default paused") {
+        return Err(cluster.failure(format!("pause said:\n{out}")).await);
+    }
+    operator::cli_refused(&cluster, &["pause"], None, &["already paused", "resume"]).await?;
+    let state = operator::cli_json(&cluster, &["show-state", "--json"]).await?;
+    if state["paused"]["by"].as_str().is_none() {
+        return Err(cluster
+            .failure(format!("show-state --json does not say paused:\n{state:#}"))
+            .await);
+    }
+    let table = operator::cli_ok(&cluster, &["show-state"]).await?;
+    if !table.contains("PAUSED by") {
+        return Err(cluster.failure(format!("show-state does not say PAUSED:\n{table}")).await);
+    }
+
+    // An operator's switchover runs while paused.
+    operator::cli_ok(
+        &cluster,
+        &["perform-switchover", "--to", &second, "--timeout", "120s"],
+    )
+    .await?;
+    cluster
+        .wait_state(
+            Duration::from_secs(120),
+            &format!("{second} settled primary and {first} secondary after the switchover"),
+            |s| {
+                s.node(&second).is_some_and(|n| n.settled_in(PRIMARY))
+                    && s.node(&first).is_some_and(|n| n.settled_in(SECONDARY))
+            },
+        )
+        .await?;
+
+    // The primary dies: the monitor says it would fail over, and does not.
+    cluster.kill_node_hard(&second)?;
+    cluster
+        .wait_state(
+            Duration::from_secs(60),
+            "the group to wait because the formation is paused",
+            |s| {
+                s.nodes
+                    .iter()
+                    .any(|n| n.waiting_kinds.iter().any(|k| k == "paused"))
+            },
+        )
+        .await?;
+    cluster
+        .hold_state(
+            Duration::from_secs(5),
+            &format!("{second} kept as the primary and {first} a secondary while paused"),
+            |s| {
+                s.node(&second)
+                    .is_some_and(|n| n.goal() == Some(PRIMARY))
+                    && s.node(&first).is_some_and(|n| n.settled_in(SECONDARY))
+            },
+        )
+        .await?;
+
+    // Resumed: the failover happens, and resume waits for it.
+    let out = operator::cli_ok(&cluster, &["resume", "--timeout", "120s"]).await?;
+    if !out.contains("resumed") {
+        return Err(cluster.failure(format!("resume said:\n{out}")).await);
+    }
+    cluster
+        .wait_writable_primary(
+            &first,
+            Duration::from_secs(60),
+            &format!("{first} to be promoted after resume"),
+        )
+        .await?;
+    operator::cli_refused(&cluster, &["resume"], None, &["is not paused"]).await?;
+
+    let events = operator::events(&cluster).await?;
+    for kind in ["formation_paused", "formation_resumed"] {
+        if !events
+            .iter()
+            .any(|e| e["kind"] == kind && e["reason"].as_str().is_some_and(|r| r.contains(" by ")))
+        {
+            return Err(cluster
+                .failure(format!(
+                    "no {kind} event naming the operator:\n{}",
+                    operator::event_lines(&events)
+                ))
+                .await);
+        }
+    }
+    let state = operator::cli_json(&cluster, &["show-state", "--json"]).await?;
+    if !state["paused"].is_null() {
+        return Err(cluster
+            .failure(format!("still paused after resume:\n{state:#}"))
+            .await);
+    }
+    cluster.shutdown().await
 }

@@ -209,6 +209,24 @@ pub enum OperatorCommand {
     ///
     /// Example: pgpilot-monitor drop-formation analytics
     DropFormation { name: String },
+    /// Pause the formation: the monitor starts no failover until resume (a
+    /// failover under way finishes; an operator's switchover still runs).
+    /// Waits until every node that answers has reached its goal.
+    ///
+    /// Example: pgpilot-monitor pause
+    Pause {
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Resume a paused formation: automatic failover is back (a primary
+    /// that failed meanwhile is replaced now). Waits until the group has a
+    /// settled primary again.
+    ///
+    /// Example: pgpilot-monitor resume
+    Resume {
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Print the multi-host connection string that always reaches the primary.
     ///
     /// Example: psql "$(pgpilot-monitor show-uri)"

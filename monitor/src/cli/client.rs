@@ -309,6 +309,15 @@ impl Client {
         .await
     }
 
+    pub async fn set_paused(&mut self, formation: &str, paused: bool) -> Result<String, CliError> {
+        let request = pb::SetPausedRequest {
+            formation: formation.to_string(),
+            paused,
+        };
+        self.command(request, |mut c, r| async move { c.set_paused(r).await })
+            .await
+    }
+
     pub async fn drop_formation(&mut self, formation: &str) -> Result<String, CliError> {
         let request = pb::DropFormationRequest {
             formation: formation.to_string(),

@@ -17,7 +17,10 @@ use super::serve;
 use super::tables::{
     events_table, formations_table, node_detail, nodes_table, settings_table, state_table,
 };
-use super::wait::{converged, converged_with, handed_over, primary_of, settled, wait_until};
+use super::wait::{
+    converged, converged_with, handed_over, live_nodes_settled, primary_of, resumed, settled,
+    wait_until,
+};
 use crate::certs;
 
 /// Run the subcommand `args` names.
@@ -127,6 +130,14 @@ impl Operator {
             C::DropFormation { name } => {
                 println!("{}", self.client.drop_formation(&name).await?);
                 Ok(())
+            }
+            C::Pause { wait } => {
+                let message = self.client.set_paused(&self.formation, true).await?;
+                self.finish(wait, &message, live_nodes_settled).await
+            }
+            C::Resume { wait } => {
+                let message = self.client.set_paused(&self.formation, false).await?;
+                self.finish(wait, &message, resumed).await
             }
             C::PerformFailover {
                 allow_data_loss: true,

@@ -22,6 +22,25 @@ pub struct StateJson {
     /// The id of the monitor process that answered; null if it did not say.
     #[serde(default)]
     pub answered_by: Option<String>,
+    /// Who paused the formation and when; null when it is not paused.
+    #[serde(default)]
+    pub paused: Option<PausedJson>,
+}
+
+/// Who paused a formation and when (RFC 3339).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PausedJson {
+    pub by: String,
+    pub since: String,
+}
+
+impl PausedJson {
+    fn new(by: &str, since: &str) -> Option<PausedJson> {
+        (!by.is_empty()).then(|| PausedJson {
+            by: by.to_string(),
+            since: since.to_string(),
+        })
+    }
 }
 
 /// One monitor process in [`StateJson`].
@@ -160,6 +179,7 @@ impl From<&pb::FormationState> for StateJson {
                 })
                 .collect(),
             answered_by: (!s.answered_by.is_empty()).then(|| s.answered_by.clone()),
+            paused: PausedJson::new(&s.paused_by, &s.paused_at),
         }
     }
 }
@@ -255,6 +275,8 @@ pub struct FormationJson {
     pub formation: String,
     pub number_sync_standbys: u32,
     pub nodes: u32,
+    /// Who paused it and when; null when it is not paused.
+    pub paused: Option<PausedJson>,
 }
 
 impl From<&pb::FormationSummary> for FormationJson {
@@ -263,6 +285,7 @@ impl From<&pb::FormationSummary> for FormationJson {
             formation: f.formation.clone(),
             number_sync_standbys: f.number_sync_standbys,
             nodes: f.nodes,
+            paused: PausedJson::new(&f.paused_by, &f.paused_at),
         }
     }
 }

@@ -31,13 +31,15 @@ pub use follow::{
     emit, follow_events, recent_events, until_interrupted, watch_state, CLEAR_SCREEN,
     FOLLOW_INTERVAL, MAX_EVENTS,
 };
-pub use json::{EventJson, FormationJson, NodeJson, NodeSettingsJson, SettingsJson, StateJson};
+pub use json::{
+    EventJson, FormationJson, NodeJson, NodeSettingsJson, PausedJson, SettingsJson, StateJson,
+};
 pub use render::{
     connection, find_node, format_bytes, lag_bytes, multi_host_uri, unknown_node, Connection,
 };
 pub use tables::{
-    event_line, events_table, node_detail, nodes_table, settings_table, state_table, NODES_COLUMNS,
-    STATE_COLUMNS,
+    event_line, events_table, formations_table, node_detail, nodes_table, settings_table,
+    state_table, NODES_COLUMNS, STATE_COLUMNS,
 };
 pub use wait::{converged, converged_with, handed_over, primary_of, settled, wait_until};
 

@@ -110,8 +110,10 @@ pub fn state_table(s: &pb::FormationState) -> String {
         ]);
     }
     let mut out = format!(
-        "formation {} (number_sync_standbys = {})\n{table}\n",
-        s.formation, s.number_sync_standbys
+        "formation {} (number_sync_standbys = {}){}\n{table}\n",
+        s.formation,
+        s.number_sync_standbys,
+        paused_note(&s.paused_by, &s.paused_at)
     );
     let mut reasons: Vec<&str> = s
         .nodes
@@ -292,13 +294,27 @@ pub fn event_line(e: &pb::Event) -> String {
 
 /// `show-formations`: one row per formation.
 pub fn formations_table(formations: &[pb::FormationSummary]) -> String {
-    let mut table = table(["Formation", "number_sync_standbys", "Nodes"]);
+    let mut table = table(["Formation", "number_sync_standbys", "Nodes", "Failover"]);
     for f in formations {
         table.add_row(vec![
             f.formation.clone(),
             f.number_sync_standbys.to_string(),
             f.nodes.to_string(),
+            if f.paused_by.is_empty() {
+                "automatic".to_string()
+            } else {
+                format!("PAUSED by {} since {}", f.paused_by, f.paused_at)
+            },
         ]);
     }
     format!("{table}\n")
+}
+
+/// The words after the formation's name in show-state when it is paused.
+fn paused_note(by: &str, at: &str) -> String {
+    if by.is_empty() {
+        String::new()
+    } else {
+        format!(" PAUSED by {by} since {at}: no automatic failover until resume")
+    }
 }

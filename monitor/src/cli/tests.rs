@@ -43,6 +43,8 @@ fn sample() -> pb::FormationState {
             },
         ],
         answered_by: "m2-11ee".into(),
+        paused_by: "operator:alice".into(),
+        paused_at: "2026-12-07T12:00:00.000Z".into(),
     }
 }
 
@@ -344,4 +346,44 @@ fn a_read_moves_on_when_the_monitor_did_not_answer_a_command_only_when_it_did_no
         assert_eq!(Call::Read.may_move_on(status), read, "{status:?}");
         assert_eq!(Call::Command.may_move_on(status), command, "{status:?}");
     }
+}
+
+#[test]
+fn a_paused_formation_says_so_in_every_view() {
+    let paused = sample();
+    let table = state_table(&paused);
+    assert!(
+        table.starts_with(
+            "formation default (number_sync_standbys = 0) PAUSED by operator:alice since 2026-12-07T12:00:00.000Z: no automatic failover until resume"
+        ),
+        "{table}"
+    );
+    let json = serde_json::to_value(StateJson::from(&paused)).unwrap();
+    assert_eq!(json["paused"]["by"], "operator:alice");
+    let running = pb::FormationState {
+        paused_by: String::new(),
+        paused_at: String::new(),
+        ..sample()
+    };
+    assert!(!state_table(&running).contains("PAUSED"));
+    assert!(serde_json::to_value(StateJson::from(&running)).unwrap()["paused"].is_null());
+    let formations = [
+        pb::FormationSummary {
+            formation: "default".into(),
+            nodes: 2,
+            paused_by: "operator:alice".into(),
+            paused_at: "2026-12-07T12:00:00.000Z".into(),
+            ..Default::default()
+        },
+        pb::FormationSummary {
+            formation: "other".into(),
+            ..Default::default()
+        },
+    ];
+    let table = formations_table(&formations);
+    assert!(
+        table.contains("PAUSED by operator:alice since 2026-12-07T12:00:00.000Z")
+            && table.contains("automatic"),
+        "{table}"
+    );
 }

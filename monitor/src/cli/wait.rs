@@ -29,6 +29,27 @@ pub fn converged(state: &pb::FormationState) -> bool {
             .any(|n| settled(n, &[S::Single, S::WaitPrimary, S::Primary]))
 }
 
+/// Every node that can be reached has reached its goal (a node shown
+/// unreachable keeps its last report until it is back).
+pub fn live_nodes_settled(state: &pb::FormationState) -> bool {
+    state
+        .nodes
+        .iter()
+        .filter(|n| !n.unreachable)
+        .all(|n| n.reported_state == n.goal_state)
+}
+
+/// After a resume: the nodes that can be reached settled, with a settled
+/// writable primary among them (a primary that failed while the formation
+/// was paused has been replaced). An empty formation is done at once.
+pub fn resumed(state: &pb::FormationState) -> bool {
+    live_nodes_settled(state)
+        && (state.nodes.is_empty()
+            || state.nodes.iter().any(|n| {
+                !n.unreachable && settled(n, &[S::Single, S::WaitPrimary, S::Primary])
+            }))
+}
+
 /// The group converged, with the node `name` settled in `state`.
 pub fn converged_with(s: &pb::FormationState, name: &str, state: S) -> bool {
     converged(s)

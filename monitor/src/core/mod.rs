@@ -13,6 +13,7 @@
 //! - [`clone_source`]: the standby a node about to be cloned copies from;
 //! - [`commands`]: every operator command and its refusals ([`Refusal`]);
 //! - [`formations`]: creating and dropping formations;
+//! - [`pause`]: pausing and resuming a formation's automatic failover;
 //! - [`handover`]: which events are failovers and switchovers;
 //! - [`lease`]: whether this monitor may run the background duties.
 
@@ -23,6 +24,7 @@ pub mod group;
 pub mod handover;
 pub mod heartbeat;
 pub mod lease;
+pub mod pause;
 mod refusal;
 #[cfg(test)]
 mod test_support;

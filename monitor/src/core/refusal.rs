@@ -111,6 +111,14 @@ pub enum Refusal {
         goal: S,
         to: S,
     },
+    AlreadyPaused {
+        formation: String,
+        by: String,
+        since: String,
+    },
+    NotPaused {
+        formation: String,
+    },
 }
 
 impl Refusal {
@@ -238,6 +246,18 @@ impl fmt::Display for Refusal {
             } => write!(
                 f,
                 "{name} is still {reported} (goal {goal}) and cannot go to {to} from there: wait until show-state shows it settled, then retry"
+            ),
+            Refusal::AlreadyPaused {
+                formation,
+                by,
+                since,
+            } => write!(
+                f,
+                "formation {formation} is already paused (by {by} since {since}): resume it with resume"
+            ),
+            Refusal::NotPaused { formation } => write!(
+                f,
+                "formation {formation} is not paused: nothing to resume"
             ),
         }
     }

@@ -26,6 +26,7 @@ pub fn env(now: DateTime<Utc>) -> Env {
             catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
             number_sync_standbys: 0,
             election_forced_at: None,
+            paused: false,
         },
     )
 }

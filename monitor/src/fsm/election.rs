@@ -47,6 +47,11 @@ impl Eval<'_> {
                 self.wait_for_restart(p);
                 return;
             }
+            if self.settings.paused {
+                let why = why_unhealthy.or(pg_down).unwrap_or_default();
+                self.wait(Wait::Paused { primary, why });
+                return;
+            }
             let candidates: Vec<usize> = (0..self.nodes.len())
                 .filter(|&i| {
                     i != p && self.nodes[i].goal == S::Secondary && self.reached(i) && self.alive(i)

@@ -302,6 +302,9 @@ pub struct Settings {
     /// When an operator allowed an election to finish without the promotion
     /// rule's quorum of reports (`perform-failover --allow-data-loss`).
     pub election_forced_at: Option<DateTime<Utc>>,
+    /// The formation is paused: no failover starts (an election already
+    /// under way, an operator's switchover and every standby rule go on).
+    pub paused: bool,
 }
 
 pub const DEFAULT_CATCHUP_LAG_BYTES: u64 = 16 * 1024 * 1024;

@@ -259,6 +259,9 @@ pub enum Wait {
     PrimaryStopping { primary: String },
     /// The primary is unhealthy and no standby can be promoted.
     NoCandidate { primary: String },
+    /// The primary is unhealthy but the formation is paused: no failover
+    /// starts until an operator resumes it.
+    Paused { primary: String, why: String },
     /// The old primary stopped but no standby takes part in the election.
     NoStandbyInElection { primary: String },
     /// The election waits for standbys (`late`; empty: any) to report.
@@ -301,6 +304,7 @@ impl Wait {
             Wait::PrimaryRestarting { .. } => "primary_restarting",
             Wait::PrimaryStopping { .. } => "primary_stopping",
             Wait::NoCandidate { .. } => "no_candidate",
+            Wait::Paused { .. } => "paused",
             Wait::NoStandbyInElection { .. } => "no_standby_in_election",
             Wait::AwaitingReports { .. } => "awaiting_reports",
             Wait::AwaitingReportsAfterStop { .. } => "awaiting_reports_after_stop",
@@ -360,6 +364,10 @@ impl fmt::Display for Wait {
             Wait::NoCandidate { primary } => write!(
                 f,
                 "primary {primary} is unhealthy but no standby can be promoted: none is a healthy secondary with candidate priority above 0"
+            ),
+            Wait::Paused { primary, why } => write!(
+                f,
+                "primary {primary} is unhealthy ({why}) but the formation is paused: no failover until an operator runs resume"
             ),
             Wait::NoStandbyInElection { primary } => write!(
                 f,

@@ -21,6 +21,7 @@ fn settings() -> Settings {
         catchup_lag_bytes: DEFAULT_CATCHUP_LAG_BYTES,
         number_sync_standbys: 0,
         election_forced_at: None,
+        paused: false,
     }
 }
 
@@ -307,6 +308,65 @@ fn unhealthy_primary_starts_an_election() {
         .reason
         .to_string()
         .contains("primary a is unhealthy"));
+}
+
+/// While the formation is paused no election starts, and the group says
+/// why it waits; an election already under way, a planned hand-over and
+/// the standby rules go on; resumed, the failover starts.
+#[test]
+fn a_paused_formation_starts_no_failover_but_finishes_what_is_under_way() {
+    let paused = Settings {
+        paused: true,
+        ..settings()
+    };
+    // A dead primary, then a primary whose PostgreSQL stayed down too long.
+    let dead = group().primary("a").secondary("b").dead("a", 3);
+    let down = group().primary("a").secondary("b").with("a", |n| {
+        n.pg_running = false;
+        n.pg_down_since = Some(t0() - secs(60));
+    });
+    for g in [&dead, &down] {
+        let o = g.decide_with(&paused);
+        expect(g, &o, &[]);
+        assert_eq!(o.waiting.len(), 1, "{:?}", o.waiting);
+        assert_eq!(o.waiting[0].kind(), "paused");
+        assert!(
+            o.waiting[0]
+                .to_string()
+                .contains("primary a is unhealthy (") && o.waiting[0].to_string().contains("the formation is paused: no failover until an operator runs resume"),
+            "{}",
+            o.waiting[0]
+        );
+        // Resumed: the election starts.
+        assert!(!g.decide().decisions.is_empty(), "{:?}", g.decide());
+    }
+    // An election under way finishes.
+    let g = election(4, 4);
+    expect(
+        &g,
+        &g.decide_with(&paused),
+        &[("b", S::PreparePromotion), ("a", S::Demoted)],
+    );
+    // A standby still joins and catches up; a lost one leaves the quorum.
+    let g = group()
+        .primary("a")
+        .node("b", S::WaitStandby, S::WaitStandby);
+    expect(
+        &g,
+        &g.decide_with(&paused),
+        &[("b", S::Catchingup), ("a", S::WaitPrimary)],
+    );
+    let g = group().primary("a").secondary("b").dead("b", 5);
+    expect(
+        &g,
+        &g.decide_with(&paused),
+        &[("b", S::Catchingup), ("a", S::WaitPrimary)],
+    );
+    // A healthy group paused has nothing to wait for.
+    let g = group().primary("a").secondary("b");
+    let o = g.decide_with(&paused);
+    expect(&g, &o, &[]);
+    assert!(o.waiting.is_empty(), "{:?}", o.waiting);
 }
 
 #[test]

@@ -196,7 +196,7 @@ async fn write(
                FROM mine WHERE n.node_id = mine.node_id
              RETURNING n.node_id, n.formation, n.group_id
          )
-         SELECT n.*, f.number_sync_standbys, f.election_forced_at, clock_timestamp() AS now,
+         SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, clock_timestamp() AS now,
                 n.node_id IN (SELECT node_id FROM me) AS beat
            FROM (SELECT DISTINCT formation, group_id FROM me) g
            JOIN node n ON n.formation = g.formation AND n.group_id = g.group_id

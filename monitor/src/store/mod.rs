@@ -74,6 +74,8 @@ pub struct StoredNode {
 pub struct FormationSettings {
     pub number_sync_standbys: u32,
     pub election_forced_at: Option<DateTime<Utc>>,
+    /// An operator paused the formation: no failover starts.
+    pub paused: bool,
 }
 
 /// A keeper's registration.
@@ -115,6 +117,7 @@ impl MachineSettings {
             catchup_lag_bytes: fsm::DEFAULT_CATCHUP_LAG_BYTES,
             number_sync_standbys: formation.number_sync_standbys,
             election_forced_at: formation.election_forced_at,
+            paused: formation.paused,
         }
     }
 }
@@ -548,7 +551,7 @@ impl Store {
     /// Lock the group's rows and read them with the database's time.
     async fn lock_group(&self, tx: &mut Tx<'_>, formation: &str, group_id: i32) -> Result<Locked> {
         let rows: Vec<GroupRow> = sqlx::query_as(
-            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, clock_timestamp() AS now
+            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, clock_timestamp() AS now
                FROM node n JOIN formation f ON f.name = n.formation
               WHERE n.formation = $1 AND n.group_id = $2
               ORDER BY n.node_id FOR UPDATE OF n",
@@ -562,7 +565,7 @@ impl Store {
         }
         // An empty group still has its formation's settings and a time.
         let f: FormationRow = sqlx::query_as(
-            "SELECT number_sync_standbys, election_forced_at, clock_timestamp() AS now FROM formation WHERE name = $1",
+            "SELECT number_sync_standbys, election_forced_at, paused_by, clock_timestamp() AS now FROM formation WHERE name = $1",
         )
         .bind(formation)
         .fetch_optional(&mut **tx)
@@ -575,7 +578,7 @@ impl Store {
     /// when no such node is registered.
     async fn lock_group_of(&self, tx: &mut Tx<'_>, node_id: i64) -> Result<Option<Locked>> {
         let rows: Vec<GroupRow> = sqlx::query_as(
-            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, clock_timestamp() AS now
+            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, clock_timestamp() AS now
                FROM node n JOIN formation f ON f.name = n.formation
               WHERE (n.formation, n.group_id) =
                     (SELECT formation, group_id FROM node WHERE node_id = $1)

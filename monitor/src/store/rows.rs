@@ -56,6 +56,8 @@ pub(super) struct NodeRow {
 pub(super) struct FormationRow {
     number_sync_standbys: i32,
     election_forced_at: Option<DateTime<Utc>>,
+    /// Who paused the formation (NULL: not paused).
+    paused_by: Option<String>,
     pub now: DateTime<Utc>,
 }
 
@@ -101,6 +103,7 @@ impl FormationRow {
                 ))
             })?,
             election_forced_at: self.election_forced_at,
+            paused: self.paused_by.is_some(),
         })
     }
 }

@@ -120,7 +120,7 @@ impl World {
     /// An operator command, as the CLI sends it; the monitor may refuse it.
     pub(super) fn operator(&mut self, x: usize) {
         let node = name(x);
-        let kind = self.rng.below(10);
+        let kind = self.rng.below(11);
         let prio = *self.rng.pick(&[0, 10, 50, 100]);
         let quorum = self.rng.chance(0.5);
         let nss = self.rng.range(0, 2) as u32;
@@ -162,6 +162,13 @@ impl World {
                 format!("reinit {node}"),
                 self.operator_op(|m, now| m.reinit_node(&node, now)),
             ),
+            10 => {
+                let pause = self.monitor.paused.is_none();
+                (
+                    if pause { "pause" } else { "resume" }.to_string(),
+                    self.operator_op(|m, now| m.set_paused(pause, now)),
+                )
+            }
             _ => {
                 let r = self.operator_op(|m, now| m.force_election(now));
                 if r.is_ok() {
@@ -193,6 +200,10 @@ impl World {
             if !self.keepers[i].alive {
                 self.keeper_restart(i);
             }
+        }
+        if self.monitor.paused.is_some() {
+            let r = self.operator_op(|m, now| m.set_paused(false, now));
+            self.log(format!("operator: resume: {r:?}"));
         }
         for i in 0..self.monitor.nodes.len() {
             if self.monitor.nodes[i].goal == S::Maintenance {

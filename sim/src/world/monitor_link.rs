@@ -69,6 +69,18 @@ impl World {
                 }
             }
         }
+        if let Some(p) = &self.monitor.paused {
+            if let Some(e) = events
+                .iter()
+                .find(|e| matches!(e.kind, "primary_unhealthy" | "primary_postgres_down"))
+            {
+                let what = format!(
+                    "a failover started while the formation was paused (by {} since {}): {} {} -> {}: {}",
+                    p.by, p.since, e.node, e.from, e.to, e.reason
+                );
+                self.fail(0, what);
+            }
+        }
         for e in &events {
             if matches!(e.to, S::FastForward | S::PreparePromotion) {
                 if let Some(n) = self.monitor.nodes.iter().find(|n| n.name == e.node) {

@@ -1,7 +1,7 @@
 //! The requests the fuzzer sends (one per RPC), their replies, and what
 //! has been registered so far.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -165,6 +165,9 @@ pub(crate) async fn send(
 pub(crate) struct Registry {
     /// node id → (formation, name).
     pub(crate) ids: BTreeMap<i64, (String, String)>,
+    /// Every formation a node was registered in during the run (a node
+    /// dropped later still counts: its heartbeats were tried meanwhile).
+    pub(crate) registered_in: BTreeSet<String>,
 }
 
 pub(crate) type Shared = Arc<Mutex<Registry>>;

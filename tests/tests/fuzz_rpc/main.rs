@@ -25,7 +25,6 @@
 //!
 //! Needs `cargo build --workspace` first and PostgreSQL's server programs.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -41,7 +40,9 @@ use crate::generator::{Generator, Who};
 use crate::raw::raw_fuzz;
 use crate::regressions::{racing_registrations, regressions};
 use crate::rules::{valid_host, valid_name};
-use crate::run::{check_monitor, fuzz, monitor_addr, monitor_db, monitor_only, Client, Tally};
+use crate::run::{
+    check_monitor, fuzz, monitor_addr, monitor_db, monitor_only, register_keepers, Client, Tally,
+};
 
 mod calls;
 mod generator;
@@ -265,12 +266,11 @@ async fn every_rpc_refuses_the_wrong_caller_under_mutual_tls() -> Result<()> {
     });
 
     let registry = Shared::default();
+    let mut extra = register_keepers(&clients, &registry).await;
     let generator = Arc::new(Generator::new(&mut Rng::new(seed)));
     let tally = fuzz(seed, cases, generator, clients, registry.clone()).await;
 
-    let mut extra = Vec::new();
-    let ids = lock(&registry).ids.clone();
-    let formations: BTreeSet<&String> = ids.values().map(|(f, _)| f).collect();
+    let formations = lock(&registry).registered_in.clone();
     if formations.len() < 2 {
         extra.push(format!(
             "the keepers registered in {formations:?} only: the cross-formation heartbeats were not tried"

@@ -364,10 +364,10 @@ pub(crate) fn check_reply(call: &Call, reply: &Reply) -> std::result::Result<(),
 
 pub(crate) fn record(call: &Call, result: &Result<Reply, tonic::Status>, registry: &Shared) {
     if let (Call::RegisterNode(r), Ok(Reply::Registered(a))) = (call, result) {
-        lock(registry).ids.insert(
-            a.node_id,
-            (resolve(&r.formation).to_string(), r.name.clone()),
-        );
+        let mut registry = lock(registry);
+        let formation = resolve(&r.formation).to_string();
+        registry.registered_in.insert(formation.clone());
+        registry.ids.insert(a.node_id, (formation, r.name.clone()));
     }
     if let (Call::DropNode(r), Ok(Reply::Operation(_))) = (call, result) {
         if r.force {

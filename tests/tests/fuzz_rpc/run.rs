@@ -13,8 +13,8 @@ use pgpilot_proto::ReplicationState;
 use pgpilot_sim::rng::Rng;
 use pgpilot_tests::{Cluster, ClusterOptions, Security};
 
-use crate::calls::{send, shorten_debug, Shared, RPCS};
-use crate::generator::{Generator, Who};
+use crate::calls::{send, shorten_debug, Call, Shared, RPCS};
+use crate::generator::{plausible_timings, Generator, Who};
 use crate::oracle::{check, record};
 use crate::rules::{valid_host, valid_name};
 use crate::{CALL_TIMEOUT, FORMATIONS, MAX_FAILURES, WORKERS};
@@ -123,6 +123,42 @@ pub(crate) async fn fuzz(
         .ok()
         .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
         .unwrap_or_default()
+}
+
+/// Each keeper registers its own node once, with plausible values, before
+/// the random requests: the heartbeats across formations are then tried
+/// whatever the seed draws. A refusal here is a failure.
+pub(crate) async fn register_keepers(clients: &[Client], registry: &Shared) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut rng = Rng::new(1);
+    for c in clients {
+        let Who::Keeper { formation, name } = &c.who else {
+            continue;
+        };
+        let (host, port) = Generator::address(formation, name);
+        let call = Call::RegisterNode(pb::RegisterNodeRequest {
+            formation: formation.clone(),
+            name: name.clone(),
+            host,
+            port,
+            system_identifier: 0,
+            candidate_priority: 50,
+            replication_quorum: true,
+            timings: Some(plausible_timings(&mut rng)),
+        });
+        let mut client = c.client.clone();
+        let result = match tokio::time::timeout(CALL_TIMEOUT, send(&mut client, call.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(tonic::Status::deadline_exceeded("no answer")),
+        };
+        record(&call, &result, registry);
+        if let Err(status) = result {
+            failures.push(format!(
+                "the keeper of {formation}/{name} could not register its own node: {status:?}"
+            ));
+        }
+    }
+    failures
 }
 
 // ---- the cluster --------------------------------------------------------------------

@@ -27,6 +27,7 @@ use crate::pg::{LocalPostgres, Observation};
 use crate::plan::{self, Action};
 use crate::state_file::{self, KeeperState};
 use crate::status::{self, KeeperStatus, SharedStatus};
+use crate::stopping::{self, StopKind, StopReply, Verdict};
 
 pub use crate::error::KeeperError;
 pub use crate::fence::{
@@ -52,6 +53,10 @@ pub struct Keeper<P: LocalPostgres> {
     /// Failed starts of PostgreSQL in a row since it last ran (reported in
     /// every heartbeat; shared with the executor and the keepalive).
     start_failures: Arc<AtomicU32>,
+    /// Whether the formation is paused, as the monitor last said.
+    paused: Option<bool>,
+    /// Stopping the node: since when, and what the monitor said so far.
+    stopping: Option<(Instant, Option<StopReply>)>,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
@@ -91,6 +96,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             last_error: None,
             status,
             start_failures,
+            paused: None,
+            stopping: None,
         })
     }
 
@@ -153,16 +160,23 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         Ok(())
     }
 
-    /// Run until `shutdown` resolves.
+    /// Run until `shutdown` resolves and its stop is done (see
+    /// [`crate::stopping`]).
     pub async fn run(
         mut self,
-        shutdown: impl std::future::Future<Output = ()>,
+        shutdown: impl std::future::Future<Output = StopKind>,
     ) -> Result<(), KeeperError> {
         self.register().await?;
         let fence = self.fence.take().map(|f| tokio::spawn(f.run()));
         let guard = self.guard.take().map(|g| tokio::spawn(g.run()));
         tokio::pin!(shutdown);
+        let mut asked: Option<StopKind> = None;
         let result = loop {
+            if let Some(kind) = asked {
+                if let Some(done) = self.stop_step(kind).await {
+                    break done;
+                }
+            }
             let moved = match self.step().await {
                 Ok(moved) => moved,
                 Err(KeeperError::Refused(m)) => break Err(KeeperError::Refused(m)),
@@ -185,8 +199,17 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             if moved {
                 continue;
             }
+            if asked.is_some() {
+                tokio::time::sleep(self.config.heartbeat_interval).await;
+                continue;
+            }
             tokio::select! {
-                _ = &mut shutdown => break Ok(()),
+                kind = &mut shutdown => {
+                    asked = Some(kind);
+                    if kind == StopKind::Node {
+                        self.stopping = Some((Instant::now(), None));
+                    }
+                }
                 _ = tokio::time::sleep(self.config.heartbeat_interval) => {}
             }
         };
@@ -279,6 +302,13 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         sent: Instant,
     ) -> Result<(), KeeperError> {
         let goal = S::from_wire(reply.goal_state).unwrap_or(self.state.goal);
+        self.paused = Some(reply.paused);
+        if let Some((_, said)) = &mut self.stopping {
+            *said = Some(StopReply {
+                may_stop: reply.may_stop,
+                refused: reply.stop_refused.clone(),
+            });
+        }
         let replication = reply.replication.unwrap_or_default();
         fence::renew(&self.lease, &self.status, sent, goal, &replication).await;
         {
@@ -340,6 +370,40 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         }
     }
 
+    /// Apply the stop rule ([`stopping::verdict`]): `Some` once the keeper
+    /// is to exit (PostgreSQL stopped first unless it is to keep running).
+    async fn stop_step(&mut self, kind: StopKind) -> Option<Result<(), KeeperError>> {
+        let (asked, reply) = self
+            .stopping
+            .clone()
+            .unwrap_or_else(|| (Instant::now(), None));
+        match stopping::verdict(
+            kind,
+            self.paused,
+            reply.as_ref(),
+            asked,
+            Instant::now(),
+            self.config.stop_timeout,
+        ) {
+            Verdict::Wait => None,
+            Verdict::LeaveRunning(why) => {
+                tracing::info!("{why}");
+                Some(Ok(()))
+            }
+            Verdict::StopPostgres(why) => {
+                tracing::info!("{why}");
+                let stopped = self.pg.stop().await;
+                Some(match stopped {
+                    Ok(()) => {
+                        tracing::info!("PostgreSQL stopped; keeper exits");
+                        Ok(())
+                    }
+                    Err(e) => Err(KeeperError::from(e)),
+                })
+            }
+        }
+    }
+
     /// The loop's heartbeat, carrying the notes not yet delivered (see
     /// [`crate::notes`]).
     async fn heartbeat(&mut self, o: &Observation) -> Result<pb::NodeActiveReply, KeeperError> {
@@ -353,6 +417,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             &self.start_failures,
         );
         request.clone_from = self.config.clone_from.clone();
+        request.stopping = self.stopping.is_some();
         let notes = self.executor.notes().clone();
         request.notes = notes.pending();
         let sent = request.notes.clone();

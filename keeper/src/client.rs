@@ -287,8 +287,9 @@ pub fn node_active_request(
         // Only the loop's heartbeats carry notes (see `crate::notes`).
         notes: Vec::new(),
         work: o.work.as_ref().map(|w| w.to_wire()),
-        // The loop's heartbeat says it (see `crate::agent`).
+        // The loop's heartbeat says these (see `crate::agent`).
         clone_from: String::new(),
+        stopping: false,
     }
 }
 

@@ -28,6 +28,10 @@ pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// program, none read or written by its processes) for this long is
 /// stopped; one that moves runs as long as it takes.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// A node stopped on purpose hands over within this long, or stops anyway:
+/// a switchover takes about a second, and container runtimes kill what is
+/// still running 10 s after their SIGTERM (`docker stop`).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(8);
 /// pg_basebackup's bounds on `--max-rate`, in bytes per second.
 pub const MIN_CLONE_MAX_RATE: u64 = 32 * 1024;
 pub const MAX_CLONE_MAX_RATE: u64 = 1024 * 1024 * 1024;
@@ -146,6 +150,13 @@ pub struct KeeperConfig {
     /// that moves may take.
     #[serde(default = "d_stall", with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// How long a keeper stopped on purpose (SIGTERM, SIGINT) lets its node
+    /// hand over before it stops PostgreSQL anyway: a primary waits until a
+    /// standby is being promoted and its own PostgreSQL stopped cleanly, a
+    /// secondary until its primary no longer waits for it. "0s": stop at
+    /// once, without handing over.
+    #[serde(default = "d_stop", with = "humantime_serde")]
+    pub stop_timeout: Duration,
     /// Most bytes per second a clone of this node reads from its upstream
     /// (pg_basebackup `--max-rate`), e.g. "50MB" or "512kB"; absent: no
     /// limit.
@@ -220,6 +231,9 @@ fn d_register() -> Duration {
 }
 fn d_stall() -> Duration {
     DEFAULT_STALL_TIMEOUT
+}
+fn d_stop() -> Duration {
+    DEFAULT_STOP_TIMEOUT
 }
 
 /// `clone_max_rate` as bytes per second, from "50MB", "512kB", "1GB"
@@ -376,6 +390,7 @@ impl KeeperConfig {
             ("wal_receiver_timeout", self.wal_receiver_timeout),
             ("register_timeout", self.register_timeout),
             ("stall_timeout", self.stall_timeout),
+            ("stop_timeout", self.stop_timeout),
         ] {
             if value > MAX_DURATION {
                 return bad(format!(

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use crate::config::{
     KeeperConfig, DEFAULT_CANDIDATE_PRIORITY, DEFAULT_FENCE_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_REGISTER_TIMEOUT, DEFAULT_REPLICATION_USER, DEFAULT_STALL_TIMEOUT,
-    DEFAULT_WAL_RECEIVER_TIMEOUT, DEFAULT_WAL_SENDER_TIMEOUT,
+    DEFAULT_STOP_TIMEOUT, DEFAULT_WAL_RECEIVER_TIMEOUT, DEFAULT_WAL_SENDER_TIMEOUT,
 };
 
 /// The flags of `pgpilot-keeper init`.
@@ -154,6 +154,7 @@ pub fn render(a: &InitArgs) -> String {
         ("wal_sender_timeout", DEFAULT_WAL_SENDER_TIMEOUT),
         ("wal_receiver_timeout", DEFAULT_WAL_RECEIVER_TIMEOUT),
         ("register_timeout", DEFAULT_REGISTER_TIMEOUT),
+        ("stop_timeout", DEFAULT_STOP_TIMEOUT),
     ] {
         t.push_str(&format!("# {key} = {}\n", secs(value)));
     }
@@ -277,6 +278,7 @@ mod tests {
             "wal_receiver_timeout",
             "register_timeout",
             "stall_timeout",
+            "stop_timeout",
             "clone_from",
             "clone_max_rate",
             "clone_in_place",

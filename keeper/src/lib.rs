@@ -23,4 +23,5 @@ pub mod plan;
 pub mod run;
 pub mod state_file;
 pub mod status;
+pub mod stopping;
 pub mod timeline;

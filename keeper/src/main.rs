@@ -78,18 +78,33 @@ async fn main() -> ExitCode {
         }
     };
     let shutdown = async {
+        use pgpilot_keeper::stopping::StopKind;
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
+        let kind = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::user_defined1()),
+        ) {
+            (Ok(mut term), Ok(mut usr1)) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => StopKind::Node,
+                _ = term.recv() => StopKind::Node,
+                _ = usr1.recv() => StopKind::KeeperOnly,
             },
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install a SIGTERM handler; stopping on Ctrl-C only");
+            (term, usr1) => {
+                let e = term
+                    .err()
+                    .or(usr1.err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                tracing::error!(error = %e, "cannot install the SIGTERM and SIGUSR1 handlers; stopping on Ctrl-C only");
                 let _ = tokio::signal::ctrl_c().await;
+                StopKind::Node
             }
+        };
+        match kind {
+            StopKind::Node => tracing::info!("keeper stopping the node: handing over first"),
+            StopKind::KeeperOnly => tracing::info!("keeper exiting (PostgreSQL keeps running)"),
         }
-        tracing::info!("keeper stopping (PostgreSQL keeps running)");
+        kind
     };
     match pgpilot_keeper::run::run(config, failpoints, log_format, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

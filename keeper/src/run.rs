@@ -42,14 +42,14 @@ impl RunError {
     }
 }
 
-/// Run the keeper `config` describes until `shutdown` resolves (PostgreSQL
-/// keeps running, and so does its fence guard), or until it fails. The
+/// Run the keeper `config` describes until `shutdown` resolves and the
+/// stop it asks for is done (see [`crate::stopping`]), or until it fails. The
 /// fence guard it starts logs in `log_format`.
 pub async fn run(
     config: KeeperConfig,
     failpoints: Failpoints,
     log_format: LogFormat,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = crate::stopping::StopKind>,
 ) -> Result<(), RunError> {
     if nix::unistd::geteuid().is_root() {
         return Err(RunError::Config("PostgreSQL refuses to run as root: run pgpilot-keeper as the user that owns PGDATA (e.g. postgres)".to_string()));
@@ -153,7 +153,7 @@ async fn run_keeper(
     failpoints: Failpoints,
     pg: PgController,
     guard: GuardArgs,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = crate::stopping::StopKind>,
 ) -> Result<(), RunError> {
     log_replication(&config, pg.settings());
     // A keeper that was killed may have left a clone's WAL streamer running.

@@ -165,6 +165,7 @@ impl Monitor {
             // Every simulated keeper asks for a standby to clone: the
             // choice runs in every reply.
             clone_from: "standby".into(),
+            stopping: false,
         };
         let env = self.env(now);
         match heartbeat::fold(&mut self.nodes, i, &beat, &env) {
@@ -306,7 +307,11 @@ impl Monitor {
             since: format!("{now} ms"),
         });
         let group: Vec<(i32, &NodeSnapshot)> = self.nodes.iter().map(|n| (0, n)).collect();
-        let kind = if paused { pause::PAUSED } else { pause::RESUMED };
+        let kind = if paused {
+            pause::PAUSED
+        } else {
+            pause::RESUMED
+        };
         for i in pause::event_nodes(&group) {
             let n = &self.nodes[i];
             self.events.push(EventRow {

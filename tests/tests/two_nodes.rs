@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use pgpilot_tests::{
     drills, operator, Cluster, ClusterOptions, FormationStateExt, NodeStatusExt, ReplicationState,
     WritableProbe, Writer,
@@ -179,7 +179,9 @@ async fn pause_holds_failover_until_resume() -> Result<()> {
     }
     let table = operator::cli_ok(&cluster, &["show-state"]).await?;
     if !table.contains("PAUSED by") {
-        return Err(cluster.failure(format!("show-state does not say PAUSED:\n{table}")).await);
+        return Err(cluster
+            .failure(format!("show-state does not say PAUSED:\n{table}"))
+            .await);
     }
 
     // An operator's switchover runs while paused.
@@ -217,8 +219,7 @@ async fn pause_holds_failover_until_resume() -> Result<()> {
             Duration::from_secs(5),
             &format!("{second} kept as the primary and {first} a secondary while paused"),
             |s| {
-                s.node(&second)
-                    .is_some_and(|n| n.goal() == Some(PRIMARY))
+                s.node(&second).is_some_and(|n| n.goal() == Some(PRIMARY))
                     && s.node(&first).is_some_and(|n| n.settled_in(SECONDARY))
             },
         )
@@ -259,4 +260,145 @@ async fn pause_holds_failover_until_resume() -> Result<()> {
             .await);
     }
     cluster.shutdown().await
+}
+
+/// A node stopped on purpose (SIGTERM to its keeper, as systemd, `docker
+/// stop` or a host shutdown sends): the primary hands over as in a planned
+/// failover — the standby is promoted because the old primary stopped
+/// cleanly, not after `node_timeout` — with nothing acknowledged lost and
+/// never two writers; then the new primary's standby, stopped the same
+/// way, leaves the synchronous set first so writes go on; both rejoin when
+/// their keepers start again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_over_and_the_node_rejoins() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy_pair().await?;
+    let old = cluster.primary_name().await?;
+    let new = cluster.other_node(&old)?;
+    let baseline = operator::last_event_id(&operator::events(&cluster).await?);
+    let writer = Writer::warm(&cluster).await?;
+    let probe = WritableProbe::of_cluster(&cluster)?;
+
+    let stopped_at = cluster.stop_node(&old).await?;
+    eprintln!(
+        "keeper of {old} exited {:.3} s after SIGTERM",
+        stopped_at.elapsed().as_secs_f64()
+    );
+    expect_handed_over(&cluster, &old, 1).await?;
+    cluster
+        .wait_writable_primary(
+            &new,
+            Duration::from_secs(60),
+            &format!("{new} to be promoted after {old} was stopped"),
+        )
+        .await?;
+    writer
+        .wait_ack_after(
+            &cluster,
+            stopped_at,
+            Duration::from_secs(60),
+            "a write acknowledged by the new primary after the stop",
+        )
+        .await?;
+    cluster
+        .expect_ids_on(&new, &writer.acked_ids())
+        .await
+        .context("right after the hand-over")?;
+    let changes = operator::goal_changes_after(&cluster, baseline).await?;
+    let handed_over = changes.iter().any(|e| e["kind"] == "keeper_stopping")
+        && !changes
+            .iter()
+            .any(|e| e["kind"] == "primary_unhealthy" || e["kind"] == "primary_postgres_down");
+    if !handed_over {
+        return Err(cluster
+            .failure(format!(
+                "the stop of {old} was not a hand-over (keeper_stopping, no failover):\n{}",
+                operator::event_lines(&changes)
+            ))
+            .await);
+    }
+
+    // The old primary's keeper starts again: it rejoins as a standby.
+    cluster.start_keeper(&old)?;
+    cluster
+        .wait_state(
+            Duration::from_secs(120),
+            &format!("{old} to rejoin as secondary with {new} primary"),
+            |s| {
+                s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
+                    && s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
+            },
+        )
+        .await?;
+
+    // The standby stopped the same way leaves the synchronous set first:
+    // the primary keeps taking writes, and the standby rejoins later.
+    let before_standby_stop = operator::last_event_id(&operator::events(&cluster).await?);
+    let standby_stopped_at = cluster.stop_node(&old).await?;
+    writer
+        .wait_ack_after(
+            &cluster,
+            Instant::now(),
+            Duration::from_secs(30),
+            "a write acknowledged after the standby stopped",
+        )
+        .await?;
+    let changes = operator::goal_changes_after(&cluster, before_standby_stop).await?;
+    if !changes
+        .iter()
+        .any(|e| e["kind"] == "keeper_stopping" && e["node_name"] == old.as_str())
+    {
+        return Err(cluster
+            .failure(format!(
+                "{old}, a standby stopped on purpose, did not leave the synchronous set:\n{}",
+                operator::event_lines(&changes)
+            ))
+            .await);
+    }
+    eprintln!(
+        "standby {old} stopped {:.3} s after SIGTERM",
+        standby_stopped_at.elapsed().as_secs_f64()
+    );
+    expect_handed_over(&cluster, &old, 2).await?;
+    cluster.start_keeper(&old)?;
+    cluster
+        .wait_state(
+            Duration::from_secs(120),
+            &format!("{old} secondary again"),
+            |s| s.node(&old).is_some_and(|n| n.settled_in(SECONDARY)),
+        )
+        .await?;
+
+    let report = writer.stop().await;
+    report.expect_all_on(&cluster, &new).await?;
+    probe.stop().await.expect_one_writer(&cluster).await?;
+    if let Some(outage) = report.outage_around(stopped_at) {
+        eprintln!(
+            "GRACEFUL STOP WRITE OUTAGE: {:.3} s (last ack before the SIGTERM of {old} -> first ack by {new})",
+            outage.gap().as_secs_f64()
+        );
+    }
+    cluster.shutdown().await
+}
+
+/// The keeper of `node` said `times` times in its log that it stopped
+/// PostgreSQL because its node had handed over (not at its deadline).
+async fn expect_handed_over(cluster: &Cluster, node: &str, times: usize) -> Result<()> {
+    let log = std::fs::read_to_string(cluster.keeper_log(node)?)?;
+    let said = log
+        .matches("handed over: the monitor no longer needs")
+        .count();
+    if said != times {
+        return Err(cluster
+            .failure(format!(
+                "the keeper of {node} said {said} times (not {times}) that it stopped after handing over; \
+                 its log says:\n{}",
+                log.lines()
+                    .filter(|l| l.contains("stop") || l.contains("hand"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))
+            .await);
+    }
+    Ok(())
 }

@@ -45,9 +45,10 @@ pub fn live_nodes_settled(state: &pb::FormationState) -> bool {
 pub fn resumed(state: &pb::FormationState) -> bool {
     live_nodes_settled(state)
         && (state.nodes.is_empty()
-            || state.nodes.iter().any(|n| {
-                !n.unreachable && settled(n, &[S::Single, S::WaitPrimary, S::Primary])
-            }))
+            || state
+                .nodes
+                .iter()
+                .any(|n| !n.unreachable && settled(n, &[S::Single, S::WaitPrimary, S::Primary])))
 }
 
 /// The group converged, with the node `name` settled in `state`.

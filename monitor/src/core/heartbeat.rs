@@ -11,6 +11,7 @@ use pgpilot_proto::ReplicationState as S;
 
 use super::clone_source::{self, Preference};
 use super::group::{evaluate, update_fence, upstream_of, Evaluation};
+use super::stopping::{self, Stop};
 use super::Env;
 use crate::fsm::{self, NodeFence, NodeSnapshot, ReplicationPlan};
 
@@ -28,6 +29,8 @@ pub struct Beat {
     pub acting_toward: Option<S>,
     /// The keeper's `clone_from` (see [`clone_source`]).
     pub clone_from: String,
+    /// The keeper is stopping its node (see [`stopping`]).
+    pub stopping: bool,
 }
 
 /// A node reported the goal it was assigned, for the first time.
@@ -54,6 +57,10 @@ pub struct Reply {
     pub synchronous_standby: bool,
     /// The primary's new fence, when it changed (already in the group).
     pub fence: Option<NodeFence>,
+    /// To a stopping keeper: whether its PostgreSQL may stop now.
+    pub stop: Option<Stop>,
+    /// The formation is paused.
+    pub paused: bool,
 }
 
 /// What folding one heartbeat decided.
@@ -82,7 +89,8 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
     // A heartbeat built before the one already folded in (a keepalive
     // delayed past the loop's next heartbeat) reports a state the keeper
     // may have left: it is answered, never folded in.
-    let (reached, back) = if is_stale(me, &beat.report) {
+    let stale = is_stale(me, &beat.report);
+    let (reached, back) = if stale {
         (None, None)
     } else {
         let before = me.reported;
@@ -103,15 +111,28 @@ pub fn fold(nodes: &mut [NodeSnapshot], index: usize, beat: &Beat, env: &Env) ->
         };
         (reached, back)
     };
+    let (stop_decisions, refused) = if beat.stopping && !stale {
+        stopping::start(nodes, index, env)
+    } else {
+        (Vec::new(), None)
+    };
     let mut evaluation = evaluate(nodes, env);
-    evaluation.decisions.splice(0..0, back);
-    let reply = reply(
+    evaluation
+        .decisions
+        .splice(0..0, back.into_iter().chain(stop_decisions));
+    let mut reply = reply(
         nodes,
         index,
         env,
         beat.synchronous_standby_names.as_deref(),
         &beat.clone_from,
     );
+    if beat.stopping {
+        reply.stop = Some(Stop {
+            may_stop: refused.is_some() || stopping::may_stop(nodes, index, env),
+            refused,
+        });
+    }
     Folded::Answer(Box::new(Answer {
         evaluation,
         reply,
@@ -198,6 +219,8 @@ pub fn reply(
         synchronous_standby: synchronous_standby(nodes, index, upstream, env),
         plan,
         fence,
+        stop: None,
+        paused: env.settings.paused,
     }
 }
 
@@ -248,6 +271,8 @@ pub fn dropped_reply(node: &NodeSnapshot) -> Reply {
         clone_source: None,
         synchronous_standby: false,
         fence: None,
+        stop: None,
+        paused: false,
     }
 }
 
@@ -343,6 +368,7 @@ mod tests {
             goal_changed_at: None,
             acting_toward,
             clone_from: String::new(),
+            stopping: false,
         }
     }
 

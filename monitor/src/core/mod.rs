@@ -14,6 +14,7 @@
 //! - [`commands`]: every operator command and its refusals ([`Refusal`]);
 //! - [`formations`]: creating and dropping formations;
 //! - [`pause`]: pausing and resuming a formation's automatic failover;
+//! - [`stopping`]: a keeper stopping its node on purpose hands over first;
 //! - [`handover`]: which events are failovers and switchovers;
 //! - [`lease`]: whether this monitor may run the background duties.
 
@@ -26,6 +27,7 @@ pub mod heartbeat;
 pub mod lease;
 pub mod pause;
 mod refusal;
+pub mod stopping;
 #[cfg(test)]
 mod test_support;
 

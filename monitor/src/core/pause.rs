@@ -86,7 +86,8 @@ pub fn event_nodes(nodes: &[(i32, &NodeSnapshot)]) -> Vec<usize> {
     groups
         .into_iter()
         .filter_map(|g| {
-            let in_group = (0..nodes.len()).filter(|&i| nodes[i].0 == g && nodes[i].1.goal != S::Dropped);
+            let in_group =
+                (0..nodes.len()).filter(|&i| nodes[i].0 == g && nodes[i].1.goal != S::Dropped);
             in_group
                 .clone()
                 .find(|&i| nodes[i].1.goal.is_writable_primary())
@@ -111,7 +112,11 @@ mod tests {
     #[test]
     fn pause_and_resume_each_refuse_the_state_they_would_not_change() {
         let p = pause("default", None, "operator:bob").unwrap();
-        assert!(p.message.contains("formation default paused"), "{}", p.message);
+        assert!(
+            p.message.contains("formation default paused"),
+            "{}",
+            p.message
+        );
         assert_eq!(
             p.event,
             "formation paused by operator:bob: no failover until resume"
@@ -125,7 +130,8 @@ mod tests {
 
         let r = resume("default", Some(&paused()), "operator:bob").unwrap();
         assert!(
-            r.message.contains("resumed (paused by operator:alice since 2026-12-07T12:00:00Z)"),
+            r.message
+                .contains("resumed (paused by operator:alice since 2026-12-07T12:00:00Z)"),
             "{}",
             r.message
         );

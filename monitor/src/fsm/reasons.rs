@@ -94,6 +94,12 @@ pub enum Reason {
     FastForwardSourceLost {
         why: String,
     },
+    /// The node's keeper is stopping it on purpose (SIGTERM): a primary
+    /// hands over as in a planned failover, a secondary leaves the
+    /// synchronous set before its PostgreSQL stops.
+    KeeperStopping {
+        node: String,
+    },
 }
 
 impl Reason {
@@ -130,6 +136,7 @@ impl Reason {
             Reason::Reinit => "reinit",
             Reason::GoalUnreachable { .. } => "goal_unreachable",
             Reason::FastForwardSourceLost { .. } => "fast_forward_source_lost",
+            Reason::KeeperStopping { .. } => "keeper_stopping",
         }
     }
 }
@@ -237,6 +244,10 @@ impl fmt::Display for Reason {
             Reason::GoalUnreachable { reported, goal } => write!(
                 f,
                 "the keeper reports {reported}, from which it has no path to {goal} (a goal set from an older report): deciding again from {reported}"
+            ),
+            Reason::KeeperStopping { node } => write!(
+                f,
+                "the keeper of {node} is stopping it: it hands over before PostgreSQL stops"
             ),
         }
     }

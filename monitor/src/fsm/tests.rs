@@ -333,7 +333,10 @@ fn a_paused_formation_starts_no_failover_but_finishes_what_is_under_way() {
         assert!(
             o.waiting[0]
                 .to_string()
-                .contains("primary a is unhealthy (") && o.waiting[0].to_string().contains("the formation is paused: no failover until an operator runs resume"),
+                .contains("primary a is unhealthy (")
+                && o.waiting[0]
+                    .to_string()
+                    .contains("the formation is paused: no failover until an operator runs resume"),
             "{}",
             o.waiting[0]
         );

@@ -186,6 +186,7 @@ impl Beats {
             notes: notes(&r.notes)?,
             work: r.work.map(crate::store::work::check).transpose()?,
             clone_from: r.clone_from,
+            stopping: r.stopping,
         })
     }
 
@@ -232,5 +233,8 @@ fn reply(a: Assignment) -> pb::NodeActiveReply {
         }),
         group_id: a.node.group_id as u32,
         formation: a.node.formation,
+        may_stop: a.stop.as_ref().is_some_and(|s| s.may_stop),
+        stop_refused: a.stop.and_then(|s| s.refused).unwrap_or_default(),
+        paused: a.paused,
     }
 }

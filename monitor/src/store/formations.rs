@@ -138,10 +138,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let stored: Vec<StoredNode> = rows::nodes(
-                sqlx::query_as("SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id")
-                    .bind(formation)
-                    .fetch_all(&mut *tx)
-                    .await?,
+                sqlx::query_as(
+                    "SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id",
+                )
+                .bind(formation)
+                .fetch_all(&mut *tx)
+                .await?,
             )?;
             let pairs: Vec<(i32, &crate::fsm::NodeSnapshot)> =
                 stored.iter().map(|n| (n.group_id, &n.snap)).collect();

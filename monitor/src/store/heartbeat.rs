@@ -41,6 +41,9 @@ pub struct Heartbeat {
     pub work: Option<pgpilot_proto::pb::WorkProgress>,
     /// The keeper's `clone_from` ("" from keepers that do not say).
     pub clone_from: String,
+    /// The keeper is stopping its node: the locked path decides the
+    /// hand-over (see `crate::core::stopping`).
+    pub stopping: bool,
 }
 
 /// A keeper's note (a diverged standby rewound, …), recorded as an event
@@ -83,6 +86,11 @@ pub struct Assignment {
     pub plan: ReplicationPlan,
     /// The node reached its goal with this heartbeat (committed).
     pub reached: Option<GoalReached>,
+    /// To a stopping keeper: whether PostgreSQL may stop now, and why no
+    /// standby takes over when none can.
+    pub stop: Option<crate::core::stopping::Stop>,
+    /// The formation is paused.
+    pub paused: bool,
 }
 
 impl Assignment {
@@ -101,6 +109,8 @@ impl Assignment {
                 .collect(),
             plan: reply.plan,
             reached: None,
+            stop: reply.stop,
+            paused: reply.paused,
         }
     }
 }
@@ -110,7 +120,7 @@ impl Store {
     pub async fn node_active(&self, hb: &Heartbeat) -> Result<Assignment> {
         // The steady state is written in batches (see `batch`); anything
         // else, notes too, takes the locked path.
-        if hb.notes.is_empty() && hb.work.is_none() {
+        if hb.notes.is_empty() && hb.work.is_none() && !hb.stopping {
             if let Some(assignment) = self.beats.submit(hb.clone()).await? {
                 return Ok(assignment);
             }
@@ -147,6 +157,7 @@ impl Store {
             goal_changed_at: Some(nodes[index].goal_changed_at),
             acting_toward: hb.acting_toward,
             clone_from: hb.clone_from.clone(),
+            stopping: hb.stopping,
         };
         let (evaluation, reply, reached) =
             match heartbeat::fold(&mut group, index, &beat, &self.env(now, nss)) {

@@ -167,20 +167,33 @@ impl Cluster {
         Ok(gone_at)
     }
 
-    /// Stop the keeper of `name` as an init system does (SIGTERM, SIGKILL
-    /// after a while) and wait until it has exited; PostgreSQL keeps
-    /// running. Returns when the signal was sent.
+    /// Stop the keeper of `name` alone, as for a keeper restart (SIGUSR1,
+    /// SIGKILL after a while) and wait until it has exited; PostgreSQL
+    /// keeps running. Returns when the signal was sent.
     pub async fn stop_keeper(&self, name: &str) -> Result<Instant> {
+        self.signal_and_reap(name, Signal::SIGUSR1).await
+    }
+
+    /// Stop the node `name` as an init system, `docker stop` or a host
+    /// shutdown does: SIGTERM to its keeper, which hands over (a primary)
+    /// or leaves the synchronous set (a standby), stops PostgreSQL and
+    /// exits; waited for (SIGKILL after a while). Returns when the signal
+    /// was sent.
+    pub async fn stop_node(&self, name: &str) -> Result<Instant> {
+        self.signal_and_reap(name, Signal::SIGTERM).await
+    }
+
+    async fn signal_and_reap(&self, name: &str, signal: Signal) -> Result<Instant> {
         let node = self.node(name)?;
         let child = lock(&node.keeper)
             .take()
             .ok_or_else(|| anyhow!("the keeper of {name} is not running"))?;
         let pid = child.id();
         let sent_at = Instant::now();
-        super::teardown::stop_gracefully(child).await;
+        super::teardown::stop_with(child, signal).await;
         self.mark_log(
             &node.keeper_log,
-            &format!("keeper pid {pid} stopped (SIGTERM)"),
+            &format!("keeper pid {pid} stopped ({signal:?})"),
         );
         Ok(sent_at)
     }

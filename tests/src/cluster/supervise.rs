@@ -22,7 +22,7 @@ use anyhow::{anyhow, Context, Result};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::teardown::stop_gracefully;
+use super::teardown::stop_keeper_only;
 use super::{lock, open_log, Cluster, Node};
 use crate::process;
 use crate::wait::GiveUp;
@@ -80,17 +80,17 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stop the running keeper of `name` (SIGTERM; PostgreSQL keeps running)
+    /// Stop the running keeper of `name` (SIGUSR1; PostgreSQL keeps running)
     /// and start it again with these failpoints, supervised.
     pub async fn restart_keeper_with_failpoints(&self, name: &str, points: &[&str]) -> Result<()> {
         let node = self.node(name)?;
         let child = lock(&node.keeper).take();
         if let Some(child) = child {
-            stop_gracefully(child).await;
+            stop_keeper_only(child).await;
         }
         self.mark_log(
             &node.keeper_log,
-            "keeper stopped (SIGTERM) to set failpoints",
+            "keeper stopped (SIGUSR1) to set failpoints",
         );
         self.start_keeper_with_failpoints(name, points)
     }

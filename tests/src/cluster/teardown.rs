@@ -17,13 +17,14 @@ use super::{lock, run_checked, Cluster};
 const GRACEFUL_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Cluster {
-    /// Stop everything gracefully (SIGTERM, then SIGKILL after a while;
-    /// PostgreSQL with `pg_ctl stop -m fast`), then drop.
+    /// Stop everything gracefully (the keepers alone with SIGUSR1, the
+    /// monitors with SIGTERM, SIGKILL after a while; PostgreSQL with
+    /// `pg_ctl stop -m fast`), then drop.
     pub async fn shutdown(self) -> Result<()> {
         for node in &self.nodes {
             let child = lock(&node.keeper).take();
             if let Some(child) = child {
-                stop_gracefully(child).await;
+                stop_keeper_only(child).await;
             }
         }
         for child in self.take_monitor_children() {
@@ -121,9 +122,21 @@ impl Drop for Cluster {
     }
 }
 
-pub(super) async fn stop_gracefully(mut child: Child) {
+pub(super) async fn stop_gracefully(child: Child) {
+    stop_with(child, Signal::SIGTERM).await;
+}
+
+/// A keeper exits at once on SIGUSR1 and leaves PostgreSQL running (a
+/// keeper restart); SIGTERM would stop its node, handing over first.
+pub(super) async fn stop_keeper_only(child: Child) {
+    stop_with(child, Signal::SIGUSR1).await;
+}
+
+/// Send `signal`, then SIGKILL after [`GRACEFUL_STOP_TIMEOUT`]; returns
+/// once the process has exited.
+pub(super) async fn stop_with(mut child: Child, signal: Signal) {
     let pid = child.id() as i32;
-    let _ = process::signal(pid, Signal::SIGTERM);
+    let _ = process::signal(pid, signal);
     let deadline = Instant::now() + GRACEFUL_STOP_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {

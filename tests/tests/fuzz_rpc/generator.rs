@@ -233,6 +233,7 @@ impl Generator {
                 })
             }
             1 => Call::NodeActive(pb::NodeActiveRequest {
+                stopping: rng.chance(0.2),
                 clone_from: if w(rng) {
                     Generator::wild_string(rng)
                 } else {

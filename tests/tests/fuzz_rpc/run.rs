@@ -147,7 +147,8 @@ pub(crate) async fn register_keepers(clients: &[Client], registry: &Shared) -> V
             timings: Some(plausible_timings(&mut rng)),
         });
         let mut client = c.client.clone();
-        let result = match tokio::time::timeout(CALL_TIMEOUT, send(&mut client, call.clone())).await {
+        let result = match tokio::time::timeout(CALL_TIMEOUT, send(&mut client, call.clone())).await
+        {
             Ok(r) => r,
             Err(_) => Err(tonic::Status::deadline_exceeded("no answer")),
         };

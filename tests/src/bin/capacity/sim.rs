@@ -206,6 +206,7 @@ impl SimNode {
             sent_at_ns: sent_at_ns(now),
             notes: Vec::new(),
             clone_from: String::new(),
+            stopping: false,
         }
     }
 }

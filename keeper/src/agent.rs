@@ -23,6 +23,7 @@ use crate::executor::{Executor, Instructions, Target};
 use crate::failpoint::Failpoints;
 use crate::fence::{self, Fence, Lease, SharedLease};
 use crate::guard::{self, GuardArgs};
+use crate::hooks::Hooks;
 use crate::pg::{LocalPostgres, Observation};
 use crate::plan::{self, Action};
 use crate::state_file::{self, KeeperState};
@@ -57,6 +58,8 @@ pub struct Keeper<P: LocalPostgres> {
     paused: Option<bool>,
     /// Stopping the node: since when, and what the monitor said so far.
     stopping: Option<(Instant, Option<StopReply>)>,
+    /// `on_role_change` and `before_stop` (started with the loop).
+    hooks: Hooks,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
@@ -98,6 +101,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             start_failures,
             paused: None,
             stopping: None,
+            hooks: Hooks::none(),
         })
     }
 
@@ -167,6 +171,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         shutdown: impl std::future::Future<Output = StopKind>,
     ) -> Result<(), KeeperError> {
         self.register().await?;
+        self.hooks = Hooks::start(&self.config);
         let fence = self.fence.take().map(|f| tokio::spawn(f.run()));
         let guard = self.guard.take().map(|g| tokio::spawn(g.run()));
         tokio::pin!(shutdown);
@@ -283,6 +288,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         self.lease.lock().await.set_current(to);
         status::lock(&self.status).set_state(to, Instant::now());
         crate::metrics::transition_done(from, to, started.elapsed());
+        self.hooks
+            .transition(&self.config, self.state.node_id, from, to);
         self.last_error = None;
         tracing::info!(
             node = %self.config.name,
@@ -392,6 +399,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             }
             Verdict::StopPostgres(why) => {
                 tracing::info!("{why}");
+                self.hooks
+                    .before_stop(&self.config, self.state.node_id, self.state.current)
+                    .await;
                 let stopped = self.pg.stop().await;
                 Some(match stopped {
                     Ok(()) => {

@@ -32,6 +32,8 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// a switchover takes about a second, and container runtimes kill what is
 /// still running 10 s after their SIGTERM (`docker stop`).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(8);
+/// A hook (`on_role_change`, `before_stop`) is killed after this long.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// pg_basebackup's bounds on `--max-rate`, in bytes per second.
 pub const MIN_CLONE_MAX_RATE: u64 = 32 * 1024;
 pub const MAX_CLONE_MAX_RATE: u64 = 1024 * 1024 * 1024;
@@ -186,6 +188,21 @@ pub struct KeeperConfig {
     /// primary.
     #[serde(default = "d_clone_from")]
     pub clone_from: String,
+    /// A shell command run after a transition that changes this node's
+    /// role (primary, standby, none), with `PGPILOT_OLD_ROLE`,
+    /// `PGPILOT_NEW_ROLE`, `PGPILOT_NODE`, … in its environment (see
+    /// `crate::hooks`): e.g. to move a virtual IP. Never waited for.
+    #[serde(default)]
+    pub on_role_change: Option<String>,
+    /// A shell command run before a keeper stopped on purpose stops
+    /// PostgreSQL (after its node handed over); waited for, `hook_timeout`
+    /// at most.
+    #[serde(default)]
+    pub before_stop: Option<String>,
+    /// A hook still running after this long is killed (its whole process
+    /// group).
+    #[serde(default = "d_hook", with = "humantime_serde")]
+    pub hook_timeout: Duration,
     /// Keep this node out of the load balancers' read pools: its HTTP
     /// /replica, /read-only (as a standby), /sync and /async answer 503.
     #[serde(default)]
@@ -234,6 +251,9 @@ fn d_stall() -> Duration {
 }
 fn d_stop() -> Duration {
     DEFAULT_STOP_TIMEOUT
+}
+fn d_hook() -> Duration {
+    DEFAULT_HOOK_TIMEOUT
 }
 
 /// `clone_max_rate` as bytes per second, from "50MB", "512kB", "1GB"
@@ -391,6 +411,7 @@ impl KeeperConfig {
             ("register_timeout", self.register_timeout),
             ("stall_timeout", self.stall_timeout),
             ("stop_timeout", self.stop_timeout),
+            ("hook_timeout", self.hook_timeout),
         ] {
             if value > MAX_DURATION {
                 return bad(format!(
@@ -404,6 +425,19 @@ impl KeeperConfig {
             return bad(
                 "stall_timeout must be at least 1s: a clone is sampled once a second".into(),
             );
+        }
+        if self.hook_timeout.is_zero() {
+            return bad("hook_timeout must be above 0s: a hook needs time to run".into());
+        }
+        for (key, command) in [
+            ("on_role_change", &self.on_role_change),
+            ("before_stop", &self.before_stop),
+        ] {
+            if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return bad(format!(
+                    "{key} is empty: give a shell command, or remove the setting"
+                ));
+            }
         }
         if let Some(command) = &self.clone_command {
             if !command.contains("%D") {

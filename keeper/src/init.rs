@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use crate::config::{
     KeeperConfig, DEFAULT_CANDIDATE_PRIORITY, DEFAULT_FENCE_TIMEOUT, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_REGISTER_TIMEOUT, DEFAULT_REPLICATION_USER, DEFAULT_STALL_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT, DEFAULT_WAL_RECEIVER_TIMEOUT, DEFAULT_WAL_SENDER_TIMEOUT,
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_REGISTER_TIMEOUT, DEFAULT_REPLICATION_USER,
+    DEFAULT_STALL_TIMEOUT, DEFAULT_STOP_TIMEOUT, DEFAULT_WAL_RECEIVER_TIMEOUT,
+    DEFAULT_WAL_SENDER_TIMEOUT,
 };
 
 /// The flags of `pgpilot-keeper init`.
@@ -168,6 +169,13 @@ pub fn render(a: &InitArgs) -> String {
     t.push_str("# clone_in_place = false\n");
     t.push_str("# clone_command = \"pgbackrest --stanza=main --pg1-path=%D --delta restore\"\n");
     t.push_str("# restore_command = \"pgbackrest --stanza=main archive-get %f %p\"\n");
+    t.push_str("\n# Hooks: shell commands with PGPILOT_* in their environment.\n");
+    t.push_str("# on_role_change = \"/etc/pgpilot/move-vip.sh\"   # PGPILOT_OLD_ROLE -> PGPILOT_NEW_ROLE\n");
+    t.push_str("# before_stop = \"/etc/pgpilot/before-stop.sh\"\n");
+    t.push_str(&format!(
+        "# hook_timeout = {}\n",
+        secs(DEFAULT_HOOK_TIMEOUT)
+    ));
     t.push_str("\n# HTTP server for load balancers, orchestrators and Prometheus.\n");
     t.push_str(&optional(
         "http_listen",
@@ -279,6 +287,9 @@ mod tests {
             "register_timeout",
             "stall_timeout",
             "stop_timeout",
+            "on_role_change",
+            "before_stop",
+            "hook_timeout",
             "clone_from",
             "clone_max_rate",
             "clone_in_place",

@@ -13,6 +13,7 @@ pub mod executor;
 pub mod failpoint;
 pub mod fence;
 pub mod guard;
+pub mod hooks;
 pub mod http;
 pub mod init;
 pub mod metrics;

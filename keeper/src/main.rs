@@ -20,7 +20,9 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the keeper.
+    /// Run the keeper. SIGTERM or SIGINT stop the node (a primary hands
+    /// over first) and PostgreSQL; SIGUSR1 makes the keeper exit alone
+    /// with status 3, PostgreSQL running, to be started again (an upgrade).
     ///
     /// Example: pgpilot-keeper run --config /etc/pgpilot/keeper.toml
     Run {
@@ -77,7 +79,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let shutdown = async {
+    let asked = std::sync::Arc::new(std::sync::OnceLock::new());
+    let said = asked.clone();
+    let shutdown = async move {
         use pgpilot_keeper::stopping::StopKind;
         use tokio::signal::unix::{signal, SignalKind};
         let kind = match (
@@ -104,9 +108,14 @@ async fn main() -> ExitCode {
             StopKind::Node => tracing::info!("keeper stopping the node: handing over first"),
             StopKind::KeeperOnly => tracing::info!("keeper exiting (PostgreSQL keeps running)"),
         }
+        let _ = said.set(kind);
         kind
     };
     match pgpilot_keeper::run::run(config, failpoints, log_format, shutdown).await {
+        // Exited to be started again: an init system restarts on it.
+        Ok(()) if asked.get() == Some(&pgpilot_keeper::stopping::StopKind::KeeperOnly) => {
+            ExitCode::from(pgpilot_keeper::stopping::RESTART_EXIT_STATUS)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

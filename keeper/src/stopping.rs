@@ -8,13 +8,17 @@
 //!   over), or when `stop_timeout` has passed, then exits (`0s`: at once,
 //!   without handing over). While the formation is paused it exits and
 //!   leaves PostgreSQL running instead (a keeper restart under `pause`).
-//! - **Restart the keeper** (SIGUSR1): the keeper exits at once and
-//!   PostgreSQL keeps running; a keeper started again adopts it. For
-//!   upgrading the keeper without a failover.
+//! - **Restart the keeper** (SIGUSR1): the keeper exits at once with
+//!   status [`RESTART_EXIT_STATUS`] and PostgreSQL keeps running; a keeper
+//!   started again adopts it. For upgrading the keeper without a failover.
 //!
 //! [`verdict`] is the rule, pure; the loop (`crate::agent`) applies it.
 
 use std::time::Instant;
+
+/// The keeper's exit status after SIGUSR1: it exited to be started again
+/// (the systemd unit restarts on it: `RestartForceExitStatus=3`).
+pub const RESTART_EXIT_STATUS: u8 = 3;
 
 /// What the signal asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,8 @@ pub async fn unplanned_failover_and_rejoin(cluster: &Cluster) -> Result<()> {
     cluster.wait_healthy_pair().await?;
     let old = cluster.primary_name().await?;
     let new = cluster.other_node(&old)?;
+    // The keepers' role-change hook moves a stand-in virtual IP.
+    cluster.wait_vip(&old, Duration::from_secs(30)).await?;
     let writer = Writer::warm(cluster).await?;
     let probe = WritableProbe::of_cluster(cluster)?;
 
@@ -25,6 +27,7 @@ pub async fn unplanned_failover_and_rejoin(cluster: &Cluster) -> Result<()> {
         .kill_primary_until_promoted(&old, &new, Duration::from_secs(90))
         .await?;
     let promoted_at = Instant::now();
+    cluster.wait_vip(&new, Duration::from_secs(30)).await?;
     writer
         .wait_ack_after(
             cluster,

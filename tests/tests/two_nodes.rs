@@ -100,6 +100,7 @@ async fn planned_failover() -> Result<()> {
             .await);
     }
 
+    cluster.wait_vip(&new, Duration::from_secs(30)).await?;
     // perform-failover returns 0 only once the roles have swapped.
     let state = cluster.state().await?;
     let swapped = state
@@ -285,6 +286,7 @@ async fn a_graceful_stop_hands_over_and_the_node_rejoins() -> Result<()> {
         stopped_at.elapsed().as_secs_f64()
     );
     expect_handed_over(&cluster, &old, 1).await?;
+    cluster.wait_vip(&new, Duration::from_secs(30)).await?;
     cluster
         .wait_writable_primary(
             &new,

@@ -44,6 +44,14 @@ impl Cluster {
         } else {
             out.push_str("(the monitor was not started)\n");
         }
+        let hooks = self.root.join("hooks");
+        if let Ok(changes) = std::fs::read_to_string(hooks.join("role-changes.log")) {
+            let vip = std::fs::read_to_string(hooks.join("vip")).unwrap_or_default();
+            out.push_str(&format!(
+                "\n==== role changes (on_role_change hook; virtual IP on {:?}) ====\n{changes}",
+                vip.trim()
+            ));
+        }
         out.push_str("\n==== processes ====\n");
         out.push_str(&self.process_status());
         out.push_str(&self.log_tails());

@@ -302,6 +302,10 @@ impl Cluster {
         if let Some(p) = http_port {
             text.push_str(&format!("http_listen = \"127.0.0.1:{p}\"\n"));
         }
+        text.push_str(&format!(
+            "on_role_change = {:?}\n",
+            self.role_change_hook()?.display().to_string()
+        ));
         fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         self.nodes.push(Node {
             keeper_log: dir.join("keeper.log"),
@@ -316,6 +320,32 @@ impl Cluster {
             ingress,
         });
         Ok(())
+    }
+
+    /// The keepers' `on_role_change` hook: a stand-in virtual IP, the
+    /// file `hooks/vip` naming the node that last became primary, and a
+    /// line per role change in `hooks/role-changes.log` (written once per
+    /// cluster).
+    fn role_change_hook(&self) -> Result<std::path::PathBuf> {
+        let dir = self.root.join("hooks");
+        let script = dir.join("role-change.sh");
+        if !script.exists() {
+            self.tools.make_dir(&dir)?;
+            let text = format!(
+                "#!/bin/sh\n\
+                 # Stand-in virtual IP: the file vip names the node that takes writes.\n\
+                 dir={dir:?}\n\
+                 echo \"$PGPILOT_NODE $PGPILOT_OLD_ROLE -> $PGPILOT_NEW_ROLE ($PGPILOT_OLD_STATE -> $PGPILOT_NEW_STATE)\" >> \"$dir/role-changes.log\"\n\
+                 if [ \"$PGPILOT_NEW_ROLE\" = primary ]; then\n\
+                 \techo \"$PGPILOT_NODE\" > \"$dir/vip.tmp\" && mv \"$dir/vip.tmp\" \"$dir/vip\"\n\
+                 fi\n",
+                dir = dir.display().to_string()
+            );
+            fs::write(&script, text).with_context(|| format!("writing {}", script.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(script)
     }
 
     pub(super) fn node(&self, name: &str) -> Result<&Node> {

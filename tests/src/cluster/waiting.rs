@@ -73,6 +73,21 @@ impl Cluster {
         .await
     }
 
+    /// Wait until the keepers' `on_role_change` hook has pointed the
+    /// stand-in virtual IP (the file `hooks/vip`) at `node`.
+    pub async fn wait_vip(&self, node: &str, timeout: Duration) -> Result<()> {
+        let vip = self.root.join("hooks").join("vip");
+        self.wait_for(
+            timeout,
+            &format!("the role-change hook to point the virtual IP at {node}"),
+            || {
+                let on = std::fs::read_to_string(&vip).is_ok_and(|text| text.trim() == node);
+                async move { Ok(on.then_some(())) }
+            },
+        )
+        .await
+    }
+
     /// Poll any check (`Ok(Some(v))` = done, `Ok(None)`/`Err` = not yet)
     /// with the same failure report as [`Cluster::wait_until`].
     pub async fn wait_for<T, F, Fut>(

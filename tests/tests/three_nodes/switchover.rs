@@ -6,7 +6,7 @@ use anyhow::Result;
 use pgpilot_tests::operator::cli_ok;
 use pgpilot_tests::{Cluster, ClusterOptions, FormationStateExt, NodeStatusExt};
 
-use crate::{HEALTHY_TIMEOUT, PRIMARY, REJOIN_TIMEOUT, SECONDARY};
+use crate::{HEALTHY_TIMEOUT, PRIMARY, REJOIN_TIMEOUT, SECONDARY, SHORT_TIMEOUT};
 
 /// `perform-switchover --to node3`: node3 becomes the primary, the old
 /// primary a secondary, and the command shows the transitions as they happen.
@@ -51,6 +51,7 @@ async fn switchover_to_named_node() -> Result<()> {
             |s| s.is_healthy(3) && s.node("node3").is_some_and(|n| n.settled_in(PRIMARY)),
         )
         .await?;
+    cluster.wait_vip("node3", SHORT_TIMEOUT).await?;
     if cluster.is_in_recovery("node3").await? || !cluster.is_in_recovery(&old).await? {
         return Err(cluster
             .failure("node3 should be out of recovery and the old primary in recovery")

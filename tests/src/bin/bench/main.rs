@@ -5,8 +5,9 @@
 //! partition (in synchronous and asynchronous replication) with a second
 //! client on its own host, whose writes acknowledged after the cut the
 //! fence bounds — plus the time from nothing to a healthy group, and the
-//! pause a planned restart of the primary's keeper (SIGTERM, start again)
-//! causes. Prints a table with min / median / p95 / max.
+//! pause a planned restart of the primary's keeper (SIGUSR1, start again)
+//! causes, and the outage of stopping the primary's node on purpose
+//! (SIGTERM: it hands over first). Prints a table with min / median / p95 / max.
 //!
 //! `pgpilot-bench clone`: the time to build a standby of a database with
 //! data in it, beside a bare pg_basebackup (see `clone.rs`).
@@ -109,9 +110,13 @@ enum Scenario {
     PartitionSync,
     /// The same with asynchronous standbys (`replication_quorum = false`).
     PartitionAsync,
-    /// The primary's keeper stopped (SIGTERM) and started again, as in an
-    /// upgrade: PostgreSQL and its fence guard keep running.
+    /// The primary's keeper restarted alone (SIGUSR1, start again), as in
+    /// an upgrade: PostgreSQL and its fence guard keep running.
     KeeperRestart,
+    /// The primary's node stopped on purpose (SIGTERM to its keeper, as
+    /// `systemctl stop` or `docker stop`): it hands over, then its keeper
+    /// is started again and the node rejoins.
+    NodeStop,
     /// Two monitors: the primary's host and the monitor the keepers talk
     /// to SIGKILLed together; the failover goes through the other monitor.
     MonitorKilled,
@@ -128,7 +133,8 @@ impl Scenario {
             Scenario::Planned => "planned perform-failover",
             Scenario::PartitionSync => "primary partitioned away, synchronous",
             Scenario::PartitionAsync => "primary partitioned away, asynchronous",
-            Scenario::KeeperRestart => "primary's keeper restarted (SIGTERM, start)",
+            Scenario::KeeperRestart => "primary's keeper restarted (SIGUSR1, start)",
+            Scenario::NodeStop => "primary's node stopped (SIGTERM to its keeper)",
             Scenario::MonitorKilled => "unplanned failover + the keepers' monitor killed",
             Scenario::LeaseTakeover => "lease takeover after the holder's SIGKILL (*)",
         }
@@ -215,6 +221,7 @@ async fn main() -> Result<()> {
             Scenario::PartitionSync,
             Scenario::PartitionAsync,
             Scenario::KeeperRestart,
+            Scenario::NodeStop,
             Scenario::MonitorKilled,
             Scenario::LeaseTakeover,
         ]
@@ -236,6 +243,7 @@ async fn main() -> Result<()> {
                 Scenario::Planned => planned(&cluster).await,
                 Scenario::PartitionSync | Scenario::PartitionAsync => partition(&cluster).await,
                 Scenario::KeeperRestart => keeper_restart(&cluster).await,
+                Scenario::NodeStop => node_stop(&cluster).await,
                 Scenario::MonitorKilled => monitor_killed(&cluster).await,
                 Scenario::LeaseTakeover => lease_takeover(&cluster).await,
             }
@@ -569,7 +577,31 @@ async fn planned(cluster: &Cluster) -> Result<Sample> {
     })
 }
 
-/// Stop the primary's keeper (SIGTERM), start it again, and wait until it
+/// Stop the primary's node as an init system does (SIGTERM to its
+/// keeper): it hands over to a standby and stops PostgreSQL. The outage is
+/// the longest pause between acknowledged writes from the signal on; then
+/// the keeper starts again and the node rejoins.
+async fn node_stop(cluster: &Cluster) -> Result<Sample> {
+    settled(cluster).await?;
+    let old = current_primary(cluster).await?;
+    let w = writer(cluster).await?;
+    wait_for_writes(cluster, &w, Instant::now()).await?;
+    let stopped = cluster.stop_node(&old).await?;
+    cluster
+        .wait_state(Duration::from_secs(120), "another writable primary", |s| {
+            s.writable_primaries()
+                .iter()
+                .any(|p| p.name != old && p.reports_writable_primary())
+        })
+        .await?;
+    wait_for_writes(cluster, &w, Instant::now()).await?;
+    let sample = finish(cluster, w, stopped).await?;
+    cluster.start_keeper(&old)?;
+    settled(cluster).await?;
+    Ok(sample)
+}
+
+/// Stop the primary's keeper alone (SIGUSR1), start it again, and wait until it
 /// is back with its fence guard and the client writes on. The outage is
 /// the longest pause between acknowledged writes from the stop on; the
 /// primary and its postmaster must be the same afterwards.
@@ -599,7 +631,7 @@ async fn keeper_restart(cluster: &Cluster) -> Result<Sample> {
         .await?;
     let back = Instant::now();
     eprintln!(
-        "keeper of {primary} back with its guard {:.3} s after SIGTERM",
+        "keeper of {primary} back with its guard {:.3} s after SIGUSR1",
         back.duration_since(stopped).as_secs_f64()
     );
     wait_for_writes(cluster, &w, back).await?;

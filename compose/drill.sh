@@ -13,7 +13,8 @@
 #
 #   compose/drill.sh [--local] [--release] [--variant stop|partition|monitor]...
 #
-#   --variant stop       `docker stop` the primary's container (default: all three variants)
+#   --variant stop       `docker stop` the primary's container: its keeper hands over
+#                        (default: all three variants)
 #   --variant partition  `docker network disconnect` it from the lab network
 #   --variant monitor    `docker kill` the monitor the keepers talk to ("monitor",
 #                        first in their list) and `docker stop` the primary at the
@@ -489,6 +490,17 @@ drill() {
   new=$(awk '{ print $1 }' "$work/new-primary")
   local elected=$((SECONDS - fault_start))
   log "new primary: $new (${elected}s after the fault)"
+  if [ "$variant" = stop ]; then
+    # docker stop sends SIGTERM to the keeper: it hands over, as in a
+    # switchover, instead of leaving the monitor to detect a dead node.
+    cli show-events --count 50 --json | python3 -c '
+import json, sys
+events = json.load(sys.stdin)
+kinds = {e.get("kind") for e in events}
+sys.exit(0 if "keeper_stopping" in kinds and not kinds & {"primary_unhealthy", "primary_postgres_down"} else 1)' ||
+      fail "docker stop of $old was not a hand-over (no keeper_stopping event, or a failover event)"
+    log "check: docker stop of $old handed over (keeper_stopping; no failover)"
+  fi
   if [ "$variant" = monitor ]; then
     [ "$(docker inspect -f '{{.State.Running}}' "$monitor_cid")" = false ] ||
       fail "the monitor container runs again: the failover was not made without it"

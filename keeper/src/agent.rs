@@ -388,8 +388,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             kind,
             self.paused,
             reply.as_ref(),
-            asked,
-            Instant::now(),
+            asked.elapsed(),
             self.config.stop_timeout,
         ) {
             Verdict::Wait => None,

@@ -14,7 +14,7 @@
 //!
 //! [`verdict`] is the rule, pure; the loop (`crate::agent`) applies it.
 
-use std::time::Instant;
+use std::time::Duration;
 
 /// The keeper's exit status after SIGUSR1: it exited to be started again
 /// (the systemd unit restarts on it: `RestartForceExitStatus=3`).
@@ -48,16 +48,15 @@ pub enum Verdict {
     LeaveRunning(String),
 }
 
-/// The rule, on a stop of `kind` asked at `asked`: `paused` is what the
-/// monitor's latest answer said (None: no answer yet), `reply` what it said
-/// to the stopping heartbeats so far (None: none answered yet).
+/// The rule, on a stop of `kind` asked `elapsed` ago: `paused` is what
+/// the monitor's latest answer said (None: no answer yet), `reply` what it
+/// said to the stopping heartbeats so far (None: none answered yet).
 pub fn verdict(
     kind: StopKind,
     paused: Option<bool>,
     reply: Option<&StopReply>,
-    asked: Instant,
-    now: Instant,
-    stop_timeout: std::time::Duration,
+    elapsed: Duration,
+    stop_timeout: Duration,
 ) -> Verdict {
     if kind == StopKind::KeeperOnly {
         return Verdict::LeaveRunning(
@@ -87,7 +86,7 @@ pub fn verdict(
             );
         }
     }
-    if now.duration_since(asked) >= stop_timeout {
+    if elapsed >= stop_timeout {
         return Verdict::StopPostgres(format!(
             "the hand-over did not finish within stop_timeout ({}): stopping PostgreSQL anyway; the monitor fails over as for a lost node",
             humantime::format_duration(stop_timeout)
@@ -98,21 +97,19 @@ pub fn verdict(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     const T: Duration = Duration::from_secs(8);
 
     #[test]
     fn each_way_of_stopping_ends_as_it_should() {
-        let asked = Instant::now();
-        let soon = asked + Duration::from_millis(500);
-        let late = asked + T;
+        let asked = Duration::ZERO;
+        let soon = Duration::from_millis(500);
+        let late = T;
         let leave = |v: &Verdict| matches!(v, Verdict::LeaveRunning(_));
         let stop = |v: &Verdict| matches!(v, Verdict::StopPostgres(_));
-        let v = |kind, paused, reply: Option<&StopReply>, now, timeout| {
-            verdict(kind, paused, reply, asked, now, timeout)
+        let v = |kind, paused, reply: Option<&StopReply>, elapsed, timeout| {
+            verdict(kind, paused, reply, elapsed, timeout)
         };
         // A keeper restart never stops PostgreSQL, whatever else holds.
         assert!(leave(&v(StopKind::KeeperOnly, Some(false), None, soon, T)));

@@ -16,6 +16,7 @@ use pgpilot_monitor::core::commands::{self, Command};
 use pgpilot_monitor::core::group::{self, Evaluation};
 use pgpilot_monitor::core::heartbeat::{self, Beat, Folded};
 use pgpilot_monitor::core::pause::{self, PausedBy};
+use pgpilot_monitor::core::stopping::Stop;
 use pgpilot_monitor::core::{Env, Refusal};
 use pgpilot_monitor::fsm::{
     self, Decision, Health, KeeperTimings, NodeSnapshot, ReplicationPlan, Wait,
@@ -64,6 +65,8 @@ pub struct Heartbeat {
     pub synchronous_standby_names: Option<String>,
     /// A keepalive: the goal of the plan under way (None from the loop).
     pub acting_toward: Option<S>,
+    /// The keeper is stopping its node (SIGTERM).
+    pub stopping: bool,
 }
 
 /// What the reply to a heartbeat carries.
@@ -73,6 +76,10 @@ pub struct Reply {
     /// The node id to follow (standbys) or clone from.
     pub primary: Option<i64>,
     pub plan: ReplicationPlan,
+    /// To a stopping keeper: whether PostgreSQL may stop now.
+    pub stop: Option<Stop>,
+    /// The formation is paused.
+    pub paused: bool,
 }
 
 pub struct Monitor {
@@ -165,7 +172,7 @@ impl Monitor {
             // Every simulated keeper asks for a standby to clone: the
             // choice runs in every reply.
             clone_from: "standby".into(),
-            stopping: false,
+            stopping: hb.stopping,
         };
         let env = self.env(now);
         match heartbeat::fold(&mut self.nodes, i, &beat, &env) {
@@ -175,6 +182,8 @@ impl Monitor {
                     goal: node.goal,
                     primary: None,
                     plan: heartbeat::dropped_reply(&node).plan,
+                    stop: None,
+                    paused: false,
                 })
             }
             Folded::Answer(answer) => {
@@ -183,6 +192,8 @@ impl Monitor {
                     goal: self.nodes[i].goal,
                     primary: answer.reply.upstream.map(|u| self.nodes[u].id),
                     plan: answer.reply.plan,
+                    stop: answer.reply.stop,
+                    paused: answer.reply.paused,
                 })
             }
         }

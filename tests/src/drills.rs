@@ -5,10 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::{Cluster, FormationStateExt, NodeStatusExt, ReplicationState, WritableProbe, Writer};
-
-const PRIMARY: ReplicationState = ReplicationState::Primary;
-const SECONDARY: ReplicationState = ReplicationState::Secondary;
+use crate::{Cluster, WritableProbe, Writer};
 
 /// On a healthy pair: SIGKILL the primary's host while a writer and the
 /// writable-node probe run; the standby is promoted, no acknowledged write
@@ -46,14 +43,7 @@ pub async fn unplanned_failover_and_rejoin(cluster: &Cluster) -> Result<()> {
     // The old node comes back as a standby of the new primary.
     cluster.start_keeper(&old)?;
     cluster
-        .wait_state(
-            Duration::from_secs(120),
-            &format!("{old} to rejoin as secondary with {new} primary"),
-            |s| {
-                s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
-                    && s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
-            },
-        )
+        .wait_rejoined(&old, &new, Duration::from_secs(120))
         .await?;
     cluster
         .psql(&new, "INSERT INTO pgpilot_writes (id) VALUES (-1)")

@@ -10,7 +10,7 @@
 //!   the cut, the standby is promoted, never two nodes take writes, the
 //!   asynchronous writes lost are counted, and once healed and with its
 //!   keeper started again the old primary rejoins as a standby.
-//! - The primary's keeper is stopped (SIGTERM) and started again, then
+//! - The primary's keeper is stopped alone (SIGUSR1) and started again, then
 //!   killed (SIGKILL) and started again, under a writing client: the same
 //!   postmaster and the same guard go on, no goal changes, the writes go on;
 //!   then the guard is killed and its keeper starts a new one. The write

@@ -96,13 +96,7 @@ async fn same_history_everywhere(cluster: &Cluster, primary: &str) -> Result<()>
 
 /// The node other than `old` that reports a writable primary state.
 async fn new_primary(cluster: &Cluster, old: &str) -> Result<String> {
-    let state = cluster
-        .wait_state(TIMEOUT, "another writable primary", |s| {
-            s.writable_primaries()
-                .iter()
-                .any(|p| p.name != old && p.reports_writable_primary())
-        })
-        .await?;
+    let state = cluster.wait_other_primary(old, TIMEOUT).await?;
     let node = state
         .writable_primaries()
         .into_iter()

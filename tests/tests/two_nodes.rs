@@ -323,14 +323,7 @@ async fn a_graceful_stop_hands_over_and_the_node_rejoins() -> Result<()> {
     // The old primary's keeper starts again: it rejoins as a standby.
     cluster.start_keeper(&old)?;
     cluster
-        .wait_state(
-            Duration::from_secs(120),
-            &format!("{old} to rejoin as secondary with {new} primary"),
-            |s| {
-                s.node(&old).is_some_and(|n| n.settled_in(SECONDARY))
-                    && s.node(&new).is_some_and(|n| n.settled_in(PRIMARY))
-            },
-        )
+        .wait_rejoined(&old, &new, Duration::from_secs(120))
         .await?;
 
     // The standby stopped the same way leaves the synchronous set first:

@@ -61,6 +61,7 @@ impl World {
                 self.after(d, Ev::EndSlow);
             }
             68..=92 => self.operator(x),
+            93..=96 => self.keeper_stop_asked(x),
             _ => {}
         }
     }

@@ -67,10 +67,15 @@ impl World {
             },
             synchronous_standby_names: applied,
             acting_toward,
+            // Only the loop's heartbeats say it (agent.rs `heartbeat`).
+            stopping: acting_toward.is_none() && k.stopping.is_some(),
         }
     }
 
     pub(super) fn keeper_step(&mut self, i: usize) {
+        if self.stop_check(i) {
+            return;
+        }
         let hb = self.heartbeat_now(i, None);
         let k = &mut self.keepers[i];
         k.step += 1;
@@ -194,6 +199,17 @@ impl World {
         if reply.goal != k.goal {
             k.goal = reply.goal;
         }
+        k.paused = Some(reply.paused);
+        if k.stopping.is_some() {
+            k.stop_reply = reply.stop.as_ref().map(|s| StopReply {
+                may_stop: s.may_stop,
+                refused: s.refused.clone().unwrap_or_default(),
+            });
+        }
+        if self.stop_check(i) {
+            return;
+        }
+        let k = &self.keepers[i];
         let (from, to) = (k.current, k.goal);
         if from == to {
             self.start_actions(i, plan::steady(from), None);
@@ -540,6 +556,66 @@ impl World {
         self.log(line);
     }
 
+    /// A node stopped on purpose (SIGTERM to its keeper): from now on its
+    /// heartbeats say so, and [`World::stop_check`] ends it.
+    pub(super) fn keeper_stop_asked(&mut self, i: usize) {
+        let k = &mut self.keepers[i];
+        if !k.alive || k.stopping.is_some() {
+            return;
+        }
+        k.stopping = Some(self.now);
+        k.stop_reply = None;
+        self.log(format!(
+            "fault: {} stopped on purpose (SIGTERM to its keeper)",
+            name(i)
+        ));
+    }
+
+    /// The stop rule of a stopping keeper (keeper/src/stopping.rs, as the
+    /// real loop applies it): true once the keeper exited, its PostgreSQL
+    /// stopped (fast: the standbys connected get its last WAL) unless the
+    /// formation is paused.
+    pub(super) fn stop_check(&mut self, i: usize) -> bool {
+        let k = &self.keepers[i];
+        let Some(asked) = k.stopping.filter(|_| k.alive) else {
+            return false;
+        };
+        let verdict = stop_rule::verdict(
+            StopKind::Node,
+            k.paused,
+            k.stop_reply.as_ref(),
+            Duration::from_millis(self.now.saturating_sub(asked)),
+            self.t.stop_timeout,
+        );
+        let why = match verdict {
+            Verdict::Wait => return false,
+            Verdict::StopPostgres(why) => {
+                self.pg_stop(i, true);
+                why
+            }
+            Verdict::LeaveRunning(why) => {
+                if self.pgs[i].running && !self.pgs[i].in_recovery {
+                    self.pgs[i].outlived_keeper = true;
+                }
+                why
+            }
+        };
+        if !self.guard_ticking[i] {
+            self.guard_ticking[i] = true;
+            self.after(FENCE_TICK_MS, Ev::GuardTick(i));
+        }
+        let k = &mut self.keepers[i];
+        k.alive = false;
+        k.incarnation += 1;
+        k.phase = Phase::Dead;
+        k.stopping = None;
+        self.log(format!("{}: keeper exits: {why}", name(i)));
+        // Started again later, as after patching its host.
+        let d = self.rng.range(500, 8_000);
+        self.after(d, Ev::KeeperRestart(i));
+        true
+    }
+
     pub(super) fn keeper_restart(&mut self, i: usize) {
         if self.keepers[i].alive {
             return;
@@ -562,6 +638,9 @@ impl World {
         k.last_error = None;
         k.start_failures = 0;
         k.reloaded = false;
+        k.stopping = None;
+        k.stop_reply = None;
+        k.paused = None;
         let inc = k.incarnation;
         self.log(format!("{}: keeper restarted", name(i)));
         self.after(1, Ev::Step(i, inc));

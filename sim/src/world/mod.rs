@@ -14,6 +14,7 @@ use pgpilot_keeper::agent::{
 };
 use pgpilot_keeper::config as keeper_config;
 use pgpilot_keeper::plan::{self, Action};
+use pgpilot_keeper::stopping::{self as stop_rule, StopKind, StopReply, Verdict};
 use pgpilot_monitor::config as monitor_config;
 use pgpilot_monitor::fsm::{Health, KeeperClock, KeeperTimings, Report};
 use pgpilot_monitor::store::MachineSettings;
@@ -128,6 +129,8 @@ struct Timings {
     health_timeout: Ms,
     keeper: KeeperTimings,
     machine: MachineSettings,
+    /// How long a keeper stopped on purpose lets its node hand over.
+    stop_timeout: Duration,
 }
 
 /// What a restarted keeper's fence task requires before the monitor answers.
@@ -185,6 +188,7 @@ impl Timings {
                 fence_margin: monitor_config::DEFAULT_FENCE_MARGIN,
                 postgres_restart_timeout: monitor_config::DEFAULT_POSTGRES_RESTART_TIMEOUT,
             },
+            stop_timeout: keeper_config::DEFAULT_STOP_TIMEOUT,
         }
     }
 }
@@ -344,6 +348,12 @@ struct Keeper {
     /// This keeper process reloaded PostgreSQL once (executor.rs
     /// `reloaded`): its first reload is never skipped.
     reloaded: bool,
+    /// Stopping its node on purpose (SIGTERM) since then
+    /// (keeper/src/stopping.rs), and what the monitor said to it.
+    stopping: Option<Ms>,
+    stop_reply: Option<StopReply>,
+    /// Whether the formation is paused, as the monitor last said.
+    paused: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -578,6 +588,9 @@ impl World {
             last_error: None,
             start_failures: 0,
             reloaded: false,
+            stopping: None,
+            stop_reply: None,
+            paused: None,
         };
         let monitor = Monitor::new(t.machine, opts.monitor_flaw);
         World {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use pgpilot_proto::pb::FormationState;
+use pgpilot_proto::ReplicationState;
 
 use crate::state::{FormationStateExt, NodeStatusExt};
 use crate::wait::{poll_until, GiveUp};
@@ -71,6 +72,33 @@ impl Cluster {
             s.node(node).is_some_and(|n| n.reports_writable_primary())
         })
         .await
+    }
+
+    /// Wait until a node other than `old` reports a writable primary state.
+    pub async fn wait_other_primary(&self, old: &str, timeout: Duration) -> Result<FormationState> {
+        self.wait_state(timeout, "another writable primary", |s| {
+            s.writable_primaries()
+                .iter()
+                .any(|p| p.name != old && p.reports_writable_primary())
+        })
+        .await
+    }
+
+    /// Wait until `old` has rejoined as a settled secondary of `new`, a
+    /// settled primary.
+    pub async fn wait_rejoined(&self, old: &str, new: &str, timeout: Duration) -> Result<()> {
+        self.wait_state(
+            timeout,
+            &format!("{old} to rejoin as secondary with {new} primary"),
+            |s| {
+                s.node(old)
+                    .is_some_and(|n| n.settled_in(ReplicationState::Secondary))
+                    && s.node(new)
+                        .is_some_and(|n| n.settled_in(ReplicationState::Primary))
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Wait until the keepers' `on_role_change` hook has pointed the

@@ -22,9 +22,10 @@ pub(crate) enum Call {
     SetMaintenance(pb::SetMaintenanceRequest),
     DropNode(pb::DropNodeRequest),
     ReinitNode(pb::ReinitNodeRequest),
+    SetPaused(pb::SetPausedRequest),
 }
 
-pub(crate) const RPCS: [&str; 10] = [
+pub(crate) const RPCS: [&str; 11] = [
     "RegisterNode",
     "NodeActive",
     "GetFormationState",
@@ -35,6 +36,7 @@ pub(crate) const RPCS: [&str; 10] = [
     "SetMaintenance",
     "DropNode",
     "ReinitNode",
+    "SetPaused",
 ];
 
 impl Call {
@@ -50,6 +52,7 @@ impl Call {
             Call::SetMaintenance(_) => RPCS[7],
             Call::DropNode(_) => RPCS[8],
             Call::ReinitNode(_) => RPCS[9],
+            Call::SetPaused(_) => RPCS[10],
         }
     }
 
@@ -65,6 +68,7 @@ impl Call {
             Call::SetMaintenance(r) => r.encoded_len(),
             Call::DropNode(r) => r.encoded_len(),
             Call::ReinitNode(r) => r.encoded_len(),
+            Call::SetPaused(r) => r.encoded_len(),
         }
     }
 
@@ -155,6 +159,7 @@ pub(crate) async fn send(
         Call::SetMaintenance(r) => Reply::Operation(client.set_maintenance(r).await?.into_inner()),
         Call::DropNode(r) => Reply::Operation(client.drop_node(r).await?.into_inner()),
         Call::ReinitNode(r) => Reply::Operation(client.reinit_node(r).await?.into_inner()),
+        Call::SetPaused(r) => Reply::Operation(client.set_paused(r).await?.into_inner()),
     })
 }
 

@@ -181,7 +181,7 @@ impl Generator {
     pub(crate) fn call(&self, rng: &mut Rng, who: &Who, registry: &Shared) -> Call {
         let wild = *rng.pick(&[0.0, 0.0, 0.1, 0.3, 0.6, 1.0]);
         let w = |rng: &mut Rng| rng.chance(wild);
-        let mut call = match rng.below(10) {
+        let mut call = match rng.below(11) {
             0 => {
                 let (mut formation, mut name) = (self.formation(rng, wild), self.name(rng, wild));
                 if let Who::Keeper {
@@ -387,9 +387,13 @@ impl Generator {
                 // Rarely, so that the formations keep some nodes.
                 force: rng.chance(0.05),
             }),
-            _ => Call::ReinitNode(pb::ReinitNodeRequest {
+            9 => Call::ReinitNode(pb::ReinitNodeRequest {
                 formation: self.formation(rng, wild),
                 node: self.name(rng, wild),
+            }),
+            _ => Call::SetPaused(pb::SetPausedRequest {
+                formation: self.formation(rng, wild),
+                paused: rng.chance(0.5),
             }),
         };
         if rng.chance(0.005) {
@@ -422,5 +426,6 @@ pub(crate) fn oversize(call: &mut Call, rng: &mut Rng) {
         Call::SetMaintenance(r) => r.node = big,
         Call::DropNode(r) => r.formation = big,
         Call::ReinitNode(r) => r.node = big,
+        Call::SetPaused(r) => r.formation = big,
     }
 }

@@ -97,7 +97,8 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
         }
         Call::GetFormationState(pb::GetFormationStateRequest { formation })
         | Call::ListEvents(pb::ListEventsRequest { formation, .. })
-        | Call::SetNumberSyncStandbys(pb::SetNumberSyncStandbysRequest { formation, .. }) => {
+        | Call::SetNumberSyncStandbys(pb::SetNumberSyncStandbysRequest { formation, .. })
+        | Call::SetPaused(pb::SetPausedRequest { formation, .. }) => {
             if !valid_formation(formation) {
                 return Some(format!("formation {formation:?} is not a valid name"));
             }

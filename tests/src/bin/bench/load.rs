@@ -314,13 +314,7 @@ async fn unplanned(cluster: &Cluster, args: &LoadArgs) -> Result<Sample> {
     let old = current_primary(cluster).await?;
     let load = load(cluster, args).await?;
     let killed = cluster.kill_node_hard(&old)?;
-    cluster
-        .wait_state(LONG, "another writable primary", |s| {
-            s.writable_primaries()
-                .iter()
-                .any(|p| p.name != old && p.reports_writable_primary())
-        })
-        .await?;
+    cluster.wait_other_primary(&old, LONG).await?;
     let mut sample = stop(cluster, load, killed, Outage::Around).await?;
     let before = last_event_id(&events(cluster).await?);
     let restarted = Instant::now();

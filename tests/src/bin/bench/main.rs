@@ -475,11 +475,7 @@ async fn host_killed(cluster: &Cluster, and_monitor: bool) -> Result<Sample> {
         cluster.kill_monitor_at(0)?;
     }
     cluster
-        .wait_state(Duration::from_secs(120), "another writable primary", |s| {
-            s.writable_primaries()
-                .iter()
-                .any(|p| p.name != old && p.reports_writable_primary())
-        })
+        .wait_other_primary(&old, Duration::from_secs(120))
         .await?;
     wait_for_writes(cluster, &w, killed).await?;
     let sample = finish(cluster, w, killed).await?;
@@ -588,11 +584,7 @@ async fn node_stop(cluster: &Cluster) -> Result<Sample> {
     wait_for_writes(cluster, &w, Instant::now()).await?;
     let stopped = cluster.stop_node(&old).await?;
     cluster
-        .wait_state(Duration::from_secs(120), "another writable primary", |s| {
-            s.writable_primaries()
-                .iter()
-                .any(|p| p.name != old && p.reports_writable_primary())
-        })
+        .wait_other_primary(&old, Duration::from_secs(120))
         .await?;
     wait_for_writes(cluster, &w, Instant::now()).await?;
     let sample = finish(cluster, w, stopped).await?;
@@ -672,11 +664,7 @@ async fn partition(cluster: &Cluster) -> Result<Sample> {
     cluster.ingress(&old)?.blackhole();
     let cut = Instant::now();
     cluster
-        .wait_state(Duration::from_secs(120), "another writable primary", |s| {
-            s.writable_primaries()
-                .iter()
-                .any(|p| p.name != old && p.reports_writable_primary())
-        })
+        .wait_other_primary(&old, Duration::from_secs(120))
         .await?;
     wait_for_writes(cluster, &network, Instant::now()).await?;
     cluster.monitor_link(&old)?.heal();

@@ -179,6 +179,7 @@ mod tests {
             lsn: 7000,
             timeline: 3,
             candidate_priority: 50,
+            formation_paused: false,
         }
     }
 

@@ -22,6 +22,8 @@ pub struct NodeView {
     pub lsn: u64,
     pub timeline: u32,
     pub candidate_priority: u32,
+    /// Its formation is paused (no automatic failover).
+    pub formation_paused: bool,
 }
 
 impl NodeView {
@@ -161,6 +163,17 @@ pub fn render_nodes(nodes: &[NodeView], database_up: bool) -> String {
             flag(any),
         );
     }
+    f.head("pgpilot_formation_paused", "1 while an operator has paused the formation (pause): the monitor starts no failover in it; else 0.");
+    for formation in &formations {
+        let paused = nodes
+            .iter()
+            .any(|n| n.formation == *formation && n.formation_paused);
+        f.sample(
+            "pgpilot_formation_paused",
+            &[("formation", formation)],
+            flag(paused),
+        );
+    }
     out
 }
 
@@ -194,6 +207,7 @@ mod tests {
             lsn,
             timeline: 2,
             candidate_priority: 50,
+            formation_paused: false,
         }
     }
 
@@ -217,6 +231,7 @@ mod tests {
             "pgpilot_formation_nodes{formation=\"default\",state=\"secondary\"} 1",
             "pgpilot_formation_nodes{formation=\"default\",state=\"catchingup\"} 0",
             "pgpilot_formation_writable_primary{formation=\"default\"} 1",
+            "pgpilot_formation_paused{formation=\"default\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
@@ -253,6 +268,10 @@ mod tests {
         assert!(!text.contains(
             "pgpilot_node_heartbeat_age_seconds{formation=\"default\",group=\"0\",node=\"we"
         ));
+        let mut paused = node("node1", S::Primary, 5000);
+        paused.formation_paused = true;
+        assert!(render_nodes(&[paused], true)
+            .contains("pgpilot_formation_paused{formation=\"default\"} 1"));
         // The monitor took the role away: no longer counted as the primary.
         let mut demoted = node("node1", S::Primary, 5000);
         demoted.goal = S::Demoted;

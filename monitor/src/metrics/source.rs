@@ -65,6 +65,7 @@ impl NodeView {
             lsn: n.snap.lsn,
             timeline: n.snap.timeline,
             candidate_priority: n.snap.candidate_priority,
+            formation_paused: false,
         }
     }
 }
@@ -86,8 +87,14 @@ impl MetricsSource for Store {
     type Error = crate::store::Error;
 
     async fn snapshot(&self) -> Result<Vec<NodeView>, Self::Error> {
-        let (nodes, now) = self.metrics_snapshot().await?;
-        Ok(nodes.iter().map(|n| NodeView::new(n, now)).collect())
+        let (nodes, now, paused) = self.metrics_snapshot().await?;
+        Ok(nodes
+            .iter()
+            .map(|n| NodeView {
+                formation_paused: paused.contains(&n.formation),
+                ..NodeView::new(n, now)
+            })
+            .collect())
     }
 
     async fn last_event_id(&self) -> Result<i64, Self::Error> {

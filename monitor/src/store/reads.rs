@@ -82,9 +82,9 @@ impl Store {
 
 /// Reads for the metrics endpoint (`metrics.rs`): plain snapshots, no lock.
 impl Store {
-    /// Every node of every formation, and the database's time (heartbeats
-    /// are stamped with it).
-    pub async fn metrics_snapshot(&self) -> Result<(Vec<StoredNode>, DateTime<Utc>)> {
+    /// Every node of every formation, the database's time (heartbeats are
+    /// stamped with it), and the names of the formations paused.
+    pub async fn metrics_snapshot(&self) -> Result<(Vec<StoredNode>, DateTime<Utc>, Vec<String>)> {
         let mut tx = self.pool.begin().await?;
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
             .fetch_one(&mut *tx)
@@ -93,8 +93,12 @@ impl Store {
             sqlx::query_as("SELECT * FROM node ORDER BY formation, group_id, node_id")
                 .fetch_all(&mut *tx)
                 .await?;
+        let paused: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM formation WHERE paused_by IS NOT NULL")
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
-        Ok((rows::nodes(rows)?, now))
+        Ok((rows::nodes(rows)?, now, paused))
     }
 
     /// The id of the newest event (0 when there is none).

@@ -193,10 +193,16 @@ impl World {
             return;
         };
         let stuck = self.monitor.waiting.iter().any(|w| w.is_election_stuck());
-        if stuck && !self.forced_after_faults && self.now > over + STUCK_FORCE_MS {
+        if stuck
+            && self.forces_after_faults < MAX_FORCES
+            && self.now > self.last_force.unwrap_or(over) + STUCK_FORCE_MS
+        {
             // What an operator does with an election that says it is stuck
-            // (the documented double-fault case): accept the data loss.
-            self.forced_after_faults = true;
+            // (the documented double-fault case): accept the data loss —
+            // again if it says so again (an override counts for one outage:
+            // an old primary heard meanwhile ends it).
+            self.last_force = Some(self.now);
+            self.forces_after_faults += 1;
             self.stats.forced = true;
             let r = self.operator_op(|m, now| m.force_election(now));
             self.log(format!(
@@ -204,6 +210,17 @@ impl World {
             ));
             if r.is_ok() {
                 self.data_loss_allowed = true;
+            }
+        }
+        // What an operator does with a node left in maintenance once the
+        // work is over: take it out, again until the monitor accepts (it
+        // refuses while the node is still on its way in).
+        for i in 0..self.monitor.nodes.len() {
+            if self.monitor.nodes[i].goal == S::Maintenance {
+                let node = self.monitor.nodes[i].name.clone();
+                if let Ok(m) = self.operator_op(|m, now| m.set_maintenance(&node, false, now)) {
+                    self.log(format!("operator: disable-maintenance {node}: {m}"));
+                }
             }
         }
         if converged {
@@ -230,10 +247,10 @@ impl World {
                 format!(
                     "the group did not settle within {:.1} s after the faults stopped (the bound derived from the timeouts{}){}",
                     self.liveness_bound() as f64 / 1000.0,
-                    if self.forced_after_faults {
-                        ", plus the wait before an operator forced the stuck election"
-                    } else {
-                        ""
+                    match self.forces_after_faults {
+                        0 => String::new(),
+                        1 => ", plus the wait before an operator forced the stuck election".to_string(),
+                        n => format!(", plus the waits before an operator forced the stuck election {n} times"),
                     },
                     if diverged.is_empty() {
                         String::new()
@@ -249,15 +266,10 @@ impl World {
     }
 
     /// The liveness bound: derived from the timeouts, plus the wait before
-    /// an operator forces an election that says it is stuck (a double
-    /// fault) when one did.
+    /// each time an operator forced an election that said it was stuck (a
+    /// double fault).
     fn liveness_bound(&self) -> Ms {
-        self.t.liveness_ms()
-            + if self.forced_after_faults {
-                STUCK_FORCE_MS
-            } else {
-                0
-            }
+        self.t.liveness_ms() + Ms::from(self.forces_after_faults) * STUCK_FORCE_MS
     }
 
     /// Every keeper alive and at its goal, the monitor agreeing, goals
@@ -302,6 +314,9 @@ impl World {
             self.loss,
             self.slow
         );
+        for w in &self.monitor.waiting {
+            let _ = writeln!(out, "waiting ({}): {w}", w.kind());
+        }
         for i in 0..self.pgs.len() {
             let pg = &self.pgs[i];
             let k = &self.keepers[i];

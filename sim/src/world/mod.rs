@@ -48,6 +48,9 @@ const MAX_CRASH_RECOVERY_MS: Ms = 25_000;
 /// An election still stuck this long after the faults stopped is forced,
 /// as an operator would.
 const STUCK_FORCE_MS: Ms = 15_000;
+/// An operator forces a stuck election at most this many times after the
+/// faults stop (the liveness bound grows by `STUCK_FORCE_MS` each time).
+const MAX_FORCES: u32 = 3;
 /// Trace lines kept for a failure report (all of them with a full trace).
 const TRACE_TAIL: usize = 80;
 
@@ -524,7 +527,10 @@ pub struct World {
     /// For each node: (history generation, acked_sync checked so far).
     checked: Vec<(u64, usize)>,
     data_loss_allowed: bool,
-    forced_after_faults: bool,
+    /// When the operator last forced a stuck election after the faults
+    /// stopped, and how many times it did.
+    last_force: Option<Ms>,
+    forces_after_faults: u32,
     /// Whether the group's primary, when last seen, ran with synchronous
     /// replication.
     primary_had_sync: bool,
@@ -618,7 +624,8 @@ impl World {
             acked_by: Vec::new(),
             checked: vec![(u64::MAX, 0); n],
             data_loss_allowed: false,
-            forced_after_faults: false,
+            last_force: None,
+            forces_after_faults: 0,
             primary_had_sync: false,
             current_primary: None,
             previous_primary: None,

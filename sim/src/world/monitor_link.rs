@@ -70,10 +70,12 @@ impl World {
             }
         }
         if let Some(p) = &self.monitor.paused {
-            if let Some(e) = events
-                .iter()
-                .find(|e| matches!(e.kind, "primary_unhealthy" | "primary_postgres_down"))
-            {
+            // An election starts by asking the standbys to report; one
+            // already under way when the formation was paused goes on.
+            if let Some(e) = events.iter().find(|e| {
+                e.to == S::ReportLsn
+                    && matches!(e.kind, "primary_unhealthy" | "primary_postgres_down")
+            }) {
                 let what = format!(
                     "a failover started while the formation was paused (by {} since {}): {} {} -> {}: {}",
                     p.by, p.since, e.node, e.from, e.to, e.reason

@@ -291,6 +291,8 @@ pub const KEEPER_EDGES: &[(ReplicationState, ReplicationState)] = &[
     (S::Secondary, S::Maintenance),
     (S::Catchingup, S::Maintenance),
     (S::WaitMaintenance, S::Maintenance),
+    // Maintenance called back before the standby stopped.
+    (S::WaitMaintenance, S::Catchingup),
     (S::Primary, S::PrepareMaintenance),
     (S::WaitPrimary, S::PrepareMaintenance),
     (S::ApplySettings, S::PrepareMaintenance),

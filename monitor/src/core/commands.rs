@@ -282,7 +282,7 @@ pub fn set_maintenance(
     };
     let node = &nodes[i];
     let (decisions, message) = if !enabled {
-        if node.goal != S::Maintenance {
+        if !matches!(node.goal, S::Maintenance | S::WaitMaintenance) {
             return Err(Refusal::NotInMaintenance {
                 name: name.into(),
                 goal: node.goal,

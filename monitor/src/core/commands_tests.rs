@@ -91,3 +91,31 @@ fn allow_data_loss_is_refused_beside_a_primary_that_may_not_fence() {
     assert!(refused.to_string().contains("start its keeper again"));
     assert_eq!(nodes[1].goal, S::ReportLsn, "nothing was promoted");
 }
+
+/// Found through the simulation (seed 120725): a standby waiting for its
+/// primary to stop counting it (`wait_maintenance`, the primary keeping it
+/// under `number_sync_standbys`) could not be called back. It can: it
+/// catches up again.
+#[test]
+fn maintenance_is_called_back_before_the_standby_stopped() {
+    let env = env(now());
+    let mut group = vec![
+        node(1, S::Primary, 1),
+        node(2, S::WaitMaintenance, 1),
+        node(3, S::Secondary, 1),
+    ];
+    let done = set_maintenance(&mut group, "default", "node2", false, &env).unwrap();
+    assert_eq!(done.decisions.len(), 1);
+    assert_eq!(
+        (done.decisions[0].from, done.decisions[0].to),
+        (S::WaitMaintenance, S::Catchingup)
+    );
+    assert_eq!(group[1].goal, S::Catchingup);
+    // A primary handing over for maintenance is not called back.
+    let mut group = vec![node(1, S::PrepareMaintenance, 1), node(2, S::Secondary, 1)];
+    let refused = set_maintenance(&mut group, "default", "node1", false, &env).unwrap_err();
+    assert!(
+        matches!(refused, Refusal::NotInMaintenance { .. }),
+        "{refused}"
+    );
+}

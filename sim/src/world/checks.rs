@@ -216,7 +216,10 @@ impl World {
         // work is over: take it out, again until the monitor accepts (it
         // refuses while the node is still on its way in).
         for i in 0..self.monitor.nodes.len() {
-            if self.monitor.nodes[i].goal == S::Maintenance {
+            if matches!(
+                self.monitor.nodes[i].goal,
+                S::Maintenance | S::WaitMaintenance
+            ) {
                 let node = self.monitor.nodes[i].name.clone();
                 if let Ok(m) = self.operator_op(|m, now| m.set_maintenance(&node, false, now)) {
                     self.log(format!("operator: disable-maintenance {node}: {m}"));

@@ -539,14 +539,8 @@ impl World {
         if self.pgs[i].running && !self.pgs[i].in_recovery {
             self.pgs[i].outlived_keeper = true;
         }
-        if !self.guard_ticking[i] {
-            self.guard_ticking[i] = true;
-            self.after(FENCE_TICK_MS, Ev::GuardTick(i));
-        }
-        let k = &mut self.keepers[i];
-        k.alive = false;
-        k.incarnation += 1;
-        k.phase = Phase::Dead;
+        self.keeper_gone(i);
+        let k = &self.keepers[i];
         let line = format!(
             "{}: keeper killed (state file: {} goal {})",
             name(i),
@@ -600,6 +594,18 @@ impl World {
                 why
             }
         };
+        self.keeper_gone(i);
+        self.keepers[i].stopping = None;
+        self.log(format!("{}: keeper exits: {why}", name(i)));
+        // Started again later, as after patching its host.
+        let d = self.rng.range(500, 8_000);
+        self.after(d, Ev::KeeperRestart(i));
+        true
+    }
+
+    /// The keeper process of node `i` is gone (killed or exited): its
+    /// fence guard goes on alone.
+    fn keeper_gone(&mut self, i: usize) {
         if !self.guard_ticking[i] {
             self.guard_ticking[i] = true;
             self.after(FENCE_TICK_MS, Ev::GuardTick(i));
@@ -608,12 +614,6 @@ impl World {
         k.alive = false;
         k.incarnation += 1;
         k.phase = Phase::Dead;
-        k.stopping = None;
-        self.log(format!("{}: keeper exits: {why}", name(i)));
-        // Started again later, as after patching its host.
-        let d = self.rng.range(500, 8_000);
-        self.after(d, Ev::KeeperRestart(i));
-        true
     }
 
     pub(super) fn keeper_restart(&mut self, i: usize) {

@@ -509,6 +509,19 @@ async fn leftover_programs_naming_a_directory_are_killed() {
     };
     let mut ours = spawn(&target);
     let mut other = spawn(&dir.path().join("elsewhere"));
+    // Scan only once the child shows as `sh` naming the directory (a
+    // loaded machine may show it a moment late).
+    let shows = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(b"sh"))
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|a| a == target.as_os_str().as_encoded_bytes())
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !shows(ours.id()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let killed = kill_programs_naming("sh", target.as_os_str(), Duration::from_secs(10)).await;
     // sh's own child may be caught between fork and exec, still `sh`
     // with our arguments: a copy of the program, rightly killed too.

@@ -12,23 +12,22 @@ use std::time::Duration;
 use pgpilot_keeper::agent::{
     answer_renews, fence_armed, fence_step, FenceStep, FENCE_REQUIRED_UNTIL_ANSWERED,
 };
-use pgpilot_keeper::config as keeper_config;
 use pgpilot_keeper::plan::{self, Action};
 use pgpilot_keeper::stopping::{self as stop_rule, StopKind, StopReply, Verdict};
-use pgpilot_monitor::config as monitor_config;
-use pgpilot_monitor::fsm::{Health, KeeperClock, KeeperTimings, Report};
-use pgpilot_monitor::store::MachineSettings;
+use pgpilot_monitor::fsm::{Health, KeeperClock, Report};
 use pgpilot_proto::ReplicationState as S;
 
 use crate::monitor::{Heartbeat, Monitor, MonitorFlaw, Reply};
 use crate::rng::Rng;
 use crate::Ms;
+use timings::Timings;
 
 mod actions;
 mod checks;
 mod faults;
 mod keeper;
 mod monitor_link;
+mod timings;
 mod wal;
 
 /// How often WAL moves from upstreams to standbys, and commits are acknowledged.
@@ -120,80 +119,9 @@ enum Peer {
     Node(usize),
 }
 
-/// The timings every part runs with: the shipped defaults.
-#[derive(Debug, Clone, Copy)]
-struct Timings {
-    heartbeat: Ms,
-    fence_timeout: Ms,
-    wal_receiver_timeout: Ms,
-    wal_sender_timeout: Ms,
-    rpc_timeout: Ms,
-    health_interval: Ms,
-    health_timeout: Ms,
-    keeper: KeeperTimings,
-    machine: MachineSettings,
-    /// How long a keeper stopped on purpose lets its node hand over.
-    stop_timeout: Duration,
-}
-
 /// What a restarted keeper's fence task requires before the monitor answers.
 fn fence_required_after_restart() -> u32 {
     FENCE_REQUIRED_UNTIL_ANSWERED
-}
-
-fn ms(d: Duration) -> Ms {
-    d.as_millis() as Ms
-}
-
-impl Timings {
-    /// How long the group may take to settle once the faults stop,
-    /// derived from the timeouts: a crash recovery the faults started
-    /// runs out, then the primary's PostgreSQL gets its
-    /// `postgres_restart_timeout`, then one failover — the keeper's
-    /// silence noticed (node timeout and a health check), the fence
-    /// deadline (fence timeout, the standbys' streams gone after
-    /// `wal_sender_timeout`, a keeper loop and the margin) — and ten
-    /// keeper loops for the promotion steps, the rejoin and the catch-up.
-    fn liveness_ms(&self) -> Ms {
-        MAX_CRASH_RECOVERY_MS
-            + ms(self.machine.postgres_restart_timeout)
-            + ms(self.machine.node_timeout)
-            + self.health_timeout
-            + self.fence_timeout
-            + self.wal_sender_timeout
-            + ms(self.machine.fence_margin)
-            + 10 * self.heartbeat
-    }
-
-    fn defaults() -> Timings {
-        let heartbeat = keeper_config::DEFAULT_HEARTBEAT_INTERVAL;
-        let fence_timeout = keeper_config::DEFAULT_FENCE_TIMEOUT;
-        let wal_sender_timeout = keeper_config::DEFAULT_WAL_SENDER_TIMEOUT;
-        // The keeper's RPC timeout (agent.rs `rpc_timeout`).
-        let rpc = heartbeat
-            .max(Duration::from_millis(500))
-            .min(fence_timeout / 2);
-        Timings {
-            heartbeat: ms(heartbeat),
-            fence_timeout: ms(fence_timeout),
-            wal_receiver_timeout: ms(keeper_config::DEFAULT_WAL_RECEIVER_TIMEOUT),
-            wal_sender_timeout: ms(wal_sender_timeout),
-            rpc_timeout: ms(rpc),
-            health_interval: ms(monitor_config::DEFAULT_HEALTH_CHECK_INTERVAL),
-            health_timeout: ms(monitor_config::DEFAULT_HEALTH_CHECK_TIMEOUT),
-            keeper: KeeperTimings {
-                heartbeat_interval: heartbeat,
-                fence_timeout,
-                wal_sender_timeout,
-            },
-            machine: MachineSettings {
-                node_timeout: monitor_config::DEFAULT_NODE_TIMEOUT,
-                fence_margin: monitor_config::DEFAULT_FENCE_MARGIN,
-                postgres_restart_timeout: monitor_config::DEFAULT_POSTGRES_RESTART_TIMEOUT,
-            },
-            stop_timeout: keeper_config::DEFAULT_STOP_TIMEOUT,
-        }
-    }
 }
 
 /// A walsender on an upstream: the standby it serves.

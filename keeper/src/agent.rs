@@ -216,6 +216,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                     }
                 }
                 _ = tokio::time::sleep(self.config.heartbeat_interval) => {}
+                // The monitor changed this node's group: heartbeat now.
+                _ = self.client.woken() => {}
             }
         };
         if let Some(fence) = fence {

@@ -180,6 +180,10 @@ impl MonitorClient {
         request: pb::NodeActiveRequest,
     ) -> Result<pb::NodeActiveReply, tonic::Status> {
         let open = self.stream.take().filter(|s| s.url == in_use.url);
+        let request = pb::NodeActiveRequest {
+            wakes: true,
+            ..request
+        };
         let mut stream = match open {
             Some(stream) => {
                 if stream.requests.send(request).await.is_err() {
@@ -206,21 +210,49 @@ impl MonitorClient {
                     Err(status) if status.code() == tonic::Code::Unimplemented => {
                         tracing::info!(monitor = %in_use.url, "the monitor has no heartbeat stream: one call per heartbeat");
                         self.unary_only.insert(in_use.url.clone());
+                        let request = pb::NodeActiveRequest {
+                            wakes: false,
+                            ..request
+                        };
                         return unary(in_use, request).await;
                     }
                     Err(status) => return Err(status),
                 }
             }
         };
-        match stream.replies.message().await {
-            Ok(Some(reply)) => {
-                self.stream = Some(stream);
-                Ok(reply)
+        loop {
+            match stream.replies.message().await {
+                // A wake-up sent before this answer: the answer is newer.
+                Ok(Some(reply)) if reply.wake => continue,
+                Ok(Some(reply)) => {
+                    self.stream = Some(stream);
+                    return Ok(reply);
+                }
+                Ok(None) => {
+                    return Err(tonic::Status::unavailable(
+                        "the monitor closed the heartbeat stream",
+                    ))
+                }
+                Err(status) => return Err(status),
             }
-            Ok(None) => Err(tonic::Status::unavailable(
-                "the monitor closed the heartbeat stream",
-            )),
-            Err(status) => Err(status),
+        }
+    }
+
+    /// Resolves when the monitor wakes this keeper: its group changed after
+    /// the last answer (never, without an open heartbeat stream). Cancel
+    /// safe: the loop races it against its heartbeat timer. A stream that
+    /// ends here, or sends anything but a wake-up between two answers, is
+    /// dropped and opened again on the next heartbeat.
+    pub async fn woken(&mut self) {
+        let Some(stream) = self.stream.as_mut() else {
+            return std::future::pending().await;
+        };
+        match stream.replies.message().await {
+            Ok(Some(reply)) if reply.wake => {}
+            _ => {
+                self.stream = None;
+                std::future::pending().await
+            }
         }
     }
 
@@ -290,6 +322,8 @@ pub fn node_active_request(
         // The loop's heartbeat says these (see `crate::agent`).
         clone_from: String::new(),
         stopping: false,
+        // Set where the heartbeat goes over a stream (`streamed`).
+        wakes: false,
     }
 }
 

@@ -150,7 +150,8 @@ pub async fn run(
     let service =
         service::MonitorService::with_auth(store.clone(), auth::Authenticator::new(&transport))
             .answered_by(&me)
-            .stopping(streams_stop);
+            .stopping(streams_stop)
+            .waking_keepers();
     // Graceful shutdown waits for every HTTP/2 stream: the keepers'
     // heartbeat streams are told to end first.
     let shutdown = async move {

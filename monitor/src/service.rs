@@ -48,6 +48,19 @@ impl MonitorService {
         self
     }
 
+    /// Wake keepers that stream their heartbeats when their group changes
+    /// (a task listening on the monitor database for as long as it runs).
+    pub fn waking_keepers(mut self) -> Self {
+        let wakes = std::sync::Arc::new(crate::store::wakes::Wakes::default());
+        tokio::spawn({
+            let store = self.store.clone();
+            let wakes = wakes.clone();
+            async move { store.listen_for_wakes(wakes).await }
+        });
+        self.beats = self.beats.waking(wakes);
+        self
+    }
+
     /// Name this monitor process in the state it answers.
     pub fn answered_by(mut self, monitor_id: &str) -> Self {
         self.monitor_id = monitor_id.to_string();

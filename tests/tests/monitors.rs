@@ -540,3 +540,117 @@ async fn the_cli_moves_to_the_next_monitor() -> Result<()> {
     refused?;
     cluster.shutdown().await
 }
+
+/// `pgpilot-monitor ARGS` against monitor `at` only.
+async fn cli_at(cluster: &Cluster, at: usize, args: &[&str]) -> Result<String> {
+    let mut cmd = tokio::process::Command::from(cluster.tools().monitor_command());
+    cmd.args(args)
+        .args(["--monitor", &cluster.monitor_urls()[at]])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await??;
+    if !out.status.success() {
+        bail!(
+            "pgpilot-monitor {} through monitor {at} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A goal committed through one monitor reaches a keeper streaming its
+/// heartbeats to the other at once: that monitor hears of it from the
+/// database and sends a wake-up on the stream. A node of a formation of its
+/// own (no other node can change its group) heartbeats to monitor 0 over a
+/// raw stream; it is dropped through monitor 1; monitor 0 must send a
+/// wake-up though the node sent nothing since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_goal_committed_through_one_monitor_wakes_a_stream_on_the_other() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(1).monitors(2)).await?;
+    let result = wake_across_monitors(&cluster).await;
+    if result.is_err() {
+        eprintln!("{}", cluster.diagnostics().await);
+    }
+    cluster.shutdown().await?;
+    result
+}
+
+async fn wake_across_monitors(cluster: &Cluster) -> Result<()> {
+    cli_at(cluster, 1, &["create-formation", "wakes"]).await?;
+    let channel = tonic::transport::Endpoint::from_shared(cluster.monitor_urls()[0].clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    let mut client = pb::monitor_client::MonitorClient::new(channel);
+    let timings = pb::KeeperTimings {
+        heartbeat_interval_ms: 500,
+        fence_timeout_ms: 1500,
+        wal_sender_timeout_ms: 2000,
+    };
+    let registered = client
+        .register_node(pb::RegisterNodeRequest {
+            formation: "wakes".into(),
+            name: "ghost".into(),
+            host: "127.0.0.1".into(),
+            port: u32::from(process::free_port()?),
+            system_identifier: 7,
+            candidate_priority: 50,
+            replication_quorum: true,
+            timings: Some(timings),
+        })
+        .await?
+        .into_inner();
+    let beat = |reported: i32| pb::NodeActiveRequest {
+        node_id: registered.node_id,
+        reported_state: reported,
+        pg_running: true,
+        system_identifier: 7,
+        timings: Some(timings),
+        wakes: true,
+        ..Default::default()
+    };
+    let (requests, rx) = tokio::sync::mpsc::channel(4);
+    requests.send(beat(registered.goal_state)).await?;
+    let mut replies = client
+        .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    // Heartbeat until the node reports the goal it was given.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reported = registered.goal_state;
+    loop {
+        let reply = tokio::time::timeout_at(deadline.into(), replies.message())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("monitor 0 closed the stream"))?;
+        if reply.wake {
+            continue;
+        }
+        if reply.goal_state == reported {
+            break;
+        }
+        reported = reply.goal_state;
+        requests.send(beat(reported)).await?;
+    }
+    let goal = pb::NodeState::try_from(reported)?;
+    eprintln!("ghost settled in {goal:?} through monitor 0");
+    cli_at(cluster, 1, &["drop-node", "--no-wait", "--formation", "wakes", "ghost"]).await?;
+    match tokio::time::timeout(Duration::from_secs(20), replies.message()).await {
+        Ok(Ok(Some(reply))) if reply.wake => {
+            eprintln!("monitor 0 woke the stream after the drop through monitor 1");
+        }
+        Ok(other) => bail!("expected a wake-up on the stream, got {other:?}"),
+        Err(_) => bail!(
+            "monitor 0 sent no wake-up within 20 s after the node was dropped through monitor 1"
+        ),
+    }
+    // The woken keeper heartbeats and reads its new goal.
+    requests.send(beat(reported)).await?;
+    let reply = tokio::time::timeout(Duration::from_secs(20), replies.message())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("monitor 0 closed the stream"))?;
+    if reply.goal_state != pb::NodeState::Dropped as i32 {
+        bail!("the woken node was answered {reply:?}, expected goal dropped");
+    }
+    Ok(())
+}

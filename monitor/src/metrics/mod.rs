@@ -61,6 +61,7 @@ pub const TRANSITION_SECONDS: &str = "pgpilot_transition_duration_seconds";
 pub const LEASE_HELD: &str = "pgpilot_monitor_lease_held";
 pub const LEASE_TOKEN: &str = "pgpilot_monitor_lease_token";
 pub const LEASE_ACQUISITIONS: &str = "pgpilot_monitor_lease_acquisitions_total";
+pub const KEEPERS_WOKEN: &str = "pgpilot_keepers_woken_total";
 
 /// Reasons of `pgpilot_switchovers_total`.
 pub const SWITCHOVER_REASONS: [&str; 4] = [
@@ -122,8 +123,10 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         LEASE_ACQUISITIONS,
         "Times this monitor process acquired the lease on the background duties."
     );
+    describe_counter!(KEEPERS_WOKEN, "Heartbeat streams of this monitor process told that their node's group changed (a goal committed by any monitor process), so the keeper heartbeats at once instead of on its timer.");
     counter!(HEALTH_CHECKS).increment(0);
     counter!(HEALTH_CHECK_FAILURES).increment(0);
+    counter!(KEEPERS_WOKEN).increment(0);
     counter!(LEASE_ACQUISITIONS).increment(0);
     gauge!(LEASE_HELD).set(0.0);
     Ok(handle)
@@ -146,6 +149,11 @@ pub fn lease_held(token: Option<i64>) {
         gauge!(LEASE_TOKEN).set(token as f64);
         counter!(LEASE_ACQUISITIONS).increment(1);
     }
+}
+
+/// Heartbeat streams woken by one goal change.
+pub fn keepers_woken(streams: usize) {
+    counter!(KEEPERS_WOKEN).increment(streams as u64);
 }
 
 /// One heartbeat handled.

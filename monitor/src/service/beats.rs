@@ -17,6 +17,7 @@ use super::{
 };
 use crate::auth::Caller;
 use crate::error::Error;
+use crate::store::wakes::Wakes;
 use crate::store::{Assignment, Heartbeat, Store};
 
 /// Heartbeats handled at once. Steady-state heartbeats are written in
@@ -44,6 +45,9 @@ pub(super) struct Beats {
     identities: Arc<Mutex<HashMap<i64, (String, String)>>>,
     /// Turns true when the monitor shuts down: open streams end.
     stop: watch::Receiver<bool>,
+    /// Goal changes of the nodes whose keepers stream here (none: keepers
+    /// are never woken).
+    wakes: Option<Arc<Wakes>>,
 }
 
 impl Beats {
@@ -53,7 +57,13 @@ impl Beats {
             in_flight: Arc::new(Semaphore::new(MAX_HEARTBEATS_IN_FLIGHT)),
             identities: Default::default(),
             stop: watch::channel(false).1,
+            wakes: None,
         }
+    }
+
+    pub(super) fn waking(mut self, wakes: Arc<Wakes>) -> Beats {
+        self.wakes = Some(wakes);
+        self
     }
 
     pub(super) fn stopping(mut self, stop: watch::Receiver<bool>) -> Beats {
@@ -88,7 +98,8 @@ impl Beats {
     /// A keeper's stream: its heartbeats answered one after the other by a
     /// task of its own (which a keeper that goes away never cuts in the
     /// middle of a transaction). The first error, a request that cannot be
-    /// read included, ends the stream with its status.
+    /// read included, ends the stream with its status. Between two answers,
+    /// a keeper that asked for wake-ups is sent one when its group changes.
     pub(super) fn stream(
         &self,
         caller: Caller,
@@ -98,6 +109,7 @@ impl Beats {
         let beats = self.clone();
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
+            let mut woken: Option<watch::Receiver<u64>> = None;
             loop {
                 // A request that cannot be read (too large, not a message)
                 // is answered with the status a unary call would get. A
@@ -107,9 +119,22 @@ impl Beats {
                     _ = stop.wait_for(|&s| s) => Err(Status::unavailable(
                         "the monitor is shutting down: retry against another monitor",
                     )),
+                    Some(()) = changed(&mut woken) => {
+                        // Never waits: a keeper that does not read its
+                        // replies gets no more wake-ups.
+                        let _ = tx.try_send(Ok(wake()));
+                        continue;
+                    }
                 };
                 let answer = match next {
-                    Ok(Some(r)) => beats.answer(&caller, r).await,
+                    Ok(Some(r)) => {
+                        let (node_id, wakes) = (r.node_id, r.wakes);
+                        let answer = beats.answer(&caller, r).await;
+                        if answer.is_ok() {
+                            woken = beats.subscribe(woken, node_id, wakes);
+                        }
+                        answer
+                    }
                     Ok(None) => break,
                     Err(status) => Err(status),
                 };
@@ -127,6 +152,26 @@ impl Beats {
             }
         });
         ReceiverStream::new(rx)
+    }
+
+    /// The wake-ups of a stream after an answered heartbeat of `node_id`:
+    /// what it had, or a subscription once its keeper asks; a goal change
+    /// before this answer is in it, so older wake-ups are marked seen.
+    fn subscribe(
+        &self,
+        had: Option<watch::Receiver<u64>>,
+        node_id: i64,
+        asked: bool,
+    ) -> Option<watch::Receiver<u64>> {
+        if !asked {
+            return None;
+        }
+        let mut woken = match had {
+            Some(had) => had,
+            None => self.wakes.as_ref()?.subscribe(node_id),
+        };
+        woken.borrow_and_update();
+        Some(woken)
     }
 
     /// Check, parse, shed or handle one heartbeat.
@@ -218,6 +263,22 @@ impl Beats {
     }
 }
 
+/// The next wake-up of a stream (never, without a subscription).
+async fn changed(woken: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    match woken {
+        Some(w) => w.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// A wake-up: not an answer; the keeper heartbeats at once.
+fn wake() -> pb::NodeActiveReply {
+    pb::NodeActiveReply {
+        wake: true,
+        ..Default::default()
+    }
+}
+
 /// The reply a keeper reads its goal and replication settings from.
 fn reply(a: Assignment) -> pb::NodeActiveReply {
     pb::NodeActiveReply {
@@ -236,5 +297,6 @@ fn reply(a: Assignment) -> pb::NodeActiveReply {
         may_stop: a.stop.as_ref().is_some_and(|s| s.may_stop),
         stop_refused: a.stop.and_then(|s| s.refused).unwrap_or_default(),
         paused: a.paused,
+        wake: false,
     }
 }

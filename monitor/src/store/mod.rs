@@ -43,6 +43,7 @@ mod notes;
 mod reads;
 mod rows;
 mod target;
+pub mod wakes;
 pub mod work;
 
 pub use error::{Error, Result};
@@ -149,6 +150,8 @@ pub struct Store {
     beats: batch::Batcher,
     /// Heartbeats on the locked path at once; beyond it they are shed.
     locked_heartbeats: std::sync::Arc<tokio::sync::Semaphore>,
+    /// One connection that listens for goal changes (see [`wakes`]).
+    listen_pool: PgPool,
 }
 
 /// Heartbeats that may wait for the locked path at once (a few per pooled
@@ -183,10 +186,11 @@ impl Store {
         // locked transactions (registrations, elections) must not starve
         // the steady heartbeats that keep every other group alive.
         let batch_pool = target::pool(&targets, batch::WORKERS as u32, batch::SESSION).await?;
+        let listen_pool = target::pool(&targets, 1, "").await?;
         if targets.many() {
             tokio::spawn(target::follow(
                 targets,
-                vec![pool.clone(), batch_pool.clone()],
+                vec![pool.clone(), batch_pool.clone(), listen_pool.clone()],
             ));
         }
         let beats = batch::Batcher::start(batch_pool, settings);
@@ -197,6 +201,7 @@ impl Store {
             locked_heartbeats: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 MAX_LOCKED_HEARTBEATS,
             )),
+            listen_pool,
         })
     }
 
@@ -484,6 +489,7 @@ impl Store {
                     .execute(&mut **tx)
                     .await?;
             }
+            wakes::notify(tx, nodes).await?;
         }
         Ok(())
     }

@@ -234,6 +234,7 @@ impl Generator {
             }
             1 => Call::NodeActive(pb::NodeActiveRequest {
                 stopping: rng.chance(0.2),
+                wakes: rng.chance(0.5),
                 clone_from: if w(rng) {
                     Generator::wild_string(rng)
                 } else {

@@ -207,6 +207,9 @@ impl SimNode {
             notes: Vec::new(),
             clone_from: String::new(),
             stopping: false,
+            // Simulated keepers heartbeat on their timers only: the
+            // capacity measured is the monitor's, without wake-ups.
+            wakes: false,
         }
     }
 }

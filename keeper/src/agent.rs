@@ -11,7 +11,7 @@
 
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pgpilot_proto::lsn::application_name;
 use pgpilot_proto::pb;
@@ -60,6 +60,8 @@ pub struct Keeper<P: LocalPostgres> {
     stopping: Option<(Instant, Option<StopReply>)>,
     /// `on_role_change` and `before_stop` (started with the loop).
     hooks: Hooks,
+    /// Restarts of PostgreSQL asked through the monitor, as it last said.
+    restart_requested: u64,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
@@ -102,6 +104,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             paused: None,
             stopping: None,
             hooks: Hooks::none(),
+            restart_requested: 0,
         })
     }
 
@@ -266,6 +269,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             if !self.lease.lock().await.may_run_primary() && from.is_writable_primary() {
                 return Ok(false);
             }
+            if self.restart_requested > self.state.restart_done {
+                self.restart_step(from, &observation).await?;
+                return Ok(true);
+            }
             self.execute_with_keepalive(&plan::steady(from), None)
                 .await?;
             return Ok(false);
@@ -303,6 +310,46 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         Ok(true)
     }
 
+    /// Restart PostgreSQL at rest in `state`, as asked through the monitor
+    /// (`restart`), with keepalives going out meanwhile: a primary
+    /// checkpoints first (its stop has little left to write), then a fast
+    /// stop and a start. Its heartbeats say PostgreSQL is down while its
+    /// keeper runs, which the monitor waits `postgres_restart_timeout` for
+    /// before any failover. The restart done is saved in the state file
+    /// and told in a note.
+    async fn restart_step(&mut self, state: S, o: &Observation) -> Result<(), KeeperError> {
+        let asked = self.restart_requested;
+        let started = Instant::now();
+        let text = if o.running {
+            let mut actions = vec![Action::Stop, Action::Start];
+            if state.is_writable_primary() {
+                actions.insert(0, Action::Checkpoint);
+            }
+            tracing::info!(state = %state, pending_restart = ?o.pending_restart, "restarting PostgreSQL as asked through the monitor");
+            self.execute_with_keepalive(&actions, None).await?;
+            let pending = if o.pending_restart.is_empty() {
+                "no setting was pending a restart".to_string()
+            } else {
+                format!("pending before: {}", o.pending_restart.join(", "))
+            };
+            format!(
+                "PostgreSQL restarted as asked, as {state}, in {} ({pending})",
+                humantime::format_duration(Duration::from_millis(
+                    started.elapsed().as_millis() as u64
+                ))
+            )
+        } else {
+            "PostgreSQL was not running when its restart was asked: nothing to restart (its next start reads the configuration)".to_string()
+        };
+        self.state.restart_done = asked;
+        state_file::save(&self.config.state_file(), &mut self.state)?;
+        tracing::info!("{text}");
+        self.executor
+            .notes()
+            .push(pgpilot_proto::notes::POSTGRES_RESTARTED, text);
+        Ok(())
+    }
+
     /// The monitor answered a heartbeat sent at `sent`: renew the lease,
     /// keep its instructions, and take its goal.
     async fn follow(
@@ -312,6 +359,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
     ) -> Result<(), KeeperError> {
         let goal = S::from_wire(reply.goal_state).unwrap_or(self.state.goal);
         self.paused = Some(reply.paused);
+        self.restart_requested = reply.restart_requested;
+        if reply.restart_requested < self.state.restart_done {
+            // The monitor counts from less (its node row is new): follow it.
+            self.state.restart_done = reply.restart_requested;
+            state_file::save(&self.config.state_file(), &mut self.state)?;
+        }
         if let Some((_, said)) = &mut self.stopping {
             *said = Some(StopReply {
                 may_stop: reply.may_stop,
@@ -429,6 +482,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         );
         request.clone_from = self.config.clone_from.clone();
         request.stopping = self.stopping.is_some();
+        request.restart_done = self.state.restart_done;
         let notes = self.executor.notes().clone();
         request.notes = notes.pending();
         let sent = request.notes.clone();

@@ -324,6 +324,9 @@ pub fn node_active_request(
         stopping: false,
         // Set where the heartbeat goes over a stream (`streamed`).
         wakes: false,
+        // The loop's heartbeat says it (the monitor never takes it back).
+        restart_done: 0,
+        pending_restart: o.pending_restart.clone(),
     }
 }
 

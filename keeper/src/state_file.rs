@@ -24,6 +24,10 @@ pub struct KeeperState {
     /// even when it belongs to the group. Cleared once it is cloned.
     #[serde(default)]
     pub reclone: bool,
+    /// The last restart asked through the monitor that this keeper
+    /// carried out (the monitor's counter; see `Keeper::restart_step`).
+    #[serde(default)]
+    pub restart_done: u64,
 }
 
 impl KeeperState {
@@ -36,6 +40,7 @@ impl KeeperState {
             current: ReplicationState::Init,
             goal: ReplicationState::Init,
             reclone: false,
+            restart_done: 0,
         }
     }
 }

@@ -381,6 +381,9 @@ impl Monitor for MonitorService {
                     .unwrap_or_default(),
                 work: n.work.clone(),
                 unreachable: crate::core::unreachable(&n.snap, now, self.store.node_timeout()),
+                restart_requested: n.restart.requested,
+                restart_done: n.restart.done,
+                pending_restart: n.pending_restart.clone(),
             })
             .collect();
         let monitors = self
@@ -572,6 +575,24 @@ impl Monitor for MonitorService {
         valid_name("formation", &formation)?;
         valid_name("node name", &r.node)?;
         let message = self.store.reinit_node(&formation, &r.node).await?;
+        tracing::info!(%formation, node = %r.node, "{message}");
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn restart_node(
+        &self,
+        request: Request<pb::RestartNodeRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let caller = self.caller(&request)?;
+        caller.require_operator("restart").map_err(refused)?;
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        valid_name("node name", &r.node)?;
+        let message = self
+            .store
+            .restart_node(&formation, &r.node, &caller.operator_identity())
+            .await?;
         tracing::info!(%formation, node = %r.node, "{message}");
         Ok(Response::new(pb::OperationReply { message }))
     }

@@ -18,16 +18,20 @@ pub const WORK_STALLED: &str = "work_stalled";
 /// existing PostgreSQL) and kept it: its system identifier, and whether
 /// PostgreSQL was restarted once to apply settings that need a restart.
 pub const EXISTING_DATA_ADOPTED: &str = "existing_data_adopted";
+/// PostgreSQL restarted by its keeper, as asked through the monitor
+/// (`restart`): how long it took and which settings were pending.
+pub const POSTGRES_RESTARTED: &str = "postgres_restarted";
 /// The kind a monitor records a note of a kind it does not know under.
 pub const UNKNOWN: &str = "keeper_note";
 
 /// Every kind a keeper sends.
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
     STANDBY_REWOUND,
     STANDBY_RECLONED,
     WORK_DONE,
     WORK_STALLED,
     EXISTING_DATA_ADOPTED,
+    POSTGRES_RESTARTED,
 ];
 
 /// The most notes one heartbeat carries (a keeper keeps no more).

@@ -16,6 +16,7 @@ use pgpilot_monitor::core::commands::{self, Command};
 use pgpilot_monitor::core::group::{self, Evaluation};
 use pgpilot_monitor::core::heartbeat::{self, Beat, Folded};
 use pgpilot_monitor::core::pause::{self, PausedBy};
+use pgpilot_monitor::core::restart::{self, Counters};
 use pgpilot_monitor::core::stopping::Stop;
 use pgpilot_monitor::core::{Env, Refusal};
 use pgpilot_monitor::fsm::{
@@ -67,6 +68,8 @@ pub struct Heartbeat {
     pub acting_toward: Option<S>,
     /// The keeper is stopping its node (SIGTERM).
     pub stopping: bool,
+    /// The last restart asked through the monitor it carried out.
+    pub restart_done: u64,
 }
 
 /// What the reply to a heartbeat carries.
@@ -80,6 +83,8 @@ pub struct Reply {
     pub stop: Option<Stop>,
     /// The formation is paused.
     pub paused: bool,
+    /// Restarts of PostgreSQL asked for this node so far.
+    pub restart_requested: u64,
 }
 
 pub struct Monitor {
@@ -94,6 +99,9 @@ pub struct Monitor {
     pub flaw: MonitorFlaw,
     /// Why the group waited at the last evaluation.
     pub waiting: Vec<Wait>,
+    /// Each node's restart counters, by node id (the store's
+    /// `restart_requested` / `restart_done` columns).
+    pub restarts: std::collections::BTreeMap<i64, Counters>,
     next_id: i64,
 }
 
@@ -108,6 +116,7 @@ impl Monitor {
             events: Vec::new(),
             flaw,
             waiting: Vec::new(),
+            restarts: Default::default(),
             next_id: 1,
         }
     }
@@ -184,11 +193,17 @@ impl Monitor {
                     plan: heartbeat::dropped_reply(&node).plan,
                     stop: None,
                     paused: false,
+                    restart_requested: 0,
                 })
             }
             Folded::Answer(answer) => {
                 self.record(&answer.evaluation, now);
+                // As the store writes it: never backwards, never past asked.
+                let c = self.restarts.entry(hb.node_id).or_default();
+                c.done = c.done.max(hb.restart_done.min(c.requested));
+                let restart_requested = c.requested;
                 Ok(Reply {
+                    restart_requested,
                     goal: self.nodes[i].goal,
                     primary: answer.reply.upstream.map(|u| self.nodes[u].id),
                     plan: answer.reply.plan,
@@ -389,6 +404,30 @@ impl Monitor {
     }
 
     /// `reinit_node`.
+    /// `restart_node`: the restart asked for (the core's refusals), the
+    /// counter raised and the event recorded.
+    pub fn restart_node(&mut self, name: &str, now: Ms) -> Result<String, String> {
+        let counters: Vec<Counters> = self
+            .nodes
+            .iter()
+            .map(|n| self.restarts.get(&n.id).copied().unwrap_or_default())
+            .collect();
+        let asked = restart::request(&self.nodes, &counters, FORMATION, name, "operator:sim")
+            .map_err(|r| r.to_string())?;
+        let n = &self.nodes[asked.index];
+        self.restarts.entry(n.id).or_default().requested += 1;
+        self.events.push(EventRow {
+            at: now,
+            node: n.name.clone(),
+            reported: n.reported,
+            from: n.goal,
+            to: n.goal,
+            kind: restart::REQUESTED,
+            reason: asked.event,
+        });
+        Ok(asked.message)
+    }
+
     pub fn reinit_node(&mut self, name: &str, now: Ms) -> Result<String, String> {
         let r = commands::reinit_node(&mut self.nodes, FORMATION, name, self.number_sync_standbys);
         self.command(r, now)

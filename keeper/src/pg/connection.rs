@@ -30,6 +30,7 @@ pub(super) type ObserveRow = (
     String,
     Option<i64>,
     Option<i64>,
+    Vec<String>,
 );
 
 /// Everything [`Observation`] holds, in one round trip. `in_recovery` is
@@ -51,7 +52,8 @@ SELECT r.in_recovery,
        (SELECT system_identifier FROM pg_control_system())::text,
        current_setting('synchronous_standby_names'),
        pg_size_bytes(current_setting('wal_segment_size')),
-       current_setting('wal_block_size')::bigint
+       current_setting('wal_block_size')::bigint,
+       ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY 1)
   FROM (SELECT pg_is_in_recovery() AS in_recovery) AS r";
 
 impl PgController {
@@ -229,6 +231,7 @@ impl PgController {
             sync_names,
             segment_size,
             page_size,
+            pending_restart,
         ) = row;
         let lsn = lsn.as_deref().and_then(parse_lsn).unwrap_or(0);
         let timeline = if in_recovery {
@@ -270,6 +273,7 @@ impl PgController {
                 .unwrap_or(0),
             synchronous_standby_names: Some(sync_names),
             work: None,
+            pending_restart,
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct Observation {
     pub synchronous_standby_names: Option<String>,
     /// The clone or rewind under way, if any.
     pub work: Option<progress::WorkProgress>,
+    /// Settings pending a restart (pg_settings.pending_restart), sorted;
+    /// empty while it does not answer.
+    pub pending_restart: Vec<String>,
 }
 
 /// What pg_rewind did.

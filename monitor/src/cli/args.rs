@@ -333,6 +333,30 @@ pub enum OperatorCommand {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Restart PostgreSQL through the keepers, so that the monitor never
+    /// takes it for a crash: one node, or every node of a group with
+    /// --all, one at a time, standbys first; a primary is switched over
+    /// first and restarts as a standby (with --in-place it restarts as the
+    /// primary and writes stop meanwhile).
+    ///
+    /// Example: pgpilot-monitor restart --all --pending-only
+    Restart {
+        /// Node to restart (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        node: Option<String>,
+        /// Every node of the group, one at a time.
+        #[arg(long)]
+        all: bool,
+        /// Only the nodes whose PostgreSQL reports settings pending a
+        /// restart (pg_settings.pending_restart).
+        #[arg(long)]
+        pending_only: bool,
+        /// Restart a primary as the primary instead of switching over first.
+        #[arg(long)]
+        in_place: bool,
+        #[command(flatten)]
+        op: GroupOp,
+    },
 }
 
 #[derive(clap::Args)]

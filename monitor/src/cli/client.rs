@@ -326,6 +326,15 @@ impl Client {
             .await
     }
 
+    pub async fn restart_node(&mut self, formation: &str, node: &str) -> Result<String, CliError> {
+        let request = pb::RestartNodeRequest {
+            formation: formation.to_string(),
+            node: node.to_string(),
+        };
+        self.command(request, |mut c, r| async move { c.restart_node(r).await })
+            .await
+    }
+
     pub async fn reinit_node(&mut self, formation: &str, node: &str) -> Result<String, CliError> {
         let request = pb::ReinitNodeRequest {
             formation: formation.to_string(),

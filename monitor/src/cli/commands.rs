@@ -23,6 +23,8 @@ use super::wait::{
 };
 use crate::certs;
 
+mod restart;
+
 /// Run the subcommand `args` names.
 pub async fn run(args: Args) -> Result<(), CliError> {
     let security = args.security();
@@ -165,6 +167,16 @@ impl Operator {
             C::DisableMaintenance { node, wait } => self.set_maintenance(&node, false, wait).await,
             C::DropNode { node, force, wait } => self.drop_node(&node, force, wait).await,
             C::Reinit { node, wait } => self.reinit(&node, wait).await,
+            C::Restart {
+                node,
+                all: _,
+                pending_only,
+                in_place,
+                op,
+            } => {
+                self.restart(node.as_deref(), pending_only, in_place, op)
+                    .await
+            }
         }
     }
 

@@ -97,6 +97,14 @@ pub struct NodeJson {
     /// none is.
     #[serde(default)]
     pub work: Option<WorkJson>,
+    /// Settings its PostgreSQL reports pending a restart
+    /// (pg_settings.pending_restart); `restart --pending-only` restarts it.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
+    /// A restart asked through the monitor (`restart`) its keeper has not
+    /// carried out yet.
+    #[serde(default)]
+    pub restart_under_way: bool,
 }
 
 /// Long work under way (see `pb::WorkProgress`).
@@ -158,6 +166,8 @@ impl NodeJson {
             system_identifier: (n.system_identifier != 0).then(|| n.system_identifier.to_string()),
             wal_receiver_streaming: n.wal_receiver_streaming,
             work: n.work.as_ref().map(WorkJson::from),
+            pending_restart: n.pending_restart.clone(),
+            restart_under_way: n.restart_requested > n.restart_done,
         }
     }
 }

@@ -130,8 +130,29 @@ pub fn state_table(s: &pb::FormationState) -> String {
             out.push_str(&format!("working: {} {}\n", n.name, work::describe(w)));
         }
     }
+    out.push_str(&restart_lines(s));
     if !s.monitors.is_empty() {
         out.push_str(&monitors_table(s));
+    }
+    out
+}
+
+/// A line per node with a restart under way or settings pending one.
+fn restart_lines(s: &pb::FormationState) -> String {
+    let mut out = String::new();
+    for n in &s.nodes {
+        if n.restart_requested > n.restart_done {
+            out.push_str(&format!(
+                "restarting: {} (asked through the monitor)\n",
+                n.name
+            ));
+        } else if !n.pending_restart.is_empty() {
+            out.push_str(&format!(
+                "pending restart: {} ({}): restart --pending-only applies it\n",
+                n.name,
+                n.pending_restart.join(", ")
+            ));
+        }
     }
     out
 }

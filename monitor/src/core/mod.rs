@@ -27,6 +27,7 @@ pub mod heartbeat;
 pub mod lease;
 pub mod pause;
 mod refusal;
+pub mod restart;
 pub mod stopping;
 #[cfg(test)]
 mod test_support;

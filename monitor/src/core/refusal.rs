@@ -119,6 +119,15 @@ pub enum Refusal {
     NotPaused {
         formation: String,
     },
+    RestartUnderWay {
+        name: String,
+    },
+    RestartNotRunning {
+        name: String,
+        reported: S,
+        goal: S,
+        pg_running: bool,
+    },
 }
 
 impl Refusal {
@@ -259,6 +268,22 @@ impl fmt::Display for Refusal {
                 f,
                 "formation {formation} is not paused: nothing to resume"
             ),
+            Refusal::RestartUnderWay { name } => write!(
+                f,
+                "a restart of {name} is already under way: wait until show-state shows it done"
+            ),
+            Refusal::RestartNotRunning {
+                name,
+                reported,
+                goal,
+                pg_running,
+            } => {
+                let running = if *pg_running { "running" } else { "not running" };
+                write!(
+                    f,
+                    "{name} is {reported} (goal {goal}, PostgreSQL {running}): only a node settled as primary or standby with PostgreSQL running is restarted; wait until it settles, or start it"
+                )
+            }
         }
     }
 }

@@ -230,6 +230,11 @@ impl Beats {
                 .map_err(Error::InvalidArgument)?,
             notes: notes(&r.notes)?,
             work: r.work.map(crate::store::work::check).transpose()?,
+            pending_restart: r
+                .pg_running
+                .then(|| pending_restart(&r.pending_restart))
+                .transpose()?,
+            restart_done: r.restart_done,
             clone_from: r.clone_from,
             stopping: r.stopping,
         })
@@ -261,6 +266,40 @@ impl Beats {
         };
         caller.require_node(&formation, &name).map_err(refused)
     }
+}
+
+/// Most settings a heartbeat may say are pending a restart (PostgreSQL 15
+/// has about 350 settings).
+const MAX_PENDING_RESTART: usize = 512;
+
+/// The settings a heartbeat says are pending a restart, as stored: sorted,
+/// comma-separated. A name that is not a setting's (letters, digits, `_`
+/// and `.`, at most 63 bytes) is refused.
+fn pending_restart(names: &[String]) -> Result<String, Error> {
+    if names.len() > MAX_PENDING_RESTART {
+        return Err(Error::InvalidArgument(format!(
+            "{} settings pending a restart in one heartbeat: send at most {MAX_PENDING_RESTART}",
+            names.len()
+        )));
+    }
+    let mut sorted: Vec<&str> = Vec::with_capacity(names.len());
+    for name in names {
+        let fits = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        if !fits {
+            return Err(Error::InvalidArgument(format!(
+                "pending_restart names {:?}, which is not a PostgreSQL setting's name (letters, digits, _ and ., at most 63 bytes)",
+                name.chars().take(80).collect::<String>()
+            )));
+        }
+        sorted.push(name);
+    }
+    sorted.sort_unstable();
+    sorted.dedup();
+    Ok(sorted.join(","))
 }
 
 /// The next wake-up of a stream (never, without a subscription).
@@ -298,5 +337,6 @@ fn reply(a: Assignment) -> pb::NodeActiveReply {
         stop_refused: a.stop.and_then(|s| s.refused).unwrap_or_default(),
         paused: a.paused,
         wake: false,
+        restart_requested: a.node.restart.requested,
     }
 }

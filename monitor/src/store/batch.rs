@@ -167,9 +167,11 @@ async fn write(
         "WITH hb AS (
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::text[], $5::bool[],
                                   $6::bool[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
-                                  $12::int4[], $13::int4[], $14::text[], $15::int8[])
+                                  $12::int4[], $13::int4[], $14::text[], $15::int8[],
+                                  $16::int8[], $17::text[])
                  AS h(node_id, lsn, timeline, reported, pg_running, streaming, sysid,
-                      hb_ms, fence_ms, wal_ms, start_failures, held, boot, sent)
+                      hb_ms, fence_ms, wal_ms, start_failures, held, boot, sent,
+                      restart_done, pending)
          ), mine AS (
              SELECT n.node_id, hb.lsn, hb.timeline, hb.boot, hb.sent
                FROM node n JOIN hb ON hb.node_id = n.node_id
@@ -182,6 +184,10 @@ async fn write(
                 -- Stored work is cleared by the locked path.
                 AND n.work IS NULL
                 AND n.fence_held_required IS NOT DISTINCT FROM hb.held
+                -- A restart carried out, or other settings pending: stored
+                -- by the locked path.
+                AND n.restart_done = least(hb.restart_done, n.restart_requested)
+                AND (hb.pending IS NULL OR n.pending_restart = hb.pending)
                 -- Built before the one folded in: the locked path answers it.
                 AND NOT coalesce(n.keeper_boot_id = hb.boot AND n.keeper_sent_ns >= hb.sent,
                                  false)
@@ -258,6 +264,13 @@ async fn write(
         heartbeats
             .iter()
             .map(|h| h.sent.map(|c| c.ns as i64))
+            .collect::<Vec<_>>(),
+    )
+    .bind(col(|h| h.restart_done.min(i64::MAX as u64) as i64))
+    .bind(
+        heartbeats
+            .iter()
+            .map(|h| h.pending_restart.clone())
             .collect::<Vec<_>>(),
     )
     .fetch_all(pool)

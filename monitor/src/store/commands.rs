@@ -3,6 +3,7 @@
 
 use super::{no_formation, retry, snaps, take_back, Error, Result, Store, StoredNode, Tx};
 use crate::core::commands::{self, Command};
+use crate::core::restart;
 use crate::fsm::NodeSnapshot;
 
 impl Store {
@@ -202,6 +203,36 @@ impl Store {
             }
             tx.commit().await?;
             Ok(command.message)
+        })
+        .await
+    }
+
+    /// Ask node `name`'s keeper to restart PostgreSQL in place (see
+    /// `crate::core::restart`): the counter raised, the event recorded, the
+    /// keeper woken.
+    pub async fn restart_node(&self, formation: &str, name: &str, operator: &str) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (nodes, _, _) = self.lock_named_group(&mut tx, formation, name).await?;
+            let counters: Vec<_> = nodes.iter().map(|n| n.restart).collect();
+            let asked = restart::request(&snaps(&nodes), &counters, formation, name, operator)?;
+            let node = &nodes[asked.index];
+            sqlx::query(
+                "UPDATE node SET restart_requested = restart_requested + 1 WHERE node_id = $1",
+            )
+            .bind(node.snap.id)
+            .execute(&mut *tx)
+            .await?;
+            let goal = node.snap.goal;
+            super::insert_event(&mut tx, node, goal, goal, restart::REQUESTED, &asked.event)
+                .await?;
+            sqlx::query("SELECT pg_notify('pgpilot_events', $1)")
+                .bind(formation)
+                .execute(&mut *tx)
+                .await?;
+            super::wakes::notify(&mut tx, std::slice::from_ref(node)).await?;
+            tx.commit().await?;
+            Ok(asked.message.clone())
         })
         .await
     }

@@ -44,6 +44,11 @@ pub struct Heartbeat {
     /// The keeper is stopping its node: the locked path decides the
     /// hand-over (see `crate::core::stopping`).
     pub stopping: bool,
+    /// The last restart asked through the monitor the keeper carried out.
+    pub restart_done: u64,
+    /// Settings pending a restart, comma-separated and sorted; None while
+    /// PostgreSQL does not answer (the stored value is kept).
+    pub pending_restart: Option<String>,
 }
 
 /// A keeper's note (a diverged standby rewound, …), recorded as an event
@@ -219,7 +224,9 @@ impl Store {
                 last_heartbeat = $9, system_identifier = $10, heartbeat_interval_ms = $11,
                 fence_timeout_ms = $12, wal_sender_timeout_ms = $13, pg_start_failures = $14,
                 pg_running_since = $15, fence_held_required = $16, keeper_boot_id = $17,
-                keeper_sent_ns = $18, work = $19
+                keeper_sent_ns = $18, work = $19,
+                restart_done = least($20, restart_requested),
+                pending_restart = coalesce($21, pending_restart)
              WHERE node_id = $1",
         )
         .bind(me.snap.id)
@@ -241,6 +248,8 @@ impl Store {
         .bind(me.snap.heard_sent.map(|c| c.boot_hex()))
         .bind(me.snap.heard_sent.map(|c| c.ns as i64))
         .bind(hb.work.as_ref().map(super::work::to_json))
+        .bind(hb.restart_done.min(i64::MAX as u64) as i64)
+        .bind(hb.pending_restart.as_deref())
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -68,6 +68,10 @@ pub struct StoredNode {
     pub goal_changed_at: DateTime<Utc>,
     /// The clone or rewind its keeper last reported under way.
     pub work: Option<pgpilot_proto::pb::WorkProgress>,
+    /// Restarts of PostgreSQL asked through the monitor, and carried out.
+    pub restart: crate::core::restart::Counters,
+    /// Settings its PostgreSQL last reported pending_restart.
+    pub pending_restart: Vec<String>,
 }
 
 /// Per-formation settings the state machine reads.

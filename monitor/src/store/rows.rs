@@ -49,6 +49,9 @@ pub(super) struct NodeRow {
     keeper_sent_ns: Option<i64>,
     work: Option<String>,
     goal_changed_at: DateTime<Utc>,
+    restart_requested: i64,
+    restart_done: i64,
+    pending_restart: String,
 }
 
 /// A formation's settings and the database's time.
@@ -169,6 +172,16 @@ impl TryFrom<NodeRow> for StoredNode {
             system_identifier: r.system_identifier as u64,
             goal_changed_at: r.goal_changed_at,
             work: r.work.as_deref().and_then(super::work::from_json),
+            restart: crate::core::restart::Counters {
+                requested: r.restart_requested.max(0) as u64,
+                done: r.restart_done.max(0) as u64,
+            },
+            pending_restart: r
+                .pending_restart
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
         })
     }
 }

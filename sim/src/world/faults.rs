@@ -121,7 +121,7 @@ impl World {
     /// An operator command, as the CLI sends it; the monitor may refuse it.
     pub(super) fn operator(&mut self, x: usize) {
         let node = name(x);
-        let kind = self.rng.below(11);
+        let kind = self.rng.below(12);
         let prio = *self.rng.pick(&[0, 10, 50, 100]);
         let quorum = self.rng.chance(0.5);
         let nss = self.rng.range(0, 2) as u32;
@@ -162,6 +162,10 @@ impl World {
             8 => (
                 format!("reinit {node}"),
                 self.operator_op(|m, now| m.reinit_node(&node, now)),
+            ),
+            9 => (
+                format!("restart {node}"),
+                self.operator_op(|m, now| m.restart_node(&node, now)),
             ),
             10 => {
                 let pause = self.monitor.paused.is_none();

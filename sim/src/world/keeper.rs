@@ -69,6 +69,12 @@ impl World {
             acting_toward,
             // Only the loop's heartbeats say it (agent.rs `heartbeat`).
             stopping: acting_toward.is_none() && k.stopping.is_some(),
+            // Keepalives send 0 (the monitor never takes it back).
+            restart_done: if acting_toward.is_none() {
+                k.restart_done
+            } else {
+                0
+            },
         }
     }
 
@@ -200,6 +206,8 @@ impl World {
             k.goal = reply.goal;
         }
         k.paused = Some(reply.paused);
+        k.restart_requested = reply.restart_requested;
+        k.restart_done = k.restart_done.min(reply.restart_requested);
         if k.stopping.is_some() {
             k.stop_reply = reply.stop.as_ref().map(|s| StopReply {
                 may_stop: s.may_stop,
@@ -211,6 +219,10 @@ impl World {
         }
         let k = &self.keepers[i];
         let (from, to) = (k.current, k.goal);
+        if from == to && k.restart_requested > k.restart_done {
+            self.restart_step(i, from);
+            return;
+        }
         if from == to {
             self.start_actions(i, plan::steady(from), None);
             return;
@@ -386,7 +398,16 @@ impl World {
                     self.log(format!("{}: keeper {from} -> {to} done", name(i)));
                     self.after(0, Ev::Step(i, inc));
                 }
-                None => self.sleep(i),
+                None => {
+                    let k = &mut self.keepers[i];
+                    if let Some((plan, asked)) = k.restarting.take() {
+                        if plan == seq {
+                            k.restart_done = asked;
+                            self.log(format!("{}: PostgreSQL restarted as asked", name(i)));
+                        }
+                    }
+                    self.sleep(i)
+                }
             }
             return;
         }
@@ -616,6 +637,27 @@ impl World {
         k.phase = Phase::Dead;
     }
 
+    /// agent.rs `restart_step`: restart PostgreSQL at rest in `state`, as
+    /// asked through the monitor (a primary checkpoints first); a server
+    /// not running has nothing to restart.
+    fn restart_step(&mut self, i: usize, state: S) {
+        let asked = self.keepers[i].restart_requested;
+        if !self.pgs[i].running {
+            self.keepers[i].restart_done = asked;
+            self.log(format!("{}: nothing to restart (PostgreSQL not running)", name(i)));
+            self.sleep(i);
+            return;
+        }
+        let mut actions = vec![Action::Stop, Action::Start];
+        if state.is_writable_primary() {
+            actions.insert(0, Action::Checkpoint);
+        }
+        self.log(format!("{}: restarting PostgreSQL as asked", name(i)));
+        self.start_actions(i, actions, None);
+        let k = &mut self.keepers[i];
+        k.restarting = Some((k.seq, asked));
+    }
+
     pub(super) fn keeper_restart(&mut self, i: usize) {
         if self.keepers[i].alive {
             return;
@@ -641,6 +683,7 @@ impl World {
         k.stopping = None;
         k.stop_reply = None;
         k.paused = None;
+        k.restarting = None;
         let inc = k.incarnation;
         self.log(format!("{}: keeper restarted", name(i)));
         self.after(1, Ev::Step(i, inc));

@@ -285,6 +285,13 @@ struct Keeper {
     stop_reply: Option<StopReply>,
     /// Whether the formation is paused, as the monitor last said.
     paused: Option<bool>,
+    /// Restarts asked through the monitor, as it last said; the last one
+    /// carried out (in the state file); the steady plan (by seq) that
+    /// restarts PostgreSQL for the restart it names (agent.rs
+    /// `restart_step`).
+    restart_requested: u64,
+    restart_done: u64,
+    restarting: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -525,6 +532,9 @@ impl World {
             stopping: None,
             stop_reply: None,
             paused: None,
+            restart_requested: 0,
+            restart_done: 0,
+            restarting: None,
         };
         let monitor = Monitor::new(t.machine, opts.monitor_flaw);
         World {

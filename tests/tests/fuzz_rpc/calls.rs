@@ -23,9 +23,10 @@ pub(crate) enum Call {
     DropNode(pb::DropNodeRequest),
     ReinitNode(pb::ReinitNodeRequest),
     SetPaused(pb::SetPausedRequest),
+    RestartNode(pb::RestartNodeRequest),
 }
 
-pub(crate) const RPCS: [&str; 11] = [
+pub(crate) const RPCS: [&str; 12] = [
     "RegisterNode",
     "NodeActive",
     "GetFormationState",
@@ -37,6 +38,7 @@ pub(crate) const RPCS: [&str; 11] = [
     "DropNode",
     "ReinitNode",
     "SetPaused",
+    "RestartNode",
 ];
 
 impl Call {
@@ -53,6 +55,7 @@ impl Call {
             Call::DropNode(_) => RPCS[8],
             Call::ReinitNode(_) => RPCS[9],
             Call::SetPaused(_) => RPCS[10],
+            Call::RestartNode(_) => RPCS[11],
         }
     }
 
@@ -69,6 +72,7 @@ impl Call {
             Call::DropNode(r) => r.encoded_len(),
             Call::ReinitNode(r) => r.encoded_len(),
             Call::SetPaused(r) => r.encoded_len(),
+            Call::RestartNode(r) => r.encoded_len(),
         }
     }
 
@@ -159,6 +163,7 @@ pub(crate) async fn send(
         Call::SetMaintenance(r) => Reply::Operation(client.set_maintenance(r).await?.into_inner()),
         Call::DropNode(r) => Reply::Operation(client.drop_node(r).await?.into_inner()),
         Call::ReinitNode(r) => Reply::Operation(client.reinit_node(r).await?.into_inner()),
+        Call::RestartNode(r) => Reply::Operation(client.restart_node(r).await?.into_inner()),
         Call::SetPaused(r) => Reply::Operation(client.set_paused(r).await?.into_inner()),
     })
 }

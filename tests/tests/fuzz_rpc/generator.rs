@@ -181,7 +181,7 @@ impl Generator {
     pub(crate) fn call(&self, rng: &mut Rng, who: &Who, registry: &Shared) -> Call {
         let wild = *rng.pick(&[0.0, 0.0, 0.1, 0.3, 0.6, 1.0]);
         let w = |rng: &mut Rng| rng.chance(wild);
-        let mut call = match rng.below(11) {
+        let mut call = match rng.below(12) {
             0 => {
                 let (mut formation, mut name) = (self.formation(rng, wild), self.name(rng, wild));
                 if let Who::Keeper {
@@ -235,6 +235,20 @@ impl Generator {
             1 => Call::NodeActive(pb::NodeActiveRequest {
                 stopping: rng.chance(0.2),
                 wakes: rng.chance(0.5),
+                restart_done: if w(rng) {
+                    Generator::wild_u64(rng)
+                } else {
+                    rng.range(0, 3)
+                },
+                pending_restart: if w(rng) {
+                    (0..rng.below(600))
+                        .map(|_| Generator::wild_string(rng))
+                        .collect()
+                } else {
+                    (0..rng.below(3))
+                        .map(|k| ["shared_buffers", "max_connections", "port"][k].to_string())
+                        .collect()
+                },
                 clone_from: if w(rng) {
                     Generator::wild_string(rng)
                 } else {
@@ -392,6 +406,10 @@ impl Generator {
                 formation: self.formation(rng, wild),
                 node: self.name(rng, wild),
             }),
+            10 => Call::RestartNode(pb::RestartNodeRequest {
+                formation: self.formation(rng, wild),
+                node: self.name(rng, wild),
+            }),
             _ => Call::SetPaused(pb::SetPausedRequest {
                 formation: self.formation(rng, wild),
                 paused: rng.chance(0.5),
@@ -428,5 +446,6 @@ pub(crate) fn oversize(call: &mut Call, rng: &mut Rng) {
         Call::DropNode(r) => r.formation = big,
         Call::ReinitNode(r) => r.node = big,
         Call::SetPaused(r) => r.formation = big,
+        Call::RestartNode(r) => r.node = big,
     }
 }

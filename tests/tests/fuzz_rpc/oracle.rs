@@ -84,6 +84,18 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
             if !r.clone_from.is_empty() && !valid_name(&r.clone_from) {
                 return Some(format!("clone_from {:?} is not a valid name", r.clone_from));
             }
+            if r.pg_running {
+                let bad_name = |n: &String| {
+                    n.is_empty()
+                        || n.len() > 63
+                        || !n
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+                };
+                if r.pending_restart.len() > 512 || r.pending_restart.iter().any(bad_name) {
+                    return Some("pending_restart names a setting that cannot exist".into());
+                }
+            }
             if r.pg_start_failures > i32::MAX as u32 {
                 return Some(format!(
                     "pg_start_failures {} is out of range",
@@ -147,7 +159,8 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
         | Call::DropNode(pb::DropNodeRequest {
             formation, node, ..
         })
-        | Call::ReinitNode(pb::ReinitNodeRequest { formation, node }) => names(formation, node),
+        | Call::ReinitNode(pb::ReinitNodeRequest { formation, node })
+        | Call::RestartNode(pb::RestartNodeRequest { formation, node }) => names(formation, node),
     }
 }
 

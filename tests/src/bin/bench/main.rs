@@ -117,6 +117,9 @@ enum Scenario {
     /// `systemctl stop` or `docker stop`): it hands over, then its keeper
     /// is started again and the node rejoins.
     NodeStop,
+    /// `restart --all`: every node's PostgreSQL restarted through the
+    /// keepers, standbys first, then a switchover and the old primary.
+    RollingRestart,
     /// Two monitors: the primary's host and the monitor the keepers talk
     /// to SIGKILLed together; the failover goes through the other monitor.
     MonitorKilled,
@@ -135,6 +138,7 @@ impl Scenario {
             Scenario::PartitionAsync => "primary partitioned away, asynchronous",
             Scenario::KeeperRestart => "primary's keeper restarted (SIGUSR1, start)",
             Scenario::NodeStop => "primary's node stopped (SIGTERM to its keeper)",
+            Scenario::RollingRestart => "rolling restart (restart --all)",
             Scenario::MonitorKilled => "unplanned failover + the keepers' monitor killed",
             Scenario::LeaseTakeover => "lease takeover after the holder's SIGKILL (*)",
         }
@@ -222,6 +226,7 @@ async fn main() -> Result<()> {
             Scenario::PartitionAsync,
             Scenario::KeeperRestart,
             Scenario::NodeStop,
+            Scenario::RollingRestart,
             Scenario::MonitorKilled,
             Scenario::LeaseTakeover,
         ]
@@ -244,6 +249,7 @@ async fn main() -> Result<()> {
                 Scenario::PartitionSync | Scenario::PartitionAsync => partition(&cluster).await,
                 Scenario::KeeperRestart => keeper_restart(&cluster).await,
                 Scenario::NodeStop => node_stop(&cluster).await,
+                Scenario::RollingRestart => rolling_restart(&cluster).await,
                 Scenario::MonitorKilled => monitor_killed(&cluster).await,
                 Scenario::LeaseTakeover => lease_takeover(&cluster).await,
             }
@@ -552,6 +558,42 @@ async fn perform_failover(cluster: &Cluster) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `restart --all` while the client writes: the longest pause between
+/// acknowledged writes from the command on (the switchover's).
+async fn rolling_restart(cluster: &Cluster) -> Result<Sample> {
+    settled(cluster).await?;
+    let w = writer(cluster).await?;
+    wait_for_writes(cluster, &w, Instant::now()).await?;
+    let started = Instant::now();
+    let url = cluster.monitor_url().to_string();
+    let out = cluster
+        .run_cli(&["--monitor", &url, "restart", "--all", "--timeout", "300s"])
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "restart --all failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!(
+        "restart --all took {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    wait_for_writes(cluster, &w, Instant::now()).await?;
+    let report = w.stop().await;
+    let outage = report
+        .longest_gap_after(started)
+        .context("no writes during the rolling restart")?;
+    let primary = current_primary(cluster).await?;
+    let lost = report.missing_ids(cluster, &primary).await?.len();
+    Ok(Sample {
+        outage,
+        lost,
+        isolated: None,
+    })
 }
 
 async fn planned(cluster: &Cluster) -> Result<Sample> {

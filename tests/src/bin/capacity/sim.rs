@@ -210,6 +210,8 @@ impl SimNode {
             // Simulated keepers heartbeat on their timers only: the
             // capacity measured is the monitor's, without wake-ups.
             wakes: false,
+            restart_done: 0,
+            pending_restart: Vec::new(),
         }
     }
 }

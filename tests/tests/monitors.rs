@@ -634,7 +634,12 @@ async fn wake_across_monitors(cluster: &Cluster) -> Result<()> {
     }
     let goal = pb::NodeState::try_from(reported)?;
     eprintln!("ghost settled in {goal:?} through monitor 0");
-    cli_at(cluster, 1, &["drop-node", "--no-wait", "--formation", "wakes", "ghost"]).await?;
+    cli_at(
+        cluster,
+        1,
+        &["drop-node", "--no-wait", "--formation", "wakes", "ghost"],
+    )
+    .await?;
     match tokio::time::timeout(Duration::from_secs(20), replies.message()).await {
         Ok(Ok(Some(reply))) if reply.wake => {
             eprintln!("monitor 0 woke the stream after the drop through monitor 1");

@@ -66,7 +66,9 @@ async fn a_pending_setting_is_applied_by_a_rolling_restart_under_writes() -> Res
     let idle = operator::cli_ok(&cluster, &["restart", "--all", "--pending-only"]).await?;
     if !idle.contains("nothing to do") {
         return Err(cluster
-            .failure(format!("restart --pending-only with nothing pending said:\n{idle}"))
+            .failure(format!(
+                "restart --pending-only with nothing pending said:\n{idle}"
+            ))
             .await);
     }
 
@@ -83,8 +85,7 @@ async fn a_pending_setting_is_applied_by_a_rolling_restart_under_writes() -> Res
             &format!("{SETTING} pending a restart on both nodes"),
             |s| {
                 s.nodes.len() == 2
-                    && s
-                        .nodes
+                    && s.nodes
                         .iter()
                         .all(|n| n.pending_restart.iter().any(|p| p == SETTING))
             },
@@ -93,7 +94,9 @@ async fn a_pending_setting_is_applied_by_a_rolling_restart_under_writes() -> Res
     let table = operator::cli_ok(&cluster, &["show-state"]).await?;
     if !table.contains("pending restart:") || !table.contains(SETTING) {
         return Err(cluster
-            .failure(format!("show-state does not show the pending restart:\n{table}"))
+            .failure(format!(
+                "show-state does not show the pending restart:\n{table}"
+            ))
             .await);
     }
     let json = operator::cli_json(&cluster, &["show-state", "--json"]).await?;
@@ -102,7 +105,9 @@ async fn a_pending_setting_is_applied_by_a_rolling_restart_under_writes() -> Res
         .is_some_and(|a| a.iter().any(|p| p == SETTING))
     {
         return Err(cluster
-            .failure(format!("show-state --json lacks pending_restart:\n{json:#}"))
+            .failure(format!(
+                "show-state --json lacks pending_restart:\n{json:#}"
+            ))
             .await);
     }
 
@@ -132,7 +137,9 @@ async fn a_pending_setting_is_applied_by_a_rolling_restart_under_writes() -> Res
         let value = cluster.psql(node, &format!("SHOW {SETTING}")).await?;
         if value.trim() != VALUE {
             return Err(cluster
-                .failure(format!("{node} runs with {SETTING} = {value} after the restart"))
+                .failure(format!(
+                    "{node} runs with {SETTING} = {value} after the restart"
+                ))
                 .await);
         }
         let restarted = events_of(&cluster, baseline, "postgres_restarted", Some(node)).await?;
@@ -174,7 +181,9 @@ async fn a_pending_setting_is_applied_by_a_rolling_restart_under_writes() -> Res
     .context("restart of the primary in place")?;
     if cluster.primary_name().await? != second {
         return Err(cluster
-            .failure(format!("{second} is no longer the primary after restarting in place"))
+            .failure(format!(
+                "{second} is no longer the primary after restarting in place"
+            ))
             .await);
     }
     expect_no_failover(&cluster, in_place, "a restart of the primary in place").await?;

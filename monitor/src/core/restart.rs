@@ -144,8 +144,7 @@ mod tests {
     use crate::core::test_support::timings;
 
     fn node(id: i64, state: S, priority: u32) -> NodeSnapshot {
-        let mut n =
-            NodeSnapshot::registered(id, &format!("node{id}"), priority, true, timings());
+        let mut n = NodeSnapshot::registered(id, &format!("node{id}"), priority, true, timings());
         n.reported = state;
         n.goal = state;
         n.pg_running = true;

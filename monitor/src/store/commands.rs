@@ -210,7 +210,12 @@ impl Store {
     /// Ask node `name`'s keeper to restart PostgreSQL in place (see
     /// `crate::core::restart`): the counter raised, the event recorded, the
     /// keeper woken.
-    pub async fn restart_node(&self, formation: &str, name: &str, operator: &str) -> Result<String> {
+    pub async fn restart_node(
+        &self,
+        formation: &str,
+        name: &str,
+        operator: &str,
+    ) -> Result<String> {
         retry(|| async {
             let mut tx = self.pool.begin().await?;
             let (nodes, _, _) = self.lock_named_group(&mut tx, formation, name).await?;

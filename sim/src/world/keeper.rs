@@ -644,7 +644,10 @@ impl World {
         let asked = self.keepers[i].restart_requested;
         if !self.pgs[i].running {
             self.keepers[i].restart_done = asked;
-            self.log(format!("{}: nothing to restart (PostgreSQL not running)", name(i)));
+            self.log(format!(
+                "{}: nothing to restart (PostgreSQL not running)",
+                name(i)
+            ));
             self.sleep(i);
             return;
         }

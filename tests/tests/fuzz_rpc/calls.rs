@@ -13,7 +13,7 @@ use prost::Message as _;
 #[derive(Debug, Clone)]
 pub(crate) enum Call {
     RegisterNode(pb::RegisterNodeRequest),
-    NodeActive(pb::NodeActiveRequest),
+    NodeActive(Box<pb::NodeActiveRequest>),
     GetFormationState(pb::GetFormationStateRequest),
     ListEvents(pb::ListEventsRequest),
     PerformFailover(pb::PerformFailoverRequest),
@@ -138,7 +138,7 @@ pub(crate) async fn send(
         // the monitor must answer (and refuse) both the same way.
         Call::NodeActive(r) if r.node_id % 2 != 0 => {
             let mut replies = client
-                .heartbeats(tokio_stream::iter([r]))
+                .heartbeats(tokio_stream::iter([*r]))
                 .await?
                 .into_inner();
             let reply = replies.message().await?.ok_or_else(|| {
@@ -146,7 +146,7 @@ pub(crate) async fn send(
             })?;
             Reply::Assigned(reply)
         }
-        Call::NodeActive(r) => Reply::Assigned(client.node_active(r).await?.into_inner()),
+        Call::NodeActive(r) => Reply::Assigned(client.node_active(*r).await?.into_inner()),
         Call::GetFormationState(r) => {
             Reply::State(client.get_formation_state(r).await?.into_inner())
         }

@@ -232,7 +232,7 @@ impl Generator {
                     name,
                 })
             }
-            1 => Call::NodeActive(pb::NodeActiveRequest {
+            1 => Call::NodeActive(Box::new(pb::NodeActiveRequest {
                 stopping: rng.chance(0.2),
                 wakes: rng.chance(0.5),
                 restart_done: if w(rng) {
@@ -348,7 +348,7 @@ impl Generator {
                     }),
                     _ => None,
                 },
-            }),
+            })),
             2 => Call::GetFormationState(pb::GetFormationStateRequest {
                 formation: self.formation(rng, wild),
             }),

@@ -128,7 +128,7 @@ pub(crate) async fn regressions(client: &security::Client) -> Vec<String> {
         }
     };
     let beat = |reported_state: i32, pg_start_failures: u32| {
-        Call::NodeActive(pb::NodeActiveRequest {
+        Call::NodeActive(Box::new(pb::NodeActiveRequest {
             node_id: id,
             reported_state,
             pg_running: false,
@@ -136,7 +136,7 @@ pub(crate) async fn regressions(client: &security::Client) -> Vec<String> {
             timings: Some(timings),
             pg_start_failures,
             ..Default::default()
-        })
+        }))
     };
     let beats = [
         (

@@ -79,9 +79,13 @@ impl Operator {
             return Ok(());
         }
         let what = format!("the restart of {name}");
-        wait_until(&mut self.client, &self.formation, wait.timeout, &what, |s| {
-            restarted(s, name, asked)
-        })
+        wait_until(
+            &mut self.client,
+            &self.formation,
+            wait.timeout,
+            &what,
+            |s| restarted(s, name, asked),
+        )
         .await?;
         println!("{name} restarted");
         Ok(())

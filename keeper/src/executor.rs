@@ -187,6 +187,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                         self.reloaded.store(true, Ordering::SeqCst);
                     }
                 }
+                // A standby sent back to wait_standby for a rebuild: its
+                // data directory is about to be replaced, so its shutdown
+                // restartpoint would be written for nothing.
+                Action::Stop if rebuilt_standby(transition, target) => pg.stop_immediate().await?,
                 Action::Stop => pg.stop().await?,
                 Action::Checkpoint => pg.checkpoint_before_stop().await,
                 Action::AdoptOrClone => {
@@ -508,4 +512,16 @@ fn adoption_text(system_identifier: u64, restarted_for: Option<&str>) -> String 
     format!(
         "kept the existing data directory (database system {system_identifier}) as this group's primary instead of running initdb; {how}"
     )
+}
+
+/// The plan stops a standby that the monitor sent back to `wait_standby`
+/// to be cloned afresh (a `reinit`): its data directory is thrown away, so
+/// an immediate stop is enough (a node that was a primary, which still
+/// owes its standbys WAL, is never stopped this way).
+fn rebuilt_standby(transition: Option<(S, S)>, target: Target<'_>) -> bool {
+    transition.is_some_and(|(from, to)| {
+        to == S::WaitStandby
+            && target.reclone
+            && matches!(from, S::Secondary | S::Catchingup | S::Maintenance)
+    })
 }

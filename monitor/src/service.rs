@@ -81,6 +81,15 @@ impl MonitorService {
     }
 }
 
+/// The formation (the default one when empty) and the node a request
+/// names, both checked; the formation's name.
+fn formation_and_node(formation: &str, node: &str) -> Result<String, Status> {
+    let formation = formation_or_default(formation).to_string();
+    valid_name("formation", &formation)?;
+    valid_name("node name", node)?;
+    Ok(formation)
+}
+
 fn refused(e: Error) -> Status {
     tracing::warn!(error = %e, "request refused");
     e.into()
@@ -506,9 +515,7 @@ impl Monitor for MonitorService {
     ) -> Result<Response<pb::OperationReply>, Status> {
         self.operator(&request, "set-candidate-priority / set-replication-quorum")?;
         let r = request.into_inner();
-        let formation = formation_or_default(&r.formation).to_string();
-        valid_name("formation", &formation)?;
-        valid_name("node name", &r.node)?;
+        let formation = formation_and_node(&r.formation, &r.node)?;
         if r.candidate_priority.is_none() && r.replication_quorum.is_none() {
             return Err(Error::InvalidArgument(
                 "nothing to change: give candidate_priority or replication_quorum".into(),
@@ -540,9 +547,7 @@ impl Monitor for MonitorService {
     ) -> Result<Response<pb::OperationReply>, Status> {
         self.operator(&request, "enable-maintenance / disable-maintenance")?;
         let r = request.into_inner();
-        let formation = formation_or_default(&r.formation).to_string();
-        valid_name("formation", &formation)?;
-        valid_name("node name", &r.node)?;
+        let formation = formation_and_node(&r.formation, &r.node)?;
         let message = self
             .store
             .set_maintenance(&formation, &r.node, r.enabled)
@@ -557,9 +562,7 @@ impl Monitor for MonitorService {
     ) -> Result<Response<pb::OperationReply>, Status> {
         self.operator(&request, "drop-node")?;
         let r = request.into_inner();
-        let formation = formation_or_default(&r.formation).to_string();
-        valid_name("formation", &formation)?;
-        valid_name("node name", &r.node)?;
+        let formation = formation_and_node(&r.formation, &r.node)?;
         let message = self.store.drop_node(&formation, &r.node, r.force).await?;
         tracing::info!(%formation, node = %r.node, "{message}");
         Ok(Response::new(pb::OperationReply { message }))
@@ -571,9 +574,7 @@ impl Monitor for MonitorService {
     ) -> Result<Response<pb::OperationReply>, Status> {
         self.operator(&request, "reinit")?;
         let r = request.into_inner();
-        let formation = formation_or_default(&r.formation).to_string();
-        valid_name("formation", &formation)?;
-        valid_name("node name", &r.node)?;
+        let formation = formation_and_node(&r.formation, &r.node)?;
         let message = self.store.reinit_node(&formation, &r.node).await?;
         tracing::info!(%formation, node = %r.node, "{message}");
         Ok(Response::new(pb::OperationReply { message }))
@@ -586,9 +587,7 @@ impl Monitor for MonitorService {
         let caller = self.caller(&request)?;
         caller.require_operator("restart").map_err(refused)?;
         let r = request.into_inner();
-        let formation = formation_or_default(&r.formation).to_string();
-        valid_name("formation", &formation)?;
-        valid_name("node name", &r.node)?;
+        let formation = formation_and_node(&r.formation, &r.node)?;
         let message = self
             .store
             .restart_node(&formation, &r.node, &caller.operator_identity())

@@ -338,19 +338,25 @@ impl Monitor {
         } else {
             pause::RESUMED
         };
-        for i in pause::event_nodes(&group) {
-            let n = &self.nodes[i];
-            self.events.push(EventRow {
-                at: now,
-                node: n.name.clone(),
-                reported: n.reported,
-                from: n.goal,
-                to: n.goal,
-                kind,
-                reason: change.event.clone(),
-            });
+        let carriers = pause::event_nodes(&group);
+        for i in carriers {
+            self.note(i, kind, change.event.clone(), now);
         }
         Ok(change.message)
+    }
+
+    /// An event of node `i` that leaves its goal as it is.
+    fn note(&mut self, i: usize, kind: &'static str, reason: String, now: Ms) {
+        let n = &self.nodes[i];
+        self.events.push(EventRow {
+            at: now,
+            node: n.name.clone(),
+            reported: n.reported,
+            from: n.goal,
+            to: n.goal,
+            kind,
+            reason,
+        });
     }
 
     /// `force_election` (`perform-failover --allow-data-loss`).
@@ -414,17 +420,9 @@ impl Monitor {
             .collect();
         let asked = restart::request(&self.nodes, &counters, FORMATION, name, "operator:sim")
             .map_err(|r| r.to_string())?;
-        let n = &self.nodes[asked.index];
-        self.restarts.entry(n.id).or_default().requested += 1;
-        self.events.push(EventRow {
-            at: now,
-            node: n.name.clone(),
-            reported: n.reported,
-            from: n.goal,
-            to: n.goal,
-            kind: restart::REQUESTED,
-            reason: asked.event,
-        });
+        let id = self.nodes[asked.index].id;
+        self.restarts.entry(id).or_default().requested += 1;
+        self.note(asked.index, restart::REQUESTED, asked.event, now);
         Ok(asked.message)
     }
 

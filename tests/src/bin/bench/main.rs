@@ -582,18 +582,7 @@ async fn rolling_restart(cluster: &Cluster) -> Result<Sample> {
         "restart --all took {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    wait_for_writes(cluster, &w, Instant::now()).await?;
-    let report = w.stop().await;
-    let outage = report
-        .longest_gap_after(started)
-        .context("no writes during the rolling restart")?;
-    let primary = current_primary(cluster).await?;
-    let lost = report.missing_ids(cluster, &primary).await?.len();
-    Ok(Sample {
-        outage,
-        lost,
-        isolated: None,
-    })
+    longest_gap(cluster, w, started, "the rolling restart").await
 }
 
 async fn planned(cluster: &Cluster) -> Result<Sample> {
@@ -601,11 +590,22 @@ async fn planned(cluster: &Cluster) -> Result<Sample> {
     let w = writer(cluster).await?;
     let started = Instant::now();
     perform_failover(cluster).await?;
+    longest_gap(cluster, w, started, "the failover").await
+}
+
+/// Once the client writes again: the longest pause between acknowledged
+/// writes since `started`, and the rows the primary lacks.
+async fn longest_gap(
+    cluster: &Cluster,
+    w: Writer,
+    started: Instant,
+    during: &str,
+) -> Result<Sample> {
     wait_for_writes(cluster, &w, Instant::now()).await?;
     let report = w.stop().await;
     let outage = report
         .longest_gap_after(started)
-        .context("no writes during the failover")?;
+        .with_context(|| format!("no writes during {during}"))?;
     let primary = current_primary(cluster).await?;
     let lost = report.missing_ids(cluster, &primary).await?.len();
     Ok(Sample {

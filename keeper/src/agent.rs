@@ -62,6 +62,9 @@ pub struct Keeper<P: LocalPostgres> {
     hooks: Hooks,
     /// Restarts of PostgreSQL asked through the monitor, as it last said.
     restart_requested: u64,
+    /// The parameters version last written into pgpilot.conf by a plan
+    /// that finished (reported as `parameters_applied`).
+    parameters_written: u64,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
@@ -105,6 +108,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             stopping: None,
             hooks: Hooks::none(),
             restart_requested: 0,
+            parameters_written: 0,
         })
     }
 
@@ -273,8 +277,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 self.restart_step(from, &observation).await?;
                 return Ok(true);
             }
+            let version = self.state.parameters_version;
             self.execute_with_keepalive(&plan::steady(from), None)
                 .await?;
+            self.parameters_written = version;
             return Ok(false);
         }
         let actions = plan::plan(from, to)?;
@@ -360,6 +366,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         let goal = S::from_wire(reply.goal_state).unwrap_or(self.state.goal);
         self.paused = Some(reply.paused);
         self.restart_requested = reply.restart_requested;
+        if reply.parameters_included && reply.parameters_version != self.state.parameters_version {
+            tracing::info!(version = reply.parameters_version, parameters = ?reply.parameters, "new formation parameters from the monitor");
+            self.state.parameters = reply.parameters.clone().into_iter().collect();
+            self.state.parameters_version = reply.parameters_version;
+            state_file::save(&self.config.state_file(), &mut self.state)?;
+        }
         if reply.restart_requested < self.state.restart_done {
             // The monitor counts from less (its node row is new): follow it.
             self.state.restart_done = reply.restart_requested;
@@ -483,6 +495,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         request.clone_from = self.config.clone_from.clone();
         request.stopping = self.stopping.is_some();
         request.restart_done = self.state.restart_done;
+        request.parameters_applied = self.parameters_written;
         let notes = self.executor.notes().clone();
         request.notes = notes.pending();
         let sent = request.notes.clone();
@@ -497,6 +510,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             goal: self.state.goal,
             instructions: &self.instructions,
             reclone: self.state.reclone,
+            parameters: &self.state.parameters,
         }
     }
 
@@ -518,6 +532,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             acting_toward: transition.map_or(self.state.current, |(_, to)| to),
             timings: client::timings(&self.config),
             interval: self.config.heartbeat_interval,
+            parameters_applied: self.parameters_written,
         };
         self.executor
             .execute_with_keepalive(actions, transition, self.target(), keepalive)

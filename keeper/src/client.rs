@@ -327,6 +327,8 @@ pub fn node_active_request(
         // The loop's heartbeat says it (the monitor never takes it back).
         restart_done: 0,
         pending_restart: o.pending_restart.clone(),
+        // Set by the loop and the keepalives.
+        parameters_applied: 0,
     }
 }
 
@@ -376,6 +378,8 @@ pub struct Keepalive<P> {
     pub acting_toward: S,
     pub timings: pb::KeeperTimings,
     pub interval: Duration,
+    /// The parameters version the loop last wrote (see the loop's heartbeat).
+    pub parameters_applied: u64,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
@@ -387,7 +391,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
             crate::status::lock(&self.status).loop_seen = Instant::now();
             let o = self.pg.observe().await;
             let held = self.lease.lock().await.held();
-            let request = node_active_request(
+            let mut request = node_active_request(
                 self.node_id,
                 self.current,
                 Some(self.acting_toward),
@@ -396,6 +400,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keepalive<P> {
                 &o,
                 &self.start_failures,
             );
+            request.parameters_applied = self.parameters_applied;
             let mut in_use = match self.monitors.current() {
                 Ok(in_use) => in_use,
                 Err(e) => {

@@ -51,6 +51,8 @@ pub struct Target<'a> {
     /// A reinit: a clone replaces the data directory even when it belongs
     /// to the group.
     pub reclone: bool,
+    /// The formation's parameters, written into pgpilot.conf.
+    pub parameters: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// Runs actions against `pg`.
@@ -469,6 +471,11 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                     .chain(peers.iter().cloned())
                     .collect()
             }),
+            parameters: target
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }

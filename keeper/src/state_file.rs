@@ -28,6 +28,13 @@ pub struct KeeperState {
     /// carried out (the monitor's counter; see `Keeper::restart_step`).
     #[serde(default)]
     pub restart_done: u64,
+    /// The formation's parameters (`set-parameter`) as the monitor last
+    /// sent them, and their version: written into pgpilot.conf, also
+    /// while the monitor cannot be reached.
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub parameters_version: u64,
 }
 
 impl KeeperState {
@@ -41,6 +48,8 @@ impl KeeperState {
             goal: ReplicationState::Init,
             reclone: false,
             restart_done: 0,
+            parameters: Default::default(),
+            parameters_version: 0,
         }
     }
 }

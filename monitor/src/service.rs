@@ -16,6 +16,7 @@ use crate::names::quote;
 use crate::store::{KeeperNote, Registration, Store, StoredNode};
 
 mod beats;
+mod parameters;
 
 pub struct MonitorService {
     store: Store,
@@ -393,6 +394,7 @@ impl Monitor for MonitorService {
                 restart_requested: n.restart.requested,
                 restart_done: n.restart.done,
                 pending_restart: n.pending_restart.clone(),
+                parameters_applied: n.parameters_applied,
             })
             .collect();
         let monitors = self
@@ -423,6 +425,7 @@ impl Monitor for MonitorService {
             answered_by: self.monitor_id.clone(),
             paused_by,
             paused_at,
+            parameters_version: nss.parameters_version,
         }))
     }
 
@@ -594,6 +597,30 @@ impl Monitor for MonitorService {
             .await?;
         tracing::info!(%formation, node = %r.node, "{message}");
         Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn set_parameter(
+        &self,
+        request: Request<pb::SetParameterRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let caller = self.caller(&request)?;
+        let what = if request.get_ref().reset {
+            "reset-parameter"
+        } else {
+            "set-parameter"
+        };
+        caller.require_operator(what).map_err(refused)?;
+        let message = parameters::set(&self.store, &caller, request.into_inner()).await?;
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn list_parameters(
+        &self,
+        request: Request<pb::ListParametersRequest>,
+    ) -> Result<Response<pb::ListParametersReply>, Status> {
+        self.operator(&request, "show-parameters")?;
+        let reply = parameters::list(&self.store, request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn create_formation(

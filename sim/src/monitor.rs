@@ -135,6 +135,7 @@ impl Monitor {
             number_sync_standbys: self.number_sync_standbys,
             election_forced_at: self.election_forced_at,
             paused: self.paused.is_some(),
+            parameters_version: 0,
         });
         Env {
             decide: match self.flaw {

@@ -81,6 +81,10 @@ pub struct ManagedConfig {
     /// replication role may connect from (pg_hba.conf). `None` (the
     /// monitor has not answered yet): keep the block pg_hba.conf has.
     pub group_hosts: Option<Vec<String>>,
+    /// The formation's parameters (`set-parameter`), written last: they
+    /// override pgpilot's replication defaults (the monitor refuses the
+    /// settings the keeper manages).
+    pub parameters: Vec<(String, String)>,
 }
 
 /// What the keeper observes of its PostgreSQL on each loop.

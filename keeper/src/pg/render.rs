@@ -168,6 +168,11 @@ pub(super) fn render_config(
         "synchronous_standby_names",
         quote_conf(&config.synchronous_standby_names),
     );
+    // The formation's parameters (set-parameter), after the defaults they
+    // may override.
+    for (name, value) in &config.parameters {
+        set(name, quote_conf(value));
+    }
     match &config.standby_of {
         Some(upstream) => {
             let mut conninfo = format!(

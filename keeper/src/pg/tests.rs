@@ -36,6 +36,7 @@ fn config(standby_of: Option<Upstream>) -> ManagedConfig {
         wal_sender_timeout: Duration::from_secs(5),
         wal_receiver_timeout: Duration::from_millis(4500),
         group_hosts: Some(vec!["10.0.0.2".into(), "10.0.0.1".into()]),
+        parameters: Vec::new(),
     }
 }
 
@@ -222,6 +223,25 @@ fn renders_the_restore_command_only_when_configured() {
     let rendered = render_config(&cfg, Path::new("/run/pg"), &l);
     assert!(
         rendered.contains("restore_command = 'cp ''/archive/%f'' %p'\n"),
+        "{rendered}"
+    );
+}
+
+#[test]
+fn renders_the_formation_parameters_after_the_defaults_they_override() {
+    let mut cfg = config(None);
+    cfg.parameters = vec![
+        ("wal_level".into(), "logical".into()),
+        ("search_path".into(), "app, 'public'".into()),
+    ];
+    let rendered = render_config(&cfg, Path::new("/run/pg"), &login("replicator", None));
+    let default = rendered.find("wal_level = replica\n").expect("the default");
+    let set = rendered
+        .find("wal_level = 'logical'\n")
+        .expect("the parameter");
+    assert!(default < set, "{rendered}");
+    assert!(
+        rendered.contains("search_path = 'app, ''public'''\n"),
         "{rendered}"
     );
 }
@@ -645,6 +665,7 @@ fn node_config(port: u16, name: &str, standby_of: Option<Upstream>) -> ManagedCo
         wal_sender_timeout: Duration::from_secs(5),
         wal_receiver_timeout: Duration::from_secs(5),
         group_hosts: Some(vec!["127.0.0.1".into()]),
+        parameters: Vec::new(),
     }
 }
 

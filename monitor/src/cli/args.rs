@@ -205,6 +205,34 @@ pub enum OperatorCommand {
         #[arg(long, default_value_t = 0)]
         number_sync_standbys: u32,
     },
+    /// Set a PostgreSQL parameter on every node of the formation (checked
+    /// against pg_settings first); the keepers write it into pgpilot.conf
+    /// and reload. One that needs a restart then shows as pending.
+    ///
+    /// Example: pgpilot-monitor set-parameter work_mem 16MB
+    SetParameter {
+        name: String,
+        value: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Remove a parameter set with set-parameter (each node's own
+    /// configuration applies again).
+    ///
+    /// Example: pgpilot-monitor reset-parameter work_mem
+    ResetParameter {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// The formation's parameters, and per node the version applied and
+    /// the settings pending a restart.
+    ///
+    /// Example: pgpilot-monitor show-parameters --json
+    ShowParameters {
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop a formation that has no node left (never "default").
     ///
     /// Example: pgpilot-monitor drop-formation analytics

@@ -326,6 +326,37 @@ impl Client {
             .await
     }
 
+    /// Set `name` (reset it when `value` is `None`).
+    pub async fn set_parameter(
+        &mut self,
+        formation: &str,
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<String, CliError> {
+        let request = pb::SetParameterRequest {
+            formation: formation.to_string(),
+            name: name.to_string(),
+            value: value.unwrap_or_default().to_string(),
+            reset: value.is_none(),
+        };
+        self.command(request, |mut c, r| async move { c.set_parameter(r).await })
+            .await
+    }
+
+    pub async fn parameters(
+        &mut self,
+        formation: &str,
+    ) -> Result<pb::ListParametersReply, CliError> {
+        let request = pb::ListParametersRequest {
+            formation: formation.to_string(),
+        };
+        self.call(Call::Read, |mut c| {
+            let request = request.clone();
+            async move { c.list_parameters(request).await }
+        })
+        .await
+    }
+
     pub async fn restart_node(&mut self, formation: &str, node: &str) -> Result<String, CliError> {
         let request = pb::RestartNodeRequest {
             formation: formation.to_string(),

@@ -23,6 +23,7 @@ use super::wait::{
 };
 use crate::certs;
 
+mod parameters;
 mod restart;
 
 /// Run the subcommand `args` names.
@@ -167,6 +168,11 @@ impl Operator {
             C::DisableMaintenance { node, wait } => self.set_maintenance(&node, false, wait).await,
             C::DropNode { node, force, wait } => self.drop_node(&node, force, wait).await,
             C::Reinit { node, wait } => self.reinit(&node, wait).await,
+            C::SetParameter { name, value, wait } => {
+                self.set_parameter(&name, Some(&value), wait).await
+            }
+            C::ResetParameter { name, wait } => self.set_parameter(&name, None, wait).await,
+            C::ShowParameters { json } => self.show_parameters(json).await,
             C::Restart {
                 node,
                 all: _,

@@ -45,6 +45,7 @@ fn sample() -> pb::FormationState {
         answered_by: "m2-11ee".into(),
         paused_by: "operator:alice".into(),
         paused_at: "2026-12-07T12:00:00.000Z".into(),
+        parameters_version: 0,
     }
 }
 

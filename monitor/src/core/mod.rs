@@ -25,6 +25,7 @@ pub mod group;
 pub mod handover;
 pub mod heartbeat;
 pub mod lease;
+pub mod parameters;
 pub mod pause;
 mod refusal;
 pub mod restart;

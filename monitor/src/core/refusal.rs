@@ -128,12 +128,32 @@ pub enum Refusal {
         goal: S,
         pg_running: bool,
     },
+    UnknownParameter {
+        name: String,
+        server: String,
+    },
+    ManagedParameter {
+        name: String,
+        why: String,
+    },
+    BadParameterValue {
+        name: String,
+        value: String,
+        why: String,
+    },
+    ParameterNotSet {
+        formation: String,
+        name: String,
+        set: Vec<String>,
+    },
 }
 
 impl Refusal {
     pub fn code(&self) -> RefusalCode {
         match self {
-            Refusal::UnknownNode { .. } => RefusalCode::NotFound,
+            Refusal::UnknownNode { .. }
+            | Refusal::UnknownParameter { .. }
+            | Refusal::ParameterNotSet { .. } => RefusalCode::NotFound,
             _ => RefusalCode::FailedPrecondition,
         }
     }
@@ -283,6 +303,33 @@ impl fmt::Display for Refusal {
                     f,
                     "{name} is {reported} (goal {goal}, PostgreSQL {running}): only a node settled as primary or standby with PostgreSQL running is restarted; wait until it settles, or start it"
                 )
+            }
+            Refusal::UnknownParameter { name, server } => write!(
+                f,
+                "{name} is not a setting of PostgreSQL {server} (the monitor database's server): check its name in pg_settings"
+            ),
+            Refusal::ManagedParameter { name, why } => write!(
+                f,
+                "{name} cannot be set for a formation: {why}"
+            ),
+            Refusal::BadParameterValue { name, value, why } => write!(
+                f,
+                "{value:?} is not a valid value for {name}: {why}"
+            ),
+            Refusal::ParameterNotSet {
+                formation,
+                name,
+                set,
+            } => {
+                if set.is_empty() {
+                    write!(f, "{name} is not set for formation {formation}: it has no parameters (show-parameters)")
+                } else {
+                    write!(
+                        f,
+                        "{name} is not set for formation {formation}: it has {} (show-parameters)",
+                        set.join(", ")
+                    )
+                }
             }
         }
     }

@@ -197,7 +197,14 @@ impl Beats {
         if let Some(r) = a.reached {
             crate::metrics::goal_reached(r.from, r.to, r.took);
         }
-        Ok(reply(a))
+        // A keeper behind the formation's parameters gets them all (a
+        // read only when they changed since it last applied them).
+        let parameters = if hb.parameters_applied != a.parameters_version {
+            Some(self.store.parameters(&a.node.formation).await?)
+        } else {
+            None
+        };
+        Ok(reply(a, parameters))
     }
 
     fn parse(&self, r: pb::NodeActiveRequest) -> Result<Heartbeat, Error> {
@@ -235,6 +242,7 @@ impl Beats {
                 .then(|| pending_restart(&r.pending_restart))
                 .transpose()?,
             restart_done: r.restart_done,
+            parameters_applied: r.parameters_applied,
             clone_from: r.clone_from,
             stopping: r.stopping,
         })
@@ -318,9 +326,17 @@ fn wake() -> pb::NodeActiveReply {
     }
 }
 
-/// The reply a keeper reads its goal and replication settings from.
-fn reply(a: Assignment) -> pb::NodeActiveReply {
+/// The reply a keeper reads its goal and replication settings from, with
+/// the formation's parameters (and their version) when it is behind.
+fn reply(a: Assignment, parameters: Option<(u64, Vec<(String, String)>)>) -> pb::NodeActiveReply {
+    let (parameters_version, parameters_included, parameters) = match parameters {
+        Some((version, set)) => (version, true, set.into_iter().collect()),
+        None => (a.parameters_version, false, Default::default()),
+    };
     pb::NodeActiveReply {
+        parameters_version,
+        parameters_included,
+        parameters,
         goal_state: a.node.snap.goal.to_wire(),
         primary: a.primary.as_ref().map(address),
         clone_source: a.clone_source.as_ref().map(address),

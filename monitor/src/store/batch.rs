@@ -168,10 +168,10 @@ async fn write(
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::text[], $5::bool[],
                                   $6::bool[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
                                   $12::int4[], $13::int4[], $14::text[], $15::int8[],
-                                  $16::int8[], $17::text[])
+                                  $16::int8[], $17::text[], $18::int8[])
                  AS h(node_id, lsn, timeline, reported, pg_running, streaming, sysid,
                       hb_ms, fence_ms, wal_ms, start_failures, held, boot, sent,
-                      restart_done, pending)
+                      restart_done, pending, params)
          ), mine AS (
              SELECT n.node_id, hb.lsn, hb.timeline, hb.boot, hb.sent
                FROM node n JOIN hb ON hb.node_id = n.node_id
@@ -188,6 +188,7 @@ async fn write(
                 -- by the locked path.
                 AND n.restart_done = least(hb.restart_done, n.restart_requested)
                 AND (hb.pending IS NULL OR n.pending_restart = hb.pending)
+                AND n.parameters_applied >= hb.params
                 -- Built before the one folded in: the locked path answers it.
                 AND NOT coalesce(n.keeper_boot_id = hb.boot AND n.keeper_sent_ns >= hb.sent,
                                  false)
@@ -202,7 +203,7 @@ async fn write(
                FROM mine WHERE n.node_id = mine.node_id
              RETURNING n.node_id, n.formation, n.group_id
          )
-         SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, clock_timestamp() AS now,
+         SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, f.parameters_version, clock_timestamp() AS now,
                 n.node_id IN (SELECT node_id FROM me) AS beat
            FROM (SELECT DISTINCT formation, group_id FROM me) g
            JOIN node n ON n.formation = g.formation AND n.group_id = g.group_id
@@ -273,6 +274,7 @@ async fn write(
             .map(|h| h.pending_restart.clone())
             .collect::<Vec<_>>(),
     )
+    .bind(col(|h| h.parameters_applied.min(i64::MAX as u64) as i64))
     .fetch_all(pool)
     .await?;
     answers(settings, heartbeats, rows)
@@ -349,5 +351,8 @@ fn settled_assignment(
     let index = nodes.iter().position(|n| n.snap.id == id)?;
     let env = Env::new(now, settings.fsm(formation));
     let reply = heartbeat::settled(&snaps(nodes), index, &env, applied_sync_names, clone_from)?;
-    Some(Assignment::new(nodes, index, reply))
+    Some(Assignment {
+        parameters_version: formation.parameters_version,
+        ..Assignment::new(nodes, index, reply)
+    })
 }

@@ -49,6 +49,8 @@ pub struct Heartbeat {
     /// Settings pending a restart, comma-separated and sorted; None while
     /// PostgreSQL does not answer (the stored value is kept).
     pub pending_restart: Option<String>,
+    /// The formation parameters version the keeper applied.
+    pub parameters_applied: u64,
 }
 
 /// A keeper's note (a diverged standby rewound, …), recorded as an event
@@ -96,6 +98,8 @@ pub struct Assignment {
     pub stop: Option<crate::core::stopping::Stop>,
     /// The formation is paused.
     pub paused: bool,
+    /// The version of the formation's parameters.
+    pub parameters_version: u64,
 }
 
 impl Assignment {
@@ -116,6 +120,7 @@ impl Assignment {
             reached: None,
             stop: reply.stop,
             paused: reply.paused,
+            parameters_version: 0,
         }
     }
 }
@@ -206,6 +211,7 @@ impl Store {
         tx.commit().await?;
         Ok(Assignment {
             reached,
+            parameters_version: nss.parameters_version,
             ..Assignment::new(&nodes, index, reply)
         })
     }
@@ -226,7 +232,8 @@ impl Store {
                 pg_running_since = $15, fence_held_required = $16, keeper_boot_id = $17,
                 keeper_sent_ns = $18, work = $19,
                 restart_done = least($20, restart_requested),
-                pending_restart = coalesce($21, pending_restart)
+                pending_restart = coalesce($21, pending_restart),
+                parameters_applied = greatest(parameters_applied, $22)
              WHERE node_id = $1",
         )
         .bind(me.snap.id)
@@ -250,6 +257,7 @@ impl Store {
         .bind(hb.work.as_ref().map(super::work::to_json))
         .bind(hb.restart_done.min(i64::MAX as u64) as i64)
         .bind(hb.pending_restart.as_deref())
+        .bind(hb.parameters_applied.min(i64::MAX as u64) as i64)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -52,6 +52,7 @@ pub(super) struct NodeRow {
     restart_requested: i64,
     restart_done: i64,
     pending_restart: String,
+    parameters_applied: i64,
 }
 
 /// A formation's settings and the database's time.
@@ -61,6 +62,7 @@ pub(super) struct FormationRow {
     election_forced_at: Option<DateTime<Utc>>,
     /// Who paused the formation (NULL: not paused).
     paused_by: Option<String>,
+    parameters_version: i64,
     pub now: DateTime<Utc>,
 }
 
@@ -107,6 +109,7 @@ impl FormationRow {
             })?,
             election_forced_at: self.election_forced_at,
             paused: self.paused_by.is_some(),
+            parameters_version: self.parameters_version.max(0) as u64,
         })
     }
 }
@@ -182,6 +185,7 @@ impl TryFrom<NodeRow> for StoredNode {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect(),
+            parameters_applied: r.parameters_applied.max(0) as u64,
         })
     }
 }

@@ -212,6 +212,7 @@ impl SimNode {
             wakes: false,
             restart_done: 0,
             pending_restart: Vec::new(),
+            parameters_applied: 0,
         }
     }
 }

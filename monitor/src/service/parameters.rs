@@ -1,0 +1,60 @@
+//! `SetParameter` and `ListParameters`: the request checked and handed to
+//! the store (`crate::store::parameters`), which checks the value against
+//! `pg_settings` through the decision core.
+
+use pgpilot_proto::pb;
+use tonic::Status;
+
+use super::{formation_or_default, valid_name};
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::store::Store;
+
+/// A setting's name as PostgreSQL spells them: lower-case letters,
+/// digits, `_` and `.` (a custom setting), at most 63 bytes.
+fn valid_setting(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+    if ok {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{:?} is not a PostgreSQL setting's name (lower-case letters, digits, _ and ., at most 63 bytes)",
+        name.chars().take(80).collect::<String>()
+    )))
+}
+
+pub(super) async fn set(
+    store: &Store,
+    caller: &Caller,
+    r: pb::SetParameterRequest,
+) -> Result<String, Status> {
+    let formation = formation_or_default(&r.formation).to_string();
+    valid_name("formation", &formation)?;
+    valid_setting(&r.name)?;
+    let value = (!r.reset).then_some(r.value.as_str());
+    let message = store
+        .set_parameter(&formation, &r.name, value, &caller.operator_identity())
+        .await?;
+    tracing::warn!(%formation, operator = %caller, "{message}");
+    Ok(message)
+}
+
+pub(super) async fn list(
+    store: &Store,
+    r: pb::ListParametersRequest,
+) -> Result<pb::ListParametersReply, Status> {
+    let formation = formation_or_default(&r.formation).to_string();
+    valid_name("formation", &formation)?;
+    let (version, set) = store.parameters(&formation).await?;
+    Ok(pb::ListParametersReply {
+        version,
+        parameters: set
+            .into_iter()
+            .map(|(name, value)| pb::Parameter { name, value })
+            .collect(),
+    })
+}

@@ -1,0 +1,165 @@
+//! The SQL shell of `set-parameter` / `reset-parameter` and of the
+//! parameters a keeper is sent: the setting read from the monitor
+//! database's `pg_settings`, checked by the core
+//! (`crate::core::parameters`), stored, the version raised, an event on
+//! each group's primary, the keepers woken.
+
+use pgpilot_proto::ReplicationState as S;
+
+use super::{insert_event, no_formation, retry, rows, wakes, Result, Store, StoredNode};
+use crate::core::parameters::{self, Setting};
+use crate::core::pause;
+
+/// A `pg_settings` row.
+#[derive(Debug, sqlx::FromRow)]
+struct SettingRow {
+    name: String,
+    vartype: String,
+    unit: Option<String>,
+    min_val: Option<String>,
+    max_val: Option<String>,
+    enumvals: Option<Vec<String>>,
+    context: String,
+}
+
+impl Store {
+    /// Set `name` to `value` for every node of `formation` (`None`: reset
+    /// it) at the request of `operator`. The answer to the operator.
+    pub async fn set_parameter(
+        &self,
+        formation: &str,
+        name: &str,
+        value: Option<&str>,
+        operator: &str,
+    ) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            // The formation row: other changes of its parameters wait.
+            let version: Option<i64> = sqlx::query_scalar(
+                "SELECT parameters_version FROM formation WHERE name = $1 FOR UPDATE",
+            )
+            .bind(formation)
+            .fetch_optional(&mut *tx)
+            .await?;
+            version.ok_or_else(|| no_formation(formation))?;
+            let (event, kind, message) = match value {
+                Some(value) => {
+                    let row: Option<SettingRow> = sqlx::query_as(
+                        "SELECT name, vartype, unit, min_val, max_val, enumvals, context
+                           FROM pg_settings WHERE name = $1",
+                    )
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let server: String = sqlx::query_scalar("SHOW server_version")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let setting = row.map(|r| Setting {
+                        name: r.name,
+                        vartype: r.vartype,
+                        unit: r.unit,
+                        min: r.min_val,
+                        max: r.max_val,
+                        enumvals: r.enumvals.unwrap_or_default(),
+                        context: r.context.clone(),
+                    });
+                    let value = parameters::check(name, value, setting.as_ref(), &server)?;
+                    sqlx::query(
+                        "INSERT INTO formation_parameter (formation, name, value) VALUES ($1, $2, $3)
+                         ON CONFLICT (formation, name) DO UPDATE SET value = EXCLUDED.value",
+                    )
+                    .bind(formation)
+                    .bind(name)
+                    .bind(&value)
+                    .execute(&mut *tx)
+                    .await?;
+                    let restart = setting
+                        .as_ref()
+                        .is_some_and(|s| s.context == "postmaster");
+                    let applies = if restart {
+                        "it needs a restart: the nodes show it pending, then run restart --all --pending-only"
+                    } else {
+                        "the keepers write it into pgpilot.conf and reload"
+                    };
+                    (
+                        format!("parameter {name} = {value} set by {operator}"),
+                        parameters::SET,
+                        format!("{name} = {value} set for formation {formation}: {applies}"),
+                    )
+                }
+                None => {
+                    let set: Vec<String> = sqlx::query_scalar(
+                        "SELECT name FROM formation_parameter WHERE formation = $1 ORDER BY name",
+                    )
+                    .bind(formation)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    parameters::check_reset(formation, name, &set)?;
+                    sqlx::query(
+                        "DELETE FROM formation_parameter WHERE formation = $1 AND name = $2",
+                    )
+                    .bind(formation)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                    (
+                        format!("parameter {name} reset by {operator}"),
+                        parameters::RESET,
+                        format!(
+                            "{name} reset for formation {formation}: the keepers remove it from pgpilot.conf and reload (a setting that needs a restart shows pending)"
+                        ),
+                    )
+                }
+            };
+            sqlx::query(
+                "UPDATE formation SET parameters_version = parameters_version + 1 WHERE name = $1",
+            )
+            .bind(formation)
+            .execute(&mut *tx)
+            .await?;
+            let stored: Vec<StoredNode> = rows::nodes(
+                sqlx::query_as("SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id")
+                    .bind(formation)
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?;
+            let pairs: Vec<(i32, &crate::fsm::NodeSnapshot)> =
+                stored.iter().map(|n| (n.group_id, &n.snap)).collect();
+            for i in pause::event_nodes(&pairs) {
+                let n = &stored[i];
+                let goal: S = n.snap.goal;
+                insert_event(&mut tx, n, goal, goal, kind, &event).await?;
+            }
+            sqlx::query("SELECT pg_notify('pgpilot_events', $1)")
+                .bind(formation)
+                .execute(&mut *tx)
+                .await?;
+            wakes::notify(&mut tx, &stored).await?;
+            tx.commit().await?;
+            Ok(message.clone())
+        })
+        .await
+    }
+
+    /// The parameters of `formation` and their version (one statement:
+    /// one snapshot).
+    pub async fn parameters(&self, formation: &str) -> Result<(u64, Vec<(String, String)>)> {
+        let rows: Vec<(i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT f.parameters_version, p.name, p.value
+               FROM formation f LEFT JOIN formation_parameter p ON p.formation = f.name
+              WHERE f.name = $1 ORDER BY p.name",
+        )
+        .bind(formation)
+        .fetch_all(&self.pool)
+        .await?;
+        let version = rows
+            .first()
+            .map(|r| r.0.max(0) as u64)
+            .ok_or_else(|| no_formation(formation))?;
+        let set = rows
+            .into_iter()
+            .filter_map(|(_, name, value)| Some((name?, value?)))
+            .collect();
+        Ok((version, set))
+    }
+}

@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use pgpilot_proto::ReplicationState as S;
 
-use super::{insert_event, no_formation, retry, rows, Result, Store, StoredNode};
+use super::{insert_event, no_formation, retry, rows, Result, Store, StoredNode, Tx};
 use crate::core::formations;
 use crate::core::pause::{self, PausedBy};
 
@@ -137,26 +137,8 @@ impl Store {
             .bind(operator)
             .execute(&mut *tx)
             .await?;
-            let stored: Vec<StoredNode> = rows::nodes(
-                sqlx::query_as(
-                    "SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id",
-                )
-                .bind(formation)
-                .fetch_all(&mut *tx)
-                .await?,
-            )?;
-            let pairs: Vec<(i32, &crate::fsm::NodeSnapshot)> =
-                stored.iter().map(|n| (n.group_id, &n.snap)).collect();
             let kind = if pause { pause::PAUSED } else { pause::RESUMED };
-            for i in pause::event_nodes(&pairs) {
-                let n = &stored[i];
-                let goal: S = n.snap.goal;
-                insert_event(&mut tx, n, goal, goal, kind, &change.event).await?;
-            }
-            sqlx::query("SELECT pg_notify('pgpilot_events', $1)")
-                .bind(formation)
-                .execute(&mut *tx)
-                .await?;
+            formation_event(&mut tx, formation, kind, &change.event).await?;
             tx.commit().await?;
             Ok(change.message.clone())
         })
@@ -172,4 +154,32 @@ fn paused_by(by: Option<String>, at: Option<DateTime<Utc>>) -> Option<PausedBy> 
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
             .unwrap_or_default(),
     })
+}
+
+/// Record an event of the whole formation on each group's primary (its
+/// lowest node when none), and tell the listeners; the formation's nodes.
+pub(super) async fn formation_event(
+    tx: &mut Tx<'_>,
+    formation: &str,
+    kind: &str,
+    text: &str,
+) -> Result<Vec<StoredNode>> {
+    let stored: Vec<StoredNode> = rows::nodes(
+        sqlx::query_as("SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id")
+            .bind(formation)
+            .fetch_all(&mut **tx)
+            .await?,
+    )?;
+    let pairs: Vec<(i32, &crate::fsm::NodeSnapshot)> =
+        stored.iter().map(|n| (n.group_id, &n.snap)).collect();
+    for i in pause::event_nodes(&pairs) {
+        let n = &stored[i];
+        let goal: S = n.snap.goal;
+        insert_event(tx, n, goal, goal, kind, text).await?;
+    }
+    sqlx::query("SELECT pg_notify('pgpilot_events', $1)")
+        .bind(formation)
+        .execute(&mut **tx)
+        .await?;
+    Ok(stored)
 }

@@ -4,11 +4,9 @@
 //! (`crate::core::parameters`), stored, the version raised, an event on
 //! each group's primary, the keepers woken.
 
-use pgpilot_proto::ReplicationState as S;
-
-use super::{insert_event, no_formation, retry, rows, wakes, Result, Store, StoredNode};
+use super::formations::formation_event;
+use super::{no_formation, retry, wakes, Result, Store};
 use crate::core::parameters::{self, Setting};
-use crate::core::pause;
 
 /// A `pg_settings` row.
 #[derive(Debug, sqlx::FromRow)]
@@ -117,23 +115,7 @@ impl Store {
             .bind(formation)
             .execute(&mut *tx)
             .await?;
-            let stored: Vec<StoredNode> = rows::nodes(
-                sqlx::query_as("SELECT * FROM node WHERE formation = $1 ORDER BY group_id, node_id")
-                    .bind(formation)
-                    .fetch_all(&mut *tx)
-                    .await?,
-            )?;
-            let pairs: Vec<(i32, &crate::fsm::NodeSnapshot)> =
-                stored.iter().map(|n| (n.group_id, &n.snap)).collect();
-            for i in pause::event_nodes(&pairs) {
-                let n = &stored[i];
-                let goal: S = n.snap.goal;
-                insert_event(&mut tx, n, goal, goal, kind, &event).await?;
-            }
-            sqlx::query("SELECT pg_notify('pgpilot_events', $1)")
-                .bind(formation)
-                .execute(&mut *tx)
-                .await?;
+            let stored = formation_event(&mut tx, formation, kind, &event).await?;
             wakes::notify(&mut tx, &stored).await?;
             tx.commit().await?;
             Ok(message.clone())

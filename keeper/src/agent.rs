@@ -327,12 +327,9 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         let asked = self.restart_requested;
         let started = Instant::now();
         let text = if o.running {
-            let mut actions = vec![Action::Stop, Action::Start];
-            if state.is_writable_primary() {
-                actions.insert(0, Action::Checkpoint);
-            }
             tracing::info!(state = %state, pending_restart = ?o.pending_restart, "restarting PostgreSQL as asked through the monitor");
-            self.execute_with_keepalive(&actions, None).await?;
+            self.execute_with_keepalive(&plan::restart(state), None)
+                .await?;
             let pending = if o.pending_restart.is_empty() {
                 "no setting was pending a restart".to_string()
             } else {

@@ -471,11 +471,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                     .chain(peers.iter().cloned())
                     .collect()
             }),
-            parameters: target
-                .parameters
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            parameters: target.parameters.clone(),
         }
     }
 }

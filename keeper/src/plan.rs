@@ -139,6 +139,16 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
     Ok(actions)
 }
 
+/// A restart of PostgreSQL asked through the monitor, at rest in `state`:
+/// a primary checkpoints first, so that its stop has little left to write.
+pub fn restart(state: S) -> Vec<Action> {
+    if state.is_writable_primary() {
+        vec![Checkpoint, Stop, Start]
+    } else {
+        vec![Stop, Start]
+    }
+}
+
 /// What the keeper keeps true while it stays in `state`.
 pub fn steady(state: S) -> Vec<Action> {
     match state {

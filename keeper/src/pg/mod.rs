@@ -84,7 +84,7 @@ pub struct ManagedConfig {
     /// The formation's parameters (`set-parameter`), written last: they
     /// override pgpilot's replication defaults (the monitor refuses the
     /// settings the keeper manages).
-    pub parameters: Vec<(String, String)>,
+    pub parameters: std::collections::BTreeMap<String, String>,
 }
 
 /// What the keeper observes of its PostgreSQL on each loop.

@@ -36,7 +36,7 @@ fn config(standby_of: Option<Upstream>) -> ManagedConfig {
         wal_sender_timeout: Duration::from_secs(5),
         wal_receiver_timeout: Duration::from_millis(4500),
         group_hosts: Some(vec!["10.0.0.2".into(), "10.0.0.1".into()]),
-        parameters: Vec::new(),
+        parameters: Default::default(),
     }
 }
 
@@ -230,10 +230,11 @@ fn renders_the_restore_command_only_when_configured() {
 #[test]
 fn renders_the_formation_parameters_after_the_defaults_they_override() {
     let mut cfg = config(None);
-    cfg.parameters = vec![
-        ("wal_level".into(), "logical".into()),
-        ("search_path".into(), "app, 'public'".into()),
-    ];
+    cfg.parameters = [
+        ("wal_level".to_string(), "logical".to_string()),
+        ("search_path".to_string(), "app, 'public'".to_string()),
+    ]
+    .into();
     let rendered = render_config(&cfg, Path::new("/run/pg"), &login("replicator", None));
     let default = rendered.find("wal_level = replica\n").expect("the default");
     let set = rendered
@@ -665,7 +666,7 @@ fn node_config(port: u16, name: &str, standby_of: Option<Upstream>) -> ManagedCo
         wal_sender_timeout: Duration::from_secs(5),
         wal_receiver_timeout: Duration::from_secs(5),
         group_hosts: Some(vec!["127.0.0.1".into()]),
-        parameters: Vec::new(),
+        parameters: Default::default(),
     }
 }
 

@@ -146,15 +146,23 @@ fn restart_lines(s: &pb::FormationState) -> String {
                 "restarting: {} (asked through the monitor)\n",
                 n.name
             ));
-        } else if !n.pending_restart.is_empty() {
-            out.push_str(&format!(
-                "pending restart: {} ({}): restart --pending-only applies it\n",
-                n.name,
-                n.pending_restart.join(", ")
-            ));
+        } else if let Some(line) = pending_restart_line(n) {
+            out.push_str(&line);
         }
     }
     out
+}
+
+/// The settings node `n` has pending a restart, as one line (none when
+/// none is).
+pub fn pending_restart_line(n: &pb::NodeStatus) -> Option<String> {
+    (!n.pending_restart.is_empty()).then(|| {
+        format!(
+            "pending restart: {} ({}): restart --all --pending-only applies it\n",
+            n.name,
+            n.pending_restart.join(", ")
+        )
+    })
 }
 
 /// The monitors sharing the monitor database, and who runs the duties.

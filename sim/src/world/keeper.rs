@@ -651,12 +651,8 @@ impl World {
             self.sleep(i);
             return;
         }
-        let mut actions = vec![Action::Stop, Action::Start];
-        if state.is_writable_primary() {
-            actions.insert(0, Action::Checkpoint);
-        }
         self.log(format!("{}: restarting PostgreSQL as asked", name(i)));
-        self.start_actions(i, actions, None);
+        self.start_actions(i, plan::restart(state), None);
         let k = &mut self.keepers[i];
         k.restarting = Some((k.seq, asked));
     }

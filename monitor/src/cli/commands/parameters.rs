@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::super::args::Wait;
 use super::super::error::CliError;
+use super::super::tables::pending_restart_line;
 use super::super::wait::wait_until;
 use super::{print_view, Operator};
 
@@ -138,14 +139,7 @@ fn pending_lines(state: &FormationState) -> String {
     state
         .nodes
         .iter()
-        .filter(|n| !n.pending_restart.is_empty())
-        .map(|n| {
-            format!(
-                "pending restart: {} ({}): restart --all --pending-only applies it\n",
-                n.name,
-                n.pending_restart.join(", ")
-            )
-        })
+        .filter_map(pending_restart_line)
         .collect()
 }
 

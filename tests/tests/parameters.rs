@@ -116,6 +116,14 @@ async fn parameters_reach_every_node_and_a_pending_one_is_applied_by_a_restart()
     .await?;
     expect_everywhere(&cluster, "max_prepared_transactions", "9").await?;
 
+    // Setting names are case-insensitive: pg_settings spells it TimeZone.
+    operator::cli_ok(
+        &cluster,
+        &["set-parameter", "timezone", "UTC", "--timeout", "60s"],
+    )
+    .await?;
+    expect_everywhere(&cluster, "TimeZone", "UTC").await?;
+
     // A reset: each node's own value again.
     operator::cli_ok(
         &cluster,

@@ -100,7 +100,8 @@ pub fn check(
         value: value.into(),
         why,
     };
-    if let Some((_, why)) = MANAGED.iter().find(|(m, _)| *m == name) {
+    // Setting names are case-insensitive (pg_settings spells TimeZone).
+    if let Some((_, why)) = MANAGED.iter().find(|(m, _)| m.eq_ignore_ascii_case(name)) {
         return Err(Refusal::ManagedParameter {
             name: name.into(),
             why: (*why).into(),
@@ -151,16 +152,17 @@ pub fn check(
         }
         _ => value.to_string(),
     };
-    if name == "wal_level" && value == "minimal" {
+    if name.eq_ignore_ascii_case("wal_level") && value == "minimal" {
         return Err(bad("streaming replication needs replica or logical".into()));
     }
     Ok(value)
 }
 
-/// Check that `name` is one of the formation's parameters before a reset.
-pub fn check_reset(formation: &str, name: &str, set: &[String]) -> Result<(), Refusal> {
-    if set.iter().any(|n| n == name) {
-        return Ok(());
+/// Check that `name` is one of the formation's parameters `set` before a
+/// reset (in any case); the name as stored.
+pub fn check_reset<'a>(formation: &str, name: &str, set: &'a [String]) -> Result<&'a str, Refusal> {
+    if let Some(stored) = set.iter().find(|n| n.eq_ignore_ascii_case(name)) {
+        return Ok(stored);
     }
     Err(Refusal::ParameterNotSet {
         formation: formation.into(),
@@ -306,6 +308,7 @@ mod tests {
     fn unknown_managed_and_read_only_settings_are_refused() {
         let unknown = check("shared_bufers", "1GB", None, "15.4").unwrap_err();
         assert!(unknown.to_string().contains("15.4"), "{unknown}");
+        assert!(check("Primary_Conninfo", "host=x", None, "15").is_err());
         let managed = check("primary_conninfo", "host=x", None, "15").unwrap_err();
         assert!(
             managed
@@ -322,8 +325,9 @@ mod tests {
 
     #[test]
     fn only_a_parameter_that_is_set_can_be_reset() {
-        let set = vec!["work_mem".to_string()];
+        let set = vec!["work_mem".to_string(), "TimeZone".to_string()];
         assert!(check_reset("default", "work_mem", &set).is_ok());
+        assert_eq!(check_reset("default", "timezone", &set), Ok("TimeZone"));
         let e = check_reset("default", "jit", &set).unwrap_err();
         assert!(e.to_string().contains("work_mem"), "{e}");
     }

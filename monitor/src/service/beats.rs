@@ -13,7 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::{
-    address, fence_required_held, notes, refused, start_failures, state, timings, valid_name,
+    address, fence_required_held, is_setting_name, notes, refused, start_failures, state, timings,
+    valid_name,
 };
 use crate::auth::Caller;
 use crate::error::Error;
@@ -292,12 +293,7 @@ fn pending_restart(names: &[String]) -> Result<String, Error> {
     }
     let mut sorted: Vec<&str> = Vec::with_capacity(names.len());
     for name in names {
-        let fits = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
-        if !fits {
+        if !is_setting_name(name) {
             return Err(Error::InvalidArgument(format!(
                 "pending_restart names {:?}, which is not a PostgreSQL setting's name (letters, digits, _ and ., at most 63 bytes)",
                 name.chars().take(80).collect::<String>()

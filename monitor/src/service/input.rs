@@ -22,6 +22,16 @@ pub(super) fn formation_and_node(formation: &str, node: &str) -> Result<String, 
     Ok(formation)
 }
 
+/// A PostgreSQL setting's name: letters, digits, `_` and `.` (a custom
+/// setting), at most 63 bytes (names are case-insensitive: TimeZone).
+pub(super) fn is_setting_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
 pub(super) fn refused(e: Error) -> Status {
     tracing::warn!(error = %e, "request refused");
     e.into()

@@ -5,24 +5,18 @@
 use pgpilot_proto::pb;
 use tonic::Status;
 
-use super::{formation_or_default, valid_name};
+use super::{formation_or_default, is_setting_name, valid_name};
 use crate::auth::Caller;
 use crate::error::Error;
 use crate::store::Store;
 
-/// A setting's name as PostgreSQL spells them: lower-case letters,
-/// digits, `_` and `.` (a custom setting), at most 63 bytes.
+/// A setting's name as PostgreSQL spells them (see [`is_setting_name`]).
 fn valid_setting(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
-    if ok {
+    if is_setting_name(name) {
         return Ok(());
     }
     Err(Error::InvalidArgument(format!(
-        "{:?} is not a PostgreSQL setting's name (lower-case letters, digits, _ and ., at most 63 bytes)",
+        "{:?} is not a PostgreSQL setting's name (letters, digits, _ and ., at most 63 bytes)",
         name.chars().take(80).collect::<String>()
     )))
 }

@@ -185,8 +185,8 @@ async fn write(
                 AND n.work IS NULL
                 AND n.fence_held_required IS NOT DISTINCT FROM hb.held
                 -- A restart carried out, or other settings pending: stored
-                -- by the locked path.
-                AND n.restart_done = least(hb.restart_done, n.restart_requested)
+                -- by the locked path (a keepalive's 0 changes nothing).
+                AND least(hb.restart_done, n.restart_requested) <= n.restart_done
                 AND (hb.pending IS NULL OR n.pending_restart = hb.pending)
                 AND n.parameters_applied >= hb.params
                 -- Built before the one folded in: the locked path answers it.

@@ -231,7 +231,7 @@ impl Store {
                 fence_timeout_ms = $12, wal_sender_timeout_ms = $13, pg_start_failures = $14,
                 pg_running_since = $15, fence_held_required = $16, keeper_boot_id = $17,
                 keeper_sent_ns = $18, work = $19,
-                restart_done = least($20, restart_requested),
+                restart_done = greatest(restart_done, least($20, restart_requested)),
                 pending_restart = coalesce($21, pending_restart),
                 parameters_applied = greatest(parameters_applied, $22)
              WHERE node_id = $1",

@@ -44,7 +44,7 @@ impl Store {
                 Some(value) => {
                     let row: Option<SettingRow> = sqlx::query_as(
                         "SELECT name, vartype, unit, min_val, max_val, enumvals, context
-                           FROM pg_settings WHERE name = $1",
+                           FROM pg_settings WHERE lower(name) = lower($1)",
                     )
                     .bind(name)
                     .fetch_optional(&mut *tx)
@@ -62,6 +62,8 @@ impl Store {
                         context: r.context.clone(),
                     });
                     let value = parameters::check(name, value, setting.as_ref(), &server)?;
+                    // As pg_settings spells it: one row per setting.
+                    let name = setting.as_ref().map_or(name, |s| s.name.as_str());
                     sqlx::query(
                         "INSERT INTO formation_parameter (formation, name, value) VALUES ($1, $2, $3)
                          ON CONFLICT (formation, name) DO UPDATE SET value = EXCLUDED.value",
@@ -92,7 +94,7 @@ impl Store {
                     .bind(formation)
                     .fetch_all(&mut *tx)
                     .await?;
-                    parameters::check_reset(formation, name, &set)?;
+                    let name = parameters::check_reset(formation, name, &set)?;
                     sqlx::query(
                         "DELETE FROM formation_parameter WHERE formation = $1 AND name = $2",
                     )

@@ -89,35 +89,60 @@ impl Cluster {
     }
 
     /// Write every monitor's config, start them all and wait until each
-    /// answers.
+    /// answers. A monitor that could not bind a port picked by
+    /// [`free_port`] (another test took it in the meantime) is started
+    /// again on fresh ports, twice at most.
     pub(super) async fn start_monitors(&mut self, opts: &ClusterOptions) -> Result<()> {
-        let database_url = self.monitors_database_url();
-        for m in &self.monitors {
-            let config = MonitorToml {
-                database_url: database_url.clone(),
-                metrics_listen: m.metrics_port.map(|p| format!("127.0.0.1:{p}")),
-                listen: format!("127.0.0.1:{}", m.port),
-                advertise_url: Some(m.url.clone()),
-                node_timeout: opts.node_timeout.clone(),
-                health_check_interval: opts.health_check_interval.clone(),
-            };
-            let text = toml::to_string(&config)? + &self.monitor_security_toml();
-            fs::write(&m.config, text)
-                .with_context(|| format!("writing {}", m.config.display()))?;
-            restrict(&m.config)?;
-        }
         for i in 0..self.monitors.len() {
-            let channel = self
-                .endpoint_of(&self.monitors[i].url)?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(10))
-                .connect_lazy();
-            self.monitors[i].channel = Some(channel);
+            self.write_monitor_config(i, opts)?;
             self.spawn_monitor(i)?;
         }
         for i in 0..self.monitors.len() {
-            self.wait_monitor_answers(i).await?;
+            let mut attempts = 1;
+            loop {
+                let Err(e) = self.wait_monitor_answers(i).await else {
+                    break;
+                };
+                let log = fs::read_to_string(&self.monitors[i].log).unwrap_or_default();
+                if attempts == 3 || !log.contains("Address already in use") {
+                    return Err(e);
+                }
+                attempts += 1;
+                let m = &mut self.monitors[i];
+                let scheme = m.url.split("://").next().unwrap_or("http").to_string();
+                m.port = free_port()?;
+                m.url = format!("{scheme}://127.0.0.1:{}", m.port);
+                if m.metrics_port.is_some() {
+                    m.metrics_port = Some(free_port()?);
+                }
+                self.write_monitor_config(i, opts)?;
+                self.spawn_monitor(i)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Monitor `i`'s configuration file, and the harness's channel to it.
+    fn write_monitor_config(&mut self, i: usize, opts: &ClusterOptions) -> Result<()> {
+        let database_url = self.monitors_database_url();
+        let m = &self.monitors[i];
+        let config = MonitorToml {
+            database_url,
+            metrics_listen: m.metrics_port.map(|p| format!("127.0.0.1:{p}")),
+            listen: format!("127.0.0.1:{}", m.port),
+            advertise_url: Some(m.url.clone()),
+            node_timeout: opts.node_timeout.clone(),
+            health_check_interval: opts.health_check_interval.clone(),
+        };
+        let text = toml::to_string(&config)? + &self.monitor_security_toml();
+        fs::write(&m.config, text).with_context(|| format!("writing {}", m.config.display()))?;
+        restrict(&m.config)?;
+        let channel = self
+            .endpoint_of(&m.url)?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        self.monitors[i].channel = Some(channel);
         Ok(())
     }
 

@@ -65,6 +65,9 @@ pub struct Keeper<P: LocalPostgres> {
     /// The parameters version last written into pgpilot.conf by a plan
     /// that finished (reported as `parameters_applied`).
     parameters_written: u64,
+    /// When the `before_promotion` hook last refused the promotion this
+    /// node was asked (reported while it stays in the election).
+    promotion_refused: Option<Instant>,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
@@ -107,6 +110,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             paused: None,
             stopping: None,
             hooks: Hooks::none(),
+            promotion_refused: None,
             restart_requested: 0,
             parameters_written: 0,
         })
@@ -283,6 +287,15 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             self.parameters_written = version;
             return Ok(false);
         }
+        if to == S::PreparePromotion
+            && self
+                .promotion_refused
+                .is_some_and(|at| at.elapsed() < crate::hooks::REFUSAL_RETRY)
+        {
+            // Refused a moment ago: the monitor elects another standby
+            // when one can take over; else the hook is asked again soon.
+            return Ok(false);
+        }
         let actions = plan::plan(from, to)?;
         if to == S::WaitStandby && from != S::Init && !self.state.reclone {
             // A reinit: the clone that follows must not keep the data.
@@ -290,8 +303,18 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             state_file::save(&self.config.state_file(), &mut self.state)?;
         }
         let started = Instant::now();
-        self.execute_with_keepalive(&actions, Some((from, to)))
-            .await?;
+        let done = self
+            .execute_with_keepalive(&actions, Some((from, to)))
+            .await;
+        if let Err(KeeperError::PromotionRefused(why)) = &done {
+            tracing::warn!(state = %from, "{why}");
+            self.promotion_refused = Some(Instant::now());
+            return Ok(false);
+        }
+        done?;
+        if to == S::PreparePromotion {
+            self.promotion_refused = None;
+        }
         self.executor
             .failpoints()
             .before_action(from, to, actions.len());
@@ -361,6 +384,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         sent: Instant,
     ) -> Result<(), KeeperError> {
         let goal = S::from_wire(reply.goal_state).unwrap_or(self.state.goal);
+        if !matches!(goal, S::ReportLsn | S::FastForward | S::PreparePromotion) {
+            // Out of the election: a refusal of its promotion is forgotten.
+            self.promotion_refused = None;
+        }
         self.paused = Some(reply.paused);
         self.restart_requested = reply.restart_requested;
         if reply.parameters_included && reply.parameters_version != self.state.parameters_version {
@@ -493,6 +520,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         request.stopping = self.stopping.is_some();
         request.restart_done = self.state.restart_done;
         request.parameters_applied = self.parameters_written;
+        request.promotion_refused = self.promotion_refused.is_some();
         let notes = self.executor.notes().clone();
         request.notes = notes.pending();
         let sent = request.notes.clone();

@@ -329,6 +329,8 @@ pub fn node_active_request(
         pending_restart: o.pending_restart.clone(),
         // Set by the loop and the keepalives.
         parameters_applied: 0,
+        // The loop's heartbeat says it.
+        promotion_refused: false,
     }
 }
 

@@ -199,6 +199,13 @@ pub struct KeeperConfig {
     /// at most.
     #[serde(default)]
     pub before_stop: Option<String>,
+    /// A shell command run when this node is elected, before it is
+    /// promoted; waited for, `hook_timeout` at most. A non-zero exit (or
+    /// one killed at the timeout) refuses the promotion: the monitor
+    /// elects another candidate when one can take over, else the keeper
+    /// runs it again.
+    #[serde(default)]
+    pub before_promotion: Option<String>,
     /// A hook still running after this long is killed (its whole process
     /// group).
     #[serde(default = "d_hook", with = "humantime_serde")]
@@ -432,6 +439,7 @@ impl KeeperConfig {
         for (key, command) in [
             ("on_role_change", &self.on_role_change),
             ("before_stop", &self.before_stop),
+            ("before_promotion", &self.before_promotion),
         ] {
             if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
                 return bad(format!(

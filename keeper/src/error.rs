@@ -31,6 +31,10 @@ pub enum KeeperError {
     Waiting(String),
     #[error("this node was dropped from its formation")]
     Dropped,
+    /// The `before_promotion` hook refused the promotion asked (the
+    /// sentence says how it ended).
+    #[error("{0}")]
+    PromotionRefused(String),
     #[error("{0}")]
     Security(String),
 }

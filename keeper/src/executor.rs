@@ -18,6 +18,7 @@ use crate::config::KeeperConfig;
 use crate::error::KeeperError;
 use crate::failpoint::Failpoints;
 use crate::fence::SharedLease;
+use crate::hooks;
 use crate::notes::Notes;
 use crate::pg::{LocalPostgres, ManagedConfig, PgError, Rewound, Upstream};
 use crate::plan::Action;
@@ -214,6 +215,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                 Action::RewindIfDiverged => {
                     config_changed |= self.rewind_if_diverged(target).await?;
                 }
+                Action::BeforePromotion => self.before_promotion(transition, target).await?,
                 Action::WaitReplayCaughtUp => {
                     pg.wait_replay_caught_up(REPLAY_CATCH_UP_TIMEOUT).await?
                 }
@@ -228,6 +230,34 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
             }
         }
         Ok(())
+    }
+
+    /// Run the `before_promotion` hook, when set, and wait for it: a
+    /// non-zero exit or one killed at `hook_timeout` refuses the
+    /// promotion.
+    async fn before_promotion(
+        &self,
+        transition: Option<(S, S)>,
+        target: Target<'_>,
+    ) -> Result<(), KeeperError> {
+        let Some(command) = &self.config.before_promotion else {
+            return Ok(());
+        };
+        let (from, to) = transition.unwrap_or((target.goal, target.goal));
+        let env = hooks::promotion_environment(&self.config, target.node_id, from, to);
+        let timeout = self.config.hook_timeout;
+        match hooks::run("before_promotion", command, &env, timeout).await {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => Err(KeeperError::PromotionRefused(format!(
+                "the before_promotion hook refused this node's promotion ({status}): the monitor elects another standby when one can take over, else the hook runs again in {}s",
+                crate::hooks::REFUSAL_RETRY.as_secs()
+            ))),
+            None => Err(KeeperError::PromotionRefused(format!(
+                "the before_promotion hook did not finish within hook_timeout ({}) or could not start: taken as a refusal; the hook runs again in {}s unless another standby is elected",
+                humantime::format_duration(timeout),
+                crate::hooks::REFUSAL_RETRY.as_secs()
+            ))),
+        }
     }
 
     /// Start PostgreSQL, counting a start that failed with no postmaster

@@ -5,7 +5,13 @@
 //!   (`primary`: takes writes; `standby`: replays the primary's WAL;
 //!   `none`: neither — stopped, draining, demoted, in maintenance);
 //! - `before_stop`: before a keeper stopped on purpose (SIGTERM) stops
-//!   PostgreSQL, once its node has handed over.
+//!   PostgreSQL, once its node has handed over;
+//! - `before_promotion`: when the monitor elected this node, before it
+//!   does anything toward its promotion (the plan's first action). A
+//!   non-zero exit, or a hook killed at `hook_timeout`, refuses: the
+//!   keeper stays where it was and says so in its heartbeats; the monitor
+//!   elects another candidate when one can take over, else the keeper
+//!   asks the hook again after [`REFUSAL_RETRY`].
 //!
 //! Each runs as `/bin/sh -c COMMAND` under the keeper's user, with the
 //! event in its environment (`PGPILOT_*`, see [`environment`]), in a
@@ -22,6 +28,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::config::KeeperConfig;
+
+/// How long a keeper whose `before_promotion` hook refused waits before
+/// it runs the hook again, while it is still the one elected.
+pub const REFUSAL_RETRY: Duration = Duration::from_secs(5);
 
 /// What a node does, as a hook sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +96,23 @@ pub fn environment(
         ("PGPILOT_OLD_STATE", from.as_str().to_string()),
         ("PGPILOT_NEW_STATE", to.as_str().to_string()),
     ]
+}
+
+/// The environment of `before_promotion` for node `config` elected while
+/// in `from`: the new role is the one it is about to take, `primary`.
+pub fn promotion_environment(
+    config: &KeeperConfig,
+    node_id: i64,
+    from: S,
+    to: S,
+) -> Vec<(&'static str, String)> {
+    let mut env = environment(config, Some(node_id), "before_promotion", from, to);
+    for (key, value) in env.iter_mut() {
+        if *key == "PGPILOT_NEW_ROLE" {
+            *value = Role::Primary.as_str().to_string();
+        }
+    }
+    env
 }
 
 /// The hooks of one keeper.

@@ -172,6 +172,9 @@ pub fn render(a: &InitArgs) -> String {
     t.push_str("\n# Hooks: shell commands with PGPILOT_* in their environment.\n");
     t.push_str("# on_role_change = \"/etc/pgpilot/move-vip.sh\"   # PGPILOT_OLD_ROLE -> PGPILOT_NEW_ROLE\n");
     t.push_str("# before_stop = \"/etc/pgpilot/before-stop.sh\"\n");
+    t.push_str(
+        "# before_promotion = \"/etc/pgpilot/may-promote.sh\"   # non-zero exit: not this node\n",
+    );
     t.push_str(&format!(
         "# hook_timeout = {}\n",
         secs(DEFAULT_HOOK_TIMEOUT)
@@ -289,6 +292,7 @@ mod tests {
             "stop_timeout",
             "on_role_change",
             "before_stop",
+            "before_promotion",
             "hook_timeout",
             "clone_from",
             "clone_max_rate",

@@ -39,6 +39,9 @@ pub enum Action {
     /// the WAL receiver does not stream: a streaming standby is never
     /// stopped to check.
     RewindIfDiverged,
+    /// Run the `before_promotion` hook (when set): a refusal ends the
+    /// plan, and the monitor hears of it (see [`crate::hooks`]).
+    BeforePromotion,
     /// Replay every WAL record already received.
     WaitReplayCaughtUp,
     /// pg_promote() and check that writes are accepted.
@@ -115,7 +118,7 @@ pub fn plan(from: S, to: S) -> Result<Vec<Action>, NoEdge> {
         (S::Secondary, S::ReportLsn | S::WaitMaintenance) => vec![],
         // Start first: PostgreSQL may have stopped (crashed) since the
         // node reported its LSN, and replay and promotion need it running.
-        (_, S::PreparePromotion) => vec![Start, WaitReplayCaughtUp],
+        (_, S::PreparePromotion) => vec![BeforePromotion, Start, WaitReplayCaughtUp],
         (S::PreparePromotion, S::StopReplication) => {
             vec![Start, Promote, ConfigurePrimary, Reload]
         }
@@ -297,7 +300,7 @@ mod tests {
     fn promotion_replays_then_promotes() {
         assert_eq!(
             plan(S::ReportLsn, S::PreparePromotion).unwrap(),
-            vec![Start, WaitReplayCaughtUp]
+            vec![BeforePromotion, Start, WaitReplayCaughtUp]
         );
         let p = plan(S::PreparePromotion, S::StopReplication).unwrap();
         assert_eq!(p[..2], [Start, Promote]);
@@ -324,7 +327,7 @@ mod tests {
         );
         assert_eq!(
             plan(S::FastForward, S::PreparePromotion).unwrap(),
-            vec![Start, WaitReplayCaughtUp]
+            vec![BeforePromotion, Start, WaitReplayCaughtUp]
         );
     }
 

@@ -57,13 +57,14 @@ fn main() -> ExitCode {
         print!("{}", report.explain());
         let s = &report.stats;
         println!(
-            "virtual {:.1} s, {} events, {} writes ({} acknowledged, {} under synchronous replication), {} promotions, {} fences, {} faults, operator commands {} done / {} refused",
+            "virtual {:.1} s, {} events, {} writes ({} acknowledged, {} under synchronous replication), {} promotions ({} refused by a hook), {} fences, {} faults, operator commands {} done / {} refused",
             report.virtual_ms as f64 / 1000.0,
             s.events,
             s.writes,
             s.acked,
             s.acked_sync,
             s.promotions,
+            s.refusals,
             s.fences,
             s.faults,
             s.operator_ok,
@@ -81,12 +82,13 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut virtual_ms = 0u64;
-    let (mut promotions, mut acked_sync) = (0u64, 0u64);
+    let (mut promotions, mut refusals, mut acked_sync) = (0u64, 0u64, 0u64);
     let (mut max_settle, mut forced) = ((0, 0), 0u64);
     for seed in args.first..args.first + count {
         let report = run(seed, opts);
         virtual_ms += report.virtual_ms;
         promotions += report.stats.promotions;
+        refusals += report.stats.refusals;
         acked_sync += report.stats.acked_sync;
         max_settle = max_settle.max((report.stats.settle_ms, seed));
         forced += u64::from(report.stats.forced);
@@ -111,7 +113,7 @@ fn main() -> ExitCode {
         max_settle.1
     );
     println!(
-        "{count} seeds in {secs:.1} s ({:.0} seeds/s), {:.1} virtual hours, {promotions} promotions, {acked_sync} writes acknowledged under synchronous replication; {} seeds broke an invariant{}",
+        "{count} seeds in {secs:.1} s ({:.0} seeds/s), {:.1} virtual hours, {promotions} promotions ({refusals} refused by a hook), {acked_sync} writes acknowledged under synchronous replication; {} seeds broke an invariant{}",
         count as f64 / secs,
         virtual_ms as f64 / 3_600_000.0,
         failures.len(),

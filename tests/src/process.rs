@@ -1,9 +1,11 @@
 //! Small process and file utilities: free ports, `/proc`, signals, log tails.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,10 +14,22 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-/// A 127.0.0.1 port nothing listens on right now (bind port 0, read, close).
+/// A 127.0.0.1 port nothing listens on right now (bind port 0, read,
+/// close), never one this process handed out before: the kernel may give
+/// a just-closed port again, and two parts of one cluster (the monitor
+/// database and a monitor) must not be given the same port before either
+/// binds it. Another test process may still take it meanwhile; the
+/// harness starts a part again on fresh ports when its bind fails.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// Become the reaper of orphaned descendants, so that the PostgreSQL

@@ -363,6 +363,7 @@ mod tests {
                 timings: timings(),
                 fence_required_held: None,
                 sent: None,
+                promotion_refused: false,
             },
             synchronous_standby_names: None,
             goal_changed_at: None,

@@ -313,8 +313,9 @@ impl Eval<'_> {
         let (top_timeline, max_lsn) = self.nodes[most_advanced].wal_end();
         // A reporter on the latest timeline first: one on an older timeline
         // may hold WAL past the fork, which no fast-forward can follow.
-        // Then the highest candidate priority, the most advanced, the
-        // lowest id.
+        // Then one whose before_promotion hook has not refused (a
+        // refused one is elected again only when no other can be), the
+        // highest candidate priority, the most advanced, the lowest id.
         let winner = reporters
             .iter()
             .copied()
@@ -322,6 +323,7 @@ impl Eval<'_> {
             .max_by_key(|&i| {
                 (
                     self.nodes[i].timeline == top_timeline,
+                    !self.nodes[i].promotion_refused,
                     self.nodes[i].candidate_priority,
                     self.nodes[i].wal_end(),
                     -self.nodes[i].id,
@@ -417,8 +419,46 @@ impl Eval<'_> {
         }
     }
 
+    /// Live reporters of the election other than `i` that may be promoted
+    /// and whose hook has not refused.
+    fn other_candidates(&self, i: usize) -> usize {
+        (0..self.nodes.len())
+            .filter(|&j| {
+                let n = &self.nodes[j];
+                j != i
+                    && n.goal == S::ReportLsn
+                    && n.reported == S::ReportLsn
+                    && n.candidate_priority > 0
+                    && !n.promotion_refused
+                    && self.alive(j)
+                    && n.pg_running
+                    && !n.wal_receiver_streaming
+            })
+            .count()
+    }
+
+    /// The elected node `i` has not moved to `prepare_promotion` because
+    /// its `before_promotion` hook refused: it goes back to `report_lsn`
+    /// and the election runs again when another candidate can win; else
+    /// it stays elected and its keeper runs the hook again.
+    fn promotion_refused(&mut self, i: usize) {
+        let node = self.name(i);
+        if self.other_candidates(i) > 0 {
+            self.assign(i, S::ReportLsn, Reason::PromotionRefused { node });
+        } else {
+            self.wait(Wait::PromotionRefused { node });
+        }
+    }
+
     pub(super) fn promotion_rules(&mut self) {
         for i in 0..self.nodes.len() {
+            if self.nodes[i].goal == S::PreparePromotion
+                && self.nodes[i].promotion_refused
+                && !self.reached(i)
+            {
+                self.promotion_refused(i);
+                continue;
+            }
             if !self.reached(i) {
                 continue;
             }

@@ -143,6 +143,10 @@ pub struct NodeSnapshot {
     pub fence_required_held: Option<u32>,
     /// When its keeper built the last heartbeat folded in (None: not said).
     pub heard_sent: Option<KeeperClock>,
+    /// Its keeper's `before_promotion` hook refused the promotion it was
+    /// asked, and it has stayed in the election since (`report_lsn`,
+    /// `fast_forward`): elected again only when no other candidate can be.
+    pub promotion_refused: bool,
 }
 
 /// When a keeper built a heartbeat: its host's boot and CLOCK_BOOTTIME.
@@ -206,6 +210,8 @@ pub struct Report {
     pub fence_required_held: Option<u32>,
     /// When the keeper built it (None: not said).
     pub sent: Option<KeeperClock>,
+    /// The keeper's `before_promotion` hook refused the promotion asked.
+    pub promotion_refused: bool,
 }
 
 impl NodeSnapshot {
@@ -240,6 +246,7 @@ impl NodeSnapshot {
             fence_pending: FencePending::default(),
             fence_required_held: None,
             heard_sent: None,
+            promotion_refused: false,
         }
     }
 
@@ -281,6 +288,11 @@ impl NodeSnapshot {
         self.timings = r.timings;
         self.fence_required_held = r.fence_required_held;
         self.heard_sent = r.sent;
+        // A refusal is said while the keeper is asked to promote; it is
+        // remembered for as long as the node stays in the election, so that
+        // the next election passes it over.
+        self.promotion_refused = r.promotion_refused
+            || (self.promotion_refused && matches!(r.reported, S::ReportLsn | S::FastForward));
     }
 }
 

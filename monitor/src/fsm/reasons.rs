@@ -94,6 +94,11 @@ pub enum Reason {
     FastForwardSourceLost {
         why: String,
     },
+    /// The elected standby's `before_promotion` hook refused; another
+    /// candidate can be elected.
+    PromotionRefused {
+        node: String,
+    },
     /// The node's keeper is stopping it on purpose (SIGTERM): a primary
     /// hands over as in a planned failover, a secondary leaves the
     /// synchronous set before its PostgreSQL stops.
@@ -136,6 +141,7 @@ impl Reason {
             Reason::Reinit => "reinit",
             Reason::GoalUnreachable { .. } => "goal_unreachable",
             Reason::FastForwardSourceLost { .. } => "fast_forward_source_lost",
+            Reason::PromotionRefused { .. } => "promotion_refused",
             Reason::KeeperStopping { .. } => "keeper_stopping",
         }
     }
@@ -241,6 +247,10 @@ impl fmt::Display for Reason {
                 f,
                 "the WAL to fetch before the promotion cannot be had ({why}): electing again among the standbys there are"
             ),
+            Reason::PromotionRefused { node } => write!(
+                f,
+                "the before_promotion hook of {node} refused its promotion: electing again, another candidate first"
+            ),
             Reason::GoalUnreachable { reported, goal } => write!(
                 f,
                 "the keeper reports {reported}, from which it has no path to {goal} (a goal set from an older report): deciding again from {reported}"
@@ -297,6 +307,9 @@ pub enum Wait {
     FenceDeadline { primary: String, ms: i64 },
     /// No reporting standby may be promoted.
     NoEligibleReporter { max_lsn: u64 },
+    /// The elected standby's `before_promotion` hook refused and no other
+    /// candidate can be elected: its keeper runs the hook again.
+    PromotionRefused { node: String },
     /// The elected standby cannot fetch the WAL it misses.
     FastForwardBlocked { node: String, down: Vec<String> },
     /// The elected standby fetches the WAL it misses.
@@ -322,6 +335,7 @@ impl Wait {
             Wait::ElectionStuck { .. } | Wait::UnfencedPrimary { .. } => Wait::ELECTION_STUCK,
             Wait::FenceDeadline { .. } => "fence_deadline",
             Wait::NoEligibleReporter { .. } => "no_eligible_reporter",
+            Wait::PromotionRefused { .. } => "promotion_refused",
             Wait::FastForwardBlocked { .. } => "fast_forward_blocked",
             Wait::FastForwarding { .. } => "fast_forwarding",
         }
@@ -428,6 +442,10 @@ impl fmt::Display for Wait {
                 f,
                 "election: no reporting standby has a candidate priority above 0 (most advanced LSN {})",
                 format_lsn(*max_lsn)
+            ),
+            Wait::PromotionRefused { node } => write!(
+                f,
+                "election: the before_promotion hook of {node} refused its promotion and no other standby can be elected; its keeper runs the hook again"
             ),
             Wait::FastForwardBlocked { node, down } => write!(
                 f,

@@ -74,6 +74,7 @@ impl Group {
             fence_pending: Default::default(),
             fence_required_held: None,
             heard_sent: None,
+            promotion_refused: false,
         });
         self
     }
@@ -516,6 +517,7 @@ fn heartbeats_track_restarts_and_failed_starts() {
         timings: TIMINGS,
         fence_required_held: None,
         sent: None,
+        promotion_refused: false,
     };
     n.heard(&report(true, 0), t);
     assert_eq!((n.pg_running_since, n.pg_down_since), (Some(t), None));
@@ -1181,6 +1183,107 @@ fn fast_forward_ends_once_the_winner_has_the_wal() {
     assert_eq!(fast_forward_source(&g.nodes, 1), Some(2));
 }
 
+/// A planned hand-over whose winner's `before_promotion` hook refuses:
+/// b (priority 90) was elected over c; b's keeper did not move.
+fn refused_hand_over() -> Group {
+    group()
+        .at("a", S::PrepareMaintenance)
+        .node("b", S::ReportLsn, S::PreparePromotion)
+        .at("c", S::ReportLsn)
+        .with("b", |n| {
+            n.candidate_priority = 90;
+            n.promotion_refused = true;
+        })
+        .stream_lost("b", 1)
+        .stream_lost("c", 1)
+}
+
+#[test]
+fn a_refused_promotion_elects_another_candidate() {
+    let g = refused_hand_over();
+    let o = g.decide();
+    // Back in the election at once, b is passed over although its
+    // priority is higher, and c is elected in the same evaluation.
+    expect(&g, &o, &[("b", S::ReportLsn), ("c", S::PreparePromotion)]);
+    assert_eq!(o.decisions[0].reason.kind(), "promotion_refused");
+    assert!(
+        o.decisions[0]
+            .reason
+            .to_string()
+            .contains("hook of b refused"),
+        "{}",
+        o.decisions[0].reason
+    );
+    let g = g.with("b", |n| n.goal = S::ReportLsn);
+    expect(&g, &g.decide(), &[("c", S::PreparePromotion)]);
+    // Had b not refused, it would win.
+    let g = g.with("b", |n| n.promotion_refused = false);
+    expect(&g, &g.decide(), &[("b", S::PreparePromotion)]);
+}
+
+#[test]
+fn a_refused_promotion_with_no_other_candidate_waits_for_the_hook() {
+    // c may not be promoted, is refused too, or is gone: b stays elected
+    // (its keeper runs the hook again) and the group says why.
+    for other in [
+        refused_hand_over().with("c", |n| n.candidate_priority = 0),
+        refused_hand_over().with("c", |n| n.promotion_refused = true),
+        refused_hand_over().dead("c", 10),
+    ] {
+        let o = other.decide();
+        expect(&other, &o, &[]);
+        assert!(
+            o.waiting
+                .iter()
+                .any(|w| w.kind() == "promotion_refused"
+                    && w.to_string().contains("hook of b refused")),
+            "{:?}",
+            o.waiting
+        );
+    }
+    // Every candidate refused: the best of them is elected again, so that
+    // its hook is asked again.
+    let g = refused_hand_over()
+        .with("b", |n| n.goal = S::ReportLsn)
+        .with("c", |n| n.promotion_refused = true);
+    expect(&g, &g.decide(), &[("b", S::PreparePromotion)]);
+}
+
+#[test]
+fn a_node_that_reached_prepare_promotion_is_not_sent_back() {
+    // Its hook accepted (it moved); a refusal remembered from before
+    // does not undo that.
+    let g = refused_hand_over().with("b", |n| n.reported = S::PreparePromotion);
+    expect(&g, &g.decide(), &[("b", S::StopReplication)]);
+}
+
+#[test]
+fn a_refusal_is_remembered_while_the_node_stays_in_the_election() {
+    let report = |reported: S, refused: bool| Report {
+        reported,
+        pg_running: true,
+        lsn: 1,
+        timeline: 1,
+        wal_receiver_streaming: false,
+        pg_start_failures: 0,
+        timings: TIMINGS,
+        fence_required_held: None,
+        sent: None,
+        promotion_refused: refused,
+    };
+    let mut n = NodeSnapshot::registered(1, "b", 50, true, TIMINGS);
+    n.heard(&report(S::ReportLsn, true), t0());
+    assert!(n.promotion_refused);
+    n.heard(&report(S::ReportLsn, false), t0());
+    assert!(n.promotion_refused, "still in the election");
+    n.heard(&report(S::FastForward, false), t0());
+    assert!(n.promotion_refused, "still in the election");
+    n.heard(&report(S::JoinSecondary, false), t0());
+    assert!(!n.promotion_refused, "the election is over for it");
+    n.heard(&report(S::ReportLsn, false), t0());
+    assert!(!n.promotion_refused, "a new election starts afresh");
+}
+
 #[test]
 fn settings_change_goes_through_apply_settings() {
     let g = group().at("a", S::ApplySettings).secondary("b");
@@ -1742,6 +1845,7 @@ fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
                 fence_pending: Default::default(),
                 fence_required_held: None,
                 heard_sent: None,
+                promotion_refused: false,
             }
         })
         .collect()

@@ -244,6 +244,7 @@ impl Beats {
                 .transpose()?,
             restart_done: r.restart_done,
             parameters_applied: r.parameters_applied,
+            promotion_refused: r.promotion_refused,
             clone_from: r.clone_from,
             stopping: r.stopping,
         })

@@ -51,6 +51,9 @@ pub struct Heartbeat {
     pub pending_restart: Option<String>,
     /// The formation parameters version the keeper applied.
     pub parameters_applied: u64,
+    /// Its `before_promotion` hook refused the promotion it was asked;
+    /// such a heartbeat takes the locked path.
+    pub promotion_refused: bool,
 }
 
 /// A keeper's note (a diverged standby rewound, …), recorded as an event
@@ -74,6 +77,7 @@ impl Heartbeat {
             timings: self.timings,
             fence_required_held: self.fence_required_held,
             sent: self.sent,
+            promotion_refused: self.promotion_refused,
         }
     }
 }
@@ -130,7 +134,7 @@ impl Store {
     pub async fn node_active(&self, hb: &Heartbeat) -> Result<Assignment> {
         // The steady state is written in batches (see `batch`); anything
         // else, notes too, takes the locked path.
-        if hb.notes.is_empty() && hb.work.is_none() && !hb.stopping {
+        if hb.notes.is_empty() && hb.work.is_none() && !hb.stopping && !hb.promotion_refused {
             if let Some(assignment) = self.beats.submit(hb.clone()).await? {
                 return Ok(assignment);
             }
@@ -233,7 +237,8 @@ impl Store {
                 keeper_sent_ns = $18, work = $19,
                 restart_done = greatest(restart_done, least($20, restart_requested)),
                 pending_restart = coalesce($21, pending_restart),
-                parameters_applied = greatest(parameters_applied, $22)
+                parameters_applied = greatest(parameters_applied, $22),
+                promotion_refused = $23
              WHERE node_id = $1",
         )
         .bind(me.snap.id)
@@ -258,6 +263,7 @@ impl Store {
         .bind(hb.restart_done.min(i64::MAX as u64) as i64)
         .bind(hb.pending_restart.as_deref())
         .bind(hb.parameters_applied.min(i64::MAX as u64) as i64)
+        .bind(me.snap.promotion_refused)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -74,6 +74,15 @@ impl World {
             }
             Action::RewindOrClone => self.rewind_or_clone_action(i, upstream),
             Action::RewindIfDiverged => self.rewind_if_diverged_action(i, upstream),
+            Action::BeforePromotion => {
+                if self.hook_refuses[i] {
+                    self.keepers[i].promotion_refused = Some(self.now);
+                    self.stats.refusals += 1;
+                    Err("the before_promotion hook refused this node's promotion".into())
+                } else {
+                    Ok(false)
+                }
+            }
             Action::WaitReplayCaughtUp => {
                 if self.pgs[i].running {
                     Ok(false)

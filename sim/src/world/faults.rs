@@ -62,6 +62,15 @@ impl World {
             }
             68..=92 => self.operator(x),
             93..=96 => self.keeper_stop_asked(x),
+            97 | 98 => {
+                self.hook_refuses[x] = true;
+                let d = self.rng.range(1_000, 15_000);
+                self.log(format!(
+                    "fault: the before_promotion hook of {} refuses for {d} ms",
+                    name(x)
+                ));
+                self.after(d, Ev::EndHookRefusal(x));
+            }
             _ => {}
         }
     }
@@ -200,6 +209,7 @@ impl World {
         self.partitions.clear();
         self.loss = 0.0;
         self.slow = false;
+        self.hook_refuses.fill(false);
         self.log("faults stop: network healed, dead keepers restart".into());
         for i in 0..self.keepers.len() {
             if !self.keepers[i].alive {

@@ -64,6 +64,8 @@ impl World {
                     boot: i as u128 + 1,
                     ns: self.now * 1_000_000 + self.seq % 1_000_000,
                 }),
+                // Only the loop's heartbeats say it (agent.rs `heartbeat`).
+                promotion_refused: acting_toward.is_none() && k.promotion_refused.is_some(),
             },
             synchronous_standby_names: applied,
             acting_toward,
@@ -205,6 +207,9 @@ impl World {
         if reply.goal != k.goal {
             k.goal = reply.goal;
         }
+        if !matches!(k.goal, S::ReportLsn | S::FastForward | S::PreparePromotion) {
+            k.promotion_refused = None;
+        }
         k.paused = Some(reply.paused);
         k.restart_requested = reply.restart_requested;
         k.restart_done = k.restart_done.min(reply.restart_requested);
@@ -225,6 +230,14 @@ impl World {
         }
         if from == to {
             self.start_actions(i, plan::steady(from), None);
+            return;
+        }
+        let refused_at = self.keepers[i].promotion_refused;
+        if to == S::PreparePromotion
+            && refused_at.is_some_and(|at| self.now < at + REFUSAL_RETRY_MS)
+        {
+            // agent.rs: refused a moment ago; asked again soon.
+            self.sleep(i);
             return;
         }
         match plan::plan(from, to) {
@@ -389,6 +402,9 @@ impl World {
                     let k = &mut self.keepers[i];
                     k.current = to;
                     k.lease.current = to;
+                    if to == S::PreparePromotion {
+                        k.promotion_refused = None;
+                    }
                     if k.confirmed {
                         self.guards[i].current = to;
                     }
@@ -445,6 +461,7 @@ impl World {
             // Only scheduled when it finds a divergence: a rewind follows.
             Action::RewindIfDiverged => (300, 1200),
             Action::WaitReplayCaughtUp => (5, 50),
+            Action::BeforePromotion => (5, 300),
             Action::Promote => (100, 400),
         };
         self.rng.range(lo, hi)
@@ -683,6 +700,7 @@ impl World {
         k.stop_reply = None;
         k.paused = None;
         k.restarting = None;
+        k.promotion_refused = None;
         let inc = k.incarnation;
         self.log(format!("{}: keeper restarted", name(i)));
         self.after(1, Ev::Step(i, inc));

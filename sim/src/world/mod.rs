@@ -34,6 +34,9 @@ mod wal;
 const PUMP_MS: Ms = 20;
 /// The keeper's fence task period.
 const FENCE_TICK_MS: Ms = 100;
+/// A refused promotion is asked of the hook again after this long
+/// (`pgpilot_keeper::hooks::REFUSAL_RETRY`).
+const REFUSAL_RETRY_MS: Ms = pgpilot_keeper::hooks::REFUSAL_RETRY.as_millis() as Ms;
 const LSN_BASE: u64 = 0x300_0000;
 /// WAL bytes per client write.
 const RECORD_BYTES: u64 = 128;
@@ -87,6 +90,8 @@ pub struct Stats {
     pub acked: u64,
     pub acked_sync: u64,
     pub promotions: u64,
+    /// Promotions a `before_promotion` hook refused.
+    pub refusals: u64,
     pub fences: u64,
     pub faults: u64,
     pub operator_ok: u64,
@@ -292,6 +297,9 @@ struct Keeper {
     restart_requested: u64,
     restart_done: u64,
     restarting: Option<(u64, u64)>,
+    /// When its `before_promotion` hook last refused the promotion it was
+    /// asked (agent.rs `promotion_refused`).
+    promotion_refused: Option<Ms>,
 }
 
 #[derive(Debug, Clone)]
@@ -352,6 +360,7 @@ enum Ev {
     Heal(u64),
     EndLoss,
     EndSlow,
+    EndHookRefusal(usize),
     KeeperRestart(usize),
     FaultsOver,
     Check,
@@ -449,6 +458,9 @@ pub struct World {
     next_partition: u64,
     loss: f64,
     slow: bool,
+    /// Each node's `before_promotion` hook refuses (a fault of its host's
+    /// surroundings: the keeper's restart does not change it).
+    hook_refuses: Vec<bool>,
     faults_on: bool,
     faults_over_at: Option<Ms>,
     settled: bool,
@@ -535,6 +547,7 @@ impl World {
             restart_requested: 0,
             restart_done: 0,
             restarting: None,
+            promotion_refused: None,
         };
         let monitor = Monitor::new(t.machine, opts.monitor_flaw);
         World {
@@ -553,6 +566,7 @@ impl World {
             next_partition: 0,
             loss: 0.0,
             slow: false,
+            hook_refuses: vec![false; n],
             faults_on: false,
             faults_over_at: None,
             settled: false,
@@ -736,6 +750,10 @@ impl World {
             }
             Ev::EndSlow => {
                 self.slow = false;
+            }
+            Ev::EndHookRefusal(i) => {
+                self.hook_refuses[i] = false;
+                self.log(format!("{}: before_promotion hook accepts again", name(i)));
             }
             Ev::KeeperRestart(i) => self.keeper_restart(i),
             Ev::FaultsOver => self.faults_over(),

@@ -181,11 +181,21 @@ impl Cluster {
                     pgpilot_proto::security::client(channel.clone(), credentials.clone());
                 async move {
                     this.check_processes()?;
-                    match client.get_formation_state(this.state_request()).await {
-                        Ok(_) => Ok(Some(())),
+                    let answer = client.get_formation_state(this.state_request()).await;
+                    // Unknown/Internal: something else on the port (a
+                    // server that does not speak gRPC), not our monitor.
+                    let not_yet = [
+                        tonic::Code::Unavailable,
+                        tonic::Code::Unknown,
+                        tonic::Code::Internal,
+                    ];
+                    match answer {
+                        Err(status) if not_yet.contains(&status.code()) => {
+                            Err(anyhow!("{}", status.message()))
+                        }
                         // Answered, even if only to say the formation has no node yet.
-                        Err(status) if status.code() != tonic::Code::Unavailable => Ok(Some(())),
-                        Err(status) => Err(anyhow!("{}", status.message())),
+                        _ if this.monitors[i].running() => Ok(Some(())),
+                        _ => Err(anyhow!("monitor {i} exited")),
                     }
                 }
             },

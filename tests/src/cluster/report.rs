@@ -52,6 +52,11 @@ impl Cluster {
                 vip.trim()
             ));
         }
+        if let Ok(answers) = std::fs::read_to_string(hooks.join("promotions.log")) {
+            out.push_str(&format!(
+                "\n==== before_promotion hook answers ====\n{answers}"
+            ));
+        }
         out.push_str("\n==== processes ====\n");
         out.push_str(&self.process_status());
         out.push_str(&self.log_tails());

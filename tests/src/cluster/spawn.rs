@@ -303,8 +303,9 @@ impl Cluster {
             text.push_str(&format!("http_listen = \"127.0.0.1:{p}\"\n"));
         }
         text.push_str(&format!(
-            "on_role_change = {:?}\n",
-            self.role_change_hook()?.display().to_string()
+            "on_role_change = {:?}\nbefore_promotion = {:?}\n",
+            self.role_change_hook()?.display().to_string(),
+            self.promotion_hook()?.display().to_string()
         ));
         fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         self.nodes.push(Node {
@@ -346,6 +347,56 @@ impl Cluster {
             fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
         }
         Ok(script)
+    }
+
+    /// The keepers' `before_promotion` hook: it refuses while the file
+    /// `hooks/refuse-<node>` exists (see [`Cluster::refuse_promotion`]),
+    /// and writes a line per answer in `hooks/promotions.log`.
+    fn promotion_hook(&self) -> Result<std::path::PathBuf> {
+        let dir = self.root.join("hooks");
+        let script = dir.join("before-promotion.sh");
+        if !script.exists() {
+            self.tools.make_dir(&dir)?;
+            let text = format!(
+                "#!/bin/sh\n\
+                 dir={dir:?}\n\
+                 if [ -e \"$dir/refuse-$PGPILOT_NODE\" ]; then\n\
+                 \techo \"$PGPILOT_NODE refused ($PGPILOT_OLD_STATE, new role $PGPILOT_NEW_ROLE)\" >> \"$dir/promotions.log\"\n\
+                 \texit 1\n\
+                 fi\n\
+                 echo \"$PGPILOT_NODE accepted ($PGPILOT_OLD_STATE, new role $PGPILOT_NEW_ROLE)\" >> \"$dir/promotions.log\"\n",
+                dir = dir.display().to_string()
+            );
+            fs::write(&script, text).with_context(|| format!("writing {}", script.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(script)
+    }
+
+    /// Make node `name`'s `before_promotion` hook refuse (or accept again).
+    pub fn refuse_promotion(&self, name: &str, refuse: bool) -> Result<()> {
+        self.node(name)?;
+        let flag = self.root.join("hooks").join(format!("refuse-{name}"));
+        if refuse {
+            fs::write(&flag, "").with_context(|| format!("writing {}", flag.display()))
+        } else {
+            match fs::remove_file(&flag) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", flag.display()))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// The lines the `before_promotion` hooks wrote so far.
+    pub fn promotion_answers(&self) -> Vec<String> {
+        fs::read_to_string(self.root.join("hooks").join("promotions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     pub(super) fn node(&self, name: &str) -> Result<&Node> {

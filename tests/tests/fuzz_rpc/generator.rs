@@ -235,6 +235,7 @@ impl Generator {
             1 => Call::NodeActive(Box::new(pb::NodeActiveRequest {
                 stopping: rng.chance(0.2),
                 wakes: rng.chance(0.5),
+                promotion_refused: rng.chance(0.1),
                 parameters_applied: rng.range(0, 3),
                 restart_done: if w(rng) {
                     Generator::wild_u64(rng)

@@ -213,6 +213,7 @@ impl SimNode {
             restart_done: 0,
             pending_restart: Vec::new(),
             parameters_applied: 0,
+            promotion_refused: false,
         }
     }
 }

@@ -284,6 +284,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             let version = self.state.parameters_version;
             self.execute_with_keepalive(&plan::steady(from), None)
                 .await?;
+            if version != self.parameters_written && observation.running {
+                // A new version is reloaded even when pgpilot.conf did not
+                // change: `reload` asks exactly that, for files edited by
+                // hand (postgresql.conf, pg_hba.conf).
+                self.pg.reload().await?;
+            }
             self.parameters_written = version;
             return Ok(false);
         }

@@ -446,6 +446,16 @@ impl Monitor for MonitorService {
         Ok(Response::new(pb::OperationReply { message }))
     }
 
+    async fn reload_formation(
+        &self,
+        request: Request<pb::ReloadFormationRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let caller = self.caller(&request)?;
+        caller.require_operator("reload").map_err(refused)?;
+        let message = parameters::reload(&self.store, &caller, request.into_inner()).await?;
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
     async fn list_parameters(
         &self,
         request: Request<pb::ListParametersRequest>,

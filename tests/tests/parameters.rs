@@ -139,3 +139,40 @@ async fn parameters_reach_every_node_and_a_pending_one_is_applied_by_a_restart()
     }
     cluster.shutdown().await
 }
+
+/// `reload`: a setting edited by hand in each node's postgresql.conf is
+/// in force on every node once the command returns, with no restart and
+/// no failover; the reload is an event naming the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_files_edited_by_hand_on_every_node() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(2)).await?;
+    cluster.wait_healthy_pair().await?;
+    let primary = cluster.primary_name().await?;
+    expect_everywhere(&cluster, "log_min_duration_statement", "-1").await?;
+    for node in cluster.node_names() {
+        let conf = cluster.pgdata(&node)?.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)?;
+        text.push_str("\nlog_min_duration_statement = 4321\n");
+        std::fs::write(&conf, text)?;
+    }
+    let out = operator::cli_ok(&cluster, &["reload", "--timeout", "60s"]).await?;
+    if !out.contains("reloaded by every node") {
+        return Err(cluster.failure(format!("reload said:\n{out}")).await);
+    }
+    expect_everywhere(&cluster, "log_min_duration_statement", "4321ms").await?;
+    if cluster.primary_name().await? != primary {
+        return Err(cluster
+            .failure("the primary changed during a reload".to_string())
+            .await);
+    }
+    let events = operator::events(&cluster).await?;
+    if !events.iter().any(|e| {
+        e["kind"] == "reload_requested"
+            && e["reason"].as_str().is_some_and(|d| d.contains("asked by"))
+    }) {
+        return Err(cluster
+            .failure(format!("no reload_requested event:\n{events:#?}"))
+            .await);
+    }
+    Ok(())
+}

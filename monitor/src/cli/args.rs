@@ -225,6 +225,17 @@ pub enum OperatorCommand {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Have every node of the formation reload its PostgreSQL
+    /// configuration (pg_reload_conf), e.g. after editing
+    /// postgresql.conf or pg_hba.conf by hand; waits until each reloaded.
+    /// A reload never looks like a crash; a setting that needs a restart
+    /// then shows as pending.
+    ///
+    /// Example: pgpilot-monitor reload
+    Reload {
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// The formation's parameters, and per node the version applied and
     /// the settings pending a restart.
     ///

@@ -343,6 +343,18 @@ impl Client {
             .await
     }
 
+    /// Have every node of `formation` reload its configuration.
+    pub async fn reload(&mut self, formation: &str) -> Result<String, CliError> {
+        let request = pb::ReloadFormationRequest {
+            formation: formation.to_string(),
+        };
+        self.command(
+            request,
+            |mut c, r| async move { c.reload_formation(r).await },
+        )
+        .await
+    }
+
     pub async fn parameters(
         &mut self,
         formation: &str,

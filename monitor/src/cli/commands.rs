@@ -172,6 +172,7 @@ impl Operator {
                 self.set_parameter(&name, Some(&value), wait).await
             }
             C::ResetParameter { name, wait } => self.set_parameter(&name, None, wait).await,
+            C::Reload { wait } => self.reload(wait).await,
             C::ShowParameters { json } => self.show_parameters(json).await,
             C::Restart {
                 node,

@@ -13,9 +13,10 @@
 
 use super::Refusal;
 
-/// The event kinds of a parameter set and reset.
+/// The event kinds of a parameter set and reset, and of a reload asked.
 pub const SET: &str = "parameter_set";
 pub const RESET: &str = "parameter_reset";
+pub const RELOAD: &str = "reload_requested";
 
 /// Settings the keeper writes itself, with why they cannot be set.
 const MANAGED: &[(&str, &str)] = &[

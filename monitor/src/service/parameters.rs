@@ -37,6 +37,20 @@ pub(super) async fn set(
     Ok(message)
 }
 
+pub(super) async fn reload(
+    store: &Store,
+    caller: &Caller,
+    r: pb::ReloadFormationRequest,
+) -> Result<String, Status> {
+    let formation = formation_or_default(&r.formation).to_string();
+    valid_name("formation", &formation)?;
+    let message = store
+        .reload_formation(&formation, &caller.operator_identity())
+        .await?;
+    tracing::warn!(%formation, operator = %caller, "{message}");
+    Ok(message)
+}
+
 pub(super) async fn list(
     store: &Store,
     r: pb::ListParametersRequest,

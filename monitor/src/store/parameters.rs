@@ -5,7 +5,7 @@
 //! each group's primary, the keepers woken.
 
 use super::formations::formation_event;
-use super::{no_formation, retry, wakes, Result, Store};
+use super::{no_formation, retry, wakes, Result, Store, Tx};
 use crate::core::parameters::{self, Setting};
 
 /// A `pg_settings` row.
@@ -111,16 +111,31 @@ impl Store {
                     )
                 }
             };
-            sqlx::query(
-                "UPDATE formation SET parameters_version = parameters_version + 1 WHERE name = $1",
-            )
-            .bind(formation)
-            .execute(&mut *tx)
-            .await?;
-            let stored = formation_event(&mut tx, formation, kind, &event).await?;
-            wakes::notify(&mut tx, &stored).await?;
+            new_version(&mut tx, formation, kind, &event).await?;
             tx.commit().await?;
             Ok(message.clone())
+        })
+        .await
+    }
+
+    /// Have every node of `formation` reload its configuration: a new
+    /// parameters version (the keepers reload when they apply one).
+    pub async fn reload_formation(&self, formation: &str, operator: &str) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let version: Option<i64> = sqlx::query_scalar(
+                "SELECT parameters_version FROM formation WHERE name = $1 FOR UPDATE",
+            )
+            .bind(formation)
+            .fetch_optional(&mut *tx)
+            .await?;
+            version.ok_or_else(|| no_formation(formation))?;
+            let event = format!("configuration reload asked by {operator}");
+            new_version(&mut tx, formation, parameters::RELOAD, &event).await?;
+            tx.commit().await?;
+            Ok(format!(
+                "every node of formation {formation} reloads its PostgreSQL configuration"
+            ))
         })
         .await
     }
@@ -146,4 +161,16 @@ impl Store {
             .collect();
         Ok((version, set))
     }
+}
+
+/// Raise `formation`'s parameters version, record the event and wake
+/// its keepers.
+async fn new_version(tx: &mut Tx<'_>, formation: &str, kind: &str, event: &str) -> Result<()> {
+    sqlx::query("UPDATE formation SET parameters_version = parameters_version + 1 WHERE name = $1")
+        .bind(formation)
+        .execute(&mut **tx)
+        .await?;
+    let stored = formation_event(tx, formation, kind, event).await?;
+    wakes::notify(tx, &stored).await?;
+    Ok(())
 }

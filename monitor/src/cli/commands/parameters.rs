@@ -42,20 +42,32 @@ impl Operator {
             .set_parameter(&self.formation, name, value)
             .await?;
         println!("{message}");
+        self.wait_applied(wait, "applying the parameters", "applied")
+            .await
+    }
+
+    /// Have every node reload its configuration and wait until each did.
+    pub(super) async fn reload(&mut self, wait: Wait) -> Result<(), CliError> {
+        let message = self.client.reload(&self.formation).await?;
+        println!("{message}");
+        self.wait_applied(wait, "reloading the configuration", "reloaded")
+            .await
+    }
+
+    /// Unless `--no-wait`: wait until every node that answers applied the
+    /// formation's parameters version as it is now, then name the
+    /// settings pending a restart.
+    async fn wait_applied(&mut self, wait: Wait, what: &str, done: &str) -> Result<(), CliError> {
         if wait.no_wait {
             return Ok(());
         }
         let version = self.client.parameters(&self.formation).await?.version;
-        wait_until(
-            &mut self.client,
-            &self.formation,
-            wait.timeout,
-            "applying the parameters",
-            |s| applied(s, version),
-        )
+        wait_until(&mut self.client, &self.formation, wait.timeout, what, |s| {
+            applied(s, version)
+        })
         .await?;
         let state = self.state().await?;
-        println!("applied by every node (version {version})");
+        println!("{done} by every node (version {version})");
         print!("{}", pending_lines(&state));
         Ok(())
     }

@@ -180,6 +180,7 @@ mod tests {
             timeline: 3,
             candidate_priority: 50,
             formation_paused: false,
+            pending_restart: 0,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct NodeView {
     pub candidate_priority: u32,
     /// Its formation is paused (no automatic failover).
     pub formation_paused: bool,
+    /// Settings its PostgreSQL last reported pending a restart.
+    pub pending_restart: u32,
 }
 
 impl NodeView {
@@ -84,7 +86,7 @@ pub fn render_nodes(nodes: &[NodeView], database_up: bool) -> String {
         &'static str,
         fn(&NodeView, &[NodeView]) -> Option<f64>,
     );
-    let gauges: [Gauge; 10] = [
+    let gauges: [Gauge; 11] = [
         ("pgpilot_node_reported_state_code", "Replication state the keeper last reported, as its protocol number (1 init … 21 dropped; see the README).", |n, _| Some(f64::from(n.reported.to_wire()))),
         ("pgpilot_node_goal_state_code", "Goal state the monitor assigned, as its protocol number.", |n, _| Some(f64::from(n.goal.to_wire()))),
         ("pgpilot_node_is_primary", "1 when the node reports a writable primary state with PostgreSQL running and its goal is one too, else 0.", |n, _| Some(flag(n.is_writable_primary()))),
@@ -95,6 +97,7 @@ pub fn render_nodes(nodes: &[NodeView], database_up: bool) -> String {
         ("pgpilot_node_replication_lag_bytes", "Bytes of WAL a running standby is behind the LSN its group's primary last reported (0 for the primary; absent while the group has no writable primary).", |n, all| lag(n, all)),
         ("pgpilot_node_timeline", "Timeline the keeper last reported.", |n, _| Some(f64::from(n.timeline))),
         ("pgpilot_node_candidate_priority", "Candidate priority (0 = never promoted).", |n, _| Some(f64::from(n.candidate_priority))),
+        ("pgpilot_node_pending_restart_settings", "Settings the node's PostgreSQL last reported pending a restart (pg_settings.pending_restart); restart --all --pending-only applies them.", |n, _| Some(f64::from(n.pending_restart))),
     ];
     f.head(
         "pgpilot_node_state",
@@ -208,6 +211,7 @@ mod tests {
             timeline: 2,
             candidate_priority: 50,
             formation_paused: false,
+            pending_restart: 0,
         }
     }
 
@@ -222,6 +226,7 @@ mod tests {
             "pgpilot_monitor_database_up 1",
             "pgpilot_node_state{formation=\"default\",group=\"0\",node=\"node1\",reported=\"primary\",goal=\"primary\"} 1",
             "pgpilot_node_reported_state_code{formation=\"default\",group=\"0\",node=\"node2\"} 9",
+            "pgpilot_node_pending_restart_settings{formation=\"default\",group=\"0\",node=\"node2\"} 0",
             "pgpilot_node_is_primary{formation=\"default\",group=\"0\",node=\"node1\"} 1",
             "pgpilot_node_is_primary{formation=\"default\",group=\"0\",node=\"node2\"} 0",
             "pgpilot_node_replication_lag_bytes{formation=\"default\",group=\"0\",node=\"node1\"} 0",

@@ -66,6 +66,7 @@ impl NodeView {
             timeline: n.snap.timeline,
             candidate_priority: n.snap.candidate_priority,
             formation_paused: false,
+            pending_restart: n.pending_restart.len() as u32,
         }
     }
 }

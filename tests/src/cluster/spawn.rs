@@ -325,48 +325,40 @@ impl Cluster {
 
     /// The keepers' `on_role_change` hook: a stand-in virtual IP, the
     /// file `hooks/vip` naming the node that last became primary, and a
-    /// line per role change in `hooks/role-changes.log` (written once per
-    /// cluster).
+    /// line per role change in `hooks/role-changes.log`.
     fn role_change_hook(&self) -> Result<std::path::PathBuf> {
-        let dir = self.root.join("hooks");
-        let script = dir.join("role-change.sh");
-        if !script.exists() {
-            self.tools.make_dir(&dir)?;
-            let text = format!(
-                "#!/bin/sh\n\
-                 # Stand-in virtual IP: the file vip names the node that takes writes.\n\
-                 dir={dir:?}\n\
-                 echo \"$PGPILOT_NODE $PGPILOT_OLD_ROLE -> $PGPILOT_NEW_ROLE ($PGPILOT_OLD_STATE -> $PGPILOT_NEW_STATE)\" >> \"$dir/role-changes.log\"\n\
-                 if [ \"$PGPILOT_NEW_ROLE\" = primary ]; then\n\
-                 \techo \"$PGPILOT_NODE\" > \"$dir/vip.tmp\" && mv \"$dir/vip.tmp\" \"$dir/vip\"\n\
-                 fi\n",
-                dir = dir.display().to_string()
-            );
-            fs::write(&script, text).with_context(|| format!("writing {}", script.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
-        }
-        Ok(script)
+        self.hook_script(
+            "role-change.sh",
+            "# Stand-in virtual IP: the file vip names the node that takes writes.\n\
+             echo \"$PGPILOT_NODE $PGPILOT_OLD_ROLE -> $PGPILOT_NEW_ROLE ($PGPILOT_OLD_STATE -> $PGPILOT_NEW_STATE)\" >> \"$dir/role-changes.log\"\n\
+             if [ \"$PGPILOT_NEW_ROLE\" = primary ]; then\n\
+             \techo \"$PGPILOT_NODE\" > \"$dir/vip.tmp\" && mv \"$dir/vip.tmp\" \"$dir/vip\"\n\
+             fi\n",
+        )
     }
 
     /// The keepers' `before_promotion` hook: it refuses while the file
     /// `hooks/refuse-<node>` exists (see [`Cluster::refuse_promotion`]),
     /// and writes a line per answer in `hooks/promotions.log`.
     fn promotion_hook(&self) -> Result<std::path::PathBuf> {
+        self.hook_script(
+            "before-promotion.sh",
+            "if [ -e \"$dir/refuse-$PGPILOT_NODE\" ]; then\n\
+             \techo \"$PGPILOT_NODE refused ($PGPILOT_OLD_STATE, new role $PGPILOT_NEW_ROLE)\" >> \"$dir/promotions.log\"\n\
+             \texit 1\n\
+             fi\n\
+             echo \"$PGPILOT_NODE accepted ($PGPILOT_OLD_STATE, new role $PGPILOT_NEW_ROLE)\" >> \"$dir/promotions.log\"\n",
+        )
+    }
+
+    /// The executable script `hooks/<file>` (written once per cluster):
+    /// `body` runs with `$dir` set to the hooks directory.
+    fn hook_script(&self, file: &str, body: &str) -> Result<std::path::PathBuf> {
         let dir = self.root.join("hooks");
-        let script = dir.join("before-promotion.sh");
+        let script = dir.join(file);
         if !script.exists() {
             self.tools.make_dir(&dir)?;
-            let text = format!(
-                "#!/bin/sh\n\
-                 dir={dir:?}\n\
-                 if [ -e \"$dir/refuse-$PGPILOT_NODE\" ]; then\n\
-                 \techo \"$PGPILOT_NODE refused ($PGPILOT_OLD_STATE, new role $PGPILOT_NEW_ROLE)\" >> \"$dir/promotions.log\"\n\
-                 \texit 1\n\
-                 fi\n\
-                 echo \"$PGPILOT_NODE accepted ($PGPILOT_OLD_STATE, new role $PGPILOT_NEW_ROLE)\" >> \"$dir/promotions.log\"\n",
-                dir = dir.display().to_string()
-            );
+            let text = format!("#!/bin/sh\ndir={:?}\n{body}", dir.display().to_string());
             fs::write(&script, text).with_context(|| format!("writing {}", script.display()))?;
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;

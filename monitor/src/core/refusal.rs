@@ -314,7 +314,8 @@ impl fmt::Display for Refusal {
             ),
             Refusal::BadParameterValue { name, value, why } => write!(
                 f,
-                "{value:?} is not a valid value for {name}: {why}"
+                "{} is not a valid value for {name}: {why}",
+                crate::names::quote(value)
             ),
             Refusal::ParameterNotSet {
                 formation,

@@ -16,8 +16,8 @@ fn valid_setting(name: &str) -> Result<(), Error> {
         return Ok(());
     }
     Err(Error::InvalidArgument(format!(
-        "{:?} is not a PostgreSQL setting's name (letters, digits, _ and ., at most 63 bytes)",
-        name.chars().take(80).collect::<String>()
+        "{} is not a PostgreSQL setting's name (letters, digits, _ and ., at most 63 bytes)",
+        crate::names::quote(name)
     )))
 }
 

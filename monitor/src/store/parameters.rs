@@ -7,6 +7,7 @@
 use super::formations::formation_event;
 use super::{no_formation, retry, wakes, Result, Store, Tx};
 use crate::core::parameters::{self, Setting};
+use crate::names::quote;
 
 /// A `pg_settings` row.
 #[derive(Debug, sqlx::FromRow)]
@@ -82,9 +83,14 @@ impl Store {
                         "the keepers write it into pgpilot.conf and reload"
                     };
                     (
-                        format!("parameter {name} = {value} set by {operator}"),
+                        // A text value may be long: the answer and the event
+                        // show its start (show-parameters shows it all).
+                        format!("parameter {name} = {} set by {operator}", quote(&value)),
                         parameters::SET,
-                        format!("{name} = {value} set for formation {formation}: {applies}"),
+                        format!(
+                            "{name} = {} set for formation {formation}: {applies}",
+                            quote(&value)
+                        ),
                     )
                 }
                 None => {

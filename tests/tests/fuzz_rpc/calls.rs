@@ -10,6 +10,8 @@ use pgpilot_proto::pb;
 use pgpilot_proto::security::{self};
 use prost::Message as _;
 
+use crate::operator::OwnFormations;
+
 #[derive(Debug, Clone)]
 pub(crate) enum Call {
     RegisterNode(pb::RegisterNodeRequest),
@@ -24,9 +26,15 @@ pub(crate) enum Call {
     ReinitNode(pb::ReinitNodeRequest),
     SetPaused(pb::SetPausedRequest),
     RestartNode(pb::RestartNodeRequest),
+    SetParameter(pb::SetParameterRequest),
+    ListParameters(pb::ListParametersRequest),
+    ReloadFormation(pb::ReloadFormationRequest),
+    CreateFormation(pb::CreateFormationRequest),
+    DropFormation(pb::DropFormationRequest),
+    ListFormations(pb::ListFormationsRequest),
 }
 
-pub(crate) const RPCS: [&str; 12] = [
+pub(crate) const RPCS: [&str; 18] = [
     "RegisterNode",
     "NodeActive",
     "GetFormationState",
@@ -39,6 +47,12 @@ pub(crate) const RPCS: [&str; 12] = [
     "ReinitNode",
     "SetPaused",
     "RestartNode",
+    "SetParameter",
+    "ListParameters",
+    "ReloadFormation",
+    "CreateFormation",
+    "DropFormation",
+    "ListFormations",
 ];
 
 impl Call {
@@ -56,6 +70,12 @@ impl Call {
             Call::ReinitNode(_) => RPCS[9],
             Call::SetPaused(_) => RPCS[10],
             Call::RestartNode(_) => RPCS[11],
+            Call::SetParameter(_) => RPCS[12],
+            Call::ListParameters(_) => RPCS[13],
+            Call::ReloadFormation(_) => RPCS[14],
+            Call::CreateFormation(_) => RPCS[15],
+            Call::DropFormation(_) => RPCS[16],
+            Call::ListFormations(_) => RPCS[17],
         }
     }
 
@@ -73,6 +93,12 @@ impl Call {
             Call::ReinitNode(r) => r.encoded_len(),
             Call::SetPaused(r) => r.encoded_len(),
             Call::RestartNode(r) => r.encoded_len(),
+            Call::SetParameter(r) => r.encoded_len(),
+            Call::ListParameters(r) => r.encoded_len(),
+            Call::ReloadFormation(r) => r.encoded_len(),
+            Call::CreateFormation(r) => r.encoded_len(),
+            Call::DropFormation(r) => r.encoded_len(),
+            Call::ListFormations(r) => r.encoded_len(),
         }
     }
 
@@ -126,6 +152,8 @@ pub(crate) enum Reply {
     State(pb::FormationState),
     Events(pb::ListEventsReply),
     Operation(pb::OperationReply),
+    Parameters(pb::ListParametersReply),
+    Formations(pb::ListFormationsReply),
 }
 
 pub(crate) async fn send(
@@ -165,6 +193,16 @@ pub(crate) async fn send(
         Call::ReinitNode(r) => Reply::Operation(client.reinit_node(r).await?.into_inner()),
         Call::RestartNode(r) => Reply::Operation(client.restart_node(r).await?.into_inner()),
         Call::SetPaused(r) => Reply::Operation(client.set_paused(r).await?.into_inner()),
+        Call::SetParameter(r) => Reply::Operation(client.set_parameter(r).await?.into_inner()),
+        Call::ListParameters(r) => Reply::Parameters(client.list_parameters(r).await?.into_inner()),
+        Call::ReloadFormation(r) => {
+            Reply::Operation(client.reload_formation(r).await?.into_inner())
+        }
+        Call::CreateFormation(r) => {
+            Reply::Operation(client.create_formation(r).await?.into_inner())
+        }
+        Call::DropFormation(r) => Reply::Operation(client.drop_formation(r).await?.into_inner()),
+        Call::ListFormations(r) => Reply::Formations(client.list_formations(r).await?.into_inner()),
     })
 }
 
@@ -178,6 +216,8 @@ pub(crate) struct Registry {
     /// Every formation a node was registered in during the run (a node
     /// dropped later still counts: its heartbeats were tried meanwhile).
     pub(crate) registered_in: BTreeSet<String>,
+    /// The formations of the fuzzer's own (`fz-…`) and whether each exists.
+    pub(crate) own: OwnFormations,
 }
 
 pub(crate) type Shared = Arc<Mutex<Registry>>;

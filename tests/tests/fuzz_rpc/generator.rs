@@ -5,6 +5,7 @@ use pgpilot_proto::pb;
 use pgpilot_sim::rng::Rng;
 
 use crate::calls::{lock, Call, Shared};
+use crate::operator;
 use crate::rules::resolve;
 use crate::{KEEPER_NAME, MAX_MESSAGE_BYTES, MAX_TIMING_MS, NODE_TIMEOUT_MS, POOL, UNREGISTERED};
 
@@ -181,7 +182,7 @@ impl Generator {
     pub(crate) fn call(&self, rng: &mut Rng, who: &Who, registry: &Shared) -> Call {
         let wild = *rng.pick(&[0.0, 0.0, 0.1, 0.3, 0.6, 1.0]);
         let w = |rng: &mut Rng| rng.chance(wild);
-        let mut call = match rng.below(12) {
+        let mut call = match rng.below(18) {
             0 => {
                 let (mut formation, mut name) = (self.formation(rng, wild), self.name(rng, wild));
                 if let Who::Keeper {
@@ -412,10 +413,11 @@ impl Generator {
                 formation: self.formation(rng, wild),
                 node: self.name(rng, wild),
             }),
-            _ => Call::SetPaused(pb::SetPausedRequest {
+            11 => Call::SetPaused(pb::SetPausedRequest {
                 formation: self.formation(rng, wild),
                 paused: rng.chance(0.5),
             }),
+            n => operator::call(self, rng, n - 12, wild, registry),
         };
         if rng.chance(0.005) {
             oversize(&mut call, rng);
@@ -449,5 +451,19 @@ pub(crate) fn oversize(call: &mut Call, rng: &mut Rng) {
         Call::ReinitNode(r) => r.node = big,
         Call::SetPaused(r) => r.formation = big,
         Call::RestartNode(r) => r.node = big,
+        Call::SetParameter(r) => {
+            if rng.chance(0.5) {
+                r.value = big
+            } else {
+                r.name = big
+            }
+        }
+        Call::ListParameters(r) => r.formation = big,
+        Call::ReloadFormation(r) => r.formation = big,
+        // Its name stays claimed: no other request draws it.
+        Call::CreateFormation(r) => r.formation = big,
+        Call::DropFormation(r) => r.formation = big,
+        // No field to fill.
+        Call::ListFormations(_) => {}
     }
 }

@@ -11,10 +11,13 @@
 //! with a proper code (InvalidArgument, NotFound, FailedPrecondition,
 //! OutOfRange, …: never Internal, Unknown or Unavailable) and one
 //! sentence; a request that breaks a documented rule must be refused,
-//! a request larger than the limit with OutOfRange. Then raw bytes on
-//! the gRPC port, hand-written HTTP/2 requests with broken framing or
-//! bodies that are no protobuf message, and racing registrations of one
-//! host and port. At the end the monitor still runs, its log holds no
+//! a request larger than the limit with OutOfRange. The operator
+//! commands on parameters and formations are held to their codes (see
+//! `operator`): they create and drop only formations of the fuzzer's own
+//! (`fz-…`), which the monitor lists exactly after the run. Then raw
+//! bytes on the gRPC port, hand-written HTTP/2 requests with broken
+//! framing or bodies that are no protobuf message, and racing
+//! registrations of one host and port. At the end the monitor still runs, its log holds no
 //! panic, and its state reads back consistent: every stored node valid,
 //! at most one writable primary goal per group, a reason on every event.
 //!
@@ -37,6 +40,7 @@ use pgpilot_tests::Security;
 
 use crate::calls::{lock, Shared};
 use crate::generator::{Generator, Who};
+use crate::operator::check_own_formations;
 use crate::raw::raw_fuzz;
 use crate::regressions::{racing_registrations, regressions};
 use crate::rules::{valid_host, valid_name};
@@ -46,6 +50,7 @@ use crate::run::{
 
 mod calls;
 mod generator;
+mod operator;
 mod oracle;
 mod raw;
 mod regressions;
@@ -157,6 +162,7 @@ async fn every_rpc_refuses_malformed_input_in_a_sentence() -> Result<()> {
         registry.clone(),
     )
     .await;
+    check_own_formations(&client, &registry, &mut extra).await;
 
     extra.extend(racing_registrations(&client, 10).await);
     let raw_started = Instant::now();
@@ -269,6 +275,7 @@ async fn every_rpc_refuses_the_wrong_caller_under_mutual_tls() -> Result<()> {
     let mut extra = register_keepers(&clients, &registry).await;
     let generator = Arc::new(Generator::new(&mut Rng::new(seed)));
     let tally = fuzz(seed, cases, generator, clients, registry.clone()).await;
+    check_own_formations(&operator, &registry, &mut extra).await;
 
     let formations = lock(&registry).registered_in.clone();
     if formations.len() < 2 {

@@ -7,6 +7,7 @@ use tonic::Code;
 
 use crate::calls::{lock, shorten_debug, Call, Reply, Shared};
 use crate::generator::Who;
+use crate::operator::{self, Expect};
 use crate::rules::{
     known_formation, resolve, valid_formation, valid_host, valid_name, valid_state, valid_timings,
 };
@@ -161,6 +162,12 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
         })
         | Call::ReinitNode(pb::ReinitNodeRequest { formation, node })
         | Call::RestartNode(pb::RestartNodeRequest { formation, node }) => names(formation, node),
+        Call::SetParameter(_)
+        | Call::ListParameters(_)
+        | Call::ReloadFormation(_)
+        | Call::CreateFormation(_)
+        | Call::DropFormation(_)
+        | Call::ListFormations(_) => operator::expect(call, registry).and_then(Expect::refusal),
     }
 }
 
@@ -292,6 +299,11 @@ pub(crate) fn check(
                     ));
                 }
             }
+            if let Some(problem) = operator::wrong_refusal(call, status, forbid.as_ref(), registry)
+                .filter(|_| !oversized)
+            {
+                return Err(problem);
+            }
             if matches!(who, Who::Anyone | Who::Operator)
                 && matches!(code, Code::PermissionDenied | Code::Unauthenticated)
                 && forbid.is_none()
@@ -328,6 +340,9 @@ pub(crate) fn check_reply(call: &Call, reply: &Reply) -> std::result::Result<(),
             .then_some(())
             .ok_or_else(|| format!("the reply's {what} {v} is not a replication state"))
     };
+    if let Some(verdict) = operator::check_reply(call, reply) {
+        return verdict;
+    }
     match (call, reply) {
         (Call::RegisterNode(r), Reply::Registered(a)) => {
             if a.node_id <= 0 || a.formation != resolve(&r.formation) {
@@ -377,6 +392,7 @@ pub(crate) fn check_reply(call: &Call, reply: &Reply) -> std::result::Result<(),
 }
 
 pub(crate) fn record(call: &Call, result: &Result<Reply, tonic::Status>, registry: &Shared) {
+    operator::record(call, result, registry);
     if let (Call::RegisterNode(r), Ok(Reply::Registered(a))) = (call, result) {
         let mut registry = lock(registry);
         let formation = resolve(&r.formation).to_string();

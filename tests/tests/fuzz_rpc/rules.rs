@@ -13,6 +13,15 @@ pub(crate) fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// A PostgreSQL setting's name as the monitor accepts one: letters,
+/// digits, `_` and `.`, at most 63 bytes.
+pub(crate) fn is_setting_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
 pub(crate) fn valid_host(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255

@@ -8,6 +8,9 @@ pub const SHOWN_CHARS: usize = 64;
 /// Known names listed when none is close to the one asked for.
 pub const LISTED_NAMES: usize = 10;
 
+/// Characters of those names listed at most (after the first).
+pub const LISTED_CHARS: usize = 300;
+
 /// `value` as a refusal shows it: quoted with control characters escaped,
 /// and only its first [`SHOWN_CHARS`] characters, so that a huge or
 /// garbled request cannot make the answer huge (a gRPC message travels in
@@ -46,14 +49,27 @@ pub fn unknown_node(formation: &str, name: &str, known: &[&str]) -> String {
         format!(": did you mean {}?", close.join(" or "))
     } else if known.is_empty() {
         ": it has no nodes".to_string()
-    } else if known.len() <= LISTED_NAMES {
-        format!(": its nodes are {}", known.join(", "))
     } else {
-        format!(
-            ": its nodes include {} and {} more (see show-state)",
-            known[..LISTED_NAMES].join(", "),
-            known.len() - LISTED_NAMES
-        )
+        // At most LISTED_NAMES names, and no more than LISTED_CHARS of
+        // them (names are up to 63 characters): the answer stays a sentence.
+        let mut listed: Vec<&str> = Vec::new();
+        let mut chars = 0;
+        for k in known.iter().take(LISTED_NAMES) {
+            if !listed.is_empty() && chars + k.len() > LISTED_CHARS {
+                break;
+            }
+            chars += k.len() + 2;
+            listed.push(k);
+        }
+        if listed.len() == known.len() {
+            format!(": its nodes are {}", listed.join(", "))
+        } else {
+            format!(
+                ": its nodes include {} and {} more (see show-state)",
+                listed.join(", "),
+                known.len() - listed.len()
+            )
+        }
     };
     format!(
         "formation {formation} has no node named {}{hint}",
@@ -127,6 +143,15 @@ mod tests {
         );
         let many: Vec<String> = (0..50).map(|i| format!("member-{i:02}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        // Long names: fewer are listed, the sentence stays short.
+        let long: Vec<String> = (0..10).map(|i| format!("{i}{}", "n".repeat(62))).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let message = unknown_node("default", "q", &long);
+        assert!(message.len() < 450, "{message}");
+        assert!(
+            message.ends_with("and 6 more (see show-state)"),
+            "{message}"
+        );
         let message = unknown_node("default", "q", &many);
         assert!(
             message.contains("member-09 and 40 more (see show-state)"),

@@ -104,6 +104,10 @@ enum Scenario {
     PgCrash,
     /// `perform-failover` while the client writes.
     Planned,
+    /// `perform-failover` whose first candidate (the standby of highest
+    /// priority) refuses in its `before_promotion` hook: the next one
+    /// takes over.
+    PlannedRefused,
     /// The primary cut off from the monitor, its standbys and network
     /// clients (fault proxies), synchronous replication; a second client
     /// writes on the primary's own host.
@@ -134,6 +138,7 @@ impl Scenario {
             Scenario::Unplanned => "unplanned failover (keeper + postmaster SIGKILLed)",
             Scenario::PgCrash => "primary PostgreSQL crash, keeper alive",
             Scenario::Planned => "planned perform-failover",
+            Scenario::PlannedRefused => "planned, first candidate's hook refuses",
             Scenario::PartitionSync => "primary partitioned away, synchronous",
             Scenario::PartitionAsync => "primary partitioned away, asynchronous",
             Scenario::KeeperRestart => "primary's keeper restarted (SIGUSR1, start)",
@@ -155,6 +160,10 @@ impl Scenario {
         }
         if self == Scenario::PartitionAsync {
             options = options.replication_quorums(&vec![false; nodes]);
+        }
+        if self == Scenario::PlannedRefused {
+            // Distinct priorities: the first candidate is known.
+            options.candidate_priorities = (0..nodes as u32).map(|i| 90 - 10 * i).collect();
         }
         if matches!(self, Scenario::MonitorKilled | Scenario::LeaseTakeover) {
             options = options.monitors(2);
@@ -222,6 +231,7 @@ async fn main() -> Result<()> {
             Scenario::Unplanned,
             Scenario::PgCrash,
             Scenario::Planned,
+            Scenario::PlannedRefused,
             Scenario::PartitionSync,
             Scenario::PartitionAsync,
             Scenario::KeeperRestart,
@@ -246,6 +256,7 @@ async fn main() -> Result<()> {
                 Scenario::Unplanned => unplanned(&cluster).await,
                 Scenario::PgCrash => pg_crash(&cluster).await,
                 Scenario::Planned => planned(&cluster).await,
+                Scenario::PlannedRefused => planned_refused(&cluster).await,
                 Scenario::PartitionSync | Scenario::PartitionAsync => partition(&cluster).await,
                 Scenario::KeeperRestart => keeper_restart(&cluster).await,
                 Scenario::NodeStop => node_stop(&cluster).await,
@@ -590,6 +601,39 @@ async fn planned(cluster: &Cluster) -> Result<Sample> {
     let w = writer(cluster).await?;
     let started = Instant::now();
     perform_failover(cluster).await?;
+    longest_gap(cluster, w, started, "the failover").await
+}
+
+/// `perform-failover` with the standby of highest priority refusing in
+/// its `before_promotion` hook (checked to have refused).
+async fn planned_refused(cluster: &Cluster) -> Result<Sample> {
+    settled(cluster).await?;
+    let primary = current_primary(cluster).await?;
+    let first = cluster
+        .state()
+        .await?
+        .nodes
+        .iter()
+        .filter(|n| n.name != primary)
+        .max_by_key(|n| n.candidate_priority)
+        .map(|n| n.name.clone())
+        .context("no standby to refuse")?;
+    let refusals = |c: &Cluster| {
+        c.promotion_answers()
+            .iter()
+            .filter(|l| l.starts_with(&format!("{first} refused")))
+            .count()
+    };
+    let before = refusals(cluster);
+    cluster.refuse_promotion(&first, true)?;
+    let w = writer(cluster).await?;
+    let started = Instant::now();
+    let done = perform_failover(cluster).await;
+    cluster.refuse_promotion(&first, false)?;
+    done?;
+    if refusals(cluster) == before {
+        bail!("{first} was not asked to promote: the run measured no refusal");
+    }
     longest_gap(cluster, w, started, "the failover").await
 }
 

@@ -276,6 +276,10 @@ pub const KEEPER_EDGES: &[(ReplicationState, ReplicationState)] = &[
     (S::FastForward, S::JoinSecondary),
     (S::FastForward, S::PreparePromotion),
     (S::PreparePromotion, S::StopReplication),
+    // An elected standby taken back (its before_promotion hook had
+    // refused and another candidate was chosen while its keeper, the hook
+    // accepting on a later try, went on): it never promoted.
+    (S::PreparePromotion, S::ReportLsn),
     (S::StopReplication, S::WaitPrimary),
     // The old primary rejoins as a standby (pg_rewind or a fresh clone).
     (S::Demoted, S::Catchingup),

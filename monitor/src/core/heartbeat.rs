@@ -364,6 +364,7 @@ mod tests {
                 fence_required_held: None,
                 sent: None,
                 promotion_refused: false,
+                acting_toward: None,
             },
             synchronous_standby_names: None,
             goal_changed_at: None,

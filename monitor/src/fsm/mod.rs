@@ -212,6 +212,8 @@ pub struct Report {
     pub sent: Option<KeeperClock>,
     /// The keeper's `before_promotion` hook refused the promotion asked.
     pub promotion_refused: bool,
+    /// A keepalive: the goal of the plan under way (None from the loop).
+    pub acting_toward: Option<S>,
 }
 
 impl NodeSnapshot {
@@ -290,9 +292,12 @@ impl NodeSnapshot {
         self.heard_sent = r.sent;
         // A refusal is said while the keeper is asked to promote; it is
         // remembered for as long as the node stays in the election, so that
-        // the next election passes it over.
+        // the next election passes it over — unless its keeper is heard
+        // carrying out the promotion's plan (its hook runs, or accepted).
         self.promotion_refused = r.promotion_refused
-            || (self.promotion_refused && matches!(r.reported, S::ReportLsn | S::FastForward));
+            || (self.promotion_refused
+                && matches!(r.reported, S::ReportLsn | S::FastForward)
+                && r.acting_toward != Some(S::PreparePromotion));
     }
 }
 

@@ -518,6 +518,7 @@ fn heartbeats_track_restarts_and_failed_starts() {
         fence_required_held: None,
         sent: None,
         promotion_refused: false,
+        acting_toward: None,
     };
     n.heard(&report(true, 0), t);
     assert_eq!((n.pg_running_since, n.pg_down_since), (Some(t), None));
@@ -1270,6 +1271,7 @@ fn a_refusal_is_remembered_while_the_node_stays_in_the_election() {
         fence_required_held: None,
         sent: None,
         promotion_refused: refused,
+        acting_toward: None,
     };
     let mut n = NodeSnapshot::registered(1, "b", 50, true, TIMINGS);
     n.heard(&report(S::ReportLsn, true), t0());
@@ -1278,6 +1280,17 @@ fn a_refusal_is_remembered_while_the_node_stays_in_the_election() {
     assert!(n.promotion_refused, "still in the election");
     n.heard(&report(S::FastForward, false), t0());
     assert!(n.promotion_refused, "still in the election");
+    // Its keeper carries out the promotion's plan (the hook runs, or
+    // accepted on a later try): no longer refusing.
+    n.heard(
+        &Report {
+            acting_toward: Some(S::PreparePromotion),
+            ..report(S::ReportLsn, false)
+        },
+        t0(),
+    );
+    assert!(!n.promotion_refused, "its hook runs again");
+    n.heard(&report(S::ReportLsn, true), t0());
     n.heard(&report(S::JoinSecondary, false), t0());
     assert!(!n.promotion_refused, "the election is over for it");
     n.heard(&report(S::ReportLsn, false), t0());

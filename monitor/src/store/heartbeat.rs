@@ -78,6 +78,7 @@ impl Heartbeat {
             fence_required_held: self.fence_required_held,
             sent: self.sent,
             promotion_refused: self.promotion_refused,
+            acting_toward: self.acting_toward,
         }
     }
 }

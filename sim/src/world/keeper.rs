@@ -66,6 +66,7 @@ impl World {
                 }),
                 // Only the loop's heartbeats say it (agent.rs `heartbeat`).
                 promotion_refused: acting_toward.is_none() && k.promotion_refused.is_some(),
+                acting_toward,
             },
             synchronous_standby_names: applied,
             acting_toward,

@@ -284,12 +284,6 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             let version = self.state.parameters_version;
             self.execute_with_keepalive(&plan::steady(from), None)
                 .await?;
-            if version != self.parameters_written && observation.running {
-                // A new version is reloaded even when pgpilot.conf did not
-                // change: `reload` asks exactly that, for files edited by
-                // hand (postgresql.conf, pg_hba.conf).
-                self.pg.reload().await?;
-            }
             self.parameters_written = version;
             return Ok(false);
         }
@@ -390,7 +384,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         sent: Instant,
     ) -> Result<(), KeeperError> {
         let goal = S::from_wire(reply.goal_state).unwrap_or(self.state.goal);
-        if !matches!(goal, S::ReportLsn | S::FastForward | S::PreparePromotion) {
+        if !goal.is_in_election() {
             // Out of the election: a refusal of its promotion is forgotten.
             self.promotion_refused = None;
         }
@@ -542,6 +536,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             instructions: &self.instructions,
             reclone: self.state.reclone,
             parameters: &self.state.parameters,
+            new_parameters_version: self.state.parameters_version != self.parameters_written,
         }
     }
 

@@ -54,6 +54,10 @@ pub struct Target<'a> {
     pub reclone: bool,
     /// The formation's parameters, written into pgpilot.conf.
     pub parameters: &'a std::collections::BTreeMap<String, String>,
+    /// A parameters version not applied yet: `Reload` reloads even when
+    /// pgpilot.conf did not change (`reload` asks exactly that, for files
+    /// edited by hand: postgresql.conf, pg_hba.conf).
+    pub new_parameters_version: bool,
 }
 
 /// Runs actions against `pg`.
@@ -185,7 +189,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                 }
                 Action::Start => self.start_postgres().await?,
                 Action::Reload => {
-                    if config_changed || !self.reloaded.load(Ordering::SeqCst) {
+                    if config_changed
+                        || target.new_parameters_version
+                        || !self.reloaded.load(Ordering::SeqCst)
+                    {
                         pg.reload().await?;
                         self.reloaded.store(true, Ordering::SeqCst);
                     }
@@ -250,12 +257,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
             Some(status) if status.success() => Ok(()),
             Some(status) => Err(KeeperError::PromotionRefused(format!(
                 "the before_promotion hook refused this node's promotion ({status}): the monitor elects another standby when one can take over, else the hook runs again in {}s",
-                crate::hooks::REFUSAL_RETRY.as_secs()
+                hooks::REFUSAL_RETRY.as_secs()
             ))),
             None => Err(KeeperError::PromotionRefused(format!(
                 "the before_promotion hook did not finish within hook_timeout ({}) or could not start: taken as a refusal; the hook runs again in {}s unless another standby is elected",
                 humantime::format_duration(timeout),
-                crate::hooks::REFUSAL_RETRY.as_secs()
+                hooks::REFUSAL_RETRY.as_secs()
             ))),
         }
     }

@@ -116,6 +116,13 @@ impl ReplicationState {
         )
     }
 
+    /// States of a standby taking part in an election, up to the
+    /// winner's last step before it promotes: while its goal is one of
+    /// them, a keeper remembers a refusal of its `before_promotion` hook.
+    pub fn is_in_election(self) -> bool {
+        matches!(self, S::ReportLsn | S::FastForward | S::PreparePromotion)
+    }
+
     /// States in which the keeper fences PostgreSQL when the monitor is out
     /// of reach and too few standbys stream from it (DESIGN §4).
     pub fn must_fence_when_isolated(self) -> bool {

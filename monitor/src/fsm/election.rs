@@ -419,22 +419,20 @@ impl Eval<'_> {
         }
     }
 
-    /// Live reporters of the election other than `i` that may be promoted
-    /// and whose hook has not refused.
-    fn other_candidates(&self, i: usize) -> usize {
-        (0..self.nodes.len())
-            .filter(|&j| {
-                let n = &self.nodes[j];
-                j != i
-                    && n.goal == S::ReportLsn
-                    && n.reported == S::ReportLsn
-                    && n.candidate_priority > 0
-                    && !n.promotion_refused
-                    && self.alive(j)
-                    && n.pg_running
-                    && !n.wal_receiver_streaming
-            })
-            .count()
+    /// Whether a live reporter of the election other than `i` may be
+    /// promoted and its hook has not refused.
+    fn another_candidate(&self, i: usize) -> bool {
+        (0..self.nodes.len()).any(|j| {
+            let n = &self.nodes[j];
+            j != i
+                && n.goal == S::ReportLsn
+                && n.reported == S::ReportLsn
+                && n.candidate_priority > 0
+                && !n.promotion_refused
+                && self.alive(j)
+                && n.pg_running
+                && !n.wal_receiver_streaming
+        })
     }
 
     /// The elected node `i` has not moved to `prepare_promotion` because
@@ -443,7 +441,7 @@ impl Eval<'_> {
     /// it stays elected and its keeper runs the hook again.
     fn promotion_refused(&mut self, i: usize) {
         let node = self.name(i);
-        if self.other_candidates(i) > 0 {
+        if self.another_candidate(i) {
             self.assign(i, S::ReportLsn, Reason::PromotionRefused { node });
         } else {
             self.wait(Wait::PromotionRefused { node });

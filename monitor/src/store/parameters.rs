@@ -33,14 +33,7 @@ impl Store {
     ) -> Result<String> {
         retry(|| async {
             let mut tx = self.pool.begin().await?;
-            // The formation row: other changes of its parameters wait.
-            let version: Option<i64> = sqlx::query_scalar(
-                "SELECT parameters_version FROM formation WHERE name = $1 FOR UPDATE",
-            )
-            .bind(formation)
-            .fetch_optional(&mut *tx)
-            .await?;
-            version.ok_or_else(|| no_formation(formation))?;
+            lock_formation(&mut tx, formation).await?;
             let (event, kind, message) = match value {
                 Some(value) => {
                     let row: Option<SettingRow> = sqlx::query_as(
@@ -129,13 +122,7 @@ impl Store {
     pub async fn reload_formation(&self, formation: &str, operator: &str) -> Result<String> {
         retry(|| async {
             let mut tx = self.pool.begin().await?;
-            let version: Option<i64> = sqlx::query_scalar(
-                "SELECT parameters_version FROM formation WHERE name = $1 FOR UPDATE",
-            )
-            .bind(formation)
-            .fetch_optional(&mut *tx)
-            .await?;
-            version.ok_or_else(|| no_formation(formation))?;
+            lock_formation(&mut tx, formation).await?;
             let event = format!("configuration reload asked by {operator}");
             new_version(&mut tx, formation, parameters::RELOAD, &event).await?;
             tx.commit().await?;
@@ -167,6 +154,17 @@ impl Store {
             .collect();
         Ok((version, set))
     }
+}
+
+/// Lock `formation`'s row (other changes of its parameters wait), or
+/// say it does not exist.
+async fn lock_formation(tx: &mut Tx<'_>, formation: &str) -> Result<()> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT parameters_version FROM formation WHERE name = $1 FOR UPDATE")
+            .bind(formation)
+            .fetch_optional(&mut **tx)
+            .await?;
+    found.map(|_| ()).ok_or_else(|| no_formation(formation))
 }
 
 /// Raise `formation`'s parameters version, record the event and wake

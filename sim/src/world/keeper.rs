@@ -208,7 +208,7 @@ impl World {
         if reply.goal != k.goal {
             k.goal = reply.goal;
         }
-        if !matches!(k.goal, S::ReportLsn | S::FastForward | S::PreparePromotion) {
+        if !k.goal.is_in_election() {
             k.promotion_refused = None;
         }
         k.paused = Some(reply.paused);

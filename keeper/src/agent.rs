@@ -436,6 +436,8 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                     .map(|n| n.host.clone())
                     .collect(),
             ),
+            permanent_slots: reply.slots_included.then_some(reply.permanent_slots),
+            upstream_slots: reply.upstream_slots,
         };
         if goal != self.state.goal {
             tracing::info!(from = %self.state.current, goal = %goal, "new goal from the monitor");
@@ -521,6 +523,10 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
         request.restart_done = self.state.restart_done;
         request.parameters_applied = self.parameters_written;
         request.promotion_refused = self.promotion_refused.is_some();
+        if let Some(report) = self.executor.slot_report() {
+            request.slots = report;
+            request.slots_reported = true;
+        }
         let notes = self.executor.notes().clone();
         request.notes = notes.pending();
         let sent = request.notes.clone();

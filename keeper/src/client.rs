@@ -331,6 +331,9 @@ pub fn node_active_request(
         parameters_applied: 0,
         // The loop's heartbeat says it.
         promotion_refused: false,
+        // The loop's heartbeat says them (see `crate::slots`).
+        slots: Vec::new(),
+        slots_reported: false,
     }
 }
 

@@ -41,6 +41,11 @@ pub struct Instructions {
     /// Hosts of the other nodes of the group; `None` until the monitor
     /// first answered.
     pub peer_hosts: Option<Vec<String>>,
+    /// The formation's permanent slots; `None` until a monitor that
+    /// keeps them answered (see [`crate::slots`]).
+    pub permanent_slots: Option<Vec<pb::PermanentSlot>>,
+    /// Where the node this one follows holds them.
+    pub upstream_slots: Vec<pb::SlotPosition>,
 }
 
 /// Where the node is headed: what a plan's actions configure.
@@ -78,6 +83,8 @@ pub struct Executor<P> {
     /// new: the next process cannot tell, so its first reload is not
     /// skipped.
     reloaded: std::sync::atomic::AtomicBool,
+    /// The permanent slots this keeper made and its last report of them.
+    permanent: std::sync::Mutex<crate::slots::Kept>,
 }
 
 impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
@@ -89,13 +96,24 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
     ) -> Self {
         Executor {
             pg,
-            config,
             lease,
             start_failures,
             failpoints: Failpoints::default(),
             notes: Notes::default(),
             reloaded: std::sync::atomic::AtomicBool::new(false),
+            permanent: std::sync::Mutex::new(crate::slots::Kept::load(&config.state_file())),
+            config,
         }
+    }
+
+    /// The report of the permanent slots for the next loop heartbeat
+    /// (`None`: nothing to say).
+    pub fn slot_report(&self) -> Option<Vec<pb::SlotPosition>> {
+        self.permanent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .report
+            .clone()
     }
 
     /// The notes for the monitor this executor queues.
@@ -230,6 +248,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
                 Action::SyncSlots => {
                     pg.sync_slots(&target.instructions.slots).await?;
                     pg.ensure_replication_role().await?;
+                    self.sync_permanent_slots(target).await?;
                 }
             }
             if let Some((from, to)) = transition {
@@ -237,6 +256,61 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
             }
         }
         Ok(())
+    }
+
+    /// Keep the formation's permanent slots (see [`crate::slots`]): the
+    /// plan's steps carried out, PostgreSQL restarted once when a standby
+    /// wrote a copy, the marks saved and the report kept for the next
+    /// heartbeat. A step that fails is reported, not fatal.
+    async fn sync_permanent_slots(&self, target: Target<'_>) -> Result<(), KeeperError> {
+        let Some(declared) = &target.instructions.permanent_slots else {
+            return Ok(());
+        };
+        let marks = self.kept().marks.clone();
+        if declared.is_empty() && marks.managed.is_empty() && self.kept().report.is_none() {
+            return Ok(());
+        }
+        let (facts, local) = self.pg.slot_facts().await?;
+        let upstream = &target.instructions.upstream_slots;
+        let mut plan = crate::slots::plan(facts, declared, &local, upstream, &marks);
+        for step in &plan.steps {
+            if let Err(e) = self.pg.slot_step(step).await {
+                let name = step.slot_name();
+                tracing::warn!(slot = %name, error = %e, "permanent slot step failed; retried on the next loop");
+                plan.problems.insert(name.to_string(), e.to_string());
+                if let crate::slots::Step::Copy { .. } = step {
+                    plan.marks.copies.remove(name);
+                }
+            }
+        }
+        self.kept()
+            .save_marks(&self.config.state_file(), plan.marks.clone())
+            .map_err(|e| PgError::Other(e.to_string()))?;
+        if plan.restart {
+            tracing::info!("restarting PostgreSQL to load the slot copies just written");
+            self.pg.stop().await?;
+            self.start_postgres().await?;
+        }
+        let local = match self.pg.slot_facts().await {
+            Ok((_, local)) => local,
+            Err(_) => Vec::new(),
+        };
+        let pg = &self.pg;
+        let report = crate::slots::report(
+            declared,
+            &local,
+            &plan.problems,
+            |name| pg.slot_state(name),
+            !facts.standby,
+        );
+        let mut kept = self.kept();
+        kept.report = (!report.is_empty() || kept.report.as_ref().is_some_and(|r| !r.is_empty()))
+            .then_some(report);
+        Ok(())
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, crate::slots::Kept> {
+        self.permanent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Run the `before_promotion` hook, when set, and wait for it: a

@@ -22,6 +22,7 @@ pub mod notes;
 pub mod pg;
 pub mod plan;
 pub mod run;
+pub mod slots;
 pub mod state_file;
 pub mod status;
 pub mod stopping;

@@ -15,6 +15,7 @@ use crate::store::{Registration, Store};
 mod beats;
 mod input;
 mod parameters;
+mod slots;
 
 use input::*;
 
@@ -185,6 +186,11 @@ impl Monitor for MonitorService {
                         .synchronous_standby_names;
             }
         }
+        let (declared, held) = self
+            .store
+            .slot_positions(&formation)
+            .await
+            .map_err(crate::error::Error::from)?;
         let nodes = nodes
             .iter()
             .map(|n| pb::NodeStatus {
@@ -227,6 +233,10 @@ impl Monitor for MonitorService {
                 restart_done: n.restart.done,
                 pending_restart: n.pending_restart.clone(),
                 parameters_applied: n.parameters_applied,
+                slots: held
+                    .get(&n.snap.id)
+                    .map(|h| h.iter().map(|p| p.to_wire(false)).collect())
+                    .unwrap_or_default(),
             })
             .collect();
         let monitors = self
@@ -258,6 +268,7 @@ impl Monitor for MonitorService {
             paused_by,
             paused_at,
             parameters_version: nss.parameters_version,
+            permanent_slots: declared.iter().map(Into::into).collect(),
         }))
     }
 
@@ -453,6 +464,26 @@ impl Monitor for MonitorService {
         let caller = self.caller(&request)?;
         caller.require_operator("reload").map_err(refused)?;
         let message = parameters::reload(&self.store, &caller, request.into_inner()).await?;
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn create_slot(
+        &self,
+        request: Request<pb::CreateSlotRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let caller = self.caller(&request)?;
+        caller.require_operator("create-slot").map_err(refused)?;
+        let message = slots::create(&self.store, &caller, request.into_inner()).await?;
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn drop_slot(
+        &self,
+        request: Request<pb::DropSlotRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let caller = self.caller(&request)?;
+        caller.require_operator("drop-slot").map_err(refused)?;
+        let message = slots::drop(&self.store, &caller, request.into_inner()).await?;
         Ok(Response::new(pb::OperationReply { message }))
     }
 

@@ -136,6 +136,7 @@ impl Monitor {
             election_forced_at: self.election_forced_at,
             paused: self.paused.is_some(),
             parameters_version: 0,
+            slot_count: 0,
         });
         Env {
             decide: match self.flaw {

@@ -27,6 +27,7 @@ pub mod progress;
 mod recovery;
 mod render;
 mod replication;
+mod slots;
 #[cfg(test)]
 mod tests;
 mod wal_timeline;
@@ -285,6 +286,30 @@ pub trait LocalPostgres {
         None
     }
 
+    /// What the permanent slots' plan reads (see [`crate::slots`]) and
+    /// the slots the server holds. (The default: nothing reads them here.)
+    fn slot_facts(
+        &self,
+    ) -> impl Future<Output = Result<(crate::slots::Facts, Vec<crate::slots::Local>), PgError>> + Send
+    {
+        async { Err(PgError::Other("no permanent slots here".into())) }
+    }
+
+    /// Carry out one step of the permanent slots' plan.
+    fn slot_step(
+        &self,
+        step: &crate::slots::Step,
+    ) -> impl Future<Output = Result<(), PgError>> + Send {
+        let _ = step;
+        async { Err(PgError::Other("no permanent slots here".into())) }
+    }
+
+    /// A logical slot's state file as PostgreSQL last wrote it.
+    fn slot_state(&self, name: &str) -> Option<Vec<u8>> {
+        let _ = name;
+        None
+    }
+
     /// [`Self::rewind`], saying whether pg_rewind rewrote anything.
     fn rewind_reporting(
         &self,
@@ -532,6 +557,20 @@ impl LocalPostgres for PgController {
 
     fn take_finished_work(&self) -> Option<progress::WorkProgress> {
         self.board.take_finished()
+    }
+
+    async fn slot_facts(
+        &self,
+    ) -> Result<(crate::slots::Facts, Vec<crate::slots::Local>), PgError> {
+        PgController::slot_facts(self).await
+    }
+
+    async fn slot_step(&self, step: &crate::slots::Step) -> Result<(), PgError> {
+        PgController::slot_step(self, step).await
+    }
+
+    fn slot_state(&self, name: &str) -> Option<Vec<u8>> {
+        PgController::slot_state(self, name)
     }
 
     async fn rewind_reporting(&self, upstream: &Upstream) -> Result<Rewound, PgError> {

@@ -244,6 +244,45 @@ pub enum OperatorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Declare a permanent replication slot: each primary creates it, its
+    /// standbys keep copies moved forward as the primary's moves, so a
+    /// consumer finds it on whichever node is promoted. A logical slot
+    /// (the default) needs --plugin and --database and the formation's
+    /// wal_level = logical. Waits until every node that answers holds it.
+    ///
+    /// Example: pgpilot-monitor create-slot cdc --plugin pgoutput --database app
+    CreateSlot {
+        name: String,
+        /// A physical slot (e.g. for an archiver or an outside standby).
+        #[arg(long, conflicts_with_all = ["plugin", "database"])]
+        physical: bool,
+        /// The output plugin of a logical slot (pgoutput, test_decoding, wal2json, …).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// The database a logical slot decodes.
+        #[arg(long)]
+        database: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Remove a permanent slot: every node drops it (a slot a consumer is
+    /// connected to is dropped once it disconnects). Waits until no node
+    /// that answers holds it.
+    ///
+    /// Example: pgpilot-monitor drop-slot cdc
+    DropSlot {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// The formation's permanent slots and where each node holds each one
+    /// (restart and confirmed LSN, a consumer connected, or why not).
+    ///
+    /// Example: pgpilot-monitor show-slots --json
+    ShowSlots {
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop a formation that has no node left (never "default").
     ///
     /// Example: pgpilot-monitor drop-formation analytics

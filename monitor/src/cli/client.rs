@@ -355,6 +355,30 @@ impl Client {
         .await
     }
 
+    /// Declare `slot` on `formation`.
+    pub async fn create_slot(
+        &mut self,
+        formation: &str,
+        slot: pb::PermanentSlot,
+    ) -> Result<String, CliError> {
+        let request = pb::CreateSlotRequest {
+            formation: formation.to_string(),
+            slot: Some(slot),
+        };
+        self.command(request, |mut c, r| async move { c.create_slot(r).await })
+            .await
+    }
+
+    /// Remove the permanent slot `name` of `formation`.
+    pub async fn drop_slot(&mut self, formation: &str, name: &str) -> Result<String, CliError> {
+        let request = pb::DropSlotRequest {
+            formation: formation.to_string(),
+            name: name.to_string(),
+        };
+        self.command(request, |mut c, r| async move { c.drop_slot(r).await })
+            .await
+    }
+
     pub async fn parameters(
         &mut self,
         formation: &str,

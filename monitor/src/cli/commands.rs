@@ -25,6 +25,9 @@ use crate::certs;
 
 mod parameters;
 mod restart;
+mod slots;
+
+pub(crate) use slots::{describe as describe_slot, holds as slot_held};
 
 /// Run the subcommand `args` names.
 pub async fn run(args: Args) -> Result<(), CliError> {
@@ -174,6 +177,23 @@ impl Operator {
             C::ResetParameter { name, wait } => self.set_parameter(&name, None, wait).await,
             C::Reload { wait } => self.reload(wait).await,
             C::ShowParameters { json } => self.show_parameters(json).await,
+            C::CreateSlot {
+                name,
+                physical,
+                plugin,
+                database,
+                wait,
+            } => {
+                let slot = pgpilot_proto::pb::PermanentSlot {
+                    name,
+                    kind: if physical { "physical" } else { "logical" }.into(),
+                    plugin: plugin.unwrap_or_default(),
+                    database: database.unwrap_or_default(),
+                };
+                self.create_slot(slot, wait).await
+            }
+            C::DropSlot { name, wait } => self.drop_slot(&name, wait).await,
+            C::ShowSlots { json } => self.show_slots(json).await,
             C::Restart {
                 node,
                 all: _,

@@ -25,6 +25,22 @@ pub struct StateJson {
     /// Who paused the formation and when; null when it is not paused.
     #[serde(default)]
     pub paused: Option<PausedJson>,
+    /// The formation's permanent slots and the nodes holding each.
+    #[serde(default)]
+    pub permanent_slots: Vec<SlotJson>,
+}
+
+/// A permanent slot of a formation (show-slots has each node's position).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SlotJson {
+    pub name: String,
+    /// "physical" or "logical".
+    pub kind: String,
+    /// Logical slots: the output plugin and the database decoded ("" otherwise).
+    pub plugin: String,
+    pub database: String,
+    /// The nodes that hold it with no problem.
+    pub held_by: Vec<String>,
 }
 
 /// Who paused a formation and when (RFC 3339).
@@ -190,6 +206,22 @@ impl From<&pb::FormationState> for StateJson {
                 .collect(),
             answered_by: (!s.answered_by.is_empty()).then(|| s.answered_by.clone()),
             paused: PausedJson::new(&s.paused_by, &s.paused_at),
+            permanent_slots: s
+                .permanent_slots
+                .iter()
+                .map(|slot| SlotJson {
+                    name: slot.name.clone(),
+                    kind: slot.kind.clone(),
+                    plugin: slot.plugin.clone(),
+                    database: slot.database.clone(),
+                    held_by: s
+                        .nodes
+                        .iter()
+                        .filter(|n| super::commands::slot_held(n, &slot.name))
+                        .map(|n| n.name.clone())
+                        .collect(),
+                })
+                .collect(),
         }
     }
 }

@@ -131,8 +131,42 @@ pub fn state_table(s: &pb::FormationState) -> String {
         }
     }
     out.push_str(&restart_lines(s));
+    out.push_str(&slot_lines(s));
     if !s.monitors.is_empty() {
         out.push_str(&monitors_table(s));
+    }
+    out
+}
+
+/// A line per permanent slot: which nodes hold it, and which do not
+/// (show-slots has the positions).
+fn slot_lines(s: &pb::FormationState) -> String {
+    let mut out = String::new();
+    for slot in &s.permanent_slots {
+        let (held, missing): (Vec<&pb::NodeStatus>, Vec<&pb::NodeStatus>) = s
+            .nodes
+            .iter()
+            .partition(|n| super::commands::slot_held(n, &slot.name));
+        let names = |nodes: &[&pb::NodeStatus]| {
+            nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "slot: {}; held by {}",
+            super::commands::describe_slot(slot),
+            if held.is_empty() {
+                "no node".to_string()
+            } else {
+                names(&held)
+            }
+        ));
+        if !missing.is_empty() {
+            out.push_str(&format!("; not by {} (show-slots)", names(&missing)));
+        }
+        out.push('\n');
     }
     out
 }

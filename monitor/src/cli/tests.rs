@@ -46,6 +46,12 @@ fn sample() -> pb::FormationState {
         paused_by: "operator:alice".into(),
         paused_at: "2026-12-07T12:00:00.000Z".into(),
         parameters_version: 0,
+        permanent_slots: vec![pb::PermanentSlot {
+            name: "cdc".into(),
+            kind: "logical".into(),
+            plugin: "pgoutput".into(),
+            database: "app".into(),
+        }],
     }
 }
 

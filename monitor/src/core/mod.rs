@@ -29,6 +29,7 @@ pub mod parameters;
 pub mod pause;
 mod refusal;
 pub mod restart;
+pub mod slots;
 pub mod stopping;
 #[cfg(test)]
 mod test_support;

@@ -146,6 +146,14 @@ pub enum Refusal {
         name: String,
         set: Vec<String>,
     },
+    /// A permanent slot that cannot be declared, or a change its slots
+    /// could not live with (the sentence says which).
+    Slot(String),
+    UnknownSlot {
+        formation: String,
+        name: String,
+        known: Vec<String>,
+    },
 }
 
 impl Refusal {
@@ -153,7 +161,8 @@ impl Refusal {
         match self {
             Refusal::UnknownNode { .. }
             | Refusal::UnknownParameter { .. }
-            | Refusal::ParameterNotSet { .. } => RefusalCode::NotFound,
+            | Refusal::ParameterNotSet { .. }
+            | Refusal::UnknownSlot { .. } => RefusalCode::NotFound,
             _ => RefusalCode::FailedPrecondition,
         }
     }
@@ -329,6 +338,23 @@ impl fmt::Display for Refusal {
                         f,
                         "{name} is not set for formation {formation}: it has {} (show-parameters)",
                         set.join(", ")
+                    )
+                }
+            }
+            Refusal::Slot(why) => write!(f, "{why}"),
+            Refusal::UnknownSlot {
+                formation,
+                name,
+                known,
+            } => {
+                let name = crate::names::quote(name);
+                if known.is_empty() {
+                    write!(f, "formation {formation} has no permanent slot {name}: it has no permanent slot (show-slots)")
+                } else {
+                    write!(
+                        f,
+                        "formation {formation} has no permanent slot {name}: it has {} (show-slots)",
+                        known.join(", ")
                     )
                 }
             }

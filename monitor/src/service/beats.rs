@@ -182,6 +182,7 @@ impl Beats {
         r: pb::NodeActiveRequest,
     ) -> Result<pb::NodeActiveReply, Status> {
         caller.require_keeper().map_err(refused)?;
+        let slot_report = super::slots::reported(&r)?;
         let hb = self.parse(r)?;
         self.check_caller(caller, hb.node_id).await?;
         // Over capacity: say so at once; the keeper retries on its next loop.
@@ -205,7 +206,35 @@ impl Beats {
         } else {
             None
         };
-        Ok(reply(a, parameters))
+        // Permanent slots: the keeper's report kept, and (only where the
+        // formation declares slots) the list and the upstream's positions.
+        let slots = if slot_report.is_some() || a.slot_count > 0 {
+            let upstream = a
+                .primary
+                .as_ref()
+                .map(|p| p.snap.id)
+                .filter(|&id| id != a.node.snap.id);
+            Some(
+                self.store
+                    .slot_exchange(
+                        hb.node_id,
+                        slot_report.as_deref(),
+                        &a.node.formation,
+                        a.slot_count,
+                        upstream,
+                    )
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let mut answer = reply(a, parameters);
+        answer.slots_included = true;
+        if let Some((declared, upstream)) = slots {
+            answer.permanent_slots = declared.iter().map(Into::into).collect();
+            answer.upstream_slots = upstream.iter().map(|p| p.to_wire(true)).collect();
+        }
+        Ok(answer)
     }
 
     fn parse(&self, r: pb::NodeActiveRequest) -> Result<Heartbeat, Error> {
@@ -351,5 +380,8 @@ fn reply(a: Assignment, parameters: Option<(u64, Vec<(String, String)>)>) -> pb:
         paused: a.paused,
         wake: false,
         restart_requested: a.node.restart.requested,
+        slots_included: false,
+        permanent_slots: Vec::new(),
+        upstream_slots: Vec::new(),
     }
 }

@@ -203,7 +203,7 @@ async fn write(
                FROM mine WHERE n.node_id = mine.node_id
              RETURNING n.node_id, n.formation, n.group_id
          )
-         SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, f.parameters_version, clock_timestamp() AS now,
+         SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, f.parameters_version, jsonb_array_length(f.permanent_slots) AS slot_count, clock_timestamp() AS now,
                 n.node_id IN (SELECT node_id FROM me) AS beat
            FROM (SELECT DISTINCT formation, group_id FROM me) g
            JOIN node n ON n.formation = g.formation AND n.group_id = g.group_id
@@ -353,6 +353,7 @@ fn settled_assignment(
     let reply = heartbeat::settled(&snaps(nodes), index, &env, applied_sync_names, clone_from)?;
     Some(Assignment {
         parameters_version: formation.parameters_version,
+        slot_count: formation.slot_count,
         ..Assignment::new(nodes, index, reply)
     })
 }

@@ -105,6 +105,8 @@ pub struct Assignment {
     pub paused: bool,
     /// The version of the formation's parameters.
     pub parameters_version: u64,
+    /// How many permanent slots the formation declares.
+    pub slot_count: u32,
 }
 
 impl Assignment {
@@ -126,6 +128,7 @@ impl Assignment {
             stop: reply.stop,
             paused: reply.paused,
             parameters_version: 0,
+            slot_count: 0,
         }
     }
 }
@@ -217,6 +220,7 @@ impl Store {
         Ok(Assignment {
             reached,
             parameters_version: nss.parameters_version,
+            slot_count: nss.slot_count,
             ..Assignment::new(&nodes, index, reply)
         })
     }

@@ -43,6 +43,7 @@ mod notes;
 mod parameters;
 mod reads;
 mod rows;
+mod slots;
 mod target;
 pub mod wakes;
 pub mod work;
@@ -86,6 +87,8 @@ pub struct FormationSettings {
     pub paused: bool,
     /// The version of its parameters (`set-parameter`).
     pub parameters_version: u64,
+    /// How many permanent slots it declares (`create-slot`).
+    pub slot_count: u32,
 }
 
 /// A keeper's registration.
@@ -566,7 +569,7 @@ impl Store {
     /// Lock the group's rows and read them with the database's time.
     async fn lock_group(&self, tx: &mut Tx<'_>, formation: &str, group_id: i32) -> Result<Locked> {
         let rows: Vec<GroupRow> = sqlx::query_as(
-            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, f.parameters_version, clock_timestamp() AS now
+            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, f.parameters_version, jsonb_array_length(f.permanent_slots) AS slot_count, clock_timestamp() AS now
                FROM node n JOIN formation f ON f.name = n.formation
               WHERE n.formation = $1 AND n.group_id = $2
               ORDER BY n.node_id FOR UPDATE OF n",
@@ -580,7 +583,7 @@ impl Store {
         }
         // An empty group still has its formation's settings and a time.
         let f: FormationRow = sqlx::query_as(
-            "SELECT number_sync_standbys, election_forced_at, paused_by, parameters_version, clock_timestamp() AS now FROM formation WHERE name = $1",
+            "SELECT number_sync_standbys, election_forced_at, paused_by, parameters_version, jsonb_array_length(permanent_slots) AS slot_count, clock_timestamp() AS now FROM formation WHERE name = $1",
         )
         .bind(formation)
         .fetch_optional(&mut **tx)
@@ -593,7 +596,7 @@ impl Store {
     /// when no such node is registered.
     async fn lock_group_of(&self, tx: &mut Tx<'_>, node_id: i64) -> Result<Option<Locked>> {
         let rows: Vec<GroupRow> = sqlx::query_as(
-            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, f.parameters_version, clock_timestamp() AS now
+            "SELECT n.*, f.number_sync_standbys, f.election_forced_at, f.paused_by, f.parameters_version, jsonb_array_length(f.permanent_slots) AS slot_count, clock_timestamp() AS now
                FROM node n JOIN formation f ON f.name = n.formation
               WHERE (n.formation, n.group_id) =
                     (SELECT formation, group_id FROM node WHERE node_id = $1)

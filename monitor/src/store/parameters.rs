@@ -34,6 +34,7 @@ impl Store {
         retry(|| async {
             let mut tx = self.pool.begin().await?;
             lock_formation(&mut tx, formation).await?;
+            super::slots::check_parameter(&mut tx, formation, name, value).await?;
             let (event, kind, message) = match value {
                 Some(value) => {
                     let row: Option<SettingRow> = sqlx::query_as(

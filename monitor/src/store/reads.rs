@@ -35,7 +35,7 @@ impl Store {
     /// Every node of a formation, the database's time, and its settings.
     pub async fn formation_state(&self, formation: &str) -> Result<Locked> {
         let f: FormationRow = sqlx::query_as(
-            "SELECT number_sync_standbys, election_forced_at, paused_by, parameters_version, clock_timestamp() AS now FROM formation WHERE name = $1",
+            "SELECT number_sync_standbys, election_forced_at, paused_by, parameters_version, jsonb_array_length(permanent_slots) AS slot_count, clock_timestamp() AS now FROM formation WHERE name = $1",
         )
         .bind(formation)
         .fetch_optional(&self.pool)

@@ -64,6 +64,8 @@ pub(super) struct FormationRow {
     /// Who paused the formation (NULL: not paused).
     paused_by: Option<String>,
     parameters_version: i64,
+    /// How many permanent slots it declares.
+    slot_count: i32,
     pub now: DateTime<Utc>,
 }
 
@@ -111,6 +113,7 @@ impl FormationRow {
             election_forced_at: self.election_forced_at,
             paused: self.paused_by.is_some(),
             parameters_version: self.parameters_version.max(0) as u64,
+            slot_count: self.slot_count.max(0) as u32,
         })
     }
 }

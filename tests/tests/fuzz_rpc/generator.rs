@@ -234,6 +234,27 @@ impl Generator {
                 })
             }
             1 => Call::NodeActive(Box::new(pb::NodeActiveRequest {
+                slots_reported: rng.chance(0.3),
+                slots: (0..if w(rng) { rng.below(80) } else { rng.below(3) })
+                    .map(|i| pb::SlotPosition {
+                        name: if w(rng) {
+                            Generator::wild_string(rng)
+                        } else {
+                            format!("slot{i}")
+                        },
+                        kind: ["logical", "physical", "temporary"][rng.below(3)].to_string(),
+                        restart_lsn: Generator::wild_u64(rng),
+                        confirmed_flush_lsn: rng.range(0, u64::from(u32::MAX)),
+                        catalog_xmin: rng.range(0, 1000),
+                        active: rng.chance(0.5),
+                        state: vec![0; if w(rng) { rng.below(5000) } else { rng.below(200) }],
+                        problem: if w(rng) {
+                            Generator::wild_string(rng)
+                        } else {
+                            String::new()
+                        },
+                    })
+                    .collect(),
                 stopping: rng.chance(0.2),
                 wakes: rng.chance(0.5),
                 promotion_refused: rng.chance(0.1),

@@ -213,6 +213,8 @@ impl SimNode {
             restart_done: 0,
             pending_restart: Vec::new(),
             parameters_applied: 0,
+            slots: Vec::new(),
+            slots_reported: false,
             promotion_refused: false,
         }
     }

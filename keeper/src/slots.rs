@@ -460,7 +460,13 @@ mod tests {
 
     #[test]
     fn a_primary_creates_what_is_declared_and_manages_it() {
-        let p = plan(facts(false), &[cdc(), archive()], &[], &[], &Marks::default());
+        let p = plan(
+            facts(false),
+            &[cdc(), archive()],
+            &[],
+            &[],
+            &Marks::default(),
+        );
         assert_eq!(
             p.steps,
             vec![
@@ -590,7 +596,13 @@ mod tests {
             restart_lsn: SEG * 5,
             ..Default::default()
         };
-        let p = plan(facts(true), &[archive()], &[], &[up.clone()], &Marks::default());
+        let p = plan(
+            facts(true),
+            &[archive()],
+            &[],
+            &[up.clone()],
+            &Marks::default(),
+        );
         assert_eq!(
             p.steps,
             vec![Step::CreatePhysical {
@@ -650,7 +662,13 @@ mod tests {
         assert_eq!(r[0].state, vec![9]);
         assert_eq!(r[1].restart_lsn, 0);
         assert_eq!(r[1].problem, "no");
-        let r = report(&[cdc()], &[local_cdc(SEG * 3)], &problems, |_| Some(vec![9]), false);
+        let r = report(
+            &[cdc()],
+            &[local_cdc(SEG * 3)],
+            &problems,
+            |_| Some(vec![9]),
+            false,
+        );
         assert!(r[0].state.is_empty(), "standbys send no state");
     }
 }

@@ -23,6 +23,7 @@ mod cluster;
 pub mod drills;
 pub mod http;
 pub mod isolation;
+pub mod logical;
 pub mod operator;
 pub mod pgbench;
 pub mod probe;

@@ -559,9 +559,7 @@ impl LocalPostgres for PgController {
         self.board.take_finished()
     }
 
-    async fn slot_facts(
-        &self,
-    ) -> Result<(crate::slots::Facts, Vec<crate::slots::Local>), PgError> {
+    async fn slot_facts(&self) -> Result<(crate::slots::Facts, Vec<crate::slots::Local>), PgError> {
         PgController::slot_facts(self).await
     }
 

@@ -151,7 +151,11 @@ pub fn check_drop(
             known: known.iter().map(|s| s.to_string()).collect(),
         });
     };
-    let rest = existing.iter().filter(|s| s.name != name).cloned().collect();
+    let rest = existing
+        .iter()
+        .filter(|s| s.name != name)
+        .cloned()
+        .collect();
     Ok((found.clone(), rest))
 }
 
@@ -195,9 +199,7 @@ fn parameter<'a>(parameters: &'a [(String, String)], name: &str) -> Option<&'a s
 fn valid_identifier(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Where a node holds one permanent slot, as its keeper reported it
@@ -380,7 +382,12 @@ mod tests {
         let mut with_plugin = physical.clone();
         with_plugin.plugin = "pgoutput".into();
         assert!(check_create("f", with_plugin, &[], &[]).is_err());
-        let why = refused(check_create("f", logical("cdc"), &[logical("cdc")], &params));
+        let why = refused(check_create(
+            "f",
+            logical("cdc"),
+            &[logical("cdc")],
+            &params,
+        ));
         assert!(why.contains("drop-slot cdc"), "{why}");
     }
 

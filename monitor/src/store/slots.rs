@@ -22,12 +22,11 @@ impl Store {
         retry(|| async {
             let mut tx = self.pool.begin().await?;
             let existing = lock_slots(&mut tx, formation).await?;
-            let parameters: Vec<(String, String)> = sqlx::query_as(
-                "SELECT name, value FROM formation_parameter WHERE formation = $1",
-            )
-            .bind(formation)
-            .fetch_all(&mut *tx)
-            .await?;
+            let parameters: Vec<(String, String)> =
+                sqlx::query_as("SELECT name, value FROM formation_parameter WHERE formation = $1")
+                    .bind(formation)
+                    .fetch_all(&mut *tx)
+                    .await?;
             let slot = slots::check_create(formation, slot.clone(), &existing, &parameters)?;
             let mut all = existing;
             all.push(slot.clone());
@@ -103,7 +102,10 @@ impl Store {
         let (declared, held) = row.ok_or_else(|| no_formation(formation))?;
         Ok((
             from_json(&declared)?,
-            held.as_deref().map(from_json).transpose()?.unwrap_or_default(),
+            held.as_deref()
+                .map(from_json)
+                .transpose()?
+                .unwrap_or_default(),
         ))
     }
 
@@ -153,11 +155,12 @@ pub(super) async fn check_parameter(
 
 /// Lock `formation`'s row and read its slots, or say it does not exist.
 async fn lock_slots(tx: &mut Tx<'_>, formation: &str) -> Result<Vec<Declared>> {
-    let found: Option<String> =
-        sqlx::query_scalar("SELECT permanent_slots::text FROM formation WHERE name = $1 FOR UPDATE")
-            .bind(formation)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT permanent_slots::text FROM formation WHERE name = $1 FOR UPDATE",
+    )
+    .bind(formation)
+    .fetch_optional(&mut **tx)
+    .await?;
     from_json(&found.ok_or_else(|| no_formation(formation))?)
 }
 
@@ -175,6 +178,5 @@ fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| Error::Corrupt(format!("stored permanent slots: {e}")))
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("stored permanent slots: {e}")))
 }

@@ -247,7 +247,14 @@ impl Generator {
                         confirmed_flush_lsn: rng.range(0, u64::from(u32::MAX)),
                         catalog_xmin: rng.range(0, 1000),
                         active: rng.chance(0.5),
-                        state: vec![0; if w(rng) { rng.below(5000) } else { rng.below(200) }],
+                        state: vec![
+                            0;
+                            if w(rng) {
+                                rng.below(5000)
+                            } else {
+                                rng.below(200)
+                            }
+                        ],
                         problem: if w(rng) {
                             Generator::wild_string(rng)
                         } else {

@@ -54,9 +54,13 @@ impl Operator {
             return Ok(());
         }
         let what = format!("every node holding slot {name}");
-        wait_until(&mut self.client, &self.formation, wait.timeout, &what, |s| {
-            held_everywhere(s, &name)
-        })
+        wait_until(
+            &mut self.client,
+            &self.formation,
+            wait.timeout,
+            &what,
+            |s| held_everywhere(s, &name),
+        )
         .await?;
         println!("slot {name} held by every node");
         Ok(())
@@ -69,9 +73,13 @@ impl Operator {
             return Ok(());
         }
         let what = format!("every node dropping slot {name}");
-        wait_until(&mut self.client, &self.formation, wait.timeout, &what, |s| {
-            dropped_everywhere(s, name)
-        })
+        wait_until(
+            &mut self.client,
+            &self.formation,
+            wait.timeout,
+            &what,
+            |s| dropped_everywhere(s, name),
+        )
         .await?;
         println!("slot {name} dropped by every node");
         Ok(())

@@ -1,0 +1,273 @@
+//! A logical consumer: `pg_recvlogical` with `test_decoding` on a
+//! permanent slot, reconnected (through the multi-host conninfo, to
+//! whichever node takes writes) each time its connection ends, as a
+//! change-data-capture consumer would. Every `pgpilot_writes` insert it
+//! receives is recorded with when it first arrived and how often.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Cluster;
+
+/// How soon a consumer whose connection ended connects again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// How often the output file is read.
+const READ_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Default)]
+struct Seen {
+    /// Id → when it first arrived.
+    first: HashMap<i64, Instant>,
+    /// Arrivals of ids already seen.
+    repeats: usize,
+    /// Connections made (pg_recvlogical started).
+    sessions: usize,
+    /// The last lines pg_recvlogical wrote on stderr.
+    errors: Vec<String>,
+}
+
+/// A running consumer (stopped when dropped).
+pub struct LogicalConsumer {
+    seen: Arc<Mutex<Seen>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What a consumer received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub first: HashMap<i64, Instant>,
+    pub repeats: usize,
+    pub sessions: usize,
+}
+
+impl Received {
+    /// Those of `ids` never received.
+    pub fn missing(&self, ids: &[i64]) -> Vec<i64> {
+        let mut missing: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.first.contains_key(id))
+            .collect();
+        missing.sort_unstable();
+        missing
+    }
+
+    /// The longest time between two arrivals of new inserts after `since`
+    /// (how long the consumer saw nothing new across a failover).
+    pub fn longest_pause_after(&self, since: Instant) -> Option<Duration> {
+        let mut times: Vec<Instant> = self.first.values().copied().collect();
+        times.sort_unstable();
+        let before = times.iter().rev().find(|t| **t <= since).copied();
+        let after: Vec<Instant> = times.into_iter().filter(|t| *t > since).collect();
+        let mut prev = before?;
+        let mut longest = Duration::ZERO;
+        for t in after {
+            longest = longest.max(t - prev);
+            prev = t;
+        }
+        Some(longest)
+    }
+}
+
+impl LogicalConsumer {
+    /// Start consuming slot `slot` of database `database` of `cluster`,
+    /// writing what arrives to a file in `dir`.
+    pub fn start(cluster: &Cluster, slot: &str, database: &str, dir: &Path) -> Result<Self> {
+        let file = dir.join(format!("recvlogical-{slot}.out"));
+        std::fs::write(&file, b"").with_context(|| format!("creating {}", file.display()))?;
+        let ports: Vec<String> = cluster
+            .node_names()
+            .iter()
+            .map(|n| cluster.node_port(n).map(|p| p.to_string()))
+            .collect::<Result<_>>()?;
+        let conninfo = format!(
+            "host={} port={} dbname={database} user=postgres target_session_attrs=read-write connect_timeout=2",
+            vec!["127.0.0.1"; ports.len()].join(","),
+            ports.join(",")
+        );
+        let program = cluster.tools().pg_program("pg_recvlogical");
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (stop, stopped) = watch::channel(false);
+        let run = tokio::spawn(supervise(
+            program,
+            conninfo,
+            slot.to_string(),
+            file.clone(),
+            seen.clone(),
+            stopped.clone(),
+        ));
+        let read = tokio::spawn(read_output(file, seen.clone(), stopped));
+        Ok(LogicalConsumer {
+            seen,
+            stop,
+            tasks: vec![run, read],
+        })
+    }
+
+    /// What arrived so far.
+    pub fn received(&self) -> Received {
+        let seen = self.seen.lock().unwrap();
+        Received {
+            first: seen.first.clone(),
+            repeats: seen.repeats,
+            sessions: seen.sessions,
+        }
+    }
+
+    /// pg_recvlogical's last error lines.
+    pub fn errors(&self) -> String {
+        self.seen.lock().unwrap().errors.join("\n")
+    }
+
+    pub async fn stop(mut self) -> Received {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.received()
+    }
+}
+
+impl Drop for LogicalConsumer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Run pg_recvlogical until stopped, starting it again each time it ends.
+async fn supervise(
+    program: PathBuf,
+    conninfo: String,
+    slot: String,
+    file: PathBuf,
+    seen: Arc<Mutex<Seen>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    while !*stopped.borrow() {
+        seen.lock().unwrap().sessions += 1;
+        let child = tokio::process::Command::new(&program)
+            .args(["-d", &conninfo, "-S", &slot, "--start", "--no-loop"])
+            // Confirm what was written at once, every second.
+            .args(["-F", "0", "-s", "1", "-f"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                seen.lock().unwrap().errors.push(format!("spawn: {e}"));
+                return;
+            }
+        };
+        let mut stderr = child.stderr.take();
+        tokio::select! {
+            _ = child.wait() => {}
+            _ = stopped.changed() => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+        let mut text = String::new();
+        if let Some(err) = stderr.as_mut() {
+            let _ = err.read_to_string(&mut text).await;
+        }
+        if !text.trim().is_empty() {
+            let mut seen = seen.lock().unwrap();
+            seen.errors.extend(text.lines().map(str::to_string));
+            let excess = seen.errors.len().saturating_sub(20);
+            seen.errors.drain(..excess);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+            _ = stopped.changed() => {}
+        }
+    }
+}
+
+/// Read what pg_recvlogical appends to `file`, recording each insert.
+async fn read_output(file: PathBuf, seen: Arc<Mutex<Seen>>, stopped: watch::Receiver<bool>) {
+    let mut offset = 0usize;
+    let mut partial = String::new();
+    loop {
+        let done = *stopped.borrow();
+        if let Ok(bytes) = tokio::fs::read(&file).await {
+            if bytes.len() > offset {
+                partial.push_str(&String::from_utf8_lossy(&bytes[offset..]));
+                offset = bytes.len();
+                let now = Instant::now();
+                let complete = partial.rfind('\n').map_or(0, |i| i + 1);
+                let lines: String = partial.drain(..complete).collect();
+                let mut seen = seen.lock().unwrap();
+                for id in lines.lines().filter_map(inserted_id) {
+                    if seen.first.contains_key(&id) {
+                        seen.repeats += 1;
+                    } else {
+                        seen.first.insert(id, now);
+                    }
+                }
+            }
+        }
+        if done {
+            return;
+        }
+        tokio::time::sleep(READ_INTERVAL).await;
+    }
+}
+
+/// The id of a test_decoding line for an insert into pgpilot_writes.
+fn inserted_id(line: &str) -> Option<i64> {
+    if !line.starts_with("table public.pgpilot_writes: INSERT:") {
+        return None;
+    }
+    let rest = line.split("id[bigint]:").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_decoding_inserts_are_read() {
+        assert_eq!(
+            inserted_id("table public.pgpilot_writes: INSERT: id[bigint]:42 at[timestamp with time zone]:'2026-12-07'"),
+            Some(42)
+        );
+        assert_eq!(inserted_id("BEGIN 725"), None);
+        assert_eq!(
+            inserted_id("table public.other: INSERT: id[bigint]:1"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_pause_is_the_longest_gap_after_the_event() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let r = Received {
+            first: HashMap::from([(1, at(0)), (2, at(100)), (3, at(2100)), (4, at(2200))]),
+            repeats: 0,
+            sessions: 1,
+        };
+        assert_eq!(
+            r.longest_pause_after(at(150)),
+            Some(Duration::from_millis(2000))
+        );
+        assert_eq!(r.missing(&[1, 5, 2, 0]), vec![0, 5]);
+    }
+}

@@ -1,0 +1,210 @@
+//! Permanent slots on real PostgreSQL: a logical consumer
+//! (`pg_recvlogical` with `test_decoding`) reads a stream of numbered
+//! inserts through an unplanned failover, the old primary's return and a
+//! switchover, and misses none of them (repeats are counted and allowed);
+//! the refusals a logical slot brings with it.
+//!
+//! Needs `cargo build --workspace` first and PostgreSQL's server programs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pgpilot_tests::logical::LogicalConsumer;
+use pgpilot_tests::{operator, Cluster, ClusterOptions, FormationStateExt, Writer};
+
+const SLOT: &str = "cdc";
+
+/// Every node of the cluster reports holding the slot with no problem.
+async fn wait_held_everywhere(cluster: &Cluster, what: &str) -> Result<()> {
+    let names = cluster.node_names();
+    cluster
+        .wait_state(Duration::from_secs(120), what, |s| {
+            names.iter().all(|name| {
+                s.node(name).is_some_and(|n| {
+                    n.slots
+                        .iter()
+                        .any(|p| p.name == SLOT && p.restart_lsn > 0 && p.problem.is_empty())
+                })
+            })
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Wait until the consumer received the inserts acknowledged until a
+/// write acknowledged after `since`; the consumer's pause across `since`.
+async fn wait_consumed_after(
+    cluster: &Cluster,
+    consumer: &LogicalConsumer,
+    writer: &Writer,
+    since: Instant,
+    what: &str,
+) -> Result<Duration> {
+    writer
+        .wait_ack_after(cluster, since, Duration::from_secs(120), what)
+        .await?;
+    let last = writer.acked_ids().into_iter().max().unwrap_or_default();
+    let waited = cluster
+        .wait_for(Duration::from_secs(120), what, || {
+            let done = consumer.received().first.contains_key(&last);
+            async move { Ok(done.then_some(())) }
+        })
+        .await;
+    if let Err(e) = waited {
+        return Err(e.context(format!("pg_recvlogical said:\n{}", consumer.errors())));
+    }
+    Ok(consumer
+        .received()
+        .longest_pause_after(since)
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logical_consumer_misses_nothing_across_failover_and_switchover() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::nodes(3)).await?;
+    cluster.wait_healthy(Duration::from_secs(120)).await?;
+    let create = [
+        "create-slot",
+        SLOT,
+        "--plugin",
+        "test_decoding",
+        "--database",
+        "postgres",
+        "--timeout",
+        "120s",
+    ];
+    // Refused in one sentence while the formation runs wal_level replica.
+    operator::cli_refused(&cluster, &create, None, &["wal_level = logical"]).await?;
+    operator::cli_ok(
+        &cluster,
+        &["set-parameter", "wal_level", "logical", "--timeout", "60s"],
+    )
+    .await?;
+    operator::cli_ok(
+        &cluster,
+        &["restart", "--all", "--pending-only", "--timeout", "180s"],
+    )
+    .await?;
+    operator::cli_ok(&cluster, &create).await?;
+    wait_held_everywhere(&cluster, "every node to hold slot cdc").await?;
+    // What the slot needs cannot be taken away while it is declared.
+    operator::cli_refused(
+        &cluster,
+        &["reset-parameter", "wal_level"],
+        None,
+        &["drop-slot cdc"],
+    )
+    .await?;
+    operator::cli_refused(&cluster, &create, None, &["already has"]).await?;
+    let shown = operator::cli_ok(&cluster, &["show-slots"]).await?;
+    if !shown.contains("cdc  logical  plugin test_decoding  database postgres") {
+        return Err(cluster.failure(format!("show-slots said:\n{shown}")).await);
+    }
+
+    let writer = Writer::warm(&cluster).await?;
+    let consumer = LogicalConsumer::start(&cluster, SLOT, "postgres", cluster.root())?;
+    let warm = Instant::now();
+    wait_consumed_after(
+        &cluster,
+        &consumer,
+        &writer,
+        warm,
+        "the consumer to read the writes",
+    )
+    .await?;
+
+    // 1. The primary's host dies.
+    let old = cluster.primary_name().await?;
+    let killed = cluster.kill_node_hard(&old)?;
+    let state = cluster
+        .wait_other_primary(&old, Duration::from_secs(120))
+        .await?;
+    let new = state
+        .writable_primaries()
+        .first()
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
+    let failover_pause = wait_consumed_after(
+        &cluster,
+        &consumer,
+        &writer,
+        killed,
+        "the consumer to read writes made after the failover",
+    )
+    .await?;
+
+    // 2. The old primary comes back as a standby: its own slot (which may
+    // stand past the new primary's history) is replaced by a copy.
+    cluster.start_keeper(&old)?;
+    cluster
+        .wait_rejoined(&old, &new, Duration::from_secs(180))
+        .await?;
+    wait_held_everywhere(&cluster, "the old primary to hold a copy of cdc").await?;
+
+    // 3. A switchover.
+    let switched = Instant::now();
+    operator::cli_ok(&cluster, &["perform-failover", "--timeout", "120s"]).await?;
+    let switchover_pause = wait_consumed_after(
+        &cluster,
+        &consumer,
+        &writer,
+        switched,
+        "the consumer to read writes made after the switchover",
+    )
+    .await?;
+
+    // Every insert the final primary holds reached the consumer.
+    let report = writer.stop().await;
+    let last = cluster.primary_name().await?;
+    report.expect_all_on(&cluster, &last).await?;
+    let present: Vec<i64> = cluster
+        .psql(&last, "SELECT id FROM pgpilot_writes ORDER BY id")
+        .await?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let deadline = Duration::from_secs(60);
+    let all_read = cluster
+        .wait_for(deadline, "the consumer to read every insert", || {
+            let done = consumer.received().missing(&present).is_empty();
+            async move { Ok(done.then_some(())) }
+        })
+        .await;
+    let received = consumer.stop().await;
+    let missing = received.missing(&present);
+    if all_read.is_err() || !missing.is_empty() {
+        return Err(cluster
+            .failure(format!(
+                "the consumer missed {} of {} inserts (first: {:?})",
+                missing.len(),
+                present.len(),
+                &missing[..missing.len().min(20)]
+            ))
+            .await);
+    }
+    println!(
+        "logical consumer: {} inserts read, {} repeats, {} connections; pause across the failover {:.2} s, across the switchover {:.2} s",
+        present.len(),
+        received.repeats,
+        received.sessions,
+        failover_pause.as_secs_f64(),
+        switchover_pause.as_secs_f64()
+    );
+
+    // Dropped everywhere once removed (no consumer is connected now).
+    operator::cli_ok(&cluster, &["drop-slot", SLOT, "--timeout", "60s"]).await?;
+    for name in cluster.node_names() {
+        let left = cluster
+            .psql(
+                &name,
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cdc'",
+            )
+            .await?;
+        if left != "0" {
+            return Err(cluster
+                .failure(format!("{name} still holds slot cdc after drop-slot"))
+                .await);
+        }
+    }
+    Ok(())
+}

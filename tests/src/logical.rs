@@ -17,6 +17,61 @@ use tokio::task::JoinHandle;
 
 use crate::Cluster;
 
+/// Run the formation with `wal_level = logical` (set, then every node
+/// restarted) and declare the logical permanent slot `slot` (test_decoding
+/// on `database`); returns once every node holds it.
+pub async fn declare_logical_slot(cluster: &Cluster, slot: &str, database: &str) -> Result<()> {
+    use crate::operator::cli_ok;
+    cli_ok(
+        cluster,
+        &["set-parameter", "wal_level", "logical", "--timeout", "60s"],
+    )
+    .await?;
+    cli_ok(
+        cluster,
+        &["restart", "--all", "--pending-only", "--timeout", "180s"],
+    )
+    .await?;
+    cli_ok(cluster, &create_slot_args(slot, database)).await?;
+    wait_held_everywhere(cluster, slot).await
+}
+
+/// `create-slot` of a logical test_decoding slot.
+pub fn create_slot_args<'a>(slot: &'a str, database: &'a str) -> [&'a str; 8] {
+    [
+        "create-slot",
+        slot,
+        "--plugin",
+        "test_decoding",
+        "--database",
+        database,
+        "--timeout",
+        "120s",
+    ]
+}
+
+/// Wait until every node reports holding `slot` with no problem.
+pub async fn wait_held_everywhere(cluster: &Cluster, slot: &str) -> Result<()> {
+    use crate::FormationStateExt;
+    let names = cluster.node_names();
+    cluster
+        .wait_state(
+            Duration::from_secs(120),
+            &format!("every node to hold slot {slot}"),
+            |s| {
+                names.iter().all(|name| {
+                    s.node(name).is_some_and(|n| {
+                        n.slots
+                            .iter()
+                            .any(|p| p.name == slot && p.restart_lsn > 0 && p.problem.is_empty())
+                    })
+                })
+            },
+        )
+        .await
+        .map(|_| ())
+}
+
 /// How soon a consumer whose connection ended connects again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// How often the output file is read.
@@ -39,6 +94,35 @@ pub struct LogicalConsumer {
     seen: Arc<Mutex<Seen>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Wait until `consumer` received the inserts `writer` had acknowledged
+/// once one was acknowledged after `since`; the consumer's pause across
+/// `since` (see [`Received::longest_pause_after`]).
+pub async fn wait_consumed_after(
+    cluster: &Cluster,
+    consumer: &LogicalConsumer,
+    writer: &crate::Writer,
+    since: Instant,
+    what: &str,
+) -> Result<Duration> {
+    writer
+        .wait_ack_after(cluster, since, Duration::from_secs(120), what)
+        .await?;
+    let last = writer.acked_ids().into_iter().max().unwrap_or_default();
+    let waited = cluster
+        .wait_for(Duration::from_secs(120), what, || {
+            let done = consumer.received().first.contains_key(&last);
+            async move { Ok(done.then_some(())) }
+        })
+        .await;
+    if let Err(e) = waited {
+        return Err(e.context(format!("pg_recvlogical said:\n{}", consumer.errors())));
+    }
+    Ok(consumer
+        .received()
+        .longest_pause_after(since)
+        .unwrap_or_default())
 }
 
 /// What a consumer received.

@@ -9,70 +9,18 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use pgpilot_tests::logical::LogicalConsumer;
+use pgpilot_tests::logical::{
+    create_slot_args, wait_consumed_after, wait_held_everywhere, LogicalConsumer,
+};
 use pgpilot_tests::{operator, Cluster, ClusterOptions, FormationStateExt, Writer};
 
 const SLOT: &str = "cdc";
-
-/// Every node of the cluster reports holding the slot with no problem.
-async fn wait_held_everywhere(cluster: &Cluster, what: &str) -> Result<()> {
-    let names = cluster.node_names();
-    cluster
-        .wait_state(Duration::from_secs(120), what, |s| {
-            names.iter().all(|name| {
-                s.node(name).is_some_and(|n| {
-                    n.slots
-                        .iter()
-                        .any(|p| p.name == SLOT && p.restart_lsn > 0 && p.problem.is_empty())
-                })
-            })
-        })
-        .await
-        .map(|_| ())
-}
-
-/// Wait until the consumer received the inserts acknowledged until a
-/// write acknowledged after `since`; the consumer's pause across `since`.
-async fn wait_consumed_after(
-    cluster: &Cluster,
-    consumer: &LogicalConsumer,
-    writer: &Writer,
-    since: Instant,
-    what: &str,
-) -> Result<Duration> {
-    writer
-        .wait_ack_after(cluster, since, Duration::from_secs(120), what)
-        .await?;
-    let last = writer.acked_ids().into_iter().max().unwrap_or_default();
-    let waited = cluster
-        .wait_for(Duration::from_secs(120), what, || {
-            let done = consumer.received().first.contains_key(&last);
-            async move { Ok(done.then_some(())) }
-        })
-        .await;
-    if let Err(e) = waited {
-        return Err(e.context(format!("pg_recvlogical said:\n{}", consumer.errors())));
-    }
-    Ok(consumer
-        .received()
-        .longest_pause_after(since)
-        .unwrap_or_default())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logical_consumer_misses_nothing_across_failover_and_switchover() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::nodes(3)).await?;
     cluster.wait_healthy(Duration::from_secs(120)).await?;
-    let create = [
-        "create-slot",
-        SLOT,
-        "--plugin",
-        "test_decoding",
-        "--database",
-        "postgres",
-        "--timeout",
-        "120s",
-    ];
+    let create = create_slot_args(SLOT, "postgres");
     // Refused in one sentence while the formation runs wal_level replica.
     operator::cli_refused(&cluster, &create, None, &["wal_level = logical"]).await?;
     operator::cli_ok(
@@ -86,7 +34,7 @@ async fn a_logical_consumer_misses_nothing_across_failover_and_switchover() -> R
     )
     .await?;
     operator::cli_ok(&cluster, &create).await?;
-    wait_held_everywhere(&cluster, "every node to hold slot cdc").await?;
+    wait_held_everywhere(&cluster, SLOT).await?;
     // What the slot needs cannot be taken away while it is declared.
     operator::cli_refused(
         &cluster,
@@ -139,7 +87,8 @@ async fn a_logical_consumer_misses_nothing_across_failover_and_switchover() -> R
     cluster
         .wait_rejoined(&old, &new, Duration::from_secs(180))
         .await?;
-    wait_held_everywhere(&cluster, "the old primary to hold a copy of cdc").await?;
+    // The old primary then holds a copy again.
+    wait_held_everywhere(&cluster, SLOT).await?;
 
     // 3. A switchover.
     let switched = Instant::now();

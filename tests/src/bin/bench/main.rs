@@ -15,10 +15,14 @@
 //! `pgpilot-bench load`: failover, switchover and crash recovery of a
 //! database with data in it under a pgbench write load (see `load.rs`).
 //!
+//! `pgpilot-bench logical`: a logical consumer's pause across failovers
+//! and switchovers (see `logical.rs`).
+//!
 //! Example: cargo run --release -p pgpilot-tests --bin pgpilot-bench -- failover --runs 5
 
 mod clone;
 mod load;
+mod logical;
 
 use std::time::{Duration, Instant};
 
@@ -93,6 +97,16 @@ enum Command {
         /// Scenarios to run (default: all).
         #[arg(long, value_enum)]
         scenario: Vec<load::LoadScenario>,
+    },
+    /// The pause a logical consumer (pg_recvlogical on a permanent slot)
+    /// sees across an unplanned failover and a switchover, and the inserts
+    /// it missed (always 0).
+    ///
+    /// Example: pgpilot-bench logical --runs 5
+    Logical {
+        /// Failover + switchover pairs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
 }
 
@@ -225,6 +239,7 @@ async fn main() -> Result<()> {
             })
             .await
         }
+        Command::Logical { runs } => return logical::run(runs).await,
     };
     let scenarios = if scenario.is_empty() {
         vec![

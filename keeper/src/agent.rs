@@ -424,10 +424,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             primary: reply.primary,
             clone_source: reply.clone_source,
             synchronous_standby_names: replication.synchronous_standby_names,
+            // A primary moves only a cascading standby's slot (it streams
+            // from another standby); a standby moves every slot it keeps.
             slots: replication
                 .standbys
                 .iter()
-                .map(|n| (application_name(n.node_id), n.lsn))
+                .map(|n| (application_name(n.node_id), n.lsn, n.cascading))
                 .collect(),
             peer_hosts: Some(
                 replication
@@ -438,6 +440,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             ),
             permanent_slots: reply.slots_included.then_some(reply.permanent_slots),
             upstream_slots: reply.upstream_slots,
+            upstream_is_standby: reply.upstream_is_standby,
         };
         if goal != self.state.goal {
             tracing::info!(from = %self.state.current, goal = %goal, "new goal from the monitor");

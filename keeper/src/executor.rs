@@ -37,7 +37,7 @@ pub struct Instructions {
     pub clone_source: Option<pb::NodeAddress>,
     pub synchronous_standby_names: String,
     /// A slot for every other node of the group, with that node's LSN.
-    pub slots: Vec<(String, u64)>,
+    pub slots: Vec<(String, u64, bool)>,
     /// Hosts of the other nodes of the group; `None` until the monitor
     /// first answered.
     pub peer_hosts: Option<Vec<String>>,
@@ -46,6 +46,8 @@ pub struct Instructions {
     pub permanent_slots: Option<Vec<pb::PermanentSlot>>,
     /// Where the node this one follows holds them.
     pub upstream_slots: Vec<pb::SlotPosition>,
+    /// `primary` is the standby this cascading standby streams from.
+    pub upstream_is_standby: bool,
 }
 
 /// Where the node is headed: what a plan's actions configure.
@@ -500,6 +502,12 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
     /// that fails) and queue a note for the monitor. True when PGDATA was
     /// rewritten.
     async fn rewind_if_diverged(&self, target: Target<'_>) -> Result<bool, KeeperError> {
+        if target.instructions.upstream_is_standby {
+            // A cascading standby's upstream is itself in recovery: its
+            // history is the primary's, checked when it follows the
+            // primary (which it does whenever its upstream cannot serve).
+            return Ok(false);
+        }
         let upstream = upstream(target)?;
         let Some(divergence) = self.divergence(&upstream).await else {
             return Ok(false);

@@ -325,7 +325,7 @@ pub(crate) mod fake {
         async fn ensure_replication_role(&self) -> Result<(), PgError> {
             Ok(())
         }
-        async fn sync_slots(&self, _: &[(String, u64)]) -> Result<(), PgError> {
+        async fn sync_slots(&self, _: &[(String, u64, bool)]) -> Result<(), PgError> {
             Ok(())
         }
         async fn observe(&self) -> Observation {

@@ -172,13 +172,20 @@ impl Monitor for MonitorService {
         let mut groups: Vec<i32> = nodes.iter().map(|n| n.group_id).collect();
         groups.dedup();
         let mut synchronous_standby_names = String::new();
+        let mut streams_from = std::collections::BTreeMap::new();
         for g in groups {
             let snaps: Vec<_> = nodes
                 .iter()
                 .filter(|n| n.group_id == g)
                 .map(|n| n.snap.clone())
                 .collect();
-            let outcome = fsm::decide(&snaps, now, &self.store.fsm_settings(nss));
+            let settings = self.store.fsm_settings(nss);
+            let env = crate::core::Env::new(now, settings);
+            for (k, n) in snaps.iter().enumerate() {
+                let from = crate::core::cascade::follow(&snaps, k, &env);
+                streams_from.insert(n.id, from.map(|f| snaps[f].name.clone()));
+            }
+            let outcome = fsm::decide(&snaps, now, &settings);
             waiting.insert(g, outcome.waiting);
             if let Some(p) = snaps.iter().position(|n| n.goal.is_writable_primary()) {
                 synchronous_standby_names =
@@ -233,6 +240,12 @@ impl Monitor for MonitorService {
                 restart_done: n.restart.done,
                 pending_restart: n.pending_restart.clone(),
                 parameters_applied: n.parameters_applied,
+                upstream: n.snap.upstream.clone().unwrap_or_default(),
+                streams_from: streams_from
+                    .get(&n.snap.id)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_default(),
                 slots: held
                     .get(&n.snap.id)
                     .map(|h| h.iter().map(|p| p.to_wire(false)).collect())
@@ -464,6 +477,27 @@ impl Monitor for MonitorService {
         let caller = self.caller(&request)?;
         caller.require_operator("reload").map_err(refused)?;
         let message = parameters::reload(&self.store, &caller, request.into_inner()).await?;
+        Ok(Response::new(pb::OperationReply { message }))
+    }
+
+    async fn set_upstream(
+        &self,
+        request: Request<pb::SetUpstreamRequest>,
+    ) -> Result<Response<pb::OperationReply>, Status> {
+        let caller = self.caller(&request)?;
+        caller.require_operator("set-upstream").map_err(refused)?;
+        let r = request.into_inner();
+        let formation = formation_or_default(&r.formation).to_string();
+        valid_name("formation", &formation)?;
+        valid_name("node", &r.node)?;
+        if !r.upstream.is_empty() {
+            valid_name("upstream", &r.upstream)?;
+        }
+        let upstream = (!r.upstream.is_empty()).then_some(r.upstream.as_str());
+        let message = self
+            .store
+            .set_upstream(&formation, &r.node, upstream)
+            .await?;
         Ok(Response::new(pb::OperationReply { message }))
     }
 

@@ -222,13 +222,15 @@ pub trait LocalPostgres {
     /// the configured password (once per keeper run and password: it
     /// writes WAL); nothing on a standby.
     fn ensure_replication_role(&self) -> impl Future<Output = Result<(), PgError>> + Send;
-    /// Keep a physical replication slot for each (name, LSN) and drop other
-    /// inactive `pgpilot_` slots. On a standby the slots are advanced to the
-    /// named node's LSN (never past this node's replay), so a promoted
-    /// standby already holds the WAL its future standbys need.
+    /// Keep a physical replication slot for each (name, LSN, cascading)
+    /// and drop other inactive `pgpilot_` slots. On a standby the slots not
+    /// in use are advanced to the named node's LSN (never past this node's
+    /// replay), so a promoted standby already holds the WAL its future
+    /// standbys need; on a primary only those of cascading standbys (they
+    /// stream from another standby, never from this slot).
     fn sync_slots(
         &self,
-        slots: &[(String, u64)],
+        slots: &[(String, u64, bool)],
     ) -> impl Future<Output = Result<(), PgError>> + Send;
     /// Observe the running server (all-default with running=false when it is down).
     fn observe(&self) -> impl Future<Output = Observation> + Send;
@@ -607,7 +609,7 @@ impl LocalPostgres for PgController {
         PgController::ensure_replication_role(self).await
     }
 
-    async fn sync_slots(&self, slots: &[(String, u64)]) -> Result<(), PgError> {
+    async fn sync_slots(&self, slots: &[(String, u64, bool)]) -> Result<(), PgError> {
         PgController::sync_slots(self, slots).await
     }
 

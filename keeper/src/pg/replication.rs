@@ -50,9 +50,10 @@ impl PgController {
     }
 
     /// Slots are created with `immediately_reserve => true`, so the primary
-    /// keeps WAL for a standby from the moment its slot exists.
-    pub(super) async fn sync_slots(&self, slots: &[(String, u64)]) -> Result<(), PgError> {
-        let names: Vec<String> = slots.iter().map(|(name, _)| name.clone()).collect();
+    /// keeps WAL for a standby from the moment its slot exists. Each slot
+    /// is (name, the node's LSN, the node cascades from another standby).
+    pub(super) async fn sync_slots(&self, slots: &[(String, u64, bool)]) -> Result<(), PgError> {
+        let names: Vec<String> = slots.iter().map(|(name, _, _)| name.clone()).collect();
         let standby = self.in_recovery().await?;
         let existing: Vec<(String, bool)> = self
             .fetch_all(
@@ -62,27 +63,35 @@ impl PgController {
                 QUERY_TIMEOUT,
             )
             .await?;
-        if standby {
-            // Advance each slot to the node's LSN, never past our replay.
-            for (name, lsn) in slots {
-                if *lsn == 0 || !existing.iter().any(|(slot, _)| slot == name) {
-                    continue;
-                }
-                let target = format_lsn(*lsn);
-                self.fetch_all::<(bool,)>(
-                    // CASE: advance only forwards (backwards is an error).
-                    "SELECT CASE
-                         WHEN least($2::text::pg_lsn, pg_last_wal_replay_lsn()) > coalesce(s.restart_lsn, '0/0')
-                         THEN pg_replication_slot_advance($1::text::name,
-                                least($2::text::pg_lsn, pg_last_wal_replay_lsn())) IS NOT NULL
-                         ELSE false
-                     END
-                       FROM pg_replication_slots s WHERE s.slot_name = $1::text::name",
-                    &[name, &target],
-                    QUERY_TIMEOUT,
-                )
-                .await?;
+        // A standby moves each slot it keeps to the node's LSN (so a
+        // promoted standby holds the WAL its future standbys need); a
+        // primary only the slot of a cascading standby, which streams
+        // from another standby and so never moves its slot here itself.
+        // Never past our replay, never a slot in use (an error).
+        for (name, lsn, cascading) in slots {
+            let idle = existing.iter().any(|(slot, active)| slot == name && !active);
+            if *lsn == 0 || !idle || !(standby || *cascading) {
+                continue;
             }
+            let target = format_lsn(*lsn);
+            self.fetch_all::<(bool,)>(
+                // CASE: advance only forwards (backwards is an error).
+                "SELECT CASE
+                     WHEN least($2::text::pg_lsn,
+                                CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                                     ELSE pg_current_wal_flush_lsn() END)
+                          > coalesce(s.restart_lsn, '0/0')
+                     THEN pg_replication_slot_advance($1::text::name,
+                            least($2::text::pg_lsn,
+                                  CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                                       ELSE pg_current_wal_flush_lsn() END)) IS NOT NULL
+                     ELSE false
+                 END
+                   FROM pg_replication_slots s WHERE s.slot_name = $1::text::name",
+                &[name, &target],
+                QUERY_TIMEOUT,
+            )
+            .await?;
         }
         for name in &names {
             if existing.iter().any(|(slot, _)| slot == name) {

@@ -858,11 +858,11 @@ async fn scenario(
     assert!(!obs.wal_receiver_streaming);
     assert!(obs.streaming_standbys.is_empty());
 
-    a.sync_slots(&[("pgpilot_b".into(), 0), ("pgpilot_gone".into(), 0)])
+    a.sync_slots(&[("pgpilot_b".into(), 0, false), ("pgpilot_gone".into(), 0, false)])
         .await?;
     assert_eq!(slots(a).await?, ["pgpilot_b", "pgpilot_gone"]);
-    a.sync_slots(&[("pgpilot_b".into(), 0)]).await?;
-    a.sync_slots(&[("pgpilot_b".into(), 0)]).await?;
+    a.sync_slots(&[("pgpilot_b".into(), 0, false)]).await?;
+    a.sync_slots(&[("pgpilot_b".into(), 0, false)]).await?;
     // The role b clones, streams and (later) rewinds as: no superuser.
     a.ensure_replication_role().await?;
     a.ensure_replication_role().await?;
@@ -895,8 +895,8 @@ async fn scenario(
     assert_eq!(obs.timeline, 1);
     assert_eq!(obs.system_identifier, sysid);
     // A standby keeps slots too, advanced no further than its replay.
-    b.sync_slots(&[("pgpilot_x".into(), obs.lsn)]).await?;
-    b.sync_slots(&[("pgpilot_x".into(), obs.lsn)]).await?;
+    b.sync_slots(&[("pgpilot_x".into(), obs.lsn, false)]).await?;
+    b.sync_slots(&[("pgpilot_x".into(), obs.lsn, false)]).await?;
     assert_eq!(slots(b).await?, ["pgpilot_x"]);
     b.sync_slots(&[]).await?;
     assert_eq!(slots(b).await?, Vec::<String>::new());
@@ -944,7 +944,7 @@ async fn scenario(
         .await?;
 
     // The old primary rejoins: rewind (after a crash), then stream from b.
-    b.sync_slots(&[("pgpilot_a".into(), 0)]).await?;
+    b.sync_slots(&[("pgpilot_a".into(), 0, false)]).await?;
     let from_b = Upstream {
         host: "127.0.0.1".into(),
         port: port_b,

@@ -244,6 +244,23 @@ pub enum OperatorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a standby stream from another standby (a cascading standby)
+    /// while that one can serve, else from the primary; `--primary` undoes
+    /// it. A cascading standby's candidate priority becomes 0 and it leaves
+    /// the replication quorum. One level only.
+    ///
+    /// Example: pgpilot-monitor set-upstream node3 node2
+    SetUpstream {
+        node: String,
+        /// The standby to stream from.
+        #[arg(required_unless_present = "primary", conflicts_with = "primary")]
+        upstream: Option<String>,
+        /// Stream from the primary again.
+        #[arg(long)]
+        primary: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Declare a permanent replication slot: each primary creates it, its
     /// standbys keep copies moved forward as the primary's moves, so a
     /// consumer finds it on whichever node is promoted. A logical slot

@@ -355,6 +355,22 @@ impl Client {
         .await
     }
 
+    /// Make `node` stream from `upstream` (`None`: the primary).
+    pub async fn set_upstream(
+        &mut self,
+        formation: &str,
+        node: &str,
+        upstream: Option<&str>,
+    ) -> Result<String, CliError> {
+        let request = pb::SetUpstreamRequest {
+            formation: formation.to_string(),
+            node: node.to_string(),
+            upstream: upstream.unwrap_or_default().to_string(),
+        };
+        self.command(request, |mut c, r| async move { c.set_upstream(r).await })
+            .await
+    }
+
     /// Declare `slot` on `formation`.
     pub async fn create_slot(
         &mut self,

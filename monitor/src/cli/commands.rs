@@ -23,6 +23,7 @@ use super::wait::{
 };
 use crate::certs;
 
+mod cascade;
 mod parameters;
 mod restart;
 mod slots;
@@ -193,6 +194,12 @@ impl Operator {
                 self.create_slot(slot, wait).await
             }
             C::DropSlot { name, wait } => self.drop_slot(&name, wait).await,
+            C::SetUpstream {
+                node,
+                upstream,
+                primary: _,
+                wait,
+            } => self.set_upstream(&node, upstream.as_deref(), wait).await,
             C::ShowSlots { json } => self.show_slots(json).await,
             C::Restart {
                 node,

@@ -131,9 +131,31 @@ pub fn state_table(s: &pb::FormationState) -> String {
         }
     }
     out.push_str(&restart_lines(s));
+    out.push_str(&cascade_lines(s));
     out.push_str(&slot_lines(s));
     if !s.monitors.is_empty() {
         out.push_str(&monitors_table(s));
+    }
+    out
+}
+
+/// A line per cascading standby: the standby it is set to stream from,
+/// and where it streams from now when that differs.
+fn cascade_lines(s: &pb::FormationState) -> String {
+    let mut out = String::new();
+    for n in s.nodes.iter().filter(|n| !n.upstream.is_empty()) {
+        out.push_str(&format!("cascading: {} streams from {}", n.name, n.upstream));
+        if n.streams_from != n.upstream {
+            out.push_str(&format!(
+                " when it can serve; now from {}",
+                if n.streams_from.is_empty() {
+                    "no node"
+                } else {
+                    &n.streams_from
+                }
+            ));
+        }
+        out.push('\n');
     }
     out
 }

@@ -38,6 +38,23 @@ impl<'a> Preference<'a> {
     }
 }
 
+/// Whether standby `j` can serve others WAL (a clone, or a cascading
+/// standby's stream): settled as `secondary`, PostgreSQL running and
+/// streaming, on the timeline of `primary`, its keeper alive and the
+/// monitor's own check not failing.
+pub fn can_serve(nodes: &[NodeSnapshot], j: usize, primary: usize, env: &Env) -> bool {
+    let n = &nodes[j];
+    j != primary
+        && n.reported == S::Secondary
+        && n.goal == S::Secondary
+        && n.pg_running
+        && n.wal_receiver_streaming
+        && n.health != Health::Bad
+        && env.alive(n)
+        && n.timeline != 0
+        && n.timeline == nodes[primary].timeline
+}
+
 /// The node `index` clones from when that is not its primary: only while
 /// it is to be cloned (it waits as `wait_standby` with the goal
 /// `catchingup`).
@@ -52,19 +69,7 @@ pub fn choose(
         return None;
     }
     let primary = upstream_of(nodes, index)?;
-    let serves = |j: usize| {
-        let n = &nodes[j];
-        j != index
-            && j != primary
-            && n.reported == S::Secondary
-            && n.goal == S::Secondary
-            && n.pg_running
-            && n.wal_receiver_streaming
-            && n.health != Health::Bad
-            && env.alive(n)
-            && n.timeline != 0
-            && n.timeline == nodes[primary].timeline
-    };
+    let serves = |j: usize| j != index && can_serve(nodes, j, primary, env);
     match preference {
         Preference::Primary => None,
         Preference::Node(name) => (0..nodes.len()).find(|&j| nodes[j].name == name && serves(j)),

@@ -187,7 +187,7 @@ pub fn force_election(nodes: &mut [NodeSnapshot], env: &Env) -> Result<Evaluatio
 
 /// The primary applies changed replication settings: a settled `primary`
 /// goes through apply_settings.
-fn apply_settings(nodes: &[NodeSnapshot], what: &str) -> Vec<Decision> {
+pub(super) fn apply_settings(nodes: &[NodeSnapshot], what: &str) -> Vec<Decision> {
     nodes
         .iter()
         .find(|n| n.goal == S::Primary && n.reported == S::Primary)
@@ -233,6 +233,7 @@ pub fn set_node_settings(
     number_sync_standbys: u32,
 ) -> Result<Command, Refusal> {
     let i = find(nodes, formation, name)?;
+    super::cascade::check_node_settings(nodes, i, candidate_priority, replication_quorum)?;
     let mut hypothetical = nodes.to_vec();
     if let Some(p) = candidate_priority {
         hypothetical[i].candidate_priority = p;

@@ -212,11 +212,11 @@ pub fn reply(
 ) -> Reply {
     let plan = fsm::replication_plan(nodes, index, env.settings.number_sync_standbys);
     let fence = update_fence(nodes, index, &plan, applied_sync_names);
-    let upstream = upstream_of(nodes, index);
+    let primary = upstream_of(nodes, index);
     Reply {
-        upstream,
+        upstream: super::cascade::follow(nodes, index, env),
         clone_source: clone_source::choose(nodes, index, Preference::parse(clone_from), env),
-        synchronous_standby: synchronous_standby(nodes, index, upstream, env),
+        synchronous_standby: synchronous_standby(nodes, index, primary, env),
         plan,
         fence,
         stop: None,

@@ -18,6 +18,7 @@
 //! - [`handover`]: which events are failovers and switchovers;
 //! - [`lease`]: whether this monitor may run the background duties.
 
+pub mod cascade;
 pub mod clone_source;
 pub mod commands;
 pub mod formations;

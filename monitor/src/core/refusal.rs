@@ -149,6 +149,9 @@ pub enum Refusal {
     /// A permanent slot that cannot be declared, or a change its slots
     /// could not live with (the sentence says which).
     Slot(String),
+    /// A cascading standby's upstream that cannot be, or a setting its
+    /// upstream forbids (the sentence says which).
+    Cascade(String),
     UnknownSlot {
         formation: String,
         name: String,
@@ -341,7 +344,7 @@ impl fmt::Display for Refusal {
                     )
                 }
             }
-            Refusal::Slot(why) => write!(f, "{why}"),
+            Refusal::Slot(why) | Refusal::Cascade(why) => write!(f, "{why}"),
             Refusal::UnknownSlot {
                 formation,
                 name,

@@ -30,3 +30,22 @@ pub fn env(now: DateTime<Utc>) -> Env {
         },
     )
 }
+
+/// A running node `node<id>` (priority 50, in the quorum) reporting and
+/// headed for `state`, heard from at `now`.
+pub fn settled_node(
+    id: i64,
+    state: pgpilot_proto::ReplicationState,
+    now: DateTime<Utc>,
+) -> fsm::NodeSnapshot {
+    let mut n = fsm::NodeSnapshot::registered(id, &format!("node{id}"), 50, true, timings());
+    n.reported = state;
+    n.goal = state;
+    n.pg_running = true;
+    n.wal_receiver_streaming = state == pgpilot_proto::ReplicationState::Secondary;
+    n.timeline = 1;
+    n.lsn = 0x500_0000;
+    n.health = fsm::Health::Good;
+    n.last_heartbeat = Some(now);
+    n
+}

@@ -147,6 +147,10 @@ pub struct NodeSnapshot {
     /// asked, and it has stayed in the election since (`report_lsn`,
     /// `fast_forward`): elected again only when no other candidate can be.
     pub promotion_refused: bool,
+    /// The standby it is to stream from instead of the primary (a
+    /// cascading standby, `set-upstream`), by name; see
+    /// `crate::core::cascade`.
+    pub upstream: Option<String>,
 }
 
 /// When a keeper built a heartbeat: its host's boot and CLOCK_BOOTTIME.
@@ -249,6 +253,7 @@ impl NodeSnapshot {
             fence_required_held: None,
             heard_sent: None,
             promotion_refused: false,
+            upstream: None,
         }
     }
 

@@ -75,6 +75,7 @@ impl Group {
             fence_required_held: None,
             heard_sent: None,
             promotion_refused: false,
+            upstream: None,
         });
         self
     }
@@ -1874,6 +1875,7 @@ fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
                 fence_required_held: None,
                 heard_sent: None,
                 promotion_refused: false,
+                upstream: None,
             }
         })
         .collect()

@@ -359,6 +359,11 @@ fn reply(a: Assignment, parameters: Option<(u64, Vec<(String, String)>)>) -> pb:
         Some((version, set)) => (version, true, set.into_iter().collect()),
         None => (a.parameters_version, false, Default::default()),
     };
+    // A cascading standby pointed at its upstream (see core::cascade).
+    let upstream_is_standby = a
+        .primary
+        .as_ref()
+        .is_some_and(|p| a.node.snap.upstream.as_deref() == Some(p.snap.name.as_str()));
     pb::NodeActiveReply {
         parameters_version,
         parameters_included,
@@ -383,5 +388,6 @@ fn reply(a: Assignment, parameters: Option<(u64, Vec<(String, String)>)>) -> pb:
         slots_included: false,
         permanent_slots: Vec::new(),
         upstream_slots: Vec::new(),
+        upstream_is_standby,
     }
 }

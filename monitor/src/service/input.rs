@@ -191,5 +191,6 @@ pub(super) fn address(n: &StoredNode) -> pb::NodeAddress {
         host: n.host.clone(),
         port: u32::from(n.port),
         lsn: n.snap.lsn,
+        cascading: n.snap.upstream.is_some(),
     }
 }

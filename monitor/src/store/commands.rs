@@ -143,6 +143,47 @@ impl Store {
         .await
     }
 
+    /// Make `name` stream from the standby `upstream` (`None`: from the
+    /// primary again); see `crate::core::cascade`.
+    pub async fn set_upstream(
+        &self,
+        formation: &str,
+        name: &str,
+        upstream: Option<&str>,
+    ) -> Result<String> {
+        retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let (mut nodes, _, f) = self.lock_named_group(&mut tx, formation, name).await?;
+            let mut group = snaps(&nodes);
+            let command = crate::core::cascade::set_upstream(
+                &mut group,
+                formation,
+                name,
+                upstream,
+                f.number_sync_standbys,
+            )?;
+            let me = &group[commands::find(&group, formation, name)?];
+            sqlx::query(
+                "UPDATE node SET upstream = $2, candidate_priority = $3, replication_quorum = $4
+                  WHERE node_id = $1",
+            )
+            .bind(me.id)
+            .bind(me.upstream.as_deref())
+            .bind(me.candidate_priority as i32)
+            .bind(me.replication_quorum)
+            .execute(&mut *tx)
+            .await?;
+            take_back(&mut nodes, group);
+            self.apply(&mut tx, &nodes, &command.decisions).await?;
+            let stored = nodes.clone();
+            super::wakes::notify(&mut tx, &stored).await?;
+            tx.commit().await?;
+            tracing::info!(formation, node = name, "{}", command.message);
+            Ok(command.message)
+        })
+        .await
+    }
+
     /// Put a node into maintenance, or bring it back.
     pub async fn set_maintenance(
         &self,

@@ -54,6 +54,8 @@ pub(super) struct NodeRow {
     restart_done: i64,
     pending_restart: String,
     parameters_applied: i64,
+    /// The standby it streams from instead of the primary (`set-upstream`).
+    upstream: Option<String>,
 }
 
 /// A formation's settings and the database's time.
@@ -143,6 +145,7 @@ impl TryFrom<NodeRow> for StoredNode {
                 pg_running_since: r.pg_running_since,
                 pg_start_failures: r.pg_start_failures.max(0) as u32,
                 promotion_refused: r.promotion_refused,
+                upstream: r.upstream.clone(),
                 last_heartbeat: r.last_heartbeat,
                 health: Health::parse(&r.health),
                 candidate_priority: count(r.candidate_priority, "candidate_priority")?,

@@ -60,6 +60,9 @@ pub fn choose(
             && n.goal == S::Secondary
             && n.pg_running
             && n.wal_receiver_streaming
+            // A delayed standby's data is behind by design: a clone of it
+            // would need WAL the primary may no longer hold.
+            && !n.delayed()
             && n.health != Health::Bad
             && env.alive(n)
             && n.timeline != 0

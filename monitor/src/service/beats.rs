@@ -351,5 +351,6 @@ fn reply(a: Assignment, parameters: Option<(u64, Vec<(String, String)>)>) -> pb:
         paused: a.paused,
         wake: false,
         restart_requested: a.node.restart.requested,
+        apply_delay_ms: Some(a.node.snap.apply_delay_ms),
     }
 }

@@ -429,6 +429,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 .filter(|p| Some(p.node_id) != own_id)
                 .map(|p| p.lsn);
             status.synchronous_standby = reply.synchronous_standby;
+            status.delayed = self.apply_delay_ms() > 0;
             status.set_goal(goal, Instant::now());
         }
         self.instructions = Instructions {

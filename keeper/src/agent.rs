@@ -396,6 +396,17 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             self.state.parameters_version = reply.parameters_version;
             state_file::save(&self.config.state_file(), &mut self.state)?;
         }
+        if let Some(ms) = reply
+            .apply_delay_ms
+            .filter(|&ms| self.state.apply_delay_ms != Some(ms))
+        {
+            tracing::info!(
+                apply_delay = %pgpilot_proto::delay::describe(ms),
+                "apply delay from the monitor (recovery_min_apply_delay as a standby)"
+            );
+            self.state.apply_delay_ms = Some(ms);
+            state_file::save(&self.config.state_file(), &mut self.state)?;
+        }
         if reply.restart_requested < self.state.restart_done {
             // The monitor counts from less (its node row is new): follow it.
             self.state.restart_done = reply.restart_requested;
@@ -418,6 +429,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
                 .filter(|p| Some(p.node_id) != own_id)
                 .map(|p| p.lsn);
             status.synchronous_standby = reply.synchronous_standby;
+            status.delayed = self.apply_delay_ms() > 0;
             status.set_goal(goal, Instant::now());
         }
         self.instructions = Instructions {
@@ -546,7 +558,16 @@ impl<P: LocalPostgres + Send + Sync + 'static> Keeper<P> {
             reclone: self.state.reclone,
             parameters: &self.state.parameters,
             new_parameters_version: self.state.parameters_version != self.parameters_written,
+            apply_delay_ms: self.apply_delay_ms(),
         }
+    }
+
+    /// The node's apply delay: the monitor's last value, else (never
+    /// answered yet) the keeper's `apply_delay`.
+    fn apply_delay_ms(&self) -> u64 {
+        self.state
+            .apply_delay_ms
+            .unwrap_or_else(|| self.config.apply_delay_ms())
     }
 
     /// Carry out `actions`, with keepalives sent every heartbeat interval

@@ -91,8 +91,9 @@ impl MonitorClient {
             host: c.host.clone(),
             port: u32::from(c.advertised_port()),
             system_identifier,
-            candidate_priority: c.candidate_priority,
-            replication_quorum: c.replication_quorum,
+            candidate_priority: c.candidate_priority(),
+            replication_quorum: c.replication_quorum(),
+            apply_delay_ms: c.apply_delay_ms(),
             timings: Some(timings(c)),
         };
         let deadline = Instant::now() + c.register_timeout;

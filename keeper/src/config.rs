@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgpilot_proto::config_file;
+use pgpilot_proto::delay;
 use pgpilot_proto::security;
 use serde::Deserialize;
 
@@ -133,10 +134,22 @@ pub struct KeeperConfig {
     /// Local state file (default: `<pgdata>.pgpilot-state.json`).
     #[serde(default)]
     pub state_file: Option<PathBuf>,
-    #[serde(default = "d_priority")]
-    pub candidate_priority: u32,
-    #[serde(default = "d_true")]
-    pub replication_quorum: bool,
+    /// 0–100, 0: never promoted. Absent: [`DEFAULT_CANDIDATE_PRIORITY`],
+    /// or 0 with an `apply_delay`; read it with
+    /// [`KeeperConfig::candidate_priority`].
+    #[serde(default)]
+    pub candidate_priority: Option<u32>,
+    /// Absent: true, or false with an `apply_delay`; read it with
+    /// [`KeeperConfig::replication_quorum`].
+    #[serde(default)]
+    pub replication_quorum: Option<bool>,
+    /// A delayed standby: as a standby this node applies each commit only
+    /// once it is this old (`recovery_min_apply_delay`). "0s": not
+    /// delayed. Sent at registration; afterwards the monitor's value
+    /// (`set-apply-delay`) counts. A delayed node is never promoted nor
+    /// counted for synchronous commit.
+    #[serde(default, with = "humantime_serde")]
+    pub apply_delay: Duration,
     #[serde(default = "d_hb", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     #[serde(default = "d_fence", with = "humantime_serde")]
@@ -231,12 +244,6 @@ fn d_pg_user() -> String {
 }
 fn d_replication_user() -> String {
     DEFAULT_REPLICATION_USER.into()
-}
-fn d_priority() -> u32 {
-    DEFAULT_CANDIDATE_PRIORITY
-}
-fn d_true() -> bool {
-    true
 }
 fn d_hb() -> Duration {
     DEFAULT_HEARTBEAT_INTERVAL
@@ -399,12 +406,10 @@ impl KeeperConfig {
                     .into(),
             );
         }
-        if self.candidate_priority > 100 {
-            return bad(format!(
-                "candidate_priority {} is not between 0 and 100",
-                self.candidate_priority
-            ));
+        if let Some(p) = self.candidate_priority.filter(|&p| p > 100) {
+            return bad(format!("candidate_priority {p} is not between 0 and 100"));
         }
+        self.check_apply_delay()?;
         if !self.pgdata.is_absolute() {
             return bad(format!("pgdata {:?} must be an absolute path", self.pgdata));
         }
@@ -504,6 +509,51 @@ impl KeeperConfig {
             ));
         }
         Ok(())
+    }
+
+    /// `apply_delay` within PostgreSQL's limit, and a delayed node neither
+    /// a candidate nor in the quorum.
+    fn check_apply_delay(&self) -> Result<(), ConfigError> {
+        let ms = delay::to_millis(self.apply_delay)
+            .map_err(|why| ConfigError::Invalid(format!("apply_delay: {why}")))?;
+        if ms == 0 {
+            return Ok(());
+        }
+        let contradiction = match (self.candidate_priority, self.replication_quorum) {
+            (Some(p), _) if p > 0 => Some(format!("candidate_priority = {p}")),
+            (_, Some(true)) => Some("replication_quorum = true".to_string()),
+            _ => None,
+        };
+        match contradiction {
+            Some(what) => Err(ConfigError::Invalid(format!(
+                "apply_delay = \"{}\" makes this node a delayed standby, which is never promoted nor counted for synchronous commit, so {what} contradicts it: remove {what} (with a delay it defaults to 0 / false) or remove apply_delay",
+                humantime::format_duration(self.apply_delay)
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The candidate priority registered: as set, else 0 for a delayed
+    /// node and [`DEFAULT_CANDIDATE_PRIORITY`] otherwise.
+    pub fn candidate_priority(&self) -> u32 {
+        let default = if self.apply_delay.is_zero() {
+            DEFAULT_CANDIDATE_PRIORITY
+        } else {
+            0
+        };
+        self.candidate_priority.unwrap_or(default)
+    }
+
+    /// The replication quorum registered: as set, else off for a delayed
+    /// node and on otherwise.
+    pub fn replication_quorum(&self) -> bool {
+        self.replication_quorum
+            .unwrap_or(self.apply_delay.is_zero())
+    }
+
+    /// The apply delay registered, in milliseconds (checked at load).
+    pub fn apply_delay_ms(&self) -> u64 {
+        delay::to_millis(self.apply_delay).unwrap_or(delay::MAX_APPLY_DELAY_MS)
     }
 
     /// How the keeper reaches the monitor (TLS settings and token file).

@@ -65,6 +65,9 @@ pub struct Target<'a> {
     /// pgpilot.conf did not change (`reload` asks exactly that, for files
     /// edited by hand: postgresql.conf, pg_hba.conf).
     pub new_parameters_version: bool,
+    /// The node's apply delay in milliseconds (0: not delayed), as the
+    /// monitor last said (else the keeper's `apply_delay`).
+    pub apply_delay_ms: u64,
 }
 
 /// Runs actions against `pg`.
@@ -582,6 +585,7 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
             } else {
                 target.instructions.synchronous_standby_names.clone()
             },
+            apply_delay_ms: if standby { standby_delay(target) } else { 0 },
             standby_of,
             wal_sender_timeout: config.wal_sender_timeout,
             wal_receiver_timeout: config.wal_receiver_timeout,
@@ -592,6 +596,21 @@ impl<P: LocalPostgres + Send + Sync + 'static> Executor<P> {
             }),
             parameters: target.parameters.clone(),
         }
+    }
+}
+
+/// The `recovery_min_apply_delay` of a standby headed for `target.goal`:
+/// the node's apply delay, except on the way to a promotion, which must
+/// replay everything received (the monitor never elects a delayed node;
+/// should it, the promotion is not held up by the delay).
+fn standby_delay(target: Target<'_>) -> u64 {
+    if matches!(
+        target.goal,
+        S::FastForward | S::PreparePromotion | S::StopReplication
+    ) {
+        0
+    } else {
+        target.apply_delay_ms
     }
 }
 
@@ -646,4 +665,36 @@ fn rebuilt_standby(transition: Option<(S, S)>, target: Target<'_>) -> bool {
             && target.reclone
             && matches!(from, S::Secondary | S::Catchingup | S::Maintenance)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_keeps_its_delay_except_on_the_way_to_a_promotion() {
+        let instructions = Instructions::default();
+        let parameters = Default::default();
+        let target = |goal| Target {
+            node_id: 3,
+            goal,
+            instructions: &instructions,
+            reclone: false,
+            parameters: &parameters,
+            new_parameters_version: false,
+            apply_delay_ms: 3_600_000,
+        };
+        for goal in [
+            S::Catchingup,
+            S::Secondary,
+            S::ReportLsn,
+            S::JoinSecondary,
+            S::WaitMaintenance,
+        ] {
+            assert_eq!(standby_delay(target(goal)), 3_600_000, "{goal}");
+        }
+        for goal in [S::FastForward, S::PreparePromotion, S::StopReplication] {
+            assert_eq!(standby_delay(target(goal)), 0, "{goal}");
+        }
+    }
 }

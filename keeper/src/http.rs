@@ -19,7 +19,8 @@
 //!
 //! With `noloadbalance = true` the standby answers of `/replica`,
 //! `/read-only`, `/sync` and `/async` are 503: the node stays out of the
-//! read pools (it still answers `/primary` when it is the primary).
+//! read pools (it still answers `/primary` when it is the primary). So
+//! does a delayed standby (an apply delay above 0): its data is that old.
 //!
 //! Each answers with a JSON body: state, goal, pg_running, in_recovery,
 //! streaming, fenced, lag_bytes, and `monitor`, the URL of the monitor the
@@ -106,7 +107,7 @@ pub fn liveness_limit(heartbeat_interval: Duration) -> Duration {
 
 /// A standby a load balancer may send reads to.
 pub fn is_balanced_replica(f: &Facts, max_lag: Option<u64>, s: Settings) -> bool {
-    !s.noloadbalance && is_replica(f, max_lag)
+    !s.noloadbalance && !f.delayed && is_replica(f, max_lag)
 }
 
 /// Serves reads: the primary, or a standby in the read pool.
@@ -407,7 +408,7 @@ mod tests {
         let mut out = Vec::new();
         for state in S::ALL {
             for goal in S::ALL {
-                for bits in 0..64u32 {
+                for bits in 0..128u32 {
                     let b = |i: u32| bits & (1 << i) != 0;
                     out.push(Facts {
                         state,
@@ -418,6 +419,7 @@ mod tests {
                         fenced: b(3),
                         lag_bytes: if b(4) { Some(100) } else { None },
                         synchronous: b(5),
+                        delayed: b(6),
                     });
                 }
             }
@@ -485,7 +487,8 @@ mod tests {
         };
         for f in all_facts() {
             for lag in [None, Some(100), Some(99)] {
-                let replica = is_replica(&f, lag);
+                // A delayed standby serves old data: out of the read pools.
+                let replica = is_replica(&f, lag) && !f.delayed;
                 assert_eq!(Reads::Replica.decide(&f, lag, pool), replica, "{f:?}");
                 assert_eq!(
                     Reads::ReadOnly.decide(&f, lag, pool),
@@ -509,6 +512,9 @@ mod tests {
                 is_primary(&f) || is_replica(&f, None),
                 "{f:?}"
             );
+            if f.delayed {
+                assert!(!Reads::Replica.decide(&f, None, pool), "{f:?}");
+            }
             if is_ready(&f) {
                 assert!(is_healthy(&f), "{f:?}");
             }

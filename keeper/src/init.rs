@@ -259,7 +259,10 @@ mod tests {
             ("node1", "10.0.0.1", 5432)
         );
         assert_eq!(c.monitors, vec!["https://10.0.0.5:7430".to_string()]);
-        assert_eq!((c.candidate_priority, c.replication_quorum), (90, false));
+        assert_eq!(
+            (c.candidate_priority(), c.replication_quorum()),
+            (90, false)
+        );
         assert_eq!(c.http_listen, Some("0.0.0.0:8008".parse().unwrap()));
         assert_eq!(c.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
         assert_eq!(c.stall_timeout, DEFAULT_STALL_TIMEOUT);

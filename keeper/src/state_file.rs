@@ -35,6 +35,11 @@ pub struct KeeperState {
     pub parameters: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub parameters_version: u64,
+    /// The node's apply delay in milliseconds as the monitor last said
+    /// (None: not said yet, the keeper's `apply_delay` counts): written as
+    /// `recovery_min_apply_delay` also while the monitor cannot be reached.
+    #[serde(default)]
+    pub apply_delay_ms: Option<u64>,
 }
 
 impl KeeperState {
@@ -50,6 +55,7 @@ impl KeeperState {
             restart_done: 0,
             parameters: Default::default(),
             parameters_version: 0,
+            apply_delay_ms: None,
         }
     }
 }

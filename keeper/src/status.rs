@@ -41,6 +41,9 @@ pub struct KeeperStatus {
     pub synchronous_standby: bool,
     /// When the keeper's loop last began a step or sent a keepalive.
     pub loop_seen: Instant,
+    /// The node is a delayed standby (its apply delay is above 0): its
+    /// data is that old, so it stays out of the read pools.
+    pub delayed: bool,
 }
 
 pub type SharedStatus = Arc<Mutex<KeeperStatus>>;
@@ -63,6 +66,7 @@ impl KeeperStatus {
             monitors: Vec::new(),
             synchronous_standby: false,
             loop_seen: now,
+            delayed: false,
         }
     }
 
@@ -111,6 +115,8 @@ pub struct Facts {
     pub lag_bytes: Option<u64>,
     /// In the primary's synchronous set, as the monitor last said.
     pub synchronous: bool,
+    /// A delayed standby (apply delay above 0).
+    pub delayed: bool,
 }
 
 pub fn facts(status: &KeeperStatus, o: &Observation) -> Facts {
@@ -130,6 +136,7 @@ pub fn facts(status: &KeeperStatus, o: &Observation) -> Facts {
         fenced: status.fenced,
         lag_bytes,
         synchronous: status.synchronous_standby,
+        delayed: status.delayed,
     }
 }
 

@@ -53,6 +53,7 @@ socket_dir = "/run/postgresql"
 state_file = "/var/lib/pgpilot/state.json"
 candidate_priority = 0
 replication_quorum = false
+apply_delay = "1h"
 heartbeat_interval = "100ms"
 fence_timeout = "2s"
 wal_sender_timeout = "3s"
@@ -62,7 +63,7 @@ http_listen = "[::1]:8008"
 "#,
 ];
 
-const KEYS: [&str; 33] = [
+const KEYS: [&str; 34] = [
     "name",
     "formation",
     "host",
@@ -88,6 +89,7 @@ const KEYS: [&str; 33] = [
     "state_file",
     "candidate_priority",
     "replication_quorum",
+    "apply_delay",
     "heartbeat_interval",
     "fence_timeout",
     "wal_sender_timeout",
@@ -165,7 +167,10 @@ fn check(text: &str) -> Result<(), TestCaseError> {
         Ok(c) => {
             prop_assert!(!c.name.is_empty() && c.name.len() <= 63);
             prop_assert!(c.port != 0 && c.advertised_port() != 0);
-            prop_assert!(c.candidate_priority <= 100);
+            prop_assert!(c.candidate_priority() <= 100);
+            prop_assert!(
+                c.apply_delay.is_zero() || (c.candidate_priority() == 0 && !c.replication_quorum())
+            );
             prop_assert!(c.pgdata.is_absolute());
             prop_assert!(!c.monitors.is_empty());
             prop_assert!(c

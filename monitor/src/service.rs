@@ -2,12 +2,14 @@
 //! input, call the store, map errors. No SQL and no state-machine logic
 //! here.
 
+use pgpilot_proto::delay;
 use pgpilot_proto::pb::{self, monitor_server::Monitor};
 use pgpilot_proto::ReplicationState as S;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authenticator, Caller};
+use crate::core::node_settings::{self, NodeSettings};
 use crate::error::Error;
 use crate::fsm;
 use crate::store::{Registration, Store};
@@ -110,6 +112,14 @@ impl Monitor for MonitorService {
             ))
             .into());
         }
+        delay::check_millis(r.apply_delay_ms).map_err(Error::InvalidArgument)?;
+        node_settings::check_registration(
+            &r.name,
+            r.candidate_priority,
+            r.replication_quorum,
+            r.apply_delay_ms,
+        )
+        .map_err(|refusal| Error::InvalidArgument(refusal.to_string()))?;
         let node = self
             .store
             .register_node(&Registration {
@@ -120,6 +130,7 @@ impl Monitor for MonitorService {
                 system_identifier: r.system_identifier,
                 candidate_priority: r.candidate_priority,
                 replication_quorum: r.replication_quorum,
+                apply_delay_ms: r.apply_delay_ms,
                 timings: timings(r.timings, self.store.node_timeout())?,
             })
             .await?;
@@ -250,6 +261,7 @@ impl Monitor for MonitorService {
                     .get(&n.snap.id)
                     .map(|h| h.iter().map(|p| p.to_wire(false)).collect())
                     .unwrap_or_default(),
+                apply_delay_ms: n.snap.apply_delay_ms,
             })
             .collect();
         let monitors = self
@@ -372,14 +384,24 @@ impl Monitor for MonitorService {
         &self,
         request: Request<pb::SetNodeSettingsRequest>,
     ) -> Result<Response<pb::OperationReply>, Status> {
-        self.operator(&request, "set-candidate-priority / set-replication-quorum")?;
+        self.operator(
+            &request,
+            "set-candidate-priority / set-replication-quorum / set-apply-delay",
+        )?;
         let r = request.into_inner();
         let formation = formation_and_node(&r.formation, &r.node)?;
-        if r.candidate_priority.is_none() && r.replication_quorum.is_none() {
+        if r.candidate_priority.is_none()
+            && r.replication_quorum.is_none()
+            && r.apply_delay_ms.is_none()
+        {
             return Err(Error::InvalidArgument(
-                "nothing to change: give candidate_priority or replication_quorum".into(),
+                "nothing to change: give candidate_priority, replication_quorum or apply_delay_ms"
+                    .into(),
             )
             .into());
+        }
+        if let Some(ms) = r.apply_delay_ms {
+            delay::check_millis(ms).map_err(Error::InvalidArgument)?;
         }
         if r.candidate_priority.is_some_and(|p| p > 100) {
             return Err(Error::InvalidArgument(format!(
@@ -393,8 +415,11 @@ impl Monitor for MonitorService {
             .set_node_settings(
                 &formation,
                 &r.node,
-                r.candidate_priority,
-                r.replication_quorum,
+                NodeSettings {
+                    candidate_priority: r.candidate_priority,
+                    replication_quorum: r.replication_quorum,
+                    apply_delay_ms: r.apply_delay_ms,
+                },
             )
             .await?;
         Ok(Response::new(pb::OperationReply { message }))

@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod config_file;
+pub mod delay;
 pub mod logs;
 pub mod lsn;
 pub mod notes;

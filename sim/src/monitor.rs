@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use pgpilot_monitor::core::commands::{self, Command};
 use pgpilot_monitor::core::group::{self, Evaluation};
 use pgpilot_monitor::core::heartbeat::{self, Beat, Folded};
+use pgpilot_monitor::core::node_settings::{self, NodeSettings};
 use pgpilot_monitor::core::pause::{self, PausedBy};
 use pgpilot_monitor::core::restart::{self, Counters};
 use pgpilot_monitor::core::stopping::Stop;
@@ -388,12 +389,16 @@ impl Monitor {
         replication_quorum: Option<bool>,
         now: Ms,
     ) -> Result<String, String> {
-        let r = commands::set_node_settings(
+        let asked = NodeSettings {
+            candidate_priority,
+            replication_quorum,
+            apply_delay_ms: None,
+        };
+        let r = node_settings::set_node_settings(
             &mut self.nodes,
             FORMATION,
             name,
-            candidate_priority,
-            replication_quorum,
+            asked,
             self.number_sync_standbys,
         );
         self.command(r, now)

@@ -125,6 +125,31 @@ pub fn signal(pid: i32, sig: Signal) -> Result<(), Errno> {
     kill(Pid::from_raw(pid), sig)
 }
 
+/// A process stopped with SIGSTOP; SIGCONT when dropped, also when the test
+/// fails half-way.
+pub struct Frozen(i32);
+
+impl Frozen {
+    pub fn stop(pid: i32) -> Result<Frozen> {
+        signal(pid, Signal::SIGSTOP).with_context(|| format!("SIGSTOP to {pid}"))?;
+        Ok(Frozen(pid))
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = signal(self.0, Signal::SIGCONT);
+    }
+}
+
+/// The child of `postmaster` whose process title says `walreceiver`.
+pub fn walreceiver_of(postmaster: i32) -> Option<i32> {
+    children_of(postmaster).into_iter().find(|pid| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("walreceiver"))
+    })
+}
+
 /// Freeze a postmaster (SIGSTOP, so it cannot fork any more), then each of
 /// its children, and list them all. Kill them with [`kill_all`].
 pub fn freeze_postmaster_tree(postmaster: i32) -> Vec<i32> {

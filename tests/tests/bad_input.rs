@@ -41,6 +41,7 @@ fn keeper_config(tools: &Tools, dir: &Path, monitor: &str) -> Result<KeeperToml>
         pg_user: "postgres".to_string(),
         candidate_priority: None,
         replication_quorum: None,
+        apply_delay: None,
         // The keeper's documented default is 30 s; shorter keeps the test quick.
         register_timeout: Some("5s".to_string()),
     })

@@ -661,6 +661,7 @@ async fn a_bad_failpoint_list_stops_the_keeper_at_start() -> Result<()> {
         pg_user: "postgres".to_string(),
         candidate_priority: None,
         replication_quorum: None,
+        apply_delay: None,
         register_timeout: Some("5s".to_string()),
     };
     std::fs::write(&config, toml.render()?)?;

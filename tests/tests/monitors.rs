@@ -276,6 +276,7 @@ async fn hammer(cluster: &Cluster, monitor: usize, until: Instant) -> Result<(u3
                 node: target.clone(),
                 candidate_priority: Some(50 + round % 40),
                 replication_quorum: None,
+                apply_delay_ms: None,
             })
             .await;
         for r in [failover.map(|_| ()), priority.map(|_| ())] {
@@ -332,6 +333,7 @@ async fn the_monitor_database_fails_over_in_steady_state() -> Result<()> {
             node: standby.clone(),
             candidate_priority: Some(77),
             replication_quorum: None,
+            apply_delay_ms: None,
         })
         .await?;
     let baseline = last_event_id(&events(&cluster).await?);
@@ -597,6 +599,7 @@ async fn wake_across_monitors(cluster: &Cluster) -> Result<()> {
             system_identifier: 7,
             candidate_priority: 50,
             replication_quorum: true,
+            apply_delay_ms: 0,
             timings: Some(timings),
         })
         .await?

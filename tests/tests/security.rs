@@ -129,6 +129,7 @@ fn stray_keeper(
         pg_user: "postgres".to_string(),
         candidate_priority: None,
         replication_quorum: None,
+        apply_delay: None,
         register_timeout: Some("3s".to_string()),
     };
     let path = node_dir.join("keeper.toml");

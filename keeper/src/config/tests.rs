@@ -123,6 +123,62 @@ fn timeouts_are_checked_against_each_other() {
 }
 
 #[test]
+fn an_apply_delay_makes_a_delayed_standby_never_a_candidate() {
+    let c = KeeperConfig::parse(MINIMAL).unwrap();
+    assert_eq!(
+        (
+            c.apply_delay_ms(),
+            c.candidate_priority(),
+            c.replication_quorum()
+        ),
+        (0, DEFAULT_CANDIDATE_PRIORITY, true)
+    );
+    let c = KeeperConfig::parse(&format!("{MINIMAL}\napply_delay = \"1h\"\n")).unwrap();
+    assert_eq!(
+        (
+            c.apply_delay_ms(),
+            c.candidate_priority(),
+            c.replication_quorum()
+        ),
+        (3_600_000, 0, false)
+    );
+    let c = KeeperConfig::parse(&format!(
+        "{MINIMAL}\napply_delay = \"30min\"\ncandidate_priority = 0\nreplication_quorum = false\n"
+    ))
+    .unwrap();
+    assert_eq!(c.apply_delay_ms(), 1_800_000);
+    for (extra, word) in [
+        (
+            "candidate_priority = 50",
+            "candidate_priority = 50 contradicts it",
+        ),
+        (
+            "replication_quorum = true",
+            "replication_quorum = true contradicts it",
+        ),
+    ] {
+        let err = KeeperConfig::parse(&format!("{MINIMAL}\napply_delay = \"1h\"\n{extra}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("delayed standby") && err.contains(word),
+            "{err}"
+        );
+    }
+    let err = KeeperConfig::parse(&format!("{MINIMAL}\napply_delay = \"30days\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("apply_delay") && err.contains("longer than PostgreSQL allows"),
+        "{err}"
+    );
+    let err = KeeperConfig::parse(&format!("{MINIMAL}\napply_delay = \"soon\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected a duration"), "{err}");
+}
+
+#[test]
 fn invalid_values_get_a_sentence() {
     for (extra, word) in [
         ("candidate_priority = 101", "candidate_priority"),

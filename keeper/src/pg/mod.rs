@@ -76,6 +76,9 @@ pub struct ManagedConfig {
     pub standby: bool,
     /// '' turns synchronous replication off.
     pub synchronous_standby_names: String,
+    /// `recovery_min_apply_delay` in milliseconds: the node's apply delay
+    /// as a standby, 0 for a primary (and for a node being promoted).
+    pub apply_delay_ms: u64,
     pub wal_sender_timeout: Duration,
     pub wal_receiver_timeout: Duration,
     /// Hosts of the group's nodes (this one included): the only hosts the

@@ -7,6 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use pgpilot_proto::delay;
 use tracing::{info, warn};
 
 use super::{
@@ -23,6 +24,7 @@ pub(super) const AUTO_CONF_FORBIDDEN: &[&str] = &[
     "synchronous_standby_names",
     "primary_conninfo",
     "primary_slot_name",
+    "recovery_min_apply_delay",
 ];
 
 impl PostgresTls {
@@ -89,6 +91,7 @@ impl PgController {
             info!(
                 standby_of = ?config.standby_of.as_ref().map(|u| format!("{}:{}", u.host, u.port)),
                 synchronous_standby_names = %config.synchronous_standby_names,
+                recovery_min_apply_delay = %delay::setting(config.apply_delay_ms),
                 "postgres: configuration written"
             );
         }
@@ -148,6 +151,13 @@ pub(super) fn render_config(
     set("wal_retrieve_retry_interval", quote_conf("500ms"));
     set("hot_standby_feedback", "on".into());
     set("recovery_target_timeline", quote_conf("latest"));
+    // A delayed standby applies each commit only once it is this old; a
+    // reload-level setting, always written so that an operator's own
+    // value elsewhere never holds back a primary-to-be.
+    set(
+        "recovery_min_apply_delay",
+        quote_conf(&delay::setting(config.apply_delay_ms)),
+    );
     // A crash recovery's progress in the server log, once a second (the
     // keeper reports it; see `recovery`).
     set("log_startup_progress_interval", quote_conf("1s"));
@@ -353,4 +363,63 @@ pub(super) fn write_if_changed(path: &Path, content: &str) -> Result<bool, PgErr
     }
     write_atomic(path, content.as_bytes())?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::pg::Upstream;
+
+    fn config(standby_of: Option<Upstream>, apply_delay_ms: u64) -> ManagedConfig {
+        ManagedConfig {
+            standby: standby_of.is_some(),
+            port: 5432,
+            listen_addresses: "*".into(),
+            application_name: "pgpilot_3".into(),
+            standby_of,
+            synchronous_standby_names: String::new(),
+            apply_delay_ms,
+            wal_sender_timeout: Duration::from_secs(2),
+            wal_receiver_timeout: Duration::from_secs(2),
+            group_hosts: None,
+            parameters: BTreeMap::new(),
+        }
+    }
+
+    fn render(config: &ManagedConfig) -> String {
+        let login = ReplicationLogin {
+            user: "pgpilot_replication",
+            passfile: None,
+            tls: None,
+            restore_command: None,
+        };
+        render_config(config, Path::new("/run/pg"), &login)
+    }
+
+    #[test]
+    fn renders_the_apply_delay_of_a_delayed_standby_and_none_otherwise() {
+        let upstream = Upstream {
+            host: "10.0.0.1".into(),
+            port: 5432,
+            slot_name: "pgpilot_3".into(),
+        };
+        let delayed = render(&config(Some(upstream.clone()), 3_600_000));
+        assert!(
+            delayed
+                .lines()
+                .any(|l| l == "recovery_min_apply_delay = '3600000ms'"),
+            "{delayed}"
+        );
+        let plain = render(&config(Some(upstream), 0));
+        assert!(
+            plain.lines().any(|l| l == "recovery_min_apply_delay = '0'"),
+            "{plain}"
+        );
+        // Exactly once, so nothing else in the file can hold it back.
+        assert_eq!(delayed.matches("recovery_min_apply_delay").count(), 1);
+        // postgresql.auto.conf (ALTER SYSTEM) must not override it.
+        assert!(AUTO_CONF_FORBIDDEN.contains(&"recovery_min_apply_delay"));
+    }
 }

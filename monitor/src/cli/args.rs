@@ -392,6 +392,22 @@ pub enum OperatorCommand {
         #[command(flatten)]
         wait: Wait,
     },
+    /// A node's apply delay: as a standby it applies each commit only once
+    /// it is this old (recovery_min_apply_delay), e.g. to undo an
+    /// operator's mistake from it. Above 0 it also sets the node's
+    /// candidate priority to 0 and its replication quorum to false: a
+    /// delayed standby is never promoted nor counted for synchronous
+    /// commit. 0 ends the delay (priority and quorum stay as they are).
+    ///
+    /// Example: pgpilot-monitor set-apply-delay node3 1h
+    SetApplyDelay {
+        node: String,
+        /// The delay, e.g. "1h", "30min", "0" (at most about 24 days).
+        #[arg(value_parser = parse_apply_delay)]
+        delay: u64,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Take a node out for maintenance (a primary hands over first).
     ///
     /// Example: pgpilot-monitor enable-maintenance node2
@@ -495,6 +511,19 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// An apply delay, human-readable like every duration ("1h", "90s"; "0"
+/// ends it), within PostgreSQL's limit: in milliseconds.
+fn parse_apply_delay(text: &str) -> Result<u64, String> {
+    let d = if text.trim() == "0" {
+        Duration::ZERO
+    } else {
+        humantime::parse_duration(text).map_err(|e| {
+            format!("{text:?} is not a duration ({e}): write e.g. \"1h\", \"30min\" or \"0\"")
+        })?
+    };
+    pgpilot_proto::delay::to_millis(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +552,37 @@ mod tests {
                 sub.get_name()
             );
         }
+    }
+
+    #[test]
+    fn apply_delays_parse_as_durations_within_postgres_limit() {
+        let delay = |args: &[&str]| match Args::try_parse_from(args).map(|a| a.command) {
+            Ok(Command::Operate(OperatorCommand::SetApplyDelay { node, delay, .. })) => {
+                Ok((node, delay))
+            }
+            Ok(_) => panic!("not set-apply-delay"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(
+            delay(&["m", "set-apply-delay", "node3", "1h"]),
+            Ok(("node3".to_string(), 3_600_000))
+        );
+        assert_eq!(
+            delay(&["m", "set-apply-delay", "node3", "0"]),
+            Ok(("node3".into(), 0))
+        );
+        assert_eq!(
+            delay(&["m", "set-apply-delay", "node3", "0s"]),
+            Ok(("node3".into(), 0))
+        );
+        assert_eq!(
+            delay(&["m", "set-apply-delay", "node3", "90s", "--no-wait"]),
+            Ok(("node3".into(), 90_000))
+        );
+        let err = delay(&["m", "set-apply-delay", "node3", "soon"]).unwrap_err();
+        assert!(err.contains("\"soon\" is not a duration"), "{err}");
+        let err = delay(&["m", "set-apply-delay", "node3", "30days"]).unwrap_err();
+        assert!(err.contains("longer than PostgreSQL allows"), "{err}");
     }
 
     #[test]

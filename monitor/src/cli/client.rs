@@ -250,14 +250,14 @@ impl Client {
         &mut self,
         formation: &str,
         node: &str,
-        candidate_priority: Option<u32>,
-        replication_quorum: Option<bool>,
+        settings: crate::core::node_settings::NodeSettings,
     ) -> Result<String, CliError> {
         let request = pb::SetNodeSettingsRequest {
             formation: formation.to_string(),
             node: node.to_string(),
-            candidate_priority,
-            replication_quorum,
+            candidate_priority: settings.candidate_priority,
+            replication_quorum: settings.replication_quorum,
+            apply_delay_ms: settings.apply_delay_ms,
         };
         self.command(
             request,

@@ -22,6 +22,7 @@ use super::wait::{
     wait_until,
 };
 use crate::certs;
+use crate::core::node_settings::NodeSettings;
 
 mod cascade;
 mod parameters;
@@ -161,12 +162,25 @@ impl Operator {
                 priority,
                 wait,
             } => {
-                self.set_node_settings(&node, Some(priority), None, wait)
-                    .await
+                let asked = NodeSettings {
+                    candidate_priority: Some(priority),
+                    ..Default::default()
+                };
+                self.set_node_settings(&node, asked, wait).await
             }
             C::SetReplicationQuorum { node, quorum, wait } => {
-                self.set_node_settings(&node, None, Some(quorum), wait)
-                    .await
+                let asked = NodeSettings {
+                    replication_quorum: Some(quorum),
+                    ..Default::default()
+                };
+                self.set_node_settings(&node, asked, wait).await
+            }
+            C::SetApplyDelay { node, delay, wait } => {
+                let asked = NodeSettings {
+                    apply_delay_ms: Some(delay),
+                    ..Default::default()
+                };
+                self.set_node_settings(&node, asked, wait).await
             }
             C::EnableMaintenance { node, wait } => self.set_maintenance(&node, true, wait).await,
             C::DisableMaintenance { node, wait } => self.set_maintenance(&node, false, wait).await,
@@ -337,18 +351,12 @@ impl Operator {
     async fn set_node_settings(
         &mut self,
         node: &str,
-        candidate_priority: Option<u32>,
-        replication_quorum: Option<bool>,
+        asked: NodeSettings,
         wait: Wait,
     ) -> Result<(), CliError> {
         let message = self
             .client
-            .set_node_settings(
-                &self.formation,
-                node,
-                candidate_priority,
-                replication_quorum,
-            )
+            .set_node_settings(&self.formation, node, asked)
             .await?;
         self.finish(wait, &message, converged).await
     }

@@ -89,6 +89,11 @@ pub struct NodeJson {
     pub heartbeat_age_ms: Option<i64>,
     pub candidate_priority: u32,
     pub replication_quorum: bool,
+    /// A delayed standby's apply delay (recovery_min_apply_delay) in
+    /// milliseconds; 0: not delayed. A delayed node is never promoted nor
+    /// counted for synchronous commit, and serves reads that old.
+    #[serde(default)]
+    pub apply_delay_ms: u64,
     pub waiting_reason: Option<String>,
     /// The stable kinds of the waits in `waiting_reason` (e.g.
     /// `election_stuck`), in the same order; empty when the group does
@@ -174,6 +179,7 @@ impl NodeJson {
             heartbeat_age_ms: (n.heartbeat_age_ms >= 0).then_some(n.heartbeat_age_ms),
             candidate_priority: n.candidate_priority,
             replication_quorum: n.replication_quorum,
+            apply_delay_ms: n.apply_delay_ms,
             waiting_reason: (!n.waiting_reason.is_empty()).then(|| n.waiting_reason.clone()),
             waiting_kinds: n.waiting_kinds.clone(),
             connection: connection(n),
@@ -280,6 +286,9 @@ pub struct SettingsJson {
 /// One node's replication settings in [`SettingsJson`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeSettingsJson {
+    /// Milliseconds (0: not delayed); see [`NodeJson::apply_delay_ms`].
+    #[serde(default)]
+    pub apply_delay_ms: u64,
     pub candidate_priority: u32,
     pub name: String,
     pub node_id: i64,
@@ -294,6 +303,7 @@ impl From<&pb::FormationState> for SettingsJson {
                 .nodes
                 .iter()
                 .map(|n| NodeSettingsJson {
+                    apply_delay_ms: n.apply_delay_ms,
                     candidate_priority: n.candidate_priority,
                     name: n.name.clone(),
                     node_id: n.node_id,

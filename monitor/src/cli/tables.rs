@@ -3,6 +3,7 @@
 //! `show-events --follow`.
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use pgpilot_proto::delay;
 use pgpilot_proto::lsn::{application_name, format_lsn};
 use pgpilot_proto::pb;
 use pgpilot_proto::work;
@@ -61,6 +62,30 @@ fn streaming_cell(n: &pb::NodeStatus) -> String {
     } else {
         "no".into()
     }
+}
+
+/// A node's apply delay: "-" when it is not delayed.
+fn apply_delay_cell(n: &pb::NodeStatus) -> String {
+    if n.apply_delay_ms == 0 {
+        "-".into()
+    } else {
+        delay::describe(n.apply_delay_ms)
+    }
+}
+
+/// A line per delayed standby (none when no node is delayed).
+fn delayed_lines(s: &pb::FormationState) -> String {
+    s.nodes
+        .iter()
+        .filter(|n| n.apply_delay_ms > 0)
+        .map(|n| {
+            format!(
+                "delayed: {} applies WAL {} late (recovery_min_apply_delay): never promoted, not counted for synchronous commit\n",
+                n.name,
+                delay::describe(n.apply_delay_ms)
+            )
+        })
+        .collect()
 }
 
 fn system_identifier_cell(n: &pb::NodeStatus) -> String {
@@ -133,6 +158,7 @@ pub fn state_table(s: &pb::FormationState) -> String {
     out.push_str(&restart_lines(s));
     out.push_str(&cascade_lines(s));
     out.push_str(&slot_lines(s));
+    out.push_str(&delayed_lines(s));
     if !s.monitors.is_empty() {
         out.push_str(&monitors_table(s));
     }
@@ -240,7 +266,7 @@ pub fn monitors_table(s: &pb::FormationState) -> String {
 }
 
 /// The columns of `show-nodes`' table.
-pub const NODES_COLUMNS: [&str; 15] = [
+pub const NODES_COLUMNS: [&str; 16] = [
     "Id",
     "Name",
     "Host:Port",
@@ -248,6 +274,7 @@ pub const NODES_COLUMNS: [&str; 15] = [
     "System identifier",
     "Priority",
     "Quorum",
+    "Apply delay",
     "Reported",
     "Goal",
     "PostgreSQL",
@@ -270,6 +297,7 @@ pub fn nodes_table(s: &pb::FormationState) -> String {
             system_identifier_cell(n),
             n.candidate_priority.to_string(),
             n.replication_quorum.to_string(),
+            apply_delay_cell(n),
             reported_cell(n),
             goal_cell(n),
             running_cell(n),
@@ -295,7 +323,7 @@ pub fn node_detail(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
         n.waiting_reason.as_str()
     };
     let work = n.work.as_ref().map_or("-".into(), work::describe);
-    let rows: [(&str, String); 20] = [
+    let rows: [(&str, String); 21] = [
         ("name", n.name.clone()),
         ("node id", n.node_id.to_string()),
         ("formation", s.formation.clone()),
@@ -304,6 +332,7 @@ pub fn node_detail(s: &pb::FormationState, n: &pb::NodeStatus) -> String {
         ("system identifier", system_identifier_cell(n)),
         ("candidate priority", n.candidate_priority.to_string()),
         ("replication quorum", n.replication_quorum.to_string()),
+        ("apply delay", apply_delay_cell(n)),
         ("reported state", reported_cell(n)),
         ("goal state", state_name(n.goal_state)),
         ("postgresql", running_cell(n)),
@@ -329,6 +358,7 @@ pub fn settings_table(s: &pb::FormationState) -> String {
         "Node",
         "Candidate priority",
         "Replication quorum",
+        "Apply delay",
         "Streams as",
     ]);
     for n in &s.nodes {
@@ -336,6 +366,7 @@ pub fn settings_table(s: &pb::FormationState) -> String {
             n.name.clone(),
             n.candidate_priority.to_string(),
             n.replication_quorum.to_string(),
+            apply_delay_cell(n),
             application_name(n.node_id),
         ]);
     }

@@ -207,7 +207,8 @@ fn nodes_table_and_node_detail_show_every_field() {
     ] {
         assert!(d.lines().any(|l| l == line), "{line:?} not in\n{d}");
     }
-    assert_eq!(d.lines().count(), 20, "{d}");
+    assert!(d.lines().any(|l| l == "apply delay:        -"), "{d}");
+    assert_eq!(d.lines().count(), 21, "{d}");
     let mut cloning = s.clone();
     cloning.nodes[2].work = Some(pb::WorkProgress {
         work: "clone".into(),
@@ -227,6 +228,34 @@ fn nodes_table_and_node_detail_show_every_field() {
     assert_eq!(j["nodes"][2]["work"]["total_bytes"], 4u64 << 30);
     assert_eq!(j["nodes"][2]["work"]["description"], said);
     assert!(j["nodes"][0]["work"].is_null());
+}
+
+#[test]
+fn a_delayed_standby_is_shown_in_every_view() {
+    let mut s = three();
+    s.nodes[1].apply_delay_ms = 3_600_000;
+    s.nodes[1].candidate_priority = 0;
+    s.nodes[1].replication_quorum = false;
+    let t = state_table(&s);
+    assert!(
+        t.contains("delayed: node2 applies WAL 1h late (recovery_min_apply_delay): never promoted, not counted for synchronous commit"),
+        "{t}"
+    );
+    assert!(!t.contains("delayed: node1"), "{t}");
+    let d = node_detail(&s, &s.nodes[1]);
+    assert!(d.lines().any(|l| l == "apply delay:        1h"), "{d}");
+    assert!(nodes_table(&s).contains("1h"));
+    let settings = settings_table(&s);
+    assert!(
+        settings.contains("Apply delay") && settings.contains("1h"),
+        "{settings}"
+    );
+    let j = serde_json::to_value(StateJson::from(&s)).unwrap();
+    assert_eq!(j["nodes"][1]["apply_delay_ms"], 3_600_000);
+    assert_eq!(j["nodes"][0]["apply_delay_ms"], 0);
+    let j = serde_json::to_value(SettingsJson::from(&s)).unwrap();
+    assert_eq!(j["nodes"][1]["apply_delay_ms"], 3_600_000);
+    assert_eq!(j["nodes"][1]["candidate_priority"], 0);
 }
 
 #[test]

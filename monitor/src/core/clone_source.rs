@@ -69,7 +69,11 @@ pub fn choose(
         return None;
     }
     let primary = upstream_of(nodes, index)?;
-    let serves = |j: usize| j != index && can_serve(nodes, j, primary, env);
+    let serves = |j: usize| {
+        // A delayed standby's data is behind by design: a clone of it
+        // would need WAL the primary may no longer hold.
+        j != index && !nodes[j].delayed() && can_serve(nodes, j, primary, env)
+    };
     match preference {
         Preference::Primary => None,
         Preference::Node(name) => (0..nodes.len()).find(|&j| nodes[j].name == name && serves(j)),

@@ -72,7 +72,7 @@ fn following(standby: &NodeSnapshot, primary: &NodeSnapshot) -> bool {
 /// Quorum standbys left at `secondary` without node `i`.
 fn quorum_left(nodes: &[NodeSnapshot], i: usize) -> u32 {
     (0..nodes.len())
-        .filter(|&j| j != i && nodes[j].goal == S::Secondary && nodes[j].replication_quorum)
+        .filter(|&j| j != i && nodes[j].goal == S::Secondary && nodes[j].counts_for_quorum())
         .count() as u32
 }
 
@@ -116,6 +116,12 @@ pub fn perform_failover(
             if i == p {
                 return Err(Refusal::AlreadyPrimary { name: name.into() });
             }
+            if node.delayed() {
+                return Err(Refusal::DelayedNeverPromoted {
+                    name: name.into(),
+                    apply_delay_ms: node.apply_delay_ms,
+                });
+            }
             if node.candidate_priority == 0 {
                 return Err(Refusal::PriorityZero { name: name.into() });
             }
@@ -135,7 +141,7 @@ pub fn perform_failover(
             (vec![i], Reason::PlannedSwitchover { to: name.into() })
         }
     };
-    if !candidates.iter().any(|&i| nodes[i].candidate_priority > 0) {
+    if !candidates.iter().any(|&i| nodes[i].may_be_promoted()) {
         return Err(Refusal::NoCandidate);
     }
     let mut decisions = vec![decision(primary, S::Draining, reason.clone())];
@@ -222,49 +228,6 @@ pub fn set_number_sync_standbys(
     })
 }
 
-/// Change a node's candidate priority and/or replication quorum (applied
-/// to `nodes`; the caller stores them).
-pub fn set_node_settings(
-    nodes: &mut [NodeSnapshot],
-    formation: &str,
-    name: &str,
-    candidate_priority: Option<u32>,
-    replication_quorum: Option<bool>,
-    number_sync_standbys: u32,
-) -> Result<Command, Refusal> {
-    let i = find(nodes, formation, name)?;
-    super::cascade::check_node_settings(nodes, i, candidate_priority, replication_quorum)?;
-    let mut hypothetical = nodes.to_vec();
-    if let Some(p) = candidate_priority {
-        hypothetical[i].candidate_priority = p;
-    }
-    if let Some(q) = replication_quorum {
-        hypothetical[i].replication_quorum = q;
-    }
-    fsm::check_settings(&hypothetical, number_sync_standbys).map_err(Refusal::Settings)?;
-    let quorum_changed = replication_quorum.is_some_and(|q| q != nodes[i].replication_quorum);
-    nodes[i].candidate_priority = hypothetical[i].candidate_priority;
-    nodes[i].replication_quorum = hypothetical[i].replication_quorum;
-    let mut what = Vec::new();
-    if let Some(p) = candidate_priority {
-        what.push(format!("candidate_priority of {name} set to {p}"));
-    }
-    if let Some(q) = replication_quorum {
-        what.push(format!("replication_quorum of {name} set to {q}"));
-    }
-    let what = what.join(", ");
-    let decisions = if quorum_changed {
-        apply_settings(nodes, &what)
-    } else {
-        Vec::new()
-    };
-    apply_goals(nodes, &decisions);
-    Ok(Command {
-        decisions,
-        message: what,
-    })
-}
-
 /// Put a node into maintenance (`enabled`), or bring it back.
 pub fn set_maintenance(
     nodes: &mut [NodeSnapshot],
@@ -277,7 +240,7 @@ pub fn set_maintenance(
     let candidates_besides = |exclude: usize| -> Vec<usize> {
         let primary = nodes.iter().position(|n| n.goal.is_writable_primary());
         healthy_secondaries(nodes, env)
-            .filter(|&j| j != exclude && nodes[j].candidate_priority > 0)
+            .filter(|&j| j != exclude && nodes[j].may_be_promoted())
             .filter(|&j| primary.is_none_or(|p| following(&nodes[j], &nodes[p])))
             .collect()
     };
@@ -321,10 +284,7 @@ pub fn set_maintenance(
             format!("{name} hands over to a secondary, then enters maintenance"),
         )
     } else if matches!(node.goal, S::Secondary | S::Catchingup) {
-        if node.goal == S::Secondary
-            && node.candidate_priority > 0
-            && candidates_besides(i).is_empty()
-        {
+        if node.goal == S::Secondary && node.may_be_promoted() && candidates_besides(i).is_empty() {
             return Err(Refusal::OnlyCandidate { name: name.into() });
         }
         refuse_stopping_writes(nodes, i, "maintenance", env.settings.number_sync_standbys)?;

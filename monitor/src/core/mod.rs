@@ -12,6 +12,7 @@
 //! - [`heartbeat`]: folding a heartbeat into its node, then the reply;
 //! - [`clone_source`]: the standby a node about to be cloned copies from;
 //! - [`commands`]: every operator command and its refusals ([`Refusal`]);
+//! - [`node_settings`]: a node's priority, quorum and apply delay;
 //! - [`formations`]: creating and dropping formations;
 //! - [`pause`]: pausing and resuming a formation's automatic failover;
 //! - [`stopping`]: a keeper stopping its node on purpose hands over first;
@@ -26,6 +27,7 @@ pub mod group;
 pub mod handover;
 pub mod heartbeat;
 pub mod lease;
+pub mod node_settings;
 pub mod parameters;
 pub mod pause;
 mod refusal;

@@ -51,6 +51,10 @@ const MANAGED: &[(&str, &str)] = &[
         "the keeper reads crash recovery's progress",
     ),
     ("restore_command", "the keeper's restore_command setting"),
+    (
+        "recovery_min_apply_delay",
+        "it is each node's apply delay: use set-apply-delay",
+    ),
     ("ssl", "the keeper's TLS settings"),
     ("ssl_cert_file", "the keeper's TLS settings"),
     ("ssl_key_file", "the keeper's TLS settings"),
@@ -325,6 +329,8 @@ mod tests {
                 .contains("the monitor names each standby"),
             "{managed}"
         );
+        let delay = check("recovery_min_apply_delay", "1h", None, "15").unwrap_err();
+        assert!(delay.to_string().contains("set-apply-delay"), "{delay}");
         let internal = Setting {
             context: "internal".into(),
             ..setting("integer", None, "0", "1")

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use pgpilot_proto::delay;
 use pgpilot_proto::ReplicationState as S;
 
 /// How a refusal reaches the caller (the gRPC service maps it to a code).
@@ -43,6 +44,27 @@ pub enum Refusal {
     PriorityZero {
         name: String,
     },
+    /// A delayed standby named for a promotion.
+    DelayedNeverPromoted {
+        name: String,
+        apply_delay_ms: u64,
+    },
+    /// A delayed standby asked to be a candidate or to count for the
+    /// quorum (`asked`: "candidate_priority 50", "replication_quorum true").
+    DelayedCandidate {
+        name: String,
+        apply_delay_ms: u64,
+        asked: String,
+    },
+    /// A keeper registering with an apply delay and a candidate priority
+    /// above 0 or the replication quorum on.
+    DelayedRegistration {
+        name: String,
+        apply_delay_ms: u64,
+        candidate_priority: u32,
+        replication_quorum: bool,
+    },
+
     NotHealthySecondary {
         name: String,
         reported: S,
@@ -205,6 +227,33 @@ impl fmt::Display for Refusal {
             Refusal::PriorityZero { name } => write!(
                 f,
                 "{name} has candidate priority 0 and is never promoted: raise it with set-candidate-priority first"
+            ),
+            Refusal::DelayedNeverPromoted {
+                name,
+                apply_delay_ms,
+            } => write!(
+                f,
+                "{name} is a delayed standby (apply delay {}) and is never promoted: set its apply delay to 0 first (set-apply-delay {name} 0), then raise its candidate priority",
+                delay::describe(*apply_delay_ms)
+            ),
+            Refusal::DelayedCandidate {
+                name,
+                apply_delay_ms,
+                asked,
+            } => write!(
+                f,
+                "with an apply delay of {}, {name} is a delayed standby, which is never promoted nor counted for synchronous commit, so {asked} is refused: set its apply delay to 0 first (set-apply-delay {name} 0)",
+                delay::describe(*apply_delay_ms)
+            ),
+            Refusal::DelayedRegistration {
+                name,
+                apply_delay_ms,
+                candidate_priority,
+                replication_quorum,
+            } => write!(
+                f,
+                "node {name} registers with apply_delay {} and candidate_priority {candidate_priority}, replication_quorum {replication_quorum}, but a delayed standby is never promoted nor counted for synchronous commit: set candidate_priority = 0 and replication_quorum = false in its keeper configuration, or remove apply_delay",
+                delay::describe(*apply_delay_ms)
             ),
             Refusal::NotHealthySecondary { name, reported, goal } => write!(
                 f,

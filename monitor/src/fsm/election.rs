@@ -57,10 +57,7 @@ impl Eval<'_> {
                     i != p && self.nodes[i].goal == S::Secondary && self.reached(i) && self.alive(i)
                 })
                 .collect();
-            if !candidates
-                .iter()
-                .any(|&i| self.nodes[i].candidate_priority > 0)
-            {
+            if !candidates.iter().any(|&i| self.nodes[i].may_be_promoted()) {
                 self.wait(Wait::NoCandidate { primary });
                 return;
             }
@@ -316,10 +313,13 @@ impl Eval<'_> {
         // Then one whose before_promotion hook has not refused (a
         // refused one is elected again only when no other can be), the
         // highest candidate priority, the most advanced, the lowest id.
+        // A delayed standby is never elected, whatever its stored
+        // priority; it may still be the most advanced reporter the winner
+        // fast-forwards from.
         let winner = reporters
             .iter()
             .copied()
-            .filter(|&i| self.nodes[i].candidate_priority > 0)
+            .filter(|&i| self.nodes[i].may_be_promoted())
             .max_by_key(|&i| {
                 (
                     self.nodes[i].timeline == top_timeline,
@@ -427,7 +427,7 @@ impl Eval<'_> {
             j != i
                 && n.goal == S::ReportLsn
                 && n.reported == S::ReportLsn
-                && n.candidate_priority > 0
+                && n.may_be_promoted()
                 && !n.promotion_refused
                 && self.alive(j)
                 && n.pg_running

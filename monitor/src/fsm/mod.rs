@@ -130,6 +130,12 @@ pub struct NodeSnapshot {
     pub health: Health,
     pub candidate_priority: u32,
     pub replication_quorum: bool,
+    /// Its apply delay (`recovery_min_apply_delay` as a standby), in
+    /// milliseconds; 0: not delayed. A delayed node is never promoted nor
+    /// counted for synchronous commit, whatever its priority and quorum
+    /// say: see [`NodeSnapshot::may_be_promoted`],
+    /// [`NodeSnapshot::counts_for_quorum`].
+    pub apply_delay_ms: u64,
     pub timings: KeeperTimings,
     /// Primary only: the standbys (names) it was last told to count, and how
     /// many of them must stream for it to keep serving while isolated.
@@ -246,6 +252,7 @@ impl NodeSnapshot {
             health: Health::Unknown,
             candidate_priority,
             replication_quorum,
+            apply_delay_ms: 0,
             timings,
             fence_set: Vec::new(),
             fence_required: 0,
@@ -255,6 +262,26 @@ impl NodeSnapshot {
             promotion_refused: false,
             upstream: None,
         }
+    }
+
+    /// A delayed standby: it applies each commit only once it is
+    /// `apply_delay_ms` old.
+    pub fn delayed(&self) -> bool {
+        self.apply_delay_ms > 0
+    }
+
+    /// It may be promoted: candidate priority above 0 and not delayed. The
+    /// commands keep a delayed node's priority at 0; this holds even if a
+    /// stored row said otherwise. A delayed node may still serve the WAL
+    /// it received to a candidate that fast-forwards from it.
+    pub fn may_be_promoted(&self) -> bool {
+        self.candidate_priority > 0 && !self.delayed()
+    }
+
+    /// It counts for synchronous commit: replication quorum on and not
+    /// delayed (as [`Self::may_be_promoted`], whatever a stored row says).
+    pub fn counts_for_quorum(&self) -> bool {
+        self.replication_quorum && !self.delayed()
     }
 
     /// Where its WAL ends, ordered as elections compare nodes: the later
@@ -675,7 +702,7 @@ impl Eval<'_> {
         };
         let standbys = (0..self.nodes.len()).filter(|&i| i != p);
         let quorum_secondary = standbys.clone().find(|&i| {
-            self.nodes[i].replication_quorum
+            self.nodes[i].counts_for_quorum()
                 && self.nodes[i].goal == S::Secondary
                 && self.reached(i)
         });
@@ -702,7 +729,7 @@ impl Eval<'_> {
                 // Standbys in an election still count: the primary keeps its
                 // goal until the election ends one way or the other.
                 let any_quorum_secondary = standbys.clone().any(|i| {
-                    self.nodes[i].replication_quorum
+                    self.nodes[i].counts_for_quorum()
                         && matches!(self.nodes[i].goal, S::Secondary | S::ReportLsn)
                 });
                 if !any_quorum_secondary && self.settings.number_sync_standbys == 0 && self.alive(p)
@@ -724,7 +751,7 @@ pub fn check_settings(nodes: &[NodeSnapshot], number_sync_standbys: u32) -> Resu
             n.goal != S::Dropped && !n.goal.is_writable_primary() && !is_handing_over(n.goal)
         })
         .collect();
-    let quorum = standbys.iter().filter(|n| n.replication_quorum).count() as u32;
+    let quorum = standbys.iter().filter(|n| n.counts_for_quorum()).count() as u32;
     if number_sync_standbys > 0 && number_sync_standbys > quorum.saturating_sub(1) {
         return Err(format!(
             "number_sync_standbys = {number_sync_standbys} needs at least {} quorum standbys and the group would have {quorum}: writes would stop as soon as one standby fails; add standbys or lower number_sync_standbys",
@@ -741,25 +768,25 @@ pub fn check_settings(nodes: &[NodeSnapshot], number_sync_standbys: u32) -> Resu
         })
         .collect();
     if let Some(n) = electing.iter().find(|n| {
-        n.candidate_priority == 0
+        !n.may_be_promoted()
             && matches!(
                 n.goal,
                 S::FastForward | S::PreparePromotion | S::StopReplication
             )
     }) {
         return Err(format!(
-            "{} is being promoted: its candidate priority cannot drop to 0 before the promotion is over",
+            "{} is being promoted: its candidate priority cannot drop to 0 (nor can it be delayed) before the promotion is over",
             n.name
         ));
     }
-    if !electing.is_empty() && electing.iter().all(|n| n.candidate_priority == 0) {
+    if !electing.is_empty() && electing.iter().all(|n| !n.may_be_promoted()) {
         return Err(
-            "an election is under way and no standby taking part in it would have a candidate priority above 0, so it could never finish: wait until it is over".into(),
+            "an election is under way and no standby taking part in it could be promoted (each would have candidate priority 0 or an apply delay), so it could never finish: wait until it is over".into(),
         );
     }
-    if !standbys.is_empty() && standbys.iter().all(|n| n.candidate_priority == 0) {
+    if !standbys.is_empty() && standbys.iter().all(|n| !n.may_be_promoted()) {
         return Err(
-            "every standby would have candidate priority 0, so no one could be promoted if the primary failed: keep at least one standby above 0".into(),
+            "every standby would have candidate priority 0 or an apply delay, so no one could be promoted if the primary failed: keep at least one undelayed standby above 0".into(),
         );
     }
     Ok(())

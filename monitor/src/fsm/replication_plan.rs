@@ -32,11 +32,11 @@ pub fn replication_plan(
     match me.goal {
         S::Primary | S::JoinPrimary | S::ApplySettings => {
             let mut quorum: Vec<&NodeSnapshot> = others()
-                .filter(|n| n.replication_quorum && matches!(n.goal, S::Secondary | S::ReportLsn))
+                .filter(|n| n.counts_for_quorum() && matches!(n.goal, S::Secondary | S::ReportLsn))
                 .collect();
             if quorum.is_empty() && number_sync_standbys > 0 {
                 // Writes must wait rather than go on unreplicated.
-                quorum = others().filter(|n| n.replication_quorum).collect();
+                quorum = others().filter(|n| n.counts_for_quorum()).collect();
             }
             if quorum.is_empty() {
                 return wait_primary_plan(others());

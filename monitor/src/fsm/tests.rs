@@ -5,6 +5,8 @@ use pgpilot_proto::keeper_has_edge;
 
 use super::*;
 
+mod delayed;
+
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
 }
@@ -68,6 +70,7 @@ impl Group {
             health: Health::Good,
             candidate_priority: 50,
             replication_quorum: true,
+            apply_delay_ms: 0,
             timings: TIMINGS,
             fence_set: Vec::new(),
             fence_required: 0,
@@ -1868,6 +1871,7 @@ fn snapshot(nodes: &[SimNode], now: DateTime<Utc>) -> Vec<NodeSnapshot> {
                 health: if n.up { Health::Good } else { Health::Bad },
                 candidate_priority: n.priority,
                 replication_quorum: true,
+                apply_delay_ms: 0,
                 timings: TIMINGS,
                 fence_set: Vec::new(),
                 fence_required: 0,

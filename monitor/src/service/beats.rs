@@ -389,5 +389,6 @@ fn reply(a: Assignment, parameters: Option<(u64, Vec<(String, String)>)>) -> pb:
         permanent_slots: Vec::new(),
         upstream_slots: Vec::new(),
         upstream_is_standby,
+        apply_delay_ms: Some(a.node.snap.apply_delay_ms),
     }
 }

@@ -3,6 +3,7 @@
 
 use super::{no_formation, retry, snaps, take_back, Error, Result, Store, StoredNode, Tx};
 use crate::core::commands::{self, Command};
+use crate::core::node_settings::{self, NodeSettings};
 use crate::core::restart;
 use crate::fsm::NodeSnapshot;
 
@@ -104,34 +105,34 @@ impl Store {
         .await
     }
 
-    /// Change a node's candidate priority and/or replication quorum.
+    /// Change a node's candidate priority, replication quorum and/or apply
+    /// delay: the three values the decision core leaves are stored together.
     pub async fn set_node_settings(
         &self,
         formation: &str,
         name: &str,
-        candidate_priority: Option<u32>,
-        replication_quorum: Option<bool>,
+        asked: NodeSettings,
     ) -> Result<String> {
         retry(|| async {
             let mut tx = self.pool.begin().await?;
             let (mut nodes, _, f) = self.lock_named_group(&mut tx, formation, name).await?;
             let mut group = snaps(&nodes);
-            let command = commands::set_node_settings(
+            let command = node_settings::set_node_settings(
                 &mut group,
                 formation,
                 name,
-                candidate_priority,
-                replication_quorum,
+                asked,
                 f.number_sync_standbys,
             )?;
-            let id = group[commands::find(&group, formation, name)?].id;
+            let node = &group[commands::find(&group, formation, name)?];
             sqlx::query(
-                "UPDATE node SET candidate_priority = COALESCE($2, candidate_priority),
-                    replication_quorum = COALESCE($3, replication_quorum) WHERE node_id = $1",
+                "UPDATE node SET candidate_priority = $2, replication_quorum = $3,
+                    apply_delay_ms = $4 WHERE node_id = $1",
             )
-            .bind(id)
-            .bind(candidate_priority.map(|p| p as i32))
-            .bind(replication_quorum)
+            .bind(node.id)
+            .bind(node.candidate_priority as i32)
+            .bind(node.replication_quorum)
+            .bind(node.apply_delay_ms.min(i64::MAX as u64) as i64)
             .execute(&mut *tx)
             .await?;
             take_back(&mut nodes, group);

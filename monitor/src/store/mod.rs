@@ -101,6 +101,8 @@ pub struct Registration {
     pub system_identifier: u64,
     pub candidate_priority: u32,
     pub replication_quorum: bool,
+    /// The keeper's apply delay in milliseconds (0: not delayed).
+    pub apply_delay_ms: u64,
     pub timings: KeeperTimings,
 }
 
@@ -292,8 +294,8 @@ impl Store {
                 sqlx::query_scalar(
                     "INSERT INTO node (formation, group_id, name, host, port, system_identifier,
                         candidate_priority, replication_quorum, heartbeat_interval_ms,
-                        fence_timeout_ms, wal_sender_timeout_ms)
-                     VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING node_id",
+                        fence_timeout_ms, wal_sender_timeout_ms, apply_delay_ms)
+                     VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING node_id",
                 )
                 .bind(&reg.formation)
                 .bind(&reg.name)
@@ -305,6 +307,7 @@ impl Store {
                 .bind(millis(reg.timings.heartbeat_interval))
                 .bind(millis(reg.timings.fence_timeout))
                 .bind(millis(reg.timings.wal_sender_timeout))
+                .bind(reg.apply_delay_ms.min(i64::MAX as u64) as i64)
                 .fetch_one(&mut *tx)
                 .await?
             }

@@ -24,6 +24,7 @@ pub(super) struct NodeRow {
     system_identifier: i64,
     candidate_priority: i32,
     replication_quorum: bool,
+    apply_delay_ms: i64,
     reported_state: String,
     goal_state: String,
     pg_running: bool,
@@ -150,6 +151,12 @@ impl TryFrom<NodeRow> for StoredNode {
                 health: Health::parse(&r.health),
                 candidate_priority: count(r.candidate_priority, "candidate_priority")?,
                 replication_quorum: r.replication_quorum,
+                apply_delay_ms: u64::try_from(r.apply_delay_ms).map_err(|_| {
+                    corrupt(format!(
+                        "node.apply_delay_ms of node {} is {}",
+                        r.node_id, r.apply_delay_ms
+                    ))
+                })?,
                 timings: KeeperTimings {
                     heartbeat_interval: ms(r.heartbeat_interval_ms),
                     fence_timeout: ms(r.fence_timeout_ms),

@@ -51,6 +51,9 @@ pub struct ClusterOptions {
     pub ingress_proxies: bool,
     /// `replication_quorum` per node (node1 first); missing → the keeper's default.
     pub replication_quorums: Vec<bool>,
+    /// `apply_delay` per node (node1 first, e.g. `Some("1h")`): a delayed
+    /// standby; `None` or missing → not delayed.
+    pub apply_delays: Vec<Option<String>>,
     /// How the monitor serves gRPC; the default is plaintext (written as
     /// `plaintext = true`), see [`Security`].
     pub security: Security,
@@ -90,6 +93,7 @@ impl Default for ClusterOptions {
             monitor_link_proxies: false,
             ingress_proxies: false,
             replication_quorums: Vec::new(),
+            apply_delays: Vec::new(),
             security: Security::Plaintext,
             replication_password: false,
             postgres_tls: false,
@@ -198,6 +202,9 @@ pub struct KeeperToml {
     pub candidate_priority: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication_quorum: Option<bool>,
+    /// A delayed standby's `apply_delay` (e.g. "1h").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_delay: Option<String>,
     /// How long a keeper that never registered keeps trying (e.g. "5s").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub register_timeout: Option<String>,

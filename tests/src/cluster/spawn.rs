@@ -282,6 +282,7 @@ impl Cluster {
             pg_user: "postgres".to_string(),
             candidate_priority: opts.candidate_priorities.get(i - 1).copied(),
             replication_quorum: opts.replication_quorums.get(i - 1).copied(),
+            apply_delay: opts.apply_delays.get(i - 1).cloned().flatten(),
             register_timeout: None,
         };
         let mut text = keeper.render()?;

@@ -122,6 +122,17 @@ impl Generator {
         ])
     }
 
+    /// An apply delay: mostly none, some within PostgreSQL's limit, some
+    /// past it.
+    pub(crate) fn apply_delay(rng: &mut Rng) -> u64 {
+        if rng.chance(0.7) {
+            return 0;
+        }
+        let max = pgpilot_proto::delay::MAX_APPLY_DELAY_MS;
+        let random = rng.next_u64();
+        *rng.pick(&[1, 3_600_000, max, max + 1, random])
+    }
+
     pub(crate) fn wild_state(rng: &mut Rng) -> i32 {
         let random = rng.next_u64() as i32;
         *rng.pick(&[0, 22, 23, 100, -1, i32::MIN, i32::MAX, random])
@@ -224,6 +235,7 @@ impl Generator {
                         rng.range(0, 100) as u32
                     },
                     replication_quorum: rng.chance(0.7),
+                    apply_delay_ms: Generator::apply_delay(rng),
                     timings: if w(rng) {
                         Generator::wild_timings(rng)
                     } else {
@@ -421,6 +433,7 @@ impl Generator {
                     0 => None,
                     _ => Some(rng.chance(0.5)),
                 },
+                apply_delay_ms: rng.chance(0.3).then(|| Generator::apply_delay(rng)),
             }),
             7 => Call::SetMaintenance(pb::SetMaintenanceRequest {
                 formation: self.formation(rng, wild),

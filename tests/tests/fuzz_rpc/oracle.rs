@@ -44,6 +44,12 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
             if r.candidate_priority > 100 {
                 return Some("candidate priority above 100".into());
             }
+            if r.apply_delay_ms > pgpilot_proto::delay::MAX_APPLY_DELAY_MS {
+                return Some("apply delay above PostgreSQL's limit".into());
+            }
+            if r.apply_delay_ms > 0 && (r.candidate_priority > 0 || r.replication_quorum) {
+                return Some("a delayed node registering as a candidate or in the quorum".into());
+            }
             (!valid_timings(&r.timings)).then(|| "timings out of bounds".into())
         }
         Call::NodeActive(r) => {
@@ -147,8 +153,16 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
             if let Some(why) = names(&r.formation, &r.node) {
                 return Some(why);
             }
-            if r.candidate_priority.is_none() && r.replication_quorum.is_none() {
+            if r.candidate_priority.is_none()
+                && r.replication_quorum.is_none()
+                && r.apply_delay_ms.is_none()
+            {
                 return Some("nothing to change".into());
+            }
+            if r.apply_delay_ms
+                .is_some_and(|d| d > pgpilot_proto::delay::MAX_APPLY_DELAY_MS)
+            {
+                return Some("apply delay above PostgreSQL's limit".into());
             }
             r.candidate_priority
                 .is_some_and(|p| p > 100)

@@ -117,6 +117,7 @@ pub(crate) async fn regressions(client: &security::Client) -> Vec<String> {
             system_identifier: 0,
             candidate_priority: 50,
             replication_quorum: true,
+            apply_delay_ms: 0,
             timings: Some(timings),
         })
         .await;
@@ -200,6 +201,7 @@ pub(crate) async fn racing_registrations(client: &security::Client, rounds: u32)
                     system_identifier: 0,
                     candidate_priority: 50,
                     replication_quorum: true,
+                    apply_delay_ms: 0,
                     timings: Some(pb::KeeperTimings {
                         heartbeat_interval_ms: 500,
                         fence_timeout_ms: 1500,

@@ -144,6 +144,7 @@ pub(crate) async fn register_keepers(clients: &[Client], registry: &Shared) -> V
             system_identifier: 0,
             candidate_priority: 50,
             replication_quorum: true,
+            apply_delay_ms: 0,
             timings: Some(plausible_timings(&mut rng)),
         });
         let mut client = c.client.clone();

@@ -5,9 +5,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use nix::sys::signal::Signal;
 use pgpilot_tests::operator::cli_json;
-use pgpilot_tests::process::{self, children_of, postmaster_pid};
+use pgpilot_tests::process::{self, postmaster_pid};
 use pgpilot_tests::{Cluster, FormationState, FormationStateExt, WriteReport, Writer};
 use serde_json::Value;
 
@@ -160,13 +159,7 @@ pub(crate) async fn check_report(
 /// The pid of `node`'s WAL receiver (a child of its postmaster whose
 /// process title says `walreceiver`).
 pub(crate) fn walreceiver_pid(cluster: &Cluster, node: &str) -> Result<Option<i32>> {
-    let Some(postmaster) = postmaster_pid(&cluster.pgdata(node)?) else {
-        return Ok(None);
-    };
-    Ok(children_of(postmaster).into_iter().find(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("walreceiver"))
-    }))
+    Ok(postmaster_pid(&cluster.pgdata(node)?).and_then(process::walreceiver_of))
 }
 
 pub(crate) async fn primary_is(cluster: &Cluster, expected: &str) -> Result<()> {
@@ -181,19 +174,4 @@ pub(crate) async fn primary_is(cluster: &Cluster, expected: &str) -> Result<()> 
     Ok(())
 }
 
-/// A process stopped with SIGSTOP; SIGCONT when dropped, also when the test
-/// fails half-way.
-pub(crate) struct Frozen(i32);
-
-impl Frozen {
-    pub(crate) fn stop(pid: i32) -> Result<Frozen> {
-        process::signal(pid, Signal::SIGSTOP).with_context(|| format!("SIGSTOP to {pid}"))?;
-        Ok(Frozen(pid))
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let _ = process::signal(self.0, Signal::SIGCONT);
-    }
-}
+pub(crate) use pgpilot_tests::process::Frozen;

@@ -426,6 +426,7 @@ pub(crate) async fn register(
         system_identifier: 0,
         candidate_priority: 50,
         replication_quorum: true,
+        apply_delay_ms: 0,
         timings: Some(sim.timings),
     };
     let mut last_error = String::new();

@@ -19,6 +19,7 @@
 //! `/usr/lib/postgresql/*/bin`), `PGPILOT_KEEP_TEST_DIRS` (keep each test's
 //! directory), `RUST_LOG` (log filter of monitor and keepers, default `info`).
 
+pub mod cascade;
 mod cluster;
 pub mod drills;
 pub mod http;

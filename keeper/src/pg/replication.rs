@@ -69,7 +69,9 @@ impl PgController {
         // from another standby and so never moves its slot here itself.
         // Never past our replay, never a slot in use (an error).
         for (name, lsn, cascading) in slots {
-            let idle = existing.iter().any(|(slot, active)| slot == name && !active);
+            let idle = existing
+                .iter()
+                .any(|(slot, active)| slot == name && !active);
             if *lsn == 0 || !idle || !(standby || *cascading) {
                 continue;
             }

@@ -860,8 +860,11 @@ async fn scenario(
     assert!(!obs.wal_receiver_streaming);
     assert!(obs.streaming_standbys.is_empty());
 
-    a.sync_slots(&[("pgpilot_b".into(), 0, false), ("pgpilot_gone".into(), 0, false)])
-        .await?;
+    a.sync_slots(&[
+        ("pgpilot_b".into(), 0, false),
+        ("pgpilot_gone".into(), 0, false),
+    ])
+    .await?;
     assert_eq!(slots(a).await?, ["pgpilot_b", "pgpilot_gone"]);
     a.sync_slots(&[("pgpilot_b".into(), 0, false)]).await?;
     a.sync_slots(&[("pgpilot_b".into(), 0, false)]).await?;
@@ -897,8 +900,10 @@ async fn scenario(
     assert_eq!(obs.timeline, 1);
     assert_eq!(obs.system_identifier, sysid);
     // A standby keeps slots too, advanced no further than its replay.
-    b.sync_slots(&[("pgpilot_x".into(), obs.lsn, false)]).await?;
-    b.sync_slots(&[("pgpilot_x".into(), obs.lsn, false)]).await?;
+    b.sync_slots(&[("pgpilot_x".into(), obs.lsn, false)])
+        .await?;
+    b.sync_slots(&[("pgpilot_x".into(), obs.lsn, false)])
+        .await?;
     assert_eq!(slots(b).await?, ["pgpilot_x"]);
     b.sync_slots(&[]).await?;
     assert_eq!(slots(b).await?, Vec::<String>::new());

@@ -94,6 +94,10 @@ pub struct NodeJson {
     /// counted for synchronous commit, and serves reads that old.
     #[serde(default)]
     pub apply_delay_ms: u64,
+    /// A cascading standby: the standby it is set to stream from (null:
+    /// the primary), and the node it streams from now (null: none).
+    pub upstream: Option<String>,
+    pub streams_from: Option<String>,
     pub waiting_reason: Option<String>,
     /// The stable kinds of the waits in `waiting_reason` (e.g.
     /// `election_stuck`), in the same order; empty when the group does
@@ -180,6 +184,8 @@ impl NodeJson {
             candidate_priority: n.candidate_priority,
             replication_quorum: n.replication_quorum,
             apply_delay_ms: n.apply_delay_ms,
+            upstream: (!n.upstream.is_empty()).then(|| n.upstream.clone()),
+            streams_from: (!n.streams_from.is_empty()).then(|| n.streams_from.clone()),
             waiting_reason: (!n.waiting_reason.is_empty()).then(|| n.waiting_reason.clone()),
             waiting_kinds: n.waiting_kinds.clone(),
             connection: connection(n),

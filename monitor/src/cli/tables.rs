@@ -170,7 +170,10 @@ pub fn state_table(s: &pb::FormationState) -> String {
 fn cascade_lines(s: &pb::FormationState) -> String {
     let mut out = String::new();
     for n in s.nodes.iter().filter(|n| !n.upstream.is_empty()) {
-        out.push_str(&format!("cascading: {} streams from {}", n.name, n.upstream));
+        out.push_str(&format!(
+            "cascading: {} streams from {}",
+            n.name, n.upstream
+        ));
         if n.streams_from != n.upstream {
             out.push_str(&format!(
                 " when it can serve; now from {}",

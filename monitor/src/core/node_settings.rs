@@ -36,7 +36,12 @@ pub fn set_node_settings(
     number_sync_standbys: u32,
 ) -> Result<Command, Refusal> {
     let i = find(nodes, formation, name)?;
-    super::cascade::check_node_settings(nodes, i, asked.candidate_priority, asked.replication_quorum)?;
+    super::cascade::check_node_settings(
+        nodes,
+        i,
+        asked.candidate_priority,
+        asked.replication_quorum,
+    )?;
     let before = nodes[i].clone();
     let delay_ms = asked.apply_delay_ms.unwrap_or(before.apply_delay_ms);
     refuse_delayed_candidate(name, delay_ms, asked)?;

@@ -18,8 +18,12 @@
 //! `pgpilot-bench logical`: a logical consumer's pause across failovers
 //! and switchovers (see `logical.rs`).
 //!
+//! `pgpilot-bench cascade`: how soon a cascading standby whose upstream
+//! died streams from the primary and catches up (see `cascade.rs`).
+//!
 //! Example: cargo run --release -p pgpilot-tests --bin pgpilot-bench -- failover --runs 5
 
+mod cascade;
 mod clone;
 mod load;
 mod logical;
@@ -105,6 +109,15 @@ enum Command {
     /// Example: pgpilot-bench logical --runs 5
     Logical {
         /// Failover + switchover pairs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// A cascading standby whose upstream's host dies: the time until it
+    /// streams from the primary and has caught up.
+    ///
+    /// Example: pgpilot-bench cascade --runs 5
+    Cascade {
+        /// Times the upstream is killed (and started again).
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
@@ -240,6 +253,7 @@ async fn main() -> Result<()> {
             .await
         }
         Command::Logical { runs } => return logical::run(runs).await,
+        Command::Cascade { runs } => return cascade::run(runs).await,
     };
     let scenarios = if scenario.is_empty() {
         vec![

@@ -600,7 +600,7 @@ mod tests {
             facts(true),
             &[archive()],
             &[],
-            &[up.clone()],
+            std::slice::from_ref(&up),
             &Marks::default(),
         );
         assert_eq!(

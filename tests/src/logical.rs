@@ -298,10 +298,11 @@ async fn read_output(file: PathBuf, seen: Arc<Mutex<Seen>>, stopped: watch::Rece
                 let lines: String = partial.drain(..complete).collect();
                 let mut seen = seen.lock().unwrap();
                 for id in lines.lines().filter_map(inserted_id) {
-                    if seen.first.contains_key(&id) {
-                        seen.repeats += 1;
-                    } else {
-                        seen.first.insert(id, now);
+                    match seen.first.entry(id) {
+                        std::collections::hash_map::Entry::Occupied(_) => seen.repeats += 1,
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(now);
+                        }
                     }
                 }
             }

@@ -304,7 +304,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -398,10 +398,7 @@ mod tests {
         assert_eq!(rest, vec![logical("b")]);
         let why = refused(check_drop("f", "c", &[logical("a")]));
         assert!(why.contains("c") && why.contains("a"), "{why}");
-        assert_eq!(
-            refused(check_drop("f", "c", &[])).contains("no permanent slot"),
-            true
-        );
+        assert!(refused(check_drop("f", "c", &[])).contains("no permanent slot"));
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub(crate) fn shorten_debug(text: &str) -> String {
 #[derive(Debug)]
 pub(crate) enum Reply {
     Registered(pb::RegisterNodeReply),
-    Assigned(pb::NodeActiveReply),
+    Assigned(Box<pb::NodeActiveReply>),
     State(pb::FormationState),
     Events(pb::ListEventsReply),
     Operation(pb::OperationReply),
@@ -172,9 +172,11 @@ pub(crate) async fn send(
             let reply = replies.message().await?.ok_or_else(|| {
                 tonic::Status::internal("the Heartbeats stream ended without a reply")
             })?;
-            Reply::Assigned(reply)
+            Reply::Assigned(Box::new(reply))
         }
-        Call::NodeActive(r) => Reply::Assigned(client.node_active(*r).await?.into_inner()),
+        Call::NodeActive(r) => {
+            Reply::Assigned(Box::new(client.node_active(*r).await?.into_inner()))
+        }
         Call::GetFormationState(r) => {
             Reply::State(client.get_formation_state(r).await?.into_inner())
         }

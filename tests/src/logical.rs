@@ -72,6 +72,34 @@ pub async fn wait_held_everywhere(cluster: &Cluster, slot: &str) -> Result<()> {
         .map(|_| ())
 }
 
+/// The primary's host dies (keeper and postmaster SIGKILLed); returns
+/// the old primary, the new one and when it was killed, once another node
+/// is the primary.
+pub async fn kill_primary(cluster: &Cluster) -> Result<(String, String, Instant)> {
+    use crate::FormationStateExt;
+    let old = cluster.primary_name().await?;
+    let killed = cluster.kill_node_hard(&old)?;
+    let state = cluster
+        .wait_other_primary(&old, Duration::from_secs(120))
+        .await?;
+    let new = state
+        .writable_primaries()
+        .first()
+        .map(|n| n.name.clone())
+        .unwrap_or_default();
+    Ok((old, new, killed))
+}
+
+/// The killed `old` primary's keeper started again: it rejoins as a
+/// standby of `new` and holds its copy of `slot` again.
+pub async fn rejoin_holding(cluster: &Cluster, old: &str, new: &str, slot: &str) -> Result<()> {
+    cluster.start_keeper(old)?;
+    cluster
+        .wait_rejoined(old, new, Duration::from_secs(180))
+        .await?;
+    wait_held_everywhere(cluster, slot).await
+}
+
 /// How soon a consumer whose connection ended connects again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// How often the output file is read.

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pgpilot_tests::logical::{
-    create_slot_args, wait_consumed_after, wait_held_everywhere, LogicalConsumer,
+    create_slot_args, kill_primary, rejoin_holding, wait_consumed_after, wait_held_everywhere,
+    LogicalConsumer,
 };
-use pgpilot_tests::{operator, Cluster, ClusterOptions, FormationStateExt, Writer};
+use pgpilot_tests::{operator, Cluster, ClusterOptions, Writer};
 
 const SLOT: &str = "cdc";
 
@@ -62,16 +63,7 @@ async fn a_logical_consumer_misses_nothing_across_failover_and_switchover() -> R
     .await?;
 
     // 1. The primary's host dies.
-    let old = cluster.primary_name().await?;
-    let killed = cluster.kill_node_hard(&old)?;
-    let state = cluster
-        .wait_other_primary(&old, Duration::from_secs(120))
-        .await?;
-    let new = state
-        .writable_primaries()
-        .first()
-        .map(|n| n.name.clone())
-        .unwrap_or_default();
+    let (old, new, killed) = kill_primary(&cluster).await?;
     let failover_pause = wait_consumed_after(
         &cluster,
         &consumer,
@@ -83,12 +75,7 @@ async fn a_logical_consumer_misses_nothing_across_failover_and_switchover() -> R
 
     // 2. The old primary comes back as a standby: its own slot (which may
     // stand past the new primary's history) is replaced by a copy.
-    cluster.start_keeper(&old)?;
-    cluster
-        .wait_rejoined(&old, &new, Duration::from_secs(180))
-        .await?;
-    // The old primary then holds a copy again.
-    wait_held_everywhere(&cluster, SLOT).await?;
+    rejoin_holding(&cluster, &old, &new, SLOT).await?;
 
     // 3. A switchover.
     let switched = Instant::now();

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use pgpilot_tests::logical::{
-    declare_logical_slot, wait_consumed_after, wait_held_everywhere, LogicalConsumer,
+    declare_logical_slot, kill_primary, rejoin_holding, wait_consumed_after, wait_held_everywhere,
+    LogicalConsumer,
 };
-use pgpilot_tests::{operator, Cluster, ClusterOptions, FormationStateExt, Writer};
+use pgpilot_tests::{operator, Cluster, ClusterOptions, Writer};
 
 use super::print_row;
 
@@ -35,23 +36,10 @@ pub async fn run(runs: usize) -> Result<()> {
     .await?;
     let (mut failover, mut switchover) = (Vec::new(), Vec::new());
     for run in 1..=runs {
-        let old = cluster.primary_name().await?;
-        let killed = cluster.kill_node_hard(&old)?;
-        let state = cluster
-            .wait_other_primary(&old, Duration::from_secs(120))
-            .await?;
-        let new = state
-            .writable_primaries()
-            .first()
-            .map(|n| n.name.clone())
-            .unwrap_or_default();
+        let (old, new, killed) = kill_primary(&cluster).await?;
         let what = "the consumer to read writes made after the failover";
         failover.push(wait_consumed_after(&cluster, &consumer, &writer, killed, what).await?);
-        cluster.start_keeper(&old)?;
-        cluster
-            .wait_rejoined(&old, &new, Duration::from_secs(180))
-            .await?;
-        wait_held_everywhere(&cluster, SLOT).await?;
+        rejoin_holding(&cluster, &old, &new, SLOT).await?;
         let switched = Instant::now();
         operator::cli_ok(&cluster, &["perform-failover", "--timeout", "120s"]).await?;
         let what = "the consumer to read writes made after the switchover";

@@ -91,6 +91,28 @@ pub(crate) fn must_refuse(call: &Call, registry: &Shared) -> Option<String> {
             if !r.clone_from.is_empty() && !valid_name(&r.clone_from) {
                 return Some(format!("clone_from {:?} is not a valid name", r.clone_from));
             }
+            if r.slots_reported {
+                if r.slots.len() > 64 {
+                    return Some(format!("{} slots reported", r.slots.len()));
+                }
+                let slot_name = |n: &str| {
+                    !n.is_empty()
+                        && n.len() <= 63
+                        && n.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                };
+                for p in &r.slots {
+                    if !slot_name(&p.name) {
+                        return Some(format!("slot name {:?} is not a slot's name", p.name));
+                    }
+                    if p.kind != "physical" && p.kind != "logical" {
+                        return Some(format!("slot kind {:?} is unknown", p.kind));
+                    }
+                    if p.state.len() > 4096 {
+                        return Some("a slot state file larger than 4096 bytes".into());
+                    }
+                }
+            }
             if r.pg_running {
                 let bad_name = |n: &String| {
                     n.is_empty()

@@ -5,13 +5,13 @@
 //! receives is recorded with when it first arrived and how often.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use tokio::io::AsyncReadExt;
+use anyhow::Result;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -102,8 +102,6 @@ pub async fn rejoin_holding(cluster: &Cluster, old: &str, new: &str, slot: &str)
 
 /// How soon a consumer whose connection ended connects again.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-/// How often the output file is read.
-const READ_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 struct Seen {
@@ -191,11 +189,10 @@ impl Received {
 }
 
 impl LogicalConsumer {
-    /// Start consuming slot `slot` of database `database` of `cluster`,
-    /// writing what arrives to a file in `dir`.
-    pub fn start(cluster: &Cluster, slot: &str, database: &str, dir: &Path) -> Result<Self> {
-        let file = dir.join(format!("recvlogical-{slot}.out"));
-        std::fs::write(&file, b"").with_context(|| format!("creating {}", file.display()))?;
+    /// Start consuming slot `slot` of database `database` of `cluster`
+    /// (pg_recvlogical writes what arrives to its standard output, read
+    /// line by line as it comes).
+    pub fn start(cluster: &Cluster, slot: &str, database: &str) -> Result<Self> {
         let ports: Vec<String> = cluster
             .node_names()
             .iter()
@@ -213,15 +210,13 @@ impl LogicalConsumer {
             program,
             conninfo,
             slot.to_string(),
-            file.clone(),
             seen.clone(),
-            stopped.clone(),
+            stopped,
         ));
-        let read = tokio::spawn(read_output(file, seen.clone(), stopped));
         Ok(LogicalConsumer {
             seen,
             stop,
-            tasks: vec![run, read],
+            tasks: vec![run],
         })
     }
 
@@ -258,12 +253,12 @@ impl Drop for LogicalConsumer {
     }
 }
 
-/// Run pg_recvlogical until stopped, starting it again each time it ends.
+/// Run pg_recvlogical until stopped, starting it again each time it
+/// ends, recording each insert it prints.
 async fn supervise(
     program: PathBuf,
     conninfo: String,
     slot: String,
-    file: PathBuf,
     seen: Arc<Mutex<Seen>>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -272,10 +267,9 @@ async fn supervise(
         let child = tokio::process::Command::new(&program)
             .args(["-d", &conninfo, "-S", &slot, "--start", "--no-loop"])
             // Confirm what was written at once, every second.
-            .args(["-F", "0", "-s", "1", "-f"])
-            .arg(&file)
+            .args(["-F", "0", "-s", "1", "-f", "-"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn();
@@ -287,13 +281,23 @@ async fn supervise(
             }
         };
         let mut stderr = child.stderr.take();
-        tokio::select! {
-            _ = child.wait() => {}
-            _ = stopped.changed() => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+        if let Some(out) = child.stdout.take() {
+            let mut lines = BufReader::new(out).lines();
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => match line {
+                        Ok(Some(line)) => record(&seen, &line),
+                        // The connection ended: pg_recvlogical exits.
+                        _ => break,
+                    },
+                    _ = stopped.changed() => {
+                        let _ = child.start_kill();
+                        break;
+                    }
+                }
             }
         }
+        let _ = child.wait().await;
         let mut text = String::new();
         if let Some(err) = stderr.as_mut() {
             let _ = err.read_to_string(&mut text).await;
@@ -304,6 +308,8 @@ async fn supervise(
             let excess = seen.errors.len().saturating_sub(20);
             seen.errors.drain(..excess);
         }
+        // The scenario: a consumer reconnects a moment after its
+        // connection ended (as CDC consumers do), not at once.
         tokio::select! {
             _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
             _ = stopped.changed() => {}
@@ -311,34 +317,18 @@ async fn supervise(
     }
 }
 
-/// Read what pg_recvlogical appends to `file`, recording each insert.
-async fn read_output(file: PathBuf, seen: Arc<Mutex<Seen>>, stopped: watch::Receiver<bool>) {
-    let mut offset = 0usize;
-    let mut partial = String::new();
-    loop {
-        let done = *stopped.borrow();
-        if let Ok(bytes) = tokio::fs::read(&file).await {
-            if bytes.len() > offset {
-                partial.push_str(&String::from_utf8_lossy(&bytes[offset..]));
-                offset = bytes.len();
-                let now = Instant::now();
-                let complete = partial.rfind('\n').map_or(0, |i| i + 1);
-                let lines: String = partial.drain(..complete).collect();
-                let mut seen = seen.lock().unwrap();
-                for id in lines.lines().filter_map(inserted_id) {
-                    match seen.first.entry(id) {
-                        std::collections::hash_map::Entry::Occupied(_) => seen.repeats += 1,
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(now);
-                        }
-                    }
-                }
-            }
+/// Record one line pg_recvlogical printed.
+fn record(seen: &Mutex<Seen>, line: &str) {
+    let Some(id) = inserted_id(line) else {
+        return;
+    };
+    let mut seen = seen.lock().unwrap();
+    let now = Instant::now();
+    match seen.first.entry(id) {
+        std::collections::hash_map::Entry::Occupied(_) => seen.repeats += 1,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(now);
         }
-        if done {
-            return;
-        }
-        tokio::time::sleep(READ_INTERVAL).await;
     }
 }
 

@@ -51,7 +51,7 @@ async fn a_logical_consumer_misses_nothing_across_failover_and_switchover() -> R
     }
 
     let writer = Writer::warm(&cluster).await?;
-    let consumer = LogicalConsumer::start(&cluster, SLOT, "postgres", cluster.root())?;
+    let consumer = LogicalConsumer::start(&cluster, SLOT, "postgres")?;
     let warm = Instant::now();
     wait_consumed_after(
         &cluster,

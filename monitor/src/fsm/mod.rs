@@ -264,26 +264,6 @@ impl NodeSnapshot {
         }
     }
 
-    /// A delayed standby: it applies each commit only once it is
-    /// `apply_delay_ms` old.
-    pub fn delayed(&self) -> bool {
-        self.apply_delay_ms > 0
-    }
-
-    /// It may be promoted: candidate priority above 0 and not delayed. The
-    /// commands keep a delayed node's priority at 0; this holds even if a
-    /// stored row said otherwise. A delayed node may still serve the WAL
-    /// it received to a candidate that fast-forwards from it.
-    pub fn may_be_promoted(&self) -> bool {
-        self.candidate_priority > 0 && !self.delayed()
-    }
-
-    /// It counts for synchronous commit: replication quorum on and not
-    /// delayed (as [`Self::may_be_promoted`], whatever a stored row says).
-    pub fn counts_for_quorum(&self) -> bool {
-        self.replication_quorum && !self.delayed()
-    }
-
     /// Where its WAL ends, ordered as elections compare nodes: the later
     /// timeline first, then the higher LSN. WAL on an older timeline past
     /// the point where a newer one forked was never acknowledged under
@@ -796,6 +776,7 @@ mod election;
 mod fence;
 mod reasons;
 mod replication_plan;
+mod roles;
 
 pub use fence::{fence_update, FencePending, NodeFence, COVER_AT_NEXT_HEARTBEAT};
 pub use reasons::{Reason, Wait};

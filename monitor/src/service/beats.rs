@@ -220,7 +220,6 @@ impl Beats {
                         hb.node_id,
                         slot_report.as_deref(),
                         &a.node.formation,
-                        a.slot_count,
                         upstream,
                     )
                     .await?,

@@ -71,30 +71,25 @@ impl Store {
 
     /// Keep node `node_id`'s `report` (when it sent one), and return what
     /// its reply carries: the formation's slots and where `upstream` (the
-    /// node it follows) holds them. One round trip each; the read only
-    /// when the formation declares slots.
+    /// node it follows) holds them. One round trip; the caller comes here
+    /// only when the formation declares slots or the keeper reported some.
     pub async fn slot_exchange(
         &self,
         node_id: i64,
         report: Option<&[Position]>,
         formation: &str,
-        slot_count: u32,
         upstream: Option<i64>,
     ) -> Result<(Vec<Declared>, Vec<Position>)> {
-        if let Some(report) = report {
-            sqlx::query("UPDATE node SET slots = $2::jsonb WHERE node_id = $1")
-                .bind(node_id)
-                .bind(to_json(report)?)
-                .execute(&self.pool)
-                .await?;
-        }
-        if slot_count == 0 {
-            return Ok((Vec::new(), Vec::new()));
-        }
+        let report = report.map(to_json).transpose()?;
         let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT f.permanent_slots::text, (SELECT slots::text FROM node WHERE node_id = $2)
-               FROM formation f WHERE f.name = $1",
+            "WITH kept AS (
+                 UPDATE node SET slots = $2::jsonb WHERE node_id = $1 AND $2 IS NOT NULL
+             )
+             SELECT f.permanent_slots::text, (SELECT slots::text FROM node WHERE node_id = $4)
+               FROM formation f WHERE f.name = $3",
         )
+        .bind(node_id)
+        .bind(report)
         .bind(formation)
         .bind(upstream.unwrap_or(0))
         .fetch_optional(&self.pool)

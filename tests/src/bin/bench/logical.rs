@@ -24,7 +24,7 @@ pub async fn run(runs: usize) -> Result<()> {
     cluster.wait_healthy(Duration::from_secs(180)).await?;
     declare_logical_slot(&cluster, SLOT, "postgres").await?;
     let writer = Writer::warm(&cluster).await?;
-    let consumer = LogicalConsumer::start(&cluster, SLOT, "postgres", cluster.root())?;
+    let consumer = LogicalConsumer::start(&cluster, SLOT, "postgres")?;
     let warm = Instant::now();
     wait_consumed_after(
         &cluster,
